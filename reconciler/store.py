@@ -1,0 +1,131 @@
+"""Durable state on the data dir: atomic files and the device's state document.
+
+Everything the next process needs after a crash or a reboot lives here, never
+only in memory. Every write follows the same order: write a temporary file in
+the same directory, fsync it, rename it over the target, fsync the directory.
+A power cut at any point leaves either the old or the new content, never a mix.
+
+The state document (``state.json``) is one JSON object whose top-level keys are
+owned by one part each (``audit`` by the audit trail, ``trial`` by the health
+check, ...). Only the process holding the data-dir lock writes it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+from reconciler.errors import LockHeldError, StateError
+
+STATE_FILE = "state.json"
+LOCK_FILE = "lock"
+
+
+def fsync_dir(directory: Path) -> None:
+    """Make a rename or a new file in ``directory`` survive a power cut."""
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    """Replace ``path`` with ``data`` so that readers see old or new, never a mix."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+    fsync_dir(path.parent)
+
+
+def atomic_write_json(path: Path, value: Any) -> None:
+    """Write ``value`` as pretty JSON, atomically and durably."""
+    text = json.dumps(value, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
+    atomic_write(path, text.encode("utf-8"))
+
+
+def read_json(path: Path, default: Any = None) -> Any:
+    """Read a JSON file written by :func:`atomic_write_json`; ``default`` if absent."""
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        return default
+    try:
+        return json.loads(raw)
+    except ValueError as exc:
+        raise StateError(f"{path}: not valid JSON ({exc})") from exc
+
+
+class StateStore:
+    """The device's state document on the data dir, one section per owner."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.data_dir = data_dir
+        self.path = data_dir / STATE_FILE
+
+    def load(self) -> dict[str, Any]:
+        """The whole document; an absent file is an empty state (a fresh device)."""
+        value = read_json(self.path, {})
+        if not isinstance(value, dict):
+            raise StateError(f"{self.path}: expected a JSON object")
+        return value
+
+    def section(self, name: str) -> dict[str, Any]:
+        """One owner's section, empty when it was never written."""
+        value = self.load().get(name)
+        return value if isinstance(value, dict) else {}
+
+    def update(self, change: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
+        """Read, let ``change`` edit the document in place, write it back durably."""
+        doc = self.load()
+        change(doc)
+        atomic_write_json(self.path, doc)
+        return doc
+
+    def put(self, name: str, value: dict[str, Any] | None) -> None:
+        """Replace (or with ``None`` remove) one section."""
+
+        def change(doc: dict[str, Any]) -> None:
+            if value is None:
+                doc.pop(name, None)
+            else:
+                doc[name] = value
+
+        self.update(change)
+
+
+@contextlib.contextmanager
+def data_dir_lock(data_dir: Path, holder: str) -> Iterator[None]:
+    """Hold the one-writer lock of the data dir, or raise :class:`LockHeldError`.
+
+    The lock is an ``flock`` on ``DATA/lock``: the kernel drops it when the
+    process dies, so a crash never leaves a stale lock behind. The file names
+    the holder so the refusal can say who has it.
+    """
+    data_dir.mkdir(parents=True, exist_ok=True)
+    path = data_dir / LOCK_FILE
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as exc:
+            who = os.pread(fd, 200, 0).decode("utf-8", "replace").strip() or "another process"
+            raise LockHeldError(f"{data_dir} is locked by {who}") from exc
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{holder} (pid {os.getpid()})\n".encode(), 0)
+        yield
+    finally:
+        os.close(fd)
