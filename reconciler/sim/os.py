@@ -1,0 +1,268 @@
+"""The simulated OS: what runs after the simulated device boots a slot.
+
+Run as ``python -m reconciler.sim.os --slot-file PATH --port N``. Like a real
+KruxOS it knows nothing but the image it booted: its version and how it behaves
+come only from the header of the slot file (``VERSION``, ``BEHAVIOUR`` and the
+optional tuning fields below), so the reconciler is tested against what it
+actually wrote, never against a side channel.
+
+Behaviours (``BEHAVIOUR=`` in the image header):
+
+- ``healthy``        ready once started (also the default, and the fallback
+                     for an unknown name, with a warning)
+- ``gateway-fails``  never ready: ``gateway: failed to start``
+- ``fails-later``    ready, then ``scheduler: crashed`` after ``FAILS_AFTER_SECONDS``
+
+Tuning fields: ``STARTUP_SECONDS`` (0.5; services answer ``starting`` with a
+503 meanwhile), ``FAILS_AFTER_SECONDS`` (4, counted from boot) and
+``FAILING_SERVICES`` (``name:what,name:what``).
+
+Endpoints: ``GET /health/ready`` and ``GET /version``. An empty slot does not
+boot: the process exits non-zero, as a real machine would not start.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from reconciler.release.image import ImageHeader, read_slot_header
+from reconciler.store import atomic_write_json
+
+__all__ = ["OsProfile", "BootRefused", "load_profile", "health_at", "serve", "main",
+           "SimOsProcess", "launch"]
+
+log = logging.getLogger("reconciler.sim.os")
+
+BASE_SERVICES = ("gateway", "scheduler")
+_DEFAULT_FAILING = {"gateway-fails": "gateway:failed to start", "fails-later": "scheduler:crashed"}
+
+
+class BootRefused(Exception):
+    """The slot cannot be booted (no image, or a header field that makes no sense)."""
+
+
+@dataclass(frozen=True)
+class OsProfile:
+    """Everything the booted image tells the OS about itself."""
+
+    version: str
+    behaviour: str = "healthy"
+    slot_file: str = ""
+    startup_seconds: float = 0.5
+    fails_after_seconds: float = 4.0
+    failing_services: dict[str, str] = field(default_factory=dict)
+
+
+def _never_fails(profile: OsProfile, elapsed: float) -> dict[str, str]:
+    return {}
+
+
+def _always_fails(profile: OsProfile, elapsed: float) -> dict[str, str]:
+    return dict(profile.failing_services)
+
+
+def _fails_later(profile: OsProfile, elapsed: float) -> dict[str, str]:
+    return dict(profile.failing_services) if elapsed >= profile.fails_after_seconds else {}
+
+
+BEHAVIOURS: dict[str, Callable[[OsProfile, float], dict[str, str]]] = {
+    "healthy": _never_fails,
+    "gateway-fails": _always_fails,
+    "fails-later": _fails_later,
+}
+
+
+def load_profile(slot_file: Path) -> OsProfile:
+    """Read the profile from the slot's image header; :class:`BootRefused` if it cannot boot."""
+    header = read_slot_header(slot_file)
+    if header is None:
+        raise BootRefused(f"slot {slot_file} holds no image")
+    behaviour = header.get("BEHAVIOUR", "healthy") or "healthy"
+    if behaviour not in BEHAVIOURS:
+        log.warning("slot %s: unknown BEHAVIOUR %r, running healthy", slot_file, behaviour)
+    return OsProfile(
+        version=header.version,
+        behaviour=behaviour,
+        slot_file=str(slot_file),
+        startup_seconds=_seconds(header, "STARTUP_SECONDS", 0.5),
+        fails_after_seconds=_seconds(header, "FAILS_AFTER_SECONDS", 4.0),
+        failing_services=_services(header, _DEFAULT_FAILING.get(behaviour, "")),
+    )
+
+
+def _seconds(header: ImageHeader, key: str, default: float) -> float:
+    raw = header.get(key, "").strip()
+    try:
+        value = float(raw) if raw else default
+    except ValueError as exc:
+        raise BootRefused(f"image header: {key}={raw!r} is not a number of seconds") from exc
+    if value < 0:
+        raise BootRefused(f"image header: {key}={raw!r} is negative")
+    return value
+
+
+def _services(header: ImageHeader, default: str) -> dict[str, str]:
+    """``gateway:failed to start,scheduler:crashed`` as an ordered mapping."""
+    raw = header.get("FAILING_SERVICES", "") or default
+    failing = {}
+    for item in filter(None, (part.strip() for part in raw.split(","))):
+        name, sep, what = item.partition(":")
+        if not sep or not name.strip() or not what.strip():
+            raise BootRefused(f"image header: FAILING_SERVICES item {item!r} is not name:what")
+        failing[name.strip()] = what.strip()
+    return failing
+
+
+def health_at(profile: OsProfile, elapsed: float) -> tuple[int, dict[str, Any]]:
+    """The readiness answer ``elapsed`` seconds after boot: HTTP status and JSON body."""
+    failing = BEHAVIOURS.get(profile.behaviour, _never_fails)(profile, elapsed)
+    names = list(BASE_SERVICES) + [name for name in failing if name not in BASE_SERVICES]
+    if elapsed < profile.startup_seconds:
+        services = {name: "starting" for name in names}
+        return 503, {"status": "starting", "version": profile.version, "services": services}
+    services = {name: failing.get(name, "ok") for name in names}
+    status = "unhealthy" if failing else "ok"
+    return (503 if failing else 200), {"status": status, "version": profile.version,
+                                       "services": services}
+
+
+def _handler_for(profile: OsProfile, booted_at: float) -> type[BaseHTTPRequestHandler]:
+    """A request handler class bound to this boot's profile and start time."""
+
+    class Handler(BaseHTTPRequestHandler):
+        server_version = "KruxOS-sim"
+
+        def do_GET(self) -> None:  # noqa: N802 (the http.server naming)
+            path = self.path.split("?", 1)[0]
+            if path == "/health/ready":
+                self._send(*health_at(profile, time.monotonic() - booted_at))
+            elif path == "/version":
+                self._send(200, {"version": profile.version, "behaviour": profile.behaviour,
+                                 "slot_file": profile.slot_file})
+            else:
+                self._send(404, {"error": f"no such endpoint: {path}"})
+
+        def _send(self, status: int, body: dict[str, Any]) -> None:
+            data = json.dumps(body).encode("utf-8")
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, format: str, *args: Any) -> None:
+            log.debug("%s %s", self.address_string(), format % args)
+
+    return Handler
+
+
+def serve(profile: OsProfile, host: str, port: int, ready_file: Path | None,
+          booted_at: float) -> None:
+    """Serve until SIGTERM or SIGINT; write ``ready_file`` once listening."""
+    server = ThreadingHTTPServer((host, port), _handler_for(profile, booted_at))
+    server.daemon_threads = True
+
+    def stop(signum: int, frame: FrameType | None) -> None:
+        # shutdown() waits for serve_forever, so it must run on another thread.
+        threading.Thread(target=server.shutdown, daemon=True).start()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    actual_port = server.server_address[1]
+    if ready_file is not None:
+        atomic_write_json(ready_file, {"host": host, "port": actual_port, "pid": os.getpid(),
+                                       "version": profile.version})
+    log.info("KruxOS %s (%s) up on %s:%d", profile.version, profile.behaviour, host, actual_port)
+    try:
+        server.serve_forever(poll_interval=0.1)
+    finally:
+        server.server_close()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Boot the slot file and serve; 0 after SIGTERM, 1 when the slot does not boot."""
+    booted_at = time.monotonic()
+    parser = argparse.ArgumentParser(prog="python -m reconciler.sim.os", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--slot-file", type=Path, required=True)
+    parser.add_argument("--port", type=int, required=True, help="0 picks a free port")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--ready-file", type=Path, help="written as JSON {port, pid} once up")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="sim os: %(levelname)s %(message)s")
+    try:
+        profile = load_profile(args.slot_file)
+    except BootRefused as exc:
+        print(f"sim os: cannot boot: {exc}", file=sys.stderr)
+        return 1
+    serve(profile, args.host, args.port, args.ready_file, booted_at)
+    return 0
+
+
+@dataclass
+class SimOsProcess:
+    """A running simulated OS process, as started by :func:`launch`."""
+
+    process: subprocess.Popen[bytes]
+    port: int
+    host: str = "127.0.0.1"
+
+    @property
+    def url(self) -> str:
+        """The readiness URL the health probe should ask."""
+        return f"http://{self.host}:{self.port}/health/ready"
+
+    def stop(self, timeout: float = 5.0) -> int:
+        """SIGTERM, wait, and the exit status (killed if it does not stop in ``timeout``)."""
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                return self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+        return self.process.wait()
+
+
+def launch(slot_file: Path, ready_file: Path, port: int = 0, host: str = "127.0.0.1",
+           wait: float = 10.0) -> SimOsProcess:
+    """Boot ``slot_file`` in a new process and return once it listens.
+
+    The OS's own log goes to ``READY_FILE.log``. Raises :class:`BootRefused`
+    with the OS's message when the process exits first (e.g. an empty slot).
+    """
+    ready_file.unlink(missing_ok=True)
+    log_file = ready_file.with_name(ready_file.name + ".log")
+    command = [sys.executable, "-m", "reconciler.sim.os", "--slot-file", str(slot_file),
+               "--port", str(port), "--host", host, "--ready-file", str(ready_file)]
+    with open(log_file, "wb") as log_out:
+        process = subprocess.Popen(command, stdout=log_out, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + wait
+    while not ready_file.exists():
+        if process.poll() is not None:
+            message = log_file.read_text("utf-8", "replace").strip()
+            raise BootRefused(message or f"sim os exited with {process.returncode}")
+        if time.monotonic() > deadline:
+            process.kill()
+            process.wait()
+            raise BootRefused(f"sim os did not come up within {wait}s")
+        time.sleep(0.02)
+    info = json.loads(ready_file.read_text("utf-8"))
+    return SimOsProcess(process=process, port=int(info["port"]), host=host)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
