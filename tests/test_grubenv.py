@@ -1,0 +1,186 @@
+"""The GRUB environment block: our reader/writer against the real grub-editenv."""
+
+from __future__ import annotations
+
+import random
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from reconciler.boot import grubenv
+from reconciler.errors import BootEnvError
+
+GRUB_EDITENV = shutil.which("grub-editenv")
+needs_tool = pytest.mark.skipif(GRUB_EDITENV is None, reason="grub-editenv not installed")
+
+NAMES = ["KRUXOS_DEFAULT", "KRUXOS_TRIAL", "saved_entry", "next_entry", "x", "boot_once", "é"]
+PIECES = ["a", "B", "=", "\\", "\n", "é", "€", "日本", " ", "#", "\\\n", "=\\", "0", "\t", ""]
+
+
+def editenv(path: Path, *args: str) -> subprocess.CompletedProcess[bytes]:
+    """Run the real grub-editenv on ``path``."""
+    assert GRUB_EDITENV is not None
+    return subprocess.run([GRUB_EDITENV, str(path), *args], capture_output=True, check=False)
+
+
+def editenv_list(path: Path) -> str:
+    """What grub-editenv lists; compared as text since values may hold newlines."""
+    out = editenv(path, "list")
+    assert out.returncode == 0, out.stderr
+    return out.stdout.decode("utf-8")
+
+
+def listing(env: dict[str, str]) -> str:
+    """The text ``grub-editenv list`` prints for ``env`` (it prints values unescaped)."""
+    return "".join(f"{key}={value}\n" for key, value in env.items())
+
+
+def random_value(rng: random.Random) -> str:
+    return "".join(rng.choice(PIECES) for _ in range(rng.randint(0, 6)))
+
+
+def random_ops(seed: int, count: int) -> list[tuple[str, str, str]]:
+    """A seeded sequence of (op, name, value) that stays well inside the block."""
+    rng = random.Random(seed)
+    return [
+        ("unset" if rng.random() < 0.3 else "set", rng.choice(NAMES), random_value(rng))
+        for _ in range(count)
+    ]
+
+
+@pytest.mark.tools
+@needs_tool
+def test_render_of_empty_env_equals_grub_editenv_create(tmp_path: Path) -> None:
+    editenv(tmp_path / "env", "create")
+    assert grubenv.render({}) == (tmp_path / "env").read_bytes()
+
+
+@pytest.mark.tools
+@needs_tool
+@pytest.mark.parametrize("seed", range(8))
+def test_random_set_unset_sequence_gives_identical_bytes_to_grub_editenv(
+    tmp_path: Path, seed: int
+) -> None:
+    theirs, ours = tmp_path / "theirs", tmp_path / "ours"
+    editenv(theirs, "create")
+    for op, name, value in random_ops(seed, 60):
+        args = [f"{name}={value}"] if op == "set" else [name]
+        assert editenv(theirs, op, *args).returncode == 0
+        if op == "set":
+            grubenv.edit(ours, set={name: value})
+        else:
+            grubenv.edit(ours, unset=[name])
+        assert ours.read_bytes() == theirs.read_bytes(), (op, name, value)
+
+
+@pytest.mark.tools
+@needs_tool
+@pytest.mark.parametrize("seed", range(4))
+def test_each_reads_what_the_other_wrote(tmp_path: Path, seed: int) -> None:
+    rng = random.Random(1000 + seed)
+    env = {name: random_value(rng) for name in rng.sample(NAMES, 5)}
+    ours, theirs = tmp_path / "ours", tmp_path / "theirs"
+    grubenv.write_env(ours, env)
+    assert editenv_list(ours) == listing(env)
+    editenv(theirs, "create")
+    editenv(theirs, "set", *(f"{key}={value}" for key, value in env.items()))
+    assert grubenv.read_env(theirs) == env
+
+
+@pytest.mark.tools
+@needs_tool
+def test_a_block_filled_to_the_last_byte_is_accepted_by_both(tmp_path: Path) -> None:
+    room = grubenv.BLOCK_SIZE - len(grubenv.HEADER) - len("x=\n")
+    env = {"x": "v" * room}
+    editenv(tmp_path / "theirs", "create")
+    assert editenv(tmp_path / "theirs", "set", f"x={env['x']}").returncode == 0
+    assert grubenv.render(env) == (tmp_path / "theirs").read_bytes()
+    assert grubenv.read_env(tmp_path / "theirs") == env
+
+
+@pytest.mark.tools
+@needs_tool
+def test_overflow_is_refused_like_grub_editenv_refuses_it(tmp_path: Path) -> None:
+    room = grubenv.BLOCK_SIZE - len(grubenv.HEADER) - len("x=\n")
+    theirs, ours = tmp_path / "theirs", tmp_path / "ours"
+    editenv(theirs, "create")
+    editenv(theirs, "set", "keep=me")
+    grubenv.edit(ours, set={"keep": "me"})
+    before = ours.read_bytes()
+    refused = editenv(theirs, "set", f"x={'v' * room}")
+    assert refused.returncode == 1
+    assert b"environment block too small" in refused.stderr
+    with pytest.raises(BootEnvError, match="environment block too small"):
+        grubenv.edit(ours, set={"x": "v" * room})
+    assert ours.read_bytes() == before == theirs.read_bytes()
+
+
+@pytest.mark.tools
+@needs_tool
+def test_escaped_backslashes_and_newlines_count_toward_the_size_as_grub_editenv_counts(
+    tmp_path: Path,
+) -> None:
+    room = grubenv.BLOCK_SIZE - len(grubenv.HEADER) - len("x=\n")
+    fits, too_big = "\\" * (room // 2), "\\" * (room // 2 + 1)
+    editenv(tmp_path / "t", "create")
+    assert editenv(tmp_path / "t", "set", f"x={fits}").returncode == 0
+    assert grubenv.render({"x": fits}) == (tmp_path / "t").read_bytes()
+    assert editenv(tmp_path / "t", "set", f"x={too_big}").returncode == 1
+    with pytest.raises(BootEnvError):
+        grubenv.render({"x": too_big})
+
+
+def test_set_replaces_in_place_and_unset_drops_the_line(tmp_path: Path) -> None:
+    path = tmp_path / "env"
+    grubenv.edit(path, set={"a": "1", "b": "2", "c": "3"})
+    grubenv.edit(path, set={"a": "long value"}, unset=["b"])
+    assert list(grubenv.read_env(path).items()) == [("a", "long value"), ("c", "3")]
+
+
+def test_values_round_trip_with_escapes_and_unicode() -> None:
+    env = {"a": "x=y", "b": "back\\slash\\", "c": "two\nlines\n", "d": "", "e": "日本 €"}
+    raw = grubenv.render(env)
+    assert b"b=back\\\\slash\\\\\n" in raw and b"c=two\\\nlines\\\n\n" in raw
+    assert grubenv.parse(raw) == env
+
+
+def test_foreign_bytes_that_are_not_utf8_survive_an_edit(tmp_path: Path) -> None:
+    raw = grubenv.HEADER + b"foreign=\xff\xfe\n"
+    (tmp_path / "env").write_bytes(raw + b"#" * (grubenv.BLOCK_SIZE - len(raw)))
+    grubenv.edit(tmp_path / "env", set={"ours": "1"})
+    assert (tmp_path / "env").read_bytes().startswith(raw + b"ours=1\n")
+
+
+@pytest.mark.parametrize(
+    ("raw", "problem"),
+    [
+        (grubenv.render({})[:-1], "1023 bytes"),
+        (b"#" * grubenv.BLOCK_SIZE, "header"),
+        (grubenv.HEADER + b"noequals\n" + b"#" * (1024 - len(grubenv.HEADER) - 9), "no '='"),
+        (grubenv.HEADER + b"x=" + b"v" * (1024 - len(grubenv.HEADER) - 2), "unterminated"),
+    ],
+)
+def test_a_corrupt_block_is_refused_naming_the_file(
+    tmp_path: Path, raw: bytes, problem: str
+) -> None:
+    path = tmp_path / "grubenv"
+    path.write_bytes(raw)
+    with pytest.raises(BootEnvError, match=f"grub env {path}: .*{problem}"):
+        grubenv.read_env(path)
+
+
+@pytest.mark.parametrize("name", ["", "a=b", "#x", "new\nline"])
+def test_names_grub_could_not_read_back_are_refused(name: str) -> None:
+    with pytest.raises(BootEnvError, match="invalid grub env variable name"):
+        grubenv.render({name: "v"})
+
+
+def test_an_overflowing_edit_leaves_the_file_unchanged(tmp_path: Path) -> None:
+    path = tmp_path / "env"
+    grubenv.edit(path, set={"a": "1"})
+    before = path.read_bytes()
+    with pytest.raises(BootEnvError, match="environment block too small"):
+        grubenv.edit(path, set={"b": "2", "c": "x" * 2000})
+    assert path.read_bytes() == before
