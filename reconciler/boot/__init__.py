@@ -20,16 +20,12 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, Protocol
+from typing import Protocol
 
-SlotName = Literal["A", "B"]
-SLOTS: tuple[SlotName, SlotName] = ("A", "B")
-Mark = Literal["good", "staged", "bad", "empty"]
+from reconciler.observed import SLOTS, Mark, SlotName, other
 
-
-def other(slot: SlotName) -> SlotName:
-    """The slot that is not ``slot``."""
-    return "B" if slot == "A" else "A"
+__all__ = ["SLOTS", "Mark", "SlotName", "other", "BootState", "Backend", "REGISTRY",
+           "register", "open_backend"]
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,132 @@
+"""The actions ``decide`` can return, and the outcome the executor reports (pure).
+
+Each action is frozen data with a ``reason`` a person can read in the audit
+trail. ``kind`` is the short name used in audit records and ``--action`` filters.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import ClassVar
+
+from reconciler.observed import SlotName
+
+
+@dataclass(frozen=True)
+class Nothing:
+    """The device already is what the spec asks for."""
+
+    reason: str
+    kind: ClassVar[str] = "nothing"
+
+
+@dataclass(frozen=True)
+class Wait:
+    """Something is wanted but not now: wake again at ``until`` (``None``: on a trigger)."""
+
+    reason: str
+    until: datetime | None = None
+    kind: ClassVar[str] = "wait"
+
+
+@dataclass(frozen=True)
+class Blocked:
+    """Something is wanted but must not happen until a person or the spec changes it."""
+
+    reason: str
+    kind: ClassVar[str] = "blocked"
+
+
+@dataclass(frozen=True)
+class Stage:
+    """Download, verify and write ``version`` into the other slot ``slot``."""
+
+    version: str
+    slot: SlotName
+    reason: str
+    kind: ClassVar[str] = "stage"
+
+
+@dataclass(frozen=True)
+class ArmTrial:
+    """Arm a limited trial of ``slot`` in the bootloader, then reboot into it."""
+
+    slot: SlotName
+    version: str
+    reason: str
+    kind: ClassVar[str] = "reboot"
+
+
+@dataclass(frozen=True)
+class ProbeHealth:
+    """Ask the health endpoint once about the booted trial slot."""
+
+    slot: SlotName
+    reason: str
+    kind: ClassVar[str] = "probe"
+
+
+@dataclass(frozen=True)
+class Confirm:
+    """Mark the booted trial slot good: it becomes the default."""
+
+    slot: SlotName
+    version: str
+    reason: str
+    kind: ClassVar[str] = "confirm"
+
+
+@dataclass(frozen=True)
+class Rollback:
+    """Give up on ``from_slot``: mark it bad, boot the previous good slot ``to_slot``."""
+
+    from_slot: SlotName
+    to_slot: SlotName
+    from_version: str | None
+    reason: str
+    kind: ClassVar[str] = "rollback"
+
+
+@dataclass(frozen=True)
+class Reboot:
+    """Finish an earlier step that needs a reboot (the bootloader already points elsewhere)."""
+
+    slot: SlotName
+    reason: str
+    kind: ClassVar[str] = "reboot"
+
+
+@dataclass(frozen=True)
+class NoteFallback:
+    """The bootloader gave up on a trial by itself: remember the version as failed."""
+
+    version: str
+    reason: str
+    kind: ClassVar[str] = "note-fallback"
+
+
+Action = (
+    Nothing | Wait | Blocked | Stage | ArmTrial | ProbeHealth | Confirm | Rollback | Reboot
+    | NoteFallback
+)
+
+#: Actions after which the device reboots (the daemon stops once they ran).
+REBOOTING = (ArmTrial, Rollback, Reboot)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What running an action did; the executor never raises for an action failure."""
+
+    ok: bool
+    detail: str
+    duration_s: float = 0.0
+    retry_after_s: float | None = None
+
+    @property
+    def text(self) -> str:
+        """``ok`` or ``failed: ...`` as stored in the audit trail."""
+        if self.ok:
+            return f"ok: {self.detail}" if self.detail else "ok"
+        return f"failed: {self.detail}"

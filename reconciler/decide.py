@@ -1,0 +1,172 @@
+"""``decide(spec, observed, now) -> Action``: the one next step, and why (pure).
+
+No I/O, no clock reads, no randomness: the same inputs always give the same
+action. The rules, in the order they are asked (the first that applies wins):
+
+1. A slot on trial is judged first; its health check is never suspended.
+2. Finish what the bootloader already points at (a rollback or trial pending
+   a reboot, a fallback the bootloader made by itself).
+3. Resolve the desired version (an override pin, the spec's exact version, or
+   the channel's latest).
+4. Refuse what must not happen: a version that failed on trial, a downgrade
+   not allowed by the spec.
+5. ``suspend`` starts no new step.
+6. Use the other slot when it already holds the desired version verified;
+   otherwise stage it there. Reboots wait for a window and ``autoReboot``.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from reconciler.actions import (
+    Action,
+    ArmTrial,
+    Blocked,
+    Confirm,
+    NoteFallback,
+    Nothing,
+    ProbeHealth,
+    Reboot,
+    Rollback,
+    Stage,
+    Wait,
+)
+from reconciler.observed import ObservedState, other
+from reconciler.semver import Version
+from reconciler.spec import UpdatePolicy
+from reconciler.windows import is_open, next_open
+
+
+def decide(policy: UpdatePolicy, observed: ObservedState, now: datetime) -> Action:
+    """The single next step for the device, with a reason a person can read."""
+    for rule in (_judge_trial, _finish_pending):
+        action = rule(policy, observed, now)
+        if action is not None:
+            return action
+    return _converge(policy, observed, now)
+
+
+def _judge_trial(policy: UpdatePolicy, obs: ObservedState, now: datetime) -> Action | None:
+    """Confirm, probe or roll back the booted slot while it is on trial."""
+    if not obs.on_trial:
+        return None
+    slot, version = obs.booted, obs.booted_slot.version or "?"
+    health, hp = obs.health, policy.spec.health
+    if not policy.spec.rollback.automatic:
+        return Wait(f"slot {obs.booted_slot.label} runs {version} on trial; automatic "
+                    "rollback is off: confirm or roll back by hand")
+    if health is None or health.first_probe_at is None:
+        return ProbeHealth(slot, f"slot {slot} booted {version} on trial: first health probe")
+    if health.consecutive_ok >= hp.success_threshold:
+        return Confirm(slot, version, f"{version} passed the health check "
+                       f"({health.consecutive_ok} healthy answer(s) of {hp.success_threshold} "
+                       "needed)")
+    if now >= health.first_probe_at + hp.timeout:
+        return Rollback(slot, other(slot), version, health.timeout_reason)
+    due = (health.last_probe_at or health.first_probe_at) + hp.interval
+    if now < due:
+        return Wait(f"slot {slot} on trial: next health probe (last: "
+                    f"{health.last_summary or 'none'})", until=min(due, health.first_probe_at
+                                                                   + hp.timeout))
+    return ProbeHealth(slot, f"slot {slot} on trial: health probe (last: "
+                       f"{health.last_summary or 'none'})")
+
+
+def _finish_pending(policy: UpdatePolicy, obs: ObservedState, now: datetime) -> Action | None:
+    """Steps the bootloader environment shows as started but not finished."""
+    target = obs.other_slot
+    if obs.trial == target.name and target.version:
+        gate = _reboot_gate(policy, obs, now, target.version)
+        return gate or ArmTrial(target.name, target.version,
+                                f"trial of {target.version} in slot {target.label} is armed: "
+                                "reboot into it")
+    if obs.default != obs.booted and obs.trial is None:
+        return Reboot(obs.default, f"the bootloader boots slot {obs.default} next: finish "
+                      "the switch with a reboot")
+    if (obs.fallback_trace and target.mark == "bad" and target.version
+            and obs.rolled_back_from != target.version):
+        return NoteFallback(target.version, f"Trial boot failed — {obs.fallback_trace}")
+    return None
+
+
+def _desired(policy: UpdatePolicy, obs: ObservedState) -> tuple[str | None, str]:
+    """The desired version and where it comes from; ``None`` when it cannot be known."""
+    if obs.override is not None:
+        return obs.override.version, f"pinned by {obs.override.actor}"
+    wanted = policy.spec.version
+    if wanted != "latest":
+        return wanted, "spec wants"
+    return obs.channel.latest, "latest on the channel is"
+
+
+def _converge(policy: UpdatePolicy, obs: ObservedState, now: datetime) -> Action:
+    """Bring the booted version to the desired one."""
+    desired, source = _desired(policy, obs)
+    booted = obs.booted_slot
+    if desired is None:
+        return Wait(f"cannot resolve 'latest': {obs.channel.error or 'channel lists no release'}",
+                    until=now + obs.channel.retry_after)
+    if obs.failed is not None and obs.failed.version == desired:
+        return Blocked(f"{desired} failed on trial ({obs.failed.reason}); not retried until "
+                       "the desired version changes")
+    if desired == booted.version:
+        return Nothing(f"slot {booted.label} runs {desired}, as the {_who(source)} wants")
+    refusal = _refuse_downgrade(policy, booted.version, desired)
+    if refusal is not None:
+        return refusal
+    if policy.spec.suspend:
+        return Wait(f"suspended by the spec: {source} {desired}, no new step starts")
+    return _switch_or_stage(policy, obs, now, desired, source)
+
+
+def _who(source: str) -> str:
+    return "spec" if source == "spec wants" else ("channel" if "channel" in source else "pin")
+
+
+def _refuse_downgrade(policy: UpdatePolicy, booted: str | None, desired: str) -> Action | None:
+    if booted is None or policy.spec.allow_downgrade or Version(desired) >= Version(booted):
+        return None
+    return Blocked(f"{desired} is lower than the running {booted}; set allowDowngrade: true "
+                   "to go back")
+
+
+def _switch_or_stage(policy: UpdatePolicy, obs: ObservedState, now: datetime,
+                     desired: str, source: str) -> Action:
+    """Boot the other slot if it holds ``desired`` verified, else stage it there."""
+    target = obs.other_slot
+    why = f"{source} {desired}, booted {obs.booted_slot.version or 'nothing'}"
+    if target.version == desired and target.mark in ("staged", "good"):
+        gate = _reboot_gate(policy, obs, now, desired)
+        return gate or ArmTrial(target.name, desired,
+                                f"{desired} is staged in slot {target.label}: {why}")
+    if obs.channel.error is not None and desired not in obs.channel.versions:
+        return Wait(f"cannot stage {desired}: {obs.channel.error}",
+                    until=now + obs.channel.retry_after)
+    if desired not in obs.channel.versions:
+        return Blocked(f"{desired} is not published on the channel ({why})")
+    windows = policy.spec.rollout.window_values()
+    if policy.spec.rollout.stage == "in-window" and not is_open(windows, now):
+        return Wait(f"{desired} stages in a maintenance window (rollout.stage: in-window)",
+                    until=next_open(windows, now))
+    resumed = obs.staging is not None and obs.staging.version == desired
+    verb = "Resume staging" if resumed else "Stage"
+    return Stage(desired, target.name, f"{verb} {desired} into slot {target.label}: {why}")
+
+
+def _reboot_gate(policy: UpdatePolicy, obs: ObservedState, now: datetime,
+                 version: str) -> Action | None:
+    """A Wait when a reboot into ``version`` is not allowed now, else ``None``."""
+    rollout = policy.spec.rollout
+    if policy.spec.suspend:
+        return Wait(f"{version} is staged; suspended by the spec, no reboot starts")
+    if not rollout.auto_reboot:
+        return Wait(f"{version} is staged in slot {obs.other_slot.label}; autoReboot is off: "
+                    "waiting for a person to reboot")
+    windows = rollout.window_values()
+    if is_open(windows, now):
+        return None
+    opens = next_open(windows, now)
+    when = opens.strftime("%Y-%m-%d %H:%M UTC") if opens else "never"
+    return Wait(f"{version} is staged in slot {obs.other_slot.label}; reboot waits for the "
+                f"maintenance window opening {when}", until=opens)

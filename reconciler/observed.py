@@ -1,0 +1,142 @@
+"""What is on the device, as frozen plain values (pure: built by ``observe.py``).
+
+The decision core sees the device only through :class:`ObservedState`. Every
+field here is read back from disk on every pass (the slots' own header bytes,
+the bootloader environment, the state file on the data dir), so a crash or a
+reboot between two steps loses nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Literal
+
+SlotName = Literal["A", "B"]
+SLOTS: tuple[SlotName, SlotName] = ("A", "B")
+Mark = Literal["good", "staged", "bad", "empty"]
+
+
+def other(slot: SlotName) -> SlotName:
+    """The slot that is not ``slot``."""
+    return "B" if slot == "A" else "A"
+
+
+@dataclass(frozen=True)
+class Slot:
+    """One root partition: its device, the version its header names, its boot mark."""
+
+    name: SlotName
+    device: str
+    version: str | None
+    mark: Mark
+
+    @property
+    def label(self) -> str:
+        """``B (sda3)``: how status lines name a slot."""
+        return f"{self.name} ({self.device})"
+
+
+@dataclass(frozen=True)
+class HealthProgress:
+    """The health check of the booted trial slot during this boot."""
+
+    first_probe_at: datetime | None = None
+    last_probe_at: datetime | None = None
+    consecutive_ok: int = 0
+    probes: int = 0
+    last_summary: str | None = None
+    timeout_reason: str = "Health check timeout — no answer from the health endpoint"
+
+
+@dataclass(frozen=True)
+class Staging:
+    """A staging that started and has not finished (it resumes from ``done`` bytes)."""
+
+    version: str
+    slot: SlotName
+    done: int = 0
+    total: int = 0
+
+
+@dataclass(frozen=True)
+class FailedVersion:
+    """A version that failed on trial; never retried while it stays the desired one."""
+
+    version: str
+    reason: str
+    at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class ChannelView:
+    """What the release channel offers, as last fetched and verified."""
+
+    versions: frozenset[str] = frozenset()
+    latest: str | None = None
+    error: str | None = None
+    retry_after: timedelta = timedelta(seconds=30)
+
+
+@dataclass(frozen=True)
+class Override:
+    """A person's pin of the desired version at this device (``kruxos update apply``)."""
+
+    version: str
+    actor: str = "cli"
+
+
+@dataclass(frozen=True)
+class ObservedState:
+    """Everything ``decide`` may know about the device, read fresh on each pass."""
+
+    booted: SlotName
+    slots: Mapping[SlotName, Slot]
+    default: SlotName
+    trial: SlotName | None = None
+    tries_left: int = 0
+    fallback_trace: str | None = None
+    health: HealthProgress | None = None
+    rolled_back_from: str | None = None
+    rollback_reason: str | None = None
+    staging: Staging | None = None
+    failed: FailedVersion | None = None
+    channel: ChannelView = field(default_factory=ChannelView)
+    override: Override | None = None
+
+    @property
+    def booted_slot(self) -> Slot:
+        """The slot running now."""
+        return self.slots[self.booted]
+
+    @property
+    def other_slot(self) -> Slot:
+        """The inactive slot: the only one ever written."""
+        return self.slots[other(self.booted)]
+
+    @property
+    def on_trial(self) -> bool:
+        """True while the booted slot is a trial the bootloader is counting."""
+        return self.trial == self.booted
+
+    @property
+    def boot_status(self) -> str:
+        """``PENDING``, ``CONFIRMED`` or ``CONFIRMED (rolled back from X)``."""
+        if self.on_trial:
+            return "PENDING"
+        if self.rolled_back_from:
+            return f"CONFIRMED (rolled back from {self.rolled_back_from})"
+        return "CONFIRMED"
+
+    def summary(self) -> dict[str, object]:
+        """A compact view for audit records."""
+        return {
+            "booted": self.booted,
+            "version": self.booted_slot.version,
+            "boot_status": self.boot_status,
+            "other": {"slot": self.other_slot.name, "version": self.other_slot.version,
+                      "mark": self.other_slot.mark},
+            "trial": self.trial,
+            "tries_left": self.tries_left if self.trial else None,
+        }

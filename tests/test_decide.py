@@ -1,0 +1,352 @@
+"""The decision table: decide(spec, observed, now) over its axes, by name.
+
+Axes: boot status (confirmed / pending with tries / pending exhausted / rolled
+back) x other slot (empty / staged desired / other version / failed version /
+previous good) x desired (= booted / = other slot / new / blocked / lower
+without allowDowngrade) x window (open / closed / none) x health (not started /
+healthy / unhealthy / timed out) x suspend.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from reconciler.actions import (
+    ArmTrial,
+    Blocked,
+    Confirm,
+    NoteFallback,
+    Nothing,
+    ProbeHealth,
+    Reboot,
+    Rollback,
+    Stage,
+    Wait,
+)
+from reconciler.decide import decide
+from reconciler.observed import (
+    ChannelView,
+    FailedVersion,
+    HealthProgress,
+    Mark,
+    ObservedState,
+    Override,
+    Slot,
+    SlotName,
+    Staging,
+)
+from reconciler.spec import UpdatePolicy
+
+# Monday 2026-11-30 12:00 UTC.
+NOW = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)
+OPEN = {"days": ["mon"], "start": "11:00", "duration": "2h", "timezone": "UTC"}
+CLOSED = {"days": ["tue"], "start": "02:00", "duration": "1h", "timezone": "UTC"}
+CHANNEL = ChannelView(versions=frozenset({"1.0.0", "1.0.1", "1.0.2"}), latest="1.0.2")
+
+
+def policy(version: str = "1.0.1", **spec: Any) -> UpdatePolicy:
+    body: dict[str, Any] = {"version": version, "channel": {"url": "http://127.0.0.1:8080/"}}
+    body.update(spec)
+    return UpdatePolicy.model_validate({"apiVersion": "kruxos.io/v1", "kind": "UpdatePolicy",
+                                        "metadata": {"name": "t"}, "spec": body})
+
+
+def observed(booted: SlotName = "A", booted_version: str = "1.0.0",
+             other_version: str | None = None, other_mark: Mark = "empty",
+             **fields: Any) -> ObservedState:
+    other: SlotName = "B" if booted == "A" else "A"
+    devices = {"A": "sda2", "B": "sda3"}
+    slots = {booted: Slot(booted, devices[booted], booted_version, "good"),
+             other: Slot(other, devices[other], other_version, other_mark)}
+    fields.setdefault("default", booted)
+    fields.setdefault("channel", CHANNEL)
+    return ObservedState(booted=booted, slots=slots, **fields)
+
+
+def on_trial(health: HealthProgress | None, tries: int = 2) -> ObservedState:
+    """Booted B with 1.0.1 on trial; A keeps 1.0.0 good and is the default."""
+    return observed("B", "1.0.1", "1.0.0", "good", default="A", trial="B",
+                    tries_left=tries, health=health)
+
+
+def started(ok: int = 0, ago: timedelta = timedelta(seconds=10),
+            last_ago: timedelta = timedelta(seconds=5)) -> HealthProgress:
+    return HealthProgress(first_probe_at=NOW - ago, last_probe_at=NOW - last_ago,
+                          consecutive_ok=ok, probes=3, last_summary="503: gateway starting",
+                          timeout_reason="Health check timeout — gateway failed to start")
+
+
+# ---- boot status: pending (a slot on trial) x health -------------------------------------
+
+def test_pending_health_not_started_probes_first() -> None:
+    assert isinstance(decide(policy(), on_trial(None), NOW), ProbeHealth)
+
+
+def test_pending_healthy_confirms_the_trial_slot() -> None:
+    action = decide(policy(), on_trial(started(ok=1)), NOW)
+    assert action == Confirm("B", "1.0.1", action.reason)
+
+
+def test_pending_needs_success_threshold_consecutive_answers() -> None:
+    spec = policy(health={"successThreshold": 3})
+    assert not isinstance(decide(spec, on_trial(started(ok=2)), NOW), Confirm)
+    assert isinstance(decide(spec, on_trial(started(ok=3)), NOW), Confirm)
+
+
+def test_pending_unhealthy_before_timeout_waits_for_next_probe_interval() -> None:
+    action = decide(policy(), on_trial(started(last_ago=timedelta(seconds=2))), NOW)
+    assert isinstance(action, Wait)
+    assert action.until == NOW + timedelta(seconds=3)
+
+
+def test_pending_unhealthy_probes_again_once_interval_elapsed() -> None:
+    assert isinstance(decide(policy(), on_trial(started(last_ago=timedelta(seconds=5))), NOW),
+                      ProbeHealth)
+
+
+def test_pending_timed_out_rolls_back_with_reason_from_last_answer() -> None:
+    action = decide(policy(), on_trial(started(ago=timedelta(minutes=2))), NOW)
+    assert action == Rollback("B", "A", "1.0.1", "Health check timeout — gateway failed to start")
+
+
+def test_timeout_is_counted_from_the_first_probe_not_from_boot() -> None:
+    spec = policy(health={"timeout": "30s"})
+    assert not isinstance(decide(spec, on_trial(started(ago=timedelta(seconds=29))), NOW),
+                          Rollback)
+    assert isinstance(decide(spec, on_trial(started(ago=timedelta(seconds=30))), NOW), Rollback)
+
+
+def test_pending_with_tries_exhausted_is_still_judged_by_health() -> None:
+    assert isinstance(decide(policy(), on_trial(started(ok=1), tries=0), NOW), Confirm)
+    timed_out = on_trial(started(ago=timedelta(minutes=3)), tries=0)
+    assert isinstance(decide(policy(), timed_out, NOW), Rollback)
+
+
+@pytest.mark.parametrize("health", [None, started(), started(ago=timedelta(minutes=5))])
+def test_health_check_of_a_trial_is_never_suspended(health: HealthProgress | None) -> None:
+    action = decide(policy(suspend=True), on_trial(health), NOW)
+    assert isinstance(action, ProbeHealth | Rollback | Wait)
+    assert not (isinstance(action, Wait) and "suspend" in action.reason)
+
+
+def test_pending_ignores_closed_window_for_rollback() -> None:
+    spec = policy(rollout={"windows": [CLOSED]})
+    assert isinstance(decide(spec, on_trial(started(ago=timedelta(minutes=3))), NOW), Rollback)
+
+
+def test_pending_with_automatic_rollback_off_waits_for_a_person() -> None:
+    spec = policy(rollback={"automatic": False})
+    for health in (started(ok=5), started(ago=timedelta(minutes=9))):
+        action = decide(spec, on_trial(health), NOW)
+        assert isinstance(action, Wait) and "by hand" in action.reason
+
+
+# ---- boot status: confirmed x other slot x desired -----------------------------------------
+
+def test_confirmed_desired_equals_booted_is_nothing_to_do() -> None:
+    assert isinstance(decide(policy("1.0.0"), observed(), NOW), Nothing)
+
+
+def test_confirmed_other_empty_desired_new_stages_into_other_slot() -> None:
+    action = decide(policy("1.0.1"), observed(), NOW)
+    assert action == Stage("1.0.1", "B", action.reason)
+    assert "sda3" in action.reason
+
+
+def test_stage_never_targets_the_booted_slot() -> None:
+    action = decide(policy("1.0.1"), observed("B", "1.0.0", None, "empty"), NOW)
+    assert isinstance(action, Stage) and action.slot == "A"
+
+
+def test_other_slot_with_another_version_is_overwritten_by_staging() -> None:
+    action = decide(policy("1.0.2"), observed(other_version="1.0.1", other_mark="staged"), NOW)
+    assert isinstance(action, Stage) and action.version == "1.0.2"
+
+
+def test_staged_desired_in_other_slot_reboots_into_a_trial_when_no_windows() -> None:
+    action = decide(policy("1.0.1"), observed(other_version="1.0.1", other_mark="staged"), NOW)
+    assert action == ArmTrial("B", "1.0.1", action.reason)
+
+
+def test_staged_desired_with_window_open_reboots() -> None:
+    spec = policy("1.0.1", rollout={"windows": [OPEN]})
+    staged = observed(other_version="1.0.1", other_mark="staged")
+    assert isinstance(decide(spec, staged, NOW), ArmTrial)
+
+
+def test_staged_desired_with_window_closed_waits_until_it_opens() -> None:
+    spec = policy("1.0.1", rollout={"windows": [CLOSED]})
+    action = decide(spec, observed(other_version="1.0.1", other_mark="staged"), NOW)
+    assert isinstance(action, Wait)
+    assert action.until == datetime(2026, 12, 1, 2, 0, tzinfo=UTC)
+
+
+def test_window_closed_does_not_hold_back_staging_by_default() -> None:
+    spec = policy("1.0.1", rollout={"windows": [CLOSED]})
+    assert isinstance(decide(spec, observed(), NOW), Stage)
+
+
+def test_stage_in_window_waits_for_the_window_to_stage() -> None:
+    spec = policy("1.0.1", rollout={"windows": [CLOSED], "stage": "in-window"})
+    action = decide(spec, observed(), NOW)
+    assert isinstance(action, Wait) and action.until == datetime(2026, 12, 1, 2, 0, tzinfo=UTC)
+    spec_open = policy("1.0.1", rollout={"windows": [OPEN], "stage": "in-window"})
+    assert isinstance(decide(spec_open, observed(), NOW), Stage)
+
+
+def test_auto_reboot_off_stages_then_waits_for_a_person() -> None:
+    spec = policy("1.0.1", rollout={"autoReboot": False})
+    assert isinstance(decide(spec, observed(), NOW), Stage)
+    action = decide(spec, observed(other_version="1.0.1", other_mark="staged"), NOW)
+    assert isinstance(action, Wait) and "autoReboot" in action.reason
+
+
+def test_previous_good_slot_holding_desired_is_switched_to_not_restaged() -> None:
+    spec = policy("1.0.0", allowDowngrade=True)
+    prev_good = observed("B", "1.0.1", "1.0.0", "good")
+    action = decide(spec, prev_good, NOW)
+    assert action == ArmTrial("A", "1.0.0", action.reason)
+
+
+def test_lower_desired_without_allow_downgrade_is_blocked() -> None:
+    action = decide(policy("1.0.0"), observed("B", "1.0.1", "1.0.0", "good"), NOW)
+    assert isinstance(action, Blocked) and "allowDowngrade" in action.reason
+
+
+def test_lower_desired_with_allow_downgrade_stages_when_not_in_other_slot() -> None:
+    spec = policy("1.0.0", allowDowngrade=True)
+    assert isinstance(decide(spec, observed("B", "1.0.1"), NOW), Stage)
+
+
+def test_bad_other_slot_holding_desired_is_restaged_not_booted() -> None:
+    action = decide(policy("1.0.1"), observed(other_version="1.0.1", other_mark="bad"), NOW)
+    assert isinstance(action, Stage)
+
+
+def test_interrupted_staging_of_desired_resumes() -> None:
+    obs = observed(other_version=None, other_mark="bad",
+                   staging=Staging("1.0.1", "B", done=4096, total=8192))
+    action = decide(policy("1.0.1"), obs, NOW)
+    assert isinstance(action, Stage) and action.reason.startswith("Resume")
+
+
+# ---- desired: blocked (failed on trial), no retry loop -------------------------------------
+
+def rolled_back(failed: str = "1.0.2") -> ObservedState:
+    return observed("A", "1.0.1", failed, "bad", rolled_back_from=failed,
+                    rollback_reason="Health check timeout — gateway failed to start",
+                    failed=FailedVersion(failed, "Health check timeout — gateway failed to start"))
+
+
+def test_rolled_back_version_is_blocked_while_still_desired() -> None:
+    action = decide(policy("1.0.2"), rolled_back(), NOW)
+    assert isinstance(action, Blocked) and "1.0.2 failed on trial" in action.reason
+
+
+def test_latest_resolving_to_failed_version_is_blocked() -> None:
+    assert isinstance(decide(policy("latest"), rolled_back(), NOW), Blocked)
+
+
+def test_latest_resolving_to_a_newer_release_after_failure_stages_it() -> None:
+    newer = replace(rolled_back(), channel=ChannelView(
+        versions=frozenset({"1.0.1", "1.0.2", "1.0.3"}), latest="1.0.3"))
+    action = decide(policy("latest"), newer, NOW)
+    assert isinstance(action, Stage) and action.version == "1.0.3"
+
+
+def test_rolled_back_device_with_desired_equal_booted_is_nothing_to_do() -> None:
+    action = decide(policy("1.0.1"), rolled_back(), NOW)
+    assert isinstance(action, Nothing)
+
+
+def test_edited_version_after_failure_stages_the_new_version() -> None:
+    assert isinstance(decide(policy("1.0.3"), replace(rolled_back(), channel=ChannelView(
+        versions=frozenset({"1.0.3"}), latest="1.0.3")), NOW), Stage)
+
+
+# ---- finishing steps the bootloader already shows ------------------------------------------
+
+def test_armed_trial_not_yet_booted_reboots_into_it() -> None:
+    obs = observed(other_version="1.0.1", other_mark="staged", trial="B", tries_left=3)
+    assert isinstance(decide(policy("1.0.1"), obs, NOW), ArmTrial)
+
+
+def test_rollback_recorded_but_not_rebooted_finishes_with_a_reboot() -> None:
+    obs = observed("B", "1.0.1", "1.0.0", "good", default="A")
+    assert decide(policy("1.0.1"), obs, NOW) == Reboot("A", decide(policy("1.0.1"), obs,
+                                                                     NOW).reason)
+
+
+def test_bootloader_fallback_is_noted_as_a_failed_version_once() -> None:
+    obs = observed("A", "1.0.0", "1.0.1", "bad", fallback_trace="B: trial tries exhausted")
+    action = decide(policy("1.0.1"), obs, NOW)
+    assert action == NoteFallback("1.0.1", "Trial boot failed — B: trial tries exhausted")
+    noted = replace(obs, rolled_back_from="1.0.1", failed=FailedVersion("1.0.1", "x"))
+    assert isinstance(decide(policy("1.0.1"), noted, NOW), Blocked)
+
+
+# ---- suspend, channel, override --------------------------------------------------------------
+
+def test_suspend_starts_no_staging() -> None:
+    action = decide(policy("1.0.1", suspend=True), observed(), NOW)
+    assert isinstance(action, Wait) and "suspend" in action.reason
+
+
+def test_suspend_starts_no_reboot_into_a_staged_slot() -> None:
+    obs = observed(other_version="1.0.1", other_mark="staged")
+    assert isinstance(decide(policy("1.0.1", suspend=True), obs, NOW), Wait)
+
+
+def test_latest_with_unreachable_channel_waits_and_retries() -> None:
+    obs = observed(channel=ChannelView(error="connection refused"))
+    action = decide(policy("latest"), obs, NOW)
+    assert isinstance(action, Wait) and action.until == NOW + timedelta(seconds=30)
+    assert "connection refused" in action.reason
+
+
+def test_exact_version_missing_from_channel_is_blocked() -> None:
+    action = decide(policy("9.9.9"), observed(), NOW)
+    assert isinstance(action, Blocked) and "not published" in action.reason
+
+
+def test_override_pin_wins_over_the_spec() -> None:
+    action = decide(policy("1.0.1"), observed(override=Override("1.0.2")), NOW)
+    assert isinstance(action, Stage) and action.version == "1.0.2"
+
+
+# ---- properties over the whole table ---------------------------------------------------------
+
+MARKS: list[Mark] = ["good", "staged", "bad", "empty"]
+VERSIONS = [None, "1.0.0", "1.0.1", "1.0.2"]
+
+
+@settings(max_examples=400, deadline=None)
+@given(booted=st.sampled_from(["A", "B"]), other_version=st.sampled_from(VERSIONS),
+       other_mark=st.sampled_from(MARKS), desired=st.sampled_from(["1.0.0", "1.0.1", "1.0.2",
+                                                                    "latest"]),
+       suspend=st.booleans(), window=st.sampled_from([None, OPEN, CLOSED]),
+       downgrade=st.booleans(), failed=st.sampled_from([None, "1.0.1", "1.0.2"]))
+def test_table_invariants(booted: SlotName, other_version: str | None, other_mark: Mark,
+                          desired: str, suspend: bool, window: dict[str, Any] | None,
+                          downgrade: bool, failed: str | None) -> None:
+    spec = policy(desired, suspend=suspend, allowDowngrade=downgrade,
+                  rollout={"windows": [window] if window else []})
+    obs = observed(booted, "1.0.1", other_version, other_mark,
+                   failed=FailedVersion(failed, "x") if failed else None)
+    action = decide(spec, obs, NOW)
+    assert action == decide(spec, obs, NOW)  # deterministic
+    assert action.reason
+    if isinstance(action, Stage):
+        assert action.slot != booted and not suspend
+        assert action.version != failed
+    if isinstance(action, ArmTrial):
+        assert window != CLOSED and not suspend and action.version != failed
+        assert obs.other_slot.mark in ("staged", "good")
+    if isinstance(action, Stage | ArmTrial) and not downgrade:
+        assert action.version >= "1.0.1"
