@@ -91,9 +91,9 @@ def probe(
 ) -> HealthAnswer:
     """Probe ``url`` once; any 200 is healthy, anything else says what is wrong.
 
-    ``timeout`` bounds the whole probe, not only each network step, so a
-    trickling endpoint cannot stall the trial loop. Proxy settings from the
-    environment are ignored: the health endpoint is on the device itself.
+    ``timeout`` bounds each network step and, as a whole, the reading of the
+    body, so a trickling endpoint cannot stall the trial loop. Proxy settings
+    from the environment are ignored: the health endpoint is on the device.
     """
     try:
         status, body = _fetch(url, timeout, transport)
