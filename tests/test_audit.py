@@ -1,0 +1,501 @@
+"""The audit trail: chain, rotation, dedupe, crash recovery, write failures, verify."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+import sys
+import textwrap
+from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
+
+from reconciler.audit import (
+    ZERO_HASH,
+    AuditReader,
+    AuditRecord,
+    AuditTrail,
+    parse_since,
+)
+from reconciler.errors import AuditError
+from reconciler.store import StateStore
+
+T0 = datetime(2026, 11, 29, 10, 0, 0, tzinfo=UTC)
+PLUS_ONE = timezone(timedelta(hours=1))
+
+
+class Clock:
+    """A clock the test moves by hand."""
+
+    def __init__(self) -> None:
+        self.now = T0
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def tick(self, seconds: float = 60) -> None:
+        self.now += timedelta(seconds=seconds)
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> StateStore:
+    return StateStore(tmp_path)
+
+
+def open_trail(store: StateStore, clock: Clock, max_bytes: int = 4096) -> AuditTrail:
+    return AuditTrail(store, max_bytes=max_bytes, clock=clock)
+
+
+def fill(trail: AuditTrail, clock: Clock, count: int) -> None:
+    """Append ``count`` distinct events, one minute apart."""
+    for n in range(count):
+        clock.tick()
+        trail.event("daemon", "probe", f"probe number {n + 1}", details={"n": n + 1})
+
+
+def all_lines(trail: AuditReader) -> list[tuple[Path, int, str]]:
+    """(file, index in file, line) for every line of the trail."""
+    out = []
+    for _, path in trail.files():
+        for index, line in enumerate(path.read_text().splitlines()):
+            out.append((path, index, line))
+    return out
+
+
+def rewrite_line(path: Path, index: int, line: str | None) -> None:
+    """Replace (or with ``None`` delete) one line of a trail file."""
+    lines = path.read_text().splitlines()
+    if line is None:
+        del lines[index]
+    else:
+        lines[index] = line
+    path.write_text("".join(f"{item}\n" for item in lines))
+
+
+def verify(store: StateStore) -> tuple[bool, int | None, str | None]:
+    result = AuditReader(store).verify()
+    return result.ok, result.first_bad, result.problem
+
+
+# --- the chain and rotation -------------------------------------------------
+
+
+def test_chain_continues_across_rotated_files(store: StateStore, clock: Clock) -> None:
+    trail = open_trail(store, clock, max_bytes=1000)
+    fill(trail, clock, 9)
+    records = list(trail.records())
+    assert len(trail.files()) >= 3
+    assert [p.name for _, p in trail.files()][:2] == ["audit-000001.jsonl", "audit-000002.jsonl"]
+    assert [r.seq for r in records] == list(range(1, 10))
+    assert records[0].prev == ZERO_HASH
+    assert all(b.prev == a.hash for a, b in zip(records, records[1:], strict=False))
+    assert all(p.stat().st_size <= 1000 for _, p in trail.files())
+    result = trail.verify()
+    assert (result.ok, result.records, result.head_seq) == (True, 9, 9)
+    assert result.files == len(trail.files())
+
+
+def test_head_in_state_follows_every_append(store: StateStore, clock: Clock) -> None:
+    trail = open_trail(store, clock)
+    fill(trail, clock, 3)
+    last = trail.last()
+    assert last is not None
+    assert store.section("audit")["seq"] == 3
+    assert store.section("audit")["hash"] == last.hash
+
+
+def test_record_hash_is_sha256_of_canonical_json_without_hash(
+    store: StateStore, clock: Clock
+) -> None:
+    trail = open_trail(store, clock)
+    record = trail.event("cli", "spec-rejected", "Spec rejected: ünknown field", details={"b": 1})
+    line = trail.files()[0][1].read_text().rstrip("\n")
+    raw = json.loads(line)
+    digest = raw.pop("hash")
+    canonical = json.dumps(raw, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    assert digest == hashlib.sha256(canonical.encode()).hexdigest() == record.hash
+    assert AuditRecord.from_json(line) == record
+    assert record.to_json() == line
+
+
+def test_time_comes_from_the_injected_clock_as_utc_seconds(store: StateStore) -> None:
+    moment = datetime(2026, 11, 29, 11, 0, 5, 987000, tzinfo=PLUS_ONE)
+    trail = AuditTrail(store, clock=lambda: moment)
+    assert trail.event("daemon", "start", "Daemon started").time == "2026-11-29T10:00:05Z"
+
+
+def test_unknown_actor_is_refused_before_anything_is_written(
+    store: StateStore, clock: Clock
+) -> None:
+    trail = open_trail(store, clock)
+    with pytest.raises(ValueError, match="unknown actor 'robot'"):
+        trail.event("robot", "probe", "x")
+    assert trail.last() is None
+
+
+def test_summary_line_shows_the_outcome_inline(store: StateStore, clock: Clock) -> None:
+    trail = open_trail(store, clock)
+    clock.tick(5)
+    reason = "Stage 1.0.1 into slot B (sda3): spec wants 1.0.1, booted 1.0.0"
+    decision, _ = trail.decision("spec", "stage", reason)
+    done = trail.outcome(decision.seq, "spec", "stage", "ok", 3.2)
+    assert decision.summary_line(done) == (
+        f"#1  2026-11-29T10:00:05Z  spec    stage     {reason}  → ok (3.2s)"
+    )
+    assert decision.summary_line().endswith(reason)
+
+
+# --- verify names the first bad record ---------------------------------------
+
+
+@pytest.fixture
+def trail20(store: StateStore, clock: Clock) -> AuditTrail:
+    trail = open_trail(store, clock, max_bytes=2500)
+    fill(trail, clock, 20)
+    assert trail.verify().ok
+    return trail
+
+
+def test_changed_record_is_named_by_hash_mismatch(trail20: AuditTrail, store: StateStore) -> None:
+    path, index, line = all_lines(trail20)[16]
+    rewrite_line(path, index, line.replace("probe number 17", "probe number 71"))
+    assert verify(store) == (False, 17, "record 17: hash mismatch (record was changed)")
+
+
+def test_changed_and_rehashed_record_breaks_the_next_prev(
+    trail20: AuditTrail, store: StateStore
+) -> None:
+    path, index, line = all_lines(trail20)[9]
+    record = AuditRecord.from_json(line)
+    forged = AuditTrail._seal(AuditRecord(**{**record.body(), "reason": "nothing happened"}))
+    rewrite_line(path, index, forged.to_json())
+    ok, first_bad, problem = verify(store)
+    assert (ok, first_bad) == (False, 11)
+    assert problem is not None and problem.startswith("record 11: prev does not match")
+
+
+def test_reordered_records_are_named(trail20: AuditTrail, store: StateStore) -> None:
+    lines = all_lines(trail20)
+    (path_a, index_a, line_a), (path_b, index_b, line_b) = lines[4], lines[5]
+    rewrite_line(path_a, index_a, line_b)
+    rewrite_line(path_b, index_b, line_a)
+    assert verify(store) == (
+        False,
+        5,
+        "record 5: expected seq 5, found 6 (records were reordered)",
+    )
+
+
+def test_dropped_record_is_named_as_a_seq_gap(trail20: AuditTrail, store: StateStore) -> None:
+    path, index, _ = all_lines(trail20)[17]
+    rewrite_line(path, index, None)
+    assert verify(store) == (
+        False,
+        18,
+        "record 18: expected seq 18, found 19 (a record was dropped)",
+    )
+
+
+def test_truncated_tail_is_caught_by_the_state_head(trail20: AuditTrail, store: StateStore) -> None:
+    path, index, _ = all_lines(trail20)[-1]
+    rewrite_line(path, index, None)
+    path, index, _ = all_lines(trail20)[-1]
+    rewrite_line(path, index, None)
+    assert verify(store) == (
+        False,
+        19,
+        "trail ends at seq 18 but the state head is seq 20 (truncated)",
+    )
+
+
+def test_truncated_and_reappended_tail_differs_from_the_head(
+    store: StateStore, clock: Clock, tmp_path: Path
+) -> None:
+    trail = open_trail(store, clock)
+    fill(trail, clock, 5)
+    head = dict(store.section("audit"))
+    path, index, _ = all_lines(trail)[-1]
+    rewrite_line(path, index, None)
+    store.put("audit", {"seq": 4, "hash": trail.get(4).hash})  # type: ignore[union-attr]
+    AuditTrail(store, clock=clock).event("cli", "probe", "a different fifth record")
+    store.put("audit", head)
+    assert verify(store) == (
+        False,
+        5,
+        "record 5: hash differs from the state head (the trail was truncated and rewritten)",
+    )
+
+
+def test_missing_middle_file_is_named(trail20: AuditTrail, store: StateStore) -> None:
+    files = trail20.files()
+    assert len(files) >= 3
+    before = sum(1 for _ in files[0][1].read_text().splitlines())
+    files[1][1].unlink()
+    ok, first_bad, problem = verify(store)
+    assert (ok, first_bad) == (False, before + 1)
+    assert problem == "file audit-000002.jsonl is missing (the next file is audit-000003.jsonl)"
+
+
+def test_garbage_line_is_named_with_file_and_line(trail20: AuditTrail, store: StateStore) -> None:
+    path, index, _ = all_lines(trail20)[11]
+    rewrite_line(path, index, "{not json")
+    ok, first_bad, problem = verify(store)
+    assert (ok, first_bad) == (False, 12)
+    assert problem is not None
+    assert problem.startswith(f"{path.name} line {index + 1}: unparseable line")
+
+
+def test_earlier_chain_fault_is_named_before_a_later_garbage_line(
+    trail20: AuditTrail, store: StateStore
+) -> None:
+    lines = all_lines(trail20)
+    rewrite_line(lines[15][0], lines[15][1], "garbage")
+    rewrite_line(lines[2][0], lines[2][1], lines[2][2].replace("number 3", "number 33"))
+    assert verify(store)[:2] == (False, 3)
+
+
+def test_reading_a_damaged_trail_raises_audit_error(trail20: AuditTrail, store: StateStore) -> None:
+    path, index, _ = all_lines(trail20)[3]
+    rewrite_line(path, index, "garbage")
+    with pytest.raises(AuditError, match=r"line \d+: not a valid record"):
+        list(AuditReader(store).records())
+
+
+# --- dedupe of repeated passes ----------------------------------------------
+
+
+def test_repeated_decision_is_counted_not_appended(store: StateStore, clock: Clock) -> None:
+    trail = open_trail(store, clock)
+    first, repeated = trail.decision("schedule", "wait", "Waiting for the window at 02:00")
+    assert not repeated
+    for _ in range(3):
+        again, repeated = trail.decision("resync", "wait", "Waiting for the window at 02:00")
+        assert repeated and again == first
+    assert [r.seq for r in trail.records()] == [1]
+    assert trail.repeats() == (3, 1)
+
+
+def test_new_decision_is_appended_and_resets_the_counter(store: StateStore, clock: Clock) -> None:
+    trail = open_trail(store, clock)
+    trail.decision("schedule", "wait", "Waiting for the window at 02:00")
+    trail.decision("schedule", "wait", "Waiting for the window at 02:00")
+    record, repeated = trail.decision("schedule", "stage", "Window open: stage 1.0.1")
+    assert (record.seq, repeated) == (2, False)
+    assert trail.repeats() == (0, 2)
+    other, repeated = trail.decision("schedule", "wait", "Waiting for the window at 02:00")
+    assert (other.seq, repeated) == (3, False)
+
+
+def test_repeat_detection_survives_a_restart(store: StateStore, clock: Clock) -> None:
+    trail = open_trail(store, clock)
+    decision, _ = trail.decision("health", "probe", "Trial of 1.0.1: probing health")
+    trail.event("daemon", "start", "something else happened in between")
+    again, repeated = open_trail(store, clock).decision("health", "probe", decision.reason)
+    assert repeated and again == decision
+
+
+def test_outcome_of_a_repeated_decision_is_recorded_only_when_it_changes(
+    store: StateStore, clock: Clock
+) -> None:
+    trail = open_trail(store, clock)
+    decision, _ = trail.decision("health", "probe", "Trial of 1.0.1: probing health")
+    assert trail.outcome(decision.seq, "health", "probe", "failed: unreachable", 2.0)
+    for _ in range(20):
+        trail.decision("health", "probe", "Trial of 1.0.1: probing health")
+        assert trail.outcome(decision.seq, "health", "probe", "failed: unreachable", 2.0) is None
+    trail.decision("health", "probe", "Trial of 1.0.1: probing health")
+    changed = trail.outcome(decision.seq, "health", "probe", "failed: 503 gateway failed", 0.1)
+    assert changed is not None and changed.decision == decision.seq
+    reopened = open_trail(store, clock)
+    assert (
+        reopened.outcome(decision.seq, "health", "probe", "failed: 503 gateway failed", 0.1) is None
+    )
+    outcomes = [r.outcome for r in trail.records(action="probe") if r.kind == "outcome"]
+    assert outcomes == ["failed: unreachable", "failed: 503 gateway failed"]
+
+
+def test_outcome_of_a_new_decision_is_always_appended(store: StateStore, clock: Clock) -> None:
+    trail = open_trail(store, clock)
+    first, _ = trail.decision("spec", "stage", "Stage 1.0.1")
+    assert trail.outcome(first.seq, "spec", "stage", "ok", 3.0) is not None
+    second, _ = trail.decision("spec", "reboot", "Reboot into slot B")
+    assert trail.outcome(second.seq, "spec", "reboot", "ok", 3.0) is not None
+    assert [r.kind for r in trail.records()] == ["decision", "outcome"] * 2
+
+
+def test_events_are_never_deduped(store: StateStore, clock: Clock) -> None:
+    trail = open_trail(store, clock)
+    for _ in range(3):
+        trail.event("cli", "spec-rejected", "specs/a.yaml line 3: unknown field")
+    assert len(list(trail.records())) == 3
+
+
+# --- crash recovery -----------------------------------------------------------
+
+
+def test_partial_trailing_line_is_cut_on_open(store: StateStore, clock: Clock) -> None:
+    trail = open_trail(store, clock)
+    fill(trail, clock, 3)
+    path = trail.files()[-1][1]
+    good = path.stat().st_size
+    with path.open("ab") as handle:
+        handle.write(b'{"action":"reboot","actor":"spec","dec')
+    assert len(list(AuditReader(store).records())) == 3
+    assert AuditReader(store).verify().ok
+    reopened = open_trail(store, clock)
+    assert path.stat().st_size == good
+    assert reopened.event("daemon", "start", "after the crash").seq == 4
+    assert reopened.verify().ok
+
+
+def test_readers_skip_a_line_the_writer_has_not_finished(store: StateStore, clock: Clock) -> None:
+    trail = open_trail(store, clock)
+    fill(trail, clock, 2)
+    with trail.files()[-1][1].open("ab") as handle:
+        handle.write(b'{"seq":3,')
+        reader = AuditReader(store)
+        last = reader.last()
+        assert last is not None and last.seq == 2
+        assert reader.get(2) == last and reader.get(3) is None
+
+
+def test_record_written_but_head_not_moved_is_accepted_on_open(
+    store: StateStore, clock: Clock
+) -> None:
+    trail = open_trail(store, clock)
+    fill(trail, clock, 3)
+    head = dict(store.section("audit"))
+    fourth = trail.event("daemon", "stage", "written just before the power cut")
+    store.put("audit", head)  # the head update never happened
+    assert AuditReader(store).verify().ok
+    reopened = open_trail(store, clock)
+    assert store.section("audit")["seq"] == 4
+    assert store.section("audit")["hash"] == fourth.hash
+    assert reopened.event("daemon", "start", "next").prev == fourth.hash
+
+
+def test_writer_refuses_to_continue_a_truncated_trail(store: StateStore, clock: Clock) -> None:
+    trail = open_trail(store, clock)
+    fill(trail, clock, 4)
+    path, index, _ = all_lines(trail)[-1]
+    rewrite_line(path, index, None)
+    rewrite_line(path, index - 1, None)
+    with pytest.raises(AuditError, match="ends at seq 2 but the state head is seq 4"):
+        open_trail(store, clock)
+
+
+# --- write failures ------------------------------------------------------------
+
+_FULL_DISK = textwrap.dedent(
+    """
+    import json, resource, signal, sys
+    from datetime import datetime, UTC
+    from pathlib import Path
+    from reconciler.audit import AuditTrail
+    from reconciler.errors import AuditError
+    from reconciler.store import StateStore
+
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    data = Path(sys.argv[1])
+    trail = AuditTrail(StateStore(data), clock=lambda: datetime(2026, 11, 29, tzinfo=UTC))
+    path = trail.files()[-1][1]
+    limit = path.stat().st_size + 40  # room for a part of the next line only
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, resource.RLIM_INFINITY))
+    result = {}
+    try:
+        trail.event("daemon", "stage", "x" * 300)
+    except AuditError as exc:
+        result["error"] = str(exc)
+    result["size_after_error"] = path.stat().st_size
+    resource.setrlimit(resource.RLIMIT_FSIZE, (resource.RLIM_INFINITY,) * 2)
+    result["next_seq"] = trail.event("daemon", "stage", "space again").seq
+    print(json.dumps(result))
+    """
+)
+
+
+def test_disk_full_raises_audit_error_and_leaves_the_trail_valid(
+    store: StateStore, clock: Clock, tmp_path: Path
+) -> None:
+    trail = open_trail(store, clock)
+    fill(trail, clock, 3)
+    size = trail.files()[-1][1].stat().st_size
+    run = subprocess.run(
+        [sys.executable, "-c", _FULL_DISK, str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    )
+    result = json.loads(run.stdout)
+    assert "audit: cannot write record 4 to" in result["error"]
+    assert "audit-000001.jsonl: File too large; the trail was left unchanged" in result["error"]
+    assert result["size_after_error"] == size
+    assert result["next_seq"] == 4
+    verified = AuditReader(store).verify()
+    assert (verified.ok, verified.records, verified.head_seq) == (True, 4, 4)
+
+
+def test_unwritable_head_raises_audit_error_naming_the_state_file(
+    store: StateStore, clock: Clock, tmp_path: Path
+) -> None:
+    trail = open_trail(store, clock)
+    fill(trail, clock, 1)
+    store.path.write_text("{broken")
+    with pytest.raises(AuditError, match=r"cannot move the head to record 2 in .*state\.json"):
+        trail.event("daemon", "probe", "head cannot move")
+
+
+# --- reading and filtering ------------------------------------------------------
+
+
+def test_records_filter_by_since_and_action(store: StateStore, clock: Clock) -> None:
+    trail = open_trail(store, clock, max_bytes=1200)
+    for action in ["stage", "reboot", "probe", "confirm", "probe"]:
+        clock.tick(600)
+        trail.event("daemon", action, f"{action} happened")
+    since = T0 + timedelta(minutes=20)
+    assert [r.seq for r in trail.records(since=since)] == [2, 3, 4, 5]
+    assert [r.seq for r in trail.records(action="probe")] == [3, 5]
+    assert [r.seq for r in trail.records(since=since, action="probe")] == [3, 5]
+    local = datetime(2026, 11, 29, 11, 40, tzinfo=PLUS_ONE)
+    assert [r.seq for r in trail.records(since=local)] == [4, 5]
+
+
+def test_get_and_last_find_records_across_files(store: StateStore, clock: Clock) -> None:
+    trail = open_trail(store, clock, max_bytes=900)
+    assert trail.last() is None and trail.get(1) is None
+    fill(trail, clock, 6)
+    assert len(trail.files()) > 1
+    assert trail.get(4).reason == "probe number 4"  # type: ignore[union-attr]
+    assert trail.last().seq == 6  # type: ignore[union-attr]
+    assert trail.get(7) is None
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("2026-11-29T10:00", datetime(2026, 11, 29, 10, 0, tzinfo=UTC)),
+        ("2026-11-29T10:00:00+01:00", datetime(2026, 11, 29, 9, 0, tzinfo=UTC)),
+        ("2026-11-29T10:00:05Z", datetime(2026, 11, 29, 10, 0, 5, tzinfo=UTC)),
+        ("30m", datetime(2026, 12, 1, 11, 30, tzinfo=UTC)),
+        ("1h", datetime(2026, 12, 1, 11, 0, tzinfo=UTC)),
+        ("2d", datetime(2026, 11, 29, 12, 0, tzinfo=UTC)),
+    ],
+)
+def test_parse_since_reads_times_and_ages(text: str, expected: datetime) -> None:
+    now = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
+    assert parse_since(text, now) == expected
+
+
+@pytest.mark.parametrize("text", ["yesterday", "1y", "-2h", "", "2026-13-01"])
+def test_parse_since_rejects_other_text_with_the_accepted_forms(text: str) -> None:
+    with pytest.raises(ValueError, match="expected a time like 2026-11-29T10:00"):
+        parse_since(text, datetime(2026, 12, 1, tzinfo=UTC))
