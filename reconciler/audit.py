@@ -19,7 +19,7 @@ import json
 import os
 import re
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -49,7 +49,7 @@ def _as_utc(moment: datetime) -> datetime:
     return moment.astimezone(UTC)
 
 
-def format_time(moment: datetime) -> str:
+def _format_time(moment: datetime) -> str:
     """The trail's time format: ISO 8601 UTC to the second, e.g. 2026-11-29T10:00:05Z."""
     return _as_utc(moment).strftime("%Y-%m-%dT%H:%M:%SZ")
 
@@ -68,9 +68,17 @@ def _is_num(value: Any) -> bool:
     return _is_int(value) or isinstance(value, float)
 
 
+def _is_time(value: Any) -> bool:
+    try:
+        datetime.fromisoformat(value)
+    except (TypeError, ValueError):
+        return False
+    return True
+
+
 _CHECKS: dict[str, Callable[[Any], bool]] = {
     "seq": _is_int,
-    "time": lambda v: isinstance(v, str),
+    "time": _is_time,
     "kind": lambda v: v in KINDS,
     "actor": lambda v: isinstance(v, str),
     "action": lambda v: isinstance(v, str),
@@ -138,9 +146,7 @@ class AuditRecord:
         bad = [name for name, check in _CHECKS.items() if not check(value[name])]
         if bad:
             raise ValueError(f"wrong type or value in: {', '.join(bad)}")
-        record = cls(**value)
-        record.at  # noqa: B018 - a bad time is a bad record
-        return record
+        return cls(**value)
 
     def summary_line(self, outcome: AuditRecord | None = None) -> str:
         """One line for ``kruxos audit list``; pass a decision's outcome to show it inline."""
@@ -162,6 +168,15 @@ class VerifyResult:
     problem: str | None
     head_seq: int
     files: int
+
+    def describe(self) -> str:
+        """The one-line verdict ``kruxos audit verify`` prints."""
+        if self.ok:
+            return (
+                f"OK: {self.records} records in {self.files} files, "
+                f"chain intact, state head at seq {self.head_seq}"
+            )
+        return f"FAILED: {self.problem}"
 
 
 def parse_since(text: str, now: datetime) -> datetime:
@@ -394,6 +409,10 @@ def _section(doc: dict[str, Any]) -> dict[str, Any]:
     return section
 
 
+def _seal(record: AuditRecord) -> AuditRecord:
+    return replace(record, hash=record.computed_hash())
+
+
 def _write_all(fd: int, data: bytes) -> None:
     view = memoryview(data)
     while view:
@@ -538,10 +557,10 @@ class AuditTrail(AuditReader):
         trail is then as it was before the call, and the action must not run.
         """
         self._check(kind, actor, decision)
-        record = self._seal(
+        record = _seal(
             AuditRecord(
                 seq=self._next_seq(),
-                time=format_time(self.clock()),
+                time=_format_time(self.clock()),
                 kind=kind,
                 actor=actor,
                 action=action,
@@ -571,10 +590,6 @@ class AuditTrail(AuditReader):
 
     def _next_seq(self) -> int:
         return self._last.seq + 1 if self._last else 1
-
-    @staticmethod
-    def _seal(record: AuditRecord) -> AuditRecord:
-        return AuditRecord(**{**record.body(), "hash": record.computed_hash()})
 
     def _target(self, size: int) -> tuple[Path, bool]:
         """The file to append to, and whether it is new (rotation at ``max_bytes``)."""

@@ -7,8 +7,10 @@ import json
 import subprocess
 import sys
 import textwrap
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -174,7 +176,8 @@ def test_changed_and_rehashed_record_breaks_the_next_prev(
 ) -> None:
     path, index, line = all_lines(trail20)[9]
     record = AuditRecord.from_json(line)
-    forged = AuditTrail._seal(AuditRecord(**{**record.body(), "reason": "nothing happened"}))
+    forged = replace(record, reason="nothing happened")
+    forged = replace(forged, hash=forged.computed_hash())
     rewrite_line(path, index, forged.to_json())
     ok, first_bad, problem = verify(store)
     assert (ok, first_bad) == (False, 11)
@@ -266,6 +269,37 @@ def test_reading_a_damaged_trail_raises_audit_error(trail20: AuditTrail, store: 
     rewrite_line(path, index, "garbage")
     with pytest.raises(AuditError, match=r"line \d+: not a valid record"):
         list(AuditReader(store).records())
+
+
+def test_verify_describes_its_verdict_in_one_line(trail20: AuditTrail, store: StateStore) -> None:
+    result = trail20.verify()
+    files = result.files
+    assert (
+        result.describe() == f"OK: 20 records in {files} files, chain intact, state head at seq 20"
+    )
+    path, index, line = all_lines(trail20)[16]
+    rewrite_line(path, index, line.replace("number 17", "number 71"))
+    assert AuditReader(store).verify().describe() == (
+        "FAILED: record 17: hash mismatch (record was changed)"
+    )
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda r: r.pop("details"), "missing or unknown fields: details"),
+        (lambda r: r.update(extra=1), "missing or unknown fields: extra"),
+        (lambda r: r.update(time="yesterday"), "wrong type or value in: time"),
+        (lambda r: r.update(seq="3", kind="note"), "wrong type or value in: seq, kind"),
+    ],
+)
+def test_from_json_says_what_is_wrong_with_a_line(
+    store: StateStore, clock: Clock, change: Any, message: str
+) -> None:
+    raw = json.loads(open_trail(store, clock).event("cli", "probe", "x").to_json())
+    change(raw)
+    with pytest.raises(ValueError, match=message):
+        AuditRecord.from_json(json.dumps(raw))
 
 
 # --- dedupe of repeated passes ----------------------------------------------
