@@ -1,0 +1,94 @@
+"""The simulated device's bootloader: ``deploy/grub/grub.cfg``'s logic, run on a grubenv file.
+
+One call of :func:`boot_once` is one power-on (or watchdog reset) of the
+simulated device: it picks the slot exactly as the shipped grub.cfg does and
+changes the env file exactly as GRUB's ``save_env`` would, so the reconciler
+under test sees the same env it would see on hardware.
+
+The logic, kept as small as grub.cfg so the two can be compared line by line
+(and, later, against real GRUB under QEMU):
+
+==================================  ===========================================  ============
+env before the boot                 saved to the env (``save_env``)              boots
+==================================  ===========================================  ============
+no ``KRUXOS_TRIAL`` (not A or B)    nothing                                      default
+trial X, ``KRUXOS_TRIES`` 1..9      ``KRUXOS_TRIES`` one less (:data:`COUNTDOWN`) X
+trial X, tries 0/empty/other        ``KRUXOS_X=bad``, ``KRUXOS_TRIAL=``,          default
+                                    ``KRUXOS_FALLBACK="X: trial tries exhausted"``
+trial X, counter cannot be saved    nothing                                      default
+==================================  ===========================================  ============
+
+"default" is ``KRUXOS_DEFAULT`` when it is ``B``, else ``A``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from reconciler.boot import SlotName, grubenv
+from reconciler.errors import BootEnvError
+
+#: grub.cfg's if/elif chain: the try count before the boot → the count saved.
+COUNTDOWN: dict[str, str] = {str(n): str(n - 1) for n in range(9, 0, -1)}
+
+__all__ = ["BootChoice", "COUNTDOWN", "boot_once"]
+
+
+@dataclass(frozen=True)
+class BootChoice:
+    """What one boot chose, and why (``trace`` reads like GRUB's console line)."""
+
+    slot: SlotName
+    trial: bool
+    tries_left_after: int
+    fell_back: bool
+    trace: str
+
+
+def boot_once(env_path: Path) -> BootChoice:
+    """Boot the simulated device once: choose a slot and update the env as GRUB would.
+
+    A missing env is a device whose grubenv was never written: it boots A. An
+    env GRUB could not load (corrupt) is treated the same way, as GRUB's
+    ``load_env`` would leave every variable unset.
+    """
+    env = _load(env_path)
+    default: SlotName = "B" if env.get("KRUXOS_DEFAULT") == "B" else "A"
+    trial = env.get("KRUXOS_TRIAL", "")
+    if trial not in ("A", "B"):
+        return BootChoice(default, False, 0, False, f"no trial: boot default {default}")
+    tries = env.get("KRUXOS_TRIES", "")
+    if tries in COUNTDOWN:
+        return _count_down(env_path, default, trial, COUNTDOWN[tries])
+    return _give_up(env_path, default, trial)
+
+
+def _count_down(env_path: Path, default: SlotName, trial: SlotName, left: str) -> BootChoice:
+    """Save the lower count first; only then boot the trial slot (else the default)."""
+    try:
+        grubenv.edit(env_path, set={"KRUXOS_TRIES": left})
+    except (OSError, BootEnvError):
+        trace = f"cannot save the try counter: boot default {default}"
+        return BootChoice(default, False, 0, False, trace)
+    trace = f"trial {trial}: {left} tries left after this boot"
+    return BootChoice(trial, True, int(left), False, trace)
+
+
+def _give_up(env_path: Path, default: SlotName, trial: SlotName) -> BootChoice:
+    """Tries used up: mark the trial slot bad, clear the trial, boot the default."""
+    reason = f"{trial}: trial tries exhausted"
+    changes = {f"KRUXOS_{trial}": "bad", "KRUXOS_TRIAL": "", "KRUXOS_FALLBACK": reason}
+    try:
+        grubenv.edit(env_path, set=changes)
+    except (OSError, BootEnvError):
+        pass  # GRUB prints the save_env error and boots the default all the same
+    return BootChoice(default, False, 0, True, f"{reason}: boot default {default}")
+
+
+def _load(env_path: Path) -> dict[str, str]:
+    """What ``load_env`` leaves set: the file's variables, or none if it cannot be read."""
+    try:
+        return grubenv.read_env(env_path)
+    except (OSError, BootEnvError):
+        return {}
