@@ -32,6 +32,8 @@ from reconciler.errors import BootEnvError
 #: grub.cfg's if/elif chain: the try count before the boot → the count saved.
 COUNTDOWN: dict[str, str] = {str(n): str(n - 1) for n in range(9, 0, -1)}
 
+_SLOT_NAMES: dict[str, SlotName] = {"A": "A", "B": "B"}
+
 __all__ = ["BootChoice", "COUNTDOWN", "boot_once"]
 
 
@@ -55,8 +57,8 @@ def boot_once(env_path: Path) -> BootChoice:
     """
     env = _load(env_path)
     default: SlotName = "B" if env.get("KRUXOS_DEFAULT") == "B" else "A"
-    trial = env.get("KRUXOS_TRIAL", "")
-    if trial not in ("A", "B"):
+    trial = _SLOT_NAMES.get(env.get("KRUXOS_TRIAL", ""))
+    if trial is None:
         return BootChoice(default, False, 0, False, f"no trial: boot default {default}")
     tries = env.get("KRUXOS_TRIES", "")
     if tries in COUNTDOWN:
