@@ -1,0 +1,93 @@
+"""Ed25519 key files: the publisher's signing keys and the device's trusted keys.
+
+A key pair is two small text files in one directory::
+
+    NAME.key   the 32-byte Ed25519 seed, hex, mode 0600 (keep it offline)
+    NAME.pub   the 32-byte public key, hex (ship it inside the OS image)
+
+A key is named on the wire by its *keyid*: the first 16 hex digits of the
+SHA-256 of the raw public key. The device computes keyids from the public keys
+it trusts, so a keyid in a signature is only a hint, never a source of trust.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Iterable
+from pathlib import Path
+
+from nacl.exceptions import CryptoError
+from nacl.signing import SigningKey, VerifyKey
+
+from reconciler.errors import ConfigError, ReleaseError
+
+KEYID_HEX_LEN = 16
+
+
+def keyid_of(key: VerifyKey) -> str:
+    """The keyid of a public key: first 16 hex digits of SHA-256 of its raw bytes."""
+    return hashlib.sha256(bytes(key)).hexdigest()[:KEYID_HEX_LEN]
+
+
+def generate_keypair(directory: Path, name: str) -> tuple[Path, Path]:
+    """Create ``NAME.key`` (0600) and ``NAME.pub`` in ``directory``; never overwrite."""
+    directory.mkdir(parents=True, exist_ok=True)
+    key_path, pub_path = directory / f"{name}.key", directory / f"{name}.pub"
+    for path in (key_path, pub_path):
+        if path.exists():
+            raise ReleaseError(f"{path}: already exists, refusing to overwrite a key")
+    signing = SigningKey.generate()
+    fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(bytes(signing).hex() + "\n")
+    pub_path.write_text(bytes(signing.verify_key).hex() + "\n")
+    return key_path, pub_path
+
+
+def _read_hex32(path: Path, what: str) -> bytes:
+    try:
+        text = path.read_text().strip()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read {what} ({exc.strerror})") from exc
+    try:
+        raw = bytes.fromhex(text)
+    except ValueError as exc:
+        raise ConfigError(f"{path}: not a hex {what}") from exc
+    if len(raw) != 32:
+        raise ConfigError(f"{path}: a {what} is 32 bytes, this file holds {len(raw)}")
+    return raw
+
+
+def load_signing_key(path: Path) -> SigningKey:
+    """A publisher's private key from its ``.key`` file."""
+    return SigningKey(_read_hex32(path, "Ed25519 private key"))
+
+
+def load_public_key(path: Path) -> VerifyKey:
+    """One public key from its ``.pub`` file."""
+    try:
+        return VerifyKey(_read_hex32(path, "Ed25519 public key"))
+    except CryptoError as exc:
+        raise ConfigError(f"{path}: not a valid Ed25519 public key") from exc
+
+
+def load_trusted_keys(paths: Iterable[Path]) -> dict[str, VerifyKey]:
+    """The device's trusted keys by keyid (from its config, never from a channel)."""
+    keys: dict[str, VerifyKey] = {}
+    for path in paths:
+        key = load_public_key(Path(path))
+        keys[keyid_of(key)] = key
+    return keys
+
+
+def load_revoked(entries: Iterable[str | Path]) -> frozenset[str]:
+    """Revoked keyids from config entries: a 16-hex keyid or the path of a ``.pub`` file."""
+    revoked: set[str] = set()
+    for entry in entries:
+        text = str(entry).strip()
+        if len(text) == KEYID_HEX_LEN and all(c in "0123456789abcdef" for c in text.lower()):
+            revoked.add(text.lower())
+        else:
+            revoked.add(keyid_of(load_public_key(Path(text))))
+    return frozenset(revoked)
