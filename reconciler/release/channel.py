@@ -1,0 +1,244 @@
+"""The publisher's side of a channel: add images, sign, check what devices will see.
+
+A channel directory holds three kinds of files (``docs/channel.md``)::
+
+    metadata.json          signed; the only file devices believe
+    kruxos-VERSION.img     the images, named by version
+    draft.json             the publisher's unsigned working list (devices ignore it)
+
+``add`` copies the image in and records it in ``draft.json``; ``sign`` turns
+the draft into a new ``metadata.json`` with a higher serial. Every file is
+replaced atomically, and an image is complete before any signed metadata names
+it, so a web server can serve the directory while it is being published.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import os
+import random
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from reconciler.errors import ConfigError, KruxosError, ReleaseError
+from reconciler.release.image import HEADER_SIZE, ImageHeader, decode_header, encode_header
+from reconciler.release.keys import keyid_of, load_revoked, load_signing_key, load_trusted_keys
+from reconciler.release.metadata import (
+    FORMAT,
+    ChannelMetadata,
+    Release,
+    canonical_json,
+    format_time,
+    semver_key,
+    verify_metadata,
+)
+from reconciler.store import atomic_write_json, fsync_dir, read_json
+
+METADATA_FILE = "metadata.json"
+DRAFT_FILE = "draft.json"
+# 1 MiB: 32 bytes of hash per MiB keeps the metadata small (a 2 GiB image lists
+# 2048 hashes, ~140 KiB of JSON); the installer holds one block in memory; and a
+# later delta update re-sends whole blocks, so 1 MiB is the granularity of change.
+DEFAULT_BLOCK_SIZE = 1 << 20
+_COPY_CHUNK = 1 << 20
+
+
+def image_name(version: str) -> str:
+    """The file name of ``version``'s image inside a channel."""
+    return f"kruxos-{version}.img"
+
+
+def _load_draft(channel_dir: Path) -> dict[str, Any]:
+    draft = read_json(channel_dir / DRAFT_FILE)
+    if not isinstance(draft, dict) or not isinstance(draft.get("releases"), list):
+        raise ReleaseError(f"{channel_dir / DRAFT_FILE}: not a channel (run init first)")
+    return draft
+
+
+def init_channel(channel_dir: Path, name: str) -> None:
+    """Start an empty channel called ``name`` in ``channel_dir``."""
+    if (channel_dir / DRAFT_FILE).exists():
+        raise ReleaseError(f"{channel_dir / DRAFT_FILE}: a channel already exists here")
+    atomic_write_json(channel_dir / DRAFT_FILE, {"channel": name, "releases": []})
+
+
+def _copy_hashing(src: Path, dst: Path, block_size: int) -> tuple[int, str, list[str]]:
+    """Copy ``src`` to ``dst`` durably; return size, SHA-256 and the block hashes."""
+    whole, blocks, size = hashlib.sha256(), [], 0
+    tmp = dst.with_name(f".{dst.name}.tmp-{os.getpid()}")
+    with open(src, "rb") as fin, open(tmp, "wb") as fout:
+        while block := fin.read(block_size):
+            whole.update(block)
+            blocks.append(hashlib.sha256(block).hexdigest())
+            fout.write(block)
+            size += len(block)
+        fout.flush()
+        os.fsync(fout.fileno())
+    os.replace(tmp, dst)
+    fsync_dir(dst.parent)
+    return size, whole.hexdigest(), blocks
+
+
+def _check_header(image_path: Path, version: str) -> None:
+    try:
+        with open(image_path, "rb") as f:
+            header = decode_header(f.read(HEADER_SIZE))
+    except OSError as exc:
+        raise ReleaseError(f"{image_path}: cannot read the image ({exc.strerror})") from exc
+    if header is None:
+        raise ReleaseError(f"{image_path}: no KruxOS image header at the start")
+    if header.version != version:
+        raise ReleaseError(f"{image_path}: the image header says VERSION={header.version}, "
+                           f"not {version}")
+
+
+def add_release(channel_dir: Path, image_path: Path, version: str, changes: Sequence[str],
+                date_: date | None = None, *, block_size: int = DEFAULT_BLOCK_SIZE) -> Release:
+    """Copy an image into the channel and list it in the draft (sign to publish)."""
+    semver_key(version)
+    draft = _load_draft(channel_dir)
+    if any(r.get("version") == version for r in draft["releases"]):
+        raise ReleaseError(f"{channel_dir}: version {version} is already in the channel")
+    _check_header(image_path, version)
+    name = image_name(version)
+    size, sha, blocks = _copy_hashing(image_path, channel_dir / name, block_size)
+    day = (date_ or datetime.now(UTC).date()).isoformat()
+    release = Release(version, day, tuple(changes), name, size, sha, block_size, tuple(blocks))
+    draft["releases"].append(release.to_json())
+    atomic_write_json(channel_dir / DRAFT_FILE, draft)
+    return release
+
+
+def _previous_serial(channel_dir: Path) -> int:
+    try:
+        old = read_json(channel_dir / METADATA_FILE, {})
+    except KruxosError:
+        return 0
+    serial = old.get("signed", {}).get("serial", 0) if isinstance(old, dict) else 0
+    return serial if isinstance(serial, int) else 0
+
+
+def _check_images_present(channel_dir: Path, releases: Iterable[dict[str, Any]]) -> None:
+    for rel in releases:
+        path = channel_dir / str(rel.get("image"))
+        if not path.is_file() or path.stat().st_size != rel.get("size"):
+            raise ReleaseError(f"{path}: missing or not {rel.get('size')} bytes; "
+                               "refusing to sign metadata that names it")
+
+
+def sign_channel(channel_dir: Path, key_paths: Sequence[Path],
+                 expires_in: timedelta = timedelta(days=30),
+                 now: datetime | None = None) -> dict[str, Any]:
+    """Publish the draft as a new ``metadata.json``: serial + 1, signed by every key.
+
+    Several keys sign the same bytes, which is how a key rotation is done:
+    devices trusting either the old or the new key accept the metadata.
+    """
+    if not key_paths:
+        raise ReleaseError("sign: name at least one signing key")
+    keys = [load_signing_key(Path(p)) for p in key_paths]
+    draft = _load_draft(channel_dir)
+    _check_images_present(channel_dir, draft["releases"])
+    moment = now or datetime.now(UTC)
+    signed = {
+        "format": FORMAT, "channel": draft["channel"],
+        "serial": _previous_serial(channel_dir) + 1,
+        "issued": format_time(moment), "expires": format_time(moment + expires_in),
+        "releases": draft["releases"],
+    }
+    payload = canonical_json(signed)
+    signatures = [{"keyid": keyid_of(k.verify_key),
+                   "sig": base64.b64encode(k.sign(payload).signature).decode()} for k in keys]
+    document = {"signed": signed, "signatures": signatures}
+    atomic_write_json(channel_dir / METADATA_FILE, document)
+    return document
+
+
+@dataclass
+class ChannelReport:
+    """What a device trusting the given keys would make of a channel, and why."""
+
+    accepted: bool
+    metadata: ChannelMetadata | None = None
+    problems: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+def _check_image(channel_dir: Path, rel: Release) -> str | None:
+    """Why a device would refuse this release's image file, or ``None``."""
+    path = channel_dir / rel.image
+    if not path.is_file():
+        return f"{rel.version}: {path} is missing"
+    if path.stat().st_size != rel.size:
+        return f"{rel.version}: {path} is {path.stat().st_size} bytes, signed size {rel.size}"
+    whole = hashlib.sha256()
+    with open(path, "rb") as f:
+        for index, expected in enumerate(rel.blocks):
+            block = f.read(rel.block_size)
+            whole.update(block)
+            if hashlib.sha256(block).hexdigest() != expected:
+                return f"{rel.version}: {path} block {index} does not match its signed hash"
+    if whole.hexdigest() != rel.sha256:
+        return f"{rel.version}: {path} does not match its signed SHA-256"
+    return None
+
+
+def verify_channel(channel_dir: Path, trusted_pub_paths: Sequence[Path], now: datetime,
+                   revoked: Iterable[str | Path] = ()) -> ChannelReport:
+    """Check ``metadata.json`` and every image as a device with these keys would."""
+    path = channel_dir / METADATA_FILE
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        return ChannelReport(False, problems=[f"{path}: cannot read ({exc.strerror})"])
+    try:
+        meta = verify_metadata(raw, load_trusted_keys(trusted_pub_paths),
+                               load_revoked(revoked), now, None, None)
+    except (ReleaseError, ConfigError) as exc:
+        return ChannelReport(False, problems=[f"{path}: {exc}"])
+    report = ChannelReport(True, meta)
+    report.notes.append(f"channel {meta.channel!r}, serial {meta.serial}, signed by "
+                        f"{', '.join(meta.signed_by)}, expires {format_time(meta.expires)}")
+    for rel in meta.releases:
+        problem = _check_image(channel_dir, rel)
+        if problem:
+            report.accepted = False
+            report.problems.append(problem)
+    if _draft_differs(channel_dir, meta):
+        report.notes.append(f"{channel_dir / DRAFT_FILE} has changes not yet signed")
+    return report
+
+
+def _draft_differs(channel_dir: Path, meta: ChannelMetadata) -> bool:
+    try:
+        draft = _load_draft(channel_dir)
+    except KruxosError:
+        return False
+    return bool(draft["releases"] != [r.to_json() for r in meta.releases])
+
+
+def build_sim_image(path: Path, version: str, behaviour: str = "healthy",
+                    size: int = 2 << 20) -> Path:
+    """Write a simulated image: a header, then a payload that differs per version.
+
+    ``BEHAVIOUR`` in the header tells the simulated OS how to act after boot
+    (``healthy``, ``crash``...). The payload is deterministic in version and
+    behaviour, so rebuilding an image gives the same bytes and the same hashes.
+    """
+    header = encode_header(ImageHeader(version=version, extra={"BEHAVIOUR": behaviour}))
+    if size < len(header):
+        raise ReleaseError(f"a simulated image needs at least {len(header)} bytes")
+    rng = random.Random(f"kruxos-sim/{version}/{behaviour}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "wb") as f:
+        f.write(header)
+        left = size - len(header)
+        while left:
+            n = min(left, _COPY_CHUNK)
+            f.write(rng.randbytes(n))
+            left -= n
+    return path
