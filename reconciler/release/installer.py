@@ -1,0 +1,336 @@
+"""The streaming installer: every block verified before it touches the slot.
+
+The order is RAUC's fail-safe order::
+
+    refuse the booted slot ─► refuse an image larger than the slot ─► before_first_write()
+      ─► for each block: receive ─► SHA-256 == signed block hash? ─► pwrite at its offset
+      ─► fsync ─► drop the page cache ─► read the slot back ─► whole SHA-256 == signed?
+      ─► success (only now may the caller mark the slot staged)
+
+Memory is one block plus one network read (64 KiB), whatever the image size; there is
+no temporary copy. The index of the next block to fetch is kept in
+``resume_file`` (written only after the blocks before it are fdatasync'ed), so
+a cut connection, a stop request or a reboot continues with ``Range:
+bytes=OFFSET-`` from the last verified block. Network failures raise
+:class:`ChannelUnavailable` with a delay that doubles with each failure in a row
+(the caller retries); refusals raise :class:`ReleaseError` with the reason.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+from reconciler.errors import ChannelUnavailable, ReleaseError, StateError
+from reconciler.release.image import HEADER_SIZE, decode_header
+from reconciler.release.metadata import Release
+from reconciler.store import atomic_write_json, fsync_dir, read_json
+
+RESUME_EVERY = 16          # blocks between two durable resume points
+BACKOFF_BASE, BACKOFF_MAX = 2.0, 300.0
+_CONTENT_RANGE = re.compile(r"^bytes (\d+)-(\d+)/(\d+|\*)$")
+
+
+@dataclass(frozen=True)
+class InstallProgress:
+    """One progress event: byte counts, all out of ``total`` (the signed size).
+
+    ``fetched`` counts bytes received from the network by this call; ``verified``
+    and ``written`` are the end of the verified / written prefix of the image
+    (they start at the resume point); ``read_back`` grows during the final check.
+    """
+
+    version: str
+    phase: str  # "download", "read-back", "done", "stopped"
+    fetched: int
+    verified: int
+    written: int
+    read_back: int
+    total: int
+
+
+@dataclass(frozen=True)
+class InstallResult:
+    """How an install call ended: ``complete`` only after the read-back matched."""
+
+    version: str
+    complete: bool
+    next_block: int
+    blocks: int
+    resumed_from: int
+    fetched: int
+    message: str
+
+
+@dataclass
+class _Session:
+    release: Release
+    fd: int
+    resume_file: Path
+    slot: str
+    progress: Callable[[InstallProgress], None]
+    next_block: int = 0
+    failures: int = 0
+    fetched: int = 0
+    saved_block: int = -1
+
+    def event(self, phase: str, read_back: int = 0) -> None:
+        done = min(self.next_block * self.release.block_size, self.release.size)
+        self.progress(InstallProgress(self.release.version, phase, self.fetched, done, done,
+                                      read_back, self.release.size))
+
+    def save(self) -> None:
+        """Make the written blocks durable, then record where to resume."""
+        os.fdatasync(self.fd)
+        atomic_write_json(self.resume_file, {
+            "version": self.release.version, "sha256": self.release.sha256,
+            "slot": self.slot, "block_size": self.release.block_size,
+            "next_block": self.next_block, "failures": self.failures})
+        self.saved_block = self.next_block
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    if os.path.realpath(a) == os.path.realpath(b):
+        return True
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def _check_target(release: Release, slot_path: Path, slot_size: int,
+                  booted_slot_path: Path) -> None:
+    if _same_file(slot_path, booted_slot_path):
+        raise ReleaseError(f"refusing to write {slot_path}: it is the booted slot "
+                           f"({os.path.realpath(booted_slot_path)})")
+    if release.size > slot_size:
+        raise ReleaseError(f"image {release.image} is {release.size} bytes, slot "
+                           f"{slot_path} holds only {slot_size}; nothing was written")
+
+
+def _load_resume(resume_file: Path, release: Release, slot: str) -> tuple[int, int]:
+    """``(next_block, failures)`` from a resume file that matches this release and slot."""
+    try:
+        state = read_json(resume_file, {})
+    except StateError:  # an unreadable resume file only costs a full download
+        return 0, 0
+    if not isinstance(state, dict):
+        return 0, 0
+    same = (state.get("sha256") == release.sha256 and state.get("slot") == slot
+            and state.get("block_size") == release.block_size)
+    block, failures = state.get("next_block"), state.get("failures", 0)
+    if not same or not isinstance(block, int) or not 0 <= block <= len(release.blocks):
+        return 0, 0
+    return block, failures if isinstance(failures, int) else 0
+
+
+def _clear_resume(resume_file: Path) -> None:
+    try:
+        resume_file.unlink()
+        fsync_dir(resume_file.parent)
+    except FileNotFoundError:
+        pass
+
+
+def _start_of(resp: httpx.Response, offset: int, release: Release) -> int:
+    """The image offset the response body starts at; refuse a body of the wrong length."""
+    if resp.status_code == 416:
+        raise ChannelUnavailable(f"channel: {resp.url} refused the range from byte {offset}",
+                                 BACKOFF_BASE)
+    if resp.status_code not in (200, 206):
+        raise ChannelUnavailable(f"channel: {resp.url} answered HTTP {resp.status_code}")
+    if resp.headers.get("content-encoding", "identity") != "identity":
+        raise ReleaseError(f"{resp.url}: served with Content-Encoding "
+                           f"{resp.headers['content-encoding']}; images are sent as they are")
+    start = 0
+    if resp.status_code == 206:
+        match = _CONTENT_RANGE.match(resp.headers.get("content-range", ""))
+        if match is None or int(match.group(1)) != offset:
+            raise ReleaseError(f"{resp.url}: asked for bytes from {offset}, got "
+                               f"Content-Range {resp.headers.get('content-range')!r}")
+        start = offset
+    length = resp.headers.get("content-length")
+    if length is not None and length.isdigit() and int(length) != release.size - start:
+        longer = int(length) > release.size - start
+        raise ReleaseError(
+            f"{resp.url}: image {'longer than' if longer else 'shorter than'} its declared "
+            f"size: the server sends {length} bytes from offset {start}, the signed size "
+            f"{release.size} leaves {release.size - start}; nothing of it was written")
+    return start
+
+
+def _verify_block(session: _Session, index: int, block: bytes | bytearray) -> None:
+    release = session.release
+    got = hashlib.sha256(block).hexdigest()
+    if got != release.blocks[index]:
+        start, end = release.block_range(index)
+        raise ReleaseError(f"{release.image}: block {index} (bytes {start}-{end - 1}) hash "
+                           f"mismatch: got {got[:16]}…, signed {release.blocks[index][:16]}…; "
+                           "the block was not written")
+    if index == 0 and len(block) >= HEADER_SIZE:
+        header = decode_header(bytes(block[:HEADER_SIZE]))
+        if header is None or header.version != release.version:
+            found = header.version if header else "no header"
+            raise ReleaseError(f"{release.image}: image header says {found}, "
+                               f"the metadata says {release.version}")
+
+
+def _write_block(session: _Session, index: int, block: bytes | bytearray) -> None:
+    view, offset = memoryview(block), session.release.block_range(index)[0]
+    while view:
+        n = os.pwrite(session.fd, view, offset)
+        view, offset = view[n:], offset + n
+    session.next_block = index + 1
+    if session.next_block - session.saved_block >= RESUME_EVERY:
+        session.save()
+    session.event("download")
+
+
+def _stream_blocks(session: _Session, resp: httpx.Response, start: int,
+                   should_stop: Callable[[], bool]) -> bool:
+    """Verify and write blocks from ``resp``; ``False`` when asked to stop."""
+    release, index, buf = session.release, start // session.release.block_size, bytearray()
+    need = release.block_range(index)[1] - start
+    for chunk in resp.iter_raw():
+        session.fetched += len(chunk)
+        view = memoryview(chunk)
+        while view:
+            if index >= len(release.blocks):
+                raise ReleaseError(f"{resp.url}: image longer than its declared size "
+                                   f"{release.size}; stopped reading at the declared length")
+            take = view[:need - len(buf)]
+            buf += take
+            view = view[len(take):]
+            if len(buf) == need:
+                _verify_block(session, index, buf)
+                _write_block(session, index, buf)
+                index, buf = index + 1, bytearray()
+                if index == len(release.blocks):
+                    continue  # anything more is past the declared size
+                need = release.block_range(index)[1] - release.block_range(index)[0]
+                if should_stop():
+                    return False
+    if index < len(release.blocks):
+        raise ChannelUnavailable(f"{resp.url}: the stream ended at byte "
+                                 f"{release.block_range(index)[0] + len(buf)} of {release.size}")
+    return True
+
+
+def _read_back(session: _Session, slot_path: Path) -> None:
+    """Read the slot from the device (not the page cache) and compare with the signature."""
+    release = session.release
+    os.fsync(session.fd)
+    os.posix_fadvise(session.fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    whole, buf = hashlib.sha256(), bytearray(release.block_size)
+    with open(slot_path, "rb", buffering=0) as f:
+        os.posix_fadvise(f.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
+        for index, expected in enumerate(release.blocks):
+            start, end = release.block_range(index)
+            view = memoryview(buf)[:end - start]
+            got = f.readinto(view)
+            if got != end - start or hashlib.sha256(view).hexdigest() != expected:
+                raise ReleaseError(f"read-back of {slot_path}: block {index} differs from the "
+                                   "verified bytes written there")
+            whole.update(view)
+            session.event("read-back", end)
+    if whole.hexdigest() != release.sha256:
+        raise ReleaseError(f"read-back of {slot_path}: whole-image hash mismatch "
+                           f"(got {whole.hexdigest()[:16]}…, signed {release.sha256[:16]}…)")
+
+
+def _download(session: _Session, client: httpx.Client, url: str,
+              should_stop: Callable[[], bool]) -> bool:
+    offset = session.release.block_range(session.next_block)[0]
+    headers = {"Accept-Encoding": "identity"}
+    if offset:
+        headers["Range"] = f"bytes={offset}-"
+    with client.stream("GET", url, headers=headers) as resp:
+        start = _start_of(resp, offset, session.release)
+        if start < offset:  # the server ignored Range: take it all again
+            session.next_block = session.saved_block = 0
+        return _stream_blocks(session, resp, start, should_stop)
+
+
+def _fetch_all(session: _Session, url: str, should_stop: Callable[[], bool],
+               timeout: float, transport: httpx.BaseTransport | None) -> bool:
+    """Download what is missing; translate network failures to a retry with backoff."""
+    before = session.next_block
+    try:
+        with httpx.Client(timeout=timeout, transport=transport, follow_redirects=True) as client:
+            return _download(session, client, url, should_stop)
+    except (httpx.HTTPError, ChannelUnavailable) as exc:
+        session.failures = 1 if session.next_block > before else session.failures + 1
+        session.save()
+        delay = min(BACKOFF_BASE * 2 ** (session.failures - 1), BACKOFF_MAX)
+        raise ChannelUnavailable(f"channel: downloading {url} failed at block "
+                                 f"{session.next_block} ({exc}); will resume there",
+                                 delay) from exc
+    except ReleaseError:
+        session.save()
+        raise
+
+
+def install(release: Release, base_url: str, slot_path: Path, slot_size: int, *,
+            booted_slot_path: Path, before_first_write: Callable[[], None],
+            progress: Callable[[InstallProgress], None], should_stop: Callable[[], bool],
+            resume_file: Path, timeout: float = 30.0,
+            transport: httpx.BaseTransport | None = None) -> InstallResult:
+    """Stream ``release`` from the channel at ``base_url`` into ``slot_path``.
+
+    Returns a complete result only when the slot read back from the device
+    matches the signed SHA-256; a stop request returns an incomplete result
+    that the next call resumes. ``before_first_write`` runs before the slot is
+    opened for writing (the caller marks the slot unbootable there).
+    """
+    slot_path, booted_slot_path = Path(slot_path), Path(booted_slot_path)
+    _check_target(release, slot_path, slot_size, booted_slot_path)
+    slot = os.path.realpath(slot_path)
+    next_block, failures = _load_resume(resume_file, release, slot)
+    resumed_from = release.block_range(next_block)[0]
+    if should_stop():
+        return _stopped(release, next_block, resumed_from, 0)
+    before_first_write()
+    try:
+        fd = os.open(slot_path, os.O_WRONLY)
+    except OSError as exc:
+        raise ReleaseError(f"cannot open slot {slot_path} ({exc.strerror})") from exc
+    session = _Session(release, fd, resume_file, slot, progress, next_block, failures,
+                       saved_block=next_block)
+    try:
+        if next_block < len(release.blocks):
+            if not _fetch_all(session, f"{base_url.rstrip('/')}/{release.image}",
+                              should_stop, timeout, transport):
+                session.save()
+                session.event("stopped")
+                return _stopped(release, session.next_block, resumed_from, session.fetched)
+        _finish(session, slot_path)
+    finally:
+        os.close(fd)
+    return InstallResult(release.version, True, len(release.blocks), len(release.blocks),
+                         resumed_from, session.fetched,
+                         f"{release.image}: {release.size} bytes written to {slot_path}, "
+                         "read back from the device and verified")
+
+
+def _finish(session: _Session, slot_path: Path) -> None:
+    try:
+        _read_back(session, slot_path)
+    except ReleaseError:
+        _clear_resume(session.resume_file)  # what was written is not to be trusted
+        raise
+    _clear_resume(session.resume_file)
+    session.event("done", session.release.size)
+
+
+def _stopped(release: Release, next_block: int, resumed_from: int,
+             fetched: int) -> InstallResult:
+    return InstallResult(release.version, False, next_block, len(release.blocks),
+                         resumed_from, fetched,
+                         f"stopped at block {next_block} of {len(release.blocks)}; "
+                         "the next install resumes there")
