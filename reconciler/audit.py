@@ -150,7 +150,7 @@ class AuditRecord:
 
     def summary_line(self, outcome: AuditRecord | None = None) -> str:
         """One line for ``kruxos audit list``; pass a decision's outcome to show it inline."""
-        head = f"#{self.seq}  {self.time}  {self.actor:<7} {self.action:<9} {self.reason}"
+        head = f"#{self.seq}  {self.time}  {self.actor:<8} {self.action:<9} {self.reason}"
         shown = outcome if outcome is not None else self
         if shown.outcome is None:
             return head
@@ -173,7 +173,7 @@ class VerifyResult:
         """The one-line verdict ``kruxos audit verify`` prints."""
         if self.ok:
             return (
-                f"OK: {self.records} records in {self.files} files, "
+                f"OK: {self.records} records in {self.files} file{'s' * (self.files != 1)}, "
                 f"chain intact, state head at seq {self.head_seq}"
             )
         return f"FAILED: {self.problem}"
