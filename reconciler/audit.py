@@ -203,11 +203,15 @@ def _split_lines(data: bytes) -> tuple[list[bytes], bytes]:
     return data[:end].splitlines(), data[end:]
 
 
-def _read_head(store: StateStore) -> tuple[int, str]:
+def _read_section(store: StateStore) -> dict[str, Any]:
     try:
-        section = store.section(SECTION)
+        return store.section(SECTION)
     except KruxosError as exc:
         raise AuditError(f"audit: cannot read the head in {store.path}: {exc}") from exc
+
+
+def _read_head(store: StateStore) -> tuple[int, str]:
+    section = _read_section(store)
     seq, digest = section.get("seq", 0), section.get("hash", ZERO_HASH)
     if not _is_int(seq) or not isinstance(digest, str):
         raise AuditError(f"audit: the head in {store.path} is malformed: {section!r}")
@@ -280,7 +284,7 @@ class AuditReader:
 
     def repeats(self) -> tuple[int, int | None]:
         """How many passes repeated the last decision, and that decision's seq."""
-        section = self.store.section(SECTION)
+        section = _read_section(self.store)
         return int(section.get("repeats", 0)), section.get("repeats_of")
 
     def verify(self) -> VerifyResult:
@@ -304,18 +308,22 @@ class _Verifier:
         self.files = reader.files()
 
     def run(self) -> VerifyResult:
+        """The head is read before and after the walk so a writer appending meanwhile
+        is not mistaken for damage: the trail reaches at least the head read before,
+        and at most one record beyond the head read after."""
         try:
-            head_seq, head_hash = self.reader.head()
+            before = self.reader.head()
+            walk = self._walk()
+            after = self.reader.head()
         except AuditError as exc:
             return self._result(0, 0, None, str(exc))
-        walk = self._walk()
         bad = self._chain(walk.records)
         if bad is None and walk.stop is not None:
             bad = (len(walk.records) + 1, walk.stop)
         if bad is None:
-            bad = self._head(walk.records, head_seq, head_hash)
+            bad = self._head(walk.records, before, after[0])
         first, problem = bad if bad else (None, None)
-        return self._result(len(walk.records), head_seq, first, problem)
+        return self._result(len(walk.records), after[0], first, problem)
 
     def _result(
         self, count: int, head: int, first: int | None, problem: str | None
@@ -365,7 +373,10 @@ class _Verifier:
             prev = record.hash
         return None
 
-    def _head(self, records: list[AuditRecord], seq: int, digest: str) -> tuple[int, str] | None:
+    def _head(
+        self, records: list[AuditRecord], head: tuple[int, str], later_seq: int
+    ) -> tuple[int, str] | None:
+        seq, digest = head
         end = len(records)
         if end < seq:
             return end + 1, f"trail ends at seq {end} but the state head is seq {seq} (truncated)"
@@ -374,9 +385,9 @@ class _Verifier:
                 f"record {seq}: hash differs from the state head "
                 "(the trail was truncated and rewritten)"
             )
-        if end > seq + 1:
-            return seq + 2, (
-                f"trail goes to seq {end} but the state head is seq {seq} "
+        if end > later_seq + 1:
+            return later_seq + 2, (
+                f"trail goes to seq {end} but the state head is seq {later_seq} "
                 "(records were added outside the reconciler, or the state was reset)"
             )
         return None

@@ -275,6 +275,37 @@ def test_reading_a_damaged_trail_raises_audit_error(trail20: AuditTrail, store: 
         list(AuditReader(store).records())
 
 
+def test_records_beyond_the_head_are_flagged_beyond_the_one_a_crash_leaves(
+    store: StateStore, clock: Clock
+) -> None:
+    trail = open_trail(store, clock)
+    fill(trail, clock, 3)
+    head = dict(store.section("audit"))
+    fill(trail, clock, 2)
+    store.put("audit", head)
+    ok, first_bad, problem = verify(store)
+    assert (ok, first_bad) == (False, 5)
+    assert problem is not None and problem.startswith(
+        "trail goes to seq 5 but the state head is seq 3"
+    )
+
+
+def test_verify_while_the_writer_appends_is_not_a_false_alarm(
+    store: StateStore, clock: Clock
+) -> None:
+    trail = open_trail(store, clock)
+    fill(trail, clock, 3)
+
+    class Racing(AuditReader):
+        def _lines(self, path: Path) -> tuple[list[bytes], bytes]:
+            fill(trail, clock, 3)  # the daemon appends while verify reads
+            return super()._lines(path)
+
+    result = Racing(store).verify()
+    assert result.ok, result.problem
+    assert (result.records, result.head_seq) == (6, 6)
+
+
 def test_verify_describes_its_verdict_in_one_line(trail20: AuditTrail, store: StateStore) -> None:
     result = trail20.verify()
     assert result.files > 1
