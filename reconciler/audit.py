@@ -420,6 +420,12 @@ def _section(doc: dict[str, Any]) -> dict[str, Any]:
     return section
 
 
+def _finishes_head(record: AuditRecord, seq: int, digest: str) -> bool:
+    """Is ``record`` the intact next record after the head (a crash before the head moved)?"""
+    intact = record.computed_hash() == record.hash
+    return intact and record.seq == seq + 1 and record.prev == digest
+
+
 def _seal(record: AuditRecord) -> AuditRecord:
     return replace(record, hash=record.computed_hash())
 
@@ -487,14 +493,16 @@ class AuditTrail(AuditReader):
         seq, digest = self.head()
         last = self._last
         end = (last.seq, last.hash) if last else (0, ZERO_HASH)
-        if last is not None and last.seq == seq + 1 and last.prev == digest:
+        if end == (seq, digest):
+            return
+        if last is not None and _finishes_head(last, seq, digest):
             self._store_head(last)
-        elif end != (seq, digest):
-            raise AuditError(
-                f"audit: the trail in {self.directory} ends at seq {end[0]} but the state head "
-                f"is seq {seq} with another hash; refusing to continue a damaged trail "
-                "(see `kruxos audit verify`)"
-            )
+            return
+        found = f"record {seq} differs from" if end[0] == seq else f"ends at seq {end[0]} but"
+        raise AuditError(
+            f"audit: the trail in {self.directory} {found} the state head (seq {seq}); "
+            "refusing to continue a damaged trail (see `kruxos audit verify`)"
+        )
 
     def _find_last_decision(self) -> tuple[AuditRecord | None, str | None]:
         """The newest decision and the newest outcome text recorded for it."""

@@ -450,13 +450,27 @@ def test_record_written_but_head_not_moved_is_accepted_on_open(
     assert reopened.event("daemon", "start", "next").prev == fourth.hash
 
 
+def test_a_changed_record_beyond_the_head_is_not_accepted_on_open(
+    store: StateStore, clock: Clock
+) -> None:
+    trail = open_trail(store, clock)
+    fill(trail, clock, 2)
+    head = dict(store.section("audit"))
+    trail.event("daemon", "stage", "written just before the power cut")
+    store.put("audit", head)
+    path, index, line = all_lines(trail)[-1]
+    rewrite_line(path, index, line.replace("power cut", "power loss"))
+    with pytest.raises(AuditError, match="ends at seq 3 but the state head"):
+        open_trail(store, clock)
+
+
 def test_writer_refuses_to_continue_a_truncated_trail(store: StateStore, clock: Clock) -> None:
     trail = open_trail(store, clock)
     fill(trail, clock, 4)
     path, index, _ = all_lines(trail)[-1]
     rewrite_line(path, index, None)
     rewrite_line(path, index - 1, None)
-    with pytest.raises(AuditError, match="ends at seq 2 but the state head is seq 4"):
+    with pytest.raises(AuditError, match=r"ends at seq 2 but the state head \(seq 4\)"):
         open_trail(store, clock)
 
 
