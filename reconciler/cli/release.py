@@ -1,0 +1,132 @@
+"""``kruxos release``: the publisher's tools for a signed channel (presentation only).
+
+    kruxos release keygen [--dir D] [--name N]
+    kruxos release add CHANNEL IMAGE --version V --changes TEXT...
+    kruxos release sign CHANNEL --key KEYFILE... [--expires 30d]
+    kruxos release verify CHANNEL [--key PUBFILE...] [--revoked KEYID|PUBFILE...]
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+
+import click
+
+from reconciler.errors import KruxosError
+from reconciler.release.channel import (
+    DEFAULT_BLOCK_SIZE,
+    DRAFT_FILE,
+    add_release,
+    init_channel,
+    sign_channel,
+    verify_channel,
+)
+from reconciler.release.keys import generate_keypair, keyid_of, load_public_key
+from reconciler.release.metadata import format_time
+
+_DURATION = re.compile(r"^(\d+)([wdhm])$")
+_UNITS = {"w": "weeks", "d": "days", "h": "hours", "m": "minutes"}
+
+
+def _duration(value: str) -> timedelta:
+    match = _DURATION.match(value.strip())
+    if match is None:
+        raise click.BadParameter(f"{value!r}: write a number and a unit: 30d, 12h, 2w, 90m")
+    return timedelta(**{_UNITS[match.group(2)]: int(match.group(1))})
+
+
+@click.group("release")
+def release_group() -> None:
+    """Publish signed releases: keys, images, metadata."""
+
+
+@release_group.command()
+@click.option("--dir", "directory", type=click.Path(path_type=Path), default=Path("."),
+              show_default=True, help="Where to write NAME.key and NAME.pub.")
+@click.option("--name", default="release", show_default=True, help="Base name of the files.")
+def keygen(directory: Path, name: str) -> None:
+    """Create an Ed25519 key pair (keep NAME.key offline, ship NAME.pub in the OS image)."""
+    try:
+        key_path, pub_path = generate_keypair(directory, name)
+        keyid = keyid_of(load_public_key(pub_path))
+    except KruxosError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(f"private key: {key_path} (mode 0600)")
+    click.echo(f"public key:  {pub_path} (keyid {keyid})")
+
+
+@release_group.command()
+@click.argument("channel", type=click.Path(path_type=Path, file_okay=False))
+@click.argument("image", type=click.Path(path_type=Path, dir_okay=False))
+@click.option("--version", "version", required=True, help="Must equal the image header's VERSION.")
+@click.option("--changes", multiple=True, help="One change line (repeat for more).")
+@click.option("--date", "day", help="Release date YYYY-MM-DD (default: today, UTC).")
+@click.option("--channel-name", help="Name of a new channel (default: the directory name).")
+@click.option("--block-size", type=click.IntRange(min=4096), default=DEFAULT_BLOCK_SIZE,
+              show_default=True, help="Bytes per hashed block.")
+def add(channel: Path, image: Path, version: str, changes: tuple[str, ...], day: str | None,
+        channel_name: str | None, block_size: int) -> None:
+    """Copy IMAGE into CHANNEL and list it (run `sign` to publish)."""
+    try:
+        if not (channel / DRAFT_FILE).exists():
+            init_channel(channel, channel_name or channel.resolve().name)
+        when = date.fromisoformat(day) if day else None
+        rel = add_release(channel, image, version, list(changes), when, block_size=block_size)
+    except ValueError as exc:
+        raise click.BadParameter(f"--date {day!r}: expected YYYY-MM-DD") from exc
+    except KruxosError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(f"added {rel.version}: {channel / rel.image}, {rel.size} bytes, "
+               f"{len(rel.blocks)} blocks, sha256 {rel.sha256}")
+    click.echo(f"not published yet: run `kruxos release sign {channel} --key KEYFILE`")
+
+
+@release_group.command()
+@click.argument("channel", type=click.Path(path_type=Path, file_okay=False))
+@click.option("--key", "keys", multiple=True, required=True,
+              type=click.Path(path_type=Path, dir_okay=False),
+              help="A private key file (repeat to dual-sign during a key rotation).")
+@click.option("--expires", default="30d", show_default=True,
+              help="How long devices accept this metadata (30d, 12h, 2w).")
+def sign(channel: Path, keys: tuple[Path, ...], expires: str) -> None:
+    """Sign CHANNEL's releases into a new metadata.json with a higher serial."""
+    try:
+        doc = sign_channel(channel, list(keys), _duration(expires))
+    except KruxosError as exc:
+        raise click.ClickException(str(exc)) from exc
+    signed = doc["signed"]
+    click.echo(f"signed {channel / 'metadata.json'}: channel {signed['channel']!r}, "
+               f"serial {signed['serial']}, {len(signed['releases'])} release(s), "
+               f"expires {signed['expires']}")
+    for entry in doc["signatures"]:
+        click.echo(f"  signature by key {entry['keyid']}")
+
+
+@release_group.command()
+@click.argument("channel", type=click.Path(path_type=Path, file_okay=False))
+@click.option("--key", "keys", multiple=True, type=click.Path(path_type=Path, dir_okay=False),
+              help="A public key a device trusts (repeatable).")
+@click.option("--revoked", multiple=True, help="A revoked keyid or .pub file (repeatable).")
+def verify(channel: Path, keys: tuple[Path, ...], revoked: tuple[str, ...]) -> None:
+    """Say what a device trusting --key would accept from CHANNEL, and why not."""
+    now = datetime.now(UTC)
+    if not keys:
+        click.echo("no --key given: a device trusting no key accepts nothing", err=True)
+    try:
+        report = verify_channel(channel, list(keys), now, revoked)
+    except KruxosError as exc:
+        raise click.ClickException(str(exc)) from exc
+    for note in report.notes:
+        click.echo(note)
+    if report.metadata is not None:
+        latest = report.metadata.latest()
+        for rel in report.metadata.releases:
+            mark = " (latest)" if rel is latest else ""
+            click.echo(f"  {rel.version}{mark}: {rel.image}, {rel.size} bytes, {rel.date}")
+    for problem in report.problems:
+        click.echo(f"REFUSED: {problem}", err=True)
+    if not report.accepted:
+        raise SystemExit(1)
+    click.echo(f"a device would accept this channel (checked at {format_time(now)})")
