@@ -90,6 +90,11 @@ def _finish_pending(policy: UpdatePolicy, obs: ObservedState, now: datetime) -> 
     return None
 
 
+def desired_version(policy: UpdatePolicy, obs: ObservedState) -> str | None:
+    """The version the device should run now; ``None`` when it cannot be known yet."""
+    return _desired(policy, obs)[0]
+
+
 def _desired(policy: UpdatePolicy, obs: ObservedState) -> tuple[str | None, str]:
     """The desired version and where it comes from; ``None`` when it cannot be known."""
     if obs.override is not None:

@@ -94,6 +94,13 @@ class HealthPolicy(_Model):
     """How a slot on trial proves it is healthy."""
 
     url: str = "http://127.0.0.1:7800/health/ready"
+
+    @field_validator("url")
+    @classmethod
+    def _http(cls, value: str) -> str:
+        if not re.match(r"^https?://[^/\s]+", value):
+            raise ValueError(f"{value!r} is not an http(s) URL")
+        return value
     interval: Duration = timedelta(seconds=5)
     timeout: Duration = Field(default=timedelta(minutes=2),
                               description="Counted from the first probe after boot")

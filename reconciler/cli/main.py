@@ -1,0 +1,269 @@
+"""The ``kruxos`` command: presentation only, no decisions.
+
+``kruxos [--config FILE] COMMAND``; the device config is ``--config``, else
+``$KRUXOS_CONFIG``, else ``/etc/kruxos/device.yaml``.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import asdict
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import click
+
+from reconciler.config import Device, config_path, load_device
+from reconciler.errors import KruxosError, SpecError
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--config", "config", metavar="FILE", default=None,
+              help="Device config (default: $KRUXOS_CONFIG, else /etc/kruxos/device.yaml).")
+@click.pass_context
+def cli(ctx: click.Context, config: str | None) -> None:
+    """KruxOS update reconciler: A/B updates driven by a desired-state file."""
+    ctx.obj = config
+
+
+def device_of(ctx: click.Context) -> Device:
+    """The device config chosen for this invocation."""
+    return load_device(config_path(ctx.find_root().obj))
+
+
+@cli.command()
+@click.pass_context
+def daemon(ctx: click.Context) -> None:
+    """Run the reconciler: follow the spec, stage, reboot, probe, confirm or roll back."""
+    from reconciler.daemon import run_daemon
+
+    sys.exit(run_daemon(device_of(ctx)))
+
+
+# ---- update ---------------------------------------------------------------------------------
+
+@cli.group()
+def update() -> None:
+    """The device's update state."""
+
+
+@update.command("status")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable, with raw boot state.")
+@click.pass_context
+def update_status(ctx: click.Context, as_json: bool) -> None:
+    """Boot slot, version, boot status, the other slot, and what happens next."""
+    from reconciler.cli.status import status_json, status_lines
+    from reconciler.inspect import inspect_device
+
+    device = device_of(ctx)
+    now = _now()
+    view = inspect_device(device, now)
+    if as_json:
+        click.echo(json.dumps(status_json(view.observed, view.boot_raw, view.policy,
+                                          view.action, now), indent=2, ensure_ascii=False))
+        return
+    for line in status_lines(view.observed, view.policy, view.action, now):
+        click.echo(line)
+
+
+# ---- audit ----------------------------------------------------------------------------------
+
+@cli.group()
+def audit() -> None:
+    """Read and verify the audit trail of decisions and outcomes."""
+
+
+def _reader(ctx: click.Context) -> Any:
+    from reconciler.audit import AuditReader
+    from reconciler.store import StateStore
+
+    device = device_of(ctx)
+    return AuditReader(StateStore(device.data_dir), device.audit_dir)
+
+
+@audit.command("list")
+@click.option("--since", default=None, help="2026-11-29T10:00, or relative: 30m, 1h, 2d.")
+@click.option("--action", default=None, help="Only records of this action (stage, confirm...).")
+@click.option("--json", "as_json", is_flag=True, help="One JSON record per line.")
+@click.pass_context
+def audit_list(ctx: click.Context, since: str | None, action: str | None,
+               as_json: bool) -> None:
+    """Decisions with their outcomes, oldest first."""
+    from reconciler.audit import parse_since
+
+    try:
+        since_at = parse_since(since, _now()) if since else None
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--since") from None
+    records = list(_reader(ctx).records(since=since_at, action=action))
+    outcomes = {r.decision: r for r in records if r.kind == "outcome" and r.decision}
+    for record in records:
+        if as_json:
+            click.echo(record.to_json())
+        elif record.kind != "outcome" or record.decision is None:
+            click.echo(record.summary_line(outcomes.get(record.seq)))
+
+
+@audit.command("show")
+@click.argument("seq", type=int)
+@click.pass_context
+def audit_show(ctx: click.Context, seq: int) -> None:
+    """One record in full."""
+    record = _reader(ctx).get(seq)
+    if record is None:
+        raise click.ClickException(f"no audit record #{seq}")
+    click.echo(json.dumps(asdict(record), indent=2, ensure_ascii=False, default=str))
+
+
+@audit.command("verify")
+@click.pass_context
+def audit_verify(ctx: click.Context) -> None:
+    """Check the hash chain and the head; name the first bad record."""
+    result = _reader(ctx).verify()
+    if result.ok:
+        click.echo(f"audit trail OK: {result.records} records in {result.files} file(s), "
+                   f"head #{result.head_seq}")
+        return
+    click.echo(f"audit trail DAMAGED: {result.problem}", err=True)
+    sys.exit(1)
+
+
+# ---- spec -----------------------------------------------------------------------------------
+
+@cli.group()
+def spec() -> None:
+    """Validate, describe and plan desired-state files."""
+
+
+@spec.command("validate")
+@click.argument("file", type=click.Path(path_type=Path))
+def spec_validate(file: Path) -> None:
+    """Check a spec file; errors name the file, the field and the line."""
+    from reconciler.specfile import load_spec
+
+    loaded = load_spec(file)
+    click.echo(f"{file}: valid UpdatePolicy {loaded.policy.metadata.name!r} "
+               f"(revision {loaded.revision}, version {loaded.policy.spec.version})")
+
+
+@spec.command("schema")
+def spec_schema() -> None:
+    """The JSON Schema of the spec (also committed as specs/updatepolicy.schema.json)."""
+    from reconciler.schema import schema_text
+
+    click.echo(schema_text(), nl=False)
+
+
+@spec.command("plan")
+@click.argument("file", required=False, type=click.Path(path_type=Path))
+@click.pass_context
+def spec_plan(ctx: click.Context, file: Path | None) -> None:
+    """What the reconciler would do now, and why; changes nothing.
+
+    Exit 0: nothing to do; 1: it would act; 2: error.
+    """
+    from reconciler.actions import Nothing
+    from reconciler.inspect import inspect_device
+    from reconciler.specfile import load_spec
+
+    try:
+        candidate = load_spec(file) if file else None
+        view = inspect_device(device_of(ctx), _now(), candidate=candidate)
+    except KruxosError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(2)
+    if view.action is None:
+        click.echo(f"error: no valid spec ({view.spec_error})", err=True)
+        sys.exit(2)
+    source = file or view.spec_path
+    click.echo(f"spec: {source} (revision {view.revision})")
+    if view.spec_error:
+        click.echo(f"note: the spec file is invalid, planning with the last good spec: "
+                   f"{view.spec_error}")
+    click.echo(f"observed: slot {view.observed.booted_slot.label} runs "
+               f"{view.observed.booted_slot.version}, {view.observed.boot_status}")
+    click.echo(f"plan: {view.action.kind}: {view.action.reason}")
+    sys.exit(0 if isinstance(view.action, Nothing) else 1)
+
+
+# ---- sim ------------------------------------------------------------------------------------
+
+@cli.group()
+def sim() -> None:
+    """The simulated device (the embedded default)."""
+
+
+@sim.command("init")
+@click.argument("directory", type=click.Path(path_type=Path))
+def sim_init(directory: Path) -> None:
+    """Create a simulated device: A holds 1.0.0 confirmed, B empty, a signed channel."""
+    from reconciler.sim.device import init_device
+
+    config = init_device(directory)
+    click.echo(f"simulated device created in {config.parent}")
+    click.echo(f"export KRUXOS_CONFIG={config}")
+
+
+@sim.command("publish")
+@click.argument("directory", type=click.Path(path_type=Path, exists=True))
+@click.argument("version")
+@click.option("--behaviour", default="healthy",
+              type=click.Choice(["healthy", "gateway-fails", "fails-later", "hangs"]),
+              help="How the simulated OS of this release behaves after boot.")
+@click.option("--changes", multiple=True, help="A change line (repeatable).")
+def sim_publish(directory: Path, version: str, behaviour: str, changes: tuple[str, ...]) -> None:
+    """Build a simulated release and publish it, signed, on the device's channel."""
+    from reconciler.sim.device import publish
+
+    publish(directory.resolve(), version, behaviour=behaviour, changes=changes)
+    click.echo(f"published {version} ({behaviour}) on {directory.resolve() / 'channel'}")
+
+
+@sim.command("run")
+@click.argument("directory", type=click.Path(path_type=Path, exists=True))
+@click.option("--watchdog", default=3.0, show_default=True,
+              help="Seconds before the watchdog resets a boot that hangs.")
+def sim_run(directory: Path, watchdog: float) -> None:
+    """Boot the device in the foreground; reboots restart it; SIGTERM stops it."""
+    from reconciler.sim.run import run_device
+
+    sys.exit(run_device(directory, watchdog))
+
+
+def _add_release_group() -> None:
+    try:
+        from reconciler.cli.release import release_group
+    except ImportError:
+        return
+    cli.add_command(release_group, "release")
+
+
+_add_release_group()
+
+
+def main() -> None:
+    """Console entry point: clear one-line errors instead of tracebacks."""
+    try:
+        cli.main(standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        sys.exit(130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except SpecError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(2)
+    except KruxosError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

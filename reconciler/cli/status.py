@@ -1,0 +1,104 @@
+"""``kruxos update status``: the seed's lines, plus the states it does not show.
+
+Presentation only: the facts come from ``observe`` and the next step from
+``decide`` (the same pure function the daemon runs), never from logic here.
+
+Forms (the first four lines are always there)::
+
+    Boot slot: B (sda3)
+    Version: 1.0.1
+    Boot status: CONFIRMED
+    Previous: 1.0.0 (sda2, available for rollback)
+
+    Boot status: CONFIRMED (rolled back from 1.0.1)
+    Rollback reason: Health check timeout — gateway failed to start
+
+    Boot status: PENDING
+    Trial: 2 tries left; health check 0 of 1 healthy answers, 1m52s left (last: ...)
+
+    Staging: 1.0.1 into B (sda3), 45% (1.3 of 3.1 MB)
+    Staged: 1.0.1 in B (sda3)
+    Next: <what the reconciler does next, and why>
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from datetime import datetime, timedelta
+from typing import Any
+
+from reconciler.actions import Action
+from reconciler.observed import ObservedState
+from reconciler.spec import UpdatePolicy, format_duration
+
+
+def status_lines(obs: ObservedState, policy: UpdatePolicy | None, action: Action | None,
+                 now: datetime) -> list[str]:
+    """The human form of ``update status``."""
+    booted = obs.booted_slot
+    lines = [f"Boot slot: {booted.label}", f"Version: {booted.version or 'unknown'}",
+             f"Boot status: {obs.boot_status}"]
+    if obs.on_trial and policy is not None:
+        lines.append(_trial_line(obs, policy, now))
+    if obs.rolled_back_from and obs.rollback_reason and not obs.on_trial:
+        lines.append(f"Rollback reason: {obs.rollback_reason}")
+    lines.extend(_other_slot_lines(obs))
+    if action is not None:
+        lines.append(f"Next: {action.reason}")
+    return lines
+
+
+def _other_slot_lines(obs: ObservedState) -> list[str]:
+    other = obs.other_slot
+    staging = obs.staging
+    if staging is not None and staging.slot == other.name and other.mark == "bad":
+        pct = 100 * staging.done // max(1, staging.total)
+        return [f"Staging: {staging.version} into {other.label}, {pct}% "
+                f"({staging.done / 1e6:.1f} of {staging.total / 1e6:.1f} MB)"]
+    if other.mark == "good" and other.version and not obs.on_trial:
+        return [f"Previous: {other.version} ({other.device}, available for rollback)"]
+    if other.mark == "good" and obs.on_trial:
+        return [f"Previous: {other.version} ({other.device}, the fallback if the trial fails)"]
+    if other.mark == "staged" and other.version:
+        return [f"Staged: {other.version} in {other.label}"]
+    if other.mark == "bad" and other.version:
+        return [f"Other slot: {other.label} holds {other.version}, marked bad"]
+    return [f"Other slot: {other.label} empty"]
+
+
+def _trial_line(obs: ObservedState, policy: UpdatePolicy, now: datetime) -> str:
+    hp = policy.spec.health
+    health = obs.health
+    tries = f"{obs.tries_left} tr{'y' if obs.tries_left == 1 else 'ies'} left"
+    if health is None or health.first_probe_at is None:
+        return f"Trial: {tries}; health check not started yet"
+    left = max(timedelta(0), health.first_probe_at + hp.timeout - now)
+    return (f"Trial: {tries}; health check {health.consecutive_ok} of "
+            f"{hp.success_threshold} healthy answers, {format_duration(left)} left "
+            f"(last: {health.last_summary or 'none'})")
+
+
+def status_json(obs: ObservedState, boot_raw: dict[str, Any], policy: UpdatePolicy | None,
+                action: Action | None, now: datetime) -> dict[str, Any]:
+    """The machine form: every observed fact plus the raw boot environment."""
+    doc = asdict(obs)
+    doc["slots"] = {name: asdict(slot) for name, slot in obs.slots.items()}
+    doc["channel"] = {"versions": sorted(obs.channel.versions), "latest": obs.channel.latest,
+                      "error": obs.channel.error}
+    doc["boot_status"] = obs.boot_status
+    doc["boot"] = boot_raw
+    doc["next"] = ({"action": action.kind, "reason": action.reason} if action else None)
+    doc["time"] = now.isoformat()
+    return _plain(doc)
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple | set | frozenset):
+        return [_plain(v) for v in value]
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, timedelta):
+        return value.total_seconds()
+    return value

@@ -1,0 +1,188 @@
+"""The device config: the fixed facts of one device (``/etc/kruxos/device.yaml``).
+
+What the device *is* lives here — its slot devices, its bootloader, the keys it
+trusts, where its data dir and spec are, how it reboots. What the device
+*should run* lives in the spec. Keeping trust here means whoever edits the spec
+cannot choose which keys are trusted.
+
+The file is found by ``--config FILE``, else ``$KRUXOS_CONFIG``, else
+``/etc/kruxos/device.yaml``. Relative paths are relative to the config file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Annotated, Any
+from urllib.parse import urlsplit, urlunsplit
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from ruamel.yaml import YAML
+from ruamel.yaml.error import YAMLError
+
+from reconciler.errors import ConfigError
+from reconciler.observed import SLOTS, SlotName
+from reconciler.spec import Duration
+
+DEFAULT_PATH = Path("/etc/kruxos/device.yaml")
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+class SlotConfig(_Model):
+    """One root partition: the block device (or, simulated, a file) holding it."""
+
+    device: str
+
+
+class BootloaderConfig(_Model):
+    """Which backend keeps the A/B state, and where its environment is."""
+
+    backend: str = "grub"
+    env: str = "/boot/grub/grubenv"
+
+
+class DeviceConfig(_Model):
+    """The device config file's fields (paths still as written)."""
+
+    slots: dict[SlotName, SlotConfig]
+    bootloader: BootloaderConfig = Field(default_factory=BootloaderConfig)
+    trusted_keys: list[str] = Field(alias="trustedKeys", min_length=1)
+    revoked_keys: list[str] = Field(default_factory=list, alias="revokedKeys")
+    data_dir: str = Field(default="/data/kruxos", alias="dataDir")
+    spec: str = "/etc/kruxos/update.yaml"
+    reboot_command: list[str] = Field(default=["systemctl", "reboot"], alias="rebootCommand",
+                                      min_length=1)
+    cmdline: str = "/proc/cmdline"
+    boot_id: str = Field(default="/proc/sys/kernel/random/boot_id", alias="bootId")
+    trial_tries: Annotated[int, Field(ge=1, le=9)] = Field(default=3, alias="trialTries")
+    resync: Duration = timedelta(minutes=5)
+    port_map: str | None = Field(default=None, alias="portMap")
+
+
+@dataclass(frozen=True)
+class Device:
+    """The device config with every path resolved, as the rest of the code uses it."""
+
+    source: Path
+    slot_paths: dict[SlotName, Path]
+    bootloader: str
+    boot_env: Path
+    trusted_keys: tuple[Path, ...]
+    revoked_keys: tuple[Path, ...]
+    data_dir: Path
+    spec_path: Path
+    reboot_command: tuple[str, ...]
+    cmdline: Path
+    boot_id: Path
+    trial_tries: int
+    resync: timedelta
+    port_map: Path | None
+
+    def slot_device(self, slot: SlotName) -> str:
+        """``sda3``: the short device name status lines show."""
+        return self.slot_paths[slot].name
+
+    @property
+    def audit_dir(self) -> Path:
+        """Where the audit trail lives on the data dir."""
+        return self.data_dir / "audit"
+
+    def booted_slot(self) -> SlotName:
+        """The running slot, from the kernel command line (``kruxos.slot=B``)."""
+        try:
+            text = self.cmdline.read_text()
+        except OSError as exc:
+            raise ConfigError(f"cannot read the kernel command line {self.cmdline}: "
+                              f"{exc.strerror}") from exc
+        match = re.search(r"(?:^|\s)kruxos\.slot=([AB])(?:\s|$)", text)
+        if match is None:
+            raise ConfigError(f"{self.cmdline}: no kruxos.slot=A|B on the kernel command line")
+        return "A" if match.group(1) == "A" else "B"
+
+    def current_boot_id(self) -> str:
+        """An id that changes on every boot (so a health check restarts per boot)."""
+        try:
+            return self.boot_id.read_text().strip()
+        except OSError:
+            return "unknown"
+
+    def map_url(self, url: str) -> str:
+        """Rewrite a loopback URL through the port map (simulated devices only).
+
+        A simulated device shares the host's loopback with other devices, so its
+        own ``127.0.0.1:7800`` is mapped onto a free host port picked at run
+        time, as a network namespace would. Real devices have no port map.
+        """
+        if self.port_map is None:
+            return url
+        try:
+            mapping = json.loads(self.port_map.read_text())
+        except (OSError, ValueError):
+            return url
+        parts = urlsplit(url)
+        target = mapping.get(parts.netloc)
+        return urlunsplit(parts._replace(netloc=target)) if target else url
+
+
+def config_path(explicit: str | None) -> Path:
+    """``--config``, else ``$KRUXOS_CONFIG``, else the system default."""
+    chosen = explicit or os.environ.get("KRUXOS_CONFIG")
+    return Path(chosen) if chosen else DEFAULT_PATH
+
+
+def load_device(path: Path) -> Device:
+    """Read and resolve the device config at ``path``."""
+    raw = _read_yaml(path)
+    try:
+        cfg = DeviceConfig.model_validate(raw)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise ConfigError(f"{path}: {where}: {first['msg']}") from None
+    missing = [s for s in SLOTS if s not in cfg.slots]
+    if missing:
+        raise ConfigError(f"{path}: slots: slot {missing[0]} is not configured")
+    return _resolve(cfg, path.resolve())
+
+
+def _read_yaml(path: Path) -> Any:
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"cannot read the device config {path}: {exc.strerror} "
+                          "(use --config FILE or set KRUXOS_CONFIG)") from exc
+    try:
+        return YAML(typ="safe").load(text)
+    except YAMLError as exc:
+        raise ConfigError(f"{path}: YAML error: {exc}") from None
+
+
+def _resolve(cfg: DeviceConfig, source: Path) -> Device:
+    base = source.parent
+
+    def at(value: str) -> Path:
+        return (base / value) if not os.path.isabs(value) else Path(value)
+
+    return Device(
+        source=source,
+        slot_paths={name: at(slot.device) for name, slot in cfg.slots.items()},
+        bootloader=cfg.bootloader.backend,
+        boot_env=at(cfg.bootloader.env),
+        trusted_keys=tuple(at(k) for k in cfg.trusted_keys),
+        revoked_keys=tuple(at(k) for k in cfg.revoked_keys),
+        data_dir=at(cfg.data_dir),
+        spec_path=at(cfg.spec),
+        reboot_command=tuple(cfg.reboot_command),
+        cmdline=at(cfg.cmdline),
+        boot_id=at(cfg.boot_id),
+        trial_tries=cfg.trial_tries,
+        resync=cfg.resync,
+        port_map=at(cfg.port_map) if cfg.port_map else None,
+    )

@@ -1,0 +1,277 @@
+"""``kruxos daemon``: the asyncio loop that reconciles the device with its spec.
+
+Level-triggered: every pass reads the spec and the device from disk, asks
+``decide`` for one step, writes the decision to the audit trail (fsynced), runs
+the step, then writes its outcome. Triggers only wake the loop, they carry no
+state:
+
+- a change of the spec file (watchfiles, debounced to 50 ms),
+- a maintenance window opening (an apscheduler date trigger),
+- the time a ``Wait`` asked for (the next health probe, a channel retry),
+- a periodic resync (``resync`` in the device config),
+- ``SIGHUP`` (a person or the CLI asking for a pass now).
+
+``SIGTERM`` stops between steps (an ongoing download stops at a block
+boundary and resumes on the next start). A second daemon on the same data dir
+is refused: one writer at a time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
+from apscheduler.triggers.date import DateTrigger
+from watchfiles import Change, awatch
+
+from reconciler.actions import REBOOTING, Action, Outcome, ProbeHealth, Wait
+from reconciler.audit import AuditTrail
+from reconciler.channelwatch import ChannelWatch
+from reconciler.config import Device
+from reconciler.decide import decide, desired_version
+from reconciler.errors import AuditError, KruxosError
+from reconciler.executor import Executor, Rebooter, command_rebooter
+from reconciler.observe import backend_for, observe
+from reconciler.observed import ObservedState
+from reconciler.specfile import LoadedSpec, SpecKeeper
+from reconciler.staging import InstallerStager
+from reconciler.store import StateStore, data_dir_lock
+from reconciler.windows import next_open
+
+AUDIT_RETRY = timedelta(seconds=5)
+
+
+def log(message: str) -> None:
+    """One line on stderr (the journal on a real device)."""
+    print(f"kruxos daemon: {message}", file=sys.stderr, flush=True)
+
+
+@dataclass
+class PassResult:
+    """What one reconcile pass did and when the loop should look again."""
+
+    action: Action | None
+    outcome: Outcome | None
+    wake_at: datetime | None
+    rebooting: bool = False
+
+
+class Reconciler:
+    """One reconcile pass at a time over the device's disk state (no memory of steps)."""
+
+    def __init__(self, device: Device, *, rebooter: Rebooter | None = None,
+                 clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
+        self.device = device
+        self.clock = clock
+        self.store = StateStore(device.data_dir)
+        self.audit = AuditTrail(self.store, device.audit_dir, clock=clock)
+        self.keeper = SpecKeeper(device.spec_path, device.data_dir)
+        self.backend = backend_for(device)
+        self.channel = ChannelWatch(device, self.store, clock)
+        self.stopping = False
+        self.executor = Executor(device, self.store, self.backend,
+                                 InstallerStager(device, self.store, self.backend, self.channel),
+                                 rebooter or command_rebooter(device), clock,
+                                 should_stop=lambda: self.stopping)
+        self.spec: LoadedSpec | None = None
+        self.on_trial = False
+
+    def run_pass(self, actor: str) -> PassResult:
+        """Decide and run one step; an unwritable audit trail stops everything."""
+        spec = self._current_spec()
+        if spec is None:
+            return PassResult(None, None, None)
+        now = self.clock()
+        view = self.channel.view(spec.policy, spec.revision, now)
+        observed = observe(self.device, self.store, self.backend, view)
+        self._lift_block(spec, observed)
+        action = decide(spec.policy, observed, now)
+        self.on_trial = observed.on_trial
+        try:
+            return self._act(actor, spec, observed, action)
+        except AuditError as exc:
+            log(f"audit trail cannot be written, no action runs: {exc}")
+            return PassResult(action, None, now + AUDIT_RETRY)
+
+    def _act(self, actor: str, spec: LoadedSpec, observed: ObservedState,
+             action: Action) -> PassResult:
+        fields = {"spec_revision": spec.revision, "spec_file": str(spec.path),
+                  "observed": observed.summary()}
+        record, repeated = self.audit.decision(actor, action.kind, action.reason, **fields)
+        if not repeated:
+            log(f"#{record.seq} {action.kind}: {action.reason}")
+        outcome = self.executor.run(action, spec.policy)
+        self.audit.outcome(record.seq, actor, action.kind, outcome.text, outcome.duration_s,
+                           **fields)
+        if not outcome.ok:
+            log(f"#{record.seq} {action.kind} failed: {outcome.detail}")
+        rebooting = outcome.ok and isinstance(action, REBOOTING)
+        wake = self._wake_at(action, outcome, spec, observed)
+        return PassResult(action, outcome, wake, rebooting)
+
+    def _wake_at(self, action: Action, outcome: Outcome, spec: LoadedSpec,
+                 observed: ObservedState) -> datetime | None:
+        """When to look again: a probe waits one interval (or until the deadline)."""
+        now = self.clock()
+        if isinstance(action, ProbeHealth):
+            hp = spec.policy.spec.health
+            started = observed.health.first_probe_at if observed.health else None
+            deadline = (started or now) + hp.timeout
+            return max(now, min(now + hp.interval, deadline))
+        if outcome.retry_after_s is not None:
+            return now + timedelta(seconds=outcome.retry_after_s)
+        if not outcome.ok:
+            return now + timedelta(seconds=30)
+        if isinstance(action, Wait):
+            return action.until
+        return now  # a step ran: look again at once, the next step may be due
+
+    def _current_spec(self) -> LoadedSpec | None:
+        """The spec in force; a rejected file is recorded once per content revision."""
+        loaded, error = self.keeper.refresh()
+        if error is not None:
+            self._record_rejection(error)
+        self.spec = loaded
+        return loaded
+
+    def _record_rejection(self, error: KruxosError) -> None:
+        from reconciler.spec import revision_of
+
+        try:
+            bad = revision_of(self.device.spec_path.read_bytes())
+        except OSError:
+            bad = "unreadable"
+        if self.store.section("spec").get("rejected") == bad:
+            return
+        kept = self.keeper.copy_revision()
+        reason = f"{error} (keeping the last good spec {kept or '(none)'})"
+        self.audit.event("spec", "spec-rejected", reason, spec_revision=bad,
+                         spec_file=str(self.device.spec_path))
+        self.store.put("spec", {"rejected": bad})
+        log(f"spec rejected: {reason}")
+
+    def _lift_block(self, spec: LoadedSpec, observed: Any) -> None:
+        """Forget a failed version once the desired version resolves to another one."""
+        failed = observed.failed
+        desired = desired_version(spec.policy, observed)
+        if failed is None or desired is None or desired == failed.version:
+            return
+        self.audit.event("spec", "unblock", f"{failed.version} may be tried again: the desired "
+                         f"version is now {desired}", spec_revision=spec.revision)
+        self.store.put("failed", None)
+
+
+class Daemon:
+    """The long-running loop around :class:`Reconciler` and its triggers."""
+
+    def __init__(self, device: Device, reconciler: Reconciler | None = None) -> None:
+        self.device = device
+        self.reconciler = reconciler or Reconciler(device)
+        self._wake = asyncio.Event()
+        self._actor = "daemon"
+        self._stop = asyncio.Event()
+
+    def wake(self, actor: str) -> None:
+        """Ask for a pass now; ``actor`` is recorded as what caused it."""
+        self._actor = actor
+        self._wake.set()
+
+    def stop(self) -> None:
+        """Stop between steps (SIGTERM)."""
+        self.reconciler.stopping = True
+        self._stop.set()
+        self._wake.set()
+
+    async def run(self) -> int:
+        """Hold the data-dir lock and reconcile until stopped."""
+        with data_dir_lock(self.device.data_dir, "kruxos daemon"):
+            loop = asyncio.get_running_loop()
+            for sig, handler in ((signal.SIGTERM, self.stop), (signal.SIGINT, self.stop),
+                                 (signal.SIGHUP, lambda: self.wake("cli"))):
+                loop.add_signal_handler(sig, handler)
+            scheduler = AsyncIOScheduler(timezone=UTC, event_loop=loop)
+            scheduler.start()
+            watcher = asyncio.create_task(self._watch_spec())
+            try:
+                await self._loop(scheduler)
+            finally:
+                watcher.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await watcher
+                scheduler.shutdown(wait=False)
+        log("stopped")
+        return 0
+
+    async def _loop(self, scheduler: AsyncIOScheduler) -> None:
+        log(f"started on {self.device.source} (spec {self.device.spec_path})")
+        actor = "daemon"
+        while not self._stop.is_set():
+            result = await asyncio.to_thread(self.reconciler.run_pass, actor)
+            if result.rebooting:
+                log("waiting for the reboot")
+                await self._stop.wait()
+                return
+            self._schedule_window(scheduler)
+            actor = await self._sleep_until(result.wake_at, actor)
+
+    async def _sleep_until(self, wake_at: datetime | None, actor: str) -> str:
+        """Wait for a trigger, the wanted time, or the periodic resync; return the actor.
+
+        A pass due at once continues the chain of the pass before it, so a stage
+        started by a spec edit and the reboot that follows both name the spec.
+        """
+        now = self.reconciler.clock()
+        if wake_at is not None and wake_at <= now and not self._wake.is_set():
+            return actor
+        resync = now + self.device.resync
+        target = min(wake_at, resync) if wake_at else resync
+        timeout = max(0.0, (target - now).total_seconds())
+        if not self._wake.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout)
+        if self._wake.is_set():
+            self._wake.clear()
+            return self._actor
+        if wake_at is not None and wake_at < resync:
+            return "health" if self.reconciler.on_trial else actor
+        return "resync"
+
+    def _schedule_window(self, scheduler: AsyncIOScheduler) -> None:
+        """An apscheduler job that wakes the loop when the next window opens."""
+        spec = self.reconciler.spec
+        windows = spec.policy.spec.rollout.window_values() if spec else ()
+        opens = next_open(windows, self.reconciler.clock()) if windows else None
+        if opens is None or opens <= self.reconciler.clock():
+            with contextlib.suppress(Exception):
+                scheduler.remove_job("window")
+            return
+        scheduler.add_job(self._window_opened, DateTrigger(run_date=opens), id="window",
+                          replace_existing=True)
+
+    async def _window_opened(self) -> None:
+        self.wake("schedule")
+
+    async def _watch_spec(self) -> None:
+        """Wake the loop within the debounce of any change to the spec file."""
+        path = self.device.spec_path.resolve()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        async for changes in awatch(path.parent, debounce=50, step=20,
+                                    stop_event=self._stop, recursive=False):
+            if any(Path(p).resolve() == path and c != Change.deleted for c, p in changes):
+                self.wake("spec")
+
+
+
+
+
+def run_daemon(device: Device) -> int:
+    """Entry point of ``kruxos daemon``."""
+    return asyncio.run(Daemon(device).run())

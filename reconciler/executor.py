@@ -1,0 +1,168 @@
+"""Run one action against the device and report an :class:`Outcome`.
+
+The executor is where side effects live: bootloader writes, the installer,
+health probes, the reboot command, and the state file entries the next pass
+will observe. It never raises for an action that fails — a failed download or
+an unreachable health endpoint is an outcome to record, not a crash — and it
+writes state before any reboot, so the next boot finds it on disk.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+from reconciler import health
+from reconciler.actions import (
+    Action,
+    ArmTrial,
+    Blocked,
+    Confirm,
+    NoteFallback,
+    Nothing,
+    Outcome,
+    ProbeHealth,
+    Reboot,
+    Rollback,
+    Stage,
+    Wait,
+)
+from reconciler.boot import Backend
+from reconciler.config import Device
+from reconciler.errors import KruxosError, TemporaryError
+from reconciler.observed import SlotName
+from reconciler.spec import UpdatePolicy
+from reconciler.store import StateStore
+
+
+class Stager(Protocol):
+    """Writes a release into a slot (the streaming installer behind it)."""
+
+    def stage(self, version: str, slot: SlotName, policy: UpdatePolicy,
+              should_stop: Callable[[], bool]) -> str:
+        """Stage ``version`` into ``slot``; return a summary; raise KruxosError on refusal."""
+
+
+Rebooter = Callable[[str], None]
+
+
+def command_rebooter(device: Device) -> Rebooter:
+    """Reboot by running the device config's reboot command."""
+
+    def reboot(reason: str) -> None:
+        subprocess.run(list(device.reboot_command), check=True, timeout=60)
+
+    return reboot
+
+
+@dataclass
+class Executor:
+    """Runs actions; ``clock`` and ``rebooter`` are injected so tests control them."""
+
+    device: Device
+    store: StateStore
+    backend: Backend
+    stager: Stager
+    rebooter: Rebooter
+    clock: Callable[[], datetime] = lambda: datetime.now(UTC)
+    should_stop: Callable[[], bool] = lambda: False
+
+    def run(self, action: Action, policy: UpdatePolicy) -> Outcome:
+        """Run ``action``; every failure becomes a failed :class:`Outcome`."""
+        started = time.monotonic()
+        try:
+            detail = self._dispatch(action, policy)
+            return Outcome(True, detail, time.monotonic() - started)
+        except TemporaryError as exc:
+            return Outcome(False, str(exc), time.monotonic() - started, exc.delay)
+        except (KruxosError, OSError, subprocess.SubprocessError) as exc:
+            return Outcome(False, str(exc), time.monotonic() - started)
+
+    def _dispatch(self, action: Action, policy: UpdatePolicy) -> str:
+        handlers: dict[type, Callable[[Any, UpdatePolicy], str]] = {
+            Nothing: _nothing, Wait: _nothing, Blocked: _nothing,
+            Stage: self._stage, ArmTrial: self._arm, ProbeHealth: self._probe,
+            Confirm: self._confirm, Rollback: self._rollback, Reboot: self._reboot,
+            NoteFallback: self._note_fallback,
+        }
+        return handlers[type(action)](action, policy)
+
+    def _now(self) -> str:
+        return self.clock().isoformat()
+
+    def _stage(self, action: Stage, policy: UpdatePolicy) -> str:
+        return self.stager.stage(action.version, action.slot, policy, self.should_stop)
+
+    def _arm(self, action: ArmTrial, policy: UpdatePolicy) -> str:
+        self.store.put("trial", None)
+        self.backend.arm_trial(action.slot, self.device.trial_tries)
+        self.rebooter(action.reason)
+        return f"armed slot {action.slot} for {self.device.trial_tries} trial boot(s); rebooting"
+
+    def _probe(self, action: ProbeHealth, policy: UpdatePolicy) -> str:
+        hp = policy.spec.health
+        answer = health.probe(self.device.map_url(hp.url),
+                              timeout=min(hp.interval.total_seconds(), 10.0))
+        now = self._now()
+        boot_id = self.device.current_boot_id()
+
+        def record(doc: dict[str, Any]) -> None:
+            trial = doc.get("trial") or {}
+            if trial.get("boot_id") != boot_id or trial.get("slot") != action.slot:
+                trial = {"boot_id": boot_id, "slot": action.slot, "first_probe_at": now,
+                         "consecutive_ok": 0, "probes": 0}
+            trial["last_probe_at"] = now
+            trial["probes"] = int(trial.get("probes", 0)) + 1
+            trial["consecutive_ok"] = int(trial.get("consecutive_ok", 0)) + 1 \
+                if answer.healthy else 0
+            trial["last_summary"] = answer.summary()
+            trial["last_answer"] = answer.to_dict()
+            trial["timeout_reason"] = health.rollback_reason(answer, timed_out=True)
+            doc["trial"] = trial
+
+        self.store.update(record)
+        return answer.summary()
+
+    def _confirm(self, action: Confirm, policy: UpdatePolicy) -> str:
+        self.backend.mark_good(action.slot)
+
+        def clear(doc: dict[str, Any]) -> None:
+            for key in ("trial", "rollback", "staging"):
+                doc.pop(key, None)
+
+        self.store.update(clear)
+        return f"slot {action.slot} marked good with {action.version}"
+
+    def _rollback(self, action: Rollback, policy: UpdatePolicy) -> str:
+        self._remember_failure(action.from_version, action.reason)
+        self.backend.rollback(action.reason)
+        self.rebooter(action.reason)
+        return f"slot {action.from_slot} marked bad; rebooting into slot {action.to_slot}"
+
+    def _reboot(self, action: Reboot, policy: UpdatePolicy) -> str:
+        self.rebooter(action.reason)
+        return f"rebooting into slot {action.slot}"
+
+    def _note_fallback(self, action: NoteFallback, policy: UpdatePolicy) -> str:
+        self._remember_failure(action.version, action.reason)
+        return f"{action.version} recorded as failed on trial"
+
+    def _remember_failure(self, version: str | None, reason: str) -> None:
+        """Keep the failed version and the rollback reason on disk before rebooting."""
+        now = self._now()
+
+        def change(doc: dict[str, Any]) -> None:
+            doc["rollback"] = {"from_version": version, "reason": reason, "at": now}
+            if version:
+                doc["failed"] = {"version": version, "reason": reason, "at": now}
+            doc.pop("trial", None)
+
+        self.store.update(change)
+
+
+def _nothing(action: Any, policy: UpdatePolicy) -> str:
+    return ""

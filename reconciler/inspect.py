@@ -1,0 +1,74 @@
+"""A read-only look at the device for the CLI: observed state and the next step.
+
+``update status`` and ``spec plan`` run the same ``observe`` and ``decide`` as
+the daemon, but change nothing: no lock, no state write, no audit record, and
+the channel's stored trust is read, never advanced.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from reconciler.actions import Action
+from reconciler.channelwatch import ChannelWatch
+from reconciler.config import Device
+from reconciler.decide import decide
+from reconciler.errors import KruxosError
+from reconciler.observe import backend_for, observe, read_boot_state
+from reconciler.observed import ChannelView, ObservedState
+from reconciler.spec import UpdatePolicy
+from reconciler.specfile import LoadedSpec, SpecKeeper
+from reconciler.store import StateStore
+
+
+@dataclass(frozen=True)
+class DeviceView:
+    """What status and plan show."""
+
+    observed: ObservedState
+    boot_raw: dict[str, Any]
+    policy: UpdatePolicy | None
+    action: Action | None
+    revision: str | None
+    spec_path: str
+    spec_error: str | None
+
+
+def inspect_device(device: Device, now: datetime,
+                   candidate: LoadedSpec | None = None) -> DeviceView:
+    """Observe the device and ask ``decide`` with the spec in force (or a candidate)."""
+    store = StateStore(device.data_dir)
+    backend = backend_for(device)
+    boot, boot_error = read_boot_state(backend)
+    spec, error = _spec(device, candidate)
+    view = _channel(device, store, spec, now)
+    observed = observe(device, store, backend, view)
+    action = decide(spec.policy, observed, now) if spec else None
+    raw = {"default": boot.default, "trial": boot.trial, "tries_left": boot.tries_left,
+           "marks": dict(boot.marks), "fallback": boot.fallback_reason, "error": boot_error,
+           "backend": device.bootloader, "env": str(device.boot_env)}
+    return DeviceView(observed, raw, spec.policy if spec else None, action,
+                      spec.revision if spec else None,
+                      str(spec.path if spec else device.spec_path), error)
+
+
+def _spec(device: Device, candidate: LoadedSpec | None) -> tuple[LoadedSpec | None, str | None]:
+    if candidate is not None:
+        return candidate, None
+    keeper = SpecKeeper(device.spec_path, device.data_dir)
+    try:
+        from reconciler.specfile import load_spec
+
+        return load_spec(device.spec_path), None
+    except KruxosError as exc:
+        return keeper.last_good(), str(exc)
+
+
+def _channel(device: Device, store: StateStore, spec: LoadedSpec | None,
+             now: datetime) -> ChannelView:
+    if spec is None:
+        return ChannelView(error="no spec")
+    watch = ChannelWatch(device, store, lambda: now, save_trust=False)
+    return watch.view(spec.policy, spec.revision, now)

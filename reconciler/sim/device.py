@@ -1,0 +1,123 @@
+"""``kruxos sim init`` and ``kruxos sim publish``: a simulated device on disk.
+
+The simulated device is the embedded default: everything a real device has,
+as files in one directory, driven by the same daemon, CLI and release tooling.
+
+::
+
+    DIR/device.yaml        the device config (facts: slots, bootloader, keys, ...)
+    DIR/spec.yaml          the desired state an operator edits
+    DIR/slots/sda2, sda3   slot A and slot B (sparse files with image headers)
+    DIR/boot/grubenv       the GRUB environment block (grub-editenv format)
+    DIR/keys/              the channel signing key; the device trusts release.pub
+    DIR/channel/           the signed release channel, served over loopback HTTP
+    DIR/data/              the data dir: state.json, audit/ (never touched by updates)
+    DIR/run/               what one run of the device writes: kernel command line,
+                           boot id, port map, logs
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from reconciler.boot import open_backend
+from reconciler.errors import ConfigError
+from reconciler.release.channel import add_release, build_sim_image, init_channel, sign_channel
+from reconciler.release.keys import generate_keypair
+
+SLOT_SIZE = 64 << 20
+IMAGE_SIZE = 3 << 20
+CHANNEL_PORT = "127.0.0.1:8080"
+OS_PORT = "127.0.0.1:7800"
+FIRST_CHANGES = {
+    "1.0.0": ["Initial release"],
+    "1.0.1": ["Fixed rate limiter edge case with concurrent agents",
+              "Improved Gmail sync performance",
+              "Added filesystem.copy capability"],
+}
+
+SPEC = """\
+# Desired state of this simulated device. Edit `version` and the daemon follows.
+apiVersion: kruxos.io/v1
+kind: UpdatePolicy
+metadata:
+  name: sim-device
+spec:
+  version: 1.0.0
+  channel:
+    url: http://{channel}/
+  health:
+    # Short timings so the simulation is quick; the product defaults are 5s / 2m.
+    interval: 1s
+    timeout: 8s
+"""
+
+DEVICE = """\
+# Facts of this simulated device (a real one: /etc/kruxos/device.yaml).
+slots:
+  A: {{device: slots/sda2}}
+  B: {{device: slots/sda3}}
+bootloader:
+  backend: grub
+  env: boot/grubenv
+trustedKeys: [keys/release.pub]
+dataDir: data
+spec: spec.yaml
+rebootCommand: [{python}, -m, reconciler.sim.reboot, {dir}]
+cmdline: run/cmdline
+bootId: run/boot_id
+trialTries: 3
+resync: 30s
+portMap: run/ports.json
+"""
+
+
+def init_device(directory: Path, *, bootloader: str = "grub") -> Path:
+    """Create a simulated device: slot A holds 1.0.0 confirmed, slot B is empty."""
+    directory = directory.resolve()
+    if (directory / "device.yaml").exists():
+        raise ConfigError(f"{directory} already holds a simulated device")
+    for sub in ("slots", "boot", "keys", "channel", "data", "run"):
+        (directory / sub).mkdir(parents=True, exist_ok=True)
+    generate_keypair(directory / "keys", "release")
+    init_channel(directory / "channel", "stable")
+    for version, changes in FIRST_CHANGES.items():
+        publish(directory, version, changes=changes, sign=False)
+    _sign(directory)
+    _make_slots(directory)
+    (directory / "device.yaml").write_text(
+        DEVICE.format(python=sys.executable, dir=directory))
+    (directory / "spec.yaml").write_text(SPEC.format(channel=CHANNEL_PORT))
+    return directory / "device.yaml"
+
+
+def _make_slots(directory: Path) -> None:
+    """Slot A receives 1.0.0 from the channel (as a factory install would); B stays empty."""
+    for name in ("sda2", "sda3"):
+        with open(directory / "slots" / name, "wb") as f:
+            f.truncate(SLOT_SIZE)
+    image = directory / "channel" / "kruxos-1.0.0.img"
+    with open(image, "rb") as src, open(directory / "slots" / "sda2", "r+b") as dst:
+        shutil.copyfileobj(src, dst)
+    backend = open_backend("grub", directory / "boot" / "grubenv")
+    backend.set_mark("A", "good")
+    backend.set_mark("B", "empty")
+
+
+def publish(directory: Path, version: str, *, behaviour: str = "healthy",
+            changes: Sequence[str] = (), sign: bool = True) -> Path:
+    """Build a simulated image of ``version`` and publish it on the device's channel."""
+    build = directory / "run" / "build" / f"kruxos-{version}.img"
+    build_sim_image(build, version, behaviour, IMAGE_SIZE)
+    add_release(directory / "channel", build, version, list(changes) or [f"Release {version}"])
+    build.unlink()
+    if sign:
+        _sign(directory)
+    return directory / "channel"
+
+
+def _sign(directory: Path) -> None:
+    sign_channel(directory / "channel", [directory / "keys" / "release.key"])

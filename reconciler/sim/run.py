@@ -1,0 +1,180 @@
+"""``kruxos sim run DIR``: boot the simulated device and keep it running.
+
+Each boot follows a real device's order: the bootloader logic of the shipped
+``grub.cfg`` picks a slot (counting a trial try down first), the kernel command
+line names it, then the simulated OS (which learns what it is only from the
+slot's bytes) and ``kruxos daemon`` start as child processes. A reboot really
+ends both and boots again. A slot whose image hangs at boot starts neither;
+the watchdog resets the device after a few seconds, and that reset counts a
+try, as on a board with a hardware watchdog.
+
+The device's channel is served over loopback HTTP. Ports are picked free at
+run time and published in ``run/ports.json``: the device's own
+``127.0.0.1:7800`` and ``127.0.0.1:8080`` map onto them, so devices run side
+by side.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+from reconciler.config import load_device
+from reconciler.release.image import read_slot_header
+from reconciler.sim.bootloader import boot_once
+from reconciler.sim.device import CHANNEL_PORT, OS_PORT
+from reconciler.sim.os import BootRefused, SimOsProcess, launch
+from reconciler.store import atomic_write, atomic_write_json
+
+
+def say(message: str) -> None:
+    """The device's console."""
+    print(f"[sim] {message}", flush=True)
+
+
+class _QuietHandler(SimpleHTTPRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        return
+
+
+class Supervisor:
+    """Boots the simulated device, restarts it on reboot, stops on SIGTERM."""
+
+    def __init__(self, directory: Path, watchdog: float = 3.0) -> None:
+        self.dir = directory.resolve()
+        self.device = load_device(self.dir / "device.yaml")
+        self.run_dir = self.dir / "run"
+        self.watchdog = watchdog
+        self.reboot_requested = threading.Event()
+        self.stopping = threading.Event()
+        self.os_proc: SimOsProcess | None = None
+        self.daemon: subprocess.Popen[bytes] | None = None
+        self.boots = 0
+
+    def run(self) -> int:
+        """Serve the channel and boot until SIGTERM."""
+        self.run_dir.mkdir(exist_ok=True)
+        atomic_write(self.run_dir / "sim.pid", f"{os.getpid()}\n".encode())
+        signal.signal(signal.SIGUSR1, lambda *_: self.reboot_requested.set())
+        signal.signal(signal.SIGTERM, lambda *_: self._request_stop())
+        signal.signal(signal.SIGINT, lambda *_: self._request_stop())
+        server = self._serve_channel()
+        say(f"channel served at http://127.0.0.1:{server.server_address[1]}/ "
+            f"(the device sees http://{CHANNEL_PORT}/)")
+        try:
+            while not self.stopping.is_set():
+                self._boot(server.server_address[1])
+                self._wait_for_reboot()
+                self._shutdown_children()
+        finally:
+            self._shutdown_children()
+            server.shutdown()
+            (self.run_dir / "sim.pid").unlink(missing_ok=True)
+        say("device stopped")
+        return 0
+
+    def _request_stop(self) -> None:
+        self.stopping.set()
+        self.reboot_requested.set()
+
+    def _serve_channel(self) -> ThreadingHTTPServer:
+        handler = functools.partial(_QuietHandler, directory=str(self.dir / "channel"))
+        server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        return server
+
+    def _boot(self, channel_port: int) -> None:
+        """One boot: bootloader, kernel command line, then the OS and the daemon."""
+        self.boots += 1
+        self.reboot_requested.clear()
+        choice = boot_once(self.device.boot_env)
+        slot = choice.slot
+        path = self.device.slot_paths[slot]
+        say(f"boot #{self.boots}: bootloader chose slot {slot} ({path.name}): {choice.trace}")
+        atomic_write(self.device.cmdline, f"root=/dev/{path.name} kruxos.slot={slot}\n".encode())
+        atomic_write(self.device.boot_id, f"{uuid.uuid4()}\n".encode())
+        header = read_slot_header(path)
+        if header is None or header.get("BEHAVIOUR") == "hangs":
+            return self._hang(slot)
+        try:
+            self.os_proc = launch(path, self.run_dir / "os.ready")
+        except BootRefused as exc:
+            say(f"slot {slot} did not boot: {exc}")
+            return self._hang(slot)
+        atomic_write_json(self.run_dir / "ports.json", {
+            OS_PORT: f"127.0.0.1:{self.os_proc.port}",
+            CHANNEL_PORT: f"127.0.0.1:{channel_port}"})
+        say(f"KruxOS {header.version} up (health on 127.0.0.1:{self.os_proc.port}); "
+            "starting kruxos daemon")
+        self._start_daemon()
+
+    def _hang(self, slot: str) -> None:
+        """A boot that never reaches user space: only the watchdog gets us out."""
+        say(f"slot {slot} hangs at boot; the watchdog resets the device in {self.watchdog:g}s")
+        if not self.stopping.wait(self.watchdog):
+            self.reboot_requested.set()
+
+    def _start_daemon(self) -> None:
+        log = open(self.run_dir / "daemon.log", "ab")
+        env = dict(os.environ, KRUXOS_CONFIG=str(self.device.source), PYTHONUNBUFFERED="1")
+        self.daemon = subprocess.Popen(
+            [sys.executable, "-m", "reconciler.cli.main", "daemon"],
+            stdout=log, stderr=log, env=env, start_new_session=True)
+        log.close()
+
+    def _wait_for_reboot(self) -> None:
+        """Wait for a reboot request; restart a daemon that died (as systemd would)."""
+        while not self.reboot_requested.wait(0.2):
+            if self.daemon is not None and self.daemon.poll() is not None:
+                say(f"kruxos daemon exited ({self.daemon.returncode}); restarting it")
+                time.sleep(1.0)
+                if not self.reboot_requested.is_set():
+                    self._start_daemon()
+        if not self.stopping.is_set():
+            say("reboot")
+
+    def _shutdown_children(self) -> None:
+        """What a reboot does to user space: SIGTERM, then SIGKILL after a grace period."""
+        if self.daemon is not None:
+            _terminate(self.daemon)
+            self.daemon = None
+        if self.os_proc is not None:
+            self.os_proc.stop()
+            self.os_proc = None
+        (self.run_dir / "ports.json").unlink(missing_ok=True)
+
+
+def _terminate(proc: subprocess.Popen[bytes], grace: float = 5.0) -> None:
+    if proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(grace)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def ports(directory: Path) -> dict[str, str]:
+    """The port map of a running simulated device (empty when it is not running)."""
+    try:
+        value = json.loads((directory / "run" / "ports.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def run_device(directory: Path, watchdog: float = 3.0) -> int:
+    """Entry point of ``kruxos sim run``."""
+    return Supervisor(directory, watchdog).run()
+

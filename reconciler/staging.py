@@ -1,0 +1,96 @@
+"""The stage action: the streaming installer wired to the boot env and the state file.
+
+Fail-safe order (as RAUC installs): fresh verified metadata first; the slot is
+marked ``bad`` before its first byte is written; progress is kept in the state
+file so status shows it and a restart resumes; the slot is marked ``staged``
+only after the installer read every byte back from the device and matched the
+signed SHA-256. The trial is not armed here: that happens at the reboot.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from reconciler.boot import Backend
+from reconciler.channelwatch import ChannelWatch
+from reconciler.config import Device
+from reconciler.errors import TemporaryError
+from reconciler.observed import SlotName, other
+from reconciler.release.installer import InstallProgress, install
+from reconciler.spec import UpdatePolicy
+from reconciler.store import StateStore
+
+RESUME_FILE = "staging.resume.json"
+
+
+def slot_size(path: Path) -> int:
+    """The size of a slot: a block device's capacity or a slot file's length."""
+    with open(path, "rb") as f:
+        return f.seek(0, os.SEEK_END)
+
+
+class InstallerStager:
+    """Stages releases into the other slot with the streaming installer."""
+
+    def __init__(self, device: Device, store: StateStore, backend: Backend,
+                 channel: ChannelWatch) -> None:
+        self.device = device
+        self.store = store
+        self.backend = backend
+        self.channel = channel
+
+    def stage(self, version: str, slot: SlotName, policy: UpdatePolicy,
+              should_stop: Callable[[], bool]) -> str:
+        """Stage ``version`` into ``slot``; raise on refusal, TemporaryError when stopped."""
+        release = self.channel.release(policy, version)
+        path = self.device.slot_paths[slot]
+        report = _Reporter(self.store, version, slot, release.size)
+
+        def before_first_write() -> None:
+            self.backend.set_mark(slot, "bad")
+            report.start()
+
+        result = install(
+            release, self.device.map_url(policy.spec.channel.url), path, slot_size(path),
+            booted_slot_path=self.device.slot_paths[other(slot)],
+            before_first_write=before_first_write, progress=report,
+            should_stop=should_stop, resume_file=self.device.data_dir / RESUME_FILE)
+        if not result.complete:
+            raise TemporaryError(f"staging of {version} stopped at block {result.next_block} of "
+                                 f"{result.blocks}; it resumes there", delay=1.0)
+        self.backend.set_mark(slot, "staged")
+        self.store.put("staging", None)
+        return result.message
+
+
+class _Reporter:
+    """Keeps the staging progress in the state file (throttled) and logs milestones."""
+
+    def __init__(self, store: StateStore, version: str, slot: SlotName, total: int) -> None:
+        self.store, self.version, self.slot, self.total = store, version, slot, total
+        self._last_write = 0.0
+        self._last_quarter = -1
+
+    def start(self) -> None:
+        self._save(self.store.section("staging").get("done", 0)
+                   if self.store.section("staging").get("version") == self.version else 0)
+
+    def __call__(self, event: InstallProgress) -> None:
+        now = time.monotonic()
+        if now - self._last_write >= 0.5 or event.phase != "download":
+            self._save(event.written)
+            self._last_write = now
+        quarter = (4 * event.written) // max(1, self.total)
+        if quarter != self._last_quarter and event.phase == "download":
+            self._last_quarter = quarter
+            print(f"kruxos daemon: staging {self.version} into slot {self.slot}: "
+                  f"{event.written}/{self.total} bytes verified and written",
+                  file=sys.stderr, flush=True)
+
+    def _save(self, done: int) -> None:
+        self.store.put("staging", {"version": self.version, "slot": self.slot,
+                                   "done": done, "total": self.total})
