@@ -18,6 +18,7 @@ Faults (offsets are offsets in the file, not in the response)::
     endless          no Content-Length; after the file, send pseudo-random bytes forever
     extra: N         append N bytes and count them in Content-Length
     stall_at: N      stop sending at offset N and hold the connection for ``stall_seconds``
+    trickle_at: N    from offset N on, send 100 bytes every 0.05 s (slow retrieval)
 """
 
 from __future__ import annotations
@@ -132,6 +133,11 @@ class _Handler(BaseHTTPRequestHandler):
                 self._fault_at(pos, faults, entry)
                 return
             n = min(CHUNK, len(data) - pos, max(stop_at - pos, 1))
+            if pos >= faults.get("trickle_at", len(data)):
+                n = min(n, 100)
+                time.sleep(0.05)
+            elif "trickle_at" in faults:
+                n = min(n, faults["trickle_at"] - pos)
             self.wfile.write(data[pos:pos + n])
             pos += n
             entry["sent"] += n

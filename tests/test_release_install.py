@@ -224,6 +224,15 @@ def test_a_stalled_connection_times_out_and_keeps_the_verified_blocks(device: De
     assert json.loads(device.resume_file.read_text())["next_block"] == 2
 
 
+def test_a_trickling_server_is_cut_off_as_slow_retrieval(device: Device) -> None:
+    device.server.set_faults(trickle_at=BLOCK + 10)
+    started = time.monotonic()
+    with pytest.raises(ChannelUnavailable, match="block 1 took more than .*slow retrieval"):
+        device.install(timeout=0.5, min_rate=1 << 20)
+    assert time.monotonic() - started < 3
+    assert json.loads(device.resume_file.read_text())["next_block"] == 1
+
+
 def test_retry_delay_doubles_while_no_block_gets_through(device: Device) -> None:
     device.server.set_faults(cut_at=100, cut_times=3)
     delays = []

@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +35,7 @@ from reconciler.store import atomic_write_json, fsync_dir, read_json
 
 RESUME_EVERY = 16          # blocks between two durable resume points
 BACKOFF_BASE, BACKOFF_MAX = 2.0, 300.0
+MIN_RATE = 16 * 1024       # bytes/s a block must average: a trickling server is cut off
 _CONTENT_RANGE = re.compile(r"^bytes (\d+)-(\d+)/(\d+|\*)$")
 
 
@@ -79,6 +81,7 @@ class _Session:
     failures: int = 0
     fetched: int = 0
     saved_block: int = -1
+    block_deadline: float = 60.0
 
     def event(self, phase: str, read_back: int = 0) -> None:
         done = min(self.next_block * self.release.block_size, self.release.size)
@@ -197,8 +200,12 @@ def _stream_blocks(session: _Session, resp: httpx.Response, start: int,
     """Verify and write blocks from ``resp``; ``False`` when asked to stop."""
     release, index, buf = session.release, start // session.release.block_size, bytearray()
     need = release.block_range(index)[1] - start
+    began = time.monotonic()
     for chunk in resp.iter_raw():
         session.fetched += len(chunk)
+        if time.monotonic() - began > session.block_deadline:
+            raise ChannelUnavailable(f"{resp.url}: block {index} took more than "
+                                     f"{session.block_deadline:.1f}s (slow retrieval)")
         view = memoryview(chunk)
         while view:
             if index >= len(release.blocks):
@@ -210,7 +217,7 @@ def _stream_blocks(session: _Session, resp: httpx.Response, start: int,
             if len(buf) == need:
                 _verify_block(session, index, buf)
                 _write_block(session, index, buf)
-                index, buf = index + 1, bytearray()
+                index, buf, began = index + 1, bytearray(), time.monotonic()
                 if index == len(release.blocks):
                     continue  # anything more is past the declared size
                 need = release.block_range(index)[1] - release.block_range(index)[0]
@@ -279,14 +286,16 @@ def _fetch_all(session: _Session, url: str, should_stop: Callable[[], bool],
 def install(release: Release, base_url: str, slot_path: Path, slot_size: int, *,
             booted_slot_path: Path, before_first_write: Callable[[], None],
             progress: Callable[[InstallProgress], None], should_stop: Callable[[], bool],
-            resume_file: Path, timeout: float = 30.0,
+            resume_file: Path, timeout: float = 30.0, min_rate: int = MIN_RATE,
             transport: httpx.BaseTransport | None = None) -> InstallResult:
     """Stream ``release`` from the channel at ``base_url`` into ``slot_path``.
 
     Returns a complete result only when the slot read back from the device
     matches the signed SHA-256; a stop request returns an incomplete result
     that the next call resumes. ``before_first_write`` runs before the slot is
-    opened for writing (the caller marks the slot unbootable there).
+    opened for writing (the caller marks the slot unbootable there). ``timeout``
+    bounds each network wait; a block must also arrive within ``timeout`` plus
+    its size at ``min_rate`` bytes/s, so a trickling server cannot hold it forever.
     """
     slot_path, booted_slot_path = Path(slot_path), Path(booted_slot_path)
     _check_target(release, slot_path, slot_size, booted_slot_path)
@@ -301,7 +310,8 @@ def install(release: Release, base_url: str, slot_path: Path, slot_size: int, *,
     except OSError as exc:
         raise ReleaseError(f"cannot open slot {slot_path} ({exc.strerror})") from exc
     session = _Session(release, fd, resume_file, slot, progress, next_block, failures,
-                       saved_block=next_block)
+                       saved_block=next_block,
+                       block_deadline=timeout + release.block_size / min_rate)
     try:
         if next_block < len(release.blocks):
             if not _fetch_all(session, f"{base_url.rstrip('/')}/{release.image}",
