@@ -32,7 +32,7 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.date import DateTrigger
 from watchfiles import Change, awatch
 
-from reconciler.actions import REBOOTING, Action, Outcome, ProbeHealth, Wait
+from reconciler.actions import REBOOTING, Action, Blocked, Nothing, Outcome, ProbeHealth, Wait
 from reconciler.audit import AuditTrail
 from reconciler.channelwatch import ChannelWatch
 from reconciler.config import Device
@@ -121,7 +121,7 @@ class Reconciler:
                  observed: ObservedState) -> datetime | None:
         """When to look again: a probe waits one interval (or until the deadline)."""
         now = self.clock()
-        if isinstance(action, ProbeHealth):
+        if isinstance(action, ProbeHealth) and not self.executor.last_probe_healthy:
             hp = spec.policy.spec.health
             started = observed.health.first_probe_at if observed.health else None
             deadline = (started or now) + hp.timeout
@@ -132,6 +132,8 @@ class Reconciler:
             return now + timedelta(seconds=30)
         if isinstance(action, Wait):
             return action.until
+        if isinstance(action, Nothing | Blocked):
+            return None  # only a trigger or the resync can change the answer
         return now  # a step ran: look again at once, the next step may be due
 
     def _current_spec(self) -> LoadedSpec | None:

@@ -70,6 +70,7 @@ class Executor:
     rebooter: Rebooter
     clock: Callable[[], datetime] = lambda: datetime.now(UTC)
     should_stop: Callable[[], bool] = lambda: False
+    last_probe_healthy: bool = False
 
     def run(self, action: Action, policy: UpdatePolicy) -> Outcome:
         """Run ``action``; every failure becomes a failed :class:`Outcome`."""
@@ -125,6 +126,7 @@ class Executor:
             doc["trial"] = trial
 
         self.store.update(record)
+        self.last_probe_healthy = answer.healthy
         return answer.summary()
 
     def _confirm(self, action: Confirm, policy: UpdatePolicy) -> str:
