@@ -22,6 +22,7 @@ import asyncio
 import contextlib
 import signal
 import sys
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -80,9 +81,25 @@ class Reconciler:
         self.executor = Executor(device, self.store, self.backend,
                                  InstallerStager(device, self.store, self.backend, self.channel),
                                  rebooter or command_rebooter(device), clock,
-                                 should_stop=lambda: self.stopping)
+                                 should_stop=self._should_stop)
+        self._suspend_checked = 0.0
         self.spec: LoadedSpec | None = None
         self.on_trial = False
+
+    def _should_stop(self) -> bool:
+        """Stop a long step (a download) on SIGTERM or when the spec turns ``suspend`` on.
+
+        Checked at every block boundary; the spec file is re-read at most twice a
+        second so the check stays cheap.
+        """
+        if self.stopping:
+            return True
+        now = time.monotonic()
+        if now - self._suspend_checked < 0.5:
+            return False
+        self._suspend_checked = now
+        loaded, _ = self.keeper.refresh()
+        return bool(loaded and loaded.policy.spec.suspend)
 
     def run_pass(self, actor: str) -> PassResult:
         """Decide and run one step; an unwritable audit trail stops everything."""
@@ -174,9 +191,9 @@ class Reconciler:
 class Daemon:
     """The long-running loop around :class:`Reconciler` and its triggers."""
 
-    def __init__(self, device: Device, reconciler: Reconciler | None = None) -> None:
+    def __init__(self, device: Device) -> None:
         self.device = device
-        self.reconciler = reconciler or Reconciler(device)
+        self._reconciler: Reconciler | None = None
         self._wake = asyncio.Event()
         self._actor = "daemon"
         self._stop = asyncio.Event()
@@ -186,15 +203,24 @@ class Daemon:
         self._actor = actor
         self._wake.set()
 
+    @property
+    def reconciler(self) -> Reconciler:
+        """The reconciler, built only once the data-dir lock is held."""
+        assert self._reconciler is not None, "the daemon is not running"
+        return self._reconciler
+
     def stop(self) -> None:
         """Stop between steps (SIGTERM)."""
-        self.reconciler.stopping = True
+        if self._reconciler is not None:
+            self._reconciler.stopping = True
         self._stop.set()
         self._wake.set()
 
     async def run(self) -> int:
         """Hold the data-dir lock and reconcile until stopped."""
         with data_dir_lock(self.device.data_dir, "kruxos daemon"):
+            # Only the lock holder may open the audit trail: opening repairs it.
+            self._reconciler = Reconciler(self.device)
             loop = asyncio.get_running_loop()
             for sig, handler in ((signal.SIGTERM, self.stop), (signal.SIGINT, self.stop),
                                  (signal.SIGHUP, lambda: self.wake("cli"))):
