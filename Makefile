@@ -22,6 +22,9 @@ test: $(STAMP)
 	$(BIN)/mypy
 	$(BIN)/pytest -q
 
+bench: $(STAMP)
+	bash bench/run.sh
+
 lint: $(STAMP)
 	$(BIN)/ruff check reconciler tests
 	$(BIN)/mypy
