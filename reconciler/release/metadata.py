@@ -23,11 +23,9 @@ from nacl.exceptions import BadSignatureError
 from nacl.signing import VerifyKey
 
 from reconciler.errors import ReleaseError
+from reconciler.semver import Version
 
 FORMAT = 1
-_SEMVER = re.compile(
-    r"^(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)(?:-([0-9A-Za-z.-]+))?(?:\+[0-9A-Za-z.-]+)?$"
-)
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 _IMAGE_NAME = re.compile(r"^[A-Za-z0-9._+-]+$")
 
@@ -42,18 +40,12 @@ def format_time(moment: datetime) -> str:
     return moment.astimezone(UTC).replace(microsecond=0).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def semver_key(version: str) -> tuple[Any, ...]:
-    """Sort key of a ``major.minor.patch[-prerelease]`` version (prerelease < release)."""
-    match = _SEMVER.match(version)
-    if match is None:
-        raise ReleaseError(f"version {version!r} is not major.minor.patch[-prerelease]")
-    major, minor, patch, pre = match.groups()
-    if pre is None:
-        pre_key: tuple[Any, ...] = (1,)
-    else:
-        parts = tuple((0, int(p), "") if p.isdigit() else (1, 0, p) for p in pre.split("."))
-        pre_key = (0, parts)
-    return (int(major), int(minor), int(patch), pre_key)
+def semver_key(version: str) -> Version:
+    """Sort key of a semantic version (prerelease < release), refusing anything else."""
+    try:
+        return Version(version)
+    except ValueError as exc:
+        raise ReleaseError(f"version {version!r} is not major.minor.patch[-prerelease]") from exc
 
 
 @dataclass(frozen=True)
