@@ -47,7 +47,8 @@ class SimDevice:
 
     # ---- the CLI -----------------------------------------------------------------------
 
-    def cli(self, *args: str, check: bool = True, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+    def cli(self, *args: str, check: bool = True,
+            timeout: float = 30) -> subprocess.CompletedProcess[str]:
         """Run ``kruxos ARGS`` against this device; ``check`` asserts exit 0."""
         result = subprocess.run([*KRUXOS, *args], cwd=REPO, env=self.env, capture_output=True,
                                 text=True, timeout=timeout)
@@ -154,7 +155,8 @@ class SimDevice:
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
-            raise AssertionError(f"sim run did not stop within {timeout}s{self.diagnostics()}")
+            raise AssertionError(
+                f"sim run did not stop within {timeout}s{self.diagnostics()}") from None
 
     def kill_leftovers(self) -> None:
         """Kill (by pid) any process still started for this device, e.g. after a crash."""
