@@ -111,9 +111,17 @@ class WindowSpec(_Model):
     """A maintenance window: reboots only while the wall clock is inside it."""
 
     days: list[Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]] = Field(min_length=1)
-    start: str = Field(pattern=r"^([01]\d|2[0-3]):[0-5]\d$", description="HH:MM local time")
+    start: str = Field(description="HH:MM local time",
+                       json_schema_extra={"pattern": r"^([01]\d|2[0-3]):[0-5]\d$"})
     duration: Duration
     timezone: str = "UTC"
+
+    @field_validator("start", mode="before")
+    @classmethod
+    def _hh_mm(cls, value: Any) -> str:
+        if not isinstance(value, str) or not re.match(r"^([01]\d|2[0-3]):[0-5]\d$", value):
+            raise ValueError(f"{value!r} is not a time of day as HH:MM (00:00 to 23:59)")
+        return value
 
     @field_validator("timezone")
     @classmethod
@@ -168,10 +176,13 @@ class UpdateSpec(_Model):
     allow_downgrade: bool = Field(default=False, alias="allowDowngrade")
     suspend: bool = False
 
-    @field_validator("version")
+    @field_validator("version", mode="before")
     @classmethod
-    def _semver_or_latest(cls, value: str) -> str:
-        if value != "latest" and not is_semver(value):
+    def _semver_or_latest(cls, value: Any) -> str:
+        # YAML reads `version: 1.0` as a number; name it as written, not as a type error.
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            value = str(value)
+        if not isinstance(value, str) or (value != "latest" and not is_semver(value)):
             raise ValueError(f"{value!r} is neither 'latest' nor a semantic version like 1.0.1")
         return value
 

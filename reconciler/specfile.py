@@ -75,7 +75,7 @@ def _describe(exc: ValidationError, document: Any, path: Path) -> str:
     lines = []
     for error in exc.errors():
         loc = tuple(error["loc"])
-        field = ".".join(str(p) for p in loc) or "(document)"
+        field = _field_path(loc)
         message = error["msg"].removeprefix("Value error, ")
         if error["type"] == "extra_forbidden":
             message = "unknown field"
@@ -83,6 +83,14 @@ def _describe(exc: ValidationError, document: Any, path: Path) -> str:
             message = "required field is missing"
         lines.append(f"{path}:{_line_of(document, loc)}: {field}: {message}")
     return "\n".join(lines)
+
+
+def _field_path(loc: tuple[Any, ...]) -> str:
+    """``spec.rollout.windows[1].start``: how operators name a field."""
+    path = ""
+    for part in loc:
+        path += f"[{part}]" if isinstance(part, int) else (f".{part}" if path else str(part))
+    return path or "(document)"
 
 
 def _line_of(document: Any, loc: tuple[Any, ...]) -> int:
