@@ -101,6 +101,11 @@ class SimDevice:
         self.cli("release", "add", channel, str(image), "--version", version)
         self.cli("release", "sign", channel, "--key", str(self.dir / "keys" / "release.key"))
 
+    def resign(self, expires: str) -> None:
+        """Sign the channel again so its metadata stays valid for ``expires`` (e.g. ``800d``)."""
+        self.cli("release", "sign", str(self.dir / "channel"), "--key",
+                 str(self.dir / "keys" / "release.key"), "--expires", expires)
+
     # ---- files -------------------------------------------------------------------------
 
     def edit_spec(self, version: str | None = None, text: str | None = None,
@@ -140,8 +145,21 @@ class SimDevice:
         with open(self.console, "ab") as out:
             self.proc = subprocess.Popen(cmd, cwd=REPO, env=self.env, stdout=out,
                                          stderr=subprocess.STDOUT, start_new_session=True)
+        if faketime is not None:
+            self._share_fake_clock()
         self.wait_for(lambda: (self.dir / "run" / "ports.json").exists()
                       and self.daemon_pid() is not None, 15, "the device to boot")
+
+    def _share_fake_clock(self) -> None:
+        """Run later CLI calls on the same fake clock as the device (faketime's offset)."""
+        def offset() -> dict[str, str]:
+            for pid in self.processes():
+                raw = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+                env = dict(item.decode().split("=", 1) for item in raw if b"=" in item)
+                if "FAKETIME" in env:
+                    return {k: env[k] for k in ("LD_PRELOAD", "FAKETIME") if k in env}
+            return {}
+        self.env.update(self.wait_for(offset, 5, "faketime to set up the clock", every=0.02))
 
     def stop(self, timeout: float = 15) -> int | None:
         """SIGTERM ``sim run`` and wait; returns its exit status."""
@@ -149,7 +167,10 @@ class SimDevice:
         if proc is None:
             return None
         if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
+            if self.env.get("FAKETIME"):  # the faketime wrapper does not pass signals on
+                os.killpg(proc.pid, signal.SIGTERM)
+            else:
+                proc.send_signal(signal.SIGTERM)
         try:
             return proc.wait(timeout)
         except subprocess.TimeoutExpired:
