@@ -167,10 +167,8 @@ class SimDevice:
         if proc is None:
             return None
         if proc.poll() is None:
-            if self.env.get("FAKETIME"):  # the faketime wrapper does not pass signals on
-                os.killpg(proc.pid, signal.SIGTERM)
-            else:
-                proc.send_signal(signal.SIGTERM)
+            for pid in self._sim_run_pids(proc.pid):
+                os.kill(pid, signal.SIGTERM)
         try:
             return proc.wait(timeout)
         except subprocess.TimeoutExpired:
@@ -178,6 +176,17 @@ class SimDevice:
             proc.wait()
             raise AssertionError(
                 f"sim run did not stop within {timeout}s{self.diagnostics()}") from None
+
+    @staticmethod
+    def _sim_run_pids(pid: int) -> list[int]:
+        """``sim run`` itself: ``pid``, or its child when ``faketime`` wraps it (the
+        wrapper passes no signal on, and cleans up its shared clock only on a normal exit)."""
+        try:
+            exe = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0]
+            children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+        except OSError:
+            return [pid]
+        return [int(c) for c in children] if exe.endswith(b"faketime") else [pid]
 
     def kill_leftovers(self) -> None:
         """Kill (by pid) any process still started for this device, e.g. after a crash."""
