@@ -84,8 +84,9 @@ def _finish_pending(policy: UpdatePolicy, obs: ObservedState, now: datetime) -> 
     if obs.default != obs.booted and obs.trial is None:
         return Reboot(obs.default, f"the bootloader boots slot {obs.default} next: finish "
                       "the switch with a reboot")
+    staging_there = obs.staging is not None and obs.staging.slot == target.name
     if (obs.fallback_trace and target.mark == "bad" and target.version
-            and obs.rolled_back_from != target.version):
+            and obs.rolled_back_from != target.version and not staging_there):
         return NoteFallback(target.version, f"Trial boot failed — {obs.fallback_trace}")
     return None
 

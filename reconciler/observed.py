@@ -125,6 +125,8 @@ class ObservedState:
         """``PENDING``, ``CONFIRMED`` or ``CONFIRMED (rolled back from X)``."""
         if self.on_trial:
             return "PENDING"
+        if self.booted_slot.mark == "bad" and self.default != self.booted:
+            return f"ROLLING BACK (rebooting into {self.slots[self.default].label})"
         if self.rolled_back_from:
             return f"CONFIRMED (rolled back from {self.rolled_back_from})"
         return "CONFIRMED"

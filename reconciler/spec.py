@@ -31,6 +31,8 @@ API_VERSION = "kruxos.io/v1"
 KIND = "UpdatePolicy"
 DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 
+#: No duration in a spec is longer than this (and date arithmetic never overflows).
+MAX_DURATION = timedelta(days=366)
 _DURATION = re.compile(r"^(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?$")
 
 
@@ -41,7 +43,12 @@ def parse_duration(value: Any) -> timedelta:
     if not isinstance(value, str) or not value or _DURATION.match(value) is None:
         raise ValueError(f"{value!r} is not a duration (use forms like 5s, 2m, 1h30m)")
     days, hours, minutes, seconds = (int(g or 0) for g in _DURATION.match(value).groups())  # type: ignore[union-attr]
-    result = timedelta(days=days, hours=hours, minutes=minutes, seconds=seconds)
+    try:
+        result = timedelta(days=days, hours=hours, minutes=minutes, seconds=seconds)
+    except OverflowError:
+        result = MAX_DURATION + timedelta(seconds=1)
+    if result > MAX_DURATION:
+        raise ValueError(f"{value!r} is longer than {format_duration(MAX_DURATION)}")
     if result <= timedelta(0):
         raise ValueError(f"{value!r} is not a positive duration")
     return result

@@ -350,3 +350,20 @@ def test_table_invariants(booted: SlotName, other_version: str | None, other_mar
         assert obs.other_slot.mark in ("staged", "good")
     if isinstance(action, Stage | ArmTrial) and not downgrade:
         assert action.version >= "1.0.1"
+
+
+def test_interrupted_staging_after_a_rollback_is_resumed_not_noted_as_failed() -> None:
+    """The bootloader's trace of an old rollback must not turn a new staging into a failure."""
+    obs = observed("B", "1.0.1", "1.0.3", "bad", fallback_trace="Health check timeout — x",
+                   rolled_back_from="1.0.2", staging=Staging("1.0.3", "A", 1 << 20, 3 << 20),
+                   channel=ChannelView(versions=frozenset({"1.0.3"}), latest="1.0.3"))
+    action = decide(policy("1.0.3"), obs, NOW)
+    assert isinstance(action, Stage) and action.reason.startswith("Resume")
+
+
+def test_status_names_a_rollback_waiting_for_its_reboot() -> None:
+    obs = replace(observed("A", "1.0.2", "1.0.1", "good", default="B"),
+                  slots={"A": Slot("A", "sda2", "1.0.2", "bad"),
+                         "B": Slot("B", "sda3", "1.0.1", "good")},
+                  rolled_back_from="1.0.2")
+    assert obs.boot_status == "ROLLING BACK (rebooting into B (sda3))"
