@@ -55,6 +55,7 @@ def test_spec_edit_stages_reboots_probes_and_confirms_the_new_version(device: Si
 
 def test_broken_release_rolls_back_with_the_reason_from_the_health_answer(
         device: SimDevice) -> None:
+    _shorten_health_timeout(device)
     device.start()
     _converge_to_101(device)
     device.publish("1.0.2", "gateway-fails")
@@ -91,7 +92,7 @@ def test_rollback_reason_names_the_service_the_health_answer_names(device: SimDe
 
 def test_failed_version_is_not_retried_until_the_spec_asks_for_another(
         make_device) -> None:
-    device = make_device(resync="2s")
+    device = make_device(resync="1s")
     _shorten_health_timeout(device)
     device.publish("1.0.2", "gateway-fails")
     device.start()
@@ -100,7 +101,9 @@ def test_failed_version_is_not_retried_until_the_spec_asks_for_another(
     boots_after_rollback = len(device.boots())
     assert boots_after_rollback == 3, device.boots()  # A, trial B, back to A
 
-    time.sleep(3 * 2 + 1)  # three resync periods
+    passes = device.state()["audit"].get("repeats", 0)
+    time.sleep(3 * 1 + 0.5)  # three resync periods
+    assert device.state()["audit"].get("repeats", 0) - passes >= 2, "the resync did not run"
     records = device.audit_records()
     assert len(_versions_in(records, "stage", "1.0.2")) == 1, records
     assert len(_versions_in(records, "reboot", "1.0.2")) == 1, records
@@ -118,7 +121,7 @@ def test_failed_version_is_not_retried_until_the_spec_asks_for_another(
 
 def test_hung_trial_boot_counts_tries_down_falls_back_and_is_not_retried(
         make_device) -> None:
-    device = make_device(resync="2s")
+    device = make_device(resync="1s")
     device.publish("1.0.2", "hangs")
     device.start("--watchdog", "1")
     device.edit_spec(version="1.0.2")
@@ -141,7 +144,9 @@ def test_hung_trial_boot_counts_tries_down_falls_back_and_is_not_retried(
     assert lines[2] == "Boot status: CONFIRMED (rolled back from 1.0.2)", lines
     assert lines[3].startswith("Rollback reason: Trial boot failed"), lines
 
-    time.sleep(3 * 2 + 1)  # three resync periods: no new attempt
+    passes = device.state()["audit"].get("repeats", 0)
+    time.sleep(3 * 1 + 0.5)  # three resync periods: no new attempt
+    assert device.state()["audit"].get("repeats", 0) - passes >= 2, "the resync did not run"
     assert len(device.boots()) == 5, device.boots()
     records = device.audit_records()
     assert len(_versions_in(records, "stage", "1.0.2")) == 1, records

@@ -53,7 +53,7 @@ def test_reboot_waits_for_the_window_and_happens_when_it_opens(device: SimDevice
     _window_spec(device, "1.0.1", "tue", "02:00", "UTC")  # 2027-03-02 is a Tuesday
     device.env["TZ"] = "UTC"
     device.resign("1000d")  # the fake clock runs months ahead
-    device.start(faketime="2027-03-02 01:59:50")
+    device.start(faketime="2027-03-02 01:59:53")
     _reboot_waits_then_happens_at(device, datetime(2027, 3, 2, 2, 0, tzinfo=UTC),
                                   "2027-03-02 02:00 UTC")
 
@@ -63,6 +63,6 @@ def test_window_starting_in_the_skipped_hour_opens_at_the_jump(device: SimDevice
     _window_spec(device, "1.0.1", "sun", "02:30", "Europe/Berlin")
     device.env["TZ"] = "UTC"
     device.resign("1000d")  # the fake clock runs months ahead
-    device.start(faketime="2027-03-28 00:59:50")
+    device.start(faketime="2027-03-28 00:59:53")
     _reboot_waits_then_happens_at(device, datetime(2027, 3, 28, 1, 0, tzinfo=UTC),
                                   "2027-03-28 01:00 UTC")
