@@ -1,0 +1,55 @@
+"""One reconcile pass on a real simulated device's files (no daemon loop)."""
+
+from __future__ import annotations
+
+import resource
+import signal
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from reconciler.actions import Action, Outcome
+from reconciler.config import load_device
+from reconciler.daemon import Reconciler
+from reconciler.sim.device import init_device
+from reconciler.spec import UpdatePolicy
+
+
+@pytest.fixture
+def device_dir(tmp_path: Path) -> Path:
+    init_device(tmp_path / "dev")
+    (tmp_path / "dev" / "run" / "cmdline").write_text("root=/dev/sda2 kruxos.slot=A\n")
+    (tmp_path / "dev" / "run" / "boot_id").write_text("boot-1\n")
+    return tmp_path / "dev"
+
+
+def test_no_action_runs_when_the_audit_trail_cannot_be_written(device_dir: Path) -> None:
+    reconciler = Reconciler(load_device(device_dir / "device.yaml"),
+                            rebooter=lambda reason: None)
+    ran: list[Action] = []
+
+    def spy(action: Action, policy: UpdatePolicy) -> Outcome:
+        ran.append(action)
+        return Outcome(True, "")
+
+    reconciler.executor.run = spy  # type: ignore[method-assign]
+    first = reconciler.run_pass("daemon")
+    assert first.outcome is not None and len(ran) == 1
+    audit_file = next((device_dir / "data" / "audit").glob("audit-*.jsonl"))
+    spec = device_dir / "spec.yaml"
+    spec.write_text(spec.read_text().replace("version: 1.0.0", "version: 1.0.1"))
+    # A real write failure: the file-size limit stops the next audit append part-way.
+    limit = audit_file.stat().st_size + 40
+    old_limit = resource.getrlimit(resource.RLIMIT_FSIZE)
+    old_handler: Any = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, old_limit[1]))
+    try:
+        blocked = reconciler.run_pass("spec")
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, old_limit)
+        signal.signal(signal.SIGXFSZ, old_handler)
+    assert blocked.outcome is None, "an action ran although its decision was not recorded"
+    assert len(ran) == 1
+    assert blocked.wake_at is not None  # it tries again soon
+    assert reconciler.audit.verify().ok
