@@ -49,8 +49,9 @@ class ChannelWatch:
         meta = self._meta
         if meta is None:
             return ChannelView(error=self._error or "no metadata", retry_after=self._retry)
+        latest = meta.latest()
         return ChannelView(versions=frozenset(r.version for r in meta.releases),
-                           latest=(meta.latest().version if meta.latest() else None),
+                           latest=latest.version if latest else None,
                            error=self._error, retry_after=self._retry)
 
     def refresh(self, policy: UpdatePolicy, now: datetime) -> ChannelMetadata | None:

@@ -42,6 +42,7 @@ from reconciler.errors import AuditError, KruxosError
 from reconciler.executor import Executor, Rebooter, command_rebooter
 from reconciler.observe import backend_for, observe
 from reconciler.observed import ObservedState
+from reconciler.spec import revision_of
 from reconciler.specfile import LoadedSpec, SpecKeeper
 from reconciler.staging import InstallerStager
 from reconciler.store import StateStore, data_dir_lock
@@ -162,8 +163,6 @@ class Reconciler:
         return loaded
 
     def _record_rejection(self, error: KruxosError) -> None:
-        from reconciler.spec import revision_of
-
         try:
             bad = revision_of(self.device.spec_path.read_bytes())
         except OSError:

@@ -19,7 +19,7 @@ from reconciler.errors import KruxosError
 from reconciler.observe import backend_for, observe, read_boot_state
 from reconciler.observed import ChannelView, ObservedState
 from reconciler.spec import UpdatePolicy
-from reconciler.specfile import LoadedSpec, SpecKeeper
+from reconciler.specfile import LoadedSpec, SpecKeeper, load_spec
 from reconciler.store import StateStore
 
 
@@ -57,13 +57,10 @@ def inspect_device(device: Device, now: datetime,
 def _spec(device: Device, candidate: LoadedSpec | None) -> tuple[LoadedSpec | None, str | None]:
     if candidate is not None:
         return candidate, None
-    keeper = SpecKeeper(device.spec_path, device.data_dir)
     try:
-        from reconciler.specfile import load_spec
-
         return load_spec(device.spec_path), None
     except KruxosError as exc:
-        return keeper.last_good(), str(exc)
+        return SpecKeeper(device.spec_path, device.data_dir).last_good(), str(exc)
 
 
 def _channel(device: Device, store: StateStore, spec: LoadedSpec | None,
