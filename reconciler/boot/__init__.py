@@ -88,8 +88,9 @@ def open_backend(name: str, env_path: Path) -> Backend:
 
 
 def _load_builtin() -> None:
-    """Import the built-in backends so they register themselves."""
+    """Import the built-in backends (every module of this package) so they register."""
     import importlib
+    import pkgutil
 
-    for module in ("grub",):
-        importlib.import_module(f"reconciler.boot.{module}")
+    for module in pkgutil.iter_modules(__path__):
+        importlib.import_module(f"{__name__}.{module.name}")
