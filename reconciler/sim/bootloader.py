@@ -23,6 +23,7 @@ trial X, counter cannot be saved    nothing                                     
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -94,3 +95,20 @@ def _load(env_path: Path) -> dict[str, str]:
         return grubenv.read_env(env_path)
     except (OSError, BootEnvError):
         return {}
+
+
+EmulatorFn = Callable[[Path], BootChoice]
+_EMULATORS = {"grub": __name__, "uboot": "reconciler.sim.boot_uboot",
+              "bls": "reconciler.sim.boot_bls"}
+
+
+def emulator_for(backend: str) -> EmulatorFn:
+    """The emulator of the shipped boot script for ``backend`` (its ``boot_once``)."""
+    import importlib
+
+    try:
+        module = _EMULATORS[backend]
+    except KeyError:
+        raise ValueError(f"no simulated bootloader for backend {backend!r}") from None
+    boot: EmulatorFn = importlib.import_module(module).boot_once
+    return boot

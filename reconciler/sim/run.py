@@ -31,7 +31,7 @@ from typing import Any
 
 from reconciler.config import load_device
 from reconciler.release.image import read_slot_header
-from reconciler.sim.bootloader import boot_once
+from reconciler.sim.bootloader import emulator_for
 from reconciler.sim.device import CHANNEL_PORT, OS_PORT
 from reconciler.sim.os import BootRefused, SimOsProcess, launch
 from reconciler.store import atomic_write, atomic_write_json
@@ -97,7 +97,7 @@ class Supervisor:
         """One boot: bootloader, kernel command line, then the OS and the daemon."""
         self.boots += 1
         self.reboot_requested.clear()
-        choice = boot_once(self.device.boot_env)
+        choice = emulator_for(self.device.bootloader)(self.device.boot_env)
         slot = choice.slot
         path = self.device.slot_paths[slot]
         say(f"boot #{self.boots}: bootloader chose slot {slot} ({path.name}): {choice.trace}")
