@@ -201,11 +201,14 @@ def sim() -> None:
 
 @sim.command("init")
 @click.argument("directory", type=click.Path(path_type=Path))
-def sim_init(directory: Path) -> None:
+@click.option("--bootloader", default="grub", show_default=True,
+              type=click.Choice(["grub", "uboot", "bls"]),
+              help="Which bootloader the simulated device boots with.")
+def sim_init(directory: Path, bootloader: str) -> None:
     """Create a simulated device: A holds 1.0.0 confirmed, B empty, a signed channel."""
     from reconciler.sim.device import init_device
 
-    config = init_device(directory)
+    config = init_device(directory, bootloader=bootloader)
     click.echo(f"simulated device created in {config.parent}")
     click.echo(f"export KRUXOS_CONFIG={config}")
 

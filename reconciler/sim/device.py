@@ -18,6 +18,8 @@ as files in one directory, driven by the same daemon, CLI and release tooling.
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
 import shutil
 import sys
 from collections.abc import Sequence
@@ -61,8 +63,8 @@ slots:
   A: {{device: slots/sda2}}
   B: {{device: slots/sda3}}
 bootloader:
-  backend: grub
-  env: boot/grubenv
+  backend: {backend}
+  env: {env}
 trustedKeys: [keys/release.pub]
 dataDir: data
 spec: spec.yaml
@@ -80,6 +82,9 @@ def init_device(directory: Path, *, bootloader: str = "grub") -> Path:
     directory = directory.resolve()
     if (directory / "device.yaml").exists():
         raise ConfigError(f"{directory} already holds a simulated device")
+    module = f"reconciler.sim.boot_{bootloader}"
+    if bootloader != "grub" and importlib.util.find_spec(module) is None:
+        raise ConfigError(f"no simulated bootloader {bootloader!r} (grub, uboot, bls)")
     for sub in ("slots", "boot", "keys", "channel", "data", "run"):
         (directory / sub).mkdir(parents=True, exist_ok=True)
     generate_keypair(directory / "keys", "release")
@@ -87,14 +92,32 @@ def init_device(directory: Path, *, bootloader: str = "grub") -> Path:
     for version, changes in FIRST_CHANGES.items():
         publish(directory, version, changes=changes, sign=False)
     _sign(directory)
-    _make_slots(directory)
-    (directory / "device.yaml").write_text(
-        DEVICE.format(python=sys.executable, dir=directory))
+    env = _init_boot(directory, bootloader)
+    _make_slots(directory, bootloader, env)
+    (directory / "device.yaml").write_text(DEVICE.format(
+        python=sys.executable, dir=directory, backend=bootloader,
+        env=env.relative_to(directory)))
     (directory / "spec.yaml").write_text(SPEC.format(channel=CHANNEL_PORT))
     return directory / "device.yaml"
 
 
-def _make_slots(directory: Path) -> None:
+def _init_boot(directory: Path, bootloader: str) -> Path:
+    """Lay out the boot environment of ``bootloader``; return its env path.
+
+    GRUB keeps a grubenv file; other bootloaders' simulator modules
+    (``reconciler.sim.boot_NAME``) provide ``init_env(boot_dir) -> Path``.
+    """
+    if bootloader == "grub":
+        return directory / "boot" / "grubenv"
+    try:
+        module = importlib.import_module(f"reconciler.sim.boot_{bootloader}")
+    except ImportError:
+        raise ConfigError(f"no simulated bootloader {bootloader!r} (grub, uboot, bls)") from None
+    env: Path = module.init_env(directory / "boot")
+    return env
+
+
+def _make_slots(directory: Path, bootloader: str, env: Path) -> None:
     """Slot A receives 1.0.0 from the channel (as a factory install would); B stays empty."""
     for name in ("sda2", "sda3"):
         with open(directory / "slots" / name, "wb") as f:
@@ -102,7 +125,7 @@ def _make_slots(directory: Path) -> None:
     image = directory / "channel" / "kruxos-1.0.0.img"
     with open(image, "rb") as src, open(directory / "slots" / "sda2", "r+b") as dst:
         shutil.copyfileobj(src, dst)
-    backend = open_backend("grub", directory / "boot" / "grubenv")
+    backend = open_backend(bootloader, env)
     backend.set_mark("A", "good")
     backend.set_mark("B", "empty")
 
