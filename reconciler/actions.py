@@ -55,7 +55,12 @@ class ArmTrial:
     slot: SlotName
     version: str
     reason: str
-    kind: ClassVar[str] = "reboot"
+    reboot: bool = True
+
+    @property
+    def kind(self) -> str:
+        """``reboot`` when it reboots now, ``arm`` when it waits for the next reboot."""
+        return "reboot" if self.reboot else "arm"
 
 
 @dataclass(frozen=True)
@@ -111,8 +116,11 @@ Action = (
     | NoteFallback
 )
 
-#: Actions after which the device reboots (the daemon stops once they ran).
-REBOOTING = (ArmTrial, Rollback, Reboot)
+def reboots(action: Action) -> bool:
+    """True when the device reboots once ``action`` ran (the daemon then stops acting)."""
+    if isinstance(action, ArmTrial):
+        return action.reboot
+    return isinstance(action, Rollback | Reboot)
 
 
 @dataclass(frozen=True)

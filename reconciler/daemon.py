@@ -33,7 +33,7 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.date import DateTrigger
 from watchfiles import Change, awatch
 
-from reconciler.actions import REBOOTING, Action, Blocked, Nothing, Outcome, ProbeHealth, Wait
+from reconciler.actions import Action, Blocked, Nothing, Outcome, ProbeHealth, Wait, reboots
 from reconciler.audit import AuditTrail
 from reconciler.channelwatch import ChannelWatch
 from reconciler.config import Device
@@ -131,7 +131,7 @@ class Reconciler:
                            **fields)
         if not outcome.ok:
             log(f"#{record.seq} {action.kind} failed: {outcome.detail}")
-        rebooting = outcome.ok and isinstance(action, REBOOTING)
+        rebooting = outcome.ok and reboots(action)
         wake = self._wake_at(action, outcome, spec, observed)
         return PassResult(action, outcome, wake, rebooting)
 

@@ -37,6 +37,8 @@ from reconciler.semver import Version
 from reconciler.spec import UpdatePolicy
 from reconciler.windows import is_open, next_open
 
+MANUAL_ROLLBACK = "manual (kruxos update rollback)"
+
 
 def decide(policy: UpdatePolicy, observed: ObservedState, now: datetime) -> Action:
     """The single next step for the device, with a reason a person can read."""
@@ -53,6 +55,10 @@ def _judge_trial(policy: UpdatePolicy, obs: ObservedState, now: datetime) -> Act
         return None
     slot, version = obs.booted, obs.booted_slot.version or "?"
     health, hp = obs.health, policy.spec.health
+    if obs.request == "confirm":
+        return Confirm(slot, version, f"{version} confirmed by a person (kruxos update confirm)")
+    if obs.request == "rollback":
+        return Rollback(slot, other(slot), version, MANUAL_ROLLBACK)
     if not policy.spec.rollback.automatic:
         return Wait(f"slot {obs.booted_slot.label} runs {version} on trial; automatic "
                     "rollback is off: confirm or roll back by hand")
@@ -76,8 +82,10 @@ def _judge_trial(policy: UpdatePolicy, obs: ObservedState, now: datetime) -> Act
 def _finish_pending(policy: UpdatePolicy, obs: ObservedState, now: datetime) -> Action | None:
     """Steps the bootloader environment shows as started but not finished."""
     target = obs.other_slot
+    if obs.request == "rollback" and target.mark == "good" and target.version:
+        return Rollback(obs.booted, target.name, obs.booted_slot.version, MANUAL_ROLLBACK)
     if obs.trial == target.name and target.version:
-        gate = _reboot_gate(policy, obs, now, target.version)
+        gate = _reboot_gate(policy, obs, now, target.version, armed=True)
         return gate or ArmTrial(target.name, target.version,
                                 f"trial of {target.version} in slot {target.label} is armed: "
                                 "reboot into it")
@@ -114,16 +122,23 @@ def _converge(policy: UpdatePolicy, obs: ObservedState, now: datetime) -> Action
         return Wait(f"cannot resolve 'latest': {obs.channel.error or 'channel lists no release'}",
                     until=now + obs.channel.retry_after)
     if obs.failed is not None and obs.failed.version == desired:
-        return Blocked(f"{desired} failed on trial ({obs.failed.reason}); not retried until "
+        return Blocked(f"{desired} was rolled back ({obs.failed.reason}); not retried until "
                        "the desired version changes")
     if desired == booted.version:
         return Nothing(f"slot {booted.label} runs {desired}, as the {_who(source)} wants")
     refusal = _refuse_downgrade(policy, booted.version, desired)
     if refusal is not None:
         return refusal
-    if policy.spec.suspend:
+    if obs.override is not None and obs.override.paused:
+        return Wait(f"the download of {desired} was stopped by a person; "
+                    "'kruxos update apply' resumes it")
+    if policy.spec.suspend and not _person_reboots_now(obs):
         return Wait(f"suspended by the spec: {source} {desired}, no new step starts")
     return _switch_or_stage(policy, obs, now, desired, source)
+
+
+def _person_reboots_now(obs: ObservedState) -> bool:
+    return obs.override is not None and obs.override.reboot == "now"
 
 
 def _who(source: str) -> str:
@@ -161,8 +176,11 @@ def _switch_or_stage(policy: UpdatePolicy, obs: ObservedState, now: datetime,
 
 
 def _reboot_gate(policy: UpdatePolicy, obs: ObservedState, now: datetime,
-                 version: str) -> Action | None:
-    """A Wait when a reboot into ``version`` is not allowed now, else ``None``."""
+                 version: str, armed: bool = False) -> Action | None:
+    """A Wait (or an arm without reboot) when a reboot into ``version`` is not for now."""
+    applies, person = _person_gate(obs, version, armed)
+    if applies:
+        return person
     rollout = policy.spec.rollout
     if policy.spec.suspend:
         return Wait(f"{version} is staged; suspended by the spec, no reboot starts")
@@ -176,3 +194,21 @@ def _reboot_gate(policy: UpdatePolicy, obs: ObservedState, now: datetime,
     when = opens.strftime("%Y-%m-%d %H:%M UTC") if opens else "never"
     return Wait(f"{version} is staged in slot {obs.other_slot.label}; reboot waits for the "
                 f"maintenance window opening {when}", until=opens)
+
+
+def _person_gate(obs: ObservedState, version: str, armed: bool) -> tuple[bool, Action | None]:
+    """Whether a person's pin decides this reboot, and what it says (``None``: reboot now)."""
+    pin = obs.override
+    if pin is None or pin.version != version or pin.reboot == "rules":
+        return False, None
+    target = obs.other_slot
+    if pin.reboot == "now":
+        return True, None
+    if pin.reboot == "ask":
+        return True, Wait(f"{version} is staged in slot {target.label}; waiting for the person "
+                          "at the device to answer 'Reboot now?'")
+    if armed:
+        return True, Wait(f"{version} is armed in slot {target.label}: it activates on the "
+                          "next reboot")
+    return True, ArmTrial(target.name, version, f"{version} activates on the next reboot, as "
+                          "the person asked (kruxos update apply --no-reboot)", reboot=False)

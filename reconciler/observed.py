@@ -79,12 +79,24 @@ class ChannelView:
     retry_after: timedelta = timedelta(seconds=30)
 
 
+RebootPolicy = Literal["rules", "ask", "now", "next-boot"]
+
+
 @dataclass(frozen=True)
 class Override:
-    """A person's pin of the desired version at this device (``kruxos update apply``)."""
+    """A person's pin of the desired version at this device (``kruxos update apply``).
+
+    ``reboot`` says who decides the reboot into the pinned version: ``rules``
+    (the spec's windows and autoReboot), ``ask`` (the person is being asked),
+    ``now`` (the person said yes: reboot even outside a window), ``next-boot``
+    (arm the trial, activate on whatever reboot comes next). ``paused`` is set
+    when the person stopped the download (Ctrl-C); a new apply resumes it.
+    """
 
     version: str
     actor: str = "cli"
+    reboot: RebootPolicy = "rules"
+    paused: bool = False
 
 
 @dataclass(frozen=True)
@@ -104,6 +116,7 @@ class ObservedState:
     failed: FailedVersion | None = None
     channel: ChannelView = field(default_factory=ChannelView)
     override: Override | None = None
+    request: Literal["confirm", "rollback"] | None = None
 
     @property
     def booted_slot(self) -> Slot:

@@ -246,7 +246,7 @@ def rolled_back(failed: str = "1.0.2") -> ObservedState:
 
 def test_rolled_back_version_is_blocked_while_still_desired() -> None:
     action = decide(policy("1.0.2"), rolled_back(), NOW)
-    assert isinstance(action, Blocked) and "1.0.2 failed on trial" in action.reason
+    assert isinstance(action, Blocked) and "1.0.2 was rolled back" in action.reason
 
 
 def test_latest_resolving_to_failed_version_is_blocked() -> None:
@@ -367,3 +367,57 @@ def test_status_names_a_rollback_waiting_for_its_reboot() -> None:
                          "B": Slot("B", "sda3", "1.0.1", "good")},
                   rolled_back_from="1.0.2")
     assert obs.boot_status == "ROLLING BACK (rebooting into B (sda3))"
+
+
+# ---- a person at the device: requests and pins (kruxos update ...) ---------------------------
+
+def test_person_confirms_a_trial_by_hand_even_with_automatic_rollback_off() -> None:
+    obs = replace(on_trial(started()), request="confirm")
+    action = decide(policy(rollback={"automatic": False}), obs, NOW)
+    assert isinstance(action, Confirm) and "by a person" in action.reason
+
+
+def test_person_ends_a_trial_now_with_a_manual_rollback() -> None:
+    action = decide(policy(), replace(on_trial(started()), request="rollback"), NOW)
+    assert action == Rollback("B", "A", "1.0.1", "manual (kruxos update rollback)")
+
+
+def test_person_rolls_back_a_confirmed_update_to_the_previous_good_slot() -> None:
+    obs = replace(observed("B", "1.0.1", "1.0.0", "good"), request="rollback")
+    assert decide(policy("1.0.1"), obs, NOW) == Rollback("B", "A", "1.0.1",
+                                                        "manual (kruxos update rollback)")
+
+
+def staged_with_pin(reboot: Any, **fields: Any) -> ObservedState:
+    return observed(other_version="1.0.2", other_mark="staged",
+                    override=Override("1.0.2", reboot=reboot), **fields)
+
+
+def test_pin_waiting_for_the_persons_answer_does_not_reboot() -> None:
+    action = decide(policy("1.0.1"), staged_with_pin("ask"), NOW)
+    assert isinstance(action, Wait) and "Reboot now?" in action.reason
+
+
+def test_person_saying_yes_reboots_outside_the_window_and_while_suspended() -> None:
+    spec = policy("1.0.1", suspend=True, rollout={"windows": [CLOSED], "autoReboot": False})
+    action = decide(spec, staged_with_pin("now"), NOW)
+    assert isinstance(action, ArmTrial) and action.reboot and action.version == "1.0.2"
+
+
+def test_no_reboot_pin_arms_the_trial_for_the_next_reboot_without_rebooting() -> None:
+    action = decide(policy("1.0.1"), staged_with_pin("next-boot"), NOW)
+    assert isinstance(action, ArmTrial) and not action.reboot and action.kind == "arm"
+    armed = decide(policy("1.0.1"), staged_with_pin("next-boot", trial="B", tries_left=3), NOW)
+    assert isinstance(armed, Wait) and "next reboot" in armed.reason
+
+
+def test_pin_following_the_rules_waits_for_the_window_like_the_spec() -> None:
+    spec = policy("1.0.1", rollout={"windows": [CLOSED]})
+    assert isinstance(decide(spec, staged_with_pin("rules"), NOW), Wait)
+
+
+def test_download_stopped_by_a_person_waits_for_a_new_apply() -> None:
+    obs = observed(override=Override("1.0.2", paused=True),
+                   staging=Staging("1.0.2", "B", 1, 3))
+    action = decide(policy("1.0.1"), obs, NOW)
+    assert isinstance(action, Wait) and "update apply" in action.reason
