@@ -18,9 +18,9 @@ from pathlib import Path
 from reconciler.boot import Backend
 from reconciler.channelwatch import ChannelWatch
 from reconciler.config import Device
-from reconciler.errors import TemporaryError
-from reconciler.observed import SlotName, other
-from reconciler.release.installer import InstallProgress, install
+from reconciler.errors import KruxosError, ReleaseError, TemporaryError
+from reconciler.observed import SlotName
+from reconciler.release.installer import InstallProgress, InstallResult, install
 from reconciler.spec import UpdatePolicy
 from reconciler.store import StateStore
 
@@ -46,25 +46,45 @@ class InstallerStager:
     def stage(self, version: str, slot: SlotName, policy: UpdatePolicy,
               should_stop: Callable[[], bool]) -> str:
         """Stage ``version`` into ``slot``; raise on refusal, TemporaryError when stopped."""
-        release = self.channel.release(policy, version)
-        path = self.device.slot_paths[slot]
-        report = _Reporter(self.store, version, slot, release.size)
-
-        def before_first_write() -> None:
-            self.backend.set_mark(slot, "bad")
-            report.start()
-
-        result = install(
-            release, self.device.map_url(policy.spec.channel.url), path, slot_size(path),
-            booted_slot_path=self.device.slot_paths[other(slot)],
-            before_first_write=before_first_write, progress=report,
-            should_stop=should_stop, resume_file=self.device.data_dir / RESUME_FILE)
+        report = _Reporter(self.store, version, slot, 0)
+        try:
+            result = self._install(version, slot, policy, should_stop, report)
+        except ReleaseError as exc:
+            raise ReleaseError(f"refused to stage {version} into slot {slot}: {exc}; "
+                               f"slot {slot} is not staged (marked {self._mark(slot)})") from exc
         if not result.complete:
             raise TemporaryError(f"staging of {version} stopped at block {result.next_block} of "
                                  f"{result.blocks}; it resumes there", delay=1.0)
         self.backend.set_mark(slot, "staged")
         self.store.put("staging", None)
         return result.message
+
+    def _mark(self, slot: SlotName) -> str:
+        try:
+            return str(self.backend.read().marks.get(slot, "unknown"))
+        except KruxosError:
+            return "unknown: the boot environment cannot be read"
+
+    def _install(self, version: str, slot: SlotName, policy: UpdatePolicy,
+                 should_stop: Callable[[], bool], report: _Reporter) -> InstallResult:
+        """Fresh verified metadata, then the installer; the booted slot comes from the kernel.
+
+        The booted slot is read from the kernel command line, not inferred from
+        ``slot``: a caller that names the booted slot by mistake is refused.
+        """
+        release = self.channel.release(policy, version)
+        path = self.device.slot_paths[slot]
+        report.total = release.size
+
+        def before_first_write() -> None:
+            self.backend.set_mark(slot, "bad")
+            report.start()
+
+        return install(
+            release, self.device.map_url(policy.spec.channel.url), path, slot_size(path),
+            booted_slot_path=self.device.slot_paths[self.device.booted_slot()],
+            before_first_write=before_first_write, progress=report,
+            should_stop=should_stop, resume_file=self.device.data_dir / RESUME_FILE)
 
 
 class _Reporter:
