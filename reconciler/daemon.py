@@ -40,8 +40,10 @@ from reconciler.config import Device
 from reconciler.decide import decide, desired_version
 from reconciler.errors import AuditError, KruxosError
 from reconciler.executor import Executor, Rebooter, command_rebooter
+from reconciler.inbox import waiting
 from reconciler.observe import backend_for, observe
 from reconciler.observed import ObservedState
+from reconciler.overrides import STOPPING_REQUESTS, RequestDesk
 from reconciler.spec import revision_of
 from reconciler.specfile import LoadedSpec, SpecKeeper
 from reconciler.staging import InstallerStager
@@ -86,6 +88,7 @@ class Reconciler:
         self._suspend_checked = 0.0
         self.spec: LoadedSpec | None = None
         self.on_trial = False
+        self.requests = RequestDesk(device, self.store, self.audit, self.backend)
 
     def _should_stop(self) -> bool:
         """Stop a long step (a download) on SIGTERM or when the spec turns ``suspend`` on.
@@ -93,7 +96,7 @@ class Reconciler:
         Checked at every block boundary; the spec file is re-read at most twice a
         second so the check stays cheap.
         """
-        if self.stopping:
+        if self.stopping or waiting(self.device.data_dir, STOPPING_REQUESTS):
             return True
         now = time.monotonic()
         if now - self._suspend_checked < 0.5:
@@ -109,7 +112,9 @@ class Reconciler:
             return PassResult(None, None, None)
         now = self.clock()
         view = self.channel.view(spec.policy, spec.revision, now)
+        self.requests.take(spec, observe(self.device, self.store, self.backend, view))
         observed = observe(self.device, self.store, self.backend, view)
+        self.requests.end_override(spec, observed)
         self._lift_block(spec, observed)
         action = decide(spec.policy, observed, now)
         self.on_trial = observed.on_trial

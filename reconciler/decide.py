@@ -107,7 +107,7 @@ def desired_version(policy: UpdatePolicy, obs: ObservedState) -> str | None:
 def _desired(policy: UpdatePolicy, obs: ObservedState) -> tuple[str | None, str]:
     """The desired version and where it comes from; ``None`` when it cannot be known."""
     if obs.override is not None:
-        return obs.override.version, f"pinned by {obs.override.actor}"
+        return obs.override.version, "a person at the device pinned"
     wanted = policy.spec.version
     if wanted != "latest":
         return wanted, "spec wants"
@@ -125,7 +125,7 @@ def _converge(policy: UpdatePolicy, obs: ObservedState, now: datetime) -> Action
         return Blocked(f"{desired} was rolled back ({obs.failed.reason}); not retried until "
                        "the desired version changes")
     if desired == booted.version:
-        return Nothing(f"slot {booted.label} runs {desired}, as the {_who(source)} wants")
+        return Nothing(f"slot {booted.label} runs {desired}, {_as_wanted(source)}")
     refusal = _refuse_downgrade(policy, booted.version, desired)
     if refusal is not None:
         return refusal
@@ -141,8 +141,12 @@ def _person_reboots_now(obs: ObservedState) -> bool:
     return obs.override is not None and obs.override.reboot == "now"
 
 
-def _who(source: str) -> str:
-    return "spec" if source == "spec wants" else ("channel" if "channel" in source else "pin")
+def _as_wanted(source: str) -> str:
+    if source == "spec wants":
+        return "as the spec wants"
+    if "channel" in source:
+        return "the latest release on the channel"
+    return "as pinned at the device (kruxos update resume hands back to the spec)"
 
 
 def _refuse_downgrade(policy: UpdatePolicy, booted: str | None, desired: str) -> Action | None:

@@ -101,8 +101,11 @@ class Executor:
     def _arm(self, action: ArmTrial, policy: UpdatePolicy) -> str:
         self.store.put("trial", None)
         self.backend.arm_trial(action.slot, self.device.trial_tries)
+        armed = f"armed slot {action.slot} for {self.device.trial_tries} trial boot(s)"
+        if not action.reboot:
+            return f"{armed}; it activates on the next reboot"
         self.rebooter(action.reason)
-        return f"armed slot {action.slot} for {self.device.trial_tries} trial boot(s); rebooting"
+        return f"{armed}; rebooting"
 
     def _probe(self, action: ProbeHealth, policy: UpdatePolicy) -> str:
         hp = policy.spec.health
@@ -133,7 +136,7 @@ class Executor:
         self.backend.mark_good(action.slot)
 
         def clear(doc: dict[str, Any]) -> None:
-            for key in ("trial", "rollback", "staging"):
+            for key in ("trial", "rollback", "staging", "request"):
                 doc.pop(key, None)
 
         self.store.update(clear)
@@ -142,8 +145,10 @@ class Executor:
     def _rollback(self, action: Rollback, policy: UpdatePolicy) -> str:
         self._remember_failure(action.from_version, action.reason)
         self.backend.rollback(action.reason)
+        left = self.backend.read().marks.get(action.from_slot)
         self.rebooter(action.reason)
-        return f"slot {action.from_slot} marked bad; rebooting into slot {action.to_slot}"
+        return (f"slot {action.from_slot} marked {left}; rebooting into slot {action.to_slot}, "
+                "the default again")
 
     def _reboot(self, action: Reboot, policy: UpdatePolicy) -> str:
         self.rebooter(action.reason)
@@ -162,6 +167,7 @@ class Executor:
             if version:
                 doc["failed"] = {"version": version, "reason": reason, "at": now}
             doc.pop("trial", None)
+            doc.pop("request", None)
 
         self.store.update(change)
 

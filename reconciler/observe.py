@@ -63,6 +63,7 @@ def observe(device: Device, store: StateStore, backend: Backend,
         failed=_failed(doc.get("failed")),
         channel=channel or ChannelView(error="channel not fetched yet"),
         override=_override(doc.get("override")),
+        request=_request(doc.get("request")),
     )
 
 
@@ -113,6 +114,15 @@ def _failed(value: Any) -> FailedVersion | None:
 
 
 def _override(value: Any) -> Override | None:
-    if not isinstance(value, dict) or "version" not in value:
+    if not isinstance(value, dict) or not value.get("version"):
         return None
-    return Override(value["version"], value.get("actor", "cli"))
+    reboot = value.get("reboot", "rules")
+    if reboot not in ("rules", "ask", "now", "next-boot"):
+        reboot = "rules"
+    return Override(value["version"], value.get("actor", "cli"), reboot,
+                    bool(value.get("paused", False)))
+
+
+def _request(value: Any) -> Any:
+    kind = value.get("kind") if isinstance(value, dict) else None
+    return kind if kind in ("confirm", "rollback") else None

@@ -250,6 +250,16 @@ def _add_release_group() -> None:
 _add_release_group()
 
 
+def _add_update_commands() -> None:
+    from reconciler.cli.update import COMMANDS
+
+    for command in COMMANDS:
+        update.add_command(command)
+
+
+_add_update_commands()
+
+
 def main() -> None:
     """Console entry point: clear one-line errors instead of tracebacks."""
     try:

@@ -1,0 +1,363 @@
+"""``kruxos update check|apply|rollback|confirm|resume|cancel``: a person at the device.
+
+Presentation only. Each command verifies what it shows, hands its request to
+the reconciler (see :mod:`reconciler.cli.link`) and reports what the
+reconciler recorded. Exit codes scripts can rely on:
+
+=========  =====================================================================
+command    exit codes
+=========  =====================================================================
+check      0 up to date · 1 an update is available · 2 error (channel refused...)
+apply      0 staged (and rebooting or armed) · 1 refused or failed · 130 stopped
+rollback   0 rolling back · 1 refused (nothing good to go back to)
+confirm    0 confirmed · 1 nothing on trial
+resume     0 the spec rules again
+cancel     0 nothing staged any more
+(all)      2 error: bad config, unreadable device
+=========  =====================================================================
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from datetime import UTC, datetime
+from typing import Any, NoReturn
+
+import click
+
+from reconciler.channelwatch import ChannelWatch
+from reconciler.cli.link import Link, connect
+from reconciler.config import Device
+from reconciler.errors import KruxosError
+from reconciler.inspect import inspect_device
+from reconciler.release.metadata import ChannelMetadata
+from reconciler.semver import Version
+from reconciler.store import StateStore
+
+BAR_WIDTH = 20
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _fail(message: str, code: int = 1, as_json: bool = False, **fields: Any) -> NoReturn:
+    if as_json:
+        click.echo(json.dumps({"ok": False, "error": message, **fields}))
+    else:
+        click.echo(f"error: {message}", err=True)
+    sys.exit(code)
+
+
+def verified_metadata(device: Device) -> ChannelMetadata:
+    """The channel's metadata, verified with the device's own keys (read-only)."""
+    view = inspect_device(device, _now())
+    if view.policy is None:
+        raise KruxosError(f"no valid spec ({view.spec_error})")
+    watch = ChannelWatch(device, StateStore(device.data_dir), _now, save_trust=False)
+    return watch.fetch(view.policy.spec.channel.url, _now())
+
+
+# ---- check ----------------------------------------------------------------------------------
+
+@click.command("check")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.pass_context
+def check(ctx: click.Context, as_json: bool) -> None:
+    """Is a newer release on the channel? (metadata verified before anything is shown)"""
+    device = _device(ctx)
+    current = inspect_device(device, _now()).observed.booted_slot.version
+    try:
+        meta = verified_metadata(device)
+    except KruxosError as exc:
+        _fail(f"cannot check for updates: {exc}", 2, as_json)
+    latest = meta.latest()
+    newer = latest is not None and (current is None or Version(latest.version) > Version(current))
+    if as_json:
+        click.echo(json.dumps({"current": current, "latest": latest.version if latest else None,
+                               "update_available": newer,
+                               "changes": list(latest.changes) if latest else [],
+                               "channel": meta.channel, "serial": meta.serial}))
+        sys.exit(1 if newer else 0)
+    click.echo(f"Current version: {current or 'unknown'}")
+    click.echo(f"Latest version: {latest.version if latest else 'none published'}")
+    if not newer or latest is None:
+        click.echo("KruxOS is up to date.")
+        sys.exit(0)
+    click.echo(f"Changes in {latest.version}:")
+    for line in latest.changes:
+        click.echo(f"- {line}")
+    click.echo("Run 'kruxos update apply' to install.")
+    sys.exit(1)
+
+
+# ---- apply ----------------------------------------------------------------------------------
+
+@click.command("apply")
+@click.argument("version", required=False)
+@click.option("--yes", "-y", is_flag=True, help="Reboot into the update without asking.")
+@click.option("--no-reboot", is_flag=True, help="Stage only; activate on the next reboot.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable, never asks.")
+@click.pass_context
+def apply(ctx: click.Context, version: str | None, yes: bool, no_reboot: bool,
+          as_json: bool) -> None:
+    """Pin VERSION (default: the latest release), stage it, and offer to reboot."""
+    device = _device(ctx)
+    view = inspect_device(device, _now())
+    try:
+        meta = verified_metadata(device)
+    except KruxosError as exc:
+        _fail(f"update refused: {exc}", 1, as_json)
+    release = meta.find(version) if version else meta.latest()
+    if release is None:
+        _fail(f"{version or 'a release'} is not published on channel {meta.channel!r}", 1,
+              as_json)
+    running = view.observed.booted_slot.version
+    _refuse_downgrade(view, release.version, running, as_json)
+    target = view.observed.other_slot
+    if not as_json:
+        click.echo("Verifying signature... ✓ (Ed25519)")
+    if running == release.version:
+        _done_json_or(as_json, {"version": running, "staged": False, "running": True},
+                      f"KruxOS {running} is already running.")
+        return
+    reboot = "now" if yes else ("next-boot" if no_reboot or as_json else "ask")
+    with connect(device) as link:
+        start = link.head()
+        link.send("pin", version=release.version, reboot=reboot)
+        if not as_json:
+            click.echo(f"Downloading {release.image}... ({release.size / 1e6:.0f} MB)")
+        staged = _follow_staging(link, release.version, release.size, start, as_json,
+                                 target.device)
+        if not staged:
+            return
+        _after_staging(link, release.version, reboot, as_json, target.label)
+
+
+def _refuse_downgrade(view: Any, version: str, running: str | None, as_json: bool) -> None:
+    policy = view.policy
+    if running and Version(version) < Version(running) and not (
+            policy and policy.spec.allow_downgrade):
+        _fail(f"{version} is lower than the running {running}; the spec does not allow "
+              "downgrades (allowDowngrade: false)", 1, as_json)
+
+
+def _follow_staging(link: Link, version: str, size: int, start: int, as_json: bool,
+                    device_name: str) -> bool:
+    """Draw the download and write bars from the reconciler's real progress."""
+    bars = _Bars(sys.stdout.isatty() and not as_json, device_name, size)
+    try:
+        while True:
+            problem = _stage_problem(link, start, version)
+            if problem is not None:
+                if not as_json:
+                    bars.finish(_progress(link, version, size))
+                _fail(problem, 1, as_json)
+            if _slot_holds(link, version):
+                if not as_json:
+                    bars.finish(size)
+                return True
+            bars.draw(_progress(link, version, size))
+            time.sleep(0.1)
+    except KeyboardInterrupt:
+        done = _progress(link, version, size)
+        link.send("stop")
+        link.stop_local()
+        if not as_json:
+            bars.finish(done)
+        click.echo(f"Stopped at {done / 1e6:.0f} of {size / 1e6:.0f} MB. The slot stays "
+                   "unbootable; run 'kruxos update apply' again to resume the download.")
+        sys.exit(130)
+
+
+def _after_staging(link: Link, version: str, reboot: str, as_json: bool, label: str) -> None:
+    if as_json:
+        _done_json_or(True, {"version": version, "staged": True, "slot": label,
+                             "rebooting": reboot == "now"}, "")
+        if reboot == "now":
+            _wait_for_action(link, link.head() - 50, "reboot")
+        return
+    click.echo("Update staged. The new version will activate on reboot.")
+    if reboot == "ask":
+        answer = click.prompt("Reboot now? [y/N]", default="n", show_default=False,
+                              prompt_suffix=": ").strip().lower()
+        if not sys.stdin.isatty():
+            click.echo(answer)  # what a terminal would have echoed
+        reboot = "now" if answer in ("y", "yes") else "next-boot"
+        start = link.head()
+        link.wait_taken(link.send("reboot", answer=reboot))
+    else:
+        start = link.head() - 50
+    if reboot == "now":
+        click.echo("Rebooting...")
+        _wait_for_action(link, start, "reboot")
+    else:
+        _wait_for_action(link, start, "arm")
+        click.echo(f"{version} will activate on the next reboot.")
+
+
+def _stage_problem(link: Link, start: int, version: str) -> str | None:
+    """A refusal the reconciler recorded since ``start`` (stage failed, or blocked)."""
+    for record in link.records_after(start):
+        if record.action == "stage" and record.kind == "outcome" and record.outcome \
+                and record.outcome.startswith("failed") and "stopped at block" not in \
+                record.outcome:
+            return f"update refused: {record.outcome.removeprefix('failed: ')}"
+        if record.kind == "decision" and record.action == "blocked":
+            return f"update refused: {record.reason}"
+    if not link.busy() and link.pid is None and not _slot_holds(link, version):
+        return "the reconciler stopped before the update was staged (see kruxos audit list)"
+    return None
+
+
+def _slot_holds(link: Link, version: str) -> bool:
+    view = inspect_device(link.device, _now())
+    other = view.observed.other_slot
+    return other.version == version and other.mark in ("staged", "good")
+
+
+def _progress(link: Link, version: str, size: int) -> int:
+    staging = link.store.section("staging")
+    return int(staging.get("done", 0)) if staging.get("version") == version else 0
+
+
+def _wait_for_action(link: Link, start: int, action: str, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if any(r.action == action and r.kind == "outcome" for r in link.records_after(start)):
+            return
+        time.sleep(0.1)
+
+
+class _Bars:
+    """Two bars — downloaded+verified, written — drawn together from real progress.
+
+    The installer checks each block against the signed list before writing it,
+    so the two advance together; on a terminal they are redrawn in place,
+    otherwise printed once at the end.
+    """
+
+    def __init__(self, live: bool, device_name: str, size: int) -> None:
+        self.live, self.device_name, self.size, self.drawn = live, device_name, size, False
+
+    def draw(self, done: int) -> None:
+        if self.live:
+            self._show(done, "\x1b[3F" if self.drawn else "")
+            self.drawn = True
+
+    def finish(self, done: int) -> None:
+        self._show(done, "\x1b[3F" if self.drawn else "")
+
+    def _show(self, done: int, up: str) -> None:
+        click.echo(f"{up}{_bar(done, self.size)}\nWriting to inactive partition "
+                   f"({self.device_name})...\n{_bar(done, self.size)}")
+
+
+def _bar(done: int, size: int) -> str:
+    filled = BAR_WIDTH * done // max(size, 1)
+    return f"{'█' * filled}{'░' * (BAR_WIDTH - filled)} {100 * done // max(size, 1)}%"
+
+
+def _done_json_or(as_json: bool, doc: dict[str, Any], text: str) -> None:
+    if as_json:
+        click.echo(json.dumps({"ok": True, **doc}))
+    elif text:
+        click.echo(text)
+
+
+def _device(ctx: click.Context) -> Device:
+    from reconciler.cli.main import device_of
+
+    return device_of(ctx)
+
+
+# ---- rollback, confirm, resume, cancel -------------------------------------------------------
+
+@click.command("rollback")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.pass_context
+def rollback(ctx: click.Context, as_json: bool) -> None:
+    """Go back to the previous good slot now (this reboots into the previous partition)."""
+    device = _device(ctx)
+    obs = inspect_device(device, _now()).observed
+    target = obs.other_slot
+    if not obs.on_trial:
+        refusal = _rollback_refusal(obs)
+        if refusal:
+            _fail(refusal, 1, as_json)
+    with connect(device) as link:
+        start = link.head()
+        if not as_json:
+            click.echo(f"Rolling back to {target.version} ({target.device}). This reboots into "
+                       "the previous partition.")
+        link.wait_taken(link.send("rollback"))
+        _wait_for_action(link, start, "rollback")
+    _done_json_or(as_json, {"rolling_back_to": target.version, "slot": target.label},
+                  "Rebooting...")
+
+
+def _rollback_refusal(obs: Any) -> str | None:
+    target = obs.other_slot
+    if target.mark == "empty" or target.version is None:
+        return f"cannot roll back: the other slot {target.label} is empty"
+    if obs.failed is not None and obs.failed.version == target.version:
+        return (f"cannot roll back: the other slot {target.label} holds {target.version}, "
+                f"which failed ({obs.failed.reason})")
+    if target.mark != "good":
+        return (f"cannot roll back: the other slot {target.label} holds {target.version} "
+                f"marked {target.mark}, not a good slot to boot")
+    return None
+
+
+@click.command("confirm")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.pass_context
+def confirm(ctx: click.Context, as_json: bool) -> None:
+    """Confirm the slot on trial by hand: it becomes the default."""
+    device = _device(ctx)
+    obs = inspect_device(device, _now()).observed
+    if not obs.on_trial:
+        _fail(f"nothing to confirm: slot {obs.booted_slot.label} is {obs.boot_status}, "
+              "not on trial", 1, as_json)
+    with connect(device) as link:
+        start = link.head()
+        link.wait_taken(link.send("confirm"))
+        _wait_for_action(link, start, "confirm")
+    _done_json_or(as_json, {"confirmed": obs.booted_slot.version, "slot": obs.booted_slot.label},
+                  f"Confirmed: {obs.booted_slot.version} in slot {obs.booted_slot.label} is "
+                  "now the default.")
+
+
+@click.command("resume")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.pass_context
+def resume(ctx: click.Context, as_json: bool) -> None:
+    """Drop the pin made at this device: the spec rules again."""
+    device = _device(ctx)
+    pin = StateStore(device.data_dir).section("override")
+    if not pin:
+        _done_json_or(as_json, {"pin": None}, "No pin at this device: the spec rules.")
+        return
+    with connect(device) as link:
+        link.wait_taken(link.send("resume"))
+    _done_json_or(as_json, {"dropped": pin.get("version")},
+                  f"Pin of {pin.get('version')} dropped: the spec rules again.")
+
+
+@click.command("cancel")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.pass_context
+def cancel(ctx: click.Context, as_json: bool) -> None:
+    """Stop a staging in progress and forget the staged slot (the running version stays)."""
+    device = _device(ctx)
+    obs = inspect_device(device, _now()).observed
+    with connect(device) as link:
+        link.wait_taken(link.send("cancel"))
+    _done_json_or(as_json, {"pinned": obs.booted_slot.version},
+                  f"Staging cancelled; {obs.booted_slot.version} stays until the spec changes "
+                  "or 'kruxos update resume'.")
+
+
+COMMANDS = (check, apply, rollback, confirm, resume, cancel)
