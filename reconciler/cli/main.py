@@ -220,11 +220,15 @@ def sim_init(directory: Path, bootloader: str) -> None:
               type=click.Choice(["healthy", "gateway-fails", "fails-later", "hangs"]),
               help="How the simulated OS of this release behaves after boot.")
 @click.option("--changes", multiple=True, help="A change line (repeatable).")
-def sim_publish(directory: Path, version: str, behaviour: str, changes: tuple[str, ...]) -> None:
+@click.option("--size-mb", default=3, show_default=True, type=int,
+              help="Image size in MB (10^6 bytes, rounded up to whole MiB blocks).")
+def sim_publish(directory: Path, version: str, behaviour: str, changes: tuple[str, ...],
+                size_mb: int) -> None:
     """Build a simulated release and publish it, signed, on the device's channel."""
     from reconciler.sim.device import publish
 
-    publish(directory.resolve(), version, behaviour=behaviour, changes=changes)
+    publish(directory.resolve(), version, behaviour=behaviour, changes=changes,
+            size=-(-size_mb * 10**6 // (1 << 20)) << 20)
     click.echo(f"published {version} ({behaviour}) on {directory.resolve() / 'channel'}")
 
 
@@ -232,11 +236,13 @@ def sim_publish(directory: Path, version: str, behaviour: str, changes: tuple[st
 @click.argument("directory", type=click.Path(path_type=Path, exists=True))
 @click.option("--watchdog", default=3.0, show_default=True,
               help="Seconds before the watchdog resets a boot that hangs.")
-def sim_run(directory: Path, watchdog: float) -> None:
+@click.option("--channel-rate", default=0, type=int, metavar="KB_PER_S",
+              help="Serve the channel at most this fast (simulates a slow link; 0: no cap).")
+def sim_run(directory: Path, watchdog: float, channel_rate: int) -> None:
     """Boot the device in the foreground; reboots restart it; SIGTERM stops it."""
     from reconciler.sim.run import run_device
 
-    sys.exit(run_device(directory, watchdog))
+    sys.exit(run_device(directory, watchdog, channel_rate * 1000))
 
 
 def _add_release_group() -> None:

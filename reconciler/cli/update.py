@@ -19,6 +19,7 @@ cancel     0 nothing staged any more
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 import time
@@ -162,9 +163,11 @@ def _follow_staging(link: Link, version: str, size: int, start: int, as_json: bo
             bars.draw(_progress(link, version, size))
             time.sleep(0.1)
     except KeyboardInterrupt:
-        done = _progress(link, version, size)
-        link.send("stop")
+        stop = link.send("stop")
         link.stop_local()
+        with contextlib.suppress(TimeoutError):
+            link.wait_taken(stop, timeout=15)
+        done = _progress(link, version, size)
         if not as_json:
             bars.finish(done)
         click.echo(f"Stopped at {done / 1e6:.0f} of {size / 1e6:.0f} MB. The slot stays "

@@ -131,10 +131,12 @@ def _make_slots(directory: Path, bootloader: str, env: Path) -> None:
 
 
 def publish(directory: Path, version: str, *, behaviour: str = "healthy",
-            changes: Sequence[str] = (), sign: bool = True) -> Path:
+            changes: Sequence[str] = (), sign: bool = True, size: int = IMAGE_SIZE) -> Path:
     """Build a simulated image of ``version`` and publish it on the device's channel."""
+    if size > SLOT_SIZE:
+        raise ConfigError(f"an image of {size} bytes does not fit the {SLOT_SIZE}-byte slots")
     build = directory / "run" / "build" / f"kruxos-{version}.img"
-    build_sim_image(build, version, behaviour, IMAGE_SIZE)
+    build_sim_image(build, version, behaviour, size)
     add_release(directory / "channel", build, version, list(changes) or [f"Release {version}"])
     build.unlink()
     if sign:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -42,19 +43,54 @@ def say(message: str) -> None:
     print(f"[sim] {message}", flush=True)
 
 
-class _QuietHandler(SimpleHTTPRequestHandler):
+class _ChannelHandler(SimpleHTTPRequestHandler):
+    """Serves the channel like a plain web server: files, ``Range`` requests, a rate cap.
+
+    ``rate`` (bytes per second, 0 = unlimited) simulates a slow link so a
+    download can be watched, interrupted and resumed.
+    """
+
+    rate = 0
+
     def log_message(self, format: str, *args: Any) -> None:
         return
+
+    def send_head(self) -> Any:
+        match = re.match(r"^bytes=(\d+)-$", self.headers.get("Range", ""))
+        path = Path(self.translate_path(self.path))
+        if match is None or not path.is_file():
+            return super().send_head()
+        size, start = path.stat().st_size, int(match.group(1))
+        if start >= size:
+            self.send_error(416, "Range Not Satisfiable")
+            return None
+        f = open(path, "rb")
+        f.seek(start)
+        self.send_response(206)
+        self.send_header("Content-Type", self.guess_type(str(path)))
+        self.send_header("Content-Range", f"bytes {start}-{size - 1}/{size}")
+        self.send_header("Content-Length", str(size - start))
+        self.end_headers()
+        return f
+
+    def copyfile(self, source: Any, outputfile: Any) -> None:
+        if not self.rate:
+            return super().copyfile(source, outputfile)
+        chunk = max(1024, self.rate // 20)
+        while data := source.read(chunk):
+            outputfile.write(data)
+            time.sleep(len(data) / self.rate)
 
 
 class Supervisor:
     """Boots the simulated device, restarts it on reboot, stops on SIGTERM."""
 
-    def __init__(self, directory: Path, watchdog: float = 3.0) -> None:
+    def __init__(self, directory: Path, watchdog: float = 3.0, channel_rate: int = 0) -> None:
         self.dir = directory.resolve()
         self.device = load_device(self.dir / "device.yaml")
         self.run_dir = self.dir / "run"
         self.watchdog = watchdog
+        self.channel_rate = channel_rate
         self.reboot_requested = threading.Event()
         self.stopping = threading.Event()
         self.os_proc: SimOsProcess | None = None
@@ -88,7 +124,9 @@ class Supervisor:
         self.reboot_requested.set()
 
     def _serve_channel(self) -> ThreadingHTTPServer:
-        handler = functools.partial(_QuietHandler, directory=str(self.dir / "channel"))
+        handler_class = type("RatedChannelHandler", (_ChannelHandler,),
+                             {"rate": self.channel_rate})
+        handler = functools.partial(handler_class, directory=str(self.dir / "channel"))
         server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
         threading.Thread(target=server.serve_forever, daemon=True).start()
         return server
@@ -174,7 +212,7 @@ def ports(directory: Path) -> dict[str, str]:
     return value if isinstance(value, dict) else {}
 
 
-def run_device(directory: Path, watchdog: float = 3.0) -> int:
+def run_device(directory: Path, watchdog: float = 3.0, channel_rate: int = 0) -> int:
     """Entry point of ``kruxos sim run``."""
-    return Supervisor(directory, watchdog).run()
+    return Supervisor(directory, watchdog, channel_rate).run()
 
