@@ -120,7 +120,7 @@ def _override(value: Any) -> Override | None:
     if reboot not in ("rules", "ask", "now", "next-boot"):
         reboot = "rules"
     return Override(value["version"], value.get("actor", "cli"), reboot,
-                    bool(value.get("paused", False)))
+                    bool(value.get("paused", False)), str(value.get("by") or ""))
 
 
 def _request(value: Any) -> Any:

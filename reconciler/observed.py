@@ -97,6 +97,7 @@ class Override:
     actor: str = "cli"
     reboot: RebootPolicy = "rules"
     paused: bool = False
+    by: str = ""
 
 
 @dataclass(frozen=True)

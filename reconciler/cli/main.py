@@ -188,6 +188,10 @@ def spec_plan(ctx: click.Context, file: Path | None) -> None:
                    f"{view.spec_error}")
     click.echo(f"observed: slot {view.observed.booted_slot.label} runs "
                f"{view.observed.booted_slot.version}, {view.observed.boot_status}")
+    pin = view.observed.override
+    if pin is not None:
+        click.echo(f"pin: {pin.version} at this device overrides the spec until the spec's "
+                   "version changes or 'kruxos update resume'")
     click.echo(f"plan: {view.action.kind}: {view.action.reason}")
     sys.exit(0 if isinstance(view.action, Nothing) else 1)
 

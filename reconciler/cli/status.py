@@ -43,6 +43,10 @@ def status_lines(obs: ObservedState, policy: UpdatePolicy | None, action: Action
     if obs.rolled_back_from and obs.rollback_reason and not obs.on_trial:
         lines.append(f"Rollback reason: {obs.rollback_reason}")
     lines.extend(_other_slot_lines(obs))
+    if obs.override is not None:
+        who = f" by {obs.override.by}" if obs.override.by else ""
+        lines.append(f"Pinned: {obs.override.version} at this device{who} "
+                     "('kruxos update resume' hands back to the spec)")
     if action is not None:
         lines.append(f"Next: {action.reason}")
     return lines
@@ -59,6 +63,9 @@ def _other_slot_lines(obs: ObservedState) -> list[str]:
         return [f"Previous: {other.version} ({other.device}, available for rollback)"]
     if other.mark == "good" and obs.on_trial:
         return [f"Previous: {other.version} ({other.device}, the fallback if the trial fails)"]
+    if other.mark == "staged" and other.version and obs.trial == other.name:
+        return [f"Armed: {other.version} in {other.label}, boots on trial at the next reboot "
+                f"({obs.tries_left} tries)"]
     if other.mark == "staged" and other.version:
         return [f"Staged: {other.version} in {other.label}"]
     if other.mark == "bad" and other.version:
