@@ -71,7 +71,11 @@ class EnvCopy:
 
 
 def read_config(config: Path) -> tuple[EnvCopy, ...]:
-    """The one or two copies ``config`` describes; relative paths are taken from its directory."""
+    """The one or two copies ``config`` describes.
+
+    Relative paths are taken from the config's directory (``fw_printenv``
+    takes them from its working directory: write absolute paths for both).
+    """
     try:
         text = config.read_text(encoding="utf-8")
     except OSError as exc:
