@@ -6,7 +6,8 @@ changes the env file exactly as GRUB's ``save_env`` would, so the reconciler
 under test sees the same env it would see on hardware.
 
 The logic, kept as small as grub.cfg so the two can be compared line by line
-(and, later, against real GRUB under QEMU):
+(``tests/boot/test_grub_qemu.py`` also boots every scenario on real GRUB under
+QEMU and requires the same slot and a byte-identical env after each boot):
 
 ==================================  ===========================================  ============
 env before the boot                 saved to the env (``save_env``)              boots

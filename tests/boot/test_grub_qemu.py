@@ -113,6 +113,9 @@ FOREIGN = ("saved_entry=gnulinux-advanced>x", "note=a\\b\nc = d é")
 EDGE_ENVS: dict[str, tuple[bytes | None, str]] = {
     "never written": (None, "A"),
     "only foreign variables": (block(*FOREIGN), "A"),
+    "foreign variables named like the script's own": (
+        block("kruxos_slot=B", "kruxos_trial=B", "kruxos_counted=1", "default=kruxos-B",
+              "KRUXOS_DEFAULT=A", "KRUXOS_TRIAL="), "A"),
     "default B, no trial": (block("KRUXOS_DEFAULT=B", "KRUXOS_TRIAL=", "KRUXOS_TRIES=3"), "B"),
     "damaged default": (block("KRUXOS_DEFAULT=b"), "A"),
     "trial of an unknown slot": (block("KRUXOS_DEFAULT=A", "KRUXOS_TRIAL=C",
