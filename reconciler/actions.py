@@ -103,6 +103,16 @@ class Reboot:
 
 
 @dataclass(frozen=True)
+class Disarm:
+    """Take back an armed trial that is no longer wanted; the slot stays staged."""
+
+    slot: SlotName
+    version: str
+    reason: str
+    kind: ClassVar[str] = "disarm"
+
+
+@dataclass(frozen=True)
 class NoteFallback:
     """The bootloader gave up on a trial by itself: remember the version as failed."""
 
@@ -113,7 +123,7 @@ class NoteFallback:
 
 Action = (
     Nothing | Wait | Blocked | Stage | ArmTrial | ProbeHealth | Confirm | Rollback | Reboot
-    | NoteFallback
+    | Disarm | NoteFallback
 )
 
 def reboots(action: Action) -> bool:

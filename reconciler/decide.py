@@ -24,6 +24,7 @@ from reconciler.actions import (
     ArmTrial,
     Blocked,
     Confirm,
+    Disarm,
     NoteFallback,
     Nothing,
     ProbeHealth,
@@ -85,6 +86,10 @@ def _finish_pending(policy: UpdatePolicy, obs: ObservedState, now: datetime) -> 
     if obs.request == "rollback" and target.mark == "good" and target.version:
         return Rollback(obs.booted, target.name, obs.booted_slot.version, MANUAL_ROLLBACK)
     if obs.trial == target.name and target.version:
+        wanted = desired_version(policy, obs)
+        if wanted is not None and wanted != target.version:
+            return Disarm(target.name, target.version, f"the trial of {target.version} in slot "
+                          f"{target.label} is armed but {wanted} is wanted now: disarm it")
         gate = _reboot_gate(policy, obs, now, target.version, armed=True)
         return gate or ArmTrial(target.name, target.version,
                                 f"trial of {target.version} in slot {target.label} is armed: "

@@ -22,6 +22,7 @@ from reconciler.actions import (
     ArmTrial,
     Blocked,
     Confirm,
+    Disarm,
     NoteFallback,
     Nothing,
     Outcome,
@@ -88,7 +89,7 @@ class Executor:
             Nothing: _nothing, Wait: _nothing, Blocked: _nothing,
             Stage: self._stage, ArmTrial: self._arm, ProbeHealth: self._probe,
             Confirm: self._confirm, Rollback: self._rollback, Reboot: self._reboot,
-            NoteFallback: self._note_fallback,
+            NoteFallback: self._note_fallback, Disarm: self._disarm,
         }
         return handlers[type(action)](action, policy)
 
@@ -153,6 +154,10 @@ class Executor:
     def _reboot(self, action: Reboot, policy: UpdatePolicy) -> str:
         self.rebooter(action.reason)
         return f"rebooting into slot {action.slot}"
+
+    def _disarm(self, action: Disarm, policy: UpdatePolicy) -> str:
+        self.backend.set_mark(action.slot, "staged")
+        return f"slot {action.slot} disarmed; it keeps {action.version} staged"
 
     def _note_fallback(self, action: NoteFallback, policy: UpdatePolicy) -> str:
         self._remember_failure(action.version, action.reason)

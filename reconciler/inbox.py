@@ -18,6 +18,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import pwd
 import re
 import signal
 import time
@@ -92,6 +93,14 @@ def wake_daemon(pid: int) -> None:
 
 
 def _who() -> str:
-    user = os.environ.get("SUDO_USER") or os.environ.get("USER") or f"uid {os.getuid()}"
-    tty = os.environ.get("SSH_TTY") or (os.ttyname(0) if os.isatty(0) else "no tty")
+    """Who asked, for the audit trail: the (sudo) user and the terminal."""
+    user = os.environ.get("SUDO_USER") or _login_name()
+    tty = os.environ.get("SSH_TTY") or (os.ttyname(0) if os.isatty(0) else "no terminal")
     return f"{user} on {tty}"
+
+
+def _login_name() -> str:
+    try:
+        return pwd.getpwuid(os.getuid()).pw_name
+    except KeyError:
+        return f"uid {os.getuid()}"

@@ -21,6 +21,7 @@ from reconciler.actions import (
     ArmTrial,
     Blocked,
     Confirm,
+    Disarm,
     NoteFallback,
     Nothing,
     ProbeHealth,
@@ -421,3 +422,10 @@ def test_download_stopped_by_a_person_waits_for_a_new_apply() -> None:
                    staging=Staging("1.0.2", "B", 1, 3))
     action = decide(policy("1.0.1"), obs, NOW)
     assert isinstance(action, Wait) and "update apply" in action.reason
+
+
+def test_armed_trial_of_a_version_no_longer_wanted_is_disarmed_not_booted() -> None:
+    """A pin armed for the next reboot, then dropped: the spec's version rules again."""
+    obs = observed(other_version="1.0.2", other_mark="staged", trial="B", tries_left=3)
+    action = decide(policy("1.0.0"), obs, NOW)
+    assert isinstance(action, Disarm) and action.slot == "B"
