@@ -1,0 +1,387 @@
+"""The ``bls`` backend: systemd-boot automatic boot assessment on BLS entries.
+
+The env path is the ESP directory. Files we own there:
+
+==============================  ===================================================
+``loader/entries/kruxos-a.conf``  slot A's entry; its *name* carries the boot counter
+``loader/entries/kruxos-b.conf``  slot B's entry, likewise
+``loader/loader.conf``            only its ``default`` line and our ``# kruxos`` comments
+==============================  ===================================================
+
+Entry names (systemd-boot renames them itself, ``+LEFT-DONE``, before each boot):
+
+- ``kruxos-X.conf``         no counter: a good slot, booted without counting
+- ``kruxos-X+N[-D].conf``   N >= 1 tries left: a trial; systemd-boot boots it and
+                            renames it ``+(N-1)-(D+1)`` first
+- ``kruxos-X+0[-D].conf``   no tries left: systemd-boot never picks it (sorted last,
+                            and our ``default`` pattern skips it)
+
+``default kruxos-X[+.][1-9c]*`` names the *target*: slot X's entry when it is good
+(``.c``onf) or has tries left (``+1``..``+9``), never at ``+0``. When the target's
+tries are exhausted the pattern matches nothing and systemd-boot boots the first
+entry in its sort order: the other slot's good entry (entries at ``+0`` sort last).
+So the target is the trial slot during a trial and the default slot otherwise.
+
+Marks that systemd-boot cannot express (``staged``, ``bad``, ``empty``) and the
+last fallback reason live in loader.conf comments (``# kruxos: A=good B=staged``,
+``# kruxos-fallback: ...``), which systemd-boot ignores. A slot not good and not
+on trial has its entry at ``+0`` (``+0-D`` when bad), so it is never booted.
+
+systemd-boot leaves no fallback trace, but it does set ``LoaderEntrySelected``
+(the entry it booted, before the rename). A target at ``+0`` that is the booted
+entry is a trial on its last try; one that is not (or when the variable is
+unknown) means the tries ran out and systemd-boot fell back: we report
+``fallback_reason`` and the next write records it in loader.conf.
+
+Every change is one atomic rename of an entry and one atomic rewrite of
+loader.conf, ordered so that a power cut between the two leaves a state that
+systemd-boot and :meth:`BlsBackend.read` agree on (see the docs page).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from reconciler.boot import SLOTS, BootState, Mark, SlotName, other, register
+from reconciler.errors import BootEnvError
+from reconciler.store import atomic_write, fsync_dir
+
+MAX_TRIES = 9
+MARKS: tuple[Mark, ...] = ("good", "staged", "bad", "empty")
+LOADER_GUID = "4a67b082-0a4c-41cf-b6c7-440b29bb8c4f"
+SYS_EFIVARS = Path("/sys/firmware/efi/efivars")
+MARKS_PREFIX = "# kruxos:"
+FALLBACK_PREFIX = "# kruxos-fallback:"
+
+__all__ = ["BlsBackend", "MAX_TRIES", "default_pattern", "entry_name", "exhausted_reason",
+           "parse_entry_name", "read_efivar_string"]
+
+_ENTRY = re.compile(r"^kruxos-([a-z0-9]+)(?:\+(\d+)(?:-(\d+))?)?\.conf$")
+_PATTERN = re.compile(r"^kruxos-([ab])\[\+\.\]\[1-9c\]\*$")
+
+
+def exhausted_reason(slot: SlotName) -> str:
+    """The fallback reason reported when systemd-boot gave up on ``slot`` (as grub's)."""
+    return f"{slot}: trial tries exhausted"
+
+
+def default_pattern(slot: SlotName) -> str:
+    """loader.conf's ``default`` for target ``slot``: its entry when good or with tries left."""
+    return f"kruxos-{slot.lower()}[+.][1-9c]*"
+
+
+def entry_name(slot: SlotName, left: int | None = None, done: int | None = None) -> str:
+    """``kruxos-a.conf``, ``kruxos-a+3.conf`` or ``kruxos-a+0-3.conf``."""
+    counter = "" if left is None else f"+{left}" + ("" if done is None else f"-{done}")
+    return f"kruxos-{slot.lower()}{counter}.conf"
+
+
+@dataclass(frozen=True)
+class _Entry:
+    name: str
+    left: int | None = None  # None: no counter (good)
+    done: int | None = None
+
+    @property
+    def good(self) -> bool:
+        return self.left is None
+
+
+def parse_entry_name(name: str) -> tuple[SlotName, int | None, int | None] | None:
+    """(slot, left, done) of one of our entry names; ``None`` for a foreign entry.
+
+    A name starting ``kruxos-`` that we would never write raises ``BootEnvError``.
+    """
+    if not name.startswith("kruxos-") or not name.endswith(".conf"):
+        return None
+    match = _ENTRY.match(name)
+    if match is None or match.group(1) not in ("a", "b"):
+        raise BootEnvError(f"bls backend: odd entry name {name!r}")
+    slot: SlotName = "A" if match.group(1) == "a" else "B"
+    left, done = match.group(2), match.group(3)
+    return slot, int(left) if left is not None else None, int(done) if done is not None else None
+
+
+def read_efivar_string(path: Path) -> str | None:
+    """An efivarfs file's value as text (4 attribute bytes, then NUL-ended UTF-16LE)."""
+    try:
+        raw = path.read_bytes()
+    except OSError:
+        return None
+    return raw[4:].decode("utf-16-le", "replace").split("\0", 1)[0] or None
+
+
+@dataclass(frozen=True)
+class _View:
+    """What is on the ESP, before interpretation."""
+
+    target: SlotName
+    entries: dict[SlotName, _Entry | None]
+    marks: dict[SlotName, Mark]
+    fallback: str | None
+    conf_lines: tuple[str, ...]  # loader.conf without our lines
+
+
+@register("bls")
+class BlsBackend:
+    """A/B boot state in systemd-boot's entry names and loader.conf on the ESP."""
+
+    name = "bls"
+
+    def __init__(self, env_path: Path, efivars: Path | None = None) -> None:
+        self.esp = Path(env_path)
+        self.entries_dir = self.esp / "loader" / "entries"
+        self.conf_path = self.esp / "loader" / "loader.conf"
+        if efivars is None:
+            beside = self.esp.parent / "efivars"
+            efivars = beside if beside.is_dir() else SYS_EFIVARS
+        self.efivars = efivars
+
+    # -- reading -----------------------------------------------------------
+
+    def read(self) -> BootState:
+        """The boot state; missing or odd files raise ``BootEnvError`` ("bls backend: ...")."""
+        return self._load()[1]
+
+    def booted_slot(self) -> SlotName | None:
+        """The slot systemd-boot booted this time (``LoaderEntrySelected``), if known."""
+        value = read_efivar_string(self.efivars / f"LoaderEntrySelected-{LOADER_GUID}")
+        match = re.match(r"^kruxos-([ab])[+.]", (value or "").lower())
+        if match is None:
+            return None
+        return "A" if match.group(1) == "a" else "B"
+
+    def safe_state(self) -> BootState:
+        """The conservative answer when :meth:`read` fails: the slot systemd-boot would
+        boot without counting (the target if its entry is good, else the other good one,
+        else A); nothing else trusted."""
+        try:
+            return self.read()
+        except BootEnvError:
+            pass
+        default: SlotName = "A"
+        try:
+            names = {p.name for p in self.entries_dir.iterdir()}
+            target = _parse_target(self.conf_path.read_text(errors="replace"), self.conf_path)
+            for slot in (target, other(target)):
+                if entry_name(slot) in names:
+                    default = slot
+                    break
+        except (OSError, BootEnvError):
+            pass
+        return BootState(default=default, marks={default: "good", other(default): "bad"})
+
+    # -- the Protocol's operations ------------------------------------------
+
+    def set_mark(self, slot: SlotName, mark: Mark) -> None:
+        """Mark a slot; the default stays good; un-marking the trial slot disarms it."""
+        _check_slot(slot)
+        if mark not in MARKS:
+            raise BootEnvError(f"bls backend: unknown mark {mark!r}")
+        view, state = self._load()
+        if slot == state.default and mark != "good":
+            raise BootEnvError(f"bls backend: {slot} is the default slot; it stays good")
+        if slot == state.trial and mark == "good":
+            raise BootEnvError(f"bls backend: {slot} is on trial; confirm it with mark_good")
+        target = state.default if slot == state.trial else view.target
+        new = replace(view, marks={**view.marks, slot: mark}, target=target)
+        if mark == "good":
+            self._rename(view, slot, entry_name(slot))
+            self._write_conf(new)
+        else:
+            self._write_conf(new)  # stop targeting it first, then make it unbootable
+            self._rename(view, slot, _unbootable_name(slot, mark, view.entries[slot]))
+
+    def arm_trial(self, slot: SlotName, tries: int) -> None:
+        """Boot ``slot`` next, at most ``tries`` times; the good default stays the fallback."""
+        _check_slot(slot)
+        if isinstance(tries, bool) or not isinstance(tries, int) or not 1 <= tries <= MAX_TRIES:
+            raise BootEnvError(f"bls backend: tries must be 1..{MAX_TRIES}, got {tries!r}")
+        view, state = self._load()
+        if slot == state.default:
+            raise BootEnvError(f"bls backend: {slot} is the default slot; nothing to trial")
+        if state.marks[slot] not in ("staged", "good"):
+            raise BootEnvError(
+                f"bls backend: cannot arm {slot} for a trial: it is marked {state.marks[slot]}")
+        self._rename(view, slot, entry_name(slot, tries))  # counted, not yet targeted
+        self._write_conf(replace(view, target=slot, fallback=None))
+
+    def mark_good(self, slot: SlotName) -> None:
+        """Confirm ``slot`` (what ``systemd-bless-boot good`` does: strip the counter);
+        it becomes the target. The previous default stays good, for a manual rollback."""
+        _check_slot(slot)
+        view, state = self._load()
+        mark = state.marks[slot]
+        if mark not in ("staged", "good"):
+            raise BootEnvError(f"bls backend: cannot confirm {slot}: it is marked {mark}")
+        self._rename(view, slot, entry_name(slot))
+        self._write_conf(replace(view, target=slot, marks={**view.marks, slot: "good"}))
+
+    def rollback(self, reason: str) -> None:
+        """Abandon the trial slot (marked bad), or with no trial go back to the other good slot.
+
+        Same rules as the grub backend; ``reason`` is kept in loader.conf either way.
+        """
+        view, state = self._load()
+        reason = " ".join(reason.split())
+        if state.trial is not None:
+            trial = state.trial
+            self._write_conf(replace(view, target=state.default, fallback=reason,
+                                     marks={**view.marks, trial: "bad"}))
+            self._rename(view, trial, _unbootable_name(trial, "bad", view.entries[trial]))
+            return
+        back = other(state.default)
+        if state.marks[back] != "good":
+            raise BootEnvError(
+                f"bls backend: nothing to roll back to: no trial armed and "
+                f"{back} is marked {state.marks[back]}")
+        self._write_conf(replace(view, target=back, fallback=reason))
+
+    # -- private -------------------------------------------------------------
+
+    def _load(self) -> tuple[_View, BootState]:
+        """The ESP as found, and its state; an exhausted trial is folded into the view
+        (target back on the default, trial slot bad, reason kept) for the next write."""
+        view = _read_view(self.conf_path, self.entries_dir)
+        state = _state(view, self.booted_slot(), self.esp)
+        if view.target != state.default and state.trial is None:
+            view = replace(view, target=state.default, fallback=state.fallback_reason,
+                           marks={**view.marks, view.target: "bad"})
+        return view, state
+
+    def _rename(self, view: _View, slot: SlotName, name: str) -> None:
+        entry = view.entries[slot]
+        if entry is None:
+            raise BootEnvError(f"bls backend: {self.entries_dir}: no entry for slot {slot}")
+        if entry.name == name:
+            return
+        try:
+            os.rename(self.entries_dir / entry.name, self.entries_dir / name)
+            fsync_dir(self.entries_dir)
+        except OSError as exc:
+            raise BootEnvError(f"bls backend: cannot rename {entry.name} to {name}: "
+                               f"{exc.strerror or exc}") from exc
+
+    def _write_conf(self, view: _View) -> None:
+        lines = [*view.conf_lines, f"default {default_pattern(view.target)}",
+                 f"{MARKS_PREFIX} " + " ".join(f"{s}={view.marks[s]}" for s in SLOTS)]
+        if view.fallback:
+            lines.append(f"{FALLBACK_PREFIX} {view.fallback}")
+        try:
+            atomic_write(self.conf_path, ("\n".join(lines) + "\n").encode("utf-8"))
+        except OSError as exc:
+            raise BootEnvError(f"bls backend: cannot write {self.conf_path}: "
+                               f"{exc.strerror or exc}") from exc
+
+
+def _unbootable_name(slot: SlotName, mark: Mark, entry: _Entry | None) -> str:
+    """``+0`` for staged/empty, ``+0-D`` for bad (keeping the tries done)."""
+    if mark != "bad":
+        return entry_name(slot, 0)
+    return entry_name(slot, 0, entry.done if entry and entry.done is not None else 0)
+
+
+def _check_slot(slot: str) -> None:
+    if slot not in SLOTS:
+        raise BootEnvError(f"bls backend: unknown slot {slot!r}")
+
+
+def _read_view(conf_path: Path, entries_dir: Path) -> _View:
+    try:
+        text = conf_path.read_text(encoding="utf-8")
+        names = sorted(p.name for p in entries_dir.iterdir())
+    except (OSError, UnicodeDecodeError) as exc:
+        raise BootEnvError(f"bls backend: cannot read the ESP: {exc}") from exc
+    entries: dict[SlotName, _Entry | None] = {"A": None, "B": None}
+    for name in names:
+        parsed = parse_entry_name(name)
+        if parsed is None:
+            continue
+        slot, left, done = parsed
+        if entries[slot] is not None:
+            raise BootEnvError(f"bls backend: {entries_dir}: two entries for slot {slot}: "
+                               f"{entries[slot].name} and {name}")  # type: ignore[union-attr]
+        entries[slot] = _Entry(name, left, done)
+    own = (MARKS_PREFIX, FALLBACK_PREFIX)
+    return _View(
+        target=_parse_target(text, conf_path),
+        entries=entries,
+        marks=_parse_marks(text, conf_path),
+        fallback=_comment(text, FALLBACK_PREFIX),
+        conf_lines=tuple(line for line in text.splitlines()
+                         if not line.startswith(own) and _key(line) != "default"),
+    )
+
+
+def _key(line: str) -> str:
+    return line.strip().split(None, 1)[0] if line.strip() else ""
+
+
+def _parse_target(text: str, path: Path) -> SlotName:
+    values = [line.strip().split(None, 1)[1:] for line in text.splitlines()
+              if _key(line) == "default"]
+    if not values or not values[-1]:
+        raise BootEnvError(f"bls backend: {path}: no 'default' line")
+    match = _PATTERN.match(values[-1][0].strip())
+    if match is None:
+        raise BootEnvError(f"bls backend: {path}: default {values[-1][0].strip()!r} is not "
+                           f"ours ({default_pattern('A')} or {default_pattern('B')})")
+    return "A" if match.group(1) == "a" else "B"
+
+
+def _comment(text: str, prefix: str) -> str | None:
+    for line in text.splitlines():
+        if line.startswith(prefix):
+            return line[len(prefix):].strip() or None
+    return None
+
+
+def _parse_marks(text: str, path: Path) -> dict[SlotName, Mark]:
+    marks: dict[SlotName, Mark] = {}
+    for item in (_comment(text, MARKS_PREFIX) or "").split():
+        slot, _, mark = item.partition("=")
+        if slot not in SLOTS or mark not in MARKS:
+            raise BootEnvError(f"bls backend: {path}: odd mark {item!r}")
+        marks[slot] = mark  # type: ignore[index]
+    return marks
+
+
+def _state(view: _View, booted: SlotName | None, esp: Path) -> BootState:
+    """Interpret the view as systemd-boot will act on it at the next boot."""
+    target = view.target
+    entry = view.entries[target]
+    if entry is None:
+        raise BootEnvError(f"bls backend: {esp}: loader.conf targets slot {target}, "
+                           "which has no entry")
+    if entry.good:
+        return BootState(default=target, marks=_marks(view, target, None),
+                         fallback_reason=view.fallback)
+    default = other(target)
+    fallback = view.entries[default]
+    if fallback is None or not fallback.good:
+        raise BootEnvError(f"bls backend: {esp}: slot {target} is counted but slot {default} "
+                           "has no good entry to fall back to")
+    left = entry.left or 0
+    if left > 0 or booted == target:
+        return BootState(default=default, trial=target, tries_left=left,
+                         marks=_marks(view, default, target), fallback_reason=view.fallback)
+    marks = {**_marks(view, default, None), target: "bad"}
+    return BootState(default=default, marks=marks, fallback_reason=exhausted_reason(target))
+
+
+def _marks(view: _View, default: SlotName, trial: SlotName | None) -> dict[SlotName, Mark]:
+    marks: dict[SlotName, Mark] = {}
+    for slot in SLOTS:
+        mark = view.marks.get(slot, "empty")
+        entry = view.entries[slot]
+        if slot == default:
+            mark = "good"
+        elif slot == trial:
+            mark = mark if mark in ("staged", "good") else "staged"
+        elif mark == "good" and (entry is None or not entry.good):
+            mark = "bad"
+        marks[slot] = mark
+    return marks
