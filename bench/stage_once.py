@@ -18,6 +18,8 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
+import httpx
+
 from reconciler.release.client import fetch_metadata
 from reconciler.release.installer import InstallProgress, install
 from reconciler.release.keys import load_trusted_keys
@@ -42,8 +44,9 @@ class _Clock:
 def stage(args: argparse.Namespace) -> dict[str, object]:
     """Fetch, verify and install; return the phase times in seconds."""
     t0 = time.perf_counter()
+    transport = httpx.HTTPTransport()  # one pool, one TLS context, as the device's stager
     meta = fetch_metadata(args.base_url, load_trusted_keys([Path(args.pubkey)]),
-                          frozenset(), datetime.now(UTC), None, None)
+                          frozenset(), datetime.now(UTC), None, None, transport=transport)
     release = meta.find(args.version)
     if release is None:
         raise SystemExit(f"stage_once: {args.version} is not in the channel")
@@ -54,7 +57,7 @@ def stage(args: argparse.Namespace) -> dict[str, object]:
     result = install(release, args.base_url, slot, slot.stat().st_size,
                      booted_slot_path=Path(args.booted), before_first_write=lambda: None,
                      progress=clock, should_stop=lambda: False,
-                     resume_file=Path(args.resume))
+                     resume_file=Path(args.resume), transport=transport)
     t2 = time.perf_counter()
     if not result.complete:
         raise SystemExit(f"stage_once: install did not complete: {result.message}")

@@ -12,6 +12,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from datetime import datetime, timedelta
 
+import httpx
+
 from reconciler.config import Device
 from reconciler.errors import KruxosError, ReleaseError, TemporaryError
 from reconciler.observed import ChannelView
@@ -39,6 +41,18 @@ class ChannelWatch:
         self._key: tuple[str, str] | None = None
         self._next: datetime | None = None
         self._retry = timedelta(seconds=30)
+        self._transport: httpx.HTTPTransport | None = None
+
+    @property
+    def transport(self) -> httpx.HTTPTransport:
+        """One connection pool for the metadata and the images (one TLS context, built once).
+
+        Each request's client closes the pool's connections when it ends; the
+        pool itself, and its TLS context, stay for the next request.
+        """
+        if self._transport is None:
+            self._transport = httpx.HTTPTransport()
+        return self._transport
 
     def view(self, policy: UpdatePolicy, revision: str, now: datetime) -> ChannelView:
         """The channel as ``decide`` needs it, refetched when stale."""
@@ -75,7 +89,7 @@ class ChannelWatch:
         trusted = load_trusted_keys(self.device.trusted_keys)
         revoked = load_revoked(self.device.revoked_keys)
         meta = fetch_metadata(self.device.map_url(url), trusted, revoked, now, None,
-                              trust.trusted_time)
+                              trust.trusted_time, transport=self.transport)
         floor = trust.min_serial(meta.channel)
         if floor is not None and meta.serial < floor:
             raise ReleaseError(f"metadata serial {meta.serial} is lower than {floor}, the "

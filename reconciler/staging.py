@@ -84,7 +84,8 @@ class InstallerStager:
             release, self.device.map_url(policy.spec.channel.url), path, slot_size(path),
             booted_slot_path=self.device.slot_paths[self.device.booted_slot()],
             before_first_write=before_first_write, progress=report,
-            should_stop=should_stop, resume_file=self.device.data_dir / RESUME_FILE)
+            should_stop=should_stop, resume_file=self.device.data_dir / RESUME_FILE,
+            transport=self.channel.transport)
 
 
 class _Reporter:

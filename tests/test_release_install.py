@@ -269,3 +269,61 @@ def test_an_image_missing_from_the_server_is_a_temporary_failure(
         install(missing, device.server.url, device.slot, SLOT_SIZE, booted_slot_path=device.booted,
                 before_first_write=lambda: None, progress=lambda e: None,
                 should_stop=lambda: False, resume_file=tmp_path / "r.json")
+
+
+def test_a_resume_point_is_recorded_only_after_its_blocks_are_durable(
+    device: Device, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from reconciler.release import installer
+
+    calls: list[tuple[str, int]] = []
+    real_pwrite, real_fdatasync, real_record = os.pwrite, os.fdatasync, installer.atomic_write_json
+
+    def pwrite(fd: int, data: Any, offset: int) -> int:
+        n = real_pwrite(fd, data, offset)
+        calls.append(("write", (offset + n - 1) // BLOCK))
+        return n
+
+    def fdatasync(fd: int) -> None:
+        real_fdatasync(fd)
+        calls.append(("sync", -1))
+
+    def record(path: Path, doc: Any) -> None:
+        calls.append(("resume", doc["next_block"]))
+        real_record(path, doc)
+
+    monkeypatch.setattr(os, "pwrite", pwrite)
+    monkeypatch.setattr(os, "fdatasync", fdatasync)
+    monkeypatch.setattr(installer, "atomic_write_json", record)
+    monkeypatch.setattr(installer, "RESUME_EVERY", 4)
+    device.server.set_faults(cut_at=15 * BLOCK + 99)
+    with pytest.raises(ChannelUnavailable, match="failed at block 15"):
+        device.install()
+    resumes = [(i, n) for i, (what, n) in enumerate(calls) if what == "resume"]
+    assert [n for _, n in resumes] == [4, 8, 12, 15]
+    for at, next_block in resumes:
+        written = [i for i, (what, _) in enumerate(calls[:at]) if what == "write"
+                   and calls[i][1] == next_block - 1]
+        assert written, f"resume {next_block} recorded before block {next_block - 1} was written"
+        synced = [i for i, (what, _) in enumerate(calls[:at]) if what == "sync"
+                  and i > written[-1]]
+        assert synced, f"resume {next_block} recorded before block {next_block - 1} was synced"
+
+
+def test_blocks_travel_in_a_fixed_pool_of_buffers_whatever_the_image_size(
+    device: Device, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from reconciler.release import installer
+
+    buffers: set[int] = set()
+    real = installer._write_block
+
+    def write(session: Any, index: int, block: memoryview) -> None:
+        buffers.add(id(block.obj))
+        real(session, index, block)
+
+    monkeypatch.setattr(installer, "_write_block", write)
+    assert device.install().complete
+    assert len(device.release.blocks) == 21
+    assert 1 < len(buffers) <= installer.QUEUE_BLOCKS + 2
+    assert device.image() == _expected_image(device)

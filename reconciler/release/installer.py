@@ -3,24 +3,33 @@
 The order is RAUC's fail-safe order::
 
     refuse the booted slot ─► refuse an image larger than the slot ─► before_first_write()
-      ─► for each block: receive ─► SHA-256 == signed block hash? ─► pwrite at its offset
-      ─► fsync ─► drop the page cache ─► read the slot back ─► whole SHA-256 == signed?
+      ─► receive thread: assemble blocks ─► queue (≤ QUEUE_BLOCKS) ─► this thread:
+         SHA-256 == signed block hash? ─► pwrite at its offset ─► every RESUME_EVERY
+         blocks: fdatasync, then record the resume point
+      ─► fsync ─► drop the page cache ─► read the slot back once: each block against its
+         signed hash here, the whole SHA-256 on a second thread ─► both match?
       ─► success (only now may the caller mark the slot staged)
 
-Memory is one block plus one network read (64 KiB), whatever the image size; there is
-no temporary copy. The index of the next block to fetch is kept in
-``resume_file`` (written only after the blocks before it are fdatasync'ed), so
-a cut connection, a stop request or a reboot continues with ``Range:
-bytes=OFFSET-`` from the last verified block. Network failures raise
-:class:`ChannelUnavailable` with a delay that doubles with each failure in a row
-(the caller retries); refusals raise :class:`ReleaseError` with the reason.
+The socket keeps being read while blocks are hashed, written and synced; a
+block reaches the slot only after its hash matched. Memory is a fixed pool of
+``QUEUE_BLOCKS + 2`` block buffers while downloading and ``READ_BACK_BUFFERS``
+while reading back, whatever the image size; there is no temporary copy. The
+index of the next block to fetch is kept in ``resume_file`` (written only after
+the blocks before it are fdatasync'ed), so a cut connection, a stop request or
+a reboot continues with ``Range: bytes=OFFSET-`` from the last verified block.
+Network failures raise :class:`ChannelUnavailable` with a delay that doubles
+with each failure in a row (the caller retries); refusals raise
+:class:`ReleaseError` with the reason.
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
 import os
+import queue
 import re
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -34,6 +43,8 @@ from reconciler.release.metadata import Release
 from reconciler.store import atomic_write_json, fsync_dir, read_json
 
 RESUME_EVERY = 16          # blocks between two durable resume points
+QUEUE_BLOCKS = 4           # received blocks waiting for the writer, at most
+READ_BACK_BUFFERS = 4      # blocks read back and waiting for the whole-image hash
 BACKOFF_BASE, BACKOFF_MAX = 2.0, 300.0
 MIN_RATE = 16 * 1024       # bytes/s a block must average: a trickling server is cut off
 _CONTENT_RANGE = re.compile(r"^bytes (\d+)-(\d+)/(\d+|\*)$")
@@ -168,7 +179,7 @@ def _start_of(resp: httpx.Response, offset: int, release: Release) -> int:
     return start
 
 
-def _verify_block(session: _Session, index: int, block: bytes | bytearray) -> None:
+def _verify_block(session: _Session, index: int, block: memoryview) -> None:
     release = session.release
     got = hashlib.sha256(block).hexdigest()
     if got != release.blocks[index]:
@@ -184,8 +195,8 @@ def _verify_block(session: _Session, index: int, block: bytes | bytearray) -> No
                                f"the metadata says {release.version}")
 
 
-def _write_block(session: _Session, index: int, block: bytes | bytearray) -> None:
-    view, offset = memoryview(block), session.release.block_range(index)[0]
+def _write_block(session: _Session, index: int, block: memoryview) -> None:
+    view, offset = block, session.release.block_range(index)[0]
     while view:
         n = os.pwrite(session.fd, view, offset)
         view, offset = view[n:], offset + n
@@ -195,60 +206,197 @@ def _write_block(session: _Session, index: int, block: bytes | bytearray) -> Non
     session.event("download")
 
 
+_Item = tuple[int, memoryview, bytearray] | BaseException | None  # a block, a failure, the end
+
+
+class _Receiver:
+    """Assembles the response body into whole blocks on a thread of its own.
+
+    The socket keeps being read while the writer hashes, writes and syncs.
+    Blocks travel through a queue of at most ``QUEUE_BLOCKS``, in buffers taken
+    from a fixed pool of ``QUEUE_BLOCKS + 2`` preallocated blocks (one being
+    filled, one being written), so memory does not grow with the image. The
+    receiver never writes: it only hands over bytes, and errors, in order.
+    """
+
+    def __init__(self, session: _Session, resp: httpx.Response, start: int) -> None:
+        self.session, self.resp, self.start = session, resp, start
+        size = session.release.block_size
+        self.full: queue.Queue[_Item] = queue.Queue(maxsize=QUEUE_BLOCKS)
+        self.free: queue.Queue[bytearray] = queue.Queue()
+        for _ in range(QUEUE_BLOCKS + 2):
+            self.free.put(bytearray(size))
+        self.halt = threading.Event()
+        self.thread = threading.Thread(target=self._run, name="kruxos-receive", daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        """Stop receiving and wait for the thread (at most one network wait)."""
+        self.halt.set()
+        self.thread.join()
+
+    def _run(self) -> None:
+        try:
+            self._receive()
+        except BaseException as exc:  # noqa: BLE001 - handed to the writer, which raises it
+            self._put(exc)
+
+    def _put(self, item: _Item) -> bool:
+        while not self.halt.is_set():
+            try:
+                self.full.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _buffer(self) -> bytearray | None:
+        while not self.halt.is_set():
+            try:
+                return self.free.get(timeout=0.1)
+            except queue.Empty:
+                continue
+        return None
+
+    def _receive(self) -> None:
+        session, release, resp = self.session, self.session.release, self.resp
+        index = self.start // release.block_size  # a block boundary (the resume point or 0)
+        first, end = release.block_range(index)
+        need, filled, buf = end - first, 0, self._buffer()
+        began = time.monotonic()
+        for chunk in resp.iter_raw():
+            if buf is None or self.halt.is_set():
+                return
+            session.fetched += len(chunk)
+            if time.monotonic() - began > session.block_deadline:
+                raise ChannelUnavailable(f"{resp.url}: block {index} took more than "
+                                         f"{session.block_deadline:.1f}s (slow retrieval)")
+            view = memoryview(chunk)
+            while view:
+                if index >= len(release.blocks):
+                    raise ReleaseError(f"{resp.url}: image longer than its declared size "
+                                       f"{release.size}; stopped reading at the declared length")
+                n = min(len(view), need - filled)
+                buf[filled:filled + n] = view[:n]
+                filled, view = filled + n, view[n:]
+                if filled < need:
+                    continue
+                if not self._put((index, memoryview(buf)[:need], buf)):
+                    return
+                index, filled = index + 1, 0
+                if index < len(release.blocks):
+                    start, end = release.block_range(index)
+                    need, buf = end - start, self._buffer()
+                    if buf is None:
+                        return
+                began = time.monotonic()
+        if index < len(release.blocks):
+            raise ChannelUnavailable(f"{resp.url}: the stream ended at byte "
+                                     f"{release.block_range(index)[0] + filled} of {release.size}")
+        self._put(None)
+
+
 def _stream_blocks(session: _Session, resp: httpx.Response, start: int,
                    should_stop: Callable[[], bool]) -> bool:
-    """Verify and write blocks from ``resp``; ``False`` when asked to stop."""
-    release, index, buf = session.release, start // session.release.block_size, bytearray()
-    need = release.block_range(index)[1] - start
-    began = time.monotonic()
-    for chunk in resp.iter_raw():
-        session.fetched += len(chunk)
-        if time.monotonic() - began > session.block_deadline:
-            raise ChannelUnavailable(f"{resp.url}: block {index} took more than "
-                                     f"{session.block_deadline:.1f}s (slow retrieval)")
-        view = memoryview(chunk)
-        while view:
-            if index >= len(release.blocks):
-                raise ReleaseError(f"{resp.url}: image longer than its declared size "
-                                   f"{release.size}; stopped reading at the declared length")
-            take = view[:need - len(buf)]
-            buf += take
-            view = view[len(take):]
-            if len(buf) == need:
-                _verify_block(session, index, buf)
-                _write_block(session, index, buf)
-                index, buf, began = index + 1, bytearray(), time.monotonic()
-                if index == len(release.blocks):
-                    continue  # anything more is past the declared size
-                need = release.block_range(index)[1] - release.block_range(index)[0]
-                if should_stop():
-                    return False
-    if index < len(release.blocks):
-        raise ChannelUnavailable(f"{resp.url}: the stream ended at byte "
-                                 f"{release.block_range(index)[0] + len(buf)} of {release.size}")
-    return True
+    """Verify and write the blocks the receiver hands over; ``False`` when asked to stop."""
+    receiver = _Receiver(session, resp, start)
+    try:
+        return _write_received(session, receiver, should_stop)
+    finally:
+        receiver.close()
+
+
+def _write_received(session: _Session, receiver: _Receiver,
+                    should_stop: Callable[[], bool]) -> bool:
+    last = len(session.release.blocks) - 1
+    while True:
+        item = receiver.full.get()
+        if item is None:
+            return True
+        if isinstance(item, BaseException):
+            raise item
+        index, block, buf = item
+        try:
+            _verify_block(session, index, block)
+            _write_block(session, index, block)
+        finally:
+            block.release()
+            receiver.free.put(buf)
+        if index < last and should_stop():
+            return False
 
 
 def _read_back(session: _Session, slot_path: Path) -> None:
-    """Read the slot from the device (not the page cache) and compare with the signature."""
+    """Read the slot from the device (not the page cache) and compare with the signature.
+
+    One read pass: this thread reads each block and checks its signed block
+    hash while a second thread feeds the same buffers to the whole-image
+    SHA-256 (hashlib releases the GIL), so each byte is read once and each
+    hash runs on its own core.
+    """
     release = session.release
     os.fsync(session.fd)
     os.posix_fadvise(session.fd, 0, 0, os.POSIX_FADV_DONTNEED)
-    whole, buf = hashlib.sha256(), bytearray(release.block_size)
-    with open(slot_path, "rb", buffering=0) as f:
-        os.posix_fadvise(f.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
-        for index, expected in enumerate(release.blocks):
-            start, end = release.block_range(index)
-            view = memoryview(buf)[:end - start]
-            got = f.readinto(view)
-            if got != end - start or hashlib.sha256(view).hexdigest() != expected:
-                raise ReleaseError(f"read-back of {slot_path}: block {index} differs from the "
-                                   "verified bytes written there")
-            whole.update(view)
-            session.event("read-back", end)
-    if whole.hexdigest() != release.sha256:
+    whole = _WholeHasher(release.block_size)
+    try:
+        with io.FileIO(slot_path, "r") as f:
+            os.posix_fadvise(f.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
+            os.posix_fadvise(f.fileno(), 0, release.size, os.POSIX_FADV_SEQUENTIAL)
+            for index, expected in enumerate(release.blocks):
+                _check_read_block(session, f, index, expected, whole, slot_path)
+    finally:
+        digest = whole.finish()
+    if digest != release.sha256:
         raise ReleaseError(f"read-back of {slot_path}: whole-image hash mismatch "
-                           f"(got {whole.hexdigest()[:16]}…, signed {release.sha256[:16]}…)")
+                           f"(got {digest[:16]}…, signed {release.sha256[:16]}…)")
+
+
+def _check_read_block(session: _Session, f: io.FileIO, index: int, expected: str,
+                      whole: _WholeHasher, slot_path: Path) -> None:
+    start, end = session.release.block_range(index)
+    buf = whole.buffer()
+    view = memoryview(buf)[:end - start]
+    got = f.readinto(view)
+    if got != end - start or hashlib.sha256(view).hexdigest() != expected:
+        whole.give_back(buf)
+        raise ReleaseError(f"read-back of {slot_path}: block {index} differs from the "
+                           "verified bytes written there")
+    whole.add(buf, end - start)
+    session.event("read-back", end)
+
+
+class _WholeHasher:
+    """The whole-image SHA-256 on a second thread, over a small pool of read buffers."""
+
+    def __init__(self, block_size: int) -> None:
+        self.digest = hashlib.sha256()
+        self.free: queue.Queue[bytearray] = queue.Queue()
+        for _ in range(READ_BACK_BUFFERS):
+            self.free.put(bytearray(block_size))
+        self.todo: queue.Queue[tuple[bytearray, int] | None] = queue.Queue()
+        self.thread = threading.Thread(target=self._run, name="kruxos-hash", daemon=True)
+        self.thread.start()
+
+    def buffer(self) -> bytearray:
+        return self.free.get()
+
+    def give_back(self, buf: bytearray) -> None:
+        self.free.put(buf)
+
+    def add(self, buf: bytearray, length: int) -> None:
+        self.todo.put((buf, length))
+
+    def finish(self) -> str:
+        self.todo.put(None)
+        self.thread.join()
+        return self.digest.hexdigest()
+
+    def _run(self) -> None:
+        while (item := self.todo.get()) is not None:
+            buf, length = item
+            with memoryview(buf) as view:
+                self.digest.update(view[:length])
+            self.free.put(buf)
 
 
 def _download(session: _Session, client: httpx.Client, url: str,
