@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
 
 from reconciler.boot import REGISTRY, BootState, open_backend, ubootenv
-from reconciler.boot.uboot import UBootBackend
+from reconciler.boot.uboot import OWN, UBootBackend
 from reconciler.errors import BootEnvError
 from reconciler.sim.boot_uboot import BOARD_ENV, COPY_SIZE, boot_once, init_env
+from reconciler.sim.bootloader import COUNTDOWN
+
+BOOT_CMD = Path(__file__).resolve().parent.parent / "deploy" / "uboot" / "boot.cmd"
 
 FOREIGN = {"bootcmd": "run distro_bootcmd", "bootargs": "console=ttyAMA0 quiet",
            "vendor_note": "multi\nline \\ é"}
@@ -298,3 +302,13 @@ def test_every_write_keeps_a_backup_of_our_variables(uboot: UBootBackend, config
     decoded = ubootenv.decode(raw, False)
     assert decoded is not None and decoded[1] == {k: v for k, v in ubootenv.read_env(
         config).items() if k.startswith("KRUXOS_")}
+
+
+def test_boot_cmd_counts_the_emulator_s_digits_and_stores_our_variables() -> None:
+    text = BOOT_CMD.read_text()
+    loop = re.search(r"for n in ([\d ]+); do", text)
+    assert loop is not None
+    assert {n: str(int(n) - 1) for n in loop.group(1).split()} == COUNTDOWN
+    stored = re.search(r"setenv kruxos_vars (.*)", text)
+    assert stored is not None and set(stored.group(1).split()) == set(OWN)
+    assert '"${kruxos_trial}: trial tries exhausted"' in text

@@ -187,3 +187,29 @@ def test_the_rig_runs_the_shipped_script_verbatim(uboot_rig: UBootRig, tmp_path:
     disk = uboot_rig.disk(tmp_path / "disk.img")
     installed = run(["mcopy", "-n", "-i", f"{disk}@@1M", "::/boot.scr", "-"])
     assert installed[64 + 8:].rstrip(b"\0") == SHIPPED_CMD.read_bytes().rstrip(b"\0")
+
+
+@pytest.mark.tools
+@needs_qemu
+def test_with_saveenv_storage_a_counter_u_boot_cannot_save_boots_the_default_on_both(
+    uboot_rig: UBootRig, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """boot.cmd's product flavour (no ``kruxos_store``): our variables in U-Boot's own env.
+
+    ``saveenv`` to this QEMU's flash fails (QEMU issue 2343), which exercises
+    the ``if run kruxos_save`` else branch: the trial is not booted, since
+    its try would not count. The emulator does the same when its save fails.
+    """
+    disk = uboot_rig.disk(tmp_path / "disk.img")
+    uboot_rig.seed_flash(disk, {"kruxos_store": None, **OURS_ARMED})
+    assert uboot_rig.boot(disk).slot == "A"
+    assert "cannot save the try counter; booting default slot A" in uboot_rig.last_console
+    assert "Saving Environment to Flash" in uboot_rig.last_console
+
+    def read_only(*args: object, **kwargs: object) -> None:
+        raise OSError(30, "Read-only file system")
+
+    config = single_copy(tmp_path / "emulator")
+    (config.parent / "uboot.env").write_bytes(env(**OURS_ARMED))
+    monkeypatch.setattr(ubootenv, "edit", read_only)
+    assert boot_once(config).slot == "A"

@@ -165,6 +165,31 @@ class UBootRig:
         finally:
             src.unlink()
 
+    def seed_flash(self, disk: Path, board_env: dict[str, str | None]) -> None:
+        """Give ``disk``'s board its own flash env: the rig's, changed by ``board_env``.
+
+        A ``None`` value removes the variable, e.g. ``kruxos_store`` to run
+        boot.cmd in its ``saveenv`` flavour on U-Boot's own environment.
+        """
+        env: dict[str, str] = {**default_env(), **RIG_ENV}
+        for key, value in board_env.items():
+            if value is None:
+                env.pop(key, None)
+            else:
+                env[key] = value
+        with self._flash_of(disk).open("wb") as f:
+            f.truncate(FLASH_SIZE)
+            f.write(ubootenv.encode(env, FLASH_ENV_SIZE))
+
+    def flash_env(self, disk: Path) -> dict[str, str] | None:
+        """U-Boot's own env in ``disk``'s flash after a boot (``None``: bad CRC)."""
+        decoded = ubootenv.decode(self._flash_of(disk).read_bytes()[:FLASH_ENV_SIZE], False)
+        return None if decoded is None else decoded[1]
+
+    @staticmethod
+    def _flash_of(disk: Path) -> Path:
+        return disk.with_name(disk.name + ".flash1")
+
     def get_env(self, disk: Path) -> bytes | None:
         """The disk's uboot.env bytes, or ``None`` when the file is not there."""
         listing = run(["mdir", "-b", "-i", f"{disk}@@1M", "::/"]).replace(b"\r", b"")
@@ -181,7 +206,7 @@ class UBootRig:
         return UBootBoot(found.group(1), self.get_env(disk))
 
     def _qemu(self, disk: Path) -> bytes:
-        flash = disk.with_name(disk.name + ".flash1")
+        flash = self._flash_of(disk)
         if not flash.exists():  # per disk, so parallel tests never share a flash
             shutil.copyfile(self.flash, flash)
         args = ["qemu-system-arm", "-M", "virt", "-accel", "tcg", "-m", "256", "-nographic",
