@@ -4,7 +4,7 @@ The decision core (``decide``, ``windows``, ``spec``, ``observed``, ``actions``,
 ``semver``) imports only the standard library modules below, pydantic (``spec``
 only) and other core modules, and never reads the clock, a file or the
 environment. Adapters never import the daemon or the CLI; bootloader backends
-do not import each other (``grub`` may use the format helper ``grubenv``).
+do not import each other (``grub`` and ``uboot`` may use their format helpers).
 The checker proves itself on synthetic bad modules first.
 """
 
@@ -30,7 +30,7 @@ FORBIDDEN_ROOTS = ("os", "sys", "subprocess", "time", "random", "socket", "pathl
 
 ADAPTERS = ("boot/*.py", "release/*.py", "health.py", "store.py", "audit.py")
 FRONT = ("reconciler.daemon", "reconciler.cli")
-BACKEND_HELPERS = {"grub": {"grubenv"}}
+BACKEND_HELPERS = {"grub": {"grubenv"}, "uboot": {"ubootenv"}}
 
 
 # ---- the checker ----------------------------------------------------------------------------
