@@ -29,6 +29,8 @@ from reconciler.observed import SLOTS, SlotName
 from reconciler.spec import Duration
 
 DEFAULT_PATH = Path("/etc/kruxos/device.yaml")
+#: A revoked key may be named by its keyid (16 hex digits) instead of a .pub path.
+_KEYID = re.compile(r"^[0-9a-fA-F]{16}$")
 
 
 class _Model(BaseModel):
@@ -75,7 +77,7 @@ class Device:
     bootloader: str
     boot_env: Path
     trusted_keys: tuple[Path, ...]
-    revoked_keys: tuple[Path, ...]
+    revoked_keys: tuple[Path | str, ...]
     data_dir: Path
     spec_path: Path
     reboot_command: tuple[str, ...]
@@ -176,7 +178,7 @@ def _resolve(cfg: DeviceConfig, source: Path) -> Device:
         bootloader=cfg.bootloader.backend,
         boot_env=at(cfg.bootloader.env),
         trusted_keys=tuple(at(k) for k in cfg.trusted_keys),
-        revoked_keys=tuple(at(k) for k in cfg.revoked_keys),
+        revoked_keys=tuple(k if _KEYID.match(k) else at(k) for k in cfg.revoked_keys),
         data_dir=at(cfg.data_dir),
         spec_path=at(cfg.spec),
         reboot_command=tuple(cfg.reboot_command),

@@ -53,3 +53,16 @@ def test_no_action_runs_when_the_audit_trail_cannot_be_written(device_dir: Path)
     assert len(ran) == 1
     assert blocked.wake_at is not None  # it tries again soon
     assert reconciler.audit.verify().ok
+
+
+def test_revoked_keys_accept_a_bare_keyid_or_a_pub_path(device_dir: Path) -> None:
+    from reconciler.release.keys import keyid_of, load_public_key, load_revoked
+
+    config = device_dir / "device.yaml"
+    keyid = keyid_of(load_public_key(device_dir / "keys" / "release.pub"))
+    text = config.read_text().replace("trustedKeys:", f"revokedKeys: [{keyid}, keys/release.pub]\n"
+                                      "trustedKeys:")
+    config.write_text(text)
+    device = load_device(config)
+    assert device.revoked_keys[0] == keyid
+    assert load_revoked(device.revoked_keys) == {keyid}
