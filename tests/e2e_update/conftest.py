@@ -1,0 +1,125 @@
+"""Fixtures for the ``kruxos update`` commands, driven as real subprocesses.
+
+The simulated device and its ``sim run`` process come from ``tests/e2e/conftest.py``
+(loaded by path, so the two suites share one definition of a device). What is added
+here is what a person at the device does: answer a prompt, press Ctrl-C, tamper
+with the channel on disk, give the spec a maintenance window.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+_E2E = Path(__file__).resolve().parents[1] / "e2e" / "conftest.py"
+_spec = importlib.util.spec_from_file_location("_kruxos_e2e_device", _E2E)
+assert _spec is not None and _spec.loader is not None
+_device_module = importlib.util.module_from_spec(_spec)
+sys.modules[_spec.name] = _device_module
+_spec.loader.exec_module(_device_module)
+
+SimDevice = _device_module.SimDevice
+KRUXOS = _device_module.KRUXOS
+REPO = _device_module.REPO
+make_device = _device_module.make_device
+device = _device_module.device
+
+#: The seed's release notes of 1.0.1, as ``kruxos sim init`` publishes them.
+SEED_CHANGES = [
+    "- Fixed rate limiter edge case with concurrent agents",
+    "- Improved Gmail sync performance",
+    "- Added filesystem.copy capability",
+]
+
+
+def run_cli(dev: SimDevice, *args: str, stdin: str = "",
+            timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """``kruxos ARGS`` with ``stdin`` fed (a person typing), any exit code."""
+    return subprocess.run([*KRUXOS, *args], cwd=REPO, env=dev.env, input=stdin,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def start_cli(dev: SimDevice, *args: str) -> subprocess.Popen[str]:
+    """``kruxos ARGS`` in the background (to be interrupted)."""
+    return subprocess.Popen([*KRUXOS, *args], cwd=REPO, env=dev.env, text=True,
+                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+
+
+def interrupt(proc: subprocess.Popen[str], timeout: float = 30) -> tuple[int, str, str]:
+    """Press Ctrl-C (SIGINT to the command) and collect what it printed."""
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=timeout)
+    return proc.returncode, out, err
+
+
+def wait_staging_started(dev: SimDevice, version: str, timeout: float = 20) -> None:
+    """Until the state file shows bytes of ``version`` written into the other slot."""
+    def started() -> bool:
+        staging = dev.state().get("staging") or {}
+        return staging.get("version") == version and int(staging.get("done", 0)) > 0
+    dev.wait_for(started, timeout, f"the staging of {version} to start", every=0.05)
+
+
+def events(dev: SimDevice, action: str) -> list[dict[str, Any]]:
+    """Audit events (a person's requests, override ends) of one action."""
+    return [r for r in dev.audit_file_records() if r["kind"] == "event"
+            and r["action"] == action]
+
+
+def decisions_with_outcomes(dev: SimDevice, action: str) -> list[tuple[dict, dict | None]]:
+    """Each decision of ``action`` with its outcome record (``None`` until it ran)."""
+    records = dev.audit_file_records()
+    outcomes = {r["decision"]: r for r in records if r["kind"] == "outcome"}
+    return [(r, outcomes.get(r["seq"])) for r in records
+            if r["kind"] == "decision" and r["action"] == action]
+
+
+def flip_byte(path: Path, offset: int) -> None:
+    """Change one byte of a file on disk (what an attacker or a bad disk does)."""
+    data = bytearray(path.read_bytes())
+    data[offset] ^= 0x01
+    path.write_bytes(bytes(data))
+
+
+def closed_window_text(dev: SimDevice) -> str:
+    """The device's spec with one maintenance window that is closed now (three days away)."""
+    day = (datetime.now(UTC) + timedelta(days=3)).strftime("%a").lower()
+    return dev.spec.read_text().rstrip("\n") + (
+        f"\n  rollout:\n    windows:\n      - days: [{day}]\n        start: \"03:00\"\n"
+        "        duration: 1h\n        timezone: UTC\n")
+
+
+def set_spec_block(dev: SimDevice, block: str) -> None:
+    """Append a YAML block under ``spec:`` (two-space indented lines)."""
+    dev.edit_spec(text=dev.spec.read_text().rstrip("\n") + "\n" + block.rstrip("\n") + "\n")
+
+
+def json_of(result: subprocess.CompletedProcess[str]) -> dict[str, Any]:
+    """The one JSON document a ``--json`` command printed on stdout."""
+    lines = [line for line in result.stdout.splitlines() if line.strip()]
+    assert len(lines) == 1, result.stdout
+    value = json.loads(lines[0])
+    assert isinstance(value, dict)
+    return value
+
+
+def steady_for(dev: SimDevice, seconds: float, check: Callable[[], bool]) -> None:
+    """Assert ``check`` holds at every look for ``seconds``."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        assert check(), dev.diagnostics()
+        time.sleep(0.25)
+
+
+__all__ = ["SimDevice", "device", "make_device"]

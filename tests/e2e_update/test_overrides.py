@@ -1,0 +1,87 @@
+"""A pin made at the device and the GitOps spec: the override rule, end to end.
+
+While a pin holds, its version is the desired one; it ends when the version the
+spec asks for resolves to something new, or on ``kruxos update resume``. A spec edit
+that leaves the spec's version alone, and every resync, leave the pin alone.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from .conftest import (
+    SimDevice,
+    decisions_with_outcomes,
+    events,
+    json_of,
+    run_cli,
+    steady_for,
+    wait_staging_started,
+)
+
+pytestmark = pytest.mark.slow
+
+
+def _repeats(device: SimDevice) -> int:
+    """Passes that repeated the last decision (the audit trail records them as a count)."""
+    return int(device.state()["audit"].get("repeats", 0))
+
+
+def test_a_pin_survives_spec_edits_and_resyncs_until_the_spec_names_a_new_version(
+        make_device) -> None:
+    device = make_device(resync="1s")
+    device.publish("1.0.2")
+    device.start()
+    result = run_cli(device, "update", "apply", "1.0.2", "--yes", "--json")
+    assert result.returncode == 0 and json_of(result)["version"] == "1.0.2", result
+    device.wait_status("1.0.2", "CONFIRMED")
+    assert device.status_json()["override"]["version"] == "1.0.2"
+
+    device.spec.write_text(device.spec.read_text().replace("interval: 1s", "interval: 2s"))
+    passes = _repeats(device)
+    stages = len(decisions_with_outcomes(device, "stage"))
+    steady_for(device, 3, lambda: device.status_json()["override"]["version"] == "1.0.2"
+               and len(decisions_with_outcomes(device, "stage")) == stages)
+    assert _repeats(device) - passes >= 2, "the resync did not run"
+    assert device.status_json()["slots"]["B"]["version"] == "1.0.2"
+    assert not events(device, "override-ended")
+
+    device.publish("1.0.3")
+    device.edit_spec(version="1.0.3")
+    ended = device.wait_for(lambda: events(device, "override-ended"), 10, "the pin to end")
+    assert ended[0]["reason"] == ("the pin of 1.0.2 ended: the spec now wants 1.0.3 "
+                                  "(it wanted 1.0.0 when pinned)"), ended
+    device.wait_status("1.0.3", "CONFIRMED", timeout=40)
+    assert device.status_json()["override"] is None
+
+
+def test_cancel_stops_a_slow_download_pins_the_running_version_and_resume_hands_back(
+        make_device) -> None:
+    device = make_device(resync="1s")
+    device.cli("sim", "publish", str(device.dir), "1.0.2", "--size-mb", "8")
+    device.start("--channel-rate", "2000")
+    device.edit_spec(version="1.0.2")
+    wait_staging_started(device, "1.0.2")
+
+    result = run_cli(device, "update", "cancel", "--json")
+    assert result.returncode == 0, result
+    assert json_of(result) == {"ok": True, "pinned": "1.0.0"}
+    stopped = device.wait_for(lambda: [o for _, o in decisions_with_outcomes(device, "stage")
+                                       if o is not None], 10, "the download to stop")
+    assert not stopped[-1]["outcome"].startswith("ok"), stopped
+    doc = device.status_json()
+    assert doc["staging"] is None and doc["slots"]["B"]["mark"] not in ("staged", "good"), doc
+    assert doc["override"]["version"] == "1.0.0", doc
+    stages = len(decisions_with_outcomes(device, "stage"))
+    passes = _repeats(device)
+    steady_for(device, 3, lambda: len(decisions_with_outcomes(device, "stage")) == stages)
+    assert _repeats(device) - passes >= 2, "the resync did not run"
+    assert len(device.boots()) == 1
+
+    result = run_cli(device, "update", "resume", "--json")
+    assert result.returncode == 0 and json_of(result) == {"ok": True, "dropped": "1.0.0"}
+    assert "the spec rules again" in events(device, "resume")[0]["reason"]
+    device.wait_status("1.0.2", "CONFIRMED", timeout=40)
+    assert device.status_json()["override"] is None
+    again = run_cli(device, "update", "resume")
+    assert again.returncode == 0 and "No pin at this device" in again.stdout

@@ -1,0 +1,255 @@
+"""``kruxos update check|apply|rollback|confirm`` as a person at a simulated device uses them.
+
+Real processes throughout: ``kruxos sim run`` boots the simulated bootloader, OS and
+``kruxos daemon``; every command runs as its own subprocess and the tests read the
+device back only through ``kruxos update status`` and the audit trail.
+"""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from .conftest import (
+    SEED_CHANGES,
+    SimDevice,
+    closed_window_text,
+    decisions_with_outcomes,
+    events,
+    flip_byte,
+    interrupt,
+    json_of,
+    run_cli,
+    set_spec_block,
+    start_cli,
+    steady_for,
+    wait_staging_started,
+)
+
+pytestmark = pytest.mark.slow
+
+SEED_SUCCESS = [
+    "Boot slot: B (sda3)",
+    "Version: 1.0.1",
+    "Boot status: CONFIRMED",
+    "Previous: 1.0.0 (sda2, available for rollback)",
+]
+STAGED_LINES = [
+    "Verifying signature... ✓ (Ed25519)",
+    "Downloading kruxos-1.0.1.img... (3 MB)",
+    "████████████████████ 100%",
+    "Writing to inactive partition (sda3)...",
+    "████████████████████ 100%",
+    "Update staged. The new version will activate on reboot.",
+]
+
+
+def _tamper_changes(device: SimDevice) -> None:
+    """Edit one byte of a release note inside the signed metadata (still valid JSON)."""
+    path = device.dir / "channel" / "metadata.json"
+    text = path.read_text()
+    assert "Gmail" in text
+    path.write_text(text.replace("Gmail", "Gmajl", 1))
+
+
+# ---- check ---------------------------------------------------------------------------------
+
+def test_check_prints_the_seed_lines_exit_1_then_up_to_date_exit_0(device: SimDevice) -> None:
+    device.start()
+    result = run_cli(device, "update", "check")
+    assert result.returncode == 1, result
+    assert result.stdout.splitlines() == [
+        "Current version: 1.0.0", "Latest version: 1.0.1", "Changes in 1.0.1:",
+        *SEED_CHANGES, "Run 'kruxos update apply' to install."]
+
+    doc = run_cli(device, "update", "check", "--json")
+    assert doc.returncode == 1
+    assert json_of(doc) == {"current": "1.0.0", "latest": "1.0.1", "update_available": True,
+                            "changes": [c[2:] for c in SEED_CHANGES], "channel": "stable",
+                            "serial": json_of(doc)["serial"]}
+
+    device.edit_spec(version="1.0.1")
+    device.wait_status("1.0.1", "CONFIRMED")
+    result = run_cli(device, "update", "check")
+    assert result.returncode == 0, result
+    assert result.stdout.splitlines()[:2] == ["Current version: 1.0.1", "Latest version: 1.0.1"]
+    doc = run_cli(device, "update", "check", "--json")
+    assert doc.returncode == 0 and json_of(doc)["update_available"] is False
+
+
+def test_check_with_tampered_metadata_exits_2_and_shows_no_version(device: SimDevice) -> None:
+    device.start()
+    _tamper_changes(device)
+    result = run_cli(device, "update", "check")
+    assert result.returncode == 2, result
+    assert "Latest version" not in result.stdout and "1.0.1" not in result.stdout, result
+    assert "signature" in result.stderr.lower(), result.stderr
+    doc = run_cli(device, "update", "check", "--json")
+    assert doc.returncode == 2 and json_of(doc)["ok"] is False
+
+
+# ---- apply ---------------------------------------------------------------------------------
+
+def test_apply_answered_y_reboots_outside_a_window_and_confirms(device: SimDevice) -> None:
+    device.edit_spec(text=closed_window_text(device))
+    device.start()
+    result = run_cli(device, "update", "apply", stdin="y\n")
+    assert result.returncode == 0, result
+    assert result.stdout.splitlines() == [*STAGED_LINES, "Reboot now? [y/N]: y", "Rebooting..."]
+
+    device.wait_status("1.0.1", "CONFIRMED")
+    assert device.status_lines()[:4] == SEED_SUCCESS
+    answers = events(device, "reboot-answer")
+    assert len(answers) == 1 and "reboot now, even outside a maintenance window" in \
+        answers[0]["reason"], answers
+    assert len(device.boots()) == 2, device.boots()
+
+
+def test_apply_yes_json_reboots_outside_a_window(device: SimDevice) -> None:
+    device.edit_spec(text=closed_window_text(device))
+    device.start()
+    result = run_cli(device, "update", "apply", "--yes", "--json")
+    assert result.returncode == 0, result
+    assert json_of(result) == {"ok": True, "version": "1.0.1", "staged": True, "slot": "B (sda3)",
+                               "rebooting": True}
+    device.wait_status("1.0.1", "CONFIRMED")
+    reboots = decisions_with_outcomes(device, "reboot")
+    assert len(reboots) == 1 and reboots[0][1]["outcome"].startswith("ok"), reboots
+
+
+@pytest.mark.parametrize("how", ["answer-N", "--no-reboot"])
+def test_apply_without_reboot_stages_and_arms_but_does_not_reboot(device: SimDevice,
+                                                                  how: str) -> None:
+    device.start()
+    if how == "answer-N":
+        result = run_cli(device, "update", "apply", stdin="N\n")
+        tail = ["Reboot now? [y/N]: n"]
+    else:
+        result = run_cli(device, "update", "apply", "--no-reboot")
+        tail = []
+    assert result.returncode == 0, result
+    assert result.stdout.splitlines() == [*STAGED_LINES, *tail,
+                                          "1.0.1 will activate on the next reboot."]
+    doc = device.status_json()
+    assert doc["slots"]["B"]["version"] == "1.0.1" and doc["trial"] == "B", doc
+    assert doc["booted"] == "A" and doc["boot_status"] == "CONFIRMED"
+    steady_for(device, 3, lambda: len(device.boots()) == 1)
+    assert device.status_json()["booted"] == "A"
+
+
+def test_apply_of_a_tampered_image_is_refused_and_never_staged(device: SimDevice) -> None:
+    image = device.dir / "channel" / "kruxos-1.0.1.img"
+    flip_byte(image, image.stat().st_size // 2)
+    device.start()
+    result = run_cli(device, "update", "apply", "--yes")
+    assert result.returncode == 1, result
+    assert "block" in result.stderr and "hash" in result.stderr, result.stderr
+    assert "Update staged" not in result.stdout and "Rebooting" not in result.stdout
+    doc = device.status_json()
+    assert doc["slots"]["B"]["mark"] != "staged" and doc["booted"] == "A", doc
+    stages = decisions_with_outcomes(device, "stage")
+    assert stages and all(o and o["outcome"].startswith("failed") for _, o in stages), stages
+    assert len(device.boots()) == 1
+
+
+def test_apply_with_tampered_metadata_prints_no_check_mark(device: SimDevice) -> None:
+    device.start()
+    _tamper_changes(device)
+    result = run_cli(device, "update", "apply", "--yes")
+    assert result.returncode != 0, result
+    assert "✓" not in result.stdout + result.stderr, result
+    assert "signature" in result.stderr.lower()
+    assert device.status_json()["slots"]["B"]["mark"] == "empty"
+    assert not decisions_with_outcomes(device, "stage")
+
+
+def test_ctrl_c_stops_the_download_and_a_second_apply_resumes_it(device: SimDevice) -> None:
+    device.cli("sim", "publish", str(device.dir), "1.0.2", "--size-mb", "8")
+    device.start("--channel-rate", "2000")
+    proc = start_cli(device, "update", "apply", "1.0.2", "--no-reboot")
+    wait_staging_started(device, "1.0.2")
+    time.sleep(1.0)  # about 1.5 s into the apply: a few blocks written
+    code, out, err = interrupt(proc)
+    assert code == 130, (out, err)
+    assert "Stopped at" in out and "run 'kruxos update apply' again to resume" in out, out
+    doc = device.status_json()
+    assert doc["staging"] is not None and doc["staging"]["version"] == "1.0.2", doc
+    assert doc["slots"]["B"]["mark"] == "bad", doc
+    assert events(device, "stop")
+
+    result = run_cli(device, "update", "apply", "1.0.2", "--no-reboot")
+    assert result.returncode == 0, result
+    stages = decisions_with_outcomes(device, "stage")
+    last, outcome = stages[-1]
+    assert last["reason"].startswith("Resume staging 1.0.2"), stages
+    full = 8.4e6 / 2.0e6
+    assert outcome is not None and outcome["outcome"].startswith("ok"), outcome
+    assert outcome["duration_s"] < 0.8 * full, outcome
+    doc = device.status_json()
+    assert doc["slots"]["B"] == {"name": "B", "device": "sda3", "version": "1.0.2",
+                                 "mark": "staged"} or doc["trial"] == "B", doc
+
+
+# ---- rollback ------------------------------------------------------------------------------
+
+def test_rollback_after_a_confirmed_update_is_not_undone_by_the_daemon(
+        make_device) -> None:
+    device = make_device(resync="1s")
+    device.start()
+    device.edit_spec(version="1.0.1")
+    device.wait_status("1.0.1", "CONFIRMED")
+
+    result = run_cli(device, "update", "rollback")
+    assert result.returncode == 0, result
+    assert result.stdout.splitlines() == [
+        "Rolling back to 1.0.0 (sda2). This reboots into the previous partition.",
+        "Rebooting..."]
+    device.wait_status("1.0.0", "CONFIRMED (rolled back from 1.0.1)")
+    assert device.status_lines()[:4] == [
+        "Boot slot: A (sda2)", "Version: 1.0.0", "Boot status: CONFIRMED (rolled back from 1.0.1)",
+        "Rollback reason: manual (kruxos update rollback)"]
+
+    boots, stages = len(device.boots()), len(decisions_with_outcomes(device, "stage"))
+    seen = len(device.audit_file_records())
+    passes = device.state()["audit"].get("repeats", 0)
+    steady_for(device, 4, lambda: len(device.boots()) == boots
+               and len(decisions_with_outcomes(device, "stage")) == stages
+               and not [r for r in device.audit_file_records()[seen:]
+                        if r["action"] in ("reboot", "stage")])
+    assert device.state()["audit"].get("repeats", 0) - passes >= 2, "the resync did not run"
+    assert device.status_json()["booted"] == "A"
+    assert device.status_json()["next"]["action"] == "blocked"
+
+
+def test_rollback_on_a_fresh_device_is_refused_and_changes_nothing(device: SimDevice) -> None:
+    device.start()
+    before = device.status_json()
+    result = run_cli(device, "update", "rollback")
+    assert result.returncode == 1, result
+    assert result.stderr.strip() == "error: cannot roll back: the other slot B (sda3) is empty"
+    assert result.stdout == ""
+    doc = run_cli(device, "update", "rollback", "--json")
+    assert doc.returncode == 1 and json_of(doc)["ok"] is False
+    after = device.status_json()
+    assert {k: after[k] for k in ("booted", "slots", "default", "trial")} == \
+        {k: before[k] for k in ("booted", "slots", "default", "trial")}
+    assert not events(device, "rollback-request") and len(device.boots()) == 1
+
+
+# ---- confirm -------------------------------------------------------------------------------
+
+def test_confirm_is_the_only_way_when_automatic_rollback_is_off(device: SimDevice) -> None:
+    set_spec_block(device, "  rollback:\n    automatic: false")
+    device.start()
+    assert run_cli(device, "update", "apply", "--yes").returncode == 0
+    device.wait_status("1.0.1", "PENDING")
+    steady_for(device, 3, lambda: device.status_json()["boot_status"] == "PENDING")
+
+    result = run_cli(device, "update", "confirm", "--json")
+    assert result.returncode == 0, result
+    assert json_of(result) == {"ok": True, "confirmed": "1.0.1", "slot": "B (sda3)"}
+    device.wait_status("1.0.1", "CONFIRMED")
+    assert device.status_lines()[:4] == SEED_SUCCESS
+    again = run_cli(device, "update", "confirm")
+    assert again.returncode == 1 and "nothing to confirm" in again.stderr, again
