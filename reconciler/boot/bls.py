@@ -345,7 +345,7 @@ def _parse_marks(text: str, path: Path) -> dict[SlotName, Mark]:
         slot, _, mark = item.partition("=")
         if slot not in SLOTS or mark not in MARKS:
             raise BootEnvError(f"bls backend: {path}: odd mark {item!r}")
-        marks[slot] = mark  # type: ignore[index]
+        marks[slot] = mark
     return marks
 
 

@@ -175,7 +175,7 @@ def _compare(a: _Entry, b: _Entry) -> int:
 
 
 def _cmp(a: object, b: object) -> int:
-    return (a > b) - (a < b)  # type: ignore[operator]
+    return int((a > b) - (a < b))  # type: ignore[operator]
 
 
 def strverscmp_improved(a: str, b: str) -> int:
