@@ -19,8 +19,6 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 _E2E = Path(__file__).resolve().parents[1] / "e2e" / "conftest.py"
 _spec = importlib.util.spec_from_file_location("_kruxos_e2e_device", _E2E)
 assert _spec is not None and _spec.loader is not None

@@ -253,3 +253,41 @@ def test_confirm_is_the_only_way_when_automatic_rollback_is_off(device: SimDevic
     assert device.status_lines()[:4] == SEED_SUCCESS
     again = run_cli(device, "update", "confirm")
     assert again.returncode == 1 and "nothing to confirm" in again.stderr, again
+
+
+# ---- product bugs pinned down (expected to fail until fixed) -------------------------------
+
+def _rolled_back_by_hand(device: SimDevice) -> None:
+    device.start()
+    assert run_cli(device, "update", "apply", "--yes").returncode == 0
+    device.wait_status("1.0.1", "CONFIRMED")
+    assert run_cli(device, "update", "rollback").returncode == 0
+    device.wait_status("1.0.0", "CONFIRMED (rolled back from 1.0.1)")
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "reconciler/cli/status.py _other_slot_lines (line 62) prints 'Previous: 1.0.1 (sda3, "
+    "available for rollback)' for a slot whose version failed / was rolled back from, while "
+    "'kruxos update rollback' refuses to go there"))
+def test_status_does_not_offer_a_rollback_that_rollback_refuses(device: SimDevice) -> None:
+    _rolled_back_by_hand(device)
+    refused = run_cli(device, "update", "rollback")
+    assert refused.returncode == 1 and "which failed" in refused.stderr, refused
+    assert not [line for line in device.status_lines() if "available for rollback" in line], \
+        device.status_lines()
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "apply of a version rolled back by hand reports it staged (exit 0) while the reconciler "
+    "blocks it: cli/update.py _slot_holds (line 218) counts a 'good' other slot as staged and "
+    "_stage_problem (line 211) only sees a *new* 'blocked' record, but the daemon folds the "
+    "repeated decision into audit.repeats; overrides.py _on_pin keeps state 'failed'"))
+def test_apply_of_a_version_rolled_back_by_hand_stages_it_or_refuses(device: SimDevice) -> None:
+    _rolled_back_by_hand(device)
+    result = run_cli(device, "update", "apply", "--json")
+    if result.returncode != 0:  # a refusal is fine, if it says so
+        assert "rolled back" in json_of(result)["error"], result
+        return
+    assert json_of(result)["staged"] is True
+    device.wait_for(lambda: device.status_json()["trial"] == "B", 5,
+                    "the staged 1.0.1 to be armed, as apply --json reported")
