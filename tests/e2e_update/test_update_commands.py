@@ -291,3 +291,4 @@ def test_apply_of_a_version_rolled_back_by_hand_stages_it_or_refuses(device: Sim
     assert json_of(result)["staged"] is True
     device.wait_for(lambda: device.status_json()["trial"] == "B", 5,
                     "the staged 1.0.1 to be armed, as apply --json reported")
+
