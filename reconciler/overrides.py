@@ -43,9 +43,11 @@ class RequestDesk:
                  backend: Backend) -> None:
         self.device, self.store, self.audit, self.backend = device, store, audit, backend
 
-    def take(self, spec: LoadedSpec, observed: ObservedState) -> None:
+    def take(self, spec: LoadedSpec, observed: ObservedState) -> set[str]:
         """Apply every waiting request: audit first, then state, then drop the request."""
+        taken: set[str] = set()
         for path, request in pending(self.device.data_dir):
+            taken.add(request["kind"])
             handler = getattr(self, f"_on_{request['kind']}")
             reason, change = handler(request, spec, observed)
             action = AUDIT_ACTIONS.get(request["kind"], request["kind"])
@@ -54,6 +56,7 @@ class RequestDesk:
             if change:
                 self.store.update(change)
             path.unlink(missing_ok=True)
+        return taken
 
     def end_override(self, spec: LoadedSpec, observed: ObservedState) -> None:
         """End the pin once the spec's own desired version resolves to something new."""
@@ -75,7 +78,16 @@ class RequestDesk:
                "spec_revision": spec.revision, "spec_wanted": spec_wants(spec, obs)}
         reason = (f"{req['version']} pinned by a person (kruxos update apply); the spec "
                   f"wanted {pin['spec_wanted']}")
-        return reason, lambda doc: doc.__setitem__("override", pin)
+        retry = obs.failed is not None and obs.failed.version == req["version"]
+        if retry:
+            reason += f"; {req['version']} was rolled back before and is tried again, as asked"
+
+        def change(doc: dict[str, Any]) -> None:
+            doc["override"] = pin
+            if retry:
+                doc.pop("failed", None)
+
+        return reason, change
 
     def _on_reboot(self, req: dict[str, Any], spec: LoadedSpec, obs: ObservedState) -> Any:
         answer = req.get("answer", "next-boot")

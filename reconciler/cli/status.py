@@ -59,6 +59,10 @@ def _other_slot_lines(obs: ObservedState) -> list[str]:
         pct = 100 * staging.done // max(1, staging.total)
         return [f"Staging: {staging.version} into {other.label}, {pct}% "
                 f"({staging.done / 1e6:.1f} of {staging.total / 1e6:.1f} MB)"]
+    rolled_back = obs.failed is not None and obs.failed.version == other.version
+    if other.mark == "good" and other.version and rolled_back:
+        return [f"Other slot: {other.label} holds {other.version}, rolled back from "
+                f"('kruxos update apply {other.version}' tries it again)"]
     if other.mark == "good" and other.version and not obs.on_trial:
         return [f"Previous: {other.version} ({other.device}, available for rollback)"]
     if other.mark == "good" and obs.on_trial:
@@ -77,6 +81,9 @@ def _trial_line(obs: ObservedState, policy: UpdatePolicy, now: datetime) -> str:
     hp = policy.spec.health
     health = obs.health
     tries = f"{obs.tries_left} tr{'y' if obs.tries_left == 1 else 'ies'} left"
+    if not policy.spec.rollback.automatic:
+        return (f"Trial: {tries}; automatic health check off (rollback.automatic: false): "
+                "'kruxos update confirm' or 'kruxos update rollback'")
     if health is None or health.first_probe_at is None:
         return f"Trial: {tries}; health check not started yet"
     left = max(timedelta(0), health.first_probe_at + hp.timeout - now)

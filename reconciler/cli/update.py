@@ -28,6 +28,7 @@ from typing import Any, NoReturn
 
 import click
 
+from reconciler.actions import Blocked
 from reconciler.channelwatch import ChannelWatch
 from reconciler.cli.link import Link, connect
 from reconciler.config import Device
@@ -127,7 +128,7 @@ def apply(ctx: click.Context, version: str | None, yes: bool, no_reboot: bool,
     reboot = "now" if yes else ("next-boot" if no_reboot or as_json else "ask")
     with connect(device) as link:
         start = link.head()
-        link.send("pin", version=release.version, reboot=reboot)
+        link.wait_taken(link.send("pin", version=release.version, reboot=reboot))
         if not as_json:
             click.echo(f"Downloading {release.image}... ({release.size / 1e6:.0f} MB)")
         staged = _follow_staging(link, release.version, release.size, start, as_json,
@@ -151,17 +152,19 @@ def _follow_staging(link: Link, version: str, size: int, start: int, as_json: bo
     bars = _Bars(sys.stdout.isatty() and not as_json, device_name, size)
     try:
         while True:
-            problem = _stage_problem(link, start, version)
+            view = inspect_device(link.device, _now())
+            problem = _stage_problem(link, start, version, view)
             if problem is not None:
                 if not as_json:
                     bars.finish(_progress(link, version, size))
-                _fail(problem, 1, as_json)
-            if _slot_holds(link, version):
+                link.wait_taken(link.send("resume"))
+                _fail(f"{problem}; the pin is dropped, the spec rules again", 1, as_json)
+            if _slot_holds(view, version):
                 if not as_json:
                     bars.finish(size)
                 return True
             bars.draw(_progress(link, version, size))
-            time.sleep(0.1)
+            time.sleep(0.2)
     except KeyboardInterrupt:
         stop = link.send("stop")
         link.stop_local()
@@ -184,11 +187,11 @@ def _after_staging(link: Link, version: str, reboot: str, as_json: bool, label: 
         return
     click.echo("Update staged. The new version will activate on reboot.")
     if reboot == "ask":
-        answer = click.prompt("Reboot now? [y/N]", default="n", show_default=False,
-                              prompt_suffix=": ").strip().lower()
+        typed = click.prompt("Reboot now? [y/N]", default="", show_default=False,
+                             prompt_suffix=": ")
         if not sys.stdin.isatty():
-            click.echo(answer)  # what a terminal would have echoed
-        reboot = "now" if answer in ("y", "yes") else "next-boot"
+            click.echo(typed)  # what a terminal would have echoed
+        reboot = "now" if typed.strip().lower() in ("y", "yes") else "next-boot"
         start = link.head()
         link.wait_taken(link.send("reboot", answer=reboot))
     else:
@@ -201,7 +204,7 @@ def _after_staging(link: Link, version: str, reboot: str, as_json: bool, label: 
         click.echo(f"{version} will activate on the next reboot.")
 
 
-def _stage_problem(link: Link, start: int, version: str) -> str | None:
+def _stage_problem(link: Link, start: int, version: str, view: Any) -> str | None:
     """A refusal the reconciler recorded since ``start`` (stage failed, or blocked)."""
     for record in link.records_after(start):
         if record.action == "stage" and record.kind == "outcome" and record.outcome \
@@ -210,13 +213,14 @@ def _stage_problem(link: Link, start: int, version: str) -> str | None:
             return f"update refused: {record.outcome.removeprefix('failed: ')}"
         if record.kind == "decision" and record.action == "blocked":
             return f"update refused: {record.reason}"
-    if not link.busy() and link.pid is None and not _slot_holds(link, version):
+    if isinstance(view.action, Blocked):  # a repeated decision is not in the trail again
+        return f"update refused: {view.action.reason}"
+    if not link.busy() and link.pid is None and not _slot_holds(view, version):
         return "the reconciler stopped before the update was staged (see kruxos audit list)"
     return None
 
 
-def _slot_holds(link: Link, version: str) -> bool:
-    view = inspect_device(link.device, _now())
+def _slot_holds(view: Any, version: str) -> bool:
     other = view.observed.other_slot
     return other.version == version and other.mark in ("staged", "good")
 

@@ -124,7 +124,7 @@ def test_apply_without_reboot_stages_and_arms_but_does_not_reboot(device: SimDev
     device.start()
     if how == "answer-N":
         result = run_cli(device, "update", "apply", stdin="N\n")
-        tail = ["Reboot now? [y/N]: n"]
+        tail = ["Reboot now? [y/N]: N"]
     else:
         result = run_cli(device, "update", "apply", "--no-reboot")
         tail = []
@@ -265,10 +265,6 @@ def _rolled_back_by_hand(device: SimDevice) -> None:
     device.wait_status("1.0.0", "CONFIRMED (rolled back from 1.0.1)")
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "reconciler/cli/status.py _other_slot_lines (line 62) prints 'Previous: 1.0.1 (sda3, "
-    "available for rollback)' for a slot whose version failed / was rolled back from, while "
-    "'kruxos update rollback' refuses to go there"))
 def test_status_does_not_offer_a_rollback_that_rollback_refuses(device: SimDevice) -> None:
     _rolled_back_by_hand(device)
     refused = run_cli(device, "update", "rollback")
@@ -277,11 +273,6 @@ def test_status_does_not_offer_a_rollback_that_rollback_refuses(device: SimDevic
         device.status_lines()
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "apply of a version rolled back by hand reports it staged (exit 0) while the reconciler "
-    "blocks it: cli/update.py _slot_holds (line 218) counts a 'good' other slot as staged and "
-    "_stage_problem (line 211) only sees a *new* 'blocked' record, but the daemon folds the "
-    "repeated decision into audit.repeats; overrides.py _on_pin keeps state 'failed'"))
 def test_apply_of_a_version_rolled_back_by_hand_stages_it_or_refuses(device: SimDevice) -> None:
     _rolled_back_by_hand(device)
     result = run_cli(device, "update", "apply", "--json")
