@@ -119,8 +119,6 @@ def apply(ctx: click.Context, version: str | None, yes: bool, no_reboot: bool,
     running = view.observed.booted_slot.version
     _refuse_downgrade(view, release.version, running, as_json)
     target = view.observed.other_slot
-    if not as_json:
-        click.echo("Verifying signature... ✓ (Ed25519)")
     if running == release.version:
         _done_json_or(as_json, {"version": running, "staged": False, "running": True},
                       f"KruxOS {running} is already running.")
@@ -129,10 +127,9 @@ def apply(ctx: click.Context, version: str | None, yes: bool, no_reboot: bool,
     with connect(device) as link:
         start = link.head()
         link.wait_taken(link.send("pin", version=release.version, reboot=reboot))
-        if not as_json:
-            click.echo(f"Downloading {release.image}... ({release.size / 1e6:.0f} MB)")
-        staged = _follow_staging(link, release.version, release.size, start, as_json,
-                                 target.device)
+        bars = _Bars(sys.stdout.isatty() and not as_json, target.device, release.size,
+                     release.image, quiet=as_json)
+        staged = _follow_staging(link, release.version, release.size, start, as_json, bars)
         if not staged:
             return
         _after_staging(link, release.version, reboot, as_json, target.label)
@@ -147,21 +144,19 @@ def _refuse_downgrade(view: Any, version: str, running: str | None, as_json: boo
 
 
 def _follow_staging(link: Link, version: str, size: int, start: int, as_json: bool,
-                    device_name: str) -> bool:
+                    bars: _Bars) -> bool:
     """Draw the download and write bars from the reconciler's real progress."""
-    bars = _Bars(sys.stdout.isatty() and not as_json, device_name, size)
+    bars.start()
     try:
         while True:
             view = inspect_device(link.device, _now())
             problem = _stage_problem(link, start, version, view)
             if problem is not None:
-                if not as_json:
-                    bars.finish(_progress(link, version, size))
+                bars.finish(_progress(link, version, size), "✗ refused")
                 link.wait_taken(link.send("resume"))
                 _fail(f"{problem}; the pin is dropped, the spec rules again", 1, as_json)
             if _slot_holds(view, version):
-                if not as_json:
-                    bars.finish(size)
+                bars.finish(size, "✓ (Ed25519)")
                 return True
             bars.draw(_progress(link, version, size))
             time.sleep(0.2)
@@ -171,8 +166,7 @@ def _follow_staging(link: Link, version: str, size: int, start: int, as_json: bo
         with contextlib.suppress(TimeoutError):
             link.wait_taken(stop, timeout=15)
         done = _progress(link, version, size)
-        if not as_json:
-            bars.finish(done)
+        bars.finish(done, "stopped")
         click.echo(f"Stopped at {done / 1e6:.0f} of {size / 1e6:.0f} MB. The slot stays "
                    "unbootable; run 'kruxos update apply' again to resume the download.")
         sys.exit(130)
@@ -221,8 +215,10 @@ def _stage_problem(link: Link, start: int, version: str, view: Any) -> str | Non
 
 
 def _slot_holds(view: Any, version: str) -> bool:
-    other = view.observed.other_slot
-    return other.version == version and other.mark in ("staged", "good")
+    """Staged (or, when the person said yes, already booted on trial: the daemon is fast)."""
+    other, booted = view.observed.other_slot, view.observed.booted_slot
+    staged = other.version == version and other.mark in ("staged", "good")
+    return staged or booted.version == version
 
 
 def _progress(link: Link, version: str, size: int) -> int:
@@ -239,27 +235,45 @@ def _wait_for_action(link: Link, start: int, action: str, timeout: float = 30.0)
 
 
 class _Bars:
-    """Two bars — downloaded+verified, written — drawn together from real progress.
+    """The apply screen: the signature line, and the download and write bars.
 
-    The installer checks each block against the signed list before writing it,
-    so the two advance together; on a terminal they are redrawn in place,
-    otherwise printed once at the end.
+    The signature check starts first (the signed metadata) and goes on block by
+    block as the image streams in, each block checked against the signed list
+    before it is written; the check mark is added only once the slot was read
+    back and matched the signed SHA-256. So the first line is printed first, and
+    completed last: a refused image never shows a check mark. On a terminal the
+    screen is redrawn in place; otherwise it is printed once, at the end.
     """
 
-    def __init__(self, live: bool, device_name: str, size: int) -> None:
-        self.live, self.device_name, self.size, self.drawn = live, device_name, size, False
+    LINES = 5
+
+    def __init__(self, live: bool, device_name: str, size: int, image: str,
+                 quiet: bool = False) -> None:
+        self.live, self.device_name, self.size, self.image = live, device_name, size, image
+        self.quiet = quiet
+        self.drawn = False
+
+    def start(self) -> None:
+        if self.live:
+            self._show(0, "")
 
     def draw(self, done: int) -> None:
         if self.live:
-            self._show(done, "\x1b[3F" if self.drawn else "")
-            self.drawn = True
+            self._show(done, "")
 
-    def finish(self, done: int) -> None:
-        self._show(done, "\x1b[3F" if self.drawn else "")
+    def finish(self, done: int, mark: str) -> None:
+        if self.live or not self.quiet:
+            self._show(done, mark)
 
-    def _show(self, done: int, up: str) -> None:
-        click.echo(f"{up}{_bar(done, self.size)}\nWriting to inactive partition "
-                   f"({self.device_name})...\n{_bar(done, self.size)}")
+    def _show(self, done: int, mark: str) -> None:
+        up = f"\x1b[{self.LINES}F" if self.drawn else ""
+        verify = f"Verifying signature... {mark}".rstrip()
+        click.echo(f"{up}{verify}\x1b[K\n" if self.live else f"{verify}\n", nl=False)
+        click.echo(f"Downloading {self.image}... ({self.size / 1e6:.0f} MB)\n"
+                   f"{_bar(done, self.size)}\n"
+                   f"Writing to inactive partition ({self.device_name})...\n"
+                   f"{_bar(done, self.size)}")
+        self.drawn = True
 
 
 def _bar(done: int, size: int) -> str:

@@ -146,6 +146,8 @@ def test_apply_of_a_tampered_image_is_refused_and_never_staged(device: SimDevice
     assert result.returncode == 1, result
     assert "block" in result.stderr and "hash" in result.stderr, result.stderr
     assert "Update staged" not in result.stdout and "Rebooting" not in result.stdout
+    assert "✓" not in result.stdout + result.stderr, result  # a refusal prints no check mark
+    assert result.stdout.splitlines()[0] == "Verifying signature... ✗ refused", result.stdout
     doc = device.status_json()
     assert doc["slots"]["B"]["mark"] != "staged" and doc["booted"] == "A", doc
     stages = decisions_with_outcomes(device, "stage")
