@@ -49,10 +49,14 @@ class Link:
     def send(self, kind: str, **fields: Any) -> Path:
         """Submit a request and make sure someone takes it now."""
         path = submit(self.device.data_dir, kind, **fields)
-        if self.pid is not None:
-            wake_daemon(self.pid)
-        else:
+        if self.pid is None:
             self._run_passes()
+            return path
+        pid = daemon_pid(self.device.data_dir) or self.pid
+        try:
+            wake_daemon(pid)
+        except ProcessLookupError:
+            pass  # the daemon is restarting (a reboot); it takes the inbox at its first pass
         return path
 
     def wait_taken(self, path: Path, timeout: float = 30.0) -> None:

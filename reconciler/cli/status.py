@@ -28,6 +28,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from reconciler.actions import Action
+from reconciler.decide import desired_version
 from reconciler.observed import ObservedState
 from reconciler.spec import UpdatePolicy, format_duration
 
@@ -42,7 +43,8 @@ def status_lines(obs: ObservedState, policy: UpdatePolicy | None, action: Action
         lines.append(_trial_line(obs, policy, now))
     if obs.rolled_back_from and obs.rollback_reason and not obs.on_trial:
         lines.append(f"Rollback reason: {obs.rollback_reason}")
-    lines.extend(_other_slot_lines(obs))
+    wanted = desired_version(policy, obs) if policy is not None else None
+    lines.extend(_other_slot_lines(obs, wanted))
     if obs.override is not None:
         who = f" by {obs.override.by}" if obs.override.by else ""
         lines.append(f"Pinned: {obs.override.version} at this device{who} "
@@ -52,11 +54,14 @@ def status_lines(obs: ObservedState, policy: UpdatePolicy | None, action: Action
     return lines
 
 
-def _other_slot_lines(obs: ObservedState) -> list[str]:
+def _other_slot_lines(obs: ObservedState, wanted: str | None) -> list[str]:
     other = obs.other_slot
     staging = obs.staging
     if staging is not None and staging.slot == other.name and other.mark == "bad":
         pct = 100 * staging.done // max(1, staging.total)
+        if staging.version != wanted:
+            return [f"Other slot: {other.label} holds a partial {staging.version} ({pct}%), "
+                    "marked bad"]
         return [f"Staging: {staging.version} into {other.label}, {pct}% "
                 f"({staging.done / 1e6:.1f} of {staging.total / 1e6:.1f} MB)"]
     rolled_back = obs.failed is not None and obs.failed.version == other.version
