@@ -30,7 +30,7 @@ FORBIDDEN_ROOTS = ("os", "sys", "subprocess", "time", "random", "socket", "pathl
 
 ADAPTERS = ("boot/*.py", "release/*.py", "health.py", "store.py", "audit.py")
 FRONT = ("reconciler.daemon", "reconciler.cli")
-BACKEND_HELPERS = {"grub": {"grubenv"}, "uboot": {"ubootenv"}}
+BACKEND_HELPERS = {"grub": {"grubenv", "abvars"}, "uboot": {"ubootenv", "abvars"}}
 
 
 # ---- the checker ----------------------------------------------------------------------------

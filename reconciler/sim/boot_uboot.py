@@ -24,18 +24,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from reconciler.boot import SlotName, ubootenv
+from reconciler.boot import ubootenv
 from reconciler.boot.ubootenv import EnvCopy
 from reconciler.errors import BootEnvError
-from reconciler.sim.bootloader import COUNTDOWN, BootChoice
+from reconciler.sim.bootloader import BootChoice, choose_and_save
 
 CONFIG_NAME = "fw_env.config"
 ENV_NAME = "uboot.env"
 COPY_SIZE = 0x4000
 #: What a board's env holds besides ours: kept untouched by the reconciler.
 BOARD_ENV = {"bootcmd": "run distro_bootcmd", "bootdelay": "0", "boot_targets": "mmc0"}
-
-_SLOT_NAMES: dict[str, SlotName] = {"A": "A", "B": "B"}
 
 __all__ = ["init_env", "boot_once", "CONFIG_NAME", "ENV_NAME", "COPY_SIZE"]
 
@@ -58,38 +56,13 @@ def init_env(boot_dir: Path) -> Path:
 
 
 def boot_once(env_path: Path) -> BootChoice:
-    """Boot the simulated board once: choose a slot and save the env as boot.cmd would."""
-    env = _load(env_path)
-    default: SlotName = "B" if env.get("KRUXOS_DEFAULT") == "B" else "A"
-    trial = _SLOT_NAMES.get(env.get("KRUXOS_TRIAL", ""))
-    if trial is None:
-        return BootChoice(default, False, 0, False, f"no trial: boot default {default}")
-    tries = env.get("KRUXOS_TRIES", "")
-    if tries in COUNTDOWN:
-        return _count_down(env_path, default, trial, COUNTDOWN[tries])
-    return _give_up(env_path, default, trial)
+    """Boot the simulated board once: choose a slot and save the env as boot.cmd would.
 
-
-def _count_down(env_path: Path, default: SlotName, trial: SlotName, left: str) -> BootChoice:
-    """Save the lower count first; only then boot the trial slot (else the default)."""
-    try:
-        ubootenv.edit(env_path, set={"KRUXOS_TRIES": left})
-    except (OSError, BootEnvError):
-        trace = f"cannot save the try counter: boot default {default}"
-        return BootChoice(default, False, 0, False, trace)
-    trace = f"trial {trial}: {left} tries left after this boot"
-    return BootChoice(trial, True, int(left), False, trace)
-
-
-def _give_up(env_path: Path, default: SlotName, trial: SlotName) -> BootChoice:
-    """Tries used up: mark the trial slot bad, remove the trial, boot the default."""
-    reason = f"{trial}: trial tries exhausted"
-    changes = {f"KRUXOS_{trial}": "bad", "KRUXOS_TRIAL": "", "KRUXOS_FALLBACK": reason}
-    try:
-        ubootenv.edit(env_path, set=changes)
-    except (OSError, BootEnvError):
-        pass  # saveenv prints its error and the default boots all the same
-    return BootChoice(default, False, 0, True, f"{reason}: boot default {default}")
+    boot.cmd's rules are grub.cfg's (see :func:`choose_and_save`); only the
+    save differs: ``saveenv`` writes the whole env, where an empty value
+    removes the variable.
+    """
+    return choose_and_save(_load(env_path), lambda changes: ubootenv.edit(env_path, set=changes))
 
 
 def _load(env_path: Path) -> dict[str, str]:

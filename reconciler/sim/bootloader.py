@@ -24,19 +24,31 @@ trial X, counter cannot be saved    nothing                                     
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 from reconciler.boot import SlotName, grubenv
+from reconciler.boot.abvars import (
+    DEFAULT,
+    FALLBACK,
+    MAX_TRIES,
+    TRIAL,
+    TRIES,
+    exhausted_reason,
+    mark_var,
+)
 from reconciler.errors import BootEnvError
 
 #: grub.cfg's if/elif chain: the try count before the boot → the count saved.
-COUNTDOWN: dict[str, str] = {str(n): str(n - 1) for n in range(9, 0, -1)}
+COUNTDOWN: dict[str, str] = {str(n): str(n - 1) for n in range(MAX_TRIES, 0, -1)}
 
 _SLOT_NAMES: dict[str, SlotName] = {"A": "A", "B": "B"}
 
-__all__ = ["BootChoice", "COUNTDOWN", "boot_once"]
+#: Stores some variables in the env, raising ``OSError``/``BootEnvError`` if it cannot.
+SaveFn = Callable[[Mapping[str, str]], object]
+
+__all__ = ["BootChoice", "COUNTDOWN", "boot_once", "choose_and_save"]
 
 
 @dataclass(frozen=True)
@@ -57,21 +69,30 @@ def boot_once(env_path: Path) -> BootChoice:
     env GRUB could not load (corrupt) is treated the same way, as GRUB's
     ``load_env`` would leave every variable unset.
     """
-    env = _load(env_path)
-    default: SlotName = "B" if env.get("KRUXOS_DEFAULT") == "B" else "A"
-    trial = _SLOT_NAMES.get(env.get("KRUXOS_TRIAL", ""))
+    return choose_and_save(_load(env_path), lambda changes: grubenv.edit(env_path, set=changes))
+
+
+def choose_and_save(env: Mapping[str, str], save: SaveFn) -> BootChoice:
+    """One run of the shipped boot script over ``env``: the slot chosen, its changes ``save``d.
+
+    Shared by every emulator of a boot script over the ``KRUXOS_*`` variables
+    (GRUB's grub.cfg, U-Boot's boot.cmd): they differ only in how ``save``
+    stores the changes, so the countdown and give-up rules live here once.
+    """
+    default: SlotName = "B" if env.get(DEFAULT) == "B" else "A"
+    trial = _SLOT_NAMES.get(env.get(TRIAL, ""))
     if trial is None:
         return BootChoice(default, False, 0, False, f"no trial: boot default {default}")
-    tries = env.get("KRUXOS_TRIES", "")
+    tries = env.get(TRIES, "")
     if tries in COUNTDOWN:
-        return _count_down(env_path, default, trial, COUNTDOWN[tries])
-    return _give_up(env_path, default, trial)
+        return _count_down(save, default, trial, COUNTDOWN[tries])
+    return _give_up(save, default, trial)
 
 
-def _count_down(env_path: Path, default: SlotName, trial: SlotName, left: str) -> BootChoice:
+def _count_down(save: SaveFn, default: SlotName, trial: SlotName, left: str) -> BootChoice:
     """Save the lower count first; only then boot the trial slot (else the default)."""
     try:
-        grubenv.edit(env_path, set={"KRUXOS_TRIES": left})
+        save({TRIES: left})
     except (OSError, BootEnvError):
         trace = f"cannot save the try counter: boot default {default}"
         return BootChoice(default, False, 0, False, trace)
@@ -79,14 +100,13 @@ def _count_down(env_path: Path, default: SlotName, trial: SlotName, left: str) -
     return BootChoice(trial, True, int(left), False, trace)
 
 
-def _give_up(env_path: Path, default: SlotName, trial: SlotName) -> BootChoice:
+def _give_up(save: SaveFn, default: SlotName, trial: SlotName) -> BootChoice:
     """Tries used up: mark the trial slot bad, clear the trial, boot the default."""
-    reason = f"{trial}: trial tries exhausted"
-    changes = {f"KRUXOS_{trial}": "bad", "KRUXOS_TRIAL": "", "KRUXOS_FALLBACK": reason}
+    reason = exhausted_reason(trial)
     try:
-        grubenv.edit(env_path, set=changes)
+        save({mark_var(trial): "bad", TRIAL: "", FALLBACK: reason})
     except (OSError, BootEnvError):
-        pass  # GRUB prints the save_env error and boots the default all the same
+        pass  # the bootloader prints its save error and boots the default all the same
     return BootChoice(default, False, 0, True, f"{reason}: boot default {default}")
 
 
