@@ -26,6 +26,15 @@ from reconciler.store import StateStore
 TRUST_FILE = "channel-trust.json"
 
 
+def view_of(meta: ChannelMetadata, error: str | None = None,
+            retry: timedelta = timedelta(seconds=30)) -> ChannelView:
+    """The channel as ``decide`` sees it, from verified metadata."""
+    latest = meta.latest()
+    return ChannelView(versions=frozenset(r.version for r in meta.releases),
+                       latest=latest.version if latest else None, error=error,
+                       retry_after=retry)
+
+
 class ChannelWatch:
     """Fetches and verifies channel metadata, caching the last verified copy."""
 
@@ -60,13 +69,9 @@ class ChannelWatch:
         if key != self._key or self._next is None or now >= self._next:
             self.refresh(policy, now)
             self._key = key
-        meta = self._meta
-        if meta is None:
+        if self._meta is None:
             return ChannelView(error=self._error or "no metadata", retry_after=self._retry)
-        latest = meta.latest()
-        return ChannelView(versions=frozenset(r.version for r in meta.releases),
-                           latest=latest.version if latest else None,
-                           error=self._error, retry_after=self._retry)
+        return view_of(self._meta, self._error, self._retry)
 
     def refresh(self, policy: UpdatePolicy, now: datetime) -> ChannelMetadata | None:
         """Fetch and verify now; on failure keep no stale trust, remember the error."""

@@ -112,11 +112,13 @@ class Reconciler:
             return PassResult(None, None, None)
         now = self.clock()
         view = self.channel.view(spec.policy, spec.revision, now)
-        taken = self.requests.take(spec, observe(self.device, self.store, self.backend, view))
+        observed = observe(self.device, self.store, self.backend, view)
+        taken = self.requests.take(spec, observed)
         if "pin" in taken:  # a person may ask for a release published a moment ago
             self.channel.refresh(spec.policy, now)
             view = self.channel.view(spec.policy, spec.revision, now)
-        observed = observe(self.device, self.store, self.backend, view)
+        if taken:  # the requests changed what is on disk
+            observed = observe(self.device, self.store, self.backend, view)
         self.requests.end_override(spec, observed)
         self._lift_block(spec, observed)
         action = decide(spec.policy, observed, now)

@@ -36,14 +36,17 @@ class DeviceView:
     spec_error: str | None
 
 
-def inspect_device(device: Device, now: datetime,
-                   candidate: LoadedSpec | None = None) -> DeviceView:
-    """Observe the device and ask ``decide`` with the spec in force (or a candidate)."""
+def inspect_device(device: Device, now: datetime, candidate: LoadedSpec | None = None,
+                   channel: ChannelView | None = None) -> DeviceView:
+    """Observe the device and ask ``decide`` with the spec in force (or a candidate).
+
+    ``channel``: a view the caller already verified (no second fetch).
+    """
     store = StateStore(device.data_dir)
     backend = backend_for(device)
     boot, boot_error = read_boot_state(backend)
-    spec, error = _spec(device, candidate)
-    view = _channel(device, store, spec, now)
+    spec, error = (candidate, None) if candidate is not None else spec_in_force(device)
+    view = channel or _channel(device, store, spec, now)
     observed = observe(device, store, backend, view)
     action = decide(spec.policy, observed, now) if spec else None
     raw = {"default": boot.default, "trial": boot.trial, "tries_left": boot.tries_left,
@@ -54,9 +57,8 @@ def inspect_device(device: Device, now: datetime,
                       str(spec.path if spec else device.spec_path), error)
 
 
-def _spec(device: Device, candidate: LoadedSpec | None) -> tuple[LoadedSpec | None, str | None]:
-    if candidate is not None:
-        return candidate, None
+def spec_in_force(device: Device) -> tuple[LoadedSpec | None, str | None]:
+    """The device's spec file if valid, else the last good one and why the file is not."""
     try:
         return load_spec(device.spec_path), None
     except KruxosError as exc:

@@ -29,11 +29,12 @@ from typing import Any, NoReturn
 import click
 
 from reconciler.actions import Blocked
-from reconciler.channelwatch import ChannelWatch
+from reconciler.channelwatch import ChannelWatch, view_of
 from reconciler.cli.link import Link, connect
 from reconciler.config import Device
 from reconciler.errors import KruxosError
-from reconciler.inspect import inspect_device
+from reconciler.inspect import inspect_device, spec_in_force
+from reconciler.observed import ChannelView
 from reconciler.release.metadata import ChannelMetadata
 from reconciler.semver import Version
 from reconciler.store import StateStore
@@ -55,11 +56,11 @@ def _fail(message: str, code: int = 1, as_json: bool = False, **fields: Any) -> 
 
 def verified_metadata(device: Device) -> ChannelMetadata:
     """The channel's metadata, verified with the device's own keys (read-only)."""
-    view = inspect_device(device, _now())
-    if view.policy is None:
-        raise KruxosError(f"no valid spec ({view.spec_error})")
+    spec, error = spec_in_force(device)
+    if spec is None:
+        raise KruxosError(f"no valid spec ({error})")
     watch = ChannelWatch(device, StateStore(device.data_dir), _now, save_trust=False)
-    return watch.fetch(view.policy.spec.channel.url, _now())
+    return watch.fetch(spec.policy.spec.channel.url, _now())
 
 
 # ---- check ----------------------------------------------------------------------------------
@@ -70,11 +71,11 @@ def verified_metadata(device: Device) -> ChannelMetadata:
 def check(ctx: click.Context, as_json: bool) -> None:
     """Is a newer release on the channel? (metadata verified before anything is shown)"""
     device = _device(ctx)
-    current = inspect_device(device, _now()).observed.booted_slot.version
     try:
         meta = verified_metadata(device)
     except KruxosError as exc:
         _fail(f"cannot check for updates: {exc}", 2, as_json)
+    current = inspect_device(device, _now(), channel=view_of(meta)).observed.booted_slot.version
     latest = meta.latest()
     newer = latest is not None and (current is None or Version(latest.version) > Version(current))
     if as_json:
@@ -107,11 +108,11 @@ def apply(ctx: click.Context, version: str | None, yes: bool, no_reboot: bool,
           as_json: bool) -> None:
     """Pin VERSION (default: the latest release), stage it, and offer to reboot."""
     device = _device(ctx)
-    view = inspect_device(device, _now())
     try:
         meta = verified_metadata(device)
     except KruxosError as exc:
         _fail(f"update refused: {exc}", 1, as_json)
+    view = inspect_device(device, _now(), channel=view_of(meta))
     release = meta.find(version) if version else meta.latest()
     if release is None:
         _fail(f"{version or 'a release'} is not published on channel {meta.channel!r}", 1,
@@ -129,7 +130,8 @@ def apply(ctx: click.Context, version: str | None, yes: bool, no_reboot: bool,
         link.wait_taken(link.send("pin", version=release.version, reboot=reboot))
         bars = _Bars(sys.stdout.isatty() and not as_json, target.device, release.size,
                      release.image, quiet=as_json)
-        staged = _follow_staging(link, release.version, release.size, start, as_json, bars)
+        staged = _follow_staging(link, release.version, release.size, start, as_json, bars,
+                                 view_of(meta))
         if not staged:
             return
         _after_staging(link, release.version, reboot, as_json, target.label)
@@ -144,12 +146,12 @@ def _refuse_downgrade(view: Any, version: str, running: str | None, as_json: boo
 
 
 def _follow_staging(link: Link, version: str, size: int, start: int, as_json: bool,
-                    bars: _Bars) -> bool:
+                    bars: _Bars, channel: ChannelView) -> bool:
     """Draw the download and write bars from the reconciler's real progress."""
     bars.start()
     try:
         while True:
-            view = inspect_device(link.device, _now())
+            view = inspect_device(link.device, _now(), channel=channel)  # verified once above
             problem = _stage_problem(link, start, version, view)
             if problem is not None:
                 bars.finish(_progress(link, version, size), "✗ refused")
@@ -308,15 +310,21 @@ def rollback(ctx: click.Context, as_json: bool) -> None:
         refusal = _rollback_refusal(obs)
         if refusal:
             _fail(refusal, 1, as_json)
-    with connect(device) as link:
-        start = link.head()
-        if not as_json:
-            click.echo(f"Rolling back to {target.version} ({target.device}). This reboots into "
-                       "the previous partition.")
-        link.wait_taken(link.send("rollback"))
-        _wait_for_action(link, start, "rollback")
+    if not as_json:
+        click.echo(f"Rolling back to {target.version} ({target.device}). This reboots into "
+                   "the previous partition.")
+    _ask(device, "rollback", until="rollback")
     _done_json_or(as_json, {"rolling_back_to": target.version, "slot": target.label},
                   "Rebooting...")
+
+
+def _ask(device: Device, kind: str, until: str | None = None) -> None:
+    """Hand one request to the reconciler; wait until it is taken (and ``until`` has run)."""
+    with connect(device) as link:
+        start = link.head()
+        link.wait_taken(link.send(kind))
+        if until is not None:
+            _wait_for_action(link, start, until)
 
 
 def _rollback_refusal(obs: Any) -> str | None:
@@ -342,10 +350,7 @@ def confirm(ctx: click.Context, as_json: bool) -> None:
     if not obs.on_trial:
         _fail(f"nothing to confirm: slot {obs.booted_slot.label} is {obs.boot_status}, "
               "not on trial", 1, as_json)
-    with connect(device) as link:
-        start = link.head()
-        link.wait_taken(link.send("confirm"))
-        _wait_for_action(link, start, "confirm")
+    _ask(device, "confirm", until="confirm")
     _done_json_or(as_json, {"confirmed": obs.booted_slot.version, "slot": obs.booted_slot.label},
                   f"Confirmed: {obs.booted_slot.version} in slot {obs.booted_slot.label} is "
                   "now the default.")
@@ -361,8 +366,7 @@ def resume(ctx: click.Context, as_json: bool) -> None:
     if not pin:
         _done_json_or(as_json, {"pin": None}, "No pin at this device: the spec rules.")
         return
-    with connect(device) as link:
-        link.wait_taken(link.send("resume"))
+    _ask(device, "resume")
     _done_json_or(as_json, {"dropped": pin.get("version")},
                   f"Pin of {pin.get('version')} dropped: the spec rules again.")
 
@@ -374,8 +378,7 @@ def cancel(ctx: click.Context, as_json: bool) -> None:
     """Stop a staging in progress and forget the staged slot (the running version stays)."""
     device = _device(ctx)
     obs = inspect_device(device, _now()).observed
-    with connect(device) as link:
-        link.wait_taken(link.send("cancel"))
+    _ask(device, "cancel")
     _done_json_or(as_json, {"pinned": obs.booted_slot.version},
                   f"Staging cancelled; {obs.booted_slot.version} stays until the spec changes "
                   "or 'kruxos update resume'.")
