@@ -11,7 +11,8 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import KRUXOS, REPO, SimDevice
+
+from tests.device import KRUXOS, REPO, SimDevice
 
 pytestmark = pytest.mark.slow
 

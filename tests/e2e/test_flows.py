@@ -10,7 +10,8 @@ from __future__ import annotations
 import time
 
 import pytest
-from conftest import SimDevice
+
+from tests.device import SimDevice
 
 pytestmark = pytest.mark.slow
 

@@ -1,36 +1,23 @@
 """Fixtures for the ``kruxos update`` commands, driven as real subprocesses.
 
 The simulated device and its ``sim run`` process come from ``tests/e2e/conftest.py``
-(loaded by path, so the two suites share one definition of a device). What is added
+(one definition of a device for every suite). What is added
 here is what a person at the device does: answer a prompt, press Ctrl-C, tamper
 with the channel on disk, give the spec a maintenance window.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import signal
 import subprocess
-import sys
-import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-_E2E = Path(__file__).resolve().parents[1] / "e2e" / "conftest.py"
-_spec = importlib.util.spec_from_file_location("_kruxos_e2e_device", _E2E)
-assert _spec is not None and _spec.loader is not None
-_device_module = importlib.util.module_from_spec(_spec)
-sys.modules[_spec.name] = _device_module
-_spec.loader.exec_module(_device_module)
-
-SimDevice = _device_module.SimDevice
-KRUXOS = _device_module.KRUXOS
-REPO = _device_module.REPO
-make_device = _device_module.make_device
-device = _device_module.device
+from tests.device import KRUXOS, REPO, SimDevice, device, make_device
+from tests.waiting import holds_for
 
 #: The seed's release notes of 1.0.1, as ``kruxos sim init`` publishes them.
 SEED_CHANGES = [
@@ -114,10 +101,7 @@ def json_of(result: subprocess.CompletedProcess[str]) -> dict[str, Any]:
 
 def steady_for(dev: SimDevice, seconds: float, check: Callable[[], bool]) -> None:
     """Assert ``check`` holds at every look for ``seconds``."""
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        assert check(), dev.diagnostics()
-        time.sleep(0.25)
+    holds_for(check, seconds, "the steady state", every=0.25, context=dev.diagnostics)
 
 
 __all__ = ["SimDevice", "device", "make_device"]
