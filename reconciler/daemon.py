@@ -237,6 +237,7 @@ class Daemon:
             scheduler = AsyncIOScheduler(timezone=UTC, event_loop=loop)
             scheduler.start()
             watcher = asyncio.create_task(self._watch_spec())
+            await self._watching(watcher)
             try:
                 await self._loop(scheduler)
             finally:
@@ -246,6 +247,18 @@ class Daemon:
                 scheduler.shutdown(wait=False)
         log("stopped")
         return 0
+
+    async def _watching(self, watcher: asyncio.Task[None]) -> None:
+        """Let the spec watcher register its watch before the first pass.
+
+        A change made before the watch exists is seen by the first pass; one made
+        after it wakes the loop: no edit can fall between the two. The watcher
+        registers its inotify watch before its first suspension, so one turn of
+        the loop is enough; the log line tells people and tests it is up.
+        """
+        await asyncio.sleep(0)
+        if not watcher.done():
+            log(f"watching {self.device.spec_path} for changes")
 
     async def _loop(self, scheduler: AsyncIOScheduler) -> None:
         log(f"started on {self.device.source} (spec {self.device.spec_path})")

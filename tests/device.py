@@ -148,7 +148,7 @@ class SimDevice:
         if faketime is not None:
             self._share_fake_clock()
         self.wait_for(lambda: (self.dir / "run" / "ports.json").exists()
-                      and self.daemon_pid() is not None, 15, "the device to boot")
+                      and self.daemon_pid() is not None, 60, "the device to boot")
 
     def _share_fake_clock(self) -> None:
         """Run later CLI calls on the same fake clock as the device (faketime's offset)."""
@@ -159,7 +159,7 @@ class SimDevice:
                 if "FAKETIME" in env:
                     return {k: env[k] for k in ("LD_PRELOAD", "FAKETIME") if k in env}
             return {}
-        self.env.update(self.wait_for(offset, 5, "faketime to set up the clock", every=0.02))
+        self.env.update(self.wait_for(offset, 20, "faketime to set up the clock", every=0.02))
 
     def stop(self, timeout: float = 15) -> int | None:
         """SIGTERM ``sim run`` and wait; returns its exit status."""

@@ -13,7 +13,6 @@ from reconciler.boot import grubenv
 from reconciler.errors import BootEnvError
 
 GRUB_EDITENV = shutil.which("grub-editenv")
-needs_tool = pytest.mark.skipif(GRUB_EDITENV is None, reason="grub-editenv not installed")
 
 NAMES = ["KRUXOS_DEFAULT", "KRUXOS_TRIAL", "saved_entry", "next_entry", "x", "boot_once", "é"]
 PIECES = ["a", "B", "=", "\\", "\n", "é", "€", "日本", " ", "#", "\\\n", "=\\", "0", "\t", ""]
@@ -50,15 +49,13 @@ def random_ops(seed: int, count: int) -> list[tuple[str, str, str]]:
     ]
 
 
-@pytest.mark.tools
-@needs_tool
+@pytest.mark.needs_tool("grub-editenv")
 def test_render_of_empty_env_equals_grub_editenv_create(tmp_path: Path) -> None:
     editenv(tmp_path / "env", "create")
     assert grubenv.render({}) == (tmp_path / "env").read_bytes()
 
 
-@pytest.mark.tools
-@needs_tool
+@pytest.mark.needs_tool("grub-editenv")
 @pytest.mark.parametrize("seed", range(8))
 def test_random_set_unset_sequence_gives_identical_bytes_to_grub_editenv(
     tmp_path: Path, seed: int
@@ -75,8 +72,7 @@ def test_random_set_unset_sequence_gives_identical_bytes_to_grub_editenv(
         assert ours.read_bytes() == theirs.read_bytes(), (op, name, value)
 
 
-@pytest.mark.tools
-@needs_tool
+@pytest.mark.needs_tool("grub-editenv")
 @pytest.mark.parametrize("seed", range(4))
 def test_each_reads_what_the_other_wrote(tmp_path: Path, seed: int) -> None:
     rng = random.Random(1000 + seed)
@@ -89,8 +85,7 @@ def test_each_reads_what_the_other_wrote(tmp_path: Path, seed: int) -> None:
     assert grubenv.read_env(theirs) == env
 
 
-@pytest.mark.tools
-@needs_tool
+@pytest.mark.needs_tool("grub-editenv")
 def test_a_block_filled_to_the_last_byte_is_accepted_by_both(tmp_path: Path) -> None:
     room = grubenv.BLOCK_SIZE - len(grubenv.HEADER) - len("x=\n")
     env = {"x": "v" * room}
@@ -100,8 +95,7 @@ def test_a_block_filled_to_the_last_byte_is_accepted_by_both(tmp_path: Path) -> 
     assert grubenv.read_env(tmp_path / "theirs") == env
 
 
-@pytest.mark.tools
-@needs_tool
+@pytest.mark.needs_tool("grub-editenv")
 def test_overflow_is_refused_like_grub_editenv_refuses_it(tmp_path: Path) -> None:
     room = grubenv.BLOCK_SIZE - len(grubenv.HEADER) - len("x=\n")
     theirs, ours = tmp_path / "theirs", tmp_path / "ours"
@@ -117,8 +111,7 @@ def test_overflow_is_refused_like_grub_editenv_refuses_it(tmp_path: Path) -> Non
     assert ours.read_bytes() == before == theirs.read_bytes()
 
 
-@pytest.mark.tools
-@needs_tool
+@pytest.mark.needs_tool("grub-editenv")
 def test_escaped_backslashes_and_newlines_count_toward_the_size_as_grub_editenv_counts(
     tmp_path: Path,
 ) -> None:

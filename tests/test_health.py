@@ -16,6 +16,7 @@ from reconciler.errors import ConfigError, StateError
 from reconciler.health import HealthAnswer, probe, rollback_reason
 from reconciler.release.image import ImageHeader, encode_header
 from reconciler.sim.os import SimOsProcess, launch
+from tests.waiting import wait_for
 
 DASH = "\u2014"
 
@@ -37,12 +38,9 @@ def boot(tmp_path: Path) -> Iterator[Callable[..., SimOsProcess]]:
 
 
 def probe_until(url: str, done: Callable[[HealthAnswer], bool], within: float) -> HealthAnswer:
-    deadline = time.monotonic() + within
-    while True:
-        answer = probe(url, timeout=1.0)
-        if done(answer) or time.monotonic() > deadline:
-            return answer
-        time.sleep(0.05)
+    """Probe until ``done`` holds for the answer; fail after ``within`` seconds."""
+    return wait_for(lambda: (lambda a: a if done(a) else None)(probe(url, timeout=1.0)),
+                    within, f"an answer from {url} that satisfies the test")
 
 
 def answering(status: int, **kwargs: object) -> httpx.MockTransport:
@@ -137,10 +135,8 @@ def test_closed_port_is_unreachable_connection_refused() -> None:
 
 def test_hanging_endpoint_times_out_with_the_timeout_in_the_error(
         silent_server: tuple[int, Callable[..., None]]) -> None:
-    port, _ = silent_server  # accepts, never answers
-    started = time.monotonic()
+    port, _ = silent_server  # accepts, never answers: only the probe's timeout can end it
     answer = probe(f"http://127.0.0.1:{port}/health/ready", timeout=0.3)
-    assert time.monotonic() - started < 1.5
     assert (answer.healthy, answer.status, answer.error) == (False, None, "timed out after 0.3s")
 
 
@@ -148,20 +144,22 @@ def test_trickling_endpoint_is_bounded_by_the_whole_timeout(
         silent_server: tuple[int, Callable[..., None]]) -> None:
     port, set_talk = silent_server
 
-    def trickle(conn: socket.socket) -> None:
+    sent: list[int] = []
+
+    def trickle(conn: socket.socket) -> None:  # a byte every 50 ms: 5 s for the whole body
         conn.recv(4096)
         conn.sendall(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 1000\r\n\r\n")
         try:
             for _ in range(100):
                 conn.sendall(b" ")
+                sent.append(1)
                 time.sleep(0.05)
         except OSError:
             pass
 
     set_talk(trickle)
-    started = time.monotonic()
     answer = probe(f"http://127.0.0.1:{port}/health/ready", timeout=0.3)
-    assert time.monotonic() - started < 1.5
+    assert len(sent) < 100, "the probe read the whole trickle instead of giving up"
     assert answer.error == "timed out after 0.3s"
 
 

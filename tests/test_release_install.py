@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -143,10 +142,8 @@ def test_a_tampered_block_is_refused_before_it_is_written(device: Device) -> Non
 
 def test_endless_data_is_read_only_to_the_declared_size_and_refused(device: Device) -> None:
     device.server.set_faults(endless=True)
-    started = time.monotonic()
     with pytest.raises(ReleaseError, match="longer than its declared size"):
         device.install()
-    assert time.monotonic() - started < 5
     assert device.events[-1].fetched <= SIZE + 256 * 1024
 
 
@@ -216,20 +213,16 @@ def test_a_stop_request_is_honoured_at_a_block_boundary_and_resumed_later(
 
 
 def test_a_stalled_connection_times_out_and_keeps_the_verified_blocks(device: Device) -> None:
-    device.server.set_faults(stall_at=2 * BLOCK, stall_seconds=5)
-    started = time.monotonic()
-    with pytest.raises(ChannelUnavailable, match="failed at block 2"):
+    device.server.set_faults(stall_at=2 * BLOCK, stall_seconds=30)
+    with pytest.raises(ChannelUnavailable, match=r"failed at block 2 \(.*timed out"):
         device.install(timeout=0.5)
-    assert time.monotonic() - started < 4
     assert json.loads(device.resume_file.read_text())["next_block"] == 2
 
 
 def test_a_trickling_server_is_cut_off_as_slow_retrieval(device: Device) -> None:
     device.server.set_faults(trickle_at=BLOCK + 10)
-    started = time.monotonic()
     with pytest.raises(ChannelUnavailable, match="block 1 took more than .*slow retrieval"):
         device.install(timeout=0.5, min_rate=1 << 20)
-    assert time.monotonic() - started < 3
     assert json.loads(device.resume_file.read_text())["next_block"] == 1
 
 

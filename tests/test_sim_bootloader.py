@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -103,8 +102,7 @@ def test_grub_cfg_leaves_the_same_fallback_trace_as_the_emulator() -> None:
     assert saved in text
 
 
-@pytest.mark.tools
-@pytest.mark.skipif(shutil.which("grub-script-check") is None, reason="grub-common not installed")
+@pytest.mark.needs_tool("grub-script-check")
 def test_the_shipped_grub_cfg_is_valid_grub_script() -> None:
     result = subprocess.run(
         ["grub-script-check", str(GRUB_CFG)], capture_output=True, text=True, check=False

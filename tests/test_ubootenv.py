@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 import struct
 import subprocess
 import zlib
@@ -15,8 +14,7 @@ from reconciler.boot.ubootenv import EnvCopy
 from reconciler.errors import BootEnvError
 
 SIZE = 0x4000
-TOOLS = all(shutil.which(t) for t in ("fw_printenv", "fw_setenv", "mkenvimage"))
-needs_tools = pytest.mark.skipif(not TOOLS, reason="libubootenv-tool/u-boot-tools not installed")
+needs_tools = pytest.mark.needs_tool("fw_printenv", "fw_setenv", "mkenvimage")
 FOREIGN = {"bootcmd": "run distro_bootcmd", "bootargs": "console=ttyS0,115200 quiet",
            "note": "a=b; é"}
 
@@ -239,7 +237,6 @@ def test_mtd_flash_is_refused_for_writing(tmp_path: Path) -> None:
 # ---- against the real tools ---------------------------------------------------------------
 
 
-@pytest.mark.tools
 @needs_tools
 @pytest.mark.parametrize("layout", [single, redundant])
 def test_fw_printenv_reads_what_we_wrote(tmp_path: Path, layout: object) -> None:
@@ -249,7 +246,6 @@ def test_fw_printenv_reads_what_we_wrote(tmp_path: Path, layout: object) -> None
     assert printenv(config) == {**FOREIGN, "KRUXOS_TRIES": "2"}
 
 
-@pytest.mark.tools
 @needs_tools
 def test_fw_printenv_follows_our_flag_wrap(tmp_path: Path) -> None:
     config = redundant(tmp_path)
@@ -258,7 +254,6 @@ def test_fw_printenv_follows_our_flag_wrap(tmp_path: Path) -> None:
     assert printenv(config) == {"n": "wrapped"}
 
 
-@pytest.mark.tools
 @needs_tools
 def test_our_single_copy_is_byte_identical_to_mkenvimage(tmp_path: Path) -> None:
     text = tmp_path / "env.txt"
@@ -268,7 +263,6 @@ def test_our_single_copy_is_byte_identical_to_mkenvimage(tmp_path: Path) -> None
     assert (tmp_path / "mk.bin").read_bytes() == ubootenv.encode(FOREIGN, SIZE)
 
 
-@pytest.mark.tools
 @needs_tools
 @pytest.mark.parametrize("layout", [single, redundant])
 def test_we_read_what_fw_setenv_wrote(tmp_path: Path, layout: object) -> None:
@@ -287,7 +281,6 @@ FLAG_CASES = [  # (flag of copy 1, flag of copy 2, broken copy, copy that wins)
     (0, 0, None, 0), (254, 0, None, 0), (1, 2, 1, 0), (2, 1, 0, 1), (255, 0, 1, 0)]
 
 
-@pytest.mark.tools
 @needs_tools
 @pytest.mark.parametrize(("flag1", "flag2", "bad", "winner"), FLAG_CASES)
 def test_we_pick_the_copy_fw_printenv_picks(tmp_path: Path, flag1: int, flag2: int,
@@ -298,7 +291,6 @@ def test_we_pick_the_copy_fw_printenv_picks(tmp_path: Path, flag1: int, flag2: i
     assert ubootenv.read_env(config) == printenv(config) == envs[winner]
 
 
-@pytest.mark.tools
 @needs_tools
 @pytest.mark.parametrize(("flag1", "flag2", "bad", "winner"), FLAG_CASES)
 def test_fw_setenv_and_we_write_the_same_copy_with_the_same_flag(
@@ -316,7 +308,6 @@ def test_fw_setenv_and_we_write_the_same_copy_with_the_same_flag(
                                                     "zz_new": "value"}
 
 
-@pytest.mark.tools
 @needs_tools
 def test_a_blank_env_is_empty_to_us_while_the_tools_refuse_it(tmp_path: Path) -> None:
     """A deliberate difference: a blank env is a fresh device to us, an error (243) to them."""
@@ -328,7 +319,6 @@ def test_a_blank_env_is_empty_to_us_while_the_tools_refuse_it(tmp_path: Path) ->
     assert printenv(config) == {"KRUXOS_A": "good"}
 
 
-@pytest.mark.tools
 @needs_tools
 def test_fw_printenv_of_a_missing_name_exits_0_so_we_parse_its_output(tmp_path: Path) -> None:
     config = single(tmp_path)

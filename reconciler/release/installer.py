@@ -473,7 +473,15 @@ def install(release: Release, base_url: str, slot_path: Path, slot_size: int, *,
     return InstallResult(release.version, True, len(release.blocks), len(release.blocks),
                          resumed_from, session.fetched,
                          f"{release.image}: {release.size} bytes written to {slot_path}, "
-                         "read back from the device and verified")
+                         "read back from the device and verified"
+                         f"{_resumed_note(resumed_from, len(release.blocks), session.fetched)}")
+
+
+def _resumed_note(resumed_from: int, blocks: int, fetched: int) -> str:
+    """What a resumed install saved, for the outcome a person reads (empty otherwise)."""
+    if resumed_from == 0:
+        return ""
+    return f" (resumed at block {resumed_from} of {blocks}; {fetched} bytes fetched)"
 
 
 def _finish(session: _Session, slot_path: Path) -> None:

@@ -24,25 +24,19 @@ import subprocess
 from pathlib import Path
 from typing import NamedTuple
 
-from .efi.build import build_payloads
-from .efi.build import missing as missing_gnu_efi
+from .efi.build import GNU_EFI_FILES, build_payloads
 
 REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy" / "systemd-boot"
 SD_BOOT = Path("/usr/lib/systemd/boot/efi/systemd-bootx64.efi")
 OVMF_CODE = Path("/usr/share/OVMF/OVMF_CODE.fd")
 OVMF_VARS = Path("/usr/share/OVMF/OVMF_VARS.fd")
-TOOLS = ("qemu-system-x86_64", "mkfs.vfat", "mcopy", "mmd", "mdir", "gcc", "ld", "objcopy")
+#: Everything the rig runs or reads (names from ``tests/tools.list``).
+TOOLS = ("qemu-system-x86_64", "mkfs.vfat", "mcopy", "mmd", "mdir", "gcc", "ld", "objcopy",
+         str(SD_BOOT), str(OVMF_CODE), str(OVMF_VARS), *GNU_EFI_FILES)
 BOOT_TIMEOUT = 40.0  # seconds; a boot takes about 4 s under TCG
 TOOL_TIMEOUT = 30.0
 MARKER = re.compile(r"KRUXOS-BOOT slot=([AB]) entry=(\S+)")
-
-
-def missing_tools() -> list[str]:
-    """What this machine lacks to run the rig."""
-    gone = [tool for tool in TOOLS if shutil.which(tool) is None]
-    gone += [str(p) for p in (SD_BOOT, OVMF_CODE, OVMF_VARS) if not p.exists()]
-    return gone + missing_gnu_efi()
 
 
 def run(cmd: list[str], timeout: float = TOOL_TIMEOUT) -> bytes:

@@ -34,7 +34,10 @@ from typing import NamedTuple
 REPO = Path(__file__).resolve().parents[2]
 SHIPPED_CFG = REPO / "deploy" / "grub" / "grub.cfg"
 BOOT_IMG = Path("/usr/lib/grub/i386-pc/boot.img")
-TOOLS = ("grub-mkimage", "qemu-system-i386", "mkfs.vfat", "mcopy", "mmd", "mdel", "mdir")
+#: Everything the rig runs or reads (names from ``tests/tools.list``).
+TOOLS = ("grub-mkimage", "qemu-system-i386", "mkfs.vfat", "mcopy", "mmd", "mdel", "mdir",
+         str(BOOT_IMG))
+
 
 #: What the early config, the harness and the shipped script use (``source``
 #: and ``configfile`` are in ``configfile``; ``[`` is ``test``; ``loopback``
@@ -85,12 +88,6 @@ class GrubBoot(NamedTuple):
 
     slot: str
     env_after: bytes | None
-
-
-def missing_tools() -> list[str]:
-    """The tools the rig needs that are not installed (for a ``skipif``)."""
-    missing = [tool for tool in TOOLS if shutil.which(tool) is None]
-    return missing + ([str(BOOT_IMG)] if not BOOT_IMG.exists() else [])
 
 
 def run(args: list[str], timeout: float = TOOL_TIMEOUT, **kwargs: object) -> bytes:

@@ -23,11 +23,10 @@ from reconciler.boot.bls import LOADER_GUID, BlsBackend, read_efivar_string
 from reconciler.sim.boot_bls import boot_once, init_env
 from reconciler.store import atomic_write
 
-from .bls_rig import BlsRig, missing_tools, sync_names
+from .bls_rig import TOOLS, BlsRig, sync_names
 from .scenarios import SCENARIOS, Scenario, mismatches, run_scenario
 
-needs_qemu = pytest.mark.skipif(bool(missing_tools()),
-                                reason=f"not installed: {', '.join(missing_tools())}")
+pytestmark = pytest.mark.needs_tool(*TOOLS)
 SELECTED = f"LoaderEntrySelected-{LOADER_GUID}"
 
 
@@ -82,8 +81,6 @@ def test_the_emulator_alone_passes_the_scenario(scenario: Scenario, tmp_path: Pa
     assert mismatches(scenario, observed) == []
 
 
-@pytest.mark.tools
-@needs_qemu
 @pytest.mark.parametrize("scenario", SCENARIOS, ids=str)
 def test_real_systemd_boot_and_the_emulator_agree_on_the_scenario(
     scenario: Scenario, bls_rig: BlsRig, tmp_path: Path
@@ -93,8 +90,6 @@ def test_real_systemd_boot_and_the_emulator_agree_on_the_scenario(
     assert mismatches(scenario, observed) == []
 
 
-@pytest.mark.tools
-@needs_qemu
 def test_trial_of_a_from_default_b_falls_back_to_b_on_both(
     bls_rig: BlsRig, tmp_path: Path
 ) -> None:

@@ -20,11 +20,10 @@ from reconciler.boot.grub import GrubBackend
 from reconciler.sim.bootloader import boot_once
 from reconciler.store import atomic_write
 
-from .grub_rig import SHIPPED_CFG, GrubRig, missing_tools, run
+from .grub_rig import SHIPPED_CFG, TOOLS, GrubRig, run
 from .scenarios import SCENARIOS, Scenario, mismatches, run_scenario
 
-needs_qemu = pytest.mark.skipif(bool(missing_tools()),
-                                reason=f"not installed: {', '.join(missing_tools())}")
+pytestmark = pytest.mark.needs_tool(*TOOLS)
 
 
 @pytest.fixture(scope="session")
@@ -88,8 +87,6 @@ def test_the_emulator_alone_passes_the_scenario(scenario: Scenario, tmp_path: Pa
     assert mismatches(scenario, observed) == []
 
 
-@pytest.mark.tools
-@needs_qemu
 @pytest.mark.parametrize("scenario", SCENARIOS, ids=str)
 def test_real_grub_and_the_emulator_agree_on_the_scenario(
     scenario: Scenario, grub_rig: GrubRig, tmp_path: Path
@@ -136,8 +133,6 @@ EDGE_ENVS: dict[str, tuple[bytes | None, str]] = {
 }
 
 
-@pytest.mark.tools
-@needs_qemu
 @pytest.mark.parametrize("name", EDGE_ENVS)
 def test_real_grub_and_the_emulator_agree_on_an_unusual_env(
     name: str, grub_rig: GrubRig, tmp_path: Path
@@ -149,8 +144,6 @@ def test_real_grub_and_the_emulator_agree_on_an_unusual_env(
     assert device.boot() == slot
 
 
-@pytest.mark.tools
-@needs_qemu
 def test_a_try_counter_grub_cannot_save_boots_the_default_on_both(
     grub_rig: GrubRig, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -176,8 +169,6 @@ def test_a_try_counter_grub_cannot_save_boots_the_default_on_both(
     assert (tmp_path / "grubenv").read_bytes() == env
 
 
-@pytest.mark.tools
-@needs_qemu
 def test_the_rig_runs_the_shipped_script_verbatim(grub_rig: GrubRig, tmp_path: Path) -> None:
     disk = grub_rig.disk(tmp_path / "disk.img")
     installed = run(["mcopy", "-n", "-i", f"{disk}@@1M", "::/boot/grub/kruxos.cfg", "-"])

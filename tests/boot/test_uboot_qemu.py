@@ -12,7 +12,6 @@ against what the backend reads. ``fw_printenv`` reads what U-Boot wrote too.
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
@@ -26,10 +25,9 @@ from reconciler.sim.boot_uboot import boot_once, init_env
 from reconciler.store import atomic_write
 
 from .scenarios import SCENARIOS, Scenario, mismatches, run_scenario
-from .uboot_rig import ENV_SIZE, SHIPPED_CMD, UBootRig, missing_tools, run
+from .uboot_rig import ENV_SIZE, SHIPPED_CMD, TOOLS, UBootRig, run
 
-needs_qemu = pytest.mark.skipif(bool(missing_tools()),
-                                reason=f"not installed: {', '.join(missing_tools())}")
+pytestmark = pytest.mark.needs_tool(*TOOLS)
 
 
 @pytest.fixture(scope="session")
@@ -114,8 +112,6 @@ def test_the_emulator_alone_passes_the_scenario_on_a_redundant_env(
     assert mismatches(scenario, observed) == []
 
 
-@pytest.mark.tools
-@needs_qemu
 @pytest.mark.parametrize("scenario", SCENARIOS, ids=str)
 def test_real_uboot_and_the_emulator_agree_on_the_scenario(
     scenario: Scenario, uboot_rig: UBootRig, tmp_path: Path
@@ -154,8 +150,6 @@ EDGE_ENVS: dict[str, tuple[bytes | None, str]] = {
 }
 
 
-@pytest.mark.tools
-@needs_qemu
 @pytest.mark.parametrize("name", EDGE_ENVS)
 def test_real_uboot_and_the_emulator_agree_on_an_unusual_env(
     name: str, uboot_rig: UBootRig, tmp_path: Path
@@ -167,11 +161,8 @@ def test_real_uboot_and_the_emulator_agree_on_an_unusual_env(
     assert device.boot() == slot
 
 
-@pytest.mark.tools
-@needs_qemu
+@pytest.mark.needs_tool("fw_printenv")
 def test_fw_printenv_reads_the_env_u_boot_wrote(uboot_rig: UBootRig, tmp_path: Path) -> None:
-    if shutil.which("fw_printenv") is None:
-        pytest.skip("libubootenv-tool not installed")
     device = LockstepDevice(uboot_rig, tmp_path)
     device.env_path.write_bytes(env(**OURS_ARMED))
     assert device.boot() == "B"
@@ -181,16 +172,12 @@ def test_fw_printenv_reads_the_env_u_boot_wrote(uboot_rig: UBootRig, tmp_path: P
         **OURS_ARMED, "KRUXOS_TRIES": "2"}
 
 
-@pytest.mark.tools
-@needs_qemu
 def test_the_rig_runs_the_shipped_script_verbatim(uboot_rig: UBootRig, tmp_path: Path) -> None:
     disk = uboot_rig.disk(tmp_path / "disk.img")
     installed = run(["mcopy", "-n", "-i", f"{disk}@@1M", "::/boot.scr", "-"])
     assert installed[64 + 8:].rstrip(b"\0") == SHIPPED_CMD.read_bytes().rstrip(b"\0")
 
 
-@pytest.mark.tools
-@needs_qemu
 def test_with_saveenv_storage_a_counter_u_boot_cannot_save_boots_the_default_on_both(
     uboot_rig: UBootRig, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

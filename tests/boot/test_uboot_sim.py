@@ -9,7 +9,6 @@ status`` and ``fw_printenv``. The device driver is the end-to-end suite's
 from __future__ import annotations
 
 import importlib.util
-import shutil
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,8 +18,6 @@ from typing import Any
 import pytest
 
 from reconciler.boot import ubootenv
-
-pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -57,6 +54,7 @@ def env_of(dev: Any) -> dict[str, str]:
     return ubootenv.read_env(dev.dir / "boot" / "fw_env.config")
 
 
+@pytest.mark.needs_tool("fw_printenv")
 def test_a_uboot_device_is_laid_out_as_a_redundant_env(device: Any) -> None:
     assert "backend: uboot" in device.config.read_text()
     assert "env: boot/fw_env.config" in device.config.read_text()
@@ -65,11 +63,10 @@ def test_a_uboot_device_is_laid_out_as_a_redundant_env(device: Any) -> None:
     env = env_of(device)
     assert (env["KRUXOS_DEFAULT"], env["KRUXOS_A"], env["KRUXOS_B"]) == ("A", "good", "empty")
     assert env["bootcmd"] == "run distro_bootcmd"  # the board's variables stay
-    if shutil.which("fw_printenv"):
-        out = subprocess.run(["fw_printenv", "-c", str(device.dir / "boot" / "fw_env.config"),
-                              "-n", "KRUXOS_DEFAULT"], capture_output=True, text=True,
-                             timeout=10, check=True)
-        assert out.stdout.strip() == "A"
+    out = subprocess.run(["fw_printenv", "-c", str(device.dir / "boot" / "fw_env.config"),
+                          "-n", "KRUXOS_DEFAULT"], capture_output=True, text=True,
+                         timeout=10, check=True)
+    assert out.stdout.strip() == "A"
 
 
 def test_spec_edit_stages_trials_and_confirms_then_a_broken_release_rolls_back(

@@ -35,7 +35,9 @@ from reconciler.boot import ubootenv
 REPO = Path(__file__).resolve().parents[2]
 SHIPPED_CMD = REPO / "deploy" / "uboot" / "boot.cmd"
 UBOOT_BIN = Path("/usr/lib/u-boot/qemu_arm/u-boot.bin")
-TOOLS = ("qemu-system-arm", "mkimage", "mkfs.vfat", "mcopy", "mdel", "mdir")
+#: Everything the rig runs or reads (names from ``tests/tools.list``).
+TOOLS = ("qemu-system-arm", "mkimage", "mkfs.vfat", "mcopy", "mdel", "mdir", str(UBOOT_BIN))
+
 
 PART_START = 2048  # sectors: the FAT partition starts at 1 MiB
 DISK_MIB = 16
@@ -63,12 +65,6 @@ class UBootBoot(NamedTuple):
 
     slot: str
     env_after: bytes | None
-
-
-def missing_tools() -> list[str]:
-    """The tools the rig needs that are not installed (for a ``skipif``)."""
-    missing = [tool for tool in TOOLS if shutil.which(tool) is None]
-    return missing + ([str(UBOOT_BIN)] if not UBOOT_BIN.exists() else [])
 
 
 def run(args: list[str], timeout: float = TOOL_TIMEOUT) -> bytes:

@@ -48,11 +48,12 @@ def interrupt(proc: subprocess.Popen[str], timeout: float = 30) -> tuple[int, st
     return proc.returncode, out, err
 
 
-def wait_staging_started(dev: SimDevice, version: str, timeout: float = 20) -> None:
-    """Until the state file shows bytes of ``version`` written into the other slot."""
+def wait_staging_started(dev: SimDevice, version: str, timeout: float = 60,
+                         blocks: int = 1) -> None:
+    """Until the state file shows ``blocks`` (1 MiB each) of ``version`` written."""
     def started() -> bool:
         staging = dev.state().get("staging") or {}
-        return staging.get("version") == version and int(staging.get("done", 0)) > 0
+        return staging.get("version") == version and int(staging.get("done", 0)) >= blocks << 20
     dev.wait_for(started, timeout, f"the staging of {version} to start", every=0.05)
 
 

@@ -7,8 +7,6 @@ that leaves the spec's version alone, and every resync, leave the pin alone.
 
 from __future__ import annotations
 
-import pytest
-
 from .conftest import (
     SimDevice,
     decisions_with_outcomes,
@@ -18,8 +16,6 @@ from .conftest import (
     steady_for,
     wait_staging_started,
 )
-
-pytestmark = pytest.mark.slow
 
 
 def _repeats(device: SimDevice) -> int:

@@ -1,0 +1,97 @@
+"""The suite's contract, enforced for every test.
+
+- **Tools are declared.** A test that runs a system tool says so with
+  ``@pytest.mark.needs_tool("grub-editenv", ...)``; each name must be listed in
+  ``tests/tools.list`` (which ``tests/tools.sh`` installs), so no test can
+  depend on a tool that CI does not install. Where a tool is missing the test
+  is skipped with the tool's name and package.
+- **In CI a skipped test is a failure** (``CI`` set in the environment): the
+  report names the test and the reason, so a missing tool or a forgotten
+  ``skip`` can never pass silently.
+- **Tiers come from where a test lives** (``docs/testing.md``): the real
+  bootloader rigs are ``qemu``, the simulated-device flows ``e2e``, the parser
+  fuzzers ``fuzz``; ``torture`` tests run only in ``make torture``.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Generator
+from pathlib import Path
+
+import pytest
+
+TESTS = Path(__file__).resolve().parent
+TOOLS_LIST = TESTS / "tools.list"
+
+
+def listed_tools() -> dict[str, str]:
+    """``tests/tools.list``: tool (command or absolute path) -> Debian package."""
+    tools = {}
+    for line in TOOLS_LIST.read_text().splitlines():
+        if line.strip() and not line.lstrip().startswith("#"):
+            tool, package = line.split()
+            tools[tool] = package
+    return tools
+
+
+def tool_present(tool: str) -> bool:
+    """A path exists, or a command is on ``PATH``."""
+    return Path(tool).exists() if tool.startswith("/") else shutil.which(tool) is not None
+
+
+def in_ci() -> bool:
+    """CI sets ``CI`` (``.ci/run`` runs with ``CI=true``)."""
+    return os.environ.get("CI", "").lower() not in ("", "0", "false", "no")
+
+
+def _tier_of(path: Path) -> str | None:
+    relative = path.relative_to(TESTS).as_posix()
+    if relative.startswith("boot/") and path.stem.endswith("_qemu"):
+        return "qemu"
+    if relative.startswith(("e2e/", "e2e_update/")) or (
+            relative.startswith("boot/") and path.stem.endswith("_sim")):
+        return "e2e"
+    if relative.startswith("fuzz/"):
+        return "fuzz"
+    return None
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark each test with its tier; refuse a tool name that ``tools.list`` lacks."""
+    listed = listed_tools()
+    for item in items:
+        tier = _tier_of(Path(str(item.path)))
+        if tier is not None:
+            item.add_marker(getattr(pytest.mark, tier))
+        for marker in item.iter_markers("needs_tool"):
+            unknown = [tool for tool in marker.args if tool not in listed]
+            if unknown or not marker.args:
+                raise pytest.UsageError(f"{item.nodeid}: needs_tool names {unknown or 'nothing'}"
+                                        f"; every tool must be listed in {TOOLS_LIST}")
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """Skip (outside CI) a test whose declared tools are missing, naming them."""
+    listed = listed_tools()
+    missing = sorted({tool for marker in item.iter_markers("needs_tool")
+                      for tool in marker.args if not tool_present(tool)})
+    if missing:
+        packages = sorted({listed[tool] for tool in missing})
+        pytest.skip(f"not installed: {', '.join(missing)} (packages: {' '.join(packages)}; "
+                    "run tests/tools.sh as root)")
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(
+        item: pytest.Item, call: pytest.CallInfo[None]) -> Generator[None, None, None]:
+    """In CI, turn every skip into a failure that says why the test was skipped."""
+    outcome = yield
+    report: pytest.TestReport = outcome.get_result()  # type: ignore[attr-defined]
+    if in_ci() and report.skipped and not hasattr(report, "wasxfail"):
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else report.longrepr
+        report.outcome = "failed"
+        report.longrepr = (f"skipped in CI, which counts as a failure: {reason}\n"
+                           "(a test's tools are installed by tests/tools.sh; a test is "
+                           "never skipped silently)")
