@@ -60,7 +60,8 @@ class SimDevice:
 
     def status_json(self) -> dict[str, Any]:
         """``kruxos update status --json``."""
-        return json.loads(self.cli("update", "status", "--json").stdout)
+        doc: dict[str, Any] = json.loads(self.cli("update", "status", "--json").stdout)
+        return doc
 
     def status_lines(self) -> list[str]:
         """``kruxos update status``, one entry per line."""
@@ -132,7 +133,8 @@ class SimDevice:
         self.config.write_text(text)
 
     def state(self) -> dict[str, Any]:
-        return json.loads((self.dir / "data" / "state.json").read_text())
+        doc: dict[str, Any] = json.loads((self.dir / "data" / "state.json").read_text())
+        return doc
 
     # ---- running -----------------------------------------------------------------------
 
@@ -239,7 +241,7 @@ class SimDevice:
         return (f"\n--- sim run console (tail) ---\n{_tail(self.console_text())}"
                 f"\n--- daemon.log (tail) ---\n{_tail(daemon)}")
 
-    def wait_for(self, predicate: Callable[[], T], timeout: float, what: str,
+    def wait_for(self, predicate: Callable[[], T | None], timeout: float, what: str,
                  every: float = 0.1) -> T:
         """Poll ``predicate`` until it is truthy; fail naming ``what`` with diagnostics.
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -187,7 +188,7 @@ def test_foreign_variables_are_kept_in_place_through_every_operation(
     grub: GrubBackend, env_path: Path
 ) -> None:
     grubenv.write_env(env_path, FOREIGN)
-    operations = [
+    operations: list[Callable[[], object]] = [
         lambda: grub.set_mark("B", "bad"), lambda: grub.set_mark("B", "staged"),
         lambda: grub.arm_trial("B", 2), lambda: boot_once(env_path),
         lambda: grub.mark_good("B"), lambda: grub.rollback("operator"),

@@ -64,7 +64,7 @@ def silent_server() -> Iterator[tuple[int, Callable[[socket.socket], None]]]:
             threading.Thread(target=talk[0], args=(conn,), daemon=True).start()
 
     threading.Thread(target=accept, daemon=True).start()
-    yield listener.getsockname()[1], lambda f: talk.__setitem__(0, f)
+    yield listener.getsockname()[1], lambda f: talk.__setitem__(0, f)  # type: ignore[call-overload]
     listener.close()
     for conn in held:
         conn.close()

@@ -14,11 +14,7 @@ from reconciler.errors import ChannelUnavailable, ReleaseError
 from reconciler.release.channel import init_channel, sign_channel
 from reconciler.release.client import ChannelTrust, fetch_metadata, fetch_trusted
 from reconciler.release.keys import generate_keypair, load_trusted_keys
-
-try:
-    from httpserver import ChannelServer
-except ImportError:  # tests/ imported as a package
-    from tests.httpserver import ChannelServer
+from tests.httpserver import ChannelServer
 
 T0 = datetime(2030, 5, 1, 12, 0, tzinfo=UTC)
 

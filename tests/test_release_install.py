@@ -18,11 +18,7 @@ from reconciler.release.client import fetch_metadata
 from reconciler.release.installer import InstallProgress, InstallResult, install
 from reconciler.release.keys import generate_keypair, load_trusted_keys
 from reconciler.release.metadata import Release
-
-try:
-    from httpserver import ChannelServer
-except ImportError:  # tests/ imported as a package
-    from tests.httpserver import ChannelServer
+from tests.httpserver import ChannelServer
 
 BLOCK = 64 * 1024
 SIZE = 20 * BLOCK + 5000  # 21 blocks, the last one short
@@ -270,7 +266,7 @@ def test_a_resume_point_is_recorded_only_after_its_blocks_are_durable(
     from reconciler.release import installer
 
     calls: list[tuple[str, int]] = []
-    real_pwrite, real_fdatasync, real_record = os.pwrite, os.fdatasync, installer.atomic_write_json
+    real_pwrite, real_fdatasync, real_record = os.pwrite, os.fdatasync, installer.atomic_write_json  # type: ignore[attr-defined]
 
     def pwrite(fd: int, data: Any, offset: int) -> int:
         n = real_pwrite(fd, data, offset)

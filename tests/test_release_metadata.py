@@ -7,6 +7,7 @@ import json
 import stat
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -190,7 +191,7 @@ def test_a_signed_image_name_with_a_path_is_refused(
 ) -> None:
     draft = json.loads((channel / "draft.json").read_text())
     draft["releases"][0]["image"] = "../../etc/passwd"
-    doc = {"signed": {"format": 1, "channel": "stable", "serial": 1,
+    doc: dict[str, Any] = {"signed": {"format": 1, "channel": "stable", "serial": 1,
                       "issued": "2030-05-01T12:00:00Z", "expires": "2030-06-01T12:00:00Z",
                       "releases": draft["releases"]}}
     key = load_signing_key(keys["old"][0])

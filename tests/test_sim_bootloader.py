@@ -36,7 +36,8 @@ def test_no_trial_boots_the_default_without_touching_the_env(
 ) -> None:
     path = env_file(tmp_path, KRUXOS_DEFAULT=default, KRUXOS_TRIAL="", KRUXOS_TRIES="3")
     before = path.read_bytes()
-    assert boot_once(path) == BootChoice(slot, False, 0, False, f"no trial: boot default {slot}")
+    assert boot_once(path) == BootChoice(slot, False, 0, False,  # type: ignore[arg-type]
+                                         f"no trial: boot default {slot}")
     assert path.read_bytes() == before
 
 

@@ -13,7 +13,14 @@ import httpx
 import pytest
 
 from reconciler.release.image import ImageHeader, encode_header
-from reconciler.sim.os import BootRefused, OsProfile, health_at, launch, load_profile
+from reconciler.sim.os import (
+    BootRefused,
+    OsProfile,
+    SimOsProcess,
+    health_at,
+    launch,
+    load_profile,
+)
 from reconciler.store import read_json
 
 
@@ -30,9 +37,9 @@ def free_port() -> int:
 
 
 @pytest.fixture
-def booted(tmp_path: Path) -> Iterator[list]:
+def booted(tmp_path: Path) -> Iterator[list[SimOsProcess]]:
     """Boot processes through ``booted.append(launch(...))``; all are stopped afterwards."""
-    processes: list = []
+    processes: list[SimOsProcess] = []
     yield processes
     for process in processes:
         process.stop()
@@ -42,7 +49,8 @@ def get(url: str) -> httpx.Response:
     return httpx.get(url, timeout=2.0, trust_env=False)
 
 
-def test_version_comes_from_the_booted_slot_header(tmp_path: Path, booted: list) -> None:
+def test_version_comes_from_the_booted_slot_header(
+        tmp_path: Path, booted: list[SimOsProcess]) -> None:
     slot = write_slot(tmp_path / "sda3", "1.0.1", BEHAVIOUR="fails-later")
     port = free_port()
     os_ = launch(slot, tmp_path / "ready.json", port=port)
@@ -52,7 +60,8 @@ def test_version_comes_from_the_booted_slot_header(tmp_path: Path, booted: list)
     assert answer == {"version": "1.0.1", "behaviour": "fails-later", "slot_file": str(slot)}
 
 
-def test_ready_file_names_the_port_and_pid(tmp_path: Path, booted: list) -> None:
+def test_ready_file_names_the_port_and_pid(
+        tmp_path: Path, booted: list[SimOsProcess]) -> None:
     slot = write_slot(tmp_path / "sda2", "2.3.4", BEHAVIOUR="healthy")
     os_ = launch(slot, tmp_path / "ready.json")
     booted.append(os_)
@@ -60,7 +69,8 @@ def test_ready_file_names_the_port_and_pid(tmp_path: Path, booted: list) -> None
     assert info["port"] == os_.port and info["pid"] == os_.process.pid
 
 
-def test_healthy_image_answers_200_with_its_version(tmp_path: Path, booted: list) -> None:
+def test_healthy_image_answers_200_with_its_version(
+        tmp_path: Path, booted: list[SimOsProcess]) -> None:
     slot = write_slot(tmp_path / "sda3", "1.0.1", BEHAVIOUR="healthy", STARTUP_SECONDS="0")
     os_ = launch(slot, tmp_path / "ready.json")
     booted.append(os_)
@@ -101,7 +111,8 @@ def test_sigterm_during_an_open_connection_still_exits_promptly(tmp_path: Path) 
         assert os_.process.wait(timeout=30) == 0
 
 
-def test_unknown_behaviour_runs_healthy_and_warns(tmp_path: Path, booted: list) -> None:
+def test_unknown_behaviour_runs_healthy_and_warns(
+        tmp_path: Path, booted: list[SimOsProcess]) -> None:
     slot = write_slot(tmp_path / "sda3", "1.0.1", BEHAVIOUR="dances", STARTUP_SECONDS="0")
     os_ = launch(slot, tmp_path / "ready.json")
     booted.append(os_)
@@ -109,7 +120,8 @@ def test_unknown_behaviour_runs_healthy_and_warns(tmp_path: Path, booted: list) 
     assert "unknown BEHAVIOUR 'dances'" in (tmp_path / "ready.json.log").read_text()
 
 
-def test_unknown_path_is_404(tmp_path: Path, booted: list) -> None:
+def test_unknown_path_is_404(
+        tmp_path: Path, booted: list[SimOsProcess]) -> None:
     slot = write_slot(tmp_path / "sda3", "1.0.1")
     os_ = launch(slot, tmp_path / "ready.json")
     booted.append(os_)

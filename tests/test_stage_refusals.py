@@ -32,11 +32,7 @@ from reconciler.release.channel import sign_channel
 from reconciler.release.keys import generate_keypair, keyid_of, load_public_key
 from reconciler.sim.device import CHANNEL_PORT, IMAGE_SIZE, init_device, publish
 from reconciler.store import StateStore
-
-try:
-    from httpserver import ChannelServer
-except ImportError:  # tests/ imported as a package
-    from tests.httpserver import ChannelServer
+from tests.httpserver import ChannelServer
 
 BLOCK = 1 << 20  # the block size `kruxos release add` uses
 KRUXOS = Path(sys.executable).with_name("kruxos")

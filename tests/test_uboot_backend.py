@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -185,7 +186,7 @@ def test_foreign_variables_are_kept_through_every_operation(
     uboot: UBootBackend, config: Path
 ) -> None:
     ubootenv.write_env(config, FOREIGN)
-    operations = [
+    operations: list[Callable[[], object]] = [
         lambda: uboot.set_mark("B", "bad"), lambda: uboot.set_mark("B", "staged"),
         lambda: uboot.arm_trial("B", 2), lambda: boot_once(config),
         lambda: uboot.mark_good("B"), lambda: uboot.rollback("operator"),

@@ -18,7 +18,7 @@ T = TypeVar("T")
 TRANSIENT = (AssertionError, OSError, ValueError, KeyError)
 
 
-def wait_for(predicate: Callable[[], T], timeout: float, what: str, *, every: float = 0.05,
+def wait_for(predicate: Callable[[], T | None], timeout: float, what: str, *, every: float = 0.05,
              context: Callable[[], str] | None = None,
              abort: Callable[[], str | None] | None = None) -> T:
     """Return ``predicate()``'s first truthy value; fail naming ``what`` after ``timeout`` s.

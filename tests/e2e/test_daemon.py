@@ -10,12 +10,13 @@ from __future__ import annotations
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from tests.device import KRUXOS, REPO, SimDevice
 from tests.waiting import holds_for
 
 
-def _idle(device: SimDevice) -> list[dict]:
+def _idle(device: SimDevice) -> list[dict[str, Any]]:
     """Wait until the daemon watches the spec and has recorded its first decision."""
     device.wait_for(lambda: "watching" in (device.dir / "run" / "daemon.log").read_text(),
                     60, "the daemon to watch the spec")
@@ -38,7 +39,8 @@ def _snapshot(device: SimDevice) -> dict[str, bytes]:
             if p.is_file() and p.name != "lock"}
 
 
-def test_spec_edit_wakes_the_daemon_without_waiting_for_the_resync(make_device) -> None:
+def test_spec_edit_wakes_the_daemon_without_waiting_for_the_resync(
+        make_device: Callable[..., SimDevice]) -> None:
     device = make_device(resync="5m")  # a pass can only come from the spec watcher
     device.start()
     _idle(device)
@@ -51,7 +53,7 @@ def test_spec_edit_wakes_the_daemon_without_waiting_for_the_resync(make_device) 
     assert new[0]["action"] == "stage", new[0]
 
 
-def test_idle_daemon_sleeps_until_a_trigger(make_device) -> None:
+def test_idle_daemon_sleeps_until_a_trigger(make_device: Callable[..., SimDevice]) -> None:
     device = make_device(resync="5m")
     device.start()
     _idle(device)
@@ -62,7 +64,7 @@ def test_idle_daemon_sleeps_until_a_trigger(make_device) -> None:
     assert [r["actor"] for r in records if r["kind"] == "decision"] == ["daemon"], records
 
 
-BAD_SPECS = {
+BAD_SPECS: dict[str, tuple[Callable[[str], str], str, str, str]] = {
     "a duration in words": (
         lambda t: t.replace("interval: 1s", "interval: 5 seconds"),
         "interval: 5 seconds", "spec.health.interval", "is not a duration"),
@@ -78,7 +80,7 @@ BAD_SPECS = {
 
 
 def test_bad_spec_is_rejected_and_the_last_good_one_kept_across_a_restart(
-        make_device) -> None:
+        make_device: Callable[..., SimDevice]) -> None:
     device = make_device(resync="1s")
     device.start()
     _idle(device)
@@ -93,7 +95,7 @@ def test_bad_spec_is_rejected_and_the_last_good_one_kept_across_a_restart(
         line = _line_of(bad_text, needle)
         message = f"{device.spec}:{line}: {field}: "
 
-        def rejected(message: str = message) -> list[dict]:
+        def rejected(message: str = message) -> list[dict[str, Any]]:
             return [r for r in device.audit_file_records() if r["action"] == "spec-rejected"
                     and message in r["reason"]]
         event = device.wait_for(rejected, 30, f"spec-rejected for {name}")[0]
@@ -166,7 +168,7 @@ def _settled(device: SimDevice) -> Callable[[], dict[str, bytes] | None]:
 
 
 def test_spec_plan_tells_what_would_happen_and_changes_nothing(
-        make_device, tmp_path: Path) -> None:
+        make_device: Callable[..., SimDevice], tmp_path: Path) -> None:
     device = make_device(resync="5m")
     device.start()
     _idle(device)

@@ -7,10 +7,13 @@ simulated OS and ``kruxos daemon``; the tests read the device only through
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 from tests.device import SimDevice
 
 
-def _versions_in(records: list[dict], action: str, version: str) -> list[dict]:
+def _versions_in(records: list[dict[str, Any]], action: str, version: str) -> list[dict[str, Any]]:
     return [r for r in records if r["kind"] == "decision" and r["action"] == action
             and version in r["reason"]]
 
@@ -86,7 +89,7 @@ def test_rollback_reason_names_the_service_the_health_answer_names(device: SimDe
 
 
 def test_failed_version_is_not_retried_until_the_spec_asks_for_another(
-        make_device) -> None:
+        make_device: Callable[..., SimDevice]) -> None:
     device = make_device(resync="1s")
     _shorten_health_timeout(device)
     device.publish("1.0.2", "gateway-fails")
@@ -113,7 +116,7 @@ def test_failed_version_is_not_retried_until_the_spec_asks_for_another(
 
 
 def test_hung_trial_boot_counts_tries_down_falls_back_and_is_not_retried(
-        make_device) -> None:
+        make_device: Callable[..., SimDevice]) -> None:
     device = make_device(resync="1s")
     device.publish("1.0.2", "hangs")
     device.start("--watchdog", "1")

@@ -10,6 +10,7 @@ the window opens (a few seconds when idle); these tests are ``slow`` for it.
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 
@@ -35,7 +36,7 @@ def _clock_before(opens: datetime) -> str:
     return (opens - LEAD).strftime("%Y-%m-%d %H:%M:%S")
 
 
-def _at(record: dict) -> datetime:
+def _at(record: dict[str, Any]) -> datetime:
     return datetime.fromisoformat(record["time"].replace("Z", "+00:00"))
 
 

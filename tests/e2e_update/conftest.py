@@ -63,7 +63,8 @@ def events(dev: SimDevice, action: str) -> list[dict[str, Any]]:
             and r["action"] == action]
 
 
-def decisions_with_outcomes(dev: SimDevice, action: str) -> list[tuple[dict, dict | None]]:
+def decisions_with_outcomes(dev: SimDevice,
+                            action: str) -> list[tuple[dict[str, Any], dict[str, Any] | None]]:
     """Each decision of ``action`` with its outcome record (``None`` until it ran)."""
     records = dev.audit_file_records()
     outcomes = {r["decision"]: r for r in records if r["kind"] == "outcome"}

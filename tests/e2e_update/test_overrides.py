@@ -7,6 +7,8 @@ that leaves the spec's version alone, and every resync, leave the pin alone.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from .conftest import (
     SimDevice,
     decisions_with_outcomes,
@@ -24,7 +26,7 @@ def _repeats(device: SimDevice) -> int:
 
 
 def test_a_pin_survives_spec_edits_and_resyncs_until_the_spec_names_a_new_version(
-        make_device) -> None:
+        make_device: Callable[..., SimDevice]) -> None:
     device = make_device(resync="1s")
     device.publish("1.0.2")
     device.start()
@@ -52,7 +54,7 @@ def test_a_pin_survives_spec_edits_and_resyncs_until_the_spec_names_a_new_versio
 
 
 def test_cancel_stops_a_slow_download_pins_the_running_version_and_resume_hands_back(
-        make_device) -> None:
+        make_device: Callable[..., SimDevice]) -> None:
     device = make_device(resync="1s")
     device.cli("sim", "publish", str(device.dir), "1.0.2", "--size-mb", "8")
     device.start("--channel-rate", "2000")

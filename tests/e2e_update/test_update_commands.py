@@ -8,6 +8,7 @@ device back only through ``kruxos update status`` and the audit trail.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 
 import pytest
 
@@ -115,7 +116,8 @@ def test_apply_yes_json_reboots_outside_a_window(device: SimDevice) -> None:
                                "rebooting": True}
     device.wait_status("1.0.1", "CONFIRMED")
     reboots = decisions_with_outcomes(device, "reboot")
-    assert len(reboots) == 1 and reboots[0][1]["outcome"].startswith("ok"), reboots
+    outcome = reboots[0][1] if len(reboots) == 1 else None
+    assert outcome is not None and outcome["outcome"].startswith("ok"), reboots
 
 
 @pytest.mark.parametrize("how", ["answer-N", "--no-reboot"])
@@ -196,7 +198,7 @@ def test_ctrl_c_stops_the_download_and_a_second_apply_resumes_it(device: SimDevi
 # ---- rollback ------------------------------------------------------------------------------
 
 def test_rollback_after_a_confirmed_update_is_not_undone_by_the_daemon(
-        make_device) -> None:
+        make_device: Callable[..., SimDevice]) -> None:
     device = make_device(resync="1s")
     device.start()
     device.edit_spec(version="1.0.1")
