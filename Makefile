@@ -1,11 +1,15 @@
 # The two commands a newcomer needs: `make demo` and `make test`. Both set up
 # the virtual environment themselves; nothing else has to run first.
+# Test tiers (docs/testing.md has the budget table):
+#   make quick    the development loop, <= 10 min on two idle cores
+#   make test     what CI runs, everything a change must not break, <= 40 min
+#   make torture  the long sweeps, outside CI; writes docs/torture-results.md
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint bench clean
+.PHONY: demo quick test torture lint bench clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -16,18 +20,35 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/python -m reconciler.sim.demo
 
+quick: $(STAMP)
+	bash tests/tools.sh
+	$(BIN)/ruff check reconciler tests bench
+	$(BIN)/mypy
+	$(BIN)/pytest -q -m "not qemu and not slow and not torture"
+
 test: $(STAMP)
 	bash tests/tools.sh
-	$(BIN)/ruff check reconciler tests
+	$(BIN)/ruff check reconciler tests bench
 	$(BIN)/mypy
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q -m "not torture"
+
+# Every fuzzer with 50,000 documents per parser, plus the tests marked torture;
+# the dated results go to docs/torture-results.md, to be committed.
+torture: $(STAMP)
+	bash tests/tools.sh
+	mkdir -p build
+	KRUXOS_FUZZ_EXAMPLES=$${KRUXOS_FUZZ_EXAMPLES:-50000} $(BIN)/pytest -q -m "fuzz or torture" \
+		--timeout=7200 --junitxml=build/torture.xml; status=$$?; \
+	KRUXOS_FUZZ_EXAMPLES=$${KRUXOS_FUZZ_EXAMPLES:-50000} \
+		$(BIN)/python -m tests.report torture build/torture.xml docs/torture-results.md; \
+	exit $$status
 
 bench: $(STAMP)
 	bash bench/run.sh
 
 lint: $(STAMP)
-	$(BIN)/ruff check reconciler tests
+	$(BIN)/ruff check reconciler tests bench
 	$(BIN)/mypy
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache
+	rm -rf $(VENV) .pytest_cache .mypy_cache build

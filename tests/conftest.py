@@ -8,6 +8,8 @@
 - **In CI a skipped test is a failure** (``CI`` set in the environment): the
   report names the test and the reason, so a missing tool or a forgotten
   ``skip`` can never pass silently.
+- **No time limits inside tests**: hypothesis runs without its per-example
+  deadline (a loaded machine is slow, not wrong); figures belong in ``bench/``.
 - **Tiers come from where a test lives** (``docs/testing.md``): the real
   bootloader rigs are ``qemu``, the simulated-device flows ``e2e``, the parser
   fuzzers ``fuzz``; ``torture`` tests run only in ``make torture``.
@@ -21,6 +23,10 @@ from collections.abc import Generator
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
+
+settings.register_profile("kruxos", deadline=None, print_blob=True)
+settings.load_profile("kruxos")
 
 TESTS = Path(__file__).resolve().parent
 TOOLS_LIST = TESTS / "tools.list"
