@@ -24,13 +24,17 @@ quick: $(STAMP)
 	bash tests/tools.sh
 	$(BIN)/ruff check reconciler tests bench
 	$(BIN)/mypy
-	$(BIN)/pytest -q -m "not qemu and not slow and not torture"
+	mkdir -p build
+	$(BIN)/pytest -q -m "not qemu and not slow and not torture" --junitxml=build/quick.xml; \
+	status=$$?; $(BIN)/python -m tests.report areas build/quick.xml; exit $$status
 
 test: $(STAMP)
 	bash tests/tools.sh
 	$(BIN)/ruff check reconciler tests bench
 	$(BIN)/mypy
-	$(BIN)/pytest -q -m "not torture"
+	mkdir -p build
+	$(BIN)/pytest -q -m "not torture" --junitxml=build/test.xml; status=$$?; \
+	$(BIN)/python -m tests.report areas build/test.xml; exit $$status
 
 # Every fuzzer with 50,000 documents per parser, plus the tests marked torture;
 # the dated results go to docs/torture-results.md, to be committed.
