@@ -143,6 +143,19 @@ def test_boot_backends_do_not_import_each_other(path: Path) -> None:
     assert imports_of(path, others) == []
 
 
+#: What the simulator may never import: it starts ``kruxos daemon`` as a process and
+#: plays only the device's parts (bootloader, OS, channel server), as a real device would.
+RECONCILER_SIDE = ("reconciler.daemon", "reconciler.executor", "reconciler.decide",
+                   "reconciler.observe", "reconciler.overrides", "reconciler.staging",
+                   "reconciler.audit", "reconciler.channelwatch", "reconciler.inbox",
+                   "reconciler.cli")
+
+
+@pytest.mark.parametrize("path", sorted((PACKAGE / "sim").glob("*.py")), ids=lambda p: p.name)
+def test_the_simulator_drives_the_daemon_only_as_a_process(path: Path) -> None:
+    assert imports_of(path, RECONCILER_SIDE) == []
+
+
 def test_the_adapter_list_matches_the_tree() -> None:
     names = {str(p.relative_to(PACKAGE)) for p in _adapters()}
     assert {"health.py", "store.py", "audit.py", "boot/grub.py"} <= names
