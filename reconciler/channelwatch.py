@@ -5,25 +5,36 @@ the last fetch is older than the resync period, and again after a failure once
 its retry delay has passed. Only verified metadata is ever used; the highest
 serial and the newest trusted time seen are kept on disk (metadata rollback
 and freeze protection survive reboots).
+
+The channel's *name* is pinned by the device config (``channel.name``), not by
+the spec: metadata signed for another name is refused, and the serial floor is
+the one of the followed name. Each distinct refused metadata file (by SHA-256)
+is handed once to ``on_refused`` — the daemon records it in the audit trail —
+whatever the decision of the pass, so a device that is already up to date
+still says that its channel serves something it refuses.
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable
 from datetime import datetime, timedelta
 
 import httpx
 
-from reconciler.config import Device
+from reconciler.config import Device, channel_origin
 from reconciler.errors import KruxosError, ReleaseError, TemporaryError
 from reconciler.observed import ChannelView
-from reconciler.release.client import ChannelTrust, fetch_metadata
+from reconciler.release.client import ChannelTrust, CredentialTransport, fetch_raw
 from reconciler.release.keys import load_revoked, load_trusted_keys
-from reconciler.release.metadata import ChannelMetadata, Release
+from reconciler.release.metadata import ChannelMetadata, Release, verify_metadata
 from reconciler.spec import UpdatePolicy
 from reconciler.store import StateStore
 
 TRUST_FILE = "channel-trust.json"
+
+#: Called with the SHA-256 of a refused metadata file and the reason, once per file.
+RefusalSink = Callable[[str, str], None]
 
 
 def view_of(meta: ChannelMetadata, error: str | None = None,
@@ -39,9 +50,11 @@ class ChannelWatch:
     """Fetches and verifies channel metadata, caching the last verified copy."""
 
     def __init__(self, device: Device, store: StateStore,
-                 clock: Callable[[], datetime], *, save_trust: bool = True) -> None:
+                 clock: Callable[[], datetime], *, save_trust: bool = True,
+                 on_refused: RefusalSink | None = None) -> None:
         self.device = device
         self.save_trust = save_trust
+        self.on_refused = on_refused
         self.store = store
         self.clock = clock
         self.trust_path = device.data_dir / TRUST_FILE
@@ -50,17 +63,21 @@ class ChannelWatch:
         self._key: tuple[str, str] | None = None
         self._next: datetime | None = None
         self._retry = timedelta(seconds=30)
-        self._transport: httpx.HTTPTransport | None = None
+        self._transport: httpx.BaseTransport | None = None
 
     @property
-    def transport(self) -> httpx.HTTPTransport:
+    def transport(self) -> httpx.BaseTransport:
         """One connection pool for the metadata and the images (one TLS context, built once).
 
         Each request's client closes the pool's connections when it ends; the
-        pool itself, and its TLS context, stay for the next request.
+        pool itself, and its TLS context, stay for the next request. The
+        device's channel credentials, if any, are added here for their origin.
         """
         if self._transport is None:
-            self._transport = httpx.HTTPTransport()
+            pool = httpx.HTTPTransport()
+            creds = self.device.credentials
+            self._transport = pool if creds is None else CredentialTransport(
+                pool, creds, lambda: channel_origin(self.device.map_url(creds.origin)))
         return self._transport
 
     def view(self, policy: UpdatePolicy, revision: str, now: datetime) -> ChannelView:
@@ -89,19 +106,28 @@ class ChannelWatch:
         return self._meta
 
     def fetch(self, url: str, now: datetime) -> ChannelMetadata:
-        """Download and verify metadata against the device's keys and stored trust."""
+        """Download and verify metadata against the device's keys, pin and stored trust."""
         trust = ChannelTrust.load(self.trust_path)
         trusted = load_trusted_keys(self.device.trusted_keys)
         revoked = load_revoked(self.device.revoked_keys)
-        meta = fetch_metadata(self.device.map_url(url), trusted, revoked, now, None,
-                              trust.trusted_time, transport=self.transport)
-        floor = trust.min_serial(meta.channel)
-        if floor is not None and meta.serial < floor:
-            raise ReleaseError(f"metadata serial {meta.serial} is lower than {floor}, the "
-                               f"highest seen on channel {meta.channel!r} (metadata rollback)")
+        name = self.device.channel_name
+        raw = fetch_raw(self.device.map_url(url), transport=self.transport)
+        try:
+            meta = verify_metadata(raw, trusted, revoked, now, trust.min_serial(name),
+                                   trust.trusted_time, channel=name)
+        except ReleaseError as exc:
+            self._refused(trust, hashlib.sha256(raw).hexdigest(), str(exc))
+            raise
         if self.save_trust:
             trust.advanced(meta).save(self.trust_path)
         return meta
+
+    def _refused(self, trust: ChannelTrust, digest: str, reason: str) -> None:
+        """Hand a refused file to ``on_refused`` unless it was recorded before."""
+        if self.on_refused is None or digest in trust.refused:
+            return
+        self.on_refused(digest, reason)
+        trust.with_refused(digest).save(self.trust_path)
 
     def release(self, policy: UpdatePolicy, version: str) -> Release:
         """Freshly verified metadata for ``version``, right before staging it."""

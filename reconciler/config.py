@@ -11,22 +11,27 @@ The file is found by ``--config FILE``, else ``$KRUXOS_CONFIG``, else
 
 from __future__ import annotations
 
+import contextlib
+import grp
 import json
 import os
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import urlsplit, urlunsplit
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from ruamel.yaml import YAML
 from ruamel.yaml.error import YAMLError
 
 from reconciler.errors import ConfigError
 from reconciler.observed import SLOTS, SlotName
+from reconciler.redact import register_secret
 from reconciler.spec import Duration
+from reconciler.store import set_data_policy
 
 DEFAULT_PATH = Path("/etc/kruxos/device.yaml")
 #: A revoked key may be named by its keyid (16 hex digits) instead of a .pub path.
@@ -50,6 +55,40 @@ class BootloaderConfig(_Model):
     env: str = "/boot/grub/grubenv"
 
 
+class CredentialsConfig(_Model):
+    """How the device proves itself to its channel: HTTP basic or a bearer token.
+
+    The secret itself sits in a file of its own (mode 0600), so the device
+    config can be readable and a spec in Git never carries it. ``url`` names
+    the only origin (scheme, host, port) the credentials are ever sent to: a
+    spec pointing the channel elsewhere gets no credentials.
+    """
+
+    url: str
+    user: str | None = None
+    password_file: str | None = Field(default=None, alias="passwordFile")
+    token_file: str | None = Field(default=None, alias="tokenFile")
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> CredentialsConfig:
+        if (self.password_file is None) == (self.token_file is None):
+            raise ValueError("name exactly one of passwordFile (with user) or tokenFile")
+        if self.password_file is not None and not self.user:
+            raise ValueError("passwordFile needs a user")
+        if self.token_file is not None and self.user is not None:
+            raise ValueError("user goes with passwordFile, not with tokenFile")
+        if channel_origin(self.url) is None:
+            raise ValueError(f"url must be http(s)://host[:port][/path], got {self.url[:80]!r}")
+        return self
+
+
+class ChannelConfig(_Model):
+    """The channel this device follows: its signed name and how to authenticate."""
+
+    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")] = "stable"
+    credentials: CredentialsConfig | None = None
+
+
 class DeviceConfig(_Model):
     """The device config file's fields (paths still as written)."""
 
@@ -66,6 +105,39 @@ class DeviceConfig(_Model):
     trial_tries: Annotated[int, Field(ge=1, le=9)] = Field(default=3, alias="trialTries")
     resync: Duration = timedelta(minutes=5)
     port_map: str | None = Field(default=None, alias="portMap")
+    channel: ChannelConfig = Field(default_factory=ChannelConfig)
+    group: Annotated[str, Field(pattern=r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,31}$")] | None = None
+
+
+@dataclass(frozen=True)
+class ChannelCredentials:
+    """The channel credentials with resolved paths; the secret is read when used."""
+
+    origin: str
+    user: str | None
+    password_file: Path | None
+    token_file: Path | None
+
+    @property
+    def secret_file(self) -> Path:
+        """The file holding the password or the token."""
+        found = self.password_file or self.token_file
+        assert found is not None, "validated: one of the two is set"
+        return found
+
+
+def channel_origin(url: str) -> str | None:
+    """``scheme://host:port`` of an http(s) URL (default port filled in); ``None`` if not one."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:
+        return None
+    scheme = parts.scheme.lower()
+    if scheme not in ("http", "https") or not parts.hostname:
+        return None
+    port = port or (443 if scheme == "https" else 80)
+    return f"{scheme}://{parts.hostname.lower()}:{port}"
 
 
 @dataclass(frozen=True)
@@ -86,6 +158,9 @@ class Device:
     trial_tries: int
     resync: timedelta
     port_map: Path | None
+    channel_name: str = "stable"
+    credentials: ChannelCredentials | None = None
+    group: str | None = None
 
     def slot_device(self, slot: SlotName) -> str:
         """``sda3``: the short device name status lines show."""
@@ -151,7 +226,28 @@ def load_device(path: Path) -> Device:
     missing = [s for s in SLOTS if s not in cfg.slots]
     if missing:
         raise ConfigError(f"{path}: slots: slot {missing[0]} is not configured")
-    return _resolve(cfg, path.resolve())
+    device = _resolve(cfg, path.resolve())
+    set_data_policy(device.data_dir, _group_id(device.group, path))
+    _register_secrets(device.credentials)
+    return device
+
+
+def _group_id(name: str | None, path: Path) -> int | None:
+    """The gid of the data dir's group; an unknown group is a config error."""
+    if name is None:
+        return None
+    try:
+        return grp.getgrnam(name).gr_gid
+    except KeyError:
+        raise ConfigError(f"{path}: group: no group named {name!r} on this system") from None
+
+
+def _register_secrets(credentials: ChannelCredentials | None) -> None:
+    """Mask the channel secret in every output of this process, even before it is used."""
+    if credentials is None:
+        return
+    with contextlib.suppress(OSError, UnicodeDecodeError):
+        register_secret(credentials.secret_file.read_text())
 
 
 def _read_yaml(path: Path) -> Any:
@@ -187,4 +283,18 @@ def _resolve(cfg: DeviceConfig, source: Path) -> Device:
         trial_tries=cfg.trial_tries,
         resync=cfg.resync,
         port_map=at(cfg.port_map) if cfg.port_map else None,
+        channel_name=cfg.channel.name,
+        credentials=_credentials(cfg.channel.credentials, at),
+        group=cfg.group,
     )
+
+
+def _credentials(cfg: CredentialsConfig | None,
+                 at: Callable[[str], Path]) -> ChannelCredentials | None:
+    if cfg is None:
+        return None
+    origin = channel_origin(cfg.url)
+    assert origin is not None, "validated by CredentialsConfig"
+    return ChannelCredentials(origin, cfg.user,
+                              at(cfg.password_file) if cfg.password_file else None,
+                              at(cfg.token_file) if cfg.token_file else None)

@@ -44,6 +44,7 @@ from reconciler.inbox import waiting
 from reconciler.observe import backend_for, observe
 from reconciler.observed import ObservedState
 from reconciler.overrides import STOPPING_REQUESTS, RequestDesk
+from reconciler.redact import redact
 from reconciler.spec import revision_of
 from reconciler.specfile import LoadedSpec, SpecKeeper
 from reconciler.staging import InstallerStager
@@ -55,7 +56,7 @@ AUDIT_RETRY = timedelta(seconds=5)
 
 def log(message: str) -> None:
     """One line on stderr (the journal on a real device)."""
-    print(f"kruxos daemon: {message}", file=sys.stderr, flush=True)
+    print(redact(f"kruxos daemon: {message}"), file=sys.stderr, flush=True)
 
 
 @dataclass
@@ -79,7 +80,8 @@ class Reconciler:
         self.audit = AuditTrail(self.store, device.audit_dir, clock=clock)
         self.keeper = SpecKeeper(device.spec_path, device.data_dir)
         self.backend = backend_for(device)
-        self.channel = ChannelWatch(device, self.store, clock)
+        self.channel = ChannelWatch(device, self.store, clock,
+                                    on_refused=self._record_channel_refusal)
         self.stopping = False
         self.executor = Executor(device, self.store, self.backend,
                                  InstallerStager(device, self.store, self.backend, self.channel),
@@ -185,6 +187,13 @@ class Reconciler:
                          spec_file=str(self.device.spec_path))
         self.store.put("spec", {"rejected": bad})
         log(f"spec rejected: {reason}")
+
+    def _record_channel_refusal(self, digest: str, reason: str) -> None:
+        """A refused metadata file, recorded once per distinct file whatever the pass decides."""
+        self.audit.event("daemon", "channel-refused", reason,
+                         details={"metadata_sha256": digest,
+                                  "channel": self.device.channel_name})
+        log(f"channel refused: {reason}")
 
     def _lift_block(self, spec: LoadedSpec, observed: Any) -> None:
         """Forget a failed version once the desired version resolves to another one."""
