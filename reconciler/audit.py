@@ -25,7 +25,8 @@ from pathlib import Path
 from typing import Any
 
 from reconciler.errors import AuditError, KruxosError
-from reconciler.store import StateStore, fsync_dir
+from reconciler.redact import redact, redact_json
+from reconciler.store import StateStore, create_file, fsync_dir, make_dirs
 
 AUDIT_DIR = "audit"
 SECTION = "audit"
@@ -469,7 +470,7 @@ class AuditTrail(AuditReader):
 
     def _make_directory(self) -> None:
         try:
-            self.directory.mkdir(parents=True, exist_ok=True)
+            make_dirs(self.directory)
         except OSError as exc:
             raise AuditError(f"audit: cannot create {self.directory}: {exc.strerror}") from exc
 
@@ -522,7 +523,7 @@ class AuditTrail(AuditReader):
         Returns the record and whether it was a repeat (then nothing was appended).
         """
         last = self._last_decision
-        if last is not None and (last.action, last.reason) == (action, reason):
+        if last is not None and (last.action, last.reason) == (action, redact(reason)):
             self._count_repeat(last.seq)
             return last, True
         return self.append("decision", actor, action, reason, **fields), False
@@ -583,14 +584,14 @@ class AuditTrail(AuditReader):
                 kind=kind,
                 actor=actor,
                 action=action,
-                reason=reason,
+                reason=redact(reason),
                 spec_revision=spec_revision,
                 spec_file=spec_file,
-                observed=observed,
-                outcome=outcome,
+                observed=redact_json(observed),
+                outcome=None if outcome is None else redact(outcome),
                 duration_s=None if duration_s is None else float(duration_s),
                 decision=decision,
-                details=dict(details or {}),
+                details=redact_json(dict(details or {})),
                 prev=self._last.hash if self._last else ZERO_HASH,
             )
         )
@@ -624,7 +625,7 @@ class AuditTrail(AuditReader):
     def _write(self, line: bytes, seq: int) -> None:
         try:
             path, fresh = self._target(len(line))
-            fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            fd = create_file(path, os.O_WRONLY | os.O_APPEND)
         except OSError as exc:
             raise AuditError(
                 f"audit: cannot open the trail in {self.directory} for record "

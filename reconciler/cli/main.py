@@ -17,6 +17,7 @@ import click
 
 from reconciler.config import Device, config_path, load_device
 from reconciler.errors import KruxosError, SpecError
+from reconciler.redact import redact_standard_streams
 
 
 def _now() -> datetime:
@@ -271,7 +272,8 @@ _add_update_commands()
 
 
 def main() -> None:
-    """Console entry point: clear one-line errors instead of tracebacks."""
+    """Console entry point: clear one-line errors instead of tracebacks, secrets masked."""
+    redact_standard_streams()
     try:
         cli.main(standalone_mode=False)
     except click.exceptions.Abort:
