@@ -118,8 +118,11 @@ def fsync_dir(directory: Path) -> None:
 
 
 def atomic_write(path: Path, data: bytes, mode: int = FILE_MODE) -> None:
-    """Replace ``path`` with ``data`` so that readers see old or new, never a mix."""
-    make_dirs(path.parent)
+    """Replace ``path`` with ``data`` so that readers see old or new, never a mix.
+
+    A missing directory is made readable by whoever may read the file.
+    """
+    make_dirs(path.parent, DIR_MODE | (0o005 if mode & 0o004 else 0))
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     fd = create_file(tmp, os.O_WRONLY | os.O_TRUNC, mode)
     try:

@@ -19,6 +19,8 @@ Faults (offsets are offsets in the file, not in the response)::
     extra: N         append N bytes and count them in Content-Length
     stall_at: N      stop sending at offset N and hold the connection for ``stall_seconds``
     trickle_at: N    from offset N on, send 100 bytes every 0.05 s (slow retrieval)
+    require_auth: V  every file needs the header ``Authorization: V``, else 401 (any path;
+                     the log notes whether each request carried it)
 """
 
 from __future__ import annotations
@@ -65,6 +67,14 @@ class _Handler(BaseHTTPRequestHandler):
             with self.state.lock:
                 body = json.dumps(self.state.log).encode()
             self._reply(200, body)
+            return
+        with self.state.lock:
+            wanted = self.state.faults.get("require_auth")
+            if wanted is not None:
+                self.state.log.append({"path": self.path, "authorized":
+                                       self.headers.get("Authorization") == wanted})
+        if wanted is not None and self.headers.get("Authorization") != wanted:
+            self._reply(401, b"unauthorized\n")
             return
         path = (self.state.root / self.path.lstrip("/").split("?")[0]).resolve()
         if not path.is_file() or self.state.root not in path.parents:

@@ -1,6 +1,7 @@
 """The publisher's side of a channel: add images, sign, check what devices will see.
 
-A channel directory holds three kinds of files (``docs/channel.md``)::
+A channel directory holds three kinds of files (``docs/channel.md``), each
+mode 0644 whatever the umask, so any web server user can serve them::
 
     metadata.json          signed; the only file devices believe
     kruxos-VERSION.img     the images, named by version
@@ -36,7 +37,7 @@ from reconciler.release.metadata import (
     semver_key,
     verify_metadata,
 )
-from reconciler.store import atomic_write_json, fsync_dir, read_json
+from reconciler.store import PUBLIC_MODE, atomic_write_json, create_file, fsync_dir, read_json
 
 METADATA_FILE = "metadata.json"
 DRAFT_FILE = "draft.json"
@@ -63,14 +64,15 @@ def init_channel(channel_dir: Path, name: str) -> None:
     """Start an empty channel called ``name`` in ``channel_dir``."""
     if (channel_dir / DRAFT_FILE).exists():
         raise ReleaseError(f"{channel_dir / DRAFT_FILE}: a channel already exists here")
-    atomic_write_json(channel_dir / DRAFT_FILE, {"channel": name, "releases": []})
+    atomic_write_json(channel_dir / DRAFT_FILE, {"channel": name, "releases": []}, PUBLIC_MODE)
 
 
 def _copy_hashing(src: Path, dst: Path, block_size: int) -> tuple[int, str, list[str]]:
     """Copy ``src`` to ``dst`` durably; return size, SHA-256 and the block hashes."""
     whole, blocks, size = hashlib.sha256(), [], 0
     tmp = dst.with_name(f".{dst.name}.tmp-{os.getpid()}")
-    with open(src, "rb") as fin, open(tmp, "wb") as fout:
+    with open(src, "rb") as fin, os.fdopen(create_file(tmp, os.O_WRONLY | os.O_TRUNC,
+                                                       PUBLIC_MODE), "wb") as fout:
         while block := fin.read(block_size):
             whole.update(block)
             blocks.append(hashlib.sha256(block).hexdigest())
@@ -109,7 +111,7 @@ def add_release(channel_dir: Path, image_path: Path, version: str, changes: Sequ
     day = (date_ or datetime.now(UTC).date()).isoformat()
     release = Release(version, day, tuple(changes), name, size, sha, block_size, tuple(blocks))
     draft["releases"].append(release.to_json())
-    atomic_write_json(channel_dir / DRAFT_FILE, draft)
+    atomic_write_json(channel_dir / DRAFT_FILE, draft, PUBLIC_MODE)
     return release
 
 
@@ -154,7 +156,7 @@ def sign_channel(channel_dir: Path, key_paths: Sequence[Path],
     signatures = [{"keyid": keyid_of(k.verify_key),
                    "sig": base64.b64encode(k.sign(payload).signature).decode()} for k in keys]
     document = {"signed": signed, "signatures": signatures}
-    atomic_write_json(channel_dir / METADATA_FILE, document)
+    atomic_write_json(channel_dir / METADATA_FILE, document, PUBLIC_MODE)
     return document
 
 

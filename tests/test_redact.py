@@ -1,0 +1,60 @@
+"""The one redaction function: what it masks, and what it leaves alone."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import pytest
+
+from reconciler.redact import MASK, RedactingStream, redact, redact_json, register_secret
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("channel: http://ops:Hunter2x@chan.example/metadata.json answered HTTP 500",
+     "channel: http://ops:***@chan.example/metadata.json answered HTTP 500"),
+    ("https://tok3n@chan.example:8443/", "https://***@chan.example:8443/"),
+    ("Authorization: Basic ZGV2aWNlOnB3", "Authorization: ***"),
+    ('{"authorization": "Bearer abc.def"}', '{"authorization": "***"}'),
+    ("sent Bearer eyJhbGciOiJFZERTQSJ9.x", "sent Bearer ***"),
+])
+def test_userinfo_authorization_headers_and_bearer_tokens_are_masked(
+    text: str, expected: str,
+) -> None:
+    assert redact(text) == expected
+
+
+@pytest.mark.parametrize("text", [
+    "slot B (sda3) runs 1.0.1, as the spec wants",
+    "mail ops@example.com about http://chan.example/stable/",
+    "the basic health check passed",
+    "channel: http://[::1 is not a URL",
+])
+def test_text_without_secrets_is_left_exactly_as_it_was(text: str) -> None:
+    assert redact(text) == text
+
+
+def test_a_registered_secret_is_masked_wherever_it_appears() -> None:
+    register_secret("Reg1stered-Secret-q7")
+    assert redact("token Reg1stered-Secret-q7 refused; again:Reg1stered-Secret-q7") == \
+        f"token {MASK} refused; again:{MASK}"
+
+
+def test_a_very_short_registered_value_is_not_masked_everywhere() -> None:
+    register_secret("ab")
+    assert redact("tab about") == "tab about"
+
+
+def test_json_values_are_redacted_and_stay_json() -> None:
+    value = {"url": "http://u:Pw-Zz91@h/", "n": 3, "list": ["Authorization: Basic eA=="]}
+    out = redact_json(value)
+    assert out == {"url": "http://u:***@h/", "n": 3, "list": ["Authorization: ***"]}
+    assert json.loads(json.dumps(out)) == out
+
+
+def test_a_redacting_stream_masks_every_write() -> None:
+    inner = io.StringIO()
+    stream = RedactingStream(inner)
+    stream.write("error: http://u:Pw-Zz91@h/ failed\n")
+    stream.write(b"raw http://u:Pw-Zz91@h/\n")  # type: ignore[arg-type]
+    assert inner.getvalue() == "error: http://u:***@h/ failed\nraw http://u:***@h/\n"
