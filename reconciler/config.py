@@ -203,9 +203,13 @@ class Device:
             mapping = json.loads(self.port_map.read_text())
         except (OSError, ValueError):
             return url
-        parts = urlsplit(url)
-        target = mapping.get(parts.netloc)
-        return urlunsplit(parts._replace(netloc=target)) if target else url
+        try:
+            parts = urlsplit(url)
+        except ValueError:
+            return url  # not a URL: the fetch names the problem
+        userinfo, at, hostport = parts.netloc.rpartition("@")
+        target = mapping.get(hostport)
+        return urlunsplit(parts._replace(netloc=f"{userinfo}{at}{target}")) if target else url
 
 
 def config_path(explicit: str | None) -> Path:

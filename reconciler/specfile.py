@@ -20,7 +20,7 @@ from ruamel.yaml.error import MarkedYAMLError, YAMLError
 
 from reconciler.errors import SpecError
 from reconciler.spec import UpdatePolicy, revision_of
-from reconciler.store import atomic_write
+from reconciler.store import SECRET_MODE, atomic_write
 
 LAST_GOOD = "spec.last-good.yaml"
 
@@ -122,7 +122,8 @@ class SpecKeeper:
         except SpecError as error:
             return self.last_good(), error
         if self.copy_revision() != loaded.revision:
-            atomic_write(self.copy, loaded.content)
+            # 0600: a spec may still carry a channel password in its URL.
+            atomic_write(self.copy, loaded.content, SECRET_MODE)
         return loaded, None
 
     def last_good(self) -> LoadedSpec | None:

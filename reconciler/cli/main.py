@@ -243,11 +243,16 @@ def sim_publish(directory: Path, version: str, behaviour: str, changes: tuple[st
               help="Seconds before the watchdog resets a boot that hangs.")
 @click.option("--channel-rate", default=0, type=int, metavar="KB_PER_S",
               help="Serve the channel at most this fast (simulates a slow link; 0: no cap).")
-def sim_run(directory: Path, watchdog: float, channel_rate: int) -> None:
+@click.option("--channel-auth", default=None, metavar="FILE",
+              type=click.Path(path_type=Path, exists=True, dir_okay=False),
+              help="Serve the channel behind HTTP basic auth: FILE holds user:password.")
+def sim_run(directory: Path, watchdog: float, channel_rate: int,
+            channel_auth: Path | None) -> None:
     """Boot the device in the foreground; reboots restart it; SIGTERM stops it."""
-    from reconciler.sim.run import run_device
+    from reconciler.sim.run import basic_authorization, run_device
 
-    sys.exit(run_device(directory, watchdog, channel_rate * 1000))
+    auth = basic_authorization(channel_auth) if channel_auth else None
+    sys.exit(run_device(directory, watchdog, channel_rate * 1000, auth))
 
 
 def _add_release_group() -> None:

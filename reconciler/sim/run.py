@@ -16,6 +16,7 @@ by side.
 
 from __future__ import annotations
 
+import base64
 import functools
 import json
 import os
@@ -51,11 +52,17 @@ class _ChannelHandler(SimpleHTTPRequestHandler):
     """
 
     rate = 0
+    #: The ``Authorization`` value every request must carry (``None``: an open channel).
+    authorization: str | None = None
 
     def log_message(self, format: str, *args: Any) -> None:
         return
 
     def send_head(self) -> Any:
+        if self.authorization is not None and \
+                self.headers.get("Authorization") != self.authorization:
+            self.send_error(401, "Unauthorized")
+            return None
         match = re.match(r"^bytes=(\d+)-$", self.headers.get("Range", ""))
         path = Path(self.translate_path(self.path))
         if match is None or not path.is_file():
@@ -85,8 +92,10 @@ class _ChannelHandler(SimpleHTTPRequestHandler):
 class Supervisor:
     """Boots the simulated device, restarts it on reboot, stops on SIGTERM."""
 
-    def __init__(self, directory: Path, watchdog: float = 3.0, channel_rate: int = 0) -> None:
+    def __init__(self, directory: Path, watchdog: float = 3.0, channel_rate: int = 0,
+                 channel_auth: str | None = None) -> None:
         self.dir = directory.resolve()
+        self.channel_auth = channel_auth
         self.device = load_device(self.dir / "device.yaml")
         self.run_dir = self.dir / "run"
         self.watchdog = watchdog
@@ -125,7 +134,8 @@ class Supervisor:
 
     def _serve_channel(self) -> ThreadingHTTPServer:
         handler_class = type("RatedChannelHandler", (_ChannelHandler,),
-                             {"rate": self.channel_rate})
+                             {"rate": self.channel_rate,
+                              "authorization": self.channel_auth})
         handler = functools.partial(handler_class, directory=str(self.dir / "channel"))
         server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
         threading.Thread(target=server.serve_forever, daemon=True).start()
@@ -212,7 +222,14 @@ def ports(directory: Path) -> dict[str, str]:
     return value if isinstance(value, dict) else {}
 
 
-def run_device(directory: Path, watchdog: float = 3.0, channel_rate: int = 0) -> int:
+def basic_authorization(path: Path) -> str:
+    """The ``Authorization: Basic`` value for the ``user:password`` held in ``path``."""
+    pair = path.read_text().strip().encode()
+    return "Basic " + base64.b64encode(pair).decode()
+
+
+def run_device(directory: Path, watchdog: float = 3.0, channel_rate: int = 0,
+               channel_auth: str | None = None) -> int:
     """Entry point of ``kruxos sim run``."""
-    return Supervisor(directory, watchdog, channel_rate).run()
+    return Supervisor(directory, watchdog, channel_rate, channel_auth).run()
 
