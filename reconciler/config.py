@@ -11,6 +11,7 @@ The file is found by ``--config FILE``, else ``$KRUXOS_CONFIG``, else
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import grp
 import json
@@ -251,7 +252,11 @@ def _register_secrets(credentials: ChannelCredentials | None) -> None:
     if credentials is None:
         return
     with contextlib.suppress(OSError, UnicodeDecodeError):
-        register_secret(credentials.secret_file.read_text())
+        secret = credentials.secret_file.read_text().strip()
+        register_secret(secret)
+        if credentials.user is not None:  # as it travels in an Authorization header
+            pair = f"{credentials.user}:{secret}".encode()
+            register_secret(base64.b64encode(pair).decode())
 
 
 def _read_yaml(path: Path) -> Any:

@@ -9,6 +9,7 @@ moves forward two minutes per pass, so every pass fetches the channel again.
 from __future__ import annotations
 
 import json
+import os
 import re
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -191,3 +192,17 @@ def test_reading_the_channel_for_status_records_nothing(dev: PinnedDevice) -> No
     assert view.error == f"channel refused: {BETA_REFUSAL}"
     assert dev.refusals() == []
     assert not (dev.root / "data" / TRUST_FILE).exists()
+
+
+def test_metadata_is_not_believed_while_its_serial_cannot_be_written(dev: PinnedDevice) -> None:
+    trust = dev.root / "data" / TRUST_FILE
+    # The write fails as on a full disk: its temporary file cannot be created.
+    (trust.parent / f".{trust.name}.tmp-{os.getpid()}").mkdir(parents=True)
+    watch = dev.reconciler.channel
+    policy = dev.reconciler.keeper.refresh()[0].policy  # type: ignore[union-attr]
+    assert watch.refresh(policy, dev.now) is None
+    view = watch.view(policy, "r", dev.now)
+    assert view.error is not None and view.error.startswith(
+        f"channel refused: channel trust: cannot write {trust} (")
+    assert view.error.endswith("nothing is believed until it can be")
+    assert view.latest is None

@@ -98,7 +98,11 @@ class ChannelTrust:
     @classmethod
     def load(cls, path: Path) -> ChannelTrust:
         """The stored trust; a fresh device (no file) trusts no serial and no time."""
-        doc = read_json(path, {})
+        try:
+            doc = read_json(path, {})
+        except OSError as exc:
+            raise StateError(f"channel trust: cannot read {path} ({exc.strerror or exc})"
+                             ) from exc
         try:
             serials = {str(k): int(v) for k, v in doc.get("serials", {}).items()}
             text = doc.get("trusted_time")
@@ -109,10 +113,19 @@ class ChannelTrust:
         return cls(serials, moment, refused)
 
     def save(self, path: Path) -> None:
-        """Write durably (atomic replace, fsync)."""
+        """Write durably (atomic replace, fsync); a full disk is a :class:`StateError`.
+
+        Metadata is only believed once its serial is on disk: otherwise a replay
+        of older metadata could be accepted after the next restart.
+        """
         moment = format_time(self.trusted_time) if self.trusted_time else None
-        atomic_write_json(path, {"serials": dict(self.serials), "trusted_time": moment,
-                                 "refused": list(self.refused)})
+        try:
+            atomic_write_json(path, {"serials": dict(self.serials), "trusted_time": moment,
+                                     "refused": list(self.refused)})
+        except OSError as exc:
+            raise StateError(f"channel trust: cannot write {path} "
+                             f"({exc.strerror or exc}); nothing is believed until it can be"
+                             ) from exc
 
     def with_refused(self, digest: str) -> ChannelTrust:
         """The trust remembering that the refused file ``digest`` was recorded."""
