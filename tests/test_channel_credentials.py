@@ -22,6 +22,8 @@ from reconciler.config import Device, load_device
 from reconciler.daemon import Reconciler
 from reconciler.errors import ConfigError
 from reconciler.sim.device import CHANNEL_PORT, init_device
+from reconciler.spec import UpdatePolicy
+from reconciler.specfile import load_spec
 from reconciler.store import StateStore
 from tests.httpserver import ChannelServer
 
@@ -83,9 +85,7 @@ def _error(device: Device, url: str = f"http://{CHANNEL_PORT}/") -> str | None:
     return watch._error  # noqa: SLF001 - what the next view reports
 
 
-def _policy(device: Device, url: str) -> object:
-    from reconciler.specfile import load_spec
-
+def _policy(device: Device, url: str) -> UpdatePolicy:
     spec = device.spec_path
     spec.write_text(re.sub(r"url: \S+", f"url: {url}", spec.read_text()))
     return load_spec(spec).policy

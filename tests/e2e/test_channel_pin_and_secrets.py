@@ -14,6 +14,7 @@ import stat
 import urllib.error
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -37,7 +38,7 @@ def _sign_as(device: SimDevice, name: str) -> None:
                str(device.dir / "keys" / "release.key"))
 
 
-def _refusals(device: SimDevice) -> list[dict]:
+def _refusals(device: SimDevice) -> list[dict[str, Any]]:
     return [r for r in device.audit_file_records() if r["action"] == "channel-refused"]
 
 
