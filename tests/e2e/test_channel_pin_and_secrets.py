@@ -21,8 +21,6 @@ import pytest
 from tests.device import SimDevice
 from tests.waiting import holds_for
 
-pytestmark = pytest.mark.slow
-
 PASSWORD = "Pl4nted-Secret-e2e-7Qx"
 USER = "device-17"
 BETA_REFUSAL = "channel metadata: is for channel 'beta', this device follows 'stable'"
