@@ -26,8 +26,9 @@ MASK = "***"
 #: Shorter registered values are not masked: they would blank out ordinary words.
 MIN_SECRET_LENGTH = 4
 
-# scheme://userinfo@ — userinfo may hold anything but '/', '@' and whitespace.
-_USERINFO = re.compile(r"(?P<scheme>\b[A-Za-z][A-Za-z0-9+.-]*://)(?P<info>[^/@\s?#]+)@")
+# scheme://userinfo@ — userinfo may hold anything but '/', '@' and whitespace. The
+# bounded repeats keep the time linear in the text, whatever the text is.
+_USERINFO = re.compile(r"(?P<scheme>\b[A-Za-z][A-Za-z0-9+.-]{0,31}://)(?P<info>[^/@\s?#]{1,4096})@")
 # An Authorization header's whole value (scheme and credentials), quoted or not.
 _AUTH_HEADER = re.compile(r"(?i)(?P<word>\bauthorization[\"']?\s*[:=]\s*)"
                           r"(?P<value>\"[^\"]*\"|'[^']*'|(?:(?:basic|bearer|digest)\s+)?[^\s,;]+)")

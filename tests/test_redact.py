@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import io
 import json
+import string
 
 import pytest
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
 
 from reconciler.redact import MASK, RedactingStream, redact, redact_json, register_secret
 
@@ -58,3 +61,27 @@ def test_a_redacting_stream_masks_every_write() -> None:
     stream.write("error: http://u:Pw-Zz91@h/ failed\n")
     stream.write(b"raw http://u:Pw-Zz91@h/\n")  # type: ignore[arg-type]
     assert inner.getvalue() == "error: http://u:***@h/ failed\nraw http://u:***@h/\n"
+
+
+_PASSWORD = st.text(alphabet=string.ascii_letters + string.digits + "._~!$&'()*+,;=%-",
+                    min_size=8, max_size=64)
+_TEXT = st.text(max_size=200)
+
+
+@settings(max_examples=300, deadline=None, database=None)
+@given(prefix=_TEXT, password=_PASSWORD, suffix=_TEXT)
+def test_the_password_of_a_url_never_survives_whatever_surrounds_it(
+    prefix: str, password: str, suffix: str,
+) -> None:
+    assume(password not in prefix + suffix)
+    text = f"{prefix} http://device-17:{password}@chan.example:8080/metadata.json {suffix}"
+    assert password not in redact(text)
+
+
+@settings(max_examples=300, deadline=None, database=None)
+@given(text=st.text(max_size=2000))
+def test_any_text_is_redacted_without_error_and_a_second_pass_changes_nothing(
+    text: str,
+) -> None:
+    once = redact(text)
+    assert redact(once) == once
