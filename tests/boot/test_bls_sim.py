@@ -3,38 +3,24 @@
 Real processes only: ``kruxos sim init DIR --bootloader bls``, ``kruxos sim run
 DIR``, the spec edited on disk, the device read through ``kruxos update
 status`` and the entry names on the simulated ESP. The device driver is the
-end-to-end suite's :class:`SimDevice` (loaded from its file, unchanged).
+end-to-end suite's :class:`SimDevice`.
 """
 
 from __future__ import annotations
 
-import importlib.util
 from collections.abc import Iterator
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
-
-
-def _e2e() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("kruxos_e2e_devices_bls",
-                                                  REPO / "tests" / "e2e" / "conftest.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-E2E = _e2e()
+from tests.device import SimDevice
 
 
 @pytest.fixture
 def device(tmp_path: Path) -> Iterator[Any]:
     """A simulated systemd-boot device (not started); stopped and cleaned up in teardown."""
-    dev = E2E.SimDevice(tmp_path / "dev")
+    dev = SimDevice(tmp_path / "dev")
     out = dev.cli("sim", "init", str(dev.dir), "--bootloader", "bls").stdout
     assert f"export KRUXOS_CONFIG={dev.config}" in out
     dev.set_config(resync="1s")

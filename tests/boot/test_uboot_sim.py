@@ -3,41 +3,26 @@
 Real processes only: ``kruxos sim init DIR --bootloader uboot``, ``kruxos sim
 run DIR``, the spec edited on disk, the device read through ``kruxos update
 status`` and ``fw_printenv``. The device driver is the end-to-end suite's
-:class:`SimDevice` (loaded from its file, so nothing there changes).
+:class:`SimDevice` (``tests/device.py``).
 """
 
 from __future__ import annotations
 
-import importlib.util
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
 
 from reconciler.boot import ubootenv
-
-REPO = Path(__file__).resolve().parents[2]
-
-
-def _e2e() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("kruxos_e2e_devices",
-                                                  REPO / "tests" / "e2e" / "conftest.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-E2E = _e2e()
+from tests.device import SimDevice
 
 
 @pytest.fixture
 def device(tmp_path: Path) -> Iterator[Any]:
     """A simulated U-Boot device (not started); stopped and cleaned up in teardown."""
-    dev = E2E.SimDevice(tmp_path / "dev")
+    dev = SimDevice(tmp_path / "dev")
     out = dev.cli("sim", "init", str(dev.dir), "--bootloader", "uboot").stdout
     assert f"export KRUXOS_CONFIG={dev.config}" in out
     dev.set_config(resync="1s")
