@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -26,8 +27,25 @@ from reconciler.errors import ReleaseError
 from reconciler.semver import Version
 
 FORMAT = 1
+#: The largest metadata document parsed (the client reads no more than this either).
+MAX_BYTES = 16 << 20
+#: The deepest nesting of arrays and objects; real metadata is five levels deep.
+MAX_DEPTH = 32
+#: Signatures checked at most; each costs a verification, so more is refused.
+MAX_SIGNATURES = 16
+#: Serials, sizes and other counts above this are refused (they fit a signed 64-bit integer).
+MAX_INTEGER = (1 << 63) - 1
+#: The largest block a release may use: the installer holds a handful of blocks in memory.
+MAX_BLOCK_SIZE = 64 << 20
+#: Longest version string and time string accepted.
+MAX_VERSION_LENGTH = 128
+_MAX_TIME_LENGTH = 64
+#: Characters of a bad value quoted in a message.
+QUOTE_LIMIT = 80
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
-_IMAGE_NAME = re.compile(r"^[A-Za-z0-9._+-]+$")
+_IMAGE_NAME = re.compile(r"^[A-Za-z0-9._+-]{1,255}$")
+_DAY = re.compile(r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$")
+_KEYID = re.compile(r"^[0-9a-fA-F]{1,64}$")
 
 
 def canonical_json(signed: Mapping[str, Any]) -> bytes:
@@ -40,12 +58,37 @@ def format_time(moment: datetime) -> str:
     return moment.astimezone(UTC).replace(microsecond=0).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+def quote(value: Any) -> str:
+    """A bad value as a message shows it: at most :data:`QUOTE_LIMIT` characters of it.
+
+    Never the ``repr`` of a whole container: a hostile document may hold megabytes.
+    """
+    if isinstance(value, str):
+        return repr(value) if len(value) <= QUOTE_LIMIT else repr(value[:QUOTE_LIMIT]) + "..."
+    if isinstance(value, bool) or value is None:
+        return "true" if value is True else "false" if value is False else "null"
+    if isinstance(value, int):
+        text = str(value)
+        return text if len(text) <= QUOTE_LIMIT else f"a number of {len(text)} digits"
+    if isinstance(value, float):
+        return repr(value)
+    if isinstance(value, list):
+        return f"a list of {len(value)} items"
+    if isinstance(value, dict):
+        return f"an object of {len(value)} fields"
+    return type(value).__name__
+
+
 def semver_key(version: str) -> Version:
     """Sort key of a semantic version (prerelease < release), refusing anything else."""
+    if len(version) > MAX_VERSION_LENGTH:
+        raise ReleaseError(f"version {quote(version)} is longer than {MAX_VERSION_LENGTH} "
+                           "characters")
     try:
         return Version(version)
     except ValueError as exc:
-        raise ReleaseError(f"version {version!r} is not major.minor.patch[-prerelease]") from exc
+        raise ReleaseError(f"version {quote(version)} is not major.minor.patch[-prerelease]"
+                           ) from exc
 
 
 @dataclass(frozen=True)
@@ -100,21 +143,40 @@ def _fail(message: str) -> ReleaseError:
     return ReleaseError(f"channel metadata: {message}")
 
 
+_KINDS = {str: "a string", int: "an integer", list: "a list", dict: "an object"}
+
+
 def _field(obj: Mapping[str, Any], name: str, kind: type, where: str) -> Any:
     value = obj.get(name)
     if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-        raise _fail(f"{where}{name}: expected {kind.__name__}, got {value!r}"[:300])
+        got = "nothing" if name not in obj else quote(value)
+        raise _fail(f"{where}{name}: expected {_KINDS.get(kind, kind.__name__)}, got {got}")
+    return value
+
+
+def _count(obj: Mapping[str, Any], name: str, where: str, minimum: int,
+           maximum: int = MAX_INTEGER) -> int:
+    """An integer field within ``[minimum, maximum]``: sizes, serials, block sizes."""
+    value: int = _field(obj, name, int, where)
+    if not minimum <= value <= maximum:
+        raise _fail(f"{where}{name}: {quote(value)} is out of range "
+                    f"({minimum} to {maximum})")
     return value
 
 
 def _parse_time(text: str, where: str) -> datetime:
     try:
+        if len(text) > _MAX_TIME_LENGTH:
+            raise ValueError("too long")
         moment = datetime.fromisoformat(text)
     except ValueError as exc:
-        raise _fail(f"{where}: {text!r} is not an ISO 8601 time") from exc
+        raise _fail(f"{where}: {quote(text)} is not an ISO 8601 time") from exc
     if moment.tzinfo is None:
-        raise _fail(f"{where}: {text!r} has no time zone (write it in UTC with Z)")
-    return moment.astimezone(UTC)
+        raise _fail(f"{where}: {quote(text)} has no time zone (write it in UTC with Z)")
+    try:
+        return moment.astimezone(UTC)
+    except OverflowError as exc:
+        raise _fail(f"{where}: {quote(text)} is out of range") from exc
 
 
 def _as_utc(moment: datetime) -> datetime:
@@ -122,16 +184,54 @@ def _as_utc(moment: datetime) -> datetime:
     return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
 
 
-def _decode_document(raw: bytes) -> tuple[dict[str, Any], list[Any]]:
+def _finite(text: str) -> float:
+    """JSON numbers with a fraction; ``1e999`` (infinity) is not a number a signer wrote."""
+    number = float(text)
+    if not math.isfinite(number):
+        raise ValueError(f"number {text[:QUOTE_LIMIT]} is out of range")
+    return number
+
+
+def _no_constant(name: str) -> None:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _depth(doc: Any) -> int:
+    """How deeply arrays and objects nest in ``doc`` (iterative: no recursion to exhaust)."""
+    deepest, stack = 0, [(doc, 1)]
+    while stack:
+        value, level = stack.pop()
+        if isinstance(value, dict | list):
+            deepest = max(deepest, level)
+            items = value.values() if isinstance(value, dict) else value
+            stack.extend((item, level + 1) for item in items if isinstance(item, dict | list))
+    return deepest
+
+
+def parse_json(raw: bytes) -> Any:
+    """The JSON value of ``raw`` within the size and depth limits, or a ``ReleaseError``."""
+    if len(raw) > MAX_BYTES:
+        raise _fail(f"{len(raw)} bytes, more than the {MAX_BYTES} accepted")
     try:
-        doc = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise _fail(f"not valid JSON ({exc})") from exc
+        doc = json.loads(raw, parse_float=_finite, parse_constant=_no_constant)
+    except RecursionError as exc:
+        raise _fail(f"nested more than {MAX_DEPTH} levels deep") from exc
+    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, the digit limit
+        raise _fail(f"not valid JSON ({str(exc)[:2 * QUOTE_LIMIT]})") from exc
+    if _depth(doc) > MAX_DEPTH:
+        raise _fail(f"nested more than {MAX_DEPTH} levels deep")
+    return doc
+
+
+def _decode_document(raw: bytes) -> tuple[dict[str, Any], list[Any]]:
+    doc = parse_json(raw)
     if not isinstance(doc, dict) or not isinstance(doc.get("signed"), dict):
         raise _fail("expected an object with a 'signed' object")
     signatures = doc.get("signatures", [])
     if not isinstance(signatures, list):
         raise _fail("'signatures' must be a list")
+    if len(signatures) > MAX_SIGNATURES:
+        raise _fail(f"{len(signatures)} signatures, more than the {MAX_SIGNATURES} checked")
     return doc["signed"], signatures
 
 
@@ -140,13 +240,15 @@ def _check_one(entry: Any, payload: bytes, trusted: Mapping[str, VerifyKey],
     """``None`` when ``entry`` is a valid signature, else why not."""
     if not isinstance(entry, dict) or not isinstance(entry.get("keyid"), str):
         return "malformed signature entry"
+    if not _KEYID.match(entry["keyid"]) or not isinstance(entry.get("sig"), str):
+        return f"malformed signature entry (keyid {quote(entry['keyid'])})"
     keyid = entry["keyid"].lower()
     if keyid in revoked:
         return f"key {keyid} is revoked"
     if keyid not in trusted:
         return f"key {keyid} is unknown (not among the trusted keys)"
     try:
-        sig = base64.b64decode(str(entry.get("sig", "")), validate=True)
+        sig = base64.b64decode(entry["sig"], validate=True)
         trusted[keyid].verify(payload, sig)
     except (BadSignatureError, binascii.Error, ValueError):
         return f"bad signature by key {keyid}"
@@ -158,7 +260,11 @@ def check_signatures(signed: Mapping[str, Any], signatures: list[Any],
     """The keyids of the valid signatures; raise with every reason when there is none."""
     if not signatures:
         raise _fail("missing signature (the metadata is not signed)")
-    payload = canonical_json(signed)
+    try:
+        payload = canonical_json(signed)
+    except UnicodeEncodeError as exc:  # a lone surrogate, written "\\ud800" in the file
+        raise _fail("the signed content holds text that is not Unicode (a lone surrogate)"
+                    ) from exc
     good, reasons = [], []
     for entry in signatures:
         reason = _check_one(entry, payload, trusted, revoked)
@@ -167,7 +273,8 @@ def check_signatures(signed: Mapping[str, Any], signatures: list[Any],
         else:
             reasons.append(reason)
     if not good:
-        raise _fail("no valid signature from a trusted key: " + "; ".join(reasons))
+        raise _fail("no valid signature from a trusted key: " + "; ".join(reasons[:4])
+                    + (f"; and {len(reasons) - 4} more" if len(reasons) > 4 else ""))
     return tuple(good)
 
 
@@ -176,27 +283,40 @@ def _parse_release(obj: Any, index: int) -> Release:
     if not isinstance(obj, dict):
         raise _fail(f"releases[{index}]: expected an object")
     version = _field(obj, "version", str, where)
-    semver_key(version)
+    try:
+        semver_key(version)
+    except ReleaseError as exc:
+        raise _fail(f"{where}{exc}") from exc
     day = _field(obj, "date", str, where)
     try:
+        if not _DAY.match(day):
+            raise ValueError(day)
         date.fromisoformat(day)
     except ValueError as exc:
-        raise _fail(f"{where}date: {day!r} is not YYYY-MM-DD") from exc
+        raise _fail(f"{where}date: {quote(day)} is not YYYY-MM-DD") from exc
     changes = _field(obj, "changes", list, where)
+    if not all(isinstance(line, str) for line in changes):
+        raise _fail(f"{where}changes: expected a list of strings")
     image = _field(obj, "image", str, where)
     if not _IMAGE_NAME.match(image) or image.startswith("."):
-        raise _fail(f"{where}image: {image!r} must be a plain file name")
-    size, block_size = _field(obj, "size", int, where), _field(obj, "block_size", int, where)
-    if size <= 0 or block_size <= 0:
-        raise _fail(f"{where}size and block_size must be positive")
-    digests = [_field(obj, "sha256", str, where), *_field(obj, "blocks", list, where)]
-    if not all(isinstance(d, str) and _HEX64.match(d) for d in digests):
-        raise _fail(f"{where}sha256 and blocks must be lowercase hex SHA-256 digests")
-    if len(digests) - 1 != -(-size // block_size):
-        raise _fail(f"{where}blocks: {len(digests) - 1} hashes for {size} bytes "
+        raise _fail(f"{where}image: {quote(image)} must be a plain file name")
+    size = _count(obj, "size", where, 1)
+    block_size = _count(obj, "block_size", where, 1, MAX_BLOCK_SIZE)
+    whole, blocks = _digests(obj, where, size, block_size)
+    return Release(version, day, tuple(changes), image, size, whole, block_size, blocks)
+
+
+def _digests(obj: Mapping[str, Any], where: str, size: int,
+             block_size: int) -> tuple[str, tuple[str, ...]]:
+    """``sha256`` and ``blocks``: lowercase SHA-256 hex, exactly one hash per block."""
+    whole, blocks = _field(obj, "sha256", str, where), _field(obj, "blocks", list, where)
+    if not all(isinstance(d, str) and _HEX64.match(d) for d in (whole, *blocks)):
+        raise _fail(f"{where}sha256 and blocks must be lowercase hex SHA-256 digests "
+                    "(64 characters each)")
+    if len(blocks) != -(-size // block_size):
+        raise _fail(f"{where}blocks: {len(blocks)} hashes for {size} bytes "
                     f"in blocks of {block_size}")
-    return Release(version, day, tuple(str(c) for c in changes), image, size,
-                   digests[0], block_size, tuple(digests[1:]))
+    return whole, tuple(blocks)
 
 
 def _judge_time(expires: datetime, now: datetime, trusted_time: datetime | None) -> str:
@@ -217,10 +337,10 @@ def parse_signed(signed: Mapping[str, Any]) -> tuple[str, int, datetime, datetim
                                                      tuple[Release, ...]]:
     """The signed fields, shape-checked (call only after the signatures passed)."""
     fmt = signed.get("format", FORMAT)
-    if fmt != FORMAT:
-        raise _fail(f"format {fmt!r} is not supported (this device reads format {FORMAT})")
+    if type(fmt) is not int or fmt != FORMAT:
+        raise _fail(f"format {quote(fmt)} is not supported (this device reads format {FORMAT})")
     channel = _field(signed, "channel", str, "")
-    serial = _field(signed, "serial", int, "")
+    serial = _count(signed, "serial", "", 0)
     issued = _parse_time(_field(signed, "issued", str, ""), "issued")
     expires = _parse_time(_field(signed, "expires", str, ""), "expires")
     releases = tuple(_parse_release(r, i) for i, r in
