@@ -153,6 +153,11 @@ def test_foreign_bytes_that_are_not_utf8_survive_an_edit(tmp_path: Path) -> None
         (b"#" * grubenv.BLOCK_SIZE, "header"),
         (grubenv.HEADER + b"noequals\n" + b"#" * (1024 - len(grubenv.HEADER) - 9), "no '='"),
         (grubenv.HEADER + b"x=" + b"v" * (1024 - len(grubenv.HEADER) - 2), "unterminated"),
+        (grubenv.HEADER + b"=v\n" + b"#" * (1024 - len(grubenv.HEADER) - 3), "empty name"),
+        (grubenv.HEADER + b"x=a\0b\n" + b"#" * (1024 - len(grubenv.HEADER) - 6), "NUL byte"),
+        (grubenv.HEADER + b"x=a\\" + b"#" * (1024 - len(grubenv.HEADER) - 4), "unterminated"),
+        (grubenv.render({}) + b"#" * 1024, "2048 bytes"),
+        (b"", "0 bytes"),
     ],
 )
 def test_a_corrupt_block_is_refused_naming_the_file(
@@ -177,3 +182,15 @@ def test_an_overflowing_edit_leaves_the_file_unchanged(tmp_path: Path) -> None:
     with pytest.raises(BootEnvError, match="environment block too small"):
         grubenv.edit(path, set={"b": "2", "c": "x" * 2000})
     assert path.read_bytes() == before
+
+
+def test_a_value_no_bytes_stand_for_is_refused_as_a_boot_env_error() -> None:
+    with pytest.raises(BootEnvError, match="not writable as UTF-8"):
+        grubenv.render({"x": "\ud800"})
+
+
+def test_a_needless_escape_reads_as_the_byte_and_is_written_back_the_same() -> None:
+    raw = grubenv.HEADER + b"odd=\\x\\\n\xff\n"
+    block = raw + b"#" * (grubenv.BLOCK_SIZE - len(raw))
+    env = grubenv.parse(block)
+    assert grubenv.parse(grubenv.render(env)) == env == {"odd": "x\n\udcff"}

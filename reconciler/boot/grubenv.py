@@ -41,7 +41,9 @@ def parse(raw: bytes, name: str = "<bytes>") -> dict[str, str]:
 
     ``name`` (the file) goes into the error: a corrupt block must say which
     file to look at. A wrong size or a missing header is corrupt, as it is for
-    GRUB; so is a variable line without ``=`` or without its newline.
+    GRUB; so is a variable line without ``=`` or without its newline, with an
+    empty name or a NUL byte: no tool writes those, and :func:`render` could
+    not write them back, so what reads here can always be rewritten.
     """
     if len(raw) != BLOCK_SIZE:
         raise BootEnvError(f"grub env {name}: {len(raw)} bytes, expected {BLOCK_SIZE}")
@@ -74,6 +76,10 @@ def _variable(raw: bytes, pos: int, name: str) -> tuple[str, str, int]:
     newline = raw.find(b"\n", pos, end)
     if eq < 0 or 0 <= newline < eq:
         raise BootEnvError(f"grub env {name}: line at byte {pos} has no '='")
+    if eq == pos:
+        raise BootEnvError(f"grub env {name}: line at byte {pos} has an empty name")
+    if b"\0" in raw[pos:end]:
+        raise BootEnvError(f"grub env {name}: line at byte {pos} holds a NUL byte")
     value = bytearray()
     i = eq + 1
     while i < end:
@@ -106,8 +112,12 @@ def _line(key: str, value: str) -> bytes:
         raise BootEnvError(f"invalid grub env variable name {key!r}")
     if "\0" in value:
         raise BootEnvError(f"grub env variable {key}: value contains a NUL byte")
-    raw = value.encode(*_TEXT).replace(b"\\", b"\\\\").replace(b"\n", b"\\\n")
-    return key.encode(*_TEXT) + b"=" + raw + b"\n"
+    try:
+        name, text = key.encode(*_TEXT), value.encode(*_TEXT)
+    except UnicodeEncodeError as exc:  # a lone surrogate that no byte stands for
+        raise BootEnvError(f"grub env variable {key[:80]!r}: not writable as UTF-8") from exc
+    raw = text.replace(b"\\", b"\\\\").replace(b"\n", b"\\\n")
+    return name + b"=" + raw + b"\n"
 
 
 def read_env(path: Path) -> dict[str, str]:

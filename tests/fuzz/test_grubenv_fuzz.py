@@ -1,0 +1,60 @@
+"""GRUB env blocks, fuzzed: any bytes give variables or a short ``BootEnvError``.
+
+A block that parses must also be writable again and read back the same, so
+the reconciler can never read an env it then cannot rewrite (or rewrites
+differently).
+"""
+
+from __future__ import annotations
+
+from hypothesis import strategies as st
+
+from reconciler.boot import grubenv
+from reconciler.errors import BootEnvError
+from tests.fuzz.harness import ParserWorker
+from tests.fuzz.mutations import BYTE_MUTATIONS, feed_examples, flip_bits, mutated, overwrite, report
+
+TARGET = "tests.fuzz.test_grubenv_fuzz:parse_and_rewrite"
+ACCEPTED = ("reconciler.errors.BootEnvError",)
+
+
+def parse_and_rewrite(document: bytes) -> None:
+    """Parse; when that works, render and parse again: the same variables must come back."""
+    env = grubenv.parse(document, "fuzz")
+    try:
+        block = grubenv.render(env)
+    except BootEnvError as exc:
+        raise AssertionError(f"a block that reads cannot be written back: {exc}") from exc
+    again = grubenv.parse(block, "fuzz")
+    if again != env:
+        raise AssertionError(f"rewritten block reads {again!r}, not {env!r}")
+
+
+NAMES = st.text(st.characters(blacklist_characters="=\n\0"), min_size=1, max_size=12).filter(
+    lambda name: not name.startswith("#"))
+VALUES = st.one_of(st.text(st.characters(blacklist_characters="\0"), max_size=40),
+                   st.sampled_from(["\\", "\\\\\n", "a\\", "\n", "A\nB", "caf\xe9"]))
+
+
+@st.composite
+def blocks(draw: st.DrawFn) -> bytes:
+    """A block grub-editenv could have written, variables escaped as it escapes them."""
+    env = draw(st.dictionaries(NAMES, VALUES, max_size=8))
+    try:
+        return grubenv.render(env)
+    except BootEnvError:  # too many or too long to fit: the empty block then
+        return grubenv.render({})
+
+
+SAME_SIZE = mutated(blocks(), (flip_bits, overwrite, flip_bits), rounds=4)
+ANY_SIZE = mutated(blocks(), BYTE_MUTATIONS, rounds=2)
+DOCUMENTS = st.one_of(SAME_SIZE, SAME_SIZE, ANY_SIZE, st.binary(min_size=1024, max_size=1024),
+                      st.binary(max_size=2048))
+
+
+def test_any_grub_env_block_gives_variables_or_a_short_boot_env_error() -> None:
+    with ParserWorker(TARGET, ACCEPTED) as worker:
+        findings = feed_examples(worker, DOCUMENTS)
+    print(report("GRUB env blocks", findings))
+    findings.assert_clean()
+    assert findings.answers.get("ok", 0) > 0 and findings.answers.get("refused", 0) > 0
