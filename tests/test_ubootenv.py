@@ -121,11 +121,28 @@ def test_config_lines_comments_numbers_and_relative_paths(tmp_path: Path) -> Non
 
 
 @pytest.mark.parametrize("text", ["", "a 0 0x4000\nb 0 0x4000\nc 0 0x4000\n", "a 0\n",
-                                  "a zero 0x4000\n", "a 0 0x4000\nb 0 0x2000\n"])
+                                  "a zero 0x4000\n", "a 0 0x4000\nb 0 0x2000\n",
+                                  "a 0x_10 0x4000\n", "a 0 1_000\n", "a -1 0x4000\n",
+                                  "a 0 0x1000001\n", "a 0 8\n", "a 0 9" + "9" * 5000 + "\n"])
 def test_a_bad_config_is_refused_naming_it(tmp_path: Path, text: str) -> None:
     config = tmp_path / "fw_env.config"
     config.write_text(text)
-    with pytest.raises(BootEnvError, match=f"^uboot backend: {config}"):
+    with pytest.raises(BootEnvError, match=f"^uboot backend: {config}") as caught:
+        ubootenv.read_config(config)
+    assert len(str(caught.value)) < len(str(config)) + 120
+
+
+def test_a_config_that_is_not_utf8_is_refused_naming_the_byte(tmp_path: Path) -> None:
+    config = tmp_path / "fw_env.config"
+    config.write_bytes(b"env 0 0x4000 # \xff\n")
+    with pytest.raises(BootEnvError, match="not UTF-8 text \\(byte 15\\)"):
+        ubootenv.read_config(config)
+
+
+def test_a_config_larger_than_any_real_one_is_refused_unread(tmp_path: Path) -> None:
+    config = tmp_path / "fw_env.config"
+    config.write_bytes(b"#" * (ubootenv.MAX_CONFIG_BYTES + 1))
+    with pytest.raises(BootEnvError, match="larger than 65536 bytes"):
         ubootenv.read_config(config)
 
 
@@ -224,6 +241,23 @@ def test_both_copies_corrupt_raise_naming_the_config_and_nothing_is_written(
     with pytest.raises(BootEnvError):
         ubootenv.edit(config, set={"a": "2"})
     assert env.read_bytes() == damaged
+
+
+@pytest.mark.parametrize("layout", [single, redundant])
+def test_a_copy_cut_short_is_torn_even_when_its_crc_matches_what_is_left(
+    tmp_path: Path, layout: object
+) -> None:
+    config = layout(tmp_path)  # type: ignore[operator]
+    data = b"a=1\0\0"
+    header = struct.pack("<I", zlib.crc32(data)) + (b"\x01" if layout is redundant else b"")
+    (tmp_path / "uboot.env").write_bytes(header + data)
+    with pytest.raises(BootEnvError, match="no valid env copy"):
+        ubootenv.read_env(config)
+
+
+def test_a_value_no_bytes_stand_for_is_refused_as_a_boot_env_error() -> None:
+    with pytest.raises(BootEnvError, match="not writable as UTF-8"):
+        ubootenv.encode({"x": "\ud800"}, SIZE)
 
 
 def test_mtd_flash_is_refused_for_writing(tmp_path: Path) -> None:

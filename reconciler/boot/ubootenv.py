@@ -40,6 +40,7 @@ before writing; they are refused for writing (use ``fw_setenv`` there).
 from __future__ import annotations
 
 import os
+import re
 import struct
 import zlib
 from collections.abc import Iterable, Mapping, Sequence
@@ -53,6 +54,13 @@ from reconciler.store import atomic_write, fsync_dir
 PAD = b"\xff"
 _TEXT = ("utf-8", "surrogateescape")
 _BLANK = (0x00, 0xFF)
+#: The largest env copy accepted, far above any board's ``CONFIG_ENV_SIZE``: a
+#: copy is read, encoded and written whole, so its size is memory.
+MAX_ENV_SIZE = 16 << 20
+#: The largest ``fw_env.config`` read (a real one is a few lines).
+MAX_CONFIG_BYTES = 64 << 10
+#: What ``strtoul(..., 0)`` reads in full: hex, octal (leading 0) or decimal.
+_NUMBER = re.compile(r"^(?:0[xX][0-9a-fA-F]{1,16}|0[0-7]{0,22}|[1-9][0-9]{0,19})$")
 
 __all__ = ["EnvCopy", "read_config", "encode", "decode", "newer", "read_env", "write_env",
            "edit", "config_text"]
@@ -76,16 +84,27 @@ def read_config(config: Path) -> tuple[EnvCopy, ...]:
     Relative paths are taken from the config's directory (``fw_printenv``
     takes them from its working directory: write absolute paths for both).
     """
-    try:
-        text = config.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise BootEnvError(f"uboot backend: {config}: {exc.strerror or exc}") from exc
-    copies = tuple(_config_line(config, n, line) for n, line in _lines(text))
+    copies = tuple(_config_line(config, n, line) for n, line in _lines(_config_text(config)))
     if len(copies) not in (1, 2):
         raise BootEnvError(f"uboot backend: {config}: {len(copies)} env copies, expected 1 or 2")
     if len(copies) == 2 and copies[0].size != copies[1].size:
         raise BootEnvError(f"uboot backend: {config}: the two copies differ in size")
     return copies
+
+
+def _config_text(config: Path) -> str:
+    """The config's text: at most :data:`MAX_CONFIG_BYTES`, UTF-8."""
+    try:
+        with open(config, "rb") as f:
+            raw = f.read(MAX_CONFIG_BYTES + 1)
+    except OSError as exc:
+        raise BootEnvError(f"uboot backend: {config}: {exc.strerror or exc}") from exc
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise BootEnvError(f"uboot backend: {config}: larger than {MAX_CONFIG_BYTES} bytes")
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise BootEnvError(f"uboot backend: {config}: not UTF-8 text (byte {exc.start})") from exc
 
 
 def config_text(copies: Sequence[EnvCopy]) -> str:
@@ -108,13 +127,16 @@ def _config_line(config: Path, number: int, line: str) -> EnvCopy:
         offset, size = _number(fields[1]), _number(fields[2])
     except ValueError as exc:
         raise BootEnvError(f"uboot backend: {config}:{number}: {exc}") from None
-    if offset < 0 or size <= 8:
-        raise BootEnvError(f"uboot backend: {config}:{number}: bad offset or size")
+    if not 8 < size <= MAX_ENV_SIZE:
+        raise BootEnvError(f"uboot backend: {config}:{number}: size {size} is not "
+                           f"9 to {MAX_ENV_SIZE} bytes")
     return EnvCopy(config.parent / fields[0], offset, size)
 
 
 def _number(text: str) -> int:
     """An integer as ``strtoul(..., 0)`` reads it: ``0x`` hex, leading ``0`` octal, else decimal."""
+    if not _NUMBER.match(text):
+        raise ValueError(f"{text[:40]!r} is not a number")
     if text.lower().startswith("0x"):
         return int(text, 16)
     if len(text) > 1 and text.startswith("0"):
@@ -142,7 +164,10 @@ def _pair(key: str, value: str) -> bytes:
         raise BootEnvError(f"invalid U-Boot variable name {key!r}")
     if "\0" in value:
         raise BootEnvError(f"U-Boot variable {key}: value contains a NUL byte")
-    return f"{key}={value}".encode(*_TEXT) + b"\0"
+    try:
+        return f"{key}={value}".encode(*_TEXT) + b"\0"
+    except UnicodeEncodeError as exc:  # a lone surrogate that no byte stands for
+        raise BootEnvError(f"U-Boot variable {key[:80]!r}: not writable as UTF-8") from exc
 
 
 def decode(raw: bytes, redundant: bool, name: str = "<bytes>") -> tuple[int, dict[str, str]] | None:
@@ -208,8 +233,9 @@ def _current(config: Path, copies: Sequence[EnvCopy]) -> _Current:
     blank = True
     for index, copy in enumerate(copies):
         raw = _read_copy(copy)
-        try:
-            decoded = decode(raw, redundant, f"{copy.path}@{copy.offset:#x}")
+        try:  # a short copy (a file cut off) is torn, whatever its CRC says
+            decoded = decode(raw, redundant, f"{copy.path}@{copy.offset:#x}") \
+                if len(raw) == copy.size else None
         except BootEnvError as exc:
             raise BootEnvError(f"uboot backend: {config}: {exc}") from exc
         if decoded is not None:

@@ -12,7 +12,14 @@ from hypothesis import strategies as st
 from reconciler.boot import grubenv
 from reconciler.errors import BootEnvError
 from tests.fuzz.harness import ParserWorker
-from tests.fuzz.mutations import BYTE_MUTATIONS, feed_examples, flip_bits, mutated, overwrite, report
+from tests.fuzz.mutations import (
+    BYTE_MUTATIONS,
+    feed_examples,
+    flip_bits,
+    mutated,
+    overwrite,
+    report,
+)
 
 TARGET = "tests.fuzz.test_grubenv_fuzz:parse_and_rewrite"
 ACCEPTED = ("reconciler.errors.BootEnvError",)
