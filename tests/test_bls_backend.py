@@ -241,3 +241,36 @@ def test_the_emulator_skips_entries_whose_image_is_missing(esp: Path) -> None:
     bls.mark_good("B")  # B good but not the target; A's image is gone
     bls.rollback("back to A")
     assert boot_once(esp).slot == "B"
+
+
+@pytest.mark.parametrize("name", [
+    "kruxos-a+\u0663.conf",           # an Arabic-Indic three: a digit to Python only
+    "kruxos-b+\uff11-1.conf",         # a fullwidth one
+    "kruxos-a+01.conf",               # systemd-boot never writes a leading zero
+    "kruxos-a+100000.conf",           # more digits than any counter we write or accept
+    "kruxos-b+1-" + "9" * 5000 + ".conf",  # past Python's int() digit limit
+    "kruxos-a+1+2.conf", "kruxos-a+-1.conf", "kruxos-a+1-.conf", "kruxos-a/b.conf",
+    "kruxos-a+1.conf\n.conf",
+])
+def test_an_odd_counter_in_one_of_our_names_is_a_short_boot_env_error(name: str) -> None:
+    with pytest.raises(BootEnvError, match="odd entry name") as caught:
+        parse_entry_name(name)
+    assert len(str(caught.value)) < 120
+
+
+def test_the_largest_counters_we_accept_read_as_numbers() -> None:
+    assert parse_entry_name("kruxos-b+99999-99999.conf") == ("B", 99999, 99999)
+    assert parse_entry_name("kruxos-a+0-0.conf") == ("A", 0, 0)
+
+
+def test_a_huge_loader_conf_is_refused_unread(bls: BlsBackend, esp: Path) -> None:
+    (esp / "loader" / "loader.conf").write_bytes(b"#" * (64 * 1024 + 1))
+    with pytest.raises(BootEnvError, match="larger than 65536 bytes"):
+        bls.read()
+
+
+def test_a_foreign_default_is_quoted_short(bls: BlsBackend, esp: Path) -> None:
+    (esp / "loader" / "loader.conf").write_text("default " + "x" * 10_000 + "\n")
+    with pytest.raises(BootEnvError, match="is not ours") as caught:
+        bls.read()
+    assert len(str(caught.value)) < 300

@@ -59,7 +59,14 @@ FALLBACK_PREFIX = "# kruxos-fallback:"
 __all__ = ["BlsBackend", "MAX_TRIES", "default_pattern", "entry_name", "exhausted_reason",
            "parse_entry_name", "read_efivar_string"]
 
-_ENTRY = re.compile(r"^kruxos-([a-z0-9]+)(?:\+(\d+)(?:-(\d+))?)?\.conf$")
+#: A counter as systemd-boot writes it: decimal ASCII, no leading zero, and (our limit) at
+#: most five digits; anything else in one of our names is odd, never a number guessed at.
+_COUNTER = r"(0|[1-9][0-9]{0,4})"
+_ENTRY = re.compile(rf"kruxos-([a-z0-9]+)(?:\+{_COUNTER}(?:-{_COUNTER})?)?\.conf")
+#: The largest loader.conf read (a real one is a few lines).
+MAX_CONF_BYTES = 64 << 10
+#: Characters of a foreign value quoted in an error.
+_QUOTE = 80
 _PATTERN = re.compile(r"^kruxos-([ab])\[\+\.\]\[1-9c\]\*$")
 
 
@@ -93,16 +100,22 @@ class _Entry:
 def parse_entry_name(name: str) -> tuple[SlotName, int | None, int | None] | None:
     """(slot, left, done) of one of our entry names; ``None`` for a foreign entry.
 
-    A name starting ``kruxos-`` that we would never write raises ``BootEnvError``.
+    A name starting ``kruxos-`` that we would never write raises ``BootEnvError``
+    (other digits than ASCII, a leading zero, a counter of more than five digits).
     """
     if not name.startswith("kruxos-") or not name.endswith(".conf"):
         return None
-    match = _ENTRY.match(name)
+    match = _ENTRY.fullmatch(name)
     if match is None or match.group(1) not in ("a", "b"):
-        raise BootEnvError(f"bls backend: odd entry name {name!r}")
+        raise BootEnvError(f"bls backend: odd entry name {_quote(name)}")
     slot: SlotName = "A" if match.group(1) == "a" else "B"
     left, done = match.group(2), match.group(3)
     return slot, int(left) if left is not None else None, int(done) if done is not None else None
+
+
+def _quote(text: str) -> str:
+    """At most :data:`_QUOTE` characters of a foreign name or line, for an error message."""
+    return repr(text) if len(text) <= _QUOTE else repr(text[:_QUOTE]) + "..."
 
 
 def read_efivar_string(path: Path) -> str | None:
@@ -289,9 +302,18 @@ def _check_slot(slot: str) -> None:
         raise BootEnvError(f"bls backend: unknown slot {slot!r}")
 
 
+def _read_conf(path: Path) -> str:
+    """loader.conf's text; a file larger than any real one is refused unread."""
+    with open(path, "rb") as f:
+        raw = f.read(MAX_CONF_BYTES + 1)
+    if len(raw) > MAX_CONF_BYTES:
+        raise BootEnvError(f"bls backend: {path}: larger than {MAX_CONF_BYTES} bytes")
+    return raw.decode("utf-8")
+
+
 def _read_view(conf_path: Path, entries_dir: Path) -> _View:
     try:
-        text = conf_path.read_text(encoding="utf-8")
+        text = _read_conf(conf_path)
         names = sorted(p.name for p in entries_dir.iterdir())
     except (OSError, UnicodeDecodeError) as exc:
         raise BootEnvError(f"bls backend: cannot read the ESP: {exc}") from exc
@@ -327,7 +349,7 @@ def _parse_target(text: str, path: Path) -> SlotName:
         raise BootEnvError(f"bls backend: {path}: no 'default' line")
     match = _PATTERN.match(values[-1][0].strip())
     if match is None:
-        raise BootEnvError(f"bls backend: {path}: default {values[-1][0].strip()!r} is not "
+        raise BootEnvError(f"bls backend: {path}: default {_quote(values[-1][0].strip())} is not "
                            f"ours ({default_pattern('A')} or {default_pattern('B')})")
     return "A" if match.group(1) == "a" else "B"
 
@@ -344,7 +366,7 @@ def _parse_marks(text: str, path: Path) -> dict[SlotName, Mark]:
     for item in (_comment(text, MARKS_PREFIX) or "").split():
         slot, _, mark = item.partition("=")
         if slot not in SLOTS or mark not in MARKS:
-            raise BootEnvError(f"bls backend: {path}: odd mark {item!r}")
+            raise BootEnvError(f"bls backend: {path}: odd mark {_quote(item)}")
         marks[slot] = mark
     return marks
 

@@ -1,0 +1,76 @@
+"""BLS entry names and loader.conf, fuzzed: a slot and counters, a foreign entry, or a
+short ``BootEnvError``; never a number guessed from digits systemd-boot would not read.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import pytest
+from hypothesis import strategies as st
+
+from reconciler.boot.bls import BlsBackend, entry_name, parse_entry_name
+from tests.fuzz.harness import ParserWorker
+from tests.fuzz.mutations import BYTE_MUTATIONS, feed_examples, mutated, report
+
+ACCEPTED = ("reconciler.errors.BootEnvError",)
+
+
+def parse_name(document: bytes) -> None:
+    """One file name as ``os.listdir`` gives it; ours must be exactly the name we would write."""
+    name = document.decode("utf-8", "surrogateescape")
+    parsed = parse_entry_name(name)
+    if parsed is not None and entry_name(*parsed) != name:
+        raise AssertionError(f"{name!r} reads as {parsed}, written {entry_name(*parsed)!r}")
+
+
+def read_esp(document: bytes) -> None:
+    """The backend's read of an ESP whose loader.conf holds ``document``."""
+    esp = Path(os.environ["KRUXOS_FUZZ_DIR"]) / "esp"
+    entries = esp / "loader" / "entries"
+    if not entries.is_dir():
+        entries.mkdir(parents=True)
+        (esp / "efivars").mkdir()
+        for name in ("kruxos-a.conf", "kruxos-b+3-1.conf"):
+            (entries / name).write_text("title KruxOS\n")
+    (esp / "loader" / "loader.conf").write_bytes(document)
+    BlsBackend(esp, efivars=esp / "efivars").read()
+
+
+PIECES = st.sampled_from(["kruxos-", "a", "b", "c", "+", "-", ".conf", "0", "1", "9", "00",
+                          "99999", "100000", "9" * 5000, "\u0663", "\uff11", "\u00b2", "/", ".",
+                          " ", "\n", "\0", "\udcff", "A", "é", "+-", "--"])
+NAMES = st.one_of(
+    st.builds(entry_name, st.sampled_from(["A", "B"]), st.none() | st.integers(0, 99999),
+              st.none() | st.integers(0, 99999)),
+    st.lists(PIECES, max_size=8).map(lambda parts: "kruxos-" + "".join(parts) + ".conf"),
+    st.lists(PIECES, max_size=8).map("".join),
+).map(lambda name: name.encode("utf-8", "surrogateescape"))
+NAME_DOCUMENTS = mutated(NAMES, BYTE_MUTATIONS, rounds=2)
+
+CONF_LINES = st.sampled_from([
+    "timeout 3\n", "default kruxos-a[+.][1-9c]*\n", "default kruxos-b[+.][1-9c]*\n",
+    "# kruxos: A=good B=staged\n", "# kruxos: A=good B=bad\n", "# kruxos: B=odd\n",
+    "# kruxos-fallback: B: trial tries exhausted\n", "default  \n", "default\tkruxos-*\n",
+    "editor no\n", "\n"])
+CONF_DOCUMENTS = mutated(st.lists(CONF_LINES, min_size=1, max_size=5).map("".join)
+                         .map(str.encode), BYTE_MUTATIONS, rounds=2)
+
+
+@pytest.mark.parametrize("name, target, documents", [
+    ("BLS entry names", "parse_name", NAME_DOCUMENTS),
+    ("BLS loader.conf", "read_esp", CONF_DOCUMENTS),
+])
+def test_any_entry_name_or_loader_conf_reads_or_is_refused_with_a_boot_env_error(
+        name: str, target: str, documents: st.SearchStrategy[bytes],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    shm = Path("/dev/shm")
+    with tempfile.TemporaryDirectory(dir=shm if shm.is_dir() else None) as place:
+        monkeypatch.setenv("KRUXOS_FUZZ_DIR", place)
+        with ParserWorker(f"tests.fuzz.test_bls_fuzz:{target}", ACCEPTED) as worker:
+            findings = feed_examples(worker, documents)
+    print(report(name, findings))
+    findings.assert_clean()
+    assert findings.answers.get("ok", 0) > 0 and findings.answers.get("refused", 0) > 0
