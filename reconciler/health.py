@@ -25,12 +25,19 @@ import httpx
 
 from reconciler.errors import ConfigError, StateError
 
-__all__ = ["DEFAULT_URL", "HealthAnswer", "probe", "rollback_reason"]
+__all__ = ["DEFAULT_URL", "HealthAnswer", "probe", "read_answer", "rollback_reason"]
 
 DEFAULT_URL = "http://127.0.0.1:7800/health/ready"
 
 _OK_VALUES = frozenset({"ok", "healthy", "running"})
-_MAX_BODY = 64 * 1024
+#: Bytes of an answer's body read at most; the rest is never received into memory.
+MAX_BODY = 64 * 1024
+#: Nesting of arrays and objects in a body beyond which it is not read as JSON.
+MAX_DEPTH = 16
+#: Failing services named in an answer at most (the rest are counted).
+MAX_FAILING = 8
+#: Characters of a service name or state, or of an error, kept.
+QUOTE_LIMIT = 80
 _USER_AGENT = "kruxos-reconciler health probe"
 
 
@@ -81,7 +88,8 @@ class HealthAnswer:
                 error=None if error is None else str(error),
             )
         except (AttributeError, KeyError, TypeError, ValueError) as exc:
-            raise StateError(f"health answer: unreadable record {data!r} ({exc})") from exc
+            raise StateError(f"health answer: unreadable record {_clean(repr(data))} "
+                             f"({_clean(str(exc))})") from exc
 
 
 def probe(
@@ -102,10 +110,21 @@ def probe(
     except (httpx.InvalidURL, httpx.UnsupportedProtocol) as exc:
         raise ConfigError(f"health probe: invalid health URL {url!r} ({exc})") from exc
     except httpx.HTTPError as exc:
-        return _unreachable(_describe_error(exc))
+        return _unreachable(_clean(_describe_error(exc)))
+    return read_answer(status, body)
+
+
+def read_answer(status: int, body: bytes) -> HealthAnswer:
+    """What an HTTP answer says: any 200 is healthy; otherwise which services fail.
+
+    The body is hostile input: at most :data:`MAX_BODY` bytes are looked at,
+    JSON nested deeper than :data:`MAX_DEPTH` is not read, at most
+    :data:`MAX_FAILING` services are named, and names and states are cut to
+    :data:`QUOTE_LIMIT` printable characters, so a reason always fits a line.
+    """
     if status == 200:
         return HealthAnswer(healthy=True, status=status)
-    return HealthAnswer(healthy=False, status=status, failing=_failing_services(body))
+    return HealthAnswer(healthy=False, status=status, failing=_failing_services(body[:MAX_BODY]))
 
 
 def rollback_reason(answer: HealthAnswer | None, timed_out: bool) -> str:
@@ -119,19 +138,27 @@ def rollback_reason(answer: HealthAnswer | None, timed_out: bool) -> str:
 
 
 def _fetch(url: str, timeout: float, transport: httpx.BaseTransport | None) -> tuple[int, bytes]:
-    """GET ``url``; the status and at most ``_MAX_BODY`` bytes of body, within ``timeout``."""
+    """GET ``url``; the status and at most ``MAX_BODY`` bytes of body, within ``timeout``.
+
+    The body is asked for uncompressed (``Accept-Encoding: identity``) and a
+    compressed one is not read at all: inflating it could turn a small answer
+    into a huge one in memory. The status alone then speaks.
+    """
     deadline = time.monotonic() + timeout
-    headers = {"Accept": "application/json", "User-Agent": _USER_AGENT}
+    headers = {"Accept": "application/json", "Accept-Encoding": "identity",
+               "User-Agent": _USER_AGENT}
     with httpx.Client(transport=transport, timeout=timeout, trust_env=False) as client:
         with client.stream("GET", url, headers=headers) as response:
             body = bytearray()
+            if response.headers.get("content-encoding", "identity").lower() != "identity":
+                return response.status_code, b""
             for chunk in response.iter_bytes():
-                body += chunk
-                if len(body) >= _MAX_BODY:
+                body += chunk[:MAX_BODY + 1 - len(body)]
+                if len(body) > MAX_BODY:
                     break
                 if time.monotonic() > deadline:
                     raise httpx.ReadTimeout("health answer too slow", request=response.request)
-            return response.status_code, bytes(body[:_MAX_BODY])
+            return response.status_code, bytes(body)
 
 
 def _unreachable(error: str) -> HealthAnswer:
@@ -159,16 +186,40 @@ def _host_of(exc: httpx.HTTPError) -> str:
 
 
 def _failing_services(body: bytes) -> dict[str, str]:
-    """The services a JSON body reports as not ok; empty for any other body."""
+    """The services a JSON body reports as not ok; empty for any other body.
+
+    A body over :data:`MAX_BODY` was cut and is not JSON; one nested too deep
+    is not read either (its services would not be where we look anyway).
+    """
     try:
-        document = json.loads(body)
-    except ValueError:
+        document = json.loads(body) if len(body) <= MAX_BODY else None
+    except (ValueError, RecursionError):
         return {}
     services = document.get("services") if isinstance(document, dict) else None
-    if not isinstance(services, dict):
+    if not isinstance(services, dict) or _deeper_than(services, MAX_DEPTH):
         return {}
-    states = {str(name): _service_state(value) for name, value in services.items()}
-    return {name: what for name, what in states.items() if what.lower() not in _OK_VALUES}
+    failing: dict[str, str] = {}
+    for name, value in services.items():
+        what = _service_state(value)
+        if what.lower() in _OK_VALUES:
+            continue
+        if len(failing) == MAX_FAILING:
+            failing["..."] = "and more"
+            break
+        failing[_clean(name)] = what
+    return failing
+
+
+def _deeper_than(value: Any, limit: int) -> bool:
+    """Whether arrays and objects nest deeper than ``limit`` (iterative, no recursion)."""
+    stack = [(value, 1)]
+    while stack:
+        item, level = stack.pop()
+        if level > limit:
+            return True
+        children = item.values() if isinstance(item, dict) else item
+        stack.extend((child, level + 1) for child in children if isinstance(child, dict | list))
+    return False
 
 
 def _service_state(value: Any) -> str:
@@ -177,7 +228,20 @@ def _service_state(value: Any) -> str:
         value = value.get("status", "unknown")
     if isinstance(value, bool):
         return "ok" if value else "failing"
-    return str(value).strip() or "unknown"
+    if isinstance(value, dict | list):
+        return "unknown"
+    return _clean(str(value).strip()) or "unknown"
+
+
+def _clean(text: str) -> str:
+    """``text`` cut to :data:`QUOTE_LIMIT` characters, control characters shown as ``?``.
+
+    What the OS says ends up in the audit trail and on a terminal: no escape
+    sequence, newline or megabyte of it may pass.
+    """
+    cut = text[:QUOTE_LIMIT]
+    shown = "".join(c if c.isprintable() else "?" for c in cut)
+    return shown + "..." if len(text) > QUOTE_LIMIT else shown
 
 
 def _failing_from_json(value: Any) -> dict[str, str]:

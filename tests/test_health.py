@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 import socket
 import threading
 import time
+import tracemalloc
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -265,3 +267,82 @@ def test_answer_survives_the_state_file_with_its_order() -> None:
 def test_damaged_stored_answer_is_a_state_error(record: object) -> None:
     with pytest.raises(StateError, match="health answer"):
         HealthAnswer.from_dict(record)
+
+
+# Hostile answers: bounded in memory, depth and length
+
+def test_json_nested_too_deep_is_read_as_no_services_not_a_crash() -> None:
+    body = b'{"services": {"gateway": ' + b"[" * 50_000 + b"]" * 50_000 + b"}}"
+    answer = probe("http://os/", transport=answering(503, content=body))
+    assert (answer.healthy, answer.failing) == (False, {})
+    deep = b'{"services": {"a": "down", "b": ' + b"[" * 20 + b"]" * 20 + b"}}"
+    assert probe("http://os/", transport=answering(503, content=deep)).failing == {}
+
+
+def test_a_long_service_state_is_cut_and_control_characters_are_shown_as_marks() -> None:
+    services = {"gate\x1b[31mway\n": "failed: " + "x" * 10_000}
+    answer = probe("http://os/", transport=answering(503, json={"services": services}))
+    assert answer.failing == {"gate?[31mway?": "failed: " + "x" * 72 + "..."}
+    assert len(answer.summary()) < 120
+
+
+def test_at_most_eight_failing_services_are_named() -> None:
+    services = {f"svc{i}": "down" for i in range(1000)}
+    answer = probe("http://os/", transport=answering(503, json={"services": services}))
+    assert list(answer.failing) == [f"svc{i}" for i in range(8)] + ["..."]
+    assert answer.summary().endswith("svc7 down, ... and more")
+
+
+def test_a_body_that_is_not_utf8_has_no_failing_services() -> None:
+    answer = probe("http://os/", transport=answering(503, content=b'{"services": {"\xff": 1}}'))
+    assert (answer.status, answer.failing) == (503, {})
+
+
+def _peak_while(call: Callable[[], HealthAnswer]) -> tuple[HealthAnswer, int]:
+    tracemalloc.start()
+    try:
+        return call(), tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+def test_a_huge_body_is_not_received_past_the_limit(
+        silent_server: tuple[int, Callable[..., None]]) -> None:
+    port, set_talk = silent_server
+    size = 256 << 20
+
+    def flood(conn: socket.socket) -> None:
+        conn.recv(4096)
+        conn.sendall(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: %d\r\n\r\n" % size)
+        try:
+            for _ in range(size // 65536):
+                conn.sendall(b"{" * 65536)
+        except OSError:
+            pass
+
+    set_talk(flood)
+    answer, peak = _peak_while(lambda: probe(f"http://127.0.0.1:{port}/", timeout=5.0))
+    assert (answer.status, answer.failing) == (503, {})
+    assert peak < 4 << 20, f"{peak} bytes at the peak while reading"
+
+
+def test_a_compressed_body_is_never_inflated(
+        silent_server: tuple[int, Callable[..., None]]) -> None:
+    port, set_talk = silent_server
+    bomb = gzip.compress(b'{"services": {"a": "' + b"x" * (200 << 20) + b'"}}')
+
+    def send(conn: socket.socket) -> None:
+        conn.recv(4096)
+        conn.sendall(b"HTTP/1.1 503 Service Unavailable\r\nContent-Encoding: gzip\r\n"
+                     b"Content-Length: %d\r\n\r\n" % len(bomb) + bomb)
+
+    set_talk(send)
+    answer, peak = _peak_while(lambda: probe(f"http://127.0.0.1:{port}/", timeout=5.0))
+    assert (answer.status, answer.failing) == (503, {})
+    assert peak < 4 << 20, f"{peak} bytes at the peak while reading"
+
+
+def test_a_huge_damaged_stored_answer_is_quoted_short() -> None:
+    with pytest.raises(StateError, match="health answer") as caught:
+        HealthAnswer.from_dict({"healthy": "x" * 100_000})
+    assert len(str(caught.value)) < 300
