@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import fcntl
 import json
+import math
 import os
 import pwd
 import re
@@ -25,15 +26,30 @@ import time
 from pathlib import Path
 from typing import Any
 
+from reconciler.errors import StateError
+from reconciler.semver import is_semver
 from reconciler.store import LOCK_FILE, atomic_write_json
 
 INBOX = "inbox"
 KINDS = frozenset({"pin", "reboot", "stop", "cancel", "resume", "confirm", "rollback"})
+#: The largest request file read (a real one is about 150 bytes).
+MAX_REQUEST_BYTES = 64 << 10
+#: Nesting of arrays and objects allowed in a request.
+MAX_DEPTH = 8
+#: Characters of a bad value quoted in an error.
+_QUOTE = 80
+#: Fields every kind may carry, and the ones only some kinds carry: name -> allowed values
+#: (``None``: any string of at most 200 characters).
+_CHOICES: dict[str, frozenset[str] | None] = {
+    "by": None,
+    "reboot": frozenset({"ask", "now", "next-boot", "rules"}),
+    "answer": frozenset({"now", "next-boot"}),
+}
 
 
 def submit(data_dir: Path, kind: str, **fields: Any) -> Path:
     """Drop a request for the reconciler; returns its path (gone once taken)."""
-    if kind not in KINDS:
+    if not isinstance(kind, str) or kind not in KINDS:
         raise ValueError(f"unknown request kind {kind!r}")
     path = data_dir / INBOX / f"{time.time_ns():020d}-{kind}.json"
     atomic_write_json(path, {"kind": kind, "at": time.time(), "by": _who(), **fields})
@@ -50,12 +66,93 @@ def pending(data_dir: Path) -> list[tuple[Path, dict[str, Any]]]:
     out = []
     for name in names:
         try:
-            value = json.loads((folder / name).read_text())
-        except (OSError, ValueError):
+            out.append((folder / name, read_request(folder / name)))
+        except (OSError, StateError):
             continue
-        if isinstance(value, dict) and value.get("kind") in KINDS:
-            out.append((folder / name, value))
     return out
+
+
+def read_request(path: Path) -> dict[str, Any]:
+    """One request file, read (at most :data:`MAX_REQUEST_BYTES`) and parsed."""
+    with open(path, "rb") as f:
+        raw = f.read(MAX_REQUEST_BYTES + 1)
+    return parse_request(raw, path.name)
+
+
+def parse_request(raw: bytes, name: str = "<bytes>") -> dict[str, Any]:
+    """The request in ``raw``, every field the reconciler reads checked; else a ``StateError``.
+
+    Anyone who can write the inbox can write anything there: the size, the
+    nesting and the type of each known field are checked before the request
+    reaches a decision, and the error quotes at most 80 characters of a value.
+    Unknown fields are kept (a newer CLI may send more).
+    """
+    if len(raw) > MAX_REQUEST_BYTES:
+        raise _bad(name, f"larger than {MAX_REQUEST_BYTES} bytes")
+    try:
+        value = json.loads(raw, parse_constant=_no_constant)
+    except RecursionError as exc:
+        raise _bad(name, f"nested more than {MAX_DEPTH} levels deep") from exc
+    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, the digit limit
+        raise _bad(name, f"not JSON ({str(exc)[:_QUOTE]})") from exc
+    if not isinstance(value, dict):
+        raise _bad(name, "not a JSON object")
+    if _depth(value) > MAX_DEPTH:
+        raise _bad(name, f"nested more than {MAX_DEPTH} levels deep")
+    _check_fields(value, name)
+    return value
+
+
+def _check_fields(request: dict[str, Any], name: str) -> None:
+    kind = request.get("kind")
+    if not isinstance(kind, str) or kind not in KINDS:
+        raise _bad(name, f"unknown kind {_quote(kind)}")
+    at = request.get("at", 0.0)
+    if isinstance(at, bool) or not isinstance(at, int | float) or not math.isfinite(at):
+        raise _bad(name, f"'at' must be a time in seconds, not {_quote(at)}")
+    for field, allowed in _CHOICES.items():
+        if field in request:
+            _check_choice(request[field], field, allowed, name)
+    if kind == "pin":
+        version = request.get("version")
+        if not isinstance(version, str) or len(version) > 128 or not is_semver(version):
+            raise _bad(name, f"'version' must be a semantic version, not {_quote(version)}")
+
+
+def _check_choice(value: Any, field: str, allowed: frozenset[str] | None, name: str) -> None:
+    if not isinstance(value, str) or (allowed is None and len(value) > 200):
+        raise _bad(name, f"{field!r} must be a short string, not {_quote(value)}")
+    if allowed is not None and value not in allowed:
+        raise _bad(name, f"{field!r} must be one of {', '.join(sorted(allowed))}, "
+                         f"not {_quote(value)}")
+
+
+def _no_constant(text: str) -> None:
+    raise ValueError(f"{text} is not JSON")
+
+
+def _depth(value: Any) -> int:
+    """How deeply arrays and objects nest (iterative: no recursion to exhaust)."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, level = stack.pop()
+        deepest = max(deepest, level)
+        children = item.values() if isinstance(item, dict) else item
+        stack.extend((child, level + 1) for child in children if isinstance(child, dict | list))
+    return deepest
+
+
+def _quote(value: Any) -> str:
+    if isinstance(value, dict | list):
+        return f"a JSON {'object' if isinstance(value, dict) else 'array'}"
+    if isinstance(value, str) and len(value) > _QUOTE:
+        return json.dumps(value[:_QUOTE]) + "..."
+    text = json.dumps(value)
+    return text if len(text) <= _QUOTE else text[:_QUOTE] + "..."
+
+
+def _bad(name: str, why: str) -> StateError:
+    return StateError(f"inbox request {name[:_QUOTE]}: {why}")
 
 
 def waiting(data_dir: Path, kinds: frozenset[str]) -> bool:

@@ -139,6 +139,8 @@ def test_a_wrong_top_level_field_is_named_with_a_short_quote(changes: dict[str, 
     ({"date": "20300501"}, "date: '20300501' is not YYYY-MM-DD"),
     ({"version": "1.0.0" + "-a" * 5000}, "longer than 128 characters"),
     ({"version": "\u0663.0.0"}, "is not major.minor.patch"),
+    ({"version": "1\u0663.0.0"}, "is not major.minor.patch"),
+    ({"version": "1.0.0\n"}, "is not major.minor.patch"),
     ({"image": "i" * 300}, "must be a plain file name"),
 ])
 def test_a_wrong_release_field_is_named_with_a_short_quote(changes: dict[str, Any],
