@@ -9,6 +9,7 @@ and (for nested formats) brackets opened thousands deep.
 
 from __future__ import annotations
 
+import random
 from collections.abc import Callable
 
 from hypothesis import HealthCheck, given, settings
@@ -16,70 +17,63 @@ from hypothesis import strategies as st
 
 from tests.fuzz.harness import Findings, ParserWorker, examples
 
-Mutation = Callable[[st.DrawFn, bytes], bytes]
+Mutation = Callable[[random.Random, bytes], bytes]
+#: Bytes that mean something to one format or another.
+_SPECIAL = (b"\0", b"\xff", b"\\", b"\n", b"\xc3", b"\xed\xa0\x80", b'"', b"=", b"{", b"}",
+            b"[", b"]", b",", b":", b"+", b"-", b"#")
 
 
-def _position(draw: st.DrawFn, data: bytes) -> int:
-    return draw(st.integers(0, len(data)))
-
-
-def flip_bits(draw: st.DrawFn, data: bytes) -> bytes:
+def flip_bits(rnd: random.Random, data: bytes) -> bytes:
     """One to eight bits flipped anywhere."""
     if not data:
         return data
     out = bytearray(data)
-    for _ in range(draw(st.integers(1, 8))):
-        index = draw(st.integers(0, len(out) - 1))
-        out[index] ^= 1 << draw(st.integers(0, 7))
+    for _ in range(rnd.randint(1, 8)):
+        out[rnd.randrange(len(out))] ^= 1 << rnd.randrange(8)
     return bytes(out)
 
 
-def truncate(draw: st.DrawFn, data: bytes) -> bytes:
+def truncate(rnd: random.Random, data: bytes) -> bytes:
     """Cut short, as a torn write or a short read leaves it."""
-    return data[:_position(draw, data)]
+    return data[:rnd.randint(0, len(data))]
 
 
-def insert(draw: st.DrawFn, data: bytes) -> bytes:
+def insert(rnd: random.Random, data: bytes) -> bytes:
     """A few bytes of anything (NUL, 0xFF, UTF-8 fragments, escapes) inserted."""
-    at = _position(draw, data)
-    extra = draw(st.one_of(st.binary(min_size=1, max_size=16),
-                           st.sampled_from([b"\0", b"\xff", b"\\", b"\n", b"\xc3", b"\xed\xa0\x80",
-                                            b"\"", b"=", b"{", b"}", b"[", b"]", b",", b":"])))
+    at = rnd.randint(0, len(data))
+    extra = rnd.choice(_SPECIAL) if rnd.random() < 0.5 else rnd.randbytes(rnd.randint(1, 16))
     return data[:at] + extra + data[at:]
 
 
-def delete(draw: st.DrawFn, data: bytes) -> bytes:
+def delete(rnd: random.Random, data: bytes) -> bytes:
     """A stretch of bytes removed."""
-    start = _position(draw, data)
-    end = draw(st.integers(start, min(len(data), start + 64)))
-    return data[:start] + data[end:]
+    start = rnd.randint(0, len(data))
+    return data[:start] + data[start + rnd.randint(1, 64):]
 
 
-def overwrite(draw: st.DrawFn, data: bytes) -> bytes:
+def overwrite(rnd: random.Random, data: bytes) -> bytes:
     """A stretch overwritten by one repeated byte (erased flash, zeroed sectors)."""
     if not data:
         return data
-    start = draw(st.integers(0, len(data) - 1))
-    length = draw(st.integers(1, len(data) - start))
-    fill = draw(st.sampled_from([b"\0", b"\xff", b"#", b"a"]))
-    return data[:start] + fill * length + data[start + length:]
+    start = rnd.randrange(len(data))
+    length = rnd.randint(1, len(data) - start)
+    return data[:start] + rnd.choice((b"\0", b"\xff", b"#", b"a")) * length + data[start + length:]
 
 
-def repeat(draw: st.DrawFn, data: bytes) -> bytes:
+def repeat(rnd: random.Random, data: bytes) -> bytes:
     """A chunk repeated until the document is large (up to about 300 KB)."""
-    start = _position(draw, data)
-    chunk = data[start:start + draw(st.integers(1, 32))] or b"9"
-    times = draw(st.sampled_from([100, 10_000, 300_000])) // len(chunk)
-    return data[:start] + chunk * times + data[start:]
+    start = rnd.randint(0, len(data))
+    chunk = data[start:start + rnd.randint(1, 32)] or b"9"
+    return data[:start] + chunk * (rnd.choice((100, 10_000, 300_000)) // len(chunk)) + data[start:]
 
 
-def nest(draw: st.DrawFn, data: bytes) -> bytes:
+def nest(rnd: random.Random, data: bytes) -> bytes:
     """Brackets opened (and perhaps closed) thousands deep at one place."""
-    at = _position(draw, data)
-    depth = draw(st.sampled_from([50, 2000, 20_000]))
-    opener, closer = draw(st.sampled_from([(b"[", b"]"), (b'{"a":', b"}")]))
-    closed = draw(st.booleans())
-    return data[:at] + opener * depth + (b"1" + closer * depth if closed else b"") + data[at:]
+    at = rnd.randint(0, len(data))
+    depth = rnd.choice((50, 2000, 20_000))
+    opener, closer = rnd.choice(((b"[", b"]"), (b'{"a":', b"}")))
+    tail = b"1" + closer * depth if rnd.random() < 0.5 else b""
+    return data[:at] + opener * depth + tail + data[at:]
 
 
 BYTE_MUTATIONS: tuple[Mutation, ...] = (flip_bits, truncate, insert, delete, overwrite, repeat)
@@ -88,11 +82,31 @@ BYTE_MUTATIONS: tuple[Mutation, ...] = (flip_bits, truncate, insert, delete, ove
 @st.composite
 def mutated(draw: st.DrawFn, valid: st.SearchStrategy[bytes],
             mutations: tuple[Mutation, ...] = BYTE_MUTATIONS, rounds: int = 3) -> bytes:
-    """A valid document with zero to ``rounds`` mutations applied."""
+    """A valid document with zero to ``rounds`` mutations applied.
+
+    The mutations draw from a ``Random`` seeded by hypothesis rather than from
+    hypothesis for each choice: a thousand documents then take a second, not ten.
+    """
     data = draw(valid)
-    for _ in range(draw(st.integers(0, rounds))):
-        data = draw(st.sampled_from(mutations))(draw, data)
+    rnd = random.Random(draw(st.integers(0, 2**64 - 1)))
+    for _ in range(rnd.randint(0, rounds)):
+        data = rnd.choice(mutations)(rnd, data)
     return data
+
+
+_CHARACTERS = ("abcXYZ019 _.-+=#\\\n\t\0\x1b\x7f\x85\xa0\xe9\u00ff\u0663\u200b\u2028\ufeff"
+               "\uffff\U0001f600\udcff\ud800")
+
+
+def random_text(rnd: random.Random, max_size: int, avoid: str = "") -> str:
+    """Text mixing ASCII, separators, controls, non-ASCII digits, emoji and lone surrogates."""
+    pool = [c for c in _CHARACTERS if c not in avoid]
+    return "".join(rnd.choice(pool) for _ in range(rnd.randint(0, max_size)))
+
+
+def seeded(build: Callable[[random.Random], bytes]) -> st.SearchStrategy[bytes]:
+    """Documents built by ``build`` from a ``Random`` seeded by hypothesis (one draw each)."""
+    return st.integers(0, 2**64 - 1).map(lambda seed: build(random.Random(seed)))
 
 
 def feed_examples(worker: ParserWorker, documents: st.SearchStrategy[bytes]) -> Findings:

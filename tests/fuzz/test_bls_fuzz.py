@@ -5,6 +5,7 @@ short ``BootEnvError``; never a number guessed from digits systemd-boot would no
 from __future__ import annotations
 
 import os
+import random
 import tempfile
 from pathlib import Path
 
@@ -13,7 +14,7 @@ from hypothesis import strategies as st
 
 from reconciler.boot.bls import BlsBackend, entry_name, parse_entry_name
 from tests.fuzz.harness import ParserWorker
-from tests.fuzz.mutations import BYTE_MUTATIONS, feed_examples, mutated, report
+from tests.fuzz.mutations import BYTE_MUTATIONS, feed_examples, mutated, report, seeded
 
 ACCEPTED = ("reconciler.errors.BootEnvError",)
 
@@ -39,24 +40,33 @@ def read_esp(document: bytes) -> None:
     BlsBackend(esp, efivars=esp / "efivars").read()
 
 
-PIECES = st.sampled_from(["kruxos-", "a", "b", "c", "+", "-", ".conf", "0", "1", "9", "00",
-                          "99999", "100000", "9" * 5000, "\u0663", "\uff11", "\u00b2", "/", ".",
-                          " ", "\n", "\0", "\udcff", "A", "é", "+-", "--"])
-NAMES = st.one_of(
-    st.builds(entry_name, st.sampled_from(["A", "B"]), st.none() | st.integers(0, 99999),
-              st.none() | st.integers(0, 99999)),
-    st.lists(PIECES, max_size=8).map(lambda parts: "kruxos-" + "".join(parts) + ".conf"),
-    st.lists(PIECES, max_size=8).map("".join),
-).map(lambda name: name.encode("utf-8", "surrogateescape"))
-NAME_DOCUMENTS = mutated(NAMES, BYTE_MUTATIONS, rounds=2)
+PIECES = ["kruxos-", "a", "b", "c", "+", "-", ".conf", "0", "1", "9", "00", "99999", "100000",
+          "9" * 5000, "\u0663", "\uff11", "\u00b2", "/", ".", " ", "\n", "\0", "\udcff", "A", "é",
+          "+-", "--"]
 
-CONF_LINES = st.sampled_from([
-    "timeout 3\n", "default kruxos-a[+.][1-9c]*\n", "default kruxos-b[+.][1-9c]*\n",
-    "# kruxos: A=good B=staged\n", "# kruxos: A=good B=bad\n", "# kruxos: B=odd\n",
-    "# kruxos-fallback: B: trial tries exhausted\n", "default  \n", "default\tkruxos-*\n",
-    "editor no\n", "\n"])
-CONF_DOCUMENTS = mutated(st.lists(CONF_LINES, min_size=1, max_size=5).map("".join)
-                         .map(str.encode), BYTE_MUTATIONS, rounds=2)
+
+def name(rnd: random.Random) -> bytes:
+    """One of our names with any counters, or pieces of one put together any way."""
+    pieces = "".join(rnd.choice(PIECES) for _ in range(rnd.randint(0, 8)))
+    text = rnd.choice([
+        entry_name(rnd.choice(["A", "B"]), rnd.choice([None, rnd.randint(0, 99999)]),
+                   rnd.choice([None, rnd.randint(0, 99999)])),
+        "kruxos-" + pieces + ".conf", pieces])
+    return text.encode("utf-8", "surrogateescape")
+
+
+CONF_LINES = ["timeout 3\n", "default kruxos-a[+.][1-9c]*\n", "default kruxos-b[+.][1-9c]*\n",
+              "# kruxos: A=good B=staged\n", "# kruxos: A=good B=bad\n", "# kruxos: B=odd\n",
+              "# kruxos-fallback: B: trial tries exhausted\n", "default  \n",
+              "default\tkruxos-*\n", "editor no\n", "\n"]
+
+
+def loader_conf(rnd: random.Random) -> bytes:
+    return "".join(rnd.choice(CONF_LINES) for _ in range(rnd.randint(1, 5))).encode()
+
+
+NAME_DOCUMENTS = mutated(seeded(name), BYTE_MUTATIONS, rounds=2)
+CONF_DOCUMENTS = mutated(seeded(loader_conf), BYTE_MUTATIONS, rounds=2)
 
 
 @pytest.mark.parametrize("name, target, documents", [
