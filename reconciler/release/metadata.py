@@ -37,9 +37,11 @@ MAX_SIGNATURES = 16
 MAX_INTEGER = (1 << 63) - 1
 #: The largest block a release may use: the installer holds a handful of blocks in memory.
 MAX_BLOCK_SIZE = 64 << 20
-#: Longest version string and time string accepted.
+#: Longest version string, channel name and time string accepted.
 MAX_VERSION_LENGTH = 128
+MAX_NAME_LENGTH = 128
 _MAX_TIME_LENGTH = 64
+_MAX_LINE = 1000
 #: Characters of a bad value quoted in a message.
 QUOTE_LIMIT = 80
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
@@ -295,8 +297,11 @@ def _parse_release(obj: Any, index: int) -> Release:
     except ValueError as exc:
         raise _fail(f"{where}date: {quote(day)} is not YYYY-MM-DD") from exc
     changes = _field(obj, "changes", list, where)
-    if not all(isinstance(line, str) for line in changes):
-        raise _fail(f"{where}changes: expected a list of strings")
+    if not all(isinstance(line, str) and len(line) <= _MAX_LINE
+               and line.replace("\t", " ").isprintable()
+               for line in changes):
+        raise _fail(f"{where}changes: expected a list of lines of printable text "
+                    f"(at most {_MAX_LINE} characters each; they are shown on terminals)")
     image = _field(obj, "image", str, where)
     if not _IMAGE_NAME.match(image) or image.startswith("."):
         raise _fail(f"{where}image: {quote(image)} must be a plain file name")
@@ -340,6 +345,9 @@ def parse_signed(signed: Mapping[str, Any]) -> tuple[str, int, datetime, datetim
     if type(fmt) is not int or fmt != FORMAT:
         raise _fail(f"format {quote(fmt)} is not supported (this device reads format {FORMAT})")
     channel = _field(signed, "channel", str, "")
+    if not 0 < len(channel) <= MAX_NAME_LENGTH or not channel.isprintable():
+        raise _fail(f"channel: {quote(channel)} is not a name (1 to {MAX_NAME_LENGTH} "
+                    "printable characters)")
     serial = _count(signed, "serial", "", 0)
     issued = _parse_time(_field(signed, "issued", str, ""), "issued")
     expires = _parse_time(_field(signed, "expires", str, ""), "expires")
