@@ -18,6 +18,9 @@ from hypothesis import strategies as st
 from tests.fuzz.harness import Findings, ParserWorker, examples
 
 Mutation = Callable[[random.Random, bytes], bytes]
+#: The longest refusal a parser may give here: ~80 characters of a value, the file's
+#: name and the words around them (the harness's own limit is a looser 2,000).
+SHORT_MESSAGE = 400
 #: Bytes that mean something to one format or another.
 _SPECIAL = (b"\0", b"\xff", b"\\", b"\n", b"\xc3", b"\xed\xa0\x80", b'"', b"=", b"{", b"}",
             b"[", b"]", b",", b":", b"+", b"-", b"#")

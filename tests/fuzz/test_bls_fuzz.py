@@ -14,7 +14,14 @@ from hypothesis import strategies as st
 
 from reconciler.boot.bls import BlsBackend, entry_name, parse_entry_name
 from tests.fuzz.harness import ParserWorker
-from tests.fuzz.mutations import BYTE_MUTATIONS, feed_examples, mutated, report, seeded
+from tests.fuzz.mutations import (
+    BYTE_MUTATIONS,
+    SHORT_MESSAGE,
+    feed_examples,
+    mutated,
+    report,
+    seeded,
+)
 
 ACCEPTED = ("reconciler.errors.BootEnvError",)
 
@@ -79,7 +86,8 @@ def test_any_entry_name_or_loader_conf_reads_or_is_refused_with_a_boot_env_error
     shm = Path("/dev/shm")
     with tempfile.TemporaryDirectory(dir=shm if shm.is_dir() else None) as place:
         monkeypatch.setenv("KRUXOS_FUZZ_DIR", place)
-        with ParserWorker(f"tests.fuzz.test_bls_fuzz:{target}", ACCEPTED) as worker:
+        with ParserWorker(f"tests.fuzz.test_bls_fuzz:{target}", ACCEPTED,
+                          message_limit=SHORT_MESSAGE) as worker:
             findings = feed_examples(worker, documents)
     print(report(name, findings))
     findings.assert_clean()

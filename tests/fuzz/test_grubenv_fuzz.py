@@ -16,6 +16,7 @@ from reconciler.errors import BootEnvError
 from tests.fuzz.harness import ParserWorker
 from tests.fuzz.mutations import (
     BYTE_MUTATIONS,
+    SHORT_MESSAGE,
     feed_examples,
     flip_bits,
     mutated,
@@ -61,7 +62,8 @@ DOCUMENTS = st.one_of(SAME_SIZE, SAME_SIZE, ANY_SIZE, st.binary(min_size=1024, m
 
 
 def test_any_grub_env_block_gives_variables_or_a_short_boot_env_error() -> None:
-    with ParserWorker(TARGET, ACCEPTED) as worker:
+    with ParserWorker(TARGET, ACCEPTED,
+                      message_limit=SHORT_MESSAGE) as worker:
         findings = feed_examples(worker, DOCUMENTS)
     print(report("GRUB env blocks", findings))
     findings.assert_clean()

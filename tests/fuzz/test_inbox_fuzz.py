@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 from reconciler.inbox import KINDS, parse_request
 from tests.fuzz.harness import ParserWorker
-from tests.fuzz.mutations import BYTE_MUTATIONS, feed_examples, mutated, nest, report
+from tests.fuzz.mutations import BYTE_MUTATIONS, SHORT_MESSAGE, feed_examples, mutated, nest, report
 
 TARGET = "tests.fuzz.test_inbox_fuzz:parse"
 ACCEPTED = ("reconciler.errors.StateError",)
@@ -49,7 +49,8 @@ DOCUMENTS = st.one_of(mutated(requests(), (*BYTE_MUTATIONS, nest), rounds=2),
 
 
 def test_any_inbox_file_is_a_checked_request_or_a_short_state_error() -> None:
-    with ParserWorker(TARGET, ACCEPTED) as worker:
+    with ParserWorker(TARGET, ACCEPTED,
+                      message_limit=SHORT_MESSAGE) as worker:
         findings = feed_examples(worker, DOCUMENTS)
     print(report("inbox requests", findings))
     findings.assert_clean()

@@ -21,7 +21,7 @@ from nacl.signing import SigningKey
 from reconciler.release.keys import keyid_of
 from reconciler.release.metadata import canonical_json, verify_metadata
 from tests.fuzz.harness import ParserWorker
-from tests.fuzz.mutations import BYTE_MUTATIONS, feed_examples, mutated, nest, report
+from tests.fuzz.mutations import BYTE_MUTATIONS, SHORT_MESSAGE, feed_examples, mutated, nest, report
 
 TARGET = "tests.fuzz.test_metadata_fuzz:verify"
 ACCEPTED = ("reconciler.errors.ReleaseError",)
@@ -118,7 +118,8 @@ DOCUMENTS = mutated(st.integers(0, 2**64 - 1).map(envelope), (*BYTE_MUTATIONS, n
 
 
 def test_any_metadata_document_is_believed_or_refused_with_a_short_reason() -> None:
-    with ParserWorker(TARGET, ACCEPTED) as worker:
+    with ParserWorker(TARGET, ACCEPTED,
+                      message_limit=2 * SHORT_MESSAGE) as worker:
         findings = feed_examples(worker, DOCUMENTS)
     print(report("channel metadata", findings))
     findings.assert_clean()

@@ -23,6 +23,7 @@ from reconciler.errors import BootEnvError
 from tests.fuzz.harness import ParserWorker
 from tests.fuzz.mutations import (
     BYTE_MUTATIONS,
+    SHORT_MESSAGE,
     feed_examples,
     flip_bits,
     mutated,
@@ -106,7 +107,8 @@ def test_any_uboot_env_or_config_reads_or_is_refused_with_a_boot_env_error(
     shm = Path("/dev/shm")
     with tempfile.TemporaryDirectory(dir=shm if shm.is_dir() else None) as place:
         monkeypatch.setenv("KRUXOS_FUZZ_DIR", place)
-        with ParserWorker(f"tests.fuzz.test_ubootenv_fuzz:{target}", ACCEPTED) as worker:
+        with ParserWorker(f"tests.fuzz.test_ubootenv_fuzz:{target}", ACCEPTED,
+                          message_limit=SHORT_MESSAGE) as worker:
             findings = feed_examples(worker, documents)
     print(report(name, findings))
     findings.assert_clean()
