@@ -194,3 +194,11 @@ def test_a_needless_escape_reads_as_the_byte_and_is_written_back_the_same() -> N
     block = raw + b"#" * (grubenv.BLOCK_SIZE - len(raw))
     env = grubenv.parse(block)
     assert grubenv.parse(grubenv.render(env)) == env == {"odd": "x\n\udcff"}
+
+
+def test_a_huge_env_file_is_refused_by_its_size_without_reading_it(tmp_path: Path) -> None:
+    path = tmp_path / "grubenv"
+    with open(path, "wb") as f:
+        f.truncate(8 << 30)  # sparse: 8 GiB that would not fit in memory
+    with pytest.raises(BootEnvError, match=f"grub env {path}: 8589934592 bytes, expected 1024"):
+        grubenv.read_env(path)

@@ -19,6 +19,7 @@ Text is UTF-8; bytes that are not (a foreign tool's) are carried through with
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
@@ -123,11 +124,15 @@ def _line(key: str, value: str) -> bytes:
 def read_env(path: Path) -> dict[str, str]:
     """The variables in the env file at ``path``; a missing file raises ``FileNotFoundError``."""
     try:
-        raw = path.read_bytes()
+        with open(path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            raw = f.read(BLOCK_SIZE + 1)  # a huge file is not read whole to be refused
     except FileNotFoundError:
         raise
     except OSError as exc:
         raise BootEnvError(f"grub env {path}: {exc.strerror or exc}") from exc
+    if size != BLOCK_SIZE:
+        raise BootEnvError(f"grub env {path}: {size} bytes, expected {BLOCK_SIZE}")
     return parse(raw, str(path))
 
 
