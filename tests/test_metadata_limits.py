@@ -6,13 +6,14 @@ import base64
 import hashlib
 import json
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
 from nacl.signing import SigningKey
 
-from reconciler.errors import ReleaseError
-from reconciler.release.keys import keyid_of
+from reconciler.errors import ConfigError, ReleaseError
+from reconciler.release.keys import keyid_of, load_public_key
 from reconciler.release.metadata import (
     MAX_BYTES,
     MAX_DEPTH,
@@ -158,3 +159,13 @@ def test_a_huge_release_with_matching_blocks_is_still_read() -> None:
     size = 100 * BLOCK + 1
     blocks = [hashlib.sha256(bytes([i % 256])).hexdigest() for i in range(101)]
     _verify(_document(_signed(releases=[_release(size=size, blocks=blocks)])))
+
+
+@pytest.mark.parametrize("content", [b"\xff" * 64 + b"\n", b"a" * 10_000, b"zz" * 32, b"ab" * 31])
+def test_a_key_file_that_is_not_32_hex_bytes_is_a_config_error(tmp_path: Path,
+                                                               content: bytes) -> None:
+    path = tmp_path / "key.pub"
+    path.write_bytes(content)
+    with pytest.raises(ConfigError, match=f"^{path}: ") as caught:
+        load_public_key(path)
+    assert len(str(caught.value)) < len(str(path)) + 100

@@ -45,14 +45,21 @@ def generate_keypair(directory: Path, name: str) -> tuple[Path, Path]:
     return key_path, pub_path
 
 
+#: A key file holds 64 hex digits and a newline; more than this is not a key file.
+_KEY_FILE_LIMIT = 1024
+
+
 def _read_hex32(path: Path, what: str) -> bytes:
     try:
-        text = path.read_text().strip()
+        with open(path, "rb") as f:
+            data = f.read(_KEY_FILE_LIMIT + 1)
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read {what} ({exc.strerror})") from exc
+    if len(data) > _KEY_FILE_LIMIT:
+        raise ConfigError(f"{path}: not a hex {what} (larger than {_KEY_FILE_LIMIT} bytes)")
     try:
-        raw = bytes.fromhex(text)
-    except ValueError as exc:
+        raw = bytes.fromhex(data.decode("ascii").strip())
+    except ValueError as exc:  # UnicodeDecodeError is a ValueError too
         raise ConfigError(f"{path}: not a hex {what}") from exc
     if len(raw) != 32:
         raise ConfigError(f"{path}: a {what} is 32 bytes, this file holds {len(raw)}")
