@@ -20,8 +20,10 @@ def _idle(device: SimDevice) -> list[dict[str, Any]]:
     """Wait until the daemon watches the spec and has recorded its first decision."""
     device.wait_for(lambda: "watching" in (device.dir / "run" / "daemon.log").read_text(),
                     60, "the daemon to watch the spec")
-    return device.wait_for(lambda: [r for r in device.audit_file_records()
-                                    if r["kind"] == "decision"], 60, "the first decision")
+    decisions = device.wait_for(lambda: [r for r in device.audit_file_records()
+                                         if r["kind"] == "decision"], 60, "the first decision")
+    device.wait_for(lambda: device.state(), 60, "the state file after the first decision")
+    return decisions
 
 
 def _passes(device: SimDevice) -> int:

@@ -169,10 +169,11 @@ def test_apply_with_tampered_metadata_prints_no_check_mark(device: SimDevice) ->
 
 
 def test_ctrl_c_stops_the_download_and_a_second_apply_resumes_it(device: SimDevice) -> None:
-    device.cli("sim", "publish", str(device.dir), "1.0.2", "--size-mb", "8")
+    # 24 MB at 2 MB/s: the Ctrl-C lands after 2 blocks with ~10 s to spare on a busy machine.
+    device.cli("sim", "publish", str(device.dir), "1.0.2", "--size-mb", "24")
     device.start("--channel-rate", "2000")
     proc = start_cli(device, "update", "apply", "1.0.2", "--no-reboot")
-    wait_staging_started(device, "1.0.2", blocks=3)
+    wait_staging_started(device, "1.0.2", blocks=2)
     code, out, err = interrupt(proc)
     assert code == 130, (out, err)
     assert "Stopped at" in out and "run 'kruxos update apply' again to resume" in out, out
@@ -188,8 +189,8 @@ def test_ctrl_c_stops_the_download_and_a_second_apply_resumes_it(device: SimDevi
     assert last["reason"].startswith("Resume staging 1.0.2"), stages
     assert outcome is not None and outcome["outcome"].startswith("ok"), outcome
     resumed = re.search(r"resumed at block (\d+) of \d+; (\d+) bytes fetched", outcome["outcome"])
-    assert resumed is not None and int(resumed.group(1)) >= 3, outcome
-    assert int(resumed.group(2)) < 8 * MIB - 3 * MIB, outcome  # the kept blocks not fetched again
+    assert resumed is not None and int(resumed.group(1)) >= 2, outcome
+    assert int(resumed.group(2)) <= 24 * MIB - 2 * MIB, outcome  # kept blocks not fetched again
     doc = device.status_json()
     assert doc["slots"]["B"] == {"name": "B", "device": "sda3", "version": "1.0.2",
                                  "mark": "staged"} or doc["trial"] == "B", doc
