@@ -18,21 +18,21 @@ import json
 import os
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Any
-from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from ruamel.yaml import YAML
 from ruamel.yaml.error import YAMLError
 
-from reconciler.errors import ConfigError
+from reconciler.errors import ConfigError, UrlError
 from reconciler.observed import SLOTS, SlotName
 from reconciler.redact import register_secret
 from reconciler.spec import Duration
 from reconciler.store import set_data_policy
+from reconciler.urls import parse_url
 
 DEFAULT_PATH = Path("/etc/kruxos/device.yaml")
 #: A revoked key may be named by its keyid (16 hex digits) instead of a .pub path.
@@ -128,17 +128,18 @@ class ChannelCredentials:
 
 
 def channel_origin(url: str) -> str | None:
-    """``scheme://host:port`` of an http(s) URL (default port filled in); ``None`` if not one."""
+    """``scheme://host:port`` of an http(s) URL (default port filled in); ``None`` if not one.
+
+    Parsed by :func:`reconciler.urls.parse_url`, the parser of every URL the
+    device fetches, so where credentials may go and where a request goes are
+    decided by the same reading of the URL.
+    """
     try:
-        parts = urlsplit(url)
-        port = parts.port
-    except ValueError:
+        parsed = parse_url(url)
+    except UrlError:
         return None
-    scheme = parts.scheme.lower()
-    if scheme not in ("http", "https") or not parts.hostname:
-        return None
-    port = port or (443 if scheme == "https" else 80)
-    return f"{scheme}://{parts.hostname.lower()}:{port}"
+    port = parsed.port or (443 if parsed.scheme == "https" else 80)
+    return f"{parsed.scheme}://{replace(parsed, port=port).netloc}"
 
 
 @dataclass(frozen=True)
@@ -197,20 +198,18 @@ class Device:
         A simulated device shares the host's loopback with other devices, so its
         own ``127.0.0.1:7800`` is mapped onto a free host port picked at run
         time, as a network namespace would. Real devices have no port map.
+        Every URL the runtime fetches passes here, so it is parsed by the same
+        function that validated the spec (:func:`reconciler.urls.parse_url`).
         """
+        parsed = parse_url(url)
         if self.port_map is None:
             return url
         try:
             mapping = json.loads(self.port_map.read_text())
         except (OSError, ValueError):
             return url
-        try:
-            parts = urlsplit(url)
-        except ValueError:
-            return url  # not a URL: the fetch names the problem
-        userinfo, at, hostport = parts.netloc.rpartition("@")
-        target = mapping.get(hostport)
-        return urlunsplit(parts._replace(netloc=f"{userinfo}{at}{target}")) if target else url
+        target = mapping.get(parsed.netloc) if isinstance(mapping, dict) else None
+        return parsed.with_netloc(target).text() if isinstance(target, str) else url
 
 
 def config_path(explicit: str | None) -> Path:

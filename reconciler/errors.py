@@ -10,7 +10,8 @@
     │   ├── LockHeldError            another writer holds the data-dir lock
     │   ├── BootEnvError             a bootloader environment is corrupt or full
     │   ├── AuditError               the audit trail cannot be read or written
-    │   └── ReleaseError             a release or channel is refused (bad signature, ...)
+    │   ├── ReleaseError             a release or channel is refused (bad signature, ...)
+    │   └── UrlError                 a URL that cannot be used (also a ValueError)
     └── TemporaryError(delay)        may work later; ``delay`` says when to try again
         └── ChannelUnavailable       the channel did not answer
 
@@ -67,3 +68,11 @@ class ReleaseError(PermanentError):
 
 class ChannelUnavailable(TemporaryError):
     """The release channel could not be reached or did not answer in time."""
+
+
+class UrlError(PermanentError, ValueError):
+    """A URL the product cannot fetch from; the message never shows its credentials.
+
+    Also a ``ValueError``, so a spec's field validator reports it like any
+    other bad value.
+    """

@@ -24,15 +24,23 @@ from pydantic import (
     field_validator,
 )
 
+from reconciler.quoting import control_character, excerpt
 from reconciler.semver import is_semver
+from reconciler.urls import parse_channel_url, parse_url
 from reconciler.windows import Window
 
 API_VERSION = "kruxos.io/v1"
 KIND = "UpdatePolicy"
 DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 
+#: The longest ``metadata.name``: it names the policy in one line of the audit trail.
+MAX_NAME_LENGTH = 128
+#: YAML 1.1 spellings of booleans; YAML 1.2 (what a spec is) reads them as strings.
+_YAML11_BOOLEANS = {"y": "true", "yes": "true", "on": "true",
+                    "n": "false", "no": "false", "off": "false"}
 #: No duration in a spec is longer than this (and date arithmetic never overflows).
 MAX_DURATION = timedelta(days=366)
+_DURATION_LENGTH = 40
 _DURATION = re.compile(r"^(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?$")
 
 
@@ -40,17 +48,18 @@ def parse_duration(value: Any) -> timedelta:
     """``5s``, ``2m``, ``1h30m``, ``1d`` -> timedelta; anything else is an error."""
     if isinstance(value, timedelta):
         return value
-    if not isinstance(value, str) or not value or _DURATION.match(value) is None:
-        raise ValueError(f"{value!r} is not a duration (use forms like 5s, 2m, 1h30m)")
+    if (not isinstance(value, str) or not value or len(value) > _DURATION_LENGTH
+            or _DURATION.match(value) is None):
+        raise ValueError(f"{excerpt(value)} is not a duration (use forms like 5s, 2m, 1h30m)")
     days, hours, minutes, seconds = (int(g or 0) for g in _DURATION.match(value).groups())  # type: ignore[union-attr]
     try:
         result = timedelta(days=days, hours=hours, minutes=minutes, seconds=seconds)
     except OverflowError:
         result = MAX_DURATION + timedelta(seconds=1)
     if result > MAX_DURATION:
-        raise ValueError(f"{value!r} is longer than {format_duration(MAX_DURATION)}")
+        raise ValueError(f"{excerpt(value)} is longer than {format_duration(MAX_DURATION)}")
     if result <= timedelta(0):
-        raise ValueError(f"{value!r} is not a positive duration")
+        raise ValueError(f"{excerpt(value)} is not a positive duration")
     return result
 
 
@@ -63,6 +72,47 @@ def format_duration(value: timedelta) -> str:
             parts.append(f"{total // size}{unit}")
             total %= size
     return "".join(parts) or "0s"
+
+
+def strict_bool(value: Any) -> bool:
+    """Only ``true`` and ``false``: a string, a number or a YAML 1.1 ``off`` is refused.
+
+    A loose reading turns ``'false'`` (quoted) or ``no`` into a boolean the
+    writer may not have meant; the message names the form to write instead.
+    """
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.lower() in ("true", "false"):
+        raise ValueError(f"{excerpt(value)} is a string, not a boolean: write "
+                         f"{value.lower()} without quotes")
+    if isinstance(value, str) and value.lower() in _YAML11_BOOLEANS:
+        raise ValueError(f"{excerpt(value)} is not a boolean in YAML 1.2: write "
+                         f"{_YAML11_BOOLEANS[value.lower()]}")
+    raise ValueError(f"{excerpt(value)} is not a boolean: write true or false")
+
+
+def strict_int(value: Any) -> int:
+    """Only a plain integer: ``true``, ``'3'`` or ``3.0`` is refused, naming the form to write."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    raise ValueError(f"{excerpt(value)} is not an integer: write a plain integer such as 3")
+
+
+StrictBool = Annotated[bool, BeforeValidator(strict_bool)]
+StrictInt = Annotated[int, BeforeValidator(strict_int)]
+
+
+def printable_name(value: Any) -> str:
+    """A name shown in one line of a log: no control characters, at most 128 characters."""
+    if not isinstance(value, str):
+        raise ValueError(f"{excerpt(value)} is not a name (write it as a string)")
+    char = control_character(value)
+    if char is not None:
+        raise ValueError(f"{excerpt(value)} contains the control character {excerpt(char)}: "
+                         "a name is one line of printable text")
+    if len(value) > MAX_NAME_LENGTH:
+        raise ValueError(f"{excerpt(value)} is longer than {MAX_NAME_LENGTH} characters")
+    return value
 
 
 Duration = Annotated[
@@ -81,7 +131,8 @@ class _Model(BaseModel):
 class Metadata(_Model):
     """Who this policy is, for people and the audit trail."""
 
-    name: str = Field(min_length=1)
+    name: Annotated[str, BeforeValidator(printable_name)] = Field(
+        min_length=1, max_length=MAX_NAME_LENGTH)
 
 
 class ChannelRef(_Model):
@@ -89,12 +140,13 @@ class ChannelRef(_Model):
 
     url: str = Field(description="Base URL of the channel (http or https)")
 
-    @field_validator("url")
+    @field_validator("url", mode="before")
     @classmethod
-    def _http(cls, value: str) -> str:
-        if not re.match(r"^https?://[^/\s]+", value):
-            raise ValueError(f"{value!r} is not an http(s) URL")
-        return value if value.endswith("/") else value + "/"
+    def _http(cls, value: Any) -> str:
+        # The runtime parses it with the same function before every fetch.
+        parse_channel_url(value)
+        text = str(value)
+        return text if text.endswith("/") else text + "/"
 
 
 class HealthPolicy(_Model):
@@ -102,16 +154,15 @@ class HealthPolicy(_Model):
 
     url: str = "http://127.0.0.1:7800/health/ready"
 
-    @field_validator("url")
+    @field_validator("url", mode="before")
     @classmethod
-    def _http(cls, value: str) -> str:
-        if not re.match(r"^https?://[^/\s]+", value):
-            raise ValueError(f"{value!r} is not an http(s) URL")
-        return value
+    def _http(cls, value: Any) -> str:
+        parse_url(value)
+        return str(value)
     interval: Duration = timedelta(seconds=5)
     timeout: Duration = Field(default=timedelta(minutes=2),
                               description="Counted from the first probe after boot")
-    success_threshold: int = Field(default=1, ge=1, alias="successThreshold")
+    success_threshold: StrictInt = Field(default=1, ge=1, alias="successThreshold")
 
 
 class WindowSpec(_Model):
@@ -127,16 +178,19 @@ class WindowSpec(_Model):
     @classmethod
     def _hh_mm(cls, value: Any) -> str:
         if not isinstance(value, str) or not re.match(r"^([01]\d|2[0-3]):[0-5]\d$", value):
-            raise ValueError(f"{value!r} is not a time of day as HH:MM (00:00 to 23:59)")
+            raise ValueError(f"{excerpt(value)} is not a time of day as HH:MM (00:00 to 23:59)")
         return value
 
     @field_validator("timezone")
     @classmethod
     def _zone(cls, value: str) -> str:
+        if len(value) > 64:
+            raise ValueError(f"{excerpt(value)} is not an IANA time zone (e.g. Europe/Berlin)")
         try:
             ZoneInfo(value)
         except (ZoneInfoNotFoundError, ValueError):
-            raise ValueError(f"{value!r} is not an IANA time zone (e.g. Europe/Berlin)") from None
+            raise ValueError(f"{excerpt(value)} is not an IANA time zone (e.g. Europe/Berlin)"
+                             ) from None
         return value
 
     @field_validator("duration")
@@ -159,7 +213,7 @@ class Rollout(_Model):
 
     windows: list[WindowSpec] = Field(default_factory=list)
     stage: Literal["immediate", "in-window"] = "immediate"
-    auto_reboot: bool = Field(default=True, alias="autoReboot")
+    auto_reboot: StrictBool = Field(default=True, alias="autoReboot")
 
     def window_values(self) -> tuple[Window, ...]:
         """The windows as pure values (empty: any time)."""
@@ -169,7 +223,7 @@ class Rollout(_Model):
 class RollbackPolicy(_Model):
     """Whether a failed trial rolls back (and a healthy one confirms) by itself."""
 
-    automatic: bool = True
+    automatic: StrictBool = True
 
 
 class UpdateSpec(_Model):
@@ -180,8 +234,8 @@ class UpdateSpec(_Model):
     health: HealthPolicy = Field(default_factory=HealthPolicy)
     rollout: Rollout = Field(default_factory=Rollout)
     rollback: RollbackPolicy = Field(default_factory=RollbackPolicy)
-    allow_downgrade: bool = Field(default=False, alias="allowDowngrade")
-    suspend: bool = False
+    allow_downgrade: StrictBool = Field(default=False, alias="allowDowngrade")
+    suspend: StrictBool = False
 
     @field_validator("version", mode="before")
     @classmethod
@@ -190,7 +244,8 @@ class UpdateSpec(_Model):
         if isinstance(value, int | float) and not isinstance(value, bool):
             value = str(value)
         if not isinstance(value, str) or (value != "latest" and not is_semver(value)):
-            raise ValueError(f"{value!r} is neither 'latest' nor a semantic version like 1.0.1")
+            raise ValueError(f"{excerpt(value)} is neither 'latest' nor a semantic version "
+                             "like 1.0.1")
         return value
 
 

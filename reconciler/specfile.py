@@ -5,10 +5,24 @@ spec (a copy on the data dir, so it survives a restart) and the rejection
 names the file, the field path and the line, in one message:
 
     spec.yaml:7: spec.health.interval: '5 seconds' is not a duration (use forms like 5s, 2m, 1h30m)
+
+A spec file is input from outside the device's trust, so it is refused at the
+door before it can cost anything: more than :data:`MAX_SPEC_BYTES` is refused
+before the YAML parser sees a byte; collections nested deeper than
+:data:`MAX_DEPTH` are refused while the document is composed (before the
+composer's recursion can exhaust the stack); a document whose nodes, with
+every alias expanded, number more than :data:`MAX_NODES` is refused the same
+way (legal anchors and aliases keep working, a "billion laughs" does not);
+and every message quotes at most ~80 characters of a value. The daemon reads
+the file again only when its ``stat`` changed, and validates it again only
+when its content hash changed.
 """
 
 from __future__ import annotations
 
+import hashlib
+import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,13 +30,28 @@ from typing import Any
 from pydantic import ValidationError
 from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
+from ruamel.yaml.composer import Composer
 from ruamel.yaml.error import MarkedYAMLError, YAMLError
+from ruamel.yaml.events import AliasEvent
+from ruamel.yaml.scanner import RoundTripScanner, ScannerError
 
 from reconciler.errors import SpecError
+from reconciler.quoting import printable
 from reconciler.spec import UpdatePolicy, revision_of
 from reconciler.store import SECRET_MODE, atomic_write
 
 LAST_GOOD = "spec.last-good.yaml"
+#: The largest spec file read (a real spec is a few hundred bytes).
+MAX_SPEC_BYTES = 256 * 1024
+#: The deepest nesting of collections (a real spec nests four deep).
+MAX_DEPTH = 32
+#: The most nodes a document may hold with every alias expanded (a real spec: ~60).
+MAX_NODES = 2_000
+#: The longest text of a YAML parser's message shown (it may quote a key or value).
+_YAML_MESSAGE_LIMIT = 160
+#: A file changed less than this long ago may change again within the same
+#: timestamp tick, so its ``stat`` alone is not trusted to say it is unchanged.
+_RACY_SECONDS = 2.0
 
 
 @dataclass(frozen=True)
@@ -36,7 +65,13 @@ class LoadedSpec:
 
 
 def parse_spec(content: bytes, path: Path) -> LoadedSpec:
-    """Validate ``content``; raise :class:`SpecError` naming file, field and line."""
+    """Validate ``content``; raise :class:`SpecError` naming file, field and line.
+
+    This is the one entry point for untrusted spec bytes: it raises nothing
+    but :class:`SpecError`, whatever the bytes are.
+    """
+    if len(content) > MAX_SPEC_BYTES:
+        raise SpecError(_too_large(path, len(content)))
     document = _load_yaml(content, path)
     try:
         policy = UpdatePolicy.model_validate(document)
@@ -47,27 +82,127 @@ def parse_spec(content: bytes, path: Path) -> LoadedSpec:
 
 def load_spec(path: Path) -> LoadedSpec:
     """Read and validate the spec file at ``path``."""
+    return parse_spec(read_spec_bytes(path), path)
+
+
+def read_spec_bytes(path: Path) -> bytes:
+    """The file's bytes; a file larger than a spec may be is refused without reading it all."""
+    content, size = _read_head(path)
+    if size > MAX_SPEC_BYTES:
+        raise SpecError(_too_large(path, size))
+    return content
+
+
+def _read_head(path: Path) -> tuple[bytes, int]:
+    """At most one byte more than a spec may hold, and the file's size (at least that read)."""
     try:
-        content = path.read_bytes()
+        with path.open("rb") as stream:
+            content = stream.read(MAX_SPEC_BYTES + 1)
+            size = os.fstat(stream.fileno()).st_size
     except OSError as exc:
         raise SpecError(f"{path}: cannot read the spec ({exc.strerror or exc})") from exc
-    return parse_spec(content, path)
+    return content, max(size, len(content))
+
+
+def _too_large(path: Path, size: int) -> str:
+    return (f"{path}: the spec is larger than {MAX_SPEC_BYTES // 1024} KiB ({size} bytes); "
+            "a spec names a version, a channel and a policy in a few hundred bytes")
+
+
+class _Refused(MarkedYAMLError):
+    """A document the spec reader refuses to compose (too deep, too many nodes)."""
+
+
+class _BoundedScanner(RoundTripScanner):
+    """ruamel's scanner, refusing flow collections (``[``, ``{``) nested too deep.
+
+    Counted as each bracket is read: the scanner otherwise reads ahead up to
+    1024 characters of ``[[[[...`` before the composer sees the first one,
+    which costs time quadratic in that stretch.
+    """
+
+    def fetch_flow_collection_start(self, token_class: Any, to_push: str) -> None:
+        if self.flow_level >= MAX_DEPTH:
+            raise ScannerError(None, None, f"collections are nested more than {MAX_DEPTH} deep",
+                               self.reader.get_mark())
+        super().fetch_flow_collection_start(token_class, to_push)
+
+
+class _BoundedComposer(Composer):
+    """ruamel's composer with a depth limit and a count of nodes, aliases expanded.
+
+    The composer recurses once per level of nesting, so the depth is checked
+    before each level is entered, far below Python's recursion limit. Each
+    node's size (itself and everything under it, aliases expanded) is kept so
+    that an alias adds the size of what it stands for: ten aliases of ten
+    aliases of ... are counted as the structure they expand to, without
+    building it.
+    """
+
+    def __init__(self, loader: Any = None) -> None:
+        super().__init__(loader)
+        self.nodes = 0
+        self.sizes: dict[int, int] = {}
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        event = self.parser.peek_event()
+        if isinstance(event, AliasEvent):
+            node = super().compose_node(parent, index)
+            if id(node) not in self.sizes:
+                raise _Refused(None, None, f"the alias *{printable(str(event.anchor), 40)} "
+                               "refers to a collection it is inside", event.start_mark)
+            self._count(self.sizes[id(node)], event)
+            return node
+        if self.depth >= MAX_DEPTH:
+            raise _Refused(None, None, f"collections are nested more than {MAX_DEPTH} deep",
+                           event.start_mark)
+        before = self.nodes
+        self._count(1, event)
+        node = super().compose_node(parent, index)
+        self.sizes[id(node)] = self.nodes - before
+        return node
+
+    def _count(self, size: int, event: Any) -> None:
+        self.nodes += size
+        if self.nodes > MAX_NODES:
+            raise _Refused(None, None, f"the document holds more than {MAX_NODES} values "
+                           "with its aliases expanded", event.start_mark)
 
 
 def _load_yaml(content: bytes, path: Path) -> Any:
     yaml = YAML(typ="rt")
+    yaml.Scanner = _BoundedScanner
+    yaml.Composer = _BoundedComposer
     try:
         document = yaml.load(content)
+        version = yaml.version
     except MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        line = f"{mark.line + 1}" if mark is not None else "?"
-        raise SpecError(f"{path}:{line}: YAML error: {exc.problem or exc.context}") from None
-    except YAMLError as exc:
-        raise SpecError(f"{path}: YAML error: {exc}") from None
+        raise SpecError(_yaml_message(exc, path)) from None
+    except (YAMLError, ValueError, AssertionError, RecursionError) as exc:
+        # ruamel raises ValueError for an integer of more than 4300 digits or
+        # an impossible date, and AssertionError for a %YAML 1.3 directive.
+        raise SpecError(f"{path}: YAML error: {_yaml_text(exc)}") from None
+    if version not in (None, (1, 2)):
+        raise SpecError(f"{path}:1: YAML error: a spec is YAML 1.2; remove the %YAML "
+                        "directive (YAML 1.1 reads yes/no/on/off as booleans)")
     if not isinstance(document, dict):
         raise SpecError(f"{path}:1: the spec must be a mapping with apiVersion, kind, "
                         "metadata and spec")
     return document
+
+
+def _yaml_message(exc: MarkedYAMLError, path: Path) -> str:
+    mark = exc.problem_mark or exc.context_mark
+    line = f"{mark.line + 1}" if mark is not None else "?"
+    text = printable(str(exc.problem or exc.context), _YAML_MESSAGE_LIMIT)
+    return f"{path}:{line}: YAML error: {text}"
+
+
+def _yaml_text(exc: BaseException) -> str:
+    if isinstance(exc, RecursionError):
+        return f"collections are nested more than {MAX_DEPTH} deep"
+    text = str(exc) or type(exc).__name__
+    return printable(text.splitlines()[0] if text.strip() else text, _YAML_MESSAGE_LIMIT)
 
 
 def _describe(exc: ValidationError, document: Any, path: Path) -> str:
@@ -89,7 +224,11 @@ def _field_path(loc: tuple[Any, ...]) -> str:
     """``spec.rollout.windows[1].start``: how operators name a field."""
     path = ""
     for part in loc:
-        path += f"[{part}]" if isinstance(part, int) else (f".{part}" if path else str(part))
+        if isinstance(part, int):
+            path += f"[{part}]"
+        else:
+            name = printable(str(part), 40)
+            path += f".{name}" if path else name
     return path or "(document)"
 
 
@@ -108,37 +247,97 @@ def _line_of(document: Any, loc: tuple[Any, ...]) -> int:
     return line
 
 
+Result = tuple[LoadedSpec | None, SpecError | None]
+
+
+@dataclass(frozen=True)
+class _Reading:
+    """What the keeper last read: the file's stat, its content hash, and the answer."""
+
+    stamp: tuple[int, ...] | None
+    digest: str
+    result: Result
+
+
 class SpecKeeper:
-    """The spec in force: the file's when valid, else the last good one kept on disk."""
+    """The spec in force: the file's when valid, else the last good one kept on disk.
+
+    The daemon asks on every pass (and twice a second during a download), so
+    an unchanged file costs one ``stat``: it is read again only when its
+    ``stat`` changed (or changed too recently to trust, see ``_RACY_SECONDS``)
+    and validated again only when its content hash changed.
+    """
 
     def __init__(self, path: Path, data_dir: Path) -> None:
         self.path = path
         self.copy = data_dir / LAST_GOOD
+        #: The revision of the file's bytes as last read (valid or not); None: unreadable.
+        self.file_revision: str | None = None
+        self._reading: _Reading | None = None
+        self._copy_revision: str | None = None
 
-    def refresh(self) -> tuple[LoadedSpec | None, SpecError | None]:
+    def refresh(self) -> Result:
         """Read the file; on success keep it as last good; return (spec in force, error)."""
+        stamp = self._stamp()
+        if self._reading is not None and stamp is not None and stamp == self._reading.stamp:
+            return self._reading.result
         try:
-            loaded = load_spec(self.path)
+            content, size = _read_head(self.path)
+        except SpecError as error:
+            self.file_revision = None
+            self._reading = None
+            return self.last_good(), error
+        digest = hashlib.sha256(content + b"\0%d" % size).hexdigest()
+        if self._reading is not None and digest == self._reading.digest:
+            result = self._reading.result
+        else:
+            result = self._validate(content, size)
+        self._reading = _Reading(stamp, digest, result)
+        return result
+
+    def _validate(self, content: bytes, size: int) -> Result:
+        try:
+            if size > MAX_SPEC_BYTES or len(content) > MAX_SPEC_BYTES:
+                self.file_revision = revision_of(content + b"\0%d" % size)
+                raise SpecError(_too_large(self.path, size))
+            self.file_revision = revision_of(content)
+            loaded = parse_spec(content, self.path)
         except SpecError as error:
             return self.last_good(), error
         if self.copy_revision() != loaded.revision:
-            # 0600: a spec may still carry a channel password in its URL.
+            # 0600: a copy kept before credentials in a spec URL were refused may hold one.
             atomic_write(self.copy, loaded.content, SECRET_MODE)
+            self._copy_revision = loaded.revision
         return loaded, None
 
-    def last_good(self) -> LoadedSpec | None:
-        """The last valid spec seen, still naming the file it came from."""
+    def _stamp(self) -> tuple[int, ...] | None:
+        """The file's identity and times; None when it cannot be trusted to mean "unchanged"."""
         try:
-            content = self.copy.read_bytes()
-        except FileNotFoundError:
+            st = os.stat(self.path)
+        except OSError:
             return None
-        loaded = parse_spec(content, self.copy)
+        if time.time() - st.st_mtime < _RACY_SECONDS:
+            return None
+        return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+    def last_good(self) -> LoadedSpec | None:
+        """The last valid spec seen, still naming the file it came from.
+
+        A kept copy that no longer validates (damaged, or written before a rule
+        was tightened) is no spec in force, never an exception.
+        """
+        try:
+            content = read_spec_bytes(self.copy)
+            loaded = parse_spec(content, self.copy)
+        except SpecError:
+            return None
         return LoadedSpec(loaded.policy, self.path, loaded.revision, content)
 
     def copy_revision(self) -> str | None:
         """Revision of the kept copy, without validating it again."""
-        try:
-            return revision_of(self.copy.read_bytes())
-        except FileNotFoundError:
-            return None
-
+        if self._copy_revision is None:
+            try:
+                self._copy_revision = revision_of(self.copy.read_bytes())
+            except FileNotFoundError:
+                return None
+        return self._copy_revision

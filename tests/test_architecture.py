@@ -1,8 +1,11 @@
 """The core's purity and the adapters' boundaries, checked on the source (AST).
 
 The decision core (``decide``, ``windows``, ``spec``, ``observed``, ``actions``,
-``semver``) imports only the standard library modules below, pydantic (``spec``
-only) and other core modules, and never reads the clock, a file or the
+``semver``, the ``urls`` and ``quoting`` helpers ``spec`` validates with, and
+``errors``)
+imports only the standard library modules below, pydantic (``spec`` only),
+``urllib.parse`` and ``ipaddress`` (``urls`` only), ``unicodedata``
+(``quoting`` only) and other core modules, and never reads the clock, a file or the
 environment. Adapters never import the daemon or the CLI; bootloader backends
 do not import each other (``grub`` and ``uboot`` may use their format helpers).
 The checker proves itself on synthetic bad modules first.
@@ -18,10 +21,12 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parent.parent / "reconciler"
 
-CORE = ("decide", "windows", "spec", "observed", "actions", "semver")
+CORE = ("decide", "windows", "spec", "observed", "actions", "semver", "urls", "quoting",
+        "errors")
 STDLIB_ALLOWED = frozenset({"datetime", "zoneinfo", "dataclasses", "typing", "collections.abc",
                             "re", "hashlib", "functools", "enum", "__future__"})
-EXTRA_ALLOWED = {"spec": frozenset({"pydantic"})}
+EXTRA_ALLOWED = {"spec": frozenset({"pydantic"}), "urls": frozenset({"urllib", "ipaddress"}),
+                 "quoting": frozenset({"unicodedata"})}
 # Calls that read the clock, a file or the process environment.
 FORBIDDEN_CALLS = ("open", "input", "time.time", "time.monotonic", "time.time_ns")
 # ``x.now()`` / ``x.today()`` read the clock whatever ``x`` is called (``dt.now`` too).

@@ -30,6 +30,7 @@ from reconciler.errors import ChannelUnavailable, ConfigError, ReleaseError, Sta
 from reconciler.redact import register_secret
 from reconciler.release.metadata import ChannelMetadata, format_time, verify_metadata
 from reconciler.store import atomic_write_json, read_json
+from reconciler.urls import parse_channel_url
 
 METADATA_FILE = "metadata.json"
 MAX_METADATA_BYTES = 16 << 20  # far above a real channel; stops an endless answer
@@ -41,7 +42,7 @@ MAX_SECRET_BYTES = 4096
 
 def metadata_url(base_url: str) -> str:
     """Where a channel at ``base_url`` keeps its signed metadata."""
-    return f"{base_url.rstrip('/')}/{METADATA_FILE}"
+    return parse_channel_url(base_url).join(METADATA_FILE)
 
 
 def _get_bounded(url: str, timeout: float, transport: httpx.BaseTransport | None) -> bytes:

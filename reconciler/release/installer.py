@@ -37,10 +37,11 @@ from pathlib import Path
 
 import httpx
 
-from reconciler.errors import ChannelUnavailable, ReleaseError, StateError
+from reconciler.errors import ChannelUnavailable, ReleaseError, StateError, UrlError
 from reconciler.release.image import HEADER_SIZE, decode_header
 from reconciler.release.metadata import Release
 from reconciler.store import atomic_write_json, fsync_dir, read_json
+from reconciler.urls import parse_channel_url
 
 RESUME_EVERY = 16          # blocks between two durable resume points
 QUEUE_BLOCKS = 4           # received blocks waiting for the writer, at most
@@ -431,6 +432,14 @@ def _fetch_all(session: _Session, url: str, should_stop: Callable[[], bool],
         raise
 
 
+def _image_url(base_url: str, image: str) -> str:
+    """Where the image named by the signed metadata is, under the channel's base URL."""
+    try:
+        return parse_channel_url(base_url).join(image)
+    except UrlError as exc:
+        raise ReleaseError(f"channel: cannot fetch the image: {exc}") from exc
+
+
 def install(release: Release, base_url: str, slot_path: Path, slot_size: int, *,
             booted_slot_path: Path, before_first_write: Callable[[], None],
             progress: Callable[[InstallProgress], None], should_stop: Callable[[], bool],
@@ -462,7 +471,7 @@ def install(release: Release, base_url: str, slot_path: Path, slot_size: int, *,
                        block_deadline=timeout + release.block_size / min_rate)
     try:
         if next_block < len(release.blocks):
-            if not _fetch_all(session, f"{base_url.rstrip('/')}/{release.image}",
+            if not _fetch_all(session, _image_url(base_url, release.image),
                               should_stop, timeout, transport):
                 session.save()
                 session.event("stopped")
