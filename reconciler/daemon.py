@@ -45,7 +45,6 @@ from reconciler.observe import backend_for, observe
 from reconciler.observed import ObservedState
 from reconciler.overrides import STOPPING_REQUESTS, RequestDesk
 from reconciler.redact import redact
-from reconciler.spec import revision_of
 from reconciler.specfile import LoadedSpec, SpecKeeper
 from reconciler.staging import InstallerStager
 from reconciler.store import StateStore, data_dir_lock
@@ -175,10 +174,7 @@ class Reconciler:
         return loaded
 
     def _record_rejection(self, error: KruxosError) -> None:
-        try:
-            bad = revision_of(self.device.spec_path.read_bytes())
-        except OSError:
-            bad = "unreadable"
+        bad = self.keeper.file_revision or "unreadable"  # the bytes the keeper read, once
         if self.store.section("spec").get("rejected") == bad:
             return
         kept = self.keeper.copy_revision()

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import stat
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -96,12 +97,28 @@ def read_spec_bytes(path: Path) -> bytes:
 def _read_head(path: Path) -> tuple[bytes, int]:
     """At most one byte more than a spec may hold, and the file's size (at least that read)."""
     try:
-        with path.open("rb") as stream:
-            content = stream.read(MAX_SPEC_BYTES + 1)
-            size = os.fstat(stream.fileno()).st_size
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # a FIFO must not block the daemon
     except OSError as exc:
         raise SpecError(f"{path}: cannot read the spec ({exc.strerror or exc})") from exc
-    return content, max(size, len(content))
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise SpecError(f"{path}: cannot read the spec (not a regular file)")
+        content = _read_at_most(fd, MAX_SPEC_BYTES + 1)
+    except OSError as exc:
+        raise SpecError(f"{path}: cannot read the spec ({exc.strerror or exc})") from exc
+    finally:
+        os.close(fd)
+    return content, max(info.st_size, len(content))
+
+
+def _read_at_most(fd: int, limit: int) -> bytes:
+    chunks: list[bytes] = []
+    remaining = limit
+    while remaining > 0 and (chunk := os.read(fd, min(remaining, 1 << 16))):
+        chunks.append(chunk)
+        remaining -= len(chunk)
+    return b"".join(chunks)
 
 
 def _too_large(path: Path, size: int) -> str:

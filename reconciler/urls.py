@@ -34,6 +34,7 @@ _SCHEMES = ("http", "https")
 _LABEL = re.compile(r"^[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?$")
 _PATH = re.compile(r"^(?:[A-Za-z0-9\-._~!$&'()*+,;=:@/]|%[0-9A-Fa-f]{2})*$")
 _QUERY = re.compile(r"^(?:[A-Za-z0-9\-._~!$&'()*+,;=:@/?]|%[0-9A-Fa-f]{2})*$")
+_BRACKETED = re.compile(r"^\[[^\]]*\](?::[0-9]*)?$")
 _USERINFO = re.compile(r"[^/?#@]*@")
 
 
@@ -115,6 +116,8 @@ def _host(host: str, netloc: str, text: str) -> str:
     if not host:
         raise UrlError(f"{_shown(text)} has no host")
     if netloc.startswith("["):
+        if not _BRACKETED.match(netloc):
+            raise UrlError(f"{_shown(text)}: after an IPv6 host in [ ] only a :port may follow")
         if "%" in host:
             raise UrlError(f"{_shown(text)}: an IPv6 zone (%...) cannot be used here")
         try:
@@ -159,8 +162,10 @@ def _query(query: str, allowed: bool, text: str) -> str:
 def _reason(exc: ValueError) -> str:
     """urllib's reason, reworded where it is cryptic."""
     text = str(exc)
-    if "IPv6" in text:
+    if "Invalid IPv6 URL" in text:
         return "an IPv6 host is written between [ and ]: http://[::1]:8080/"
+    if "does not appear to be an IPv" in text:
+        return "the host between [ and ] is not an IPv6 address"
     if "Port" in text or "port" in text:
         return "the port must be a number from 1 to 65535"
     return excerpt(text)
