@@ -47,14 +47,15 @@ def excerpt(value: object, limit: int = EXCERPT_LIMIT) -> str:
 
     Strings and bytes are cut before they are ``repr``-ed (so the cost does not
     grow with the value); containers are described by kind and size, never
-    shown; very large integers are described by their number of digits.
+    shown; very large integers are described by their number of digits;
+    booleans and null are spelled as in YAML and JSON (``true``, ``null``).
     """
     if isinstance(value, str):
         return _quoted(value, limit)
     if isinstance(value, bytes | bytearray):
         return repr(bytes(value[:limit])) + (_ELLIPSIS if len(value) > limit else "")
-    if isinstance(value, bool) or value is None:
-        return repr(value)
+    if isinstance(value, bool) or value is None:  # as the YAML or JSON it came from
+        return "null" if value is None else str(value).lower()
     if isinstance(value, int):
         return _integer(value, limit)
     if isinstance(value, float):

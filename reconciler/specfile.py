@@ -220,6 +220,8 @@ def _yaml_text(exc: BaseException) -> str:
     if isinstance(exc, RecursionError):
         return f"collections are nested more than {MAX_DEPTH} deep"
     text = str(exc) or type(exc).__name__
+    if "integer string conversion" in text:
+        return "a number has more than 4300 digits"
     return printable(text.splitlines()[0] if text.strip() else text, _YAML_MESSAGE_LIMIT)
 
 

@@ -272,7 +272,7 @@ def test_a_plain_integer_is_accepted() -> None:
 
 def test_an_integer_too_long_to_convert_is_a_spec_error() -> None:
     message = _refusal(_with("  health:\n    successThreshold: " + "9" * 5000 + "\n"))
-    assert message.startswith("spec.yaml: YAML error: ") and len(message) < 250
+    assert message == "spec.yaml: YAML error: a number has more than 4300 digits"
 
 
 # ---- names and messages --------------------------------------------------------------------
@@ -331,7 +331,7 @@ def test_a_yaml_error_quoting_a_huge_key_is_cut_and_escaped() -> None:
     (10 ** 5000, "an integer of about 5000 digits"),
     (list(range(10 ** 6)), "a list of 1000000 items"),
     ({"a": 1}, "a mapping of 1 item"),
-    (True, "True"), (None, "None"), (1.5, "1.5"), (object(), "a value of type object"),
+    (True, "true"), (None, "null"), (1.5, "1.5"), (object(), "a value of type object"),
 ], ids=["short", "long", "escape", "bytes", "huge int", "big list", "mapping", "bool", "none",
         "float", "object"])
 def test_an_excerpt_shows_at_most_80_characters_and_never_walks_a_container(
