@@ -34,6 +34,7 @@ from ruamel.yaml.comments import CommentedMap, CommentedSeq
 from ruamel.yaml.composer import Composer
 from ruamel.yaml.error import MarkedYAMLError, YAMLError
 from ruamel.yaml.events import AliasEvent
+from ruamel.yaml.nodes import ScalarNode
 from ruamel.yaml.scanner import RoundTripScanner, ScannerError
 
 from reconciler.errors import SpecError
@@ -48,6 +49,10 @@ MAX_SPEC_BYTES = 256 * 1024
 MAX_DEPTH = 32
 #: The most nodes a document may hold with every alias expanded (a real spec: ~60).
 MAX_NODES = 2_000
+#: The most characters of scalar text a document may hold with every alias expanded.
+MAX_EXPANDED_CHARS = 1 << 20
+#: The most problems one message lists (then "... and N more").
+MAX_PROBLEMS = 10
 #: The longest text of a YAML parser's message shown (it may quote a key or value).
 _YAML_MESSAGE_LIMIT = 160
 #: A file changed less than this long ago may change again within the same
@@ -147,20 +152,23 @@ class _BoundedScanner(RoundTripScanner):
 
 
 class _BoundedComposer(Composer):
-    """ruamel's composer with a depth limit and a count of nodes, aliases expanded.
+    """ruamel's composer with a depth limit and a count of values and text, aliases expanded.
 
     The composer recurses once per level of nesting, so the depth is checked
     before each level is entered, far below Python's recursion limit. Each
-    node's size (itself and everything under it, aliases expanded) is kept so
-    that an alias adds the size of what it stands for: ten aliases of ten
-    aliases of ... are counted as the structure they expand to, without
-    building it.
+    node's size (values and scalar characters, itself and everything under
+    it, aliases expanded) is kept so that an alias adds the size of what it
+    stands for: nine aliases of nine aliases of ... are counted as the
+    structure they expand to, without building it, and so is a 200 KB string
+    aliased a thousand times (which anything printing it would expand).
     """
 
     def __init__(self, loader: Any = None) -> None:
         super().__init__(loader)
+        self.warn_double_anchors = False  # legal YAML; a warning would print the document
         self.nodes = 0
-        self.sizes: dict[int, int] = {}
+        self.chars = 0
+        self.sizes: dict[int, tuple[int, int]] = {}
 
     def compose_node(self, parent: Any, index: Any) -> Any:
         event = self.parser.peek_event()
@@ -169,22 +177,28 @@ class _BoundedComposer(Composer):
             if id(node) not in self.sizes:
                 raise _Refused(None, None, f"the alias *{printable(str(event.anchor), 40)} "
                                "refers to a collection it is inside", event.start_mark)
-            self._count(self.sizes[id(node)], event)
+            self._count(*self.sizes[id(node)], event)
             return node
         if self.depth >= MAX_DEPTH:
             raise _Refused(None, None, f"collections are nested more than {MAX_DEPTH} deep",
                            event.start_mark)
-        before = self.nodes
-        self._count(1, event)
+        nodes, chars = self.nodes, self.chars
+        self._count(1, 0, event)
         node = super().compose_node(parent, index)
-        self.sizes[id(node)] = self.nodes - before
+        if isinstance(node, ScalarNode):
+            self._count(0, len(node.value), event)
+        self.sizes[id(node)] = (self.nodes - nodes, self.chars - chars)
         return node
 
-    def _count(self, size: int, event: Any) -> None:
-        self.nodes += size
+    def _count(self, nodes: int, chars: int, event: Any) -> None:
+        self.nodes += nodes
+        self.chars += chars
         if self.nodes > MAX_NODES:
             raise _Refused(None, None, f"the document holds more than {MAX_NODES} values "
                            "with its aliases expanded", event.start_mark)
+        if self.chars > MAX_EXPANDED_CHARS:
+            raise _Refused(None, None, f"the document holds more than {MAX_EXPANDED_CHARS} "
+                           "characters of text with its aliases expanded", event.start_mark)
 
 
 def _load_yaml(content: bytes, path: Path) -> Any:
@@ -228,7 +242,8 @@ def _yaml_text(exc: BaseException) -> str:
 def _describe(exc: ValidationError, document: Any, path: Path) -> str:
     """One message per problem, each naming the field path and its line."""
     lines = []
-    for error in exc.errors():
+    errors = exc.errors(include_url=False, include_context=False, include_input=False)
+    for error in errors[:MAX_PROBLEMS]:
         loc = tuple(error["loc"])
         field = _field_path(loc)
         message = error["msg"].removeprefix("Value error, ")
@@ -237,6 +252,8 @@ def _describe(exc: ValidationError, document: Any, path: Path) -> str:
         elif error["type"] == "missing":
             message = "required field is missing"
         lines.append(f"{path}:{_line_of(document, loc)}: {field}: {message}")
+    if len(errors) > MAX_PROBLEMS:
+        lines.append(f"{path}: ... and {len(errors) - MAX_PROBLEMS} more problems")
     return "\n".join(lines)
 
 

@@ -173,6 +173,29 @@ def test_an_alias_used_as_a_value_is_quoted_by_kind_never_expanded() -> None:
     assert "lol" not in message
 
 
+def test_a_long_string_aliased_many_times_is_refused_before_anything_prints_it() -> None:
+    # a duplicate key makes the YAML reader print both values: 600 x 200 KB once took 490 MiB
+    text = ('a: &a "' + "x" * 200_000 + '"\nb: &b [' + ",".join(["*a"] * 600) + "]\n"
+            "c: *b\nc: *b\n")
+    message = _refusal(text)
+    assert message == ("spec.yaml:2: YAML error: the document holds more than 1048576 "
+                       "characters of text with its aliases expanded")
+
+
+def test_an_anchor_defined_twice_is_legal_and_the_alias_takes_the_latest() -> None:
+    text = _with("  x: &v 1.0.9\n  version: &v 1.0.2\n").replace("  version: 1.0.1\n", "")
+    text = text.replace("  version: &v 1.0.2\n", "  version: &v 1.0.2\n  y: *v\n")
+    message = _refusal(text)  # x and y are unknown fields, the version is read
+    assert "spec.x: unknown field" in message and "spec.y: unknown field" in message
+    assert "spec.version" not in message
+
+
+def test_a_spec_with_hundreds_of_problems_lists_the_first_ten() -> None:
+    message = _refusal(_with("".join(f"  k{i}: 1\n" for i in range(500))))
+    lines = message.splitlines()
+    assert len(lines) == 11 and lines[-1] == "spec.yaml: ... and 490 more problems", lines[-3:]
+
+
 def test_legal_anchors_aliases_and_merge_keys_keep_working() -> None:
     text = _with("""\
   rollout:

@@ -119,6 +119,13 @@ def _aliases(draw: st.DrawFn, text: str) -> str:
     return _value_line(draw, text, f"*l{draw(st.integers(0, 9))}")
 
 
+def _aliased_text(draw: st.DrawFn, text: str) -> str:
+    size, copies = draw(st.sampled_from([10, 2000, 200_000])), draw(st.integers(1, 1500))
+    block = (f'big: &big "{"t" * size}"\nmany: &many [' + ",".join(["*big"] * copies) + "]\n"
+             + "dup: *many\n" * draw(st.integers(1, 2)))
+    return block + text if draw(st.booleans()) else _value_line(draw, block + text, "*many")
+
+
 def _huge(draw: st.DrawFn, text: str) -> str:
     size = draw(st.sampled_from([100, 5000, 60_000, 300_000, 9_600_000]))
     char = draw(st.sampled_from(["x", "9", " ", "#", "é", "[", "'"]))
@@ -157,8 +164,8 @@ def _duplicate_line(draw: st.DrawFn, text: str) -> str:
                      + lines[index + 1:])
 
 
-_MUTATIONS = [_deep, _aliases, _huge, _control, _escaped_name, _truncate, _token, _loose,
-              _duplicate_line]
+_MUTATIONS = [_deep, _aliases, _aliased_text, _huge, _control, _escaped_name, _truncate,
+              _token, _loose, _duplicate_line]
 
 
 def _unprintable(message: str) -> bool:
