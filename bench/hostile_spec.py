@@ -76,6 +76,8 @@ DOCUMENTS: dict[str, Callable[[], str]] = {
     "256 KiB of small keys": lambda: _under_limit(lambda i: f"  k{i}: {i}\n"),
     "256 KiB scalar": lambda: _under_limit(lambda i: "y" * 64, "  x: ") + "\n",
     "256 KiB comments": lambda: _under_limit(lambda i: "#" + "c" * 78 + "\n"),
+    "200 KB string aliased 600 times": lambda: 'a: &a "' + "x" * 200_000 + '"\nb: &b ['
+    + ",".join(["*a"] * 600) + "]\nc: *b\nc: *b\n",
     "aliases just under the cap": lambda: HEAD + "  x: &a [" + ",".join(["1"] * 40) + "]\n"
     + "  y: [" + ",".join(["*a"] * 45) + "]\n",
     "unclosed IPv6 host": lambda: HEAD.replace("http://updates.example.com/stable/",
