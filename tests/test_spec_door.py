@@ -25,6 +25,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import reconciler.specfile as specfile
+from reconciler.config import load_device
 from reconciler.errors import SpecError, UrlError
 from reconciler.quoting import excerpt, printable
 from reconciler.release.client import metadata_url
@@ -408,6 +409,21 @@ def test_the_runtime_refuses_the_same_urls_with_the_same_parser(url: str) -> Non
     with pytest.raises(UrlError) as info:
         metadata_url(url)
     assert BAD_URLS[url] in str(info.value)
+
+
+@pytest.mark.parametrize("port_map", [False, True], ids=["real device", "simulated"])
+def test_every_url_the_runtime_fetches_passes_the_same_parser(tmp_path: Path,
+                                                             port_map: bool) -> None:
+    config = tmp_path / "device.yaml"
+    config.write_text("slots:\n  A: {device: a}\n  B: {device: b}\ntrustedKeys: [k.pub]\n"
+                      + ("portMap: ports.json\n" if port_map else ""))
+    (tmp_path / "ports.json").write_text('{"127.0.0.1:8080": "127.0.0.1:41234"}')
+    device = load_device(config)
+    for url in (u for u in BAD_URLS if "?" not in u):  # a health URL may carry a query
+        with pytest.raises(UrlError):
+            device.map_url(url)
+    mapped = device.map_url("http://127.0.0.1:8080/c/")
+    assert mapped == ("http://127.0.0.1:41234/c/" if port_map else "http://127.0.0.1:8080/c/")
 
 
 def test_credentials_in_a_spec_url_are_refused_and_never_echoed() -> None:
