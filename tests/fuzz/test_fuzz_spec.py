@@ -18,6 +18,7 @@ import sys
 import unicodedata
 from pathlib import Path
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -26,6 +27,8 @@ from tests.fuzz.harness import REPO, ParserWorker, examples
 TARGET = "reconciler.specfile:parse_spec"
 ACCEPTED = ("reconciler.errors.SpecError",)
 CLI_SAMPLE = 20
+# A failing document is shown by the harness, cut; hypothesis' own repr of it may be huge.
+pytestmark = pytest.mark.filterwarnings("ignore:Generating overly large repr")
 
 _VERSIONS = st.one_of(
     st.just("latest"),
@@ -172,6 +175,7 @@ def _unprintable(message: str) -> bool:
     return any(c != "\n" and unicodedata.category(c)[0] == "C" for c in message)
 
 
+@pytest.mark.timeout(max(120, examples() // 10))  # about 20 ms a document; 50,000 in torture
 def test_the_spec_reader_answers_every_document_with_a_spec_or_a_short_spec_error() -> None:
     worker = ParserWorker(TARGET, ACCEPTED)
 
