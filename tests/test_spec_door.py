@@ -54,16 +54,12 @@ spec:
   channel:
     url: http://updates.example.com/stable/
 """
-#: A document is refused well within this (the benchmark measures the real figure).
-QUICK = 5.0
 
 
 def _refusal(text: str | bytes, name: str = "spec.yaml") -> str:
     content = text.encode() if isinstance(text, str) else text
-    started = time.perf_counter()
     with pytest.raises(SpecError) as info:
         parse_spec(content, Path(name))
-    assert time.perf_counter() - started < QUICK
     return str(info.value)
 
 
@@ -99,15 +95,23 @@ def test_a_spec_larger_than_256_kib_is_refused_before_it_is_parsed() -> None:
                        "names a version, a channel and a policy in a few hundred bytes")
 
 
-def test_a_file_larger_than_the_limit_is_not_even_read_whole(tmp_path: Path) -> None:
+def test_a_file_larger_than_the_limit_is_not_even_read_whole(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     path = tmp_path / "spec.yaml"
     with path.open("wb") as stream:  # sparse: 2 GiB the reader must not load
         stream.write(BASE.encode())
         stream.truncate(2 << 30)
-    started = time.perf_counter()
+    read: list[int] = []
+    real_read = os.read
+
+    def counted(fd: int, size: int) -> bytes:
+        data = real_read(fd, size)
+        read.append(len(data))
+        return data
+    monkeypatch.setattr(os, "read", counted)
     with pytest.raises(SpecError, match=r"larger than 256 KiB \(2147483648 bytes\)"):
         load_spec(path)
-    assert time.perf_counter() - started < QUICK
+    assert sum(read) == MAX_SPEC_BYTES + 1
 
 
 def test_a_spec_just_under_the_limit_is_still_read() -> None:
@@ -506,16 +510,13 @@ def test_spec_validate_exits_2_without_a_traceback_for_every_hostile_file(
     for name, text in HOSTILE.items():
         path = tmp_path / "spec.yaml"
         path.write_bytes(text.encode("utf-8", "surrogateescape"))
-        started = time.perf_counter()
         result = subprocess.run([*KRUXOS, "spec", "validate", str(path)], cwd=REPO,
                                 capture_output=True, text=True, timeout=60)
-        took = time.perf_counter() - started
         assert result.returncode == 2, (name, result.stdout, result.stderr)
         assert "Traceback" not in result.stderr + result.stdout, (name, result.stderr)
         assert result.stderr.startswith(f"error: {path}"), (name, result.stderr)
         assert len(result.stderr) < 2000 and "s3cr3t" not in result.stderr, name
         assert _printable_only(result.stderr), (name, result.stderr)
-        assert took < 30, (name, took)
 
 
 # ---- reading the file once -----------------------------------------------------------------
