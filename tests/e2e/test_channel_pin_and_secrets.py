@@ -109,26 +109,33 @@ def test_a_planted_password_appears_in_no_output_of_a_full_flow_and_a_failing_fe
     port = json.loads((device.dir / "run" / "ports.json").read_text())["127.0.0.1:8080"]
     with pytest.raises(urllib.error.HTTPError, match="401"):  # the channel needs credentials
         urllib.request.urlopen(f"http://{port}/metadata.json", timeout=30)
-    # The old way as well: credentials in the spec's URL (the device config ones win).
-    device.edit_spec(text=device.spec.read_text().replace(
+    # The old way, credentials in the spec's URL, is refused: they belong in the device
+    # config. The refusal names the URL with its password masked.
+    good = device.spec.read_text()
+    device.edit_spec(text=good.replace(
         "url: http://127.0.0.1:8080/", f"url: http://{USER}:{PASSWORD}@127.0.0.1:8080/"))
+    device.wait_for(lambda: [r for r in device.audit_file_records()
+                             if r["action"] == "spec-rejected"
+                             and "carries credentials" in r["reason"]],
+                    30, "the spec with credentials in its URL refused")
+    device.edit_spec(text=good)
     device.edit_spec(version="1.0.1")
     device.wait_status("1.0.1", "CONFIRMED", timeout=60)
 
     # A failing fetch whose error text carries the URL: nothing listens on port 9.
-    device.edit_spec(text=re.sub(r"url: \S+", f"url: http://{USER}:{PASSWORD}@127.0.0.1:9/",
+    device.edit_spec(text=re.sub(r"url: \S+", "url: http://127.0.0.1:9/",
                                  device.spec.read_text().replace("1.0.1", "1.0.2")))
     device.wait_for(lambda: any("127.0.0.1:9" in r["reason"]
                                 for r in device.decisions("wait")),
                     30, "a wait naming the unreachable channel")
     check = device.cli("update", "check", check=False)
-    assert check.returncode != 0 and f"{USER}:***@127.0.0.1:9" in check.stderr
+    assert check.returncode != 0 and "127.0.0.1:9" in check.stderr
 
     outputs = _every_output(device)
     basic = base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()
     leaks = [name for name, text in outputs.items() if PASSWORD in text or basic in text]
     assert leaks == [], f"the password appears in: {leaks}"
     audit = "".join(t for n, t in outputs.items() if "/audit/" in n)
-    assert f"http://{USER}:***@127.0.0.1:9/" in audit  # the redacted URL was recorded
+    assert f"http://{USER}:***@127.0.0.1:8080/" in audit  # the refused URL, masked
     assert device.cli("audit", "verify").returncode == 0
 
