@@ -34,11 +34,17 @@ def run_cli(dev: SimDevice, *args: str, stdin: str = "",
                           capture_output=True, text=True, timeout=timeout)
 
 
+def _as_at_a_terminal() -> None:
+    """Ctrl-C works as at a terminal: a suite started in the background (``make test &``)
+    has SIGINT ignored, which its children would inherit and keep."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def start_cli(dev: SimDevice, *args: str) -> subprocess.Popen[str]:
     """``kruxos ARGS`` in the background (to be interrupted)."""
     return subprocess.Popen([*KRUXOS, *args], cwd=REPO, env=dev.env, text=True,
                             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE)
+                            stderr=subprocess.PIPE, preexec_fn=_as_at_a_terminal)
 
 
 def interrupt(proc: subprocess.Popen[str], timeout: float = 30) -> tuple[int, str, str]:
