@@ -64,8 +64,21 @@ def excerpt(value: object, limit: int = EXCERPT_LIMIT) -> str:
 
 
 def _quoted(text: str, limit: int) -> str:
-    shown = repr(text[:limit])
-    return shown + _ELLIPSIS if len(text) > limit else shown
+    """``text`` in single quotes, escaped, with at most ``limit`` characters between them.
+
+    The limit counts what is shown, escapes included: 80 undecodable bytes
+    (``\\udcff`` each) must not become a 480-character quote.
+    """
+    pieces: list[str] = []
+    size = 0
+    for char in text[:limit]:
+        piece = "\\'" if char == "'" else repr(char)[1:-1]
+        if size + len(piece) > limit:
+            break
+        pieces.append(piece)
+        size += len(piece)
+    shown = "'" + "".join(pieces) + "'"
+    return shown if len(pieces) == len(text) else shown + _ELLIPSIS
 
 
 def _integer(value: int, limit: int) -> str:

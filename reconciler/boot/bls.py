@@ -47,6 +47,7 @@ from pathlib import Path
 
 from reconciler.boot import SLOTS, BootState, Mark, SlotName, other, register
 from reconciler.errors import BootEnvError
+from reconciler.quoting import excerpt
 from reconciler.store import atomic_write, fsync_dir
 
 MAX_TRIES = 9
@@ -115,7 +116,7 @@ def parse_entry_name(name: str) -> tuple[SlotName, int | None, int | None] | Non
 
 def _quote(text: str) -> str:
     """At most :data:`_QUOTE` characters of a foreign name or line, for an error message."""
-    return repr(text) if len(text) <= _QUOTE else repr(text[:_QUOTE]) + "..."
+    return excerpt(text, _QUOTE)
 
 
 def read_efivar_string(path: Path) -> str | None:

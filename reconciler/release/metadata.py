@@ -24,6 +24,7 @@ from nacl.exceptions import BadSignatureError
 from nacl.signing import VerifyKey
 
 from reconciler.errors import ReleaseError
+from reconciler.quoting import excerpt
 from reconciler.semver import Version
 
 FORMAT = 1
@@ -66,7 +67,7 @@ def quote(value: Any) -> str:
     Never the ``repr`` of a whole container: a hostile document may hold megabytes.
     """
     if isinstance(value, str):
-        return repr(value) if len(value) <= QUOTE_LIMIT else repr(value[:QUOTE_LIMIT]) + "..."
+        return excerpt(value, QUOTE_LIMIT)
     if isinstance(value, bool) or value is None:
         return "true" if value is True else "false" if value is False else "null"
     if isinstance(value, int):
