@@ -137,12 +137,19 @@ class _Refused(MarkedYAMLError):
 
 
 class _BoundedScanner(RoundTripScanner):
-    """ruamel's scanner, refusing flow collections (``[``, ``{``) nested too deep.
+    """ruamel's scanner, refusing flow collections (``[``, ``{``) nested too deep and
+    explicit keys.
 
     Counted as each bracket is read: the scanner otherwise reads ahead up to
     1024 characters of ``[[[[...`` before the composer sees the first one,
     which costs time quadratic in that stretch.
     """
+
+    def fetch_key(self) -> None:
+        """Refuse explicit keys (``? key``): a spec never needs them, and ruamel takes
+        time exponential in how deeply they nest (16 of them on one line: 44 s)."""
+        raise ScannerError(None, None, "explicit mapping keys ('? ...') are not allowed in "
+                           "a spec; write 'key: value'", self.reader.get_mark())
 
     def fetch_flow_collection_start(self, token_class: Any, to_push: str) -> None:
         if self.flow_level >= MAX_DEPTH:

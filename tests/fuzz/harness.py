@@ -8,12 +8,15 @@ child process with an address-space limit (512 MiB) that must answer each
 document within a deadline (10 s). A crash, a hang or a death is a finding,
 reported with the document that caused it.
 
-How many documents a test runs is :func:`examples`: 1,000 by default (``make
-test``), more when ``KRUXOS_FUZZ_EXAMPLES`` says so (``make torture`` sets 50,000).
+``KRUXOS_FUZZ_SAVE=DIR`` keeps each finding's whole document in DIR (the
+report shows only its first 400 bytes). How many documents a test runs is
+:func:`examples`: 1,000 by default (``make test``), more when
+``KRUXOS_FUZZ_EXAMPLES`` says so (``make torture`` sets 50,000).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import resource
@@ -118,5 +121,17 @@ class ParserWorker:
         return {"result": "lost", "why": why}
 
     def _problem(self, document: bytes, what: str) -> None:
-        self.findings.problems.append(f"document {document[:400]!r} ({len(document)} bytes): "
-                                      f"{what}")
+        saved = _save(document)
+        self.findings.problems.append(f"document {document[:400]!r} ({len(document)} bytes"
+                                      f"{f', saved as {saved}' if saved else ''}): {what}")
+
+
+def _save(document: bytes) -> Path | None:
+    """Keep a finding's whole document where ``KRUXOS_FUZZ_SAVE`` says, to replay it."""
+    folder = os.environ.get("KRUXOS_FUZZ_SAVE")
+    if not folder:
+        return None
+    path = Path(folder) / f"{hashlib.sha256(document).hexdigest()[:16]}.bin"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(document)
+    return path
