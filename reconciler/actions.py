@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import ClassVar
 
-from reconciler.observed import SlotName
+from reconciler.observed import SlotName, TrialPolicy
 
 
 @dataclass(frozen=True)
@@ -56,6 +56,7 @@ class ArmTrial:
     version: str
     reason: str
     reboot: bool = True
+    policy: TrialPolicy = TrialPolicy()
 
     @property
     def kind(self) -> str:
@@ -65,10 +66,12 @@ class ArmTrial:
 
 @dataclass(frozen=True)
 class ProbeHealth:
-    """Ask the health endpoint once about the booted trial slot."""
+    """Ask the health endpoint once about the booted trial slot (the trial's own policy)."""
 
     slot: SlotName
     reason: str
+    url: str = TrialPolicy.url
+    timeout_s: float = 5.0
     kind: ClassVar[str] = "probe"
 
 

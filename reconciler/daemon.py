@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import random
 import signal
 import sys
 import time
@@ -37,12 +38,12 @@ from reconciler.actions import Action, Blocked, Nothing, Outcome, ProbeHealth, W
 from reconciler.audit import AuditTrail
 from reconciler.channelwatch import ChannelWatch
 from reconciler.config import Device
-from reconciler.decide import decide, desired_version
-from reconciler.errors import AuditError, KruxosError
+from reconciler.decide import decide, desired_version, trial_policy_of
+from reconciler.errors import AuditError, KruxosError, SpecError, short_error
 from reconciler.executor import Executor, Rebooter, command_rebooter
 from reconciler.inbox import waiting
 from reconciler.observe import backend_for, observe
-from reconciler.observed import ObservedState
+from reconciler.observed import ChannelView, ObservedState
 from reconciler.overrides import STOPPING_REQUESTS, RequestDesk
 from reconciler.redact import redact
 from reconciler.specfile import LoadedSpec, SpecKeeper
@@ -51,6 +52,15 @@ from reconciler.store import StateStore, data_dir_lock
 from reconciler.windows import next_open
 
 AUDIT_RETRY = timedelta(seconds=5)
+#: After a failed pass the next one waits 1 s, doubling per failure in a row up to this,
+#: each delay spread by ±20 % so that devices failing together do not retry together.
+BACKOFF_CAP = timedelta(seconds=15)
+
+
+def backoff(failures: int, rng: random.Random) -> timedelta:
+    """The pause after ``failures`` failed passes in a row, with jitter."""
+    base = min(BACKOFF_CAP.total_seconds(), 2.0 ** max(0, failures - 1))
+    return timedelta(seconds=base * rng.uniform(0.8, 1.2))
 
 
 def log(message: str) -> None:
@@ -90,6 +100,9 @@ class Reconciler:
         self.spec: LoadedSpec | None = None
         self.on_trial = False
         self.requests = RequestDesk(device, self.store, self.audit, self.backend)
+        self._failures = 0
+        self._recorded_problems: set[str] = set()
+        self._rng = random.Random()
 
     def _should_stop(self) -> bool:
         """Stop a long step (a download) on SIGTERM or when the spec turns ``suspend`` on.
@@ -103,26 +116,62 @@ class Reconciler:
         if now - self._suspend_checked < 0.5:
             return False
         self._suspend_checked = now
-        loaded, _ = self.keeper.refresh()
+        loaded = self._current_spec()  # a rejection during a long staging is recorded now
         return bool(loaded and loaded.policy.spec.suspend)
 
     def run_pass(self, actor: str) -> PassResult:
-        """Decide and run one step; an unwritable audit trail stops everything."""
+        """Decide and run one step; no exception ends the daemon.
+
+        An unwritable audit trail stops every action (and the pass is tried
+        again soon); any other exception is recorded once, as an ``event``
+        with a short reason, and the next pass follows after a backoff with
+        jitter, so a bad input can never turn into a crash loop.
+        """
+        try:
+            result = self._pass(actor)
+        except Exception as exc:  # noqa: BLE001 - the loop must outlive any bad input
+            return self._pass_failed(exc)
+        self._failures = 0
+        return result
+
+    def _pass_failed(self, exc: Exception) -> PassResult:
+        self._failures += 1
+        pause = backoff(self._failures, self._rng)
+        self._problem("pass-failed", f"a reconcile pass failed: {short_error(exc)}; passes "
+                      "go on with a backoff")
+        return PassResult(None, None, self.clock() + pause)
+
+    def _problem(self, action: str, reason: str) -> None:
+        """Record a problem once per distinct reason (an audit ``event``), and log it."""
+        if reason in self._recorded_problems:
+            return
+        log(reason)
+        try:
+            self.audit.event("daemon", action, reason)
+        except Exception as exc:  # noqa: BLE001 - a problem report must not raise
+            log(f"cannot record it in the audit trail: {short_error(exc)}")
+            return
+        self._recorded_problems.add(reason)
+
+    def _guarded(self, what: str, step: Callable[[], Any]) -> Any:
+        """Run a step a trial's judgement does not depend on; a failure is recorded once."""
+        try:
+            return step()
+        except AuditError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - see run_pass
+            self._problem("pass-failed", f"{what} failed: {short_error(exc)}; the pass goes "
+                          "on without it")
+            return None
+
+    def _pass(self, actor: str) -> PassResult:
         spec = self._current_spec()
-        if spec is None:
-            return PassResult(None, None, None)
         now = self.clock()
-        view = self.channel.view(spec.policy, spec.revision, now)
+        view = self._channel_view(spec, now)
         observed = observe(self.device, self.store, self.backend, view)
-        taken = self.requests.take(spec, observed)
-        if "pin" in taken:  # a person may ask for a release published a moment ago
-            self.channel.refresh(spec.policy, now)
-            view = self.channel.view(spec.policy, spec.revision, now)
-        if taken:  # the requests changed what is on disk
-            observed = observe(self.device, self.store, self.backend, view)
-        self.requests.end_override(spec, observed)
-        self._lift_block(spec, observed)
-        action = decide(spec.policy, observed, now)
+        if spec is not None:
+            observed = self._take_requests(spec, observed, now) or observed
+        action = decide(spec.policy if spec else None, observed, now)
         self.on_trial = observed.on_trial
         try:
             return self._act(actor, spec, observed, action)
@@ -130,14 +179,41 @@ class Reconciler:
             log(f"audit trail cannot be written, no action runs: {exc}")
             return PassResult(action, None, now + AUDIT_RETRY)
 
-    def _act(self, actor: str, spec: LoadedSpec, observed: ObservedState,
+    def _channel_view(self, spec: LoadedSpec | None, now: datetime) -> ChannelView:
+        """The verified channel; any failure (even a URL that does not parse) is a view error."""
+        if spec is None:
+            return ChannelView(error="no valid spec: the channel is not known")
+        try:
+            return self.channel.view(spec.policy, spec.revision, now)
+        except Exception as exc:  # noqa: BLE001 - the channel never stops a pass
+            return ChannelView(error=f"channel: {short_error(exc)}",
+                               retry_after=timedelta(seconds=30))
+
+    def _take_requests(self, spec: LoadedSpec, observed: ObservedState,
+                       now: datetime) -> ObservedState | None:
+        def take() -> ObservedState:
+            taken = self.requests.take(spec, observed)
+            view = observed.channel
+            if "pin" in taken:  # a person may ask for a release published a moment ago
+                self.channel.refresh(spec.policy, now)
+                view = self._channel_view(spec, now)
+            fresh = observe(self.device, self.store, self.backend, view) if taken else observed
+            self.requests.end_override(spec, fresh)
+            self._lift_block(spec, fresh)
+            return observe(self.device, self.store, self.backend, view)
+
+        result: ObservedState | None = self._guarded("taking requests", take)
+        return result
+
+    def _act(self, actor: str, spec: LoadedSpec | None, observed: ObservedState,
              action: Action) -> PassResult:
-        fields = {"spec_revision": spec.revision, "spec_file": str(spec.path),
+        fields = {"spec_revision": spec.revision if spec else None,
+                  "spec_file": str(spec.path) if spec else None,
                   "observed": observed.summary()}
         record, repeated = self.audit.decision(actor, action.kind, action.reason, **fields)
         if not repeated:
             log(f"#{record.seq} {action.kind}: {action.reason}")
-        outcome = self.executor.run(action, spec.policy)
+        outcome = self.executor.run(action, spec.policy if spec else None)
         self.audit.outcome(record.seq, actor, action.kind, outcome.text, outcome.duration_s,
                            **fields)
         if not outcome.ok:
@@ -146,12 +222,12 @@ class Reconciler:
         wake = self._wake_at(action, outcome, spec, observed)
         return PassResult(action, outcome, wake, rebooting)
 
-    def _wake_at(self, action: Action, outcome: Outcome, spec: LoadedSpec,
+    def _wake_at(self, action: Action, outcome: Outcome, spec: LoadedSpec | None,
                  observed: ObservedState) -> datetime | None:
         """When to look again: a probe waits one interval (or until the deadline)."""
         now = self.clock()
         if isinstance(action, ProbeHealth) and not self.executor.last_probe_healthy:
-            hp = spec.policy.spec.health
+            hp = observed.trial_policy or trial_policy_of(spec.policy if spec else None)
             started = observed.health.first_probe_at if observed.health else None
             deadline = (started or now) + hp.timeout
             return max(now, min(now + hp.interval, deadline))
@@ -161,13 +237,25 @@ class Reconciler:
             return now + timedelta(seconds=30)
         if isinstance(action, Wait):
             return action.until
-        if isinstance(action, Nothing | Blocked):
+        if isinstance(action, Nothing | Blocked) or spec is None:
             return None  # only a trigger or the resync can change the answer
         return now  # a step ran: look again at once, the next step may be due
 
     def _current_spec(self) -> LoadedSpec | None:
-        """The spec in force; a rejected file is recorded once per content revision."""
-        loaded, error = self.keeper.refresh()
+        """The spec in force; a rejected file is recorded once per content revision.
+
+        A file that breaks the reader in any way is a rejected file; a failure
+        to keep the last good copy (a full disk) keeps the spec of the last pass.
+        """
+        try:
+            loaded, error = self.keeper.refresh()
+        except OSError as exc:
+            self._problem("pass-failed", f"cannot keep a copy of the last good spec: "
+                          f"{short_error(exc)}")
+            return self.spec
+        except Exception as exc:  # noqa: BLE001 - a hostile file must not stop the pass
+            loaded, error = self.spec, SpecError(f"{self.device.spec_path}: cannot be read "
+                                                 f"as a spec ({short_error(exc)})")
         if error is not None:
             self._record_rejection(error)
         self.spec = loaded
@@ -178,7 +266,7 @@ class Reconciler:
         if self.store.section("spec").get("rejected") == bad:
             return
         kept = self.keeper.copy_revision()
-        reason = f"{error} (keeping the last good spec {kept or '(none)'})"
+        reason = f"{short_error(error, 600)} (keeping the last good spec {kept or '(none)'})"
         self.audit.event("spec", "spec-rejected", reason, spec_revision=bad,
                          spec_file=str(self.device.spec_path))
         self.store.put("spec", {"rejected": bad})

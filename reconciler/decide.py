@@ -33,59 +33,96 @@ from reconciler.actions import (
     Stage,
     Wait,
 )
-from reconciler.observed import ObservedState, other
-from reconciler.semver import Version
+from reconciler.observed import ObservedState, SlotName, TrialPolicy, other
+from reconciler.semver import Version, is_semver
 from reconciler.spec import UpdatePolicy
 from reconciler.windows import is_open, next_open
 
 MANUAL_ROLLBACK = "manual (kruxos update rollback)"
 
 
-def decide(policy: UpdatePolicy, observed: ObservedState, now: datetime) -> Action:
-    """The single next step for the device, with a reason a person can read."""
+def decide(policy: UpdatePolicy | None, observed: ObservedState, now: datetime) -> Action:
+    """The single next step for the device, with a reason a person can read.
+
+    ``policy`` is ``None`` when no valid spec is known at all: a trial is still
+    judged (by the policy captured when it was armed) and a rollback still
+    finishes; nothing new starts.
+    """
     for rule in (_judge_trial, _finish_pending):
         action = rule(policy, observed, now)
         if action is not None:
             return action
+    if policy is None:
+        return Wait("no valid spec is known: nothing new starts until one is written")
     return _converge(policy, observed, now)
 
 
-def _judge_trial(policy: UpdatePolicy, obs: ObservedState, now: datetime) -> Action | None:
-    """Confirm, probe or roll back the booted slot while it is on trial."""
+def trial_policy_of(policy: UpdatePolicy | None) -> TrialPolicy:
+    """The health policy a trial armed now is judged by (the defaults without a spec)."""
+    if policy is None:
+        return TrialPolicy()
+    hp = policy.spec.health
+    return TrialPolicy(hp.url, hp.interval, hp.timeout, hp.success_threshold,
+                       policy.spec.rollback.automatic)
+
+
+def _judge_trial(policy: UpdatePolicy | None, obs: ObservedState,
+                 now: datetime) -> Action | None:
+    """Confirm, probe or roll back the booted slot while it is on trial.
+
+    The policy captured at arming rules; the spec's is used only for a trial
+    armed before policies were captured (or whose record was lost).
+    """
     if not obs.on_trial:
         return None
     slot, version = obs.booted, obs.booted_slot.version or "?"
-    health, hp = obs.health, policy.spec.health
+    tp = obs.trial_policy or trial_policy_of(policy)
     if obs.request == "confirm":
         return Confirm(slot, version, f"{version} confirmed by a person (kruxos update confirm)")
     if obs.request == "rollback":
         return Rollback(slot, other(slot), version, MANUAL_ROLLBACK)
-    if not policy.spec.rollback.automatic:
+    if not tp.automatic:
         return Wait(f"slot {obs.booted_slot.label} runs {version} on trial; automatic "
-                    "rollback is off: confirm or roll back by hand")
+                    "rollback was off when the trial was armed: confirm or roll back by hand "
+                    "(kruxos update confirm / kruxos update rollback)")
+    return _health_step(tp, obs, now, version)
+
+
+def _health_step(tp: TrialPolicy, obs: ObservedState, now: datetime, version: str) -> Action:
+    """Probe, wait for the next probe, confirm, or roll back at the deadline."""
+    slot, health = obs.booted, obs.health
     if health is None or health.first_probe_at is None:
-        return ProbeHealth(slot, f"slot {slot} booted {version} on trial: first health probe")
-    if health.consecutive_ok >= hp.success_threshold:
+        return _probe(tp, slot, f"slot {slot} booted {version} on trial: first health probe")
+    if health.consecutive_ok >= tp.success_threshold:
         return Confirm(slot, version, f"{version} passed the health check "
-                       f"({health.consecutive_ok} healthy answer(s) of {hp.success_threshold} "
+                       f"({health.consecutive_ok} healthy answer(s) of {tp.success_threshold} "
                        "needed)")
-    if now >= health.first_probe_at + hp.timeout:
+    deadline = health.first_probe_at + tp.timeout
+    if now >= deadline:
         return Rollback(slot, other(slot), version, health.timeout_reason)
-    due = (health.last_probe_at or health.first_probe_at) + hp.interval
+    last = f"last: {health.last_summary or 'none'}"
+    due = (health.last_probe_at or health.first_probe_at) + tp.interval
     if now < due:
-        return Wait(f"slot {slot} on trial: next health probe (last: "
-                    f"{health.last_summary or 'none'})", until=min(due, health.first_probe_at
-                                                                   + hp.timeout))
-    return ProbeHealth(slot, f"slot {slot} on trial: health probe (last: "
-                       f"{health.last_summary or 'none'})")
+        return Wait(f"slot {slot} on trial: next health probe ({last})",
+                    until=min(due, deadline))
+    return _probe(tp, slot, f"slot {slot} on trial: health probe ({last})")
 
 
-def _finish_pending(policy: UpdatePolicy, obs: ObservedState, now: datetime) -> Action | None:
+def _probe(tp: TrialPolicy, slot: SlotName, reason: str) -> ProbeHealth:
+    return ProbeHealth(slot, reason, url=tp.url,
+                       timeout_s=min(tp.interval.total_seconds(), 10.0))
+
+
+def _finish_pending(policy: UpdatePolicy | None, obs: ObservedState,
+                    now: datetime) -> Action | None:
     """Steps the bootloader environment shows as started but not finished."""
     target = obs.other_slot
     if obs.request == "rollback" and target.mark == "good" and target.version:
         return Rollback(obs.booted, target.name, obs.booted_slot.version, MANUAL_ROLLBACK)
-    if obs.trial == target.name and target.version:
+    if obs.trial == target.name and target.version and policy is None:
+        return Wait(f"the trial of {target.version} in slot {target.label} is armed; no "
+                    "valid spec is known, so no reboot starts")
+    if obs.trial == target.name and target.version and policy is not None:
         wanted = desired_version(policy, obs)
         if wanted is not None and wanted != target.version:
             return Disarm(target.name, target.version, f"the trial of {target.version} in slot "
@@ -93,7 +130,7 @@ def _finish_pending(policy: UpdatePolicy, obs: ObservedState, now: datetime) -> 
         gate = _reboot_gate(policy, obs, now, target.version, armed=True)
         return gate or ArmTrial(target.name, target.version,
                                 f"trial of {target.version} in slot {target.label} is armed: "
-                                "reboot into it")
+                                "reboot into it", policy=trial_policy_of(policy))
     if obs.default != obs.booted and obs.trial is None:
         return Reboot(obs.default, f"the bootloader boots slot {obs.default} next: finish "
                       "the switch with a reboot")
@@ -155,7 +192,11 @@ def _as_wanted(source: str) -> str:
 
 
 def _refuse_downgrade(policy: UpdatePolicy, booted: str | None, desired: str) -> Action | None:
-    if booted is None or policy.spec.allow_downgrade or Version(desired) >= Version(booted):
+    """A downgrade needs ``allowDowngrade``; a version that is not semver cannot be ordered,
+    so it is no downgrade (the slot's identity problem is named in the reasons instead)."""
+    if booted is None or policy.spec.allow_downgrade:
+        return None
+    if not (is_semver(booted) and is_semver(desired)) or Version(desired) >= Version(booted):
         return None
     return Blocked(f"{desired} is lower than the running {booted}; set allowDowngrade: true "
                    "to go back")
@@ -166,12 +207,16 @@ def _switch_or_stage(policy: UpdatePolicy, obs: ObservedState, now: datetime,
     """Boot the other slot if it holds ``desired`` verified, else stage it there."""
     target = obs.other_slot
     why = f"{source} {desired}, booted {obs.booted_slot.version or 'nothing'}"
+    if obs.booted_slot.problem:
+        why += f" (slot {obs.booted_slot.label}: {obs.booted_slot.problem})"
     if target.version == desired and target.mark in ("staged", "good"):
         gate = _reboot_gate(policy, obs, now, desired)
         return gate or ArmTrial(target.name, desired,
-                                f"{desired} is staged in slot {target.label}: {why}")
+                                f"{desired} is staged in slot {target.label}: {why}",
+                                policy=trial_policy_of(policy))
     if obs.channel.error is not None and desired not in obs.channel.versions:
-        return Wait(f"cannot stage {desired}: {obs.channel.error}",
+        note = f" ({why})" if obs.booted_slot.problem else ""
+        return Wait(f"cannot stage {desired}: {obs.channel.error}{note}",
                     until=now + obs.channel.retry_after)
     if desired not in obs.channel.versions:
         return Blocked(f"{desired} is not published on the channel ({why})")
@@ -187,7 +232,7 @@ def _switch_or_stage(policy: UpdatePolicy, obs: ObservedState, now: datetime,
 def _reboot_gate(policy: UpdatePolicy, obs: ObservedState, now: datetime,
                  version: str, armed: bool = False) -> Action | None:
     """A Wait (or an arm without reboot) when a reboot into ``version`` is not for now."""
-    applies, person = _person_gate(obs, version, armed)
+    applies, person = _person_gate(policy, obs, version, armed)
     if applies:
         return person
     rollout = policy.spec.rollout
@@ -205,7 +250,8 @@ def _reboot_gate(policy: UpdatePolicy, obs: ObservedState, now: datetime,
                 f"maintenance window opening {when}", until=opens)
 
 
-def _person_gate(obs: ObservedState, version: str, armed: bool) -> tuple[bool, Action | None]:
+def _person_gate(policy: UpdatePolicy, obs: ObservedState, version: str,
+                 armed: bool) -> tuple[bool, Action | None]:
     """Whether a person's pin decides this reboot, and what it says (``None``: reboot now)."""
     pin = obs.override
     if pin is None or pin.version != version or pin.reboot == "rules":
@@ -220,4 +266,5 @@ def _person_gate(obs: ObservedState, version: str, armed: bool) -> tuple[bool, A
         return True, Wait(f"{version} is armed in slot {target.label}: it activates on the "
                           "next reboot")
     return True, ArmTrial(target.name, version, f"{version} activates on the next reboot, as "
-                          "the person asked (kruxos update apply --no-reboot)", reboot=False)
+                          "the person asked (kruxos update apply --no-reboot)", reboot=False,
+                          policy=trial_policy_of(policy))

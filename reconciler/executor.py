@@ -34,7 +34,7 @@ from reconciler.actions import (
 )
 from reconciler.boot import Backend
 from reconciler.config import Device
-from reconciler.errors import KruxosError, TemporaryError
+from reconciler.errors import KruxosError, TemporaryError, short_error
 from reconciler.observed import SlotName
 from reconciler.spec import UpdatePolicy
 from reconciler.store import StateStore
@@ -73,7 +73,7 @@ class Executor:
     should_stop: Callable[[], bool] = lambda: False
     last_probe_healthy: bool = False
 
-    def run(self, action: Action, policy: UpdatePolicy) -> Outcome:
+    def run(self, action: Action, policy: UpdatePolicy | None) -> Outcome:
         """Run ``action``; every failure becomes a failed :class:`Outcome`."""
         started = time.monotonic()
         try:
@@ -83,9 +83,11 @@ class Executor:
             return Outcome(False, str(exc), time.monotonic() - started, exc.delay)
         except (KruxosError, OSError, subprocess.SubprocessError) as exc:
             return Outcome(False, str(exc), time.monotonic() - started)
+        except Exception as exc:  # noqa: BLE001 - an action failure is an outcome, never a crash
+            return Outcome(False, short_error(exc), time.monotonic() - started)
 
-    def _dispatch(self, action: Action, policy: UpdatePolicy) -> str:
-        handlers: dict[type, Callable[[Any, UpdatePolicy], str]] = {
+    def _dispatch(self, action: Action, policy: UpdatePolicy | None) -> str:
+        handlers: dict[type, Callable[[Any, UpdatePolicy | None], str]] = {
             Nothing: _nothing, Wait: _nothing, Blocked: _nothing,
             Stage: self._stage, ArmTrial: self._arm, ProbeHealth: self._probe,
             Confirm: self._confirm, Rollback: self._rollback, Reboot: self._reboot,
@@ -96,11 +98,25 @@ class Executor:
     def _now(self) -> str:
         return self.clock().isoformat()
 
-    def _stage(self, action: Stage, policy: UpdatePolicy) -> str:
+    def _stage(self, action: Stage, policy: UpdatePolicy | None) -> str:
+        if policy is None:
+            raise KruxosError("no valid spec: nothing is staged")
         return self.stager.stage(action.version, action.slot, policy, self.should_stop)
 
-    def _arm(self, action: ArmTrial, policy: UpdatePolicy) -> str:
-        self.store.put("trial", None)
+    def _arm(self, action: ArmTrial, policy: UpdatePolicy | None) -> str:
+        """Capture the trial's health policy on disk first, then arm the bootloader."""
+        tp = action.policy
+
+        def capture(doc: dict[str, Any]) -> None:
+            doc.pop("trial", None)
+            doc["trial_policy"] = {
+                "slot": action.slot, "version": action.version, "url": tp.url,
+                "interval_s": tp.interval.total_seconds(),
+                "timeout_s": tp.timeout.total_seconds(),
+                "success_threshold": tp.success_threshold, "automatic": tp.automatic,
+                "armed_at": self._now()}
+
+        self.store.update(capture)
         self.backend.arm_trial(action.slot, self.device.trial_tries)
         armed = f"armed slot {action.slot} for {self.device.trial_tries} trial boot(s)"
         if not action.reboot:
@@ -108,10 +124,8 @@ class Executor:
         self.rebooter(action.reason)
         return f"{armed}; rebooting"
 
-    def _probe(self, action: ProbeHealth, policy: UpdatePolicy) -> str:
-        hp = policy.spec.health
-        answer = health.probe(self.device.map_url(hp.url),
-                              timeout=min(hp.interval.total_seconds(), 10.0))
+    def _probe(self, action: ProbeHealth, policy: UpdatePolicy | None) -> str:
+        answer = health.probe(self.device.map_url(action.url), timeout=action.timeout_s)
         now = self._now()
         boot_id = self.device.current_boot_id()
 
@@ -133,17 +147,17 @@ class Executor:
         self.last_probe_healthy = answer.healthy
         return answer.summary()
 
-    def _confirm(self, action: Confirm, policy: UpdatePolicy) -> str:
+    def _confirm(self, action: Confirm, policy: UpdatePolicy | None) -> str:
         self.backend.mark_good(action.slot)
 
         def clear(doc: dict[str, Any]) -> None:
-            for key in ("trial", "rollback", "staging", "request"):
+            for key in ("trial", "trial_policy", "rollback", "staging", "request"):
                 doc.pop(key, None)
 
         self.store.update(clear)
         return f"slot {action.slot} marked good with {action.version}"
 
-    def _rollback(self, action: Rollback, policy: UpdatePolicy) -> str:
+    def _rollback(self, action: Rollback, policy: UpdatePolicy | None) -> str:
         self._remember_failure(action.from_version, action.reason)
         self.backend.rollback(action.reason)
         left = self.backend.read().marks.get(action.from_slot)
@@ -151,15 +165,15 @@ class Executor:
         return (f"slot {action.from_slot} marked {left}; rebooting into slot {action.to_slot}, "
                 "the default again")
 
-    def _reboot(self, action: Reboot, policy: UpdatePolicy) -> str:
+    def _reboot(self, action: Reboot, policy: UpdatePolicy | None) -> str:
         self.rebooter(action.reason)
         return f"rebooting into slot {action.slot}"
 
-    def _disarm(self, action: Disarm, policy: UpdatePolicy) -> str:
+    def _disarm(self, action: Disarm, policy: UpdatePolicy | None) -> str:
         self.backend.set_mark(action.slot, "staged")
         return f"slot {action.slot} disarmed; it keeps {action.version} staged"
 
-    def _note_fallback(self, action: NoteFallback, policy: UpdatePolicy) -> str:
+    def _note_fallback(self, action: NoteFallback, policy: UpdatePolicy | None) -> str:
         self._remember_failure(action.version, action.reason)
         return f"{action.version} recorded as failed on trial"
 
@@ -172,10 +186,11 @@ class Executor:
             if version:
                 doc["failed"] = {"version": version, "reason": reason, "at": now}
             doc.pop("trial", None)
+            doc.pop("trial_policy", None)
             doc.pop("request", None)
 
         self.store.update(change)
 
 
-def _nothing(action: Any, policy: UpdatePolicy) -> str:
+def _nothing(action: Any, policy: UpdatePolicy | None) -> str:
     return ""

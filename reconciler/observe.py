@@ -8,12 +8,12 @@ version, a staging in progress) from the state file on the data dir.
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from reconciler.boot import Backend, BootState, open_backend
 from reconciler.config import Device
-from reconciler.errors import BootEnvError
+from reconciler.errors import BootEnvError, KruxosError, short_error
 from reconciler.observed import (
     SLOTS,
     ChannelView,
@@ -23,8 +23,10 @@ from reconciler.observed import (
     Override,
     Slot,
     Staging,
+    TrialPolicy,
 )
-from reconciler.release.image import read_slot_header
+from reconciler.release.image import slot_identity
+from reconciler.semver import is_semver
 from reconciler.store import StateStore
 
 
@@ -45,9 +47,9 @@ def read_boot_state(backend: Backend) -> tuple[BootState, str | None]:
 def observe(device: Device, store: StateStore, backend: Backend,
             channel: ChannelView | None = None) -> ObservedState:
     """What is on the device now; ``channel`` is the last verified channel view."""
-    boot, _ = read_boot_state(backend)
+    boot, boot_problem = read_boot_state(backend)
     booted = device.booted_slot()
-    doc = store.load()
+    doc, state_problem = _load_state(store)
     slots = {name: _slot(device, boot, name) for name in SLOTS}
     return ObservedState(
         booted=booted,
@@ -64,15 +66,33 @@ def observe(device: Device, store: StateStore, backend: Backend,
         channel=channel or ChannelView(error="channel not fetched yet"),
         override=_override(doc.get("override")),
         request=_request(doc.get("request")),
+        trial_policy=_trial_policy(doc.get("trial_policy"), booted),
+        boot_env_problem=boot_problem,
+        state_problem=state_problem,
     )
 
 
+def _load_state(store: StateStore) -> tuple[dict[str, Any], str | None]:
+    """The state document, or an empty one and why it could not be read."""
+    try:
+        return store.load(), None
+    except KruxosError as exc:
+        return {}, short_error(exc)
+
+
 def _slot(device: Device, boot: BootState, name: Any) -> Slot:
-    header = read_slot_header(device.slot_paths[name])
+    """A slot as its own bytes name it; a foreign or non-semver identity is a named problem."""
+    try:
+        header, problem = slot_identity(device.slot_paths[name])
+    except OSError as exc:
+        header, problem = None, f"cannot read the slot's header: {exc.strerror or exc}"
     mark = boot.marks.get(name, "empty")
     if header is None and mark != "bad":
         mark = "empty"
-    return Slot(name, device.slot_device(name), header.version if header else None, mark)
+    version = header.version if header else None
+    if version is not None and not is_semver(version):
+        problem = f"its header names version {version[:40]!r}, not a semantic version"
+    return Slot(name, device.slot_device(name), version, mark, problem)
 
 
 def _get(doc: dict[str, Any], section: str, key: str) -> Any:
@@ -81,7 +101,26 @@ def _get(doc: dict[str, Any], section: str, key: str) -> Any:
 
 
 def _time(value: Any) -> datetime | None:
-    return datetime.fromisoformat(value) if isinstance(value, str) and value else None
+    """An ISO time from the state file as an aware UTC time; anything else is absent."""
+    if not isinstance(value, str) or not value:
+        return None
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment
+
+
+def _trial_policy(value: Any, booted: str) -> TrialPolicy | None:
+    """The health policy captured when the trial of the booted slot was armed."""
+    if not isinstance(value, dict) or value.get("slot") != booted:
+        return None
+    try:
+        return TrialPolicy(str(value["url"]), timedelta(seconds=float(value["interval_s"])),
+                           timedelta(seconds=float(value["timeout_s"])),
+                           max(1, int(value["success_threshold"])), bool(value["automatic"]))
+    except (KeyError, TypeError, ValueError, OverflowError):
+        return None
 
 
 def _health(trial: Any, boot_id: str, booted: str) -> HealthProgress | None:

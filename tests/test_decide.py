@@ -41,6 +41,7 @@ from reconciler.observed import (
     Slot,
     SlotName,
     Staging,
+    TrialPolicy,
 )
 from reconciler.spec import UpdatePolicy
 
@@ -429,3 +430,142 @@ def test_armed_trial_of_a_version_no_longer_wanted_is_disarmed_not_booted() -> N
     obs = observed(other_version="1.0.2", other_mark="staged", trial="B", tries_left=3)
     action = decide(policy("1.0.0"), obs, NOW)
     assert isinstance(action, Disarm) and action.slot == "B"
+
+
+# ---- totality: every observed state has an answer; damaged identities are named -----------
+
+def test_booted_slot_whose_header_is_not_semver_stages_and_names_the_problem() -> None:
+    booted = replace(observed(), slots={
+        "A": Slot("A", "sda2", "2024.1", "good", "its header names version '2024.1', not a "
+                  "semantic version"),
+        "B": Slot("B", "sda3", None, "empty")})
+    action = decide(policy("1.0.1"), booted, NOW)
+    assert isinstance(action, Stage)
+    assert "2024.1" in action.reason and "not a semantic version" in action.reason
+
+
+def test_booted_non_semver_version_is_no_downgrade_to_refuse() -> None:
+    booted = observed(booted_version="2024.1")
+    assert isinstance(decide(policy("1.0.0"), booted, NOW), Stage)
+
+
+SLOT_VERSIONS = st.one_of(st.none(), st.sampled_from(["1.0.0", "1.0.1", "2024.1", "", "v1",
+                                                     "1.0.0-rc.1"]), st.text(max_size=12))
+TIMES = st.one_of(st.none(), st.datetimes(min_value=datetime(2020, 1, 1),
+                                          max_value=datetime(2030, 1, 1),
+                                          timezones=st.just(UTC)))
+
+
+@st.composite
+def any_observed(draw: st.DrawFn) -> ObservedState:
+    """Any state observe can hand over, including damaged identities and odd records."""
+    marks = st.sampled_from(["good", "staged", "bad", "empty"])
+    slots = {name: Slot(name, dev, draw(SLOT_VERSIONS), draw(marks),
+                        draw(st.one_of(st.none(), st.just("foreign header"))))
+             for name, dev in (("A", "sda2"), ("B", "sda3"))}
+    first = draw(TIMES)
+    health = draw(st.one_of(st.none(), st.builds(
+        HealthProgress, first_probe_at=st.just(first), last_probe_at=TIMES,
+        consecutive_ok=st.integers(0, 5), probes=st.integers(0, 9))))
+    versions = st.one_of(st.none(), st.sampled_from(["1.0.0", "1.0.2", "2024.1"]))
+    return ObservedState(
+        booted=draw(st.sampled_from(["A", "B"])), slots=slots,
+        default=draw(st.sampled_from(["A", "B"])),
+        trial=draw(st.sampled_from([None, "A", "B"])), tries_left=draw(st.integers(0, 3)),
+        fallback_trace=draw(st.one_of(st.none(), st.just("B: trial tries exhausted"))),
+        health=health, rolled_back_from=draw(versions),
+        staging=draw(st.one_of(st.none(), st.builds(Staging, version=st.sampled_from(
+            ["1.0.1", "2024.1"]), slot=st.sampled_from(["A", "B"])))),
+        failed=draw(st.one_of(st.none(), st.builds(FailedVersion, version=st.sampled_from(
+            ["1.0.1", "1.0.2", "2024.1"]), reason=st.just("failed")))),
+        channel=draw(st.sampled_from([CHANNEL, ChannelView(error="channel: InvalidURL")])),
+        override=draw(st.one_of(st.none(), st.builds(Override, version=st.sampled_from(
+            ["1.0.1", "2024.1", "0.9.0"]), reboot=st.sampled_from(
+            ["rules", "ask", "now", "next-boot"]), paused=st.booleans()))),
+        request=draw(st.sampled_from([None, "confirm", "rollback"])),
+        trial_policy=draw(st.one_of(st.none(), st.builds(TrialPolicy,
+                                                         automatic=st.booleans()))),
+    )
+
+
+POLICIES = [None, policy("1.0.1"), policy("latest"), policy("1.0.0", suspend=True),
+            policy("1.0.2", allowDowngrade=True, rollout={"windows": [CLOSED]}),
+            policy("1.0.1", rollback={"automatic": False})]
+
+
+@settings(max_examples=500, deadline=None, database=None)
+@given(obs=any_observed(), spec=st.sampled_from(POLICIES))
+def test_decide_is_total_over_every_observed_state(obs: ObservedState,
+                                                   spec: UpdatePolicy | None) -> None:
+    action = decide(spec, obs, NOW)
+    assert action.reason and isinstance(action.reason, str)
+    if isinstance(action, Stage):
+        assert action.slot != obs.booted, "a stage never targets the booted slot"
+
+
+# ---- the trial's own policy, captured at arming, judges it -----------------------------------
+
+def test_arming_a_trial_captures_the_specs_health_policy() -> None:
+    spec = policy("1.0.1", health={"timeout": "30s", "interval": "2s",
+                                   "successThreshold": 2}, rollback={"automatic": False})
+    action = decide(spec, observed(other_version="1.0.1", other_mark="staged"), NOW)
+    assert isinstance(action, ArmTrial)
+    assert action.policy == TrialPolicy(
+        "http://127.0.0.1:7800/health/ready", timedelta(seconds=2), timedelta(seconds=30), 2,
+        False)
+
+
+def captured(timeout: int = 8, interval: int = 1, automatic: bool = True) -> TrialPolicy:
+    return TrialPolicy("http://127.0.0.1:7800/health/ready", timedelta(seconds=interval),
+                       timedelta(seconds=timeout), 1, automatic)
+
+
+def test_a_later_spec_cannot_stretch_the_timeout_of_a_trial() -> None:
+    later = policy("1.0.1", health={"timeout": "1h"})
+    trial = replace(on_trial(started(ago=timedelta(seconds=8), last_ago=timedelta(seconds=1))),
+                    trial_policy=captured(timeout=8))
+    action = decide(later, trial, NOW)
+    assert isinstance(action, Rollback), action
+
+
+def test_a_later_spec_turning_automatic_rollback_off_does_not_hold_the_rollback() -> None:
+    later = policy("1.0.1", rollback={"automatic": False})
+    trial = replace(on_trial(started(ago=timedelta(seconds=9))), trial_policy=captured())
+    assert isinstance(decide(later, trial, NOW), Rollback)
+
+
+def test_automatic_rollback_off_at_arming_waits_for_a_person_whatever_the_spec_says() -> None:
+    trial = replace(on_trial(started(ago=timedelta(hours=1))),
+                    trial_policy=captured(automatic=False))
+    action = decide(policy("1.0.1"), trial, NOW)
+    assert isinstance(action, Wait) and "by hand" in action.reason
+
+
+def test_without_any_valid_spec_a_trial_is_still_judged_and_rolled_back_on_time() -> None:
+    deadline = on_trial(started(ago=timedelta(seconds=8), last_ago=timedelta(seconds=1)))
+    action = decide(None, replace(deadline, trial_policy=captured(timeout=8)), NOW)
+    assert action == Rollback("B", "A", "1.0.1",
+                              "Health check timeout — gateway failed to start")
+    just_before = on_trial(started(ago=timedelta(seconds=8), last_ago=timedelta(seconds=0)))
+    wait = decide(None, replace(just_before, trial_policy=captured(timeout=9, interval=5)), NOW)
+    assert isinstance(wait, Wait) and wait.until == NOW + timedelta(seconds=1)
+
+
+def test_probe_uses_the_captured_health_url() -> None:
+    tp = replace(captured(), url="http://127.0.0.1:9999/ready")
+    action = decide(policy("1.0.1"), replace(on_trial(None), trial_policy=tp), NOW)
+    assert isinstance(action, ProbeHealth) and action.url == "http://127.0.0.1:9999/ready"
+
+
+@pytest.mark.parametrize("spec", POLICIES, ids=lambda p: "none" if p is None else p.spec.version)
+@pytest.mark.parametrize("seconds", [0, 1, 5, 7, 8, 9, 30])
+def test_exact_rollback_deadline_is_first_probe_plus_timeout(spec: UpdatePolicy | None,
+                                                             seconds: int) -> None:
+    """Rolled back at exactly first probe + timeout, never later, whatever the spec."""
+    health = started(ago=timedelta(seconds=seconds), last_ago=timedelta(seconds=0))
+    action = decide(spec, replace(on_trial(health), trial_policy=captured(timeout=8)), NOW)
+    if seconds >= 8:
+        assert isinstance(action, Rollback), action
+    else:
+        assert isinstance(action, Wait) and action.until is not None
+        assert action.until <= NOW - timedelta(seconds=seconds) + timedelta(seconds=8)

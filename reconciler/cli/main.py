@@ -16,7 +16,7 @@ from typing import Any
 import click
 
 from reconciler.config import Device, config_path, load_device
-from reconciler.errors import KruxosError, SpecError
+from reconciler.errors import KruxosError, SpecError, short_error
 from reconciler.redact import redact_standard_streams
 
 
@@ -179,7 +179,7 @@ def spec_plan(ctx: click.Context, file: Path | None) -> None:
     except KruxosError as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(2)
-    if view.action is None:
+    if view.action is None or view.policy is None:
         click.echo(f"error: no valid spec ({view.spec_error})", err=True)
         sys.exit(2)
     source = file or view.spec_path
@@ -292,6 +292,9 @@ def main() -> None:
         sys.exit(2)
     except KruxosError as exc:
         click.echo(f"error: {exc}", err=True)
+        sys.exit(1)
+    except Exception as exc:  # noqa: BLE001 - a person sees a message, never a traceback
+        click.echo(f"error: {short_error(exc)}", err=True)
         sys.exit(1)
 
 

@@ -1,0 +1,138 @@
+"""A reconcile pass never kills the daemon: bad input is a named state or a recorded event.
+
+Real simulated-device files (``kruxos sim init``), the real ``Reconciler``, one
+pass at a time; the clock is injected.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from reconciler.actions import Stage, Wait
+from reconciler.config import load_device
+from reconciler.daemon import BACKOFF_CAP, Reconciler, backoff
+from reconciler.release.image import ImageHeader, encode_header
+from reconciler.sim.device import init_device
+
+NOW = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)
+
+
+@pytest.fixture
+def device_dir(tmp_path: Path) -> Path:
+    init_device(tmp_path / "dev")
+    (tmp_path / "dev" / "run" / "cmdline").write_text("root=/dev/sda2 kruxos.slot=A\n")
+    (tmp_path / "dev" / "run" / "boot_id").write_text("boot-1\n")
+    return tmp_path / "dev"
+
+
+def _reconciler(device_dir: Path) -> Reconciler:
+    return Reconciler(load_device(device_dir / "device.yaml"), rebooter=lambda reason: None,
+                      clock=lambda: NOW)
+
+
+def _records(device_dir: Path) -> list[dict[str, object]]:
+    out = []
+    for path in sorted((device_dir / "data" / "audit").glob("audit-*.jsonl")):
+        out += [json.loads(line) for line in path.read_text().splitlines()]
+    return out
+
+
+def _set_spec(device_dir: Path, old: str, new: str) -> None:
+    spec = device_dir / "spec.yaml"
+    spec.write_text(spec.read_text().replace(old, new))
+
+
+def _write_header(device_dir: Path, slot_file: str, raw: bytes) -> None:
+    with open(device_dir / "slots" / slot_file, "r+b") as f:
+        f.write(raw)
+
+
+def test_booted_slot_with_a_non_semver_header_is_a_named_state_not_a_crash(
+        device_dir: Path) -> None:
+    _write_header(device_dir, "sda2", encode_header(ImageHeader(version="2024.1")))
+    _set_spec(device_dir, "version: 1.0.0", "version: 1.0.1")
+    reconciler = _reconciler(device_dir)
+    result = reconciler.run_pass("daemon")
+    assert isinstance(result.action, Stage | Wait), result
+    assert "2024.1" in result.action.reason and "not a semantic version" in result.action.reason
+    from reconciler.observe import observe
+
+    seen = observe(reconciler.device, reconciler.store, reconciler.backend)
+    assert seen.booted_slot.problem is not None
+    assert "not a semantic version" in seen.booted_slot.problem
+    assert not [r for r in _records(device_dir) if r["action"] == "pass-failed"]
+
+
+def test_foreign_bytes_in_the_other_slot_are_named_as_a_problem(device_dir: Path) -> None:
+    _write_header(device_dir, "sda3", b"\x53\xef" + b"ext4 superblock" * 10)
+    reconciler = _reconciler(device_dir)
+    from reconciler.observe import observe
+
+    seen = observe(reconciler.device, reconciler.store, reconciler.backend)
+    assert seen.other_slot.version is None
+    assert seen.other_slot.problem is not None and "foreign" in seen.other_slot.problem
+    assert reconciler.run_pass("daemon").outcome is not None
+
+
+def test_channel_url_that_does_not_parse_makes_a_wait_not_a_failed_pass(
+        device_dir: Path) -> None:
+    _set_spec(device_dir, "version: 1.0.0", "version: 1.0.1")
+    reconciler = _reconciler(device_dir)
+    # Accepted by older validation; fails only when the URL is used at run time.
+    reconciler.keeper.refresh()
+    from reconciler.specfile import load_spec
+
+    good = load_spec(device_dir / "spec.yaml")
+    object.__setattr__(good.policy.spec.channel, "url", "http://[::1/")
+    reconciler.keeper.refresh = lambda: (good, None)  # type: ignore[method-assign]
+    for _ in range(3):
+        result = reconciler.run_pass("daemon")
+        assert isinstance(result.action, Wait), result
+        assert "InvalidURL" in result.action.reason and "channel" in result.action.reason
+    assert reconciler.audit.verify().ok
+
+
+def test_an_exception_in_a_pass_is_recorded_once_and_the_next_pass_backs_off(
+        device_dir: Path) -> None:
+    reconciler = _reconciler(device_dir)
+    (device_dir / "run" / "cmdline").write_text("root=/dev/sda2\n")  # no kruxos.slot=
+    waits = []
+    for _ in range(4):
+        result = reconciler.run_pass("daemon")
+        assert result.action is None and result.outcome is None
+        assert result.wake_at is not None
+        waits.append((result.wake_at - NOW).total_seconds())
+    assert 0.8 <= waits[0] <= 1.2 and 1.6 <= waits[1] <= 2.4 and 3.2 <= waits[2] <= 4.8, waits
+    failed = [r for r in _records(device_dir) if r["action"] == "pass-failed"]
+    assert len(failed) == 1, failed
+    assert failed[0]["kind"] == "event" and "kruxos.slot" in str(failed[0]["reason"])
+    assert "Traceback" not in str(failed[0]["reason"])
+    (device_dir / "run" / "cmdline").write_text("root=/dev/sda2 kruxos.slot=A\n")
+    assert reconciler.run_pass("daemon").outcome is not None  # back to normal passes
+
+
+def test_backoff_doubles_up_to_its_cap_and_spreads_with_jitter() -> None:
+    import random
+
+    rng = random.Random(7)
+    pauses = [backoff(n, rng) for n in range(1, 12)]
+    assert all(p <= BACKOFF_CAP * 1.2 for p in pauses)
+    assert pauses[-1] >= BACKOFF_CAP * 0.8
+    spread = {backoff(3, rng) for _ in range(20)}
+    assert len(spread) > 10 and all(timedelta(seconds=3.2) <= p <= timedelta(seconds=4.8)
+                                    for p in spread)
+
+
+def test_a_spec_that_breaks_the_reader_is_rejected_and_the_pass_goes_on(
+        device_dir: Path) -> None:
+    reconciler = _reconciler(device_dir)
+    reconciler.run_pass("daemon")
+    (device_dir / "spec.yaml").write_text("spec:\n  version: " + "[" * 5000 + "]" * 5000 + "\n")
+    result = reconciler.run_pass("spec")
+    assert result.outcome is not None  # decided with the last good spec
+    rejected = [r for r in _records(device_dir) if r["action"] == "spec-rejected"]
+    assert len(rejected) == 1 and len(str(rejected[0]["reason"])) < 800, rejected
