@@ -33,6 +33,8 @@ SECTION = "audit"
 DEFAULT_MAX_BYTES = 4 * 1024 * 1024
 ZERO_HASH = "0" * 64
 KINDS = frozenset({"decision", "outcome", "event"})
+#: The action of the event that re-anchors the head after the state file lost it.
+REANCHOR = "re-anchor"
 ACTORS = frozenset({"spec", "schedule", "health", "cli", "daemon", "resync"})
 _FILE_RE = re.compile(r"^audit-(\d{6,})\.jsonl$")
 _AGE_RE = re.compile(r"^\s*(\d+)\s*([smhd])\s*$")
@@ -169,15 +171,26 @@ class VerifyResult:
     problem: str | None
     head_seq: int
     files: int
+    reanchors: tuple[tuple[int, str], ...] = ()
 
     def describe(self) -> str:
         """The one-line verdict ``kruxos audit verify`` prints."""
         if self.ok:
             return (
                 f"OK: {self.records} records in {self.files} file{'s' * (self.files != 1)}, "
-                f"chain intact, state head at seq {self.head_seq}"
+                f"chain intact, state head at seq {self.head_seq}{self.reanchor_note()}"
             )
         return f"FAILED: {self.problem}"
+
+    def reanchor_note(self) -> str:
+        """``; re-anchored at #12 (why)`` for each re-anchor, or nothing."""
+        return "".join(f"; re-anchored at #{seq} ({why})" for seq, why in self.reanchors)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The machine form of ``kruxos audit verify --json``."""
+        value = asdict(self)
+        value["reanchors"] = [{"seq": seq, "reason": why} for seq, why in self.reanchors]
+        return value
 
 
 def parse_since(text: str, now: datetime) -> datetime:
@@ -324,13 +337,15 @@ class _Verifier:
         if bad is None:
             bad = self._head(walk.records, before, after[0])
         first, problem = bad if bad else (None, None)
-        return self._result(len(walk.records), after[0], first, problem)
+        anchors = tuple((r.seq, r.reason) for r in walk.records if r.action == REANCHOR)
+        return self._result(len(walk.records), after[0], first, problem, anchors)
 
     def _result(
-        self, count: int, head: int, first: int | None, problem: str | None
+        self, count: int, head: int, first: int | None, problem: str | None,
+        anchors: tuple[tuple[int, str], ...] = (),
     ) -> VerifyResult:
         ok = problem is None
-        return VerifyResult(ok, count, first, problem, head, len(self.files))
+        return VerifyResult(ok, count, first, problem, head, len(self.files), anchors)
 
     def _walk(self) -> _Walk:
         walk = _Walk()
@@ -490,7 +505,13 @@ class AuditTrail(AuditReader):
                 raise AuditError(f"audit: cannot repair {path}: {exc.strerror}") from exc
 
     def _take_head(self) -> None:
-        """Match the trail's end with the state head; one record ahead is a crash to finish."""
+        """Match the trail's end with the state head; one record ahead is a crash to finish.
+
+        A head that was lost with the state file, or that stayed behind an intact
+        continuation of the chain (the state could not be written, a full disk),
+        is re-anchored: the trail's end becomes the head again and an ``event``
+        says so, which ``audit verify`` reports. Anything else is damage.
+        """
         seq, digest = self.head()
         last = self._last
         end = (last.seq, last.hash) if last else (0, ZERO_HASH)
@@ -499,11 +520,35 @@ class AuditTrail(AuditReader):
         if last is not None and _finishes_head(last, seq, digest):
             self._store_head(last)
             return
+        why = self._anchor_problem(seq, digest)
+        if last is not None and why is not None:
+            self._store_head(last)
+            self.event("daemon", REANCHOR, f"audit head re-anchored at record {last.seq}: {why}",
+                       details={"head_seq": seq, "trail_seq": last.seq})
+            return
         found = f"record {seq} differs from" if end[0] == seq else f"ends at seq {end[0]} but"
         raise AuditError(
             f"audit: the trail in {self.directory} {found} the state head (seq {seq}); "
             "refusing to continue a damaged trail (see `kruxos audit verify`)"
         )
+
+    def _anchor_problem(self, seq: int, digest: str) -> str | None:
+        """Why the head may be re-anchored (lost, or behind an intact chain), else ``None``."""
+        if not _read_section(self.store):
+            return "the state file had lost the head (it was rebuilt)"
+        record = self.get(seq) if seq else None
+        if seq and (record is None or record.hash != digest):
+            return None
+        if self.verify_chain() is not None:
+            return None
+        return (f"the head in the state file stayed at record {seq} while the trail went on "
+                "(the state file could not be written)")
+
+    def verify_chain(self) -> str | None:
+        """The first break of the hash chain, or ``None`` when every record links."""
+        walk = _Verifier(self)._walk()
+        bad = _Verifier(self)._chain(walk.records)
+        return bad[1] if bad else walk.stop
 
     def _find_last_decision(self) -> tuple[AuditRecord | None, str | None]:
         """The newest decision and the newest outcome text recorded for it."""

@@ -164,7 +164,15 @@ class Reconciler:
                           "on without it")
             return None
 
+    def _record_repairs(self) -> None:
+        """Say in the audit trail what was found damaged on the data dir and repaired."""
+        for note in self.store.take_repairs():
+            log(f"state: {note}")
+            self.audit.event("daemon", "state-repaired", note)
+
     def _pass(self, actor: str) -> PassResult:
+        self.store.load()
+        self._record_repairs()
         spec = self._current_spec()
         now = self.clock()
         view = self._channel_view(spec, now)

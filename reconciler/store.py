@@ -5,9 +5,8 @@ only in memory. Every write follows the same order: write a temporary file in
 the same directory, fsync it, rename it over the target, fsync the directory.
 A power cut at any point leaves either the old or the new content, never a mix.
 
-The state document (``state.json``) is one JSON object whose top-level keys are
-owned by one part each (``audit`` by the audit trail, ``trial`` by the health
-check, ...). Only the process holding the data-dir lock writes it.
+The state document (``state.json``, and its copy) is the typed model of
+:mod:`reconciler.state`. Only the process holding the data-dir lock writes it.
 
 Modes are set explicitly, whatever the umask: files 0640 and directories 0750,
 and under the data dir they belong to the group the device config names, so an
@@ -27,8 +26,10 @@ from pathlib import Path
 from typing import Any
 
 from reconciler.errors import LockHeldError, StateError
+from reconciler.state import dump_state, parse_state
 
 STATE_FILE = "state.json"
+COPY_FILE = "state.copy.json"
 LOCK_FILE = "lock"
 FILE_MODE = 0o640
 DIR_MODE = 0o750
@@ -155,18 +156,61 @@ def read_json(path: Path, default: Any = None) -> Any:
 
 
 class StateStore:
-    """The device's state document on the data dir, one section per owner."""
+    """The device's state document on the data dir: the typed model of :mod:`reconciler.state`.
+
+    Every write goes to ``state.json`` and then to its copy ``state.copy.json``
+    (each atomically), so a file damaged or lost between two passes is restored
+    from the other. When both are unreadable the document starts empty and the
+    facts come back from the boot env, the slots and the audit trail (see
+    ``docs/states.md``). What was repaired is kept in :attr:`repairs` for the
+    reconciler to record.
+    """
 
     def __init__(self, data_dir: Path) -> None:
         self.data_dir = data_dir
         self.path = data_dir / STATE_FILE
+        self.copy_path = data_dir / COPY_FILE
+        self.repairs: list[str] = []
 
     def load(self) -> dict[str, Any]:
-        """The whole document; an absent file is an empty state (a fresh device)."""
-        value = read_json(self.path, {})
-        if not isinstance(value, dict):
-            raise StateError(f"{self.path}: expected a JSON object")
-        return value
+        """The whole document; absent files are an empty state (a fresh device)."""
+        primary, problem = self._read(self.path)
+        if primary is not None:
+            return primary
+        copy, copy_problem = self._read(self.copy_path)
+        if problem is None and copy is None and copy_problem is None:
+            return {}  # a fresh device: neither file was ever written
+        if copy is not None:
+            self._note(f"{self.path.name} {problem or 'is missing'}; restored from "
+                       f"{self.copy_path.name}")
+            return copy
+        self._note(f"{self.path.name} {problem or 'is missing'} and {self.copy_path.name} "
+                   f"{copy_problem or 'is missing'}; the state is rebuilt from the boot env, "
+                   "the slots and the audit trail")
+        return {}
+
+    def _read(self, path: Path) -> tuple[dict[str, Any] | None, str | None]:
+        """One copy as a migrated document, or why it cannot be used (``None``: absent)."""
+        try:
+            raw = read_json(path, None)
+            if raw is None:
+                return None, None
+            model, dropped = parse_state(raw)
+        except (StateError, OSError, RecursionError) as exc:
+            text = str(exc).removeprefix(f"{path}: ")
+            return None, f"is damaged ({text[:80]})"
+        for section in dropped:
+            self._note(f"{path.name}: section {section} dropped while reading")
+        return model.model_dump(by_alias=True, exclude_none=True, mode="json"), None
+
+    def _note(self, text: str) -> None:
+        if text not in self.repairs:
+            self.repairs.append(text)
+
+    def take_repairs(self) -> list[str]:
+        """What was repaired since the last call (for the audit trail), once each."""
+        taken, self.repairs = self.repairs, []
+        return taken
 
     def section(self, name: str) -> dict[str, Any]:
         """One owner's section, empty when it was never written."""
@@ -174,10 +218,12 @@ class StateStore:
         return value if isinstance(value, dict) else {}
 
     def update(self, change: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
-        """Read, let ``change`` edit the document in place, write it back durably."""
+        """Read, let ``change`` edit the document in place, write both copies durably."""
         doc = self.load()
         change(doc)
+        doc = dump_state(doc)
         atomic_write_json(self.path, doc)
+        atomic_write_json(self.copy_path, doc)
         return doc
 
     def put(self, name: str, value: dict[str, Any] | None) -> None:

@@ -123,13 +123,17 @@ def audit_show(ctx: click.Context, seq: int) -> None:
 
 
 @audit.command("verify")
+@click.option("--json", "as_json", is_flag=True, help="The verdict as one JSON object.")
 @click.pass_context
-def audit_verify(ctx: click.Context) -> None:
-    """Check the hash chain and the head; name the first bad record."""
+def audit_verify(ctx: click.Context, as_json: bool) -> None:
+    """Check the hash chain and the head; name the first bad record and every re-anchor."""
     result = _reader(ctx).verify()
+    if as_json:
+        click.echo(json.dumps(result.to_dict(), ensure_ascii=False))
+        sys.exit(0 if result.ok else 1)
     if result.ok:
         click.echo(f"audit trail OK: {result.records} records in {result.files} file(s), "
-                   f"head #{result.head_seq}")
+                   f"head #{result.head_seq}{result.reanchor_note()}")
         return
     click.echo(f"audit trail DAMAGED: {result.problem}", err=True)
     sys.exit(1)
