@@ -561,14 +561,16 @@ class AuditTrail(AuditReader):
         return None, None
 
     def decision(
-        self, actor: str, action: str, reason: str, **fields: Any
+        self, actor: str, action: str, reason: str, *, dedupe: bool = True, **fields: Any
     ) -> tuple[AuditRecord, bool]:
         """Record a decision; a pass repeating the last one only bumps a counter.
 
+        ``dedupe=False`` (every reboot) always appends: a step that happens
+        again must show as a record of its own, never as a counter.
         Returns the record and whether it was a repeat (then nothing was appended).
         """
         last = self._last_decision
-        if last is not None and (last.action, last.reason) == (action, redact(reason)):
+        if dedupe and last is not None and (last.action, last.reason) == (action, redact(reason)):
             self._count_repeat(last.seq)
             return last, True
         return self.append("decision", actor, action, reason, **fields), False

@@ -218,7 +218,8 @@ class Reconciler:
         fields = {"spec_revision": spec.revision if spec else None,
                   "spec_file": str(spec.path) if spec else None,
                   "observed": observed.summary()}
-        record, repeated = self.audit.decision(actor, action.kind, action.reason, **fields)
+        record, repeated = self.audit.decision(actor, action.kind, action.reason,
+                                               dedupe=not reboots(action), **fields)
         if not repeated:
             log(f"#{record.seq} {action.kind}: {action.reason}")
         outcome = self.executor.run(action, spec.policy if spec else None)

@@ -65,7 +65,7 @@ def observe(device: Device, store: StateStore, backend: Backend,
         failed=_failed(doc.get("failed")),
         channel=channel or ChannelView(error="channel not fetched yet"),
         override=_override(doc.get("override")),
-        request=_request(doc.get("request")),
+        request=_request(doc.get("request"), device.current_boot_id(), booted),
         trial_policy=_trial_policy(doc.get("trial_policy"), booted),
         boot_env_problem=boot_problem,
         state_problem=state_problem,
@@ -162,6 +162,11 @@ def _override(value: Any) -> Override | None:
                     bool(value.get("paused", False)), str(value.get("by") or ""))
 
 
-def _request(value: Any) -> Any:
-    kind = value.get("kind") if isinstance(value, dict) else None
+def _request(value: Any, boot_id: str, booted: str) -> Any:
+    """A person's confirm or rollback, only in the boot and slot it was asked in."""
+    if not isinstance(value, dict):
+        return None
+    if value.get("boot_id") != boot_id or value.get("slot") != booted:
+        return None
+    kind = value.get("kind")
     return kind if kind in ("confirm", "rollback") else None

@@ -106,11 +106,21 @@ class RequestDesk:
 
     def _on_confirm(self, req: dict[str, Any], spec: LoadedSpec, obs: ObservedState) -> Any:
         return ("a person asked to confirm the slot on trial (kruxos update confirm)",
-                lambda doc: doc.__setitem__("request", {"kind": "confirm"}))
+                self._bound("confirm", obs))
 
     def _on_rollback(self, req: dict[str, Any], spec: LoadedSpec, obs: ObservedState) -> Any:
         return ("a person asked to roll back (kruxos update rollback)",
-                lambda doc: doc.__setitem__("request", {"kind": "rollback"}))
+                self._bound("rollback", obs))
+
+    def _bound(self, kind: str, obs: ObservedState) -> Any:
+        """A confirm or rollback holds for the boot and slot it was asked in, never later.
+
+        A rollback asked while a staging runs must not roll back the trial that
+        follows it: that trial is another boot, so the request no longer applies.
+        """
+        record = {"kind": kind, "boot_id": self.device.current_boot_id(), "slot": obs.booted,
+                  "version": obs.booted_slot.version}
+        return lambda doc: doc.__setitem__("request", record)
 
     def _on_cancel(self, req: dict[str, Any], spec: LoadedSpec, obs: ObservedState) -> Any:
         """Forget the staging and the staged slot; pin the running version."""

@@ -114,6 +114,9 @@ class RequestRecord(_Section):
     """A confirm or rollback a person asked for, waiting for its decision."""
 
     kind: Literal["confirm", "rollback"]
+    boot_id: str | None = None
+    slot: Slot | None = None
+    version: str | None = None
 
 
 class SpecRecord(_Section):

@@ -1,0 +1,102 @@
+"""Nothing holds a rollback: a failing trial is rolled back on time whatever it is fed.
+
+Each test arms a trial of a ``gateway-fails`` release on a simulated device
+(``kruxos sim run``), waits for its first health probe, then feeds one bad
+input. The rollback must still be decided no later than the first probe +
+the timeout captured at arming + one interval, with 5 s of slack for a loaded
+machine. The measured delay past the deadline is printed (``-s`` shows it).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Callable
+from datetime import datetime
+
+import pytest
+
+from tests.device import SimDevice
+
+pytestmark = pytest.mark.slow
+
+TIMEOUT_S = 4
+INTERVAL_S = 1
+SLACK_S = 5
+
+
+def _at(record: dict[str, object]) -> datetime:
+    return datetime.fromisoformat(str(record["time"]))
+
+
+def _invalid_spec(device: SimDevice) -> None:
+    device.edit_spec(text="apiVersion: kruxos.io/v1\nkind: UpdatePolicy\nspec: [unclosed\n")
+
+
+def _spec_changing_the_health_policy(device: SimDevice) -> None:
+    text = device.spec.read_text().replace(f"timeout: {TIMEOUT_S}s", "timeout: 1h")
+    text = text.replace("interval: 1s", "interval: 10m\n    url: http://127.0.0.1:9/none")
+    device.edit_spec(text=text + "  rollback:\n    automatic: false\n")
+
+
+def _spec_with_a_broken_channel_url(device: SimDevice) -> None:
+    device.edit_spec(text=device.spec.read_text().replace("url: http://127.0.0.1:8080/",
+                                                          'url: "http://[::1"'))
+
+
+def _garbage_channel(device: SimDevice) -> None:
+    (device.dir / "channel" / "metadata.json").write_bytes(b"\x00{not json" * 1000)
+
+
+def _missing_channel(device: SimDevice) -> None:
+    shutil.rmtree(device.dir / "channel")
+
+
+def _damaged_state_file(device: SimDevice) -> None:
+    (device.dir / "data" / "state.json").write_bytes(b"\xff\xfe garbage " * 100)
+
+
+def _truncated_state_file(device: SimDevice) -> None:
+    path = device.dir / "data" / "state.json"
+    path.write_bytes(path.read_bytes()[:40])
+
+
+BAD_INPUTS: dict[str, Callable[[SimDevice], None]] = {
+    "invalid spec": _invalid_spec,
+    "spec changing the health policy": _spec_changing_the_health_policy,
+    "spec with a broken channel URL": _spec_with_a_broken_channel_url,
+    "garbage channel metadata": _garbage_channel,
+    "missing channel": _missing_channel,
+    "damaged state file": _damaged_state_file,
+    "truncated state file": _truncated_state_file,
+}
+
+
+@pytest.mark.parametrize("bad_input", list(BAD_INPUTS))
+def test_failing_trial_is_rolled_back_on_time_whatever_it_is_fed(
+        device: SimDevice, bad_input: str) -> None:
+    device.spec.write_text(device.spec.read_text().replace("timeout: 8s",
+                                                           f"timeout: {TIMEOUT_S}s"))
+    device.publish("1.0.2", "gateway-fails")
+    device.start()
+    device.edit_spec(version="1.0.2")
+    first_probe = device.wait_for(lambda: next(
+        (r for r in device.audit_file_records() if r["kind"] == "decision"
+         and r["action"] == "probe"), None), 40, "the first health probe of the trial")
+
+    BAD_INPUTS[bad_input](device)
+
+    rollback = device.wait_for(lambda: next(
+        (r for r in device.audit_file_records() if r["kind"] == "decision"
+         and r["action"] == "rollback"), None), TIMEOUT_S + INTERVAL_S + SLACK_S + 30,
+        "the rollback decision")
+    deadline_s = TIMEOUT_S + INTERVAL_S
+    delay = (_at(rollback) - _at(first_probe)).total_seconds()
+    print(f"\nrollback under '{bad_input}': {delay:.0f} s after the first probe "
+          f"({delay - TIMEOUT_S:+.0f} s past the {TIMEOUT_S} s timeout)")
+    assert delay <= deadline_s + SLACK_S, (delay, device.diagnostics())
+    assert rollback["reason"].startswith("Health check timeout"), rollback
+    device.wait_for(lambda: device.status_json()["booted"] == "A", 30,
+                    "the device back on slot A")
+    verify = device.cli("audit", "verify", "--json")
+    assert json.loads(verify.stdout)["ok"] is True, verify.stdout
