@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import ClassVar
 
-from reconciler.observed import SlotName, TrialPolicy
+from reconciler.observed import Mark, SlotName, TrialPolicy
 
 
 @dataclass(frozen=True)
@@ -124,9 +124,26 @@ class NoteFallback:
     kind: ClassVar[str] = "note-fallback"
 
 
+@dataclass(frozen=True)
+class RepairBootEnv:
+    """Write a fresh boot env from what is known good, over one that cannot be read.
+
+    ``default`` boots when no trial is armed; ``trial`` (with ``tries``) keeps
+    a trial that was running when the env was damaged; ``marks`` is each
+    slot's mark, from the slots' own identity and the state file.
+    """
+
+    default: SlotName
+    marks: tuple[tuple[SlotName, Mark], ...]
+    reason: str
+    trial: SlotName | None = None
+    tries: int = 0
+    kind: ClassVar[str] = "repair-boot-env"
+
+
 Action = (
     Nothing | Wait | Blocked | Stage | ArmTrial | ProbeHealth | Confirm | Rollback | Reboot
-    | Disarm | NoteFallback
+    | Disarm | NoteFallback | RepairBootEnv
 )
 
 def reboots(action: Action) -> bool:

@@ -29,11 +29,12 @@ from reconciler.actions import (
     Nothing,
     ProbeHealth,
     Reboot,
+    RepairBootEnv,
     Rollback,
     Stage,
     Wait,
 )
-from reconciler.observed import ObservedState, SlotName, TrialPolicy, other
+from reconciler.observed import Mark, ObservedState, SlotName, TrialPolicy, other
 from reconciler.semver import Version, is_semver
 from reconciler.spec import UpdatePolicy
 from reconciler.windows import is_open, next_open
@@ -48,13 +49,40 @@ def decide(policy: UpdatePolicy | None, observed: ObservedState, now: datetime) 
     judged (by the policy captured when it was armed) and a rollback still
     finishes; nothing new starts.
     """
-    for rule in (_judge_trial, _finish_pending):
+    for rule in (_repair_boot_env, _judge_trial, _finish_pending):
         action = rule(policy, observed, now)
         if action is not None:
             return action
     if policy is None:
         return Wait("no valid spec is known: nothing new starts until one is written")
     return _converge(policy, observed, now)
+
+
+def _repair_boot_env(policy: UpdatePolicy | None, obs: ObservedState,
+                     now: datetime) -> Action | None:
+    """A boot env that cannot be read is rewritten from what is known good, never guessed over.
+
+    The booted slot is known to boot. If the state file says it was armed for a
+    trial, the trial goes on (the other slot, good before, is the default);
+    else it becomes the default. The other slot keeps a staged mark only when
+    its own header names a release and no staging was writing it; otherwise it
+    is marked bad, so nothing unverified is ever booted.
+    """
+    if obs.boot_env_problem is None:
+        return None
+    booted, target = obs.booted_slot, obs.other_slot
+    why = f"the boot environment cannot be read ({obs.boot_env_problem})"
+    if obs.trial_policy is not None and booted.version == obs.trial_policy_version:
+        return RepairBootEnv(target.name, ((booted.name, "staged"), (target.name, "good")),
+                             f"{why}: rewritten with slot {booted.label} still on trial and "
+                             f"slot {target.label} the default", trial=booted.name, tries=1)
+    writing = obs.staging is not None and obs.staging.slot == target.name
+    mark: Mark = "staged" if target.sound and not writing else "bad"
+    if target.version is None and target.problem is None and not writing:
+        mark = "empty"
+    return RepairBootEnv(booted.name, ((booted.name, "good"), (target.name, mark)),
+                         f"{why}: rewritten from the booted slot {booted.label} (default, "
+                         f"good) and slot {target.label}'s own header (marked {mark})")
 
 
 def trial_policy_of(policy: UpdatePolicy | None) -> TrialPolicy:

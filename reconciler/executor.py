@@ -28,11 +28,12 @@ from reconciler.actions import (
     Outcome,
     ProbeHealth,
     Reboot,
+    RepairBootEnv,
     Rollback,
     Stage,
     Wait,
 )
-from reconciler.boot import Backend
+from reconciler.boot import Backend, BootState
 from reconciler.config import Device
 from reconciler.errors import KruxosError, TemporaryError, short_error
 from reconciler.observed import SlotName
@@ -92,6 +93,7 @@ class Executor:
             Stage: self._stage, ArmTrial: self._arm, ProbeHealth: self._probe,
             Confirm: self._confirm, Rollback: self._rollback, Reboot: self._reboot,
             NoteFallback: self._note_fallback, Disarm: self._disarm,
+            RepairBootEnv: self._repair,
         }
         return handlers[type(action)](action, policy)
 
@@ -168,6 +170,14 @@ class Executor:
     def _reboot(self, action: Reboot, policy: UpdatePolicy | None) -> str:
         self.rebooter(action.reason)
         return f"rebooting into slot {action.slot}"
+
+    def _repair(self, action: RepairBootEnv, policy: UpdatePolicy | None) -> str:
+        marks = {slot: mark for slot, mark in action.marks}
+        state = BootState(default=action.default, trial=action.trial, tries_left=action.tries,
+                          marks=marks)
+        self.backend.repair(state)
+        return f"boot env rewritten: default {action.default}, marks " + ", ".join(
+            f"{slot} {mark}" for slot, mark in action.marks)
 
     def _disarm(self, action: Disarm, policy: UpdatePolicy | None) -> str:
         self.backend.set_mark(action.slot, "staged")

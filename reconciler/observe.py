@@ -67,6 +67,7 @@ def observe(device: Device, store: StateStore, backend: Backend,
         override=_override(doc.get("override")),
         request=_request(doc.get("request"), device.current_boot_id(), booted),
         trial_policy=_trial_policy(doc.get("trial_policy"), booted),
+        trial_policy_version=_get(doc, "trial_policy", "version"),
         boot_env_problem=boot_problem,
         state_problem=state_problem,
     )

@@ -141,6 +141,7 @@ class ObservedState:
     override: Override | None = None
     request: Literal["confirm", "rollback"] | None = None
     trial_policy: TrialPolicy | None = None
+    trial_policy_version: str | None = None
     boot_env_problem: str | None = None
     state_problem: str | None = None
 

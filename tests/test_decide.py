@@ -26,6 +26,7 @@ from reconciler.actions import (
     Nothing,
     ProbeHealth,
     Reboot,
+    RepairBootEnv,
     Rollback,
     Stage,
     Wait,
@@ -569,3 +570,36 @@ def test_exact_rollback_deadline_is_first_probe_plus_timeout(spec: UpdatePolicy 
     else:
         assert isinstance(action, Wait) and action.until is not None
         assert action.until <= NOW - timedelta(seconds=seconds) + timedelta(seconds=8)
+
+
+# ---- a damaged boot env is a named state, repaired from what is known good -------------------
+
+def test_damaged_boot_env_is_rewritten_with_the_booted_slot_as_the_default() -> None:
+    damaged = observed("A", "1.0.0", "1.0.1", "bad", default="B",
+                       boot_env_problem="grub backend: boot/grubenv: not a GRUB env block")
+    action = decide(policy("1.0.1"), damaged, NOW)
+    assert action == RepairBootEnv("A", (("A", "good"), ("B", "staged")), action.reason)
+    assert "not a GRUB env block" in action.reason
+
+
+def test_damaged_boot_env_never_stages_over_a_slot_being_written() -> None:
+    damaged = observed("A", "1.0.0", "1.0.1", "bad", boot_env_problem="bad CRC",
+                       staging=Staging("1.0.1", "B", 10, 100))
+    action = decide(policy("1.0.1"), damaged, NOW)
+    assert isinstance(action, RepairBootEnv) and dict(action.marks)["B"] == "bad"
+
+
+def test_damaged_boot_env_during_a_trial_keeps_the_trial_going() -> None:
+    damaged = replace(observed("B", "1.0.1", "1.0.0", "bad", boot_env_problem="bad CRC"),
+                      trial_policy=captured(), trial_policy_version="1.0.1")
+    action = decide(policy("1.0.1"), damaged, NOW)
+    assert isinstance(action, RepairBootEnv)
+    assert (action.default, action.trial, dict(action.marks)) == \
+        ("A", "B", {"A": "good", "B": "staged"})
+
+
+def test_damaged_boot_env_with_an_empty_other_slot_marks_it_empty() -> None:
+    damaged = observed(boot_env_problem="bad CRC")
+    action = decide(None, damaged, NOW)
+    assert isinstance(action, RepairBootEnv) and dict(action.marks) == {"A": "good",
+                                                                       "B": "empty"}
