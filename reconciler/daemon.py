@@ -176,7 +176,8 @@ class Reconciler:
         spec = self._current_spec()
         now = self.clock()
         view = self._channel_view(spec, now)
-        observed = observe(self.device, self.store, self.backend, view)
+        revision = spec.revision if spec else None
+        observed = observe(self.device, self.store, self.backend, view, revision)
         if spec is not None:
             observed = self._take_requests(spec, observed, now) or observed
         action = decide(spec.policy if spec else None, observed, now)
@@ -205,10 +206,11 @@ class Reconciler:
             if "pin" in taken:  # a person may ask for a release published a moment ago
                 self.channel.refresh(spec.policy, now)
                 view = self._channel_view(spec, now)
-            fresh = observe(self.device, self.store, self.backend, view) if taken else observed
+            fresh = observe(self.device, self.store, self.backend, view,
+                            spec.revision) if taken else observed
             self.requests.end_override(spec, fresh)
             self._lift_block(spec, fresh)
-            return observe(self.device, self.store, self.backend, view)
+            return observe(self.device, self.store, self.backend, view, spec.revision)
 
         result: ObservedState | None = self._guarded("taking requests", take)
         return result
@@ -222,7 +224,8 @@ class Reconciler:
                                                dedupe=not reboots(action), **fields)
         if not repeated:
             log(f"#{record.seq} {action.kind}: {action.reason}")
-        outcome = self.executor.run(action, spec.policy if spec else None)
+        outcome = self.executor.run(action, spec.policy if spec else None,
+                                    spec.revision if spec else None)
         self.audit.outcome(record.seq, actor, action.kind, outcome.text, outcome.duration_s,
                            **fields)
         if not outcome.ok:

@@ -40,6 +40,8 @@ from reconciler.spec import UpdatePolicy
 from reconciler.windows import is_open, next_open
 
 MANUAL_ROLLBACK = "manual (kruxos update rollback)"
+#: More forward reboots than this in a row without a confirm stop forward reboots.
+LOOP_LIMIT = 2
 
 
 def decide(policy: UpdatePolicy | None, observed: ObservedState, now: datetime) -> Action:
@@ -260,6 +262,10 @@ def _switch_or_stage(policy: UpdatePolicy, obs: ObservedState, now: datetime,
 def _reboot_gate(policy: UpdatePolicy, obs: ObservedState, now: datetime,
                  version: str, armed: bool = False) -> Action | None:
     """A Wait (or an arm without reboot) when a reboot into ``version`` is not for now."""
+    if obs.forward_reboots > LOOP_LIMIT:
+        return Blocked(f"loop breaker: {obs.forward_reboots} reboots into a trial in a row "
+                       "without reaching a confirmed state; no forward reboot until the spec "
+                       "changes or a person asks (kruxos update apply, kruxos update resume)")
     applies, person = _person_gate(policy, obs, version, armed)
     if applies:
         return person

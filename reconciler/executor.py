@@ -73,10 +73,16 @@ class Executor:
     clock: Callable[[], datetime] = lambda: datetime.now(UTC)
     should_stop: Callable[[], bool] = lambda: False
     last_probe_healthy: bool = False
+    spec_revision: str | None = None
 
-    def run(self, action: Action, policy: UpdatePolicy | None) -> Outcome:
-        """Run ``action``; every failure becomes a failed :class:`Outcome`."""
+    def run(self, action: Action, policy: UpdatePolicy | None,
+            spec_revision: str | None = None) -> Outcome:
+        """Run ``action``; every failure becomes a failed :class:`Outcome`.
+
+        ``spec_revision`` is the spec in force, kept with the loop breaker's count.
+        """
         started = time.monotonic()
+        self.spec_revision = spec_revision
         try:
             detail = self._dispatch(action, policy)
             return Outcome(True, detail, time.monotonic() - started)
@@ -120,11 +126,24 @@ class Executor:
 
         self.store.update(capture)
         self.backend.arm_trial(action.slot, self.device.trial_tries)
+        if action.reboot:
+            self._count_forward_reboot()
         armed = f"armed slot {action.slot} for {self.device.trial_tries} trial boot(s)"
         if not action.reboot:
             return f"{armed}; it activates on the next reboot"
         self.rebooter(action.reason)
         return f"{armed}; rebooting"
+
+    def _count_forward_reboot(self) -> None:
+        """One more reboot into a trial, before it happens (the loop breaker reads it)."""
+
+        def count(doc: dict[str, Any]) -> None:
+            record = doc.get("reboots") or {}
+            same = record.get("spec_revision") == self.spec_revision
+            doc["reboots"] = {"count": int(record.get("count", 0)) + 1 if same else 1,
+                              "spec_revision": self.spec_revision}
+
+        self.store.update(count)
 
     def _probe(self, action: ProbeHealth, policy: UpdatePolicy | None) -> str:
         answer = health.probe(self.device.map_url(action.url), timeout=action.timeout_s)
@@ -153,7 +172,7 @@ class Executor:
         self.backend.mark_good(action.slot)
 
         def clear(doc: dict[str, Any]) -> None:
-            for key in ("trial", "trial_policy", "rollback", "staging", "request"):
+            for key in ("trial", "trial_policy", "rollback", "staging", "request", "reboots"):
                 doc.pop(key, None)
 
         self.store.update(clear)

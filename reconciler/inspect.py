@@ -47,7 +47,7 @@ def inspect_device(device: Device, now: datetime, candidate: LoadedSpec | None =
     boot, boot_error = read_boot_state(backend)
     spec, error = (candidate, None) if candidate is not None else spec_in_force(device)
     view = channel or _channel(device, store, spec, now)
-    observed = observe(device, store, backend, view)
+    observed = observe(device, store, backend, view, spec.revision if spec else None)
     action = decide(spec.policy if spec else None, observed, now)
     raw = {"default": boot.default, "trial": boot.trial, "tries_left": boot.tries_left,
            "marks": dict(boot.marks), "fallback": boot.fallback_reason, "error": boot_error,

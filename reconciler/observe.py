@@ -45,8 +45,13 @@ def read_boot_state(backend: Backend) -> tuple[BootState, str | None]:
 
 
 def observe(device: Device, store: StateStore, backend: Backend,
-            channel: ChannelView | None = None) -> ObservedState:
-    """What is on the device now; ``channel`` is the last verified channel view."""
+            channel: ChannelView | None = None,
+            spec_revision: str | None = None) -> ObservedState:
+    """What is on the device now; ``channel`` is the last verified channel view.
+
+    ``spec_revision`` is the spec in force: reboots counted under another
+    revision do not count (a new spec clears the loop breaker).
+    """
     boot, boot_problem = read_boot_state(backend)
     booted = device.booted_slot()
     doc, state_problem = _load_state(store)
@@ -68,9 +73,18 @@ def observe(device: Device, store: StateStore, backend: Backend,
         request=_request(doc.get("request"), device.current_boot_id(), booted),
         trial_policy=_trial_policy(doc.get("trial_policy"), booted),
         trial_policy_version=_get(doc, "trial_policy", "version"),
+        forward_reboots=_forward_reboots(doc.get("reboots"), spec_revision),
         boot_env_problem=boot_problem,
         state_problem=state_problem,
     )
+
+
+def _forward_reboots(value: Any, spec_revision: str | None) -> int:
+    """Daemon reboots into a trial in a row, under the spec in force, not yet confirmed."""
+    if not isinstance(value, dict) or value.get("spec_revision") != spec_revision:
+        return 0
+    count = value.get("count", 0)
+    return count if isinstance(count, int) and count > 0 else 0
 
 
 def _load_state(store: StateStore) -> tuple[dict[str, Any], str | None]:

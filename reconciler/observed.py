@@ -142,6 +142,7 @@ class ObservedState:
     request: Literal["confirm", "rollback"] | None = None
     trial_policy: TrialPolicy | None = None
     trial_policy_version: str | None = None
+    forward_reboots: int = 0
     boot_env_problem: str | None = None
     state_problem: str | None = None
 

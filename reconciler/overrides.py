@@ -53,8 +53,7 @@ class RequestDesk:
             action = AUDIT_ACTIONS.get(request["kind"], request["kind"])
             self.audit.event("cli", action, f"{reason} (by {request.get('by', '?')})",
                              spec_revision=spec.revision, details=request)
-            if change:
-                self.store.update(change)
+            self.store.update(_clearing_the_loop_breaker(change))
             path.unlink(missing_ok=True)
         return taken
 
@@ -139,6 +138,17 @@ class RequestDesk:
 
         return (f"staging cancelled and slot {target.label} forgotten; {running} stays pinned "
                 "until the spec changes or kruxos update resume", change)
+
+
+def _clearing_the_loop_breaker(change: Any) -> Any:
+    """Every request of a person also clears the loop breaker: a person decided."""
+
+    def both(doc: dict[str, Any]) -> None:
+        if change:
+            change(doc)
+        doc.pop("reboots", None)
+
+    return both
 
 
 def _edit_pin(**fields: Any) -> Any:

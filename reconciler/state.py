@@ -119,6 +119,13 @@ class RequestRecord(_Section):
     version: str | None = None
 
 
+class ForwardReboots(_Section):
+    """Reboots into a trial in a row without a confirm (the loop breaker counts them)."""
+
+    count: int = Field(default=0, ge=0)
+    spec_revision: str | None = None
+
+
 class SpecRecord(_Section):
     """The revision of the last spec file rejected (recorded once per revision)."""
 
@@ -140,6 +147,7 @@ class DeviceState(BaseModel):
     override: OverrideRecord | None = None
     request: RequestRecord | None = None
     spec: SpecRecord | None = None
+    reboots: ForwardReboots | None = None
 
 
 SECTIONS = tuple(name for name in DeviceState.model_fields if name != "schema_version")

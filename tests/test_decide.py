@@ -603,3 +603,17 @@ def test_damaged_boot_env_with_an_empty_other_slot_marks_it_empty() -> None:
     action = decide(None, damaged, NOW)
     assert isinstance(action, RepairBootEnv) and dict(action.marks) == {"A": "good",
                                                                        "B": "empty"}
+
+
+# ---- the loop breaker ------------------------------------------------------------------------
+
+def test_third_forward_reboot_in_a_row_is_the_last_one() -> None:
+    staged = observed(other_version="1.0.1", other_mark="staged")
+    assert isinstance(decide(policy("1.0.1"), replace(staged, forward_reboots=2), NOW), ArmTrial)
+    action = decide(policy("1.0.1"), replace(staged, forward_reboots=3), NOW)
+    assert isinstance(action, Blocked) and action.reason.startswith("loop breaker: 3 reboots")
+
+
+def test_loop_breaker_never_holds_a_rollback() -> None:
+    trial = replace(on_trial(started(ago=timedelta(minutes=3))), forward_reboots=7)
+    assert isinstance(decide(policy("1.0.1"), trial, NOW), Rollback)

@@ -58,3 +58,49 @@ def test_a_rollback_asked_in_one_boot_does_not_apply_in_the_next(device_dir: Pat
     (device_dir / "run" / "boot_id").write_text("boot-2\n")  # the trial boot that follows
     seen = observe(reconciler.device, reconciler.store, reconciler.backend)
     assert seen.request is None
+
+
+def _staged_101(device_dir: Path, reconciler: Reconciler) -> None:
+    from reconciler.release.image import ImageHeader, encode_header
+
+    with open(device_dir / "slots" / "sda3", "r+b") as f:
+        f.write(encode_header(ImageHeader(version="1.0.1")))
+    reconciler.backend.set_mark("B", "staged")
+    spec = device_dir / "spec.yaml"
+    spec.write_text(spec.read_text().replace("version: 1.0.0", "version: 1.0.1"))
+
+
+def test_loop_breaker_stops_forward_reboots_after_three_that_never_confirm(
+        device_dir: Path) -> None:
+    reconciler = _reconciler(device_dir)
+    _staged_101(device_dir, reconciler)
+    kinds = [reconciler.run_pass("daemon").action.kind for _ in range(5)]  # type: ignore[union-attr]
+    # every reboot "happens" but the bootloader never boots the trial slot
+    assert kinds == ["reboot", "reboot", "reboot", "blocked", "blocked"], kinds
+    blocked = _decisions(device_dir, "blocked")
+    assert len(blocked) == 1 and blocked[0]["reason"].startswith("loop breaker: 3 reboots")
+    from reconciler.cli.status import status_lines
+    from reconciler.inspect import inspect_device
+
+    view = inspect_device(reconciler.device, NOW)
+    assert any(line.startswith("Next: loop breaker") for line in
+               status_lines(view.observed, view.policy, view.action, NOW))
+
+
+def test_loop_breaker_is_cleared_by_a_new_spec_revision(device_dir: Path) -> None:
+    reconciler = _reconciler(device_dir)
+    _staged_101(device_dir, reconciler)
+    for _ in range(4):
+        reconciler.run_pass("daemon")
+    spec = device_dir / "spec.yaml"
+    spec.write_text(spec.read_text() + "# a new revision\n")
+    assert reconciler.run_pass("spec").action.kind == "reboot"  # type: ignore[union-attr]
+
+
+def test_loop_breaker_is_cleared_by_a_persons_request(device_dir: Path) -> None:
+    reconciler = _reconciler(device_dir)
+    _staged_101(device_dir, reconciler)
+    for _ in range(4):
+        reconciler.run_pass("daemon")
+    submit(device_dir / "data", "resume")
+    assert reconciler.run_pass("cli").action.kind == "reboot"  # type: ignore[union-attr]
