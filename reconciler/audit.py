@@ -301,6 +301,21 @@ class AuditReader:
         section = _read_section(self.store)
         return int(section.get("repeats", 0)), section.get("repeats_of")
 
+    def failed_version(self) -> dict[str, Any] | None:
+        """The version a rollback or a bootloader fallback left blocked, replayed from the trail.
+
+        Newest first: an ``unblock`` event (the desired version moved on) or a
+        person's pin ends the block; a ``rollback`` or ``note-fallback``
+        decision names the version (from the observed summary it recorded).
+        """
+        for record in self.reversed_records():
+            if record.action in ("unblock", "pin") and record.kind == "event":
+                return None
+            version = _failed_by(record)
+            if version:
+                return {"version": version, "reason": record.reason, "at": record.time}
+        return None
+
     def verify(self) -> VerifyResult:
         """Walk the whole chain and the head; name the first bad record."""
         return _Verifier(self).run()
@@ -426,6 +441,20 @@ def _record_problem(
             f"record {position}: prev does not match the hash of record {position - 1} "
             "(records were reordered or replaced)"
         )
+    return None
+
+
+def _failed_by(record: AuditRecord) -> str | None:
+    """The version a rollback or fallback decision gave up on, if ``record`` is one."""
+    seen = record.observed or {}
+    if record.kind != "decision":
+        return None
+    if record.action == "rollback":
+        return seen.get("version") if isinstance(seen.get("version"), str) else None
+    if record.action == "note-fallback":
+        other = seen.get("other")
+        version = other.get("version") if isinstance(other, dict) else None
+        return version if isinstance(version, str) else None
     return None
 
 

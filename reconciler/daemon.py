@@ -165,10 +165,23 @@ class Reconciler:
             return None
 
     def _record_repairs(self) -> None:
-        """Say in the audit trail what was found damaged on the data dir and repaired."""
+        """Say in the audit trail what was found damaged on the data dir and repaired.
+
+        When both copies of the state were lost, the blocked version comes back
+        from the audit trail (recorded first, then written), so a version that
+        failed on trial is not tried again.
+        """
         for note in self.store.take_repairs():
             log(f"state: {note}")
             self.audit.event("daemon", "state-repaired", note)
+        if not self.store.lost:
+            return
+        self.store.lost = False
+        failed = self.audit.failed_version()
+        if failed is not None and not self.store.section("failed"):
+            self.audit.event("daemon", "state-rebuilt", f"{failed['version']} stays blocked: "
+                             "the audit trail shows it failed on trial", details=failed)
+            self.store.put("failed", failed)
 
     def _pass(self, actor: str) -> PassResult:
         self.store.load()

@@ -171,6 +171,7 @@ class StateStore:
         self.path = data_dir / STATE_FILE
         self.copy_path = data_dir / COPY_FILE
         self.repairs: list[str] = []
+        self.lost = False
 
     def load(self) -> dict[str, Any]:
         """The whole document; absent files are an empty state (a fresh device)."""
@@ -184,6 +185,7 @@ class StateStore:
             self._note(f"{self.path.name} {problem or 'is missing'}; restored from "
                        f"{self.copy_path.name}")
             return copy
+        self.lost = True
         self._note(f"{self.path.name} {problem or 'is missing'} and {self.copy_path.name} "
                    f"{copy_problem or 'is missing'}; the state is rebuilt from the boot env, "
                    "the slots and the audit trail")

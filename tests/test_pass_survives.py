@@ -136,3 +136,32 @@ def test_a_spec_that_breaks_the_reader_is_rejected_and_the_pass_goes_on(
     assert result.outcome is not None  # decided with the last good spec
     rejected = [r for r in _records(device_dir) if r["action"] == "spec-rejected"]
     assert len(rejected) == 1 and len(str(rejected[0]["reason"])) < 800, rejected
+
+
+def test_state_lost_with_its_copy_keeps_the_failed_version_blocked(device_dir: Path) -> None:
+    from reconciler.release.image import ImageHeader, encode_header
+
+    reconciler = _reconciler(device_dir)
+    _write_header(device_dir, "sda3", encode_header(ImageHeader(version="1.0.1")))
+    reconciler.backend.set_mark("B", "staged")
+    reconciler.backend.arm_trial("B", 3)
+    (device_dir / "run" / "cmdline").write_text("root=/dev/sda3 kruxos.slot=B\n")
+    _set_spec(device_dir, "version: 1.0.0", "version: 1.0.1")
+    reconciler.store.update(lambda doc: doc.update(trial={
+        "boot_id": "boot-1", "slot": "B", "first_probe_at": "2026-11-30T11:00:00+00:00",
+        "last_probe_at": "2026-11-30T11:59:00+00:00", "consecutive_ok": 0, "probes": 9,
+        "timeout_reason": "Health check timeout — gateway failed to start"}))
+    assert reconciler.run_pass("health").action.kind == "rollback"  # type: ignore[union-attr]
+    (device_dir / "run" / "cmdline").write_text("root=/dev/sda2 kruxos.slot=A\n")
+    (device_dir / "run" / "boot_id").write_text("boot-2\n")
+    (device_dir / "data" / "state.json").write_bytes(b"\0" * 100)
+    (device_dir / "data" / "state.copy.json").unlink()
+
+    again = _reconciler(device_dir)  # the daemon starting after the loss
+    again.run_pass("daemon")
+    result = again.run_pass("daemon")
+    assert result.action is not None and result.action.kind == "blocked", result
+    assert "1.0.1 was rolled back" in result.action.reason
+    actions = [r["action"] for r in _records(device_dir)]
+    assert actions.count("re-anchor") == 1 and "state-rebuilt" in actions, actions
+    assert again.audit.verify().ok
