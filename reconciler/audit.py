@@ -18,6 +18,7 @@ import hashlib
 import json
 import os
 import re
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime, timedelta
@@ -504,6 +505,7 @@ class AuditTrail(AuditReader):
         clock: Callable[[], datetime] = _utc_now,
     ) -> None:
         super().__init__(store, directory)
+        self._lock = threading.RLock()  # one append at a time, whichever thread asks
         self.max_bytes = max_bytes
         self.clock = clock
         self._make_directory()
@@ -652,6 +654,26 @@ class AuditTrail(AuditReader):
         Raises :class:`AuditError` when the record cannot be made durable; the
         trail is then as it was before the call, and the action must not run.
         """
+        with self._lock:
+            return self._append(kind, actor, action, reason, spec_revision=spec_revision,
+                                spec_file=spec_file, observed=observed, outcome=outcome,
+                                duration_s=duration_s, decision=decision, details=details)
+
+    def _append(
+        self,
+        kind: str,
+        actor: str,
+        action: str,
+        reason: str,
+        *,
+        spec_revision: str | None,
+        spec_file: str | None,
+        observed: dict[str, Any] | None,
+        outcome: str | None,
+        duration_s: float | None,
+        decision: int | None,
+        details: dict[str, Any] | None,
+    ) -> AuditRecord:
         self._check(kind, actor, decision)
         record = _seal(
             AuditRecord(

@@ -23,6 +23,7 @@ import contextlib
 import random
 import signal
 import sys
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -101,6 +102,7 @@ class Reconciler:
         self.on_trial = False
         self.requests = RequestDesk(device, self.store, self.audit, self.backend)
         self._failures = 0
+        self._spec_lock = threading.RLock()
         self._recorded_problems: set[str] = set()
         self._rng = random.Random()
 
@@ -272,6 +274,18 @@ class Reconciler:
         A file that breaks the reader in any way is a rejected file; a failure
         to keep the last good copy (a full disk) keeps the spec of the last pass.
         """
+        with self._spec_lock:
+            return self._read_spec()
+
+    def check_spec(self) -> None:
+        """Read the spec now (the watcher, while a pass may run): a rejection is recorded
+        within moments of the file being written, not when the current step ends."""
+        try:
+            self._current_spec()
+        except Exception as exc:  # noqa: BLE001 - the watcher must go on watching
+            log(f"cannot check the spec: {short_error(exc)}")
+
+    def _read_spec(self) -> LoadedSpec | None:
         try:
             loaded, error = self.keeper.refresh()
         except OSError as exc:
@@ -435,6 +449,7 @@ class Daemon:
                                     stop_event=self._stop, recursive=False):
             if any(Path(p).resolve() == path and c != Change.deleted for c, p in changes):
                 self.wake("spec")
+                await asyncio.to_thread(self.reconciler.check_spec)
 
 
 

@@ -20,6 +20,7 @@ import contextlib
 import fcntl
 import json
 import os
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -172,6 +173,9 @@ class StateStore:
         self.copy_path = data_dir / COPY_FILE
         self.repairs: list[str] = []
         self.lost = False
+        # The daemon records a rejected spec from its watcher while a pass runs:
+        # read-modify-write cycles of the document must not interleave.
+        self._lock = threading.RLock()
 
     def load(self) -> dict[str, Any]:
         """The whole document; absent files are an empty state (a fresh device)."""
@@ -221,12 +225,13 @@ class StateStore:
 
     def update(self, change: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
         """Read, let ``change`` edit the document in place, write both copies durably."""
-        doc = self.load()
-        change(doc)
-        doc = dump_state(doc)
-        atomic_write_json(self.path, doc)
-        atomic_write_json(self.copy_path, doc)
-        return doc
+        with self._lock:
+            doc = self.load()
+            change(doc)
+            doc = dump_state(doc)
+            atomic_write_json(self.path, doc)
+            atomic_write_json(self.copy_path, doc)
+            return doc
 
     def put(self, name: str, value: dict[str, Any] | None) -> None:
         """Replace (or with ``None`` remove) one section."""
