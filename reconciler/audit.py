@@ -27,7 +27,7 @@ from typing import Any
 
 from reconciler.errors import AuditError, KruxosError
 from reconciler.redact import redact, redact_json
-from reconciler.store import StateStore, create_file, fsync_dir, make_dirs
+from reconciler.store import StateStore, create_file, fsync_dir, make_dirs, with_reserve
 
 AUDIT_DIR = "audit"
 SECTION = "audit"
@@ -735,14 +735,24 @@ class AuditTrail(AuditReader):
             os.close(fd)
 
     def _write_fd(self, fd: int, path: Path, fresh: bool, line: bytes, seq: int) -> None:
-        start = os.fstat(fd).st_size
+        """Append and fsync; a full disk gives back the reserve once (see ``store.Reserve``)."""
+        undone: list[str] = []
+
+        def attempt() -> None:
+            start = os.fstat(fd).st_size
+            try:
+                _write_all(fd, line)
+                os.fsync(fd)
+                if fresh:
+                    fsync_dir(path.parent)
+            except OSError:
+                undone[:] = [_undo(fd, start)]
+                raise
+
         try:
-            _write_all(fd, line)
-            os.fsync(fd)
-            if fresh:
-                fsync_dir(path.parent)
+            with_reserve(self.store.reserve, attempt)
         except OSError as exc:
-            left = _undo(fd, start)
+            left = undone[0] if undone else ""
             raise AuditError(
                 f"audit: cannot write record {seq} to {path}: {exc.strerror or exc}{left}"
             ) from exc

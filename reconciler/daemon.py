@@ -166,6 +166,15 @@ class Reconciler:
                           "on without it")
             return None
 
+    def _replenish(self) -> None:
+        """Make the reserve for rollback records whole again once the disk has room."""
+        was_full = self.store.reserve.in_use
+        if self.store.reserve.replenish() and was_full:
+            self.audit.event("daemon", "disk-space", "the data disk has room again: the space "
+                             "kept for rollback records is reserved again")
+        elif not was_full and self.store.reserve.in_use:
+            log("the data disk is full")
+
     def _record_repairs(self) -> None:
         """Say in the audit trail what was found damaged on the data dir and repaired.
 
@@ -186,6 +195,7 @@ class Reconciler:
             self.store.put("failed", failed)
 
     def _pass(self, actor: str) -> PassResult:
+        self._replenish()
         self.store.load()
         self._record_repairs()
         spec = self._current_spec()

@@ -250,6 +250,9 @@ def _switch_or_stage(policy: UpdatePolicy, obs: ObservedState, now: datetime,
                     until=now + obs.channel.retry_after)
     if desired not in obs.channel.versions:
         return Blocked(f"{desired} is not published on the channel ({why})")
+    if obs.disk_full:
+        return Wait(f"the data disk is full: {desired} is not staged until space is freed "
+                    "(the space kept for rollback records is in use)")
     windows = policy.spec.rollout.window_values()
     if policy.spec.rollout.stage == "in-window" and not is_open(windows, now):
         return Wait(f"{desired} stages in a maintenance window (rollout.stage: in-window)",

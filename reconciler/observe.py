@@ -74,6 +74,7 @@ def observe(device: Device, store: StateStore, backend: Backend,
         trial_policy=_trial_policy(doc.get("trial_policy"), booted),
         trial_policy_version=_get(doc, "trial_policy", "version"),
         forward_reboots=_forward_reboots(doc.get("reboots"), spec_revision),
+        disk_full=store.reserve.in_use,
         boot_env_problem=boot_problem,
         state_problem=state_problem,
     )

@@ -143,6 +143,7 @@ class ObservedState:
     trial_policy: TrialPolicy | None = None
     trial_policy_version: str | None = None
     forward_reboots: int = 0
+    disk_full: bool = False
     boot_env_problem: str | None = None
     state_problem: str | None = None
 

@@ -17,6 +17,7 @@ anything (secrets are 0600; files a web server publishes, 0644).
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import json
 import os
@@ -31,6 +32,12 @@ from reconciler.state import dump_state, parse_state
 
 STATE_FILE = "state.json"
 COPY_FILE = "state.copy.json"
+RESERVE_FILE = "reserve"
+#: Space kept on the data dir for the records a rollback needs when the disk fills:
+#: a rollback writes two audit records (~2 KiB) and about four state documents, each
+#: twice (the file and its copy, through new temporary files: ~8 x 4 KiB blocks).
+#: 256 KiB holds several rollbacks' worth, with room for a filesystem's rounding.
+RESERVE_BYTES = 256 * 1024
 LOCK_FILE = "lock"
 FILE_MODE = 0o640
 DIR_MODE = 0o750
@@ -156,6 +163,65 @@ def read_json(path: Path, default: Any = None) -> Any:
         raise StateError(f"{path}: not valid JSON ({exc})") from exc
 
 
+class Reserve:
+    """Space set aside on the data dir, given back when a write finds the disk full.
+
+    Created at the daemon's start and at the start of each pass when it is
+    missing and the disk has room again (replenished); released on the first
+    ``ENOSPC`` so that the decision, outcome and state of a rollback can still
+    be written, fsynced, in order. While released, the disk counts as full.
+    """
+
+    def __init__(self, data_dir: Path, size: int = RESERVE_BYTES) -> None:
+        self.path = data_dir / RESERVE_FILE
+        self.size = size
+
+    @property
+    def in_use(self) -> bool:
+        """True while the reserve is given back to the writes (the disk was full).
+
+        Released, the file stays with no bytes (a marker); a data dir where the
+        reserve was never set up (no daemon ran yet) does not count as full.
+        """
+        try:
+            return self.path.stat().st_size < self.size
+        except FileNotFoundError:
+            return False
+
+    def replenish(self) -> bool:
+        """Make the reserve whole again if the disk has room; ``True`` when it is."""
+        try:
+            if self.path.stat().st_size >= self.size:
+                return True
+        except FileNotFoundError:
+            pass
+        try:
+            atomic_write(self.path, b"\0" * self.size)
+        except OSError:
+            return False
+        return True
+
+    def release(self) -> bool:
+        """Give the space back; ``False`` when there was none left to give."""
+        try:
+            if self.path.stat().st_size == 0:
+                return False
+            os.truncate(self.path, 0)
+        except FileNotFoundError:
+            return False
+        return True
+
+
+def with_reserve(reserve: Reserve | None, write: Callable[[], None]) -> None:
+    """Run ``write``; on a full disk give back the reserve once and try again."""
+    try:
+        write()
+    except OSError as exc:
+        if exc.errno != errno.ENOSPC or reserve is None or not reserve.release():
+            raise
+        write()
+
+
 class StateStore:
     """The device's state document on the data dir: the typed model of :mod:`reconciler.state`.
 
@@ -173,6 +239,7 @@ class StateStore:
         self.copy_path = data_dir / COPY_FILE
         self.repairs: list[str] = []
         self.lost = False
+        self.reserve = Reserve(data_dir)
         # The daemon records a rejected spec from its watcher while a pass runs:
         # read-modify-write cycles of the document must not interleave.
         self._lock = threading.RLock()
@@ -229,8 +296,8 @@ class StateStore:
             doc = self.load()
             change(doc)
             doc = dump_state(doc)
-            atomic_write_json(self.path, doc)
-            atomic_write_json(self.copy_path, doc)
+            with_reserve(self.reserve, lambda: atomic_write_json(self.path, doc))
+            with_reserve(self.reserve, lambda: atomic_write_json(self.copy_path, doc))
             return doc
 
     def put(self, name: str, value: dict[str, Any] | None) -> None:

@@ -45,6 +45,13 @@ def status_lines(obs: ObservedState, policy: UpdatePolicy | None, action: Action
         lines.append(f"Rollback reason: {obs.rollback_reason}")
     wanted = desired_version(policy, obs) if policy is not None else None
     lines.extend(_other_slot_lines(obs, wanted))
+    if obs.disk_full:
+        lines.append("Data disk: full (the space kept for rollback records is in use; free "
+                     "space on the data dir)")
+    if obs.state_problem is not None:
+        lines.append(f"State file: {obs.state_problem}")
+    if obs.boot_env_problem is not None:
+        lines.append(f"Boot env: {obs.boot_env_problem}")
     if obs.override is not None:
         who = f" by {obs.override.by}" if obs.override.by else ""
         lines.append(f"Pinned: {obs.override.version} at this device{who} "
