@@ -35,17 +35,28 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.date import DateTrigger
 from watchfiles import Change, awatch
 
-from reconciler.actions import Action, Blocked, Nothing, Outcome, ProbeHealth, Wait, reboots
+from reconciler.actions import (
+    Action,
+    Blocked,
+    Nothing,
+    Outcome,
+    ProbeHealth,
+    TakeRequest,
+    Wait,
+    reboots,
+)
 from reconciler.audit import AuditTrail
+from reconciler.boot import Backend
 from reconciler.channelwatch import ChannelWatch
 from reconciler.config import Device
-from reconciler.decide import decide, desired_version, trial_policy_of
+from reconciler.decide import decide, trial_policy_of
 from reconciler.errors import AuditError, KruxosError, SpecError, short_error
-from reconciler.executor import Executor, Rebooter, command_rebooter
+from reconciler.executor import Executor, Rebooter, Stager, command_rebooter, probe_health
+from reconciler.health import HealthAnswer
 from reconciler.inbox import waiting
 from reconciler.observe import backend_for, observe
 from reconciler.observed import ChannelView, ObservedState
-from reconciler.overrides import STOPPING_REQUESTS, RequestDesk
+from reconciler.overrides import STOPPING_REQUESTS
 from reconciler.redact import redact
 from reconciler.specfile import LoadedSpec, SpecKeeper
 from reconciler.staging import InstallerStager
@@ -70,6 +81,39 @@ def log(message: str) -> None:
 
 
 @dataclass
+class Parts:
+    """The reconciler's collaborators: each one replaceable by a fake in tests.
+
+    The model checker of crash and power-cut runs drives exactly this seam:
+    the real ``decide`` and the real executor over stores, boot envs,
+    channels, stagers, probes and reboots of its own.
+    """
+
+    store: StateStore
+    audit: AuditTrail
+    backend: Backend
+    channel: Any
+    stager: Stager
+    prober: Callable[[str, float], HealthAnswer]
+    rebooter: Rebooter
+
+    @classmethod
+    def real(cls, device: Device, clock: Callable[[], datetime],
+             rebooter: Rebooter | None = None,
+             on_refused: Callable[[str, str], None] | None = None) -> Parts:
+        """The collaborators of a real device: its files, its bootloader, HTTP, reboot.
+
+        ``on_refused`` records a refused channel metadata file (once per file)."""
+        store = StateStore(device.data_dir)
+        audit = AuditTrail(store, device.audit_dir, clock=clock)
+        backend = backend_for(device)
+        channel = ChannelWatch(device, store, clock, on_refused=on_refused)
+        return cls(store, audit, backend, channel,
+                   InstallerStager(device, store, backend, channel), probe_health,
+                   rebooter or command_rebooter(device))
+
+
+@dataclass
 class PassResult:
     """What one reconcile pass did and when the loop should look again."""
 
@@ -83,24 +127,23 @@ class Reconciler:
     """One reconcile pass at a time over the device's disk state (no memory of steps)."""
 
     def __init__(self, device: Device, *, rebooter: Rebooter | None = None,
-                 clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
+                 clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+                 parts: Parts | None = None) -> None:
+        """``parts``: the collaborators, injected (in-memory fakes in tests); by default
+        the real ones on the device's files. ``rebooter``/``clock`` are shortcuts."""
         self.device = device
         self.clock = clock
-        self.store = StateStore(device.data_dir)
-        self.audit = AuditTrail(self.store, device.audit_dir, clock=clock)
-        self.keeper = SpecKeeper(device.spec_path, device.data_dir)
-        self.backend = backend_for(device)
-        self.channel = ChannelWatch(device, self.store, clock,
+        parts = parts or Parts.real(device, clock, rebooter,
                                     on_refused=self._record_channel_refusal)
+        self.store, self.audit, self.backend = parts.store, parts.audit, parts.backend
+        self.channel = parts.channel
+        self.keeper = SpecKeeper(device.spec_path, device.data_dir)
         self.stopping = False
-        self.executor = Executor(device, self.store, self.backend,
-                                 InstallerStager(device, self.store, self.backend, self.channel),
-                                 rebooter or command_rebooter(device), clock,
-                                 should_stop=self._should_stop)
+        self.executor = Executor(device, self.store, self.backend, parts.stager, parts.rebooter,
+                                 clock, should_stop=self._should_stop, prober=parts.prober)
         self._suspend_checked = 0.0
         self.spec: LoadedSpec | None = None
         self.on_trial = False
-        self.requests = RequestDesk(device, self.store, self.audit, self.backend)
         self._failures = 0
         self._spec_lock = threading.RLock()
         self._recorded_problems: set[str] = set()
@@ -203,8 +246,6 @@ class Reconciler:
         view = self._channel_view(spec, now)
         revision = spec.revision if spec else None
         observed = observe(self.device, self.store, self.backend, view, revision)
-        if spec is not None:
-            observed = self._take_requests(spec, observed, now) or observed
         action = decide(spec.policy if spec else None, observed, now)
         self.on_trial = observed.on_trial
         try:
@@ -223,23 +264,6 @@ class Reconciler:
             return ChannelView(error=f"channel: {short_error(exc)}",
                                retry_after=timedelta(seconds=30))
 
-    def _take_requests(self, spec: LoadedSpec, observed: ObservedState,
-                       now: datetime) -> ObservedState | None:
-        def take() -> ObservedState:
-            taken = self.requests.take(spec, observed)
-            view = observed.channel
-            if "pin" in taken:  # a person may ask for a release published a moment ago
-                self.channel.refresh(spec.policy, now)
-                view = self._channel_view(spec, now)
-            fresh = observe(self.device, self.store, self.backend, view,
-                            spec.revision) if taken else observed
-            self.requests.end_override(spec, fresh)
-            self._lift_block(spec, fresh)
-            return observe(self.device, self.store, self.backend, view, spec.revision)
-
-        result: ObservedState | None = self._guarded("taking requests", take)
-        return result
-
     def _act(self, actor: str, spec: LoadedSpec | None, observed: ObservedState,
              action: Action) -> PassResult:
         fields = {"spec_revision": spec.revision if spec else None,
@@ -255,6 +279,10 @@ class Reconciler:
                            **fields)
         if not outcome.ok:
             log(f"#{record.seq} {action.kind} failed: {outcome.detail}")
+        if isinstance(action, TakeRequest) and action.request.kind == "pin" and spec:
+            # a person may ask for a release published a moment ago
+            self._guarded("fetching the channel", lambda: self.channel.refresh(spec.policy,
+                                                                              self.clock()))
         rebooting = outcome.ok and reboots(action)
         wake = self._wake_at(action, outcome, spec, observed)
         return PassResult(action, outcome, wake, rebooting)
@@ -327,16 +355,6 @@ class Reconciler:
                          details={"metadata_sha256": digest,
                                   "channel": self.device.channel_name})
         log(f"channel refused: {reason}")
-
-    def _lift_block(self, spec: LoadedSpec, observed: Any) -> None:
-        """Forget a failed version once the desired version resolves to another one."""
-        failed = observed.failed
-        desired = desired_version(spec.policy, observed)
-        if failed is None or desired is None or desired == failed.version:
-            return
-        self.audit.event("spec", "unblock", f"{failed.version} may be tried again: the desired "
-                         f"version is now {desired}", spec_revision=spec.revision)
-        self.store.put("failed", None)
 
 
 class Daemon:

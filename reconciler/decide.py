@@ -17,6 +17,7 @@ action. The rules, in the order they are asked (the first that applies wins):
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import datetime
 
 from reconciler.actions import (
@@ -25,6 +26,8 @@ from reconciler.actions import (
     Blocked,
     Confirm,
     Disarm,
+    EndOverride,
+    LiftBlock,
     NoteFallback,
     Nothing,
     ProbeHealth,
@@ -32,9 +35,17 @@ from reconciler.actions import (
     RepairBootEnv,
     Rollback,
     Stage,
+    TakeRequest,
     Wait,
 )
-from reconciler.observed import Mark, ObservedState, SlotName, TrialPolicy, other
+from reconciler.observed import (
+    HealthProgress,
+    Mark,
+    ObservedState,
+    Request,
+    TrialPolicy,
+    other,
+)
 from reconciler.semver import Version, is_semver
 from reconciler.spec import UpdatePolicy
 from reconciler.windows import is_open, next_open
@@ -51,7 +62,8 @@ def decide(policy: UpdatePolicy | None, observed: ObservedState, now: datetime) 
     judged (by the policy captured when it was armed) and a rollback still
     finishes; nothing new starts.
     """
-    for rule in (_repair_boot_env, _judge_trial, _finish_pending):
+    for rule in (_repair_boot_env, _overdue_trial, _take_request, _end_override, _lift_block,
+                 _judge_trial, _finish_pending):
         action = rule(policy, observed, now)
         if action is not None:
             return action
@@ -85,6 +97,124 @@ def _repair_boot_env(policy: UpdatePolicy | None, obs: ObservedState,
     return RepairBootEnv(booted.name, ((booted.name, "good"), (target.name, mark)),
                          f"{why}: rewritten from the booted slot {booted.label} (default, "
                          f"good) and slot {target.label}'s own header (marked {mark})")
+
+
+def _overdue_trial(policy: UpdatePolicy | None, obs: ObservedState,
+                   now: datetime) -> Action | None:
+    """A trial past its deadline is rolled back before anything else is looked at."""
+    if not obs.on_trial or obs.request is not None:
+        return None
+    tp = obs.trial_policy or trial_policy_of(policy)
+    if not tp.automatic:
+        return None
+    action = _health_step(tp, obs, now, obs.booted_slot.version or "?")
+    return action if isinstance(action, Rollback) else None
+
+
+# ---- a person's requests, the end of a pin, the lifting of a block -------------------------
+
+def spec_wants(policy: UpdatePolicy, obs: ObservedState) -> str | None:
+    """The version the spec itself asks for now (``latest`` resolved), ignoring pins."""
+    wanted = policy.spec.version
+    return obs.channel.latest if wanted == "latest" else wanted
+
+
+def _take_request(policy: UpdatePolicy | None, obs: ObservedState,
+                  now: datetime) -> Action | None:
+    """The oldest request in the inbox, as a step of its own (one per pass, in order)."""
+    if not obs.requests:
+        return None
+    request = obs.requests[0]
+    action = _REQUESTS[request.kind](request, policy, obs)
+    return replace(action, reason=f"{action.reason} (by {request.by})")
+
+
+def _on_pin(req: Request, policy: UpdatePolicy | None, obs: ObservedState) -> TakeRequest:
+    wanted = spec_wants(policy, obs) if policy else None
+    version = req.version or "?"
+    reason = f"{version} pinned by a person (kruxos update apply); the spec wanted {wanted}"
+    retry = obs.failed is not None and obs.failed.version == req.version
+    if retry:
+        reason += f"; {version} was rolled back before and is tried again, as asked"
+    return TakeRequest(req, reason, spec_wanted=wanted, retry=retry)
+
+
+def _on_reboot(req: Request, policy: UpdatePolicy | None, obs: ObservedState) -> TakeRequest:
+    if req.answer == "now":
+        return TakeRequest(req, "a person at the device asked to reboot now, even outside a "
+                           "maintenance window")
+    return TakeRequest(req, "a person at the device chose to activate the update on the next "
+                       "reboot")
+
+
+def _on_stop(req: Request, policy: UpdatePolicy | None, obs: ObservedState) -> TakeRequest:
+    return TakeRequest(req, "the download was stopped by a person (Ctrl-C); the next apply "
+                       "resumes it")
+
+
+def _on_resume(req: Request, policy: UpdatePolicy | None, obs: ObservedState) -> TakeRequest:
+    return TakeRequest(req, "the pin ended: the spec rules again (kruxos update resume)")
+
+
+def _on_confirm(req: Request, policy: UpdatePolicy | None, obs: ObservedState) -> TakeRequest:
+    return TakeRequest(req, "a person asked to confirm the slot on trial (kruxos update "
+                       "confirm)", slot=obs.booted, version=obs.booted_slot.version)
+
+
+def _on_rollback(req: Request, policy: UpdatePolicy | None, obs: ObservedState) -> TakeRequest:
+    return TakeRequest(req, "a person asked to roll back (kruxos update rollback)",
+                       slot=obs.booted, version=obs.booted_slot.version)
+
+
+def _on_cancel(req: Request, policy: UpdatePolicy | None, obs: ObservedState) -> TakeRequest:
+    """Forget the staging and the staged slot; pin the running version."""
+    target, running = obs.other_slot, obs.booted_slot.version
+    staging_there = obs.staging is not None and obs.staging.slot == target.name
+    forget = target.name if target.mark == "staged" or staging_there else None
+    return TakeRequest(req, f"staging cancelled and slot {target.label} forgotten; {running} "
+                       "stays pinned until the spec changes or kruxos update resume",
+                       spec_wanted=spec_wants(policy, obs) if policy else None,
+                       forget=forget, slot=obs.booted, version=running)
+
+
+_REQUESTS = {"pin": _on_pin, "reboot": _on_reboot, "stop": _on_stop, "resume": _on_resume,
+             "confirm": _on_confirm, "rollback": _on_rollback, "cancel": _on_cancel}
+
+
+def _end_override(policy: UpdatePolicy | None, obs: ObservedState,
+                  now: datetime) -> Action | None:
+    """A pin ends once the spec's own desired version resolves to something new."""
+    pin = obs.override
+    if pin is None or policy is None:
+        return None
+    now_wanted = spec_wants(policy, obs)
+    if now_wanted is None or now_wanted == pin.spec_wanted:
+        return None
+    return EndOverride(pin.version, f"the pin of {pin.version} ended: the spec now wants "
+                       f"{now_wanted} (it wanted {pin.spec_wanted} when pinned)")
+
+
+def _lift_block(policy: UpdatePolicy | None, obs: ObservedState,
+                now: datetime) -> Action | None:
+    """A failed version is forgotten once the desired version resolves to another one."""
+    failed = obs.failed
+    if failed is None or policy is None:
+        return None
+    desired = desired_version(policy, obs)
+    if desired is None or desired == failed.version:
+        return None
+    return LiftBlock(failed.version, f"{failed.version} may be tried again: the desired "
+                     f"version is now {desired}")
+
+
+def count_probe(progress: HealthProgress | None, healthy: bool, summary: str,
+                timeout_reason: str, now: datetime) -> HealthProgress:
+    """The health progress of this boot after one more answer (the counters, in one place)."""
+    start = progress if progress is not None and progress.first_probe_at is not None else \
+        HealthProgress(first_probe_at=now)
+    return replace(start, last_probe_at=now, probes=start.probes + 1,
+                   consecutive_ok=start.consecutive_ok + 1 if healthy else 0,
+                   last_summary=summary, timeout_reason=timeout_reason)
 
 
 def trial_policy_of(policy: UpdatePolicy | None) -> TrialPolicy:
@@ -122,7 +252,7 @@ def _health_step(tp: TrialPolicy, obs: ObservedState, now: datetime, version: st
     """Probe, wait for the next probe, confirm, or roll back at the deadline."""
     slot, health = obs.booted, obs.health
     if health is None or health.first_probe_at is None:
-        return _probe(tp, slot, f"slot {slot} booted {version} on trial: first health probe")
+        return _probe(tp, obs, f"slot {slot} booted {version} on trial: first health probe")
     if health.consecutive_ok >= tp.success_threshold:
         return Confirm(slot, version, f"{version} passed the health check "
                        f"({health.consecutive_ok} healthy answer(s) of {tp.success_threshold} "
@@ -135,12 +265,12 @@ def _health_step(tp: TrialPolicy, obs: ObservedState, now: datetime, version: st
     if now < due:
         return Wait(f"slot {slot} on trial: next health probe ({last})",
                     until=min(due, deadline))
-    return _probe(tp, slot, f"slot {slot} on trial: health probe ({last})")
+    return _probe(tp, obs, f"slot {slot} on trial: health probe ({last})")
 
 
-def _probe(tp: TrialPolicy, slot: SlotName, reason: str) -> ProbeHealth:
-    return ProbeHealth(slot, reason, url=tp.url,
-                       timeout_s=min(tp.interval.total_seconds(), 10.0))
+def _probe(tp: TrialPolicy, obs: ObservedState, reason: str) -> ProbeHealth:
+    return ProbeHealth(obs.booted, reason, url=tp.url,
+                       timeout_s=min(tp.interval.total_seconds(), 10.0), progress=obs.health)
 
 
 def _finish_pending(policy: UpdatePolicy | None, obs: ObservedState,

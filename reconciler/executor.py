@@ -23,6 +23,8 @@ from reconciler.actions import (
     Blocked,
     Confirm,
     Disarm,
+    EndOverride,
+    LiftBlock,
     NoteFallback,
     Nothing,
     Outcome,
@@ -31,12 +33,16 @@ from reconciler.actions import (
     RepairBootEnv,
     Rollback,
     Stage,
+    TakeRequest,
     Wait,
 )
 from reconciler.boot import Backend, BootState
 from reconciler.config import Device
+from reconciler.decide import count_probe
 from reconciler.errors import KruxosError, TemporaryError, short_error
+from reconciler.inbox import INBOX
 from reconciler.observed import SlotName
+from reconciler.overrides import RESUME_FILE, apply_request
 from reconciler.spec import UpdatePolicy
 from reconciler.store import StateStore
 
@@ -61,6 +67,11 @@ def command_rebooter(device: Device) -> Rebooter:
     return reboot
 
 
+def probe_health(url: str, timeout_s: float) -> health.HealthAnswer:
+    """The real health probe (HTTP), as the executor's default prober."""
+    return health.probe(url, timeout=timeout_s)
+
+
 @dataclass
 class Executor:
     """Runs actions; ``clock`` and ``rebooter`` are injected so tests control them."""
@@ -72,6 +83,7 @@ class Executor:
     rebooter: Rebooter
     clock: Callable[[], datetime] = lambda: datetime.now(UTC)
     should_stop: Callable[[], bool] = lambda: False
+    prober: Callable[[str, float], health.HealthAnswer] = probe_health
     last_probe_healthy: bool = False
     spec_revision: str | None = None
 
@@ -99,7 +111,8 @@ class Executor:
             Stage: self._stage, ArmTrial: self._arm, ProbeHealth: self._probe,
             Confirm: self._confirm, Rollback: self._rollback, Reboot: self._reboot,
             NoteFallback: self._note_fallback, Disarm: self._disarm,
-            RepairBootEnv: self._repair,
+            RepairBootEnv: self._repair, TakeRequest: self._take_request,
+            EndOverride: self._end_override, LiftBlock: self._lift_block,
         }
         return handlers[type(action)](action, policy)
 
@@ -146,25 +159,17 @@ class Executor:
         self.store.update(count)
 
     def _probe(self, action: ProbeHealth, policy: UpdatePolicy | None) -> str:
-        answer = health.probe(self.device.map_url(action.url), timeout=action.timeout_s)
-        now = self._now()
-        boot_id = self.device.current_boot_id()
-
-        def record(doc: dict[str, Any]) -> None:
-            trial = doc.get("trial") or {}
-            if trial.get("boot_id") != boot_id or trial.get("slot") != action.slot:
-                trial = {"boot_id": boot_id, "slot": action.slot, "first_probe_at": now,
-                         "consecutive_ok": 0, "probes": 0}
-            trial["last_probe_at"] = now
-            trial["probes"] = int(trial.get("probes", 0)) + 1
-            trial["consecutive_ok"] = int(trial.get("consecutive_ok", 0)) + 1 \
-                if answer.healthy else 0
-            trial["last_summary"] = answer.summary()
-            trial["last_answer"] = answer.to_dict()
-            trial["timeout_reason"] = health.rollback_reason(answer, timed_out=True)
-            doc["trial"] = trial
-
-        self.store.update(record)
+        """Ask once; the counters of this boot's progress are counted by ``count_probe``."""
+        answer = self.prober(self.device.map_url(action.url), action.timeout_s)
+        progress = count_probe(action.progress, answer.healthy, answer.summary(),
+                               health.rollback_reason(answer, timed_out=True), self.clock())
+        record = {"boot_id": self.device.current_boot_id(), "slot": action.slot,
+                  "first_probe_at": _iso(progress.first_probe_at),
+                  "last_probe_at": _iso(progress.last_probe_at),
+                  "consecutive_ok": progress.consecutive_ok, "probes": progress.probes,
+                  "last_summary": progress.last_summary, "last_answer": answer.to_dict(),
+                  "timeout_reason": progress.timeout_reason}
+        self.store.put("trial", record)
         self.last_probe_healthy = answer.healthy
         return answer.summary()
 
@@ -198,6 +203,28 @@ class Executor:
         return f"boot env rewritten: default {action.default}, marks " + ", ".join(
             f"{slot} {mark}" for slot, mark in action.marks)
 
+    def _take_request(self, action: TakeRequest, policy: UpdatePolicy | None) -> str:
+        """Write what the request asks, then take it out of the inbox (even if that failed)."""
+        try:
+            if action.forget is not None:
+                self.backend.set_mark(action.forget, "bad")
+            if action.request.kind == "cancel":
+                (self.device.data_dir / RESUME_FILE).unlink(missing_ok=True)
+            boot_id = self.device.current_boot_id()
+            self.store.update(lambda doc: apply_request(doc, action, boot_id,
+                                                        self.spec_revision))
+        finally:
+            (self.device.data_dir / INBOX / action.request.id).unlink(missing_ok=True)
+        return f"request {action.request.kind} taken"
+
+    def _end_override(self, action: EndOverride, policy: UpdatePolicy | None) -> str:
+        self.store.put("override", None)
+        return f"the pin of {action.version} is gone"
+
+    def _lift_block(self, action: LiftBlock, policy: UpdatePolicy | None) -> str:
+        self.store.put("failed", None)
+        return f"{action.version} is no longer blocked"
+
     def _disarm(self, action: Disarm, policy: UpdatePolicy | None) -> str:
         self.backend.set_mark(action.slot, "staged")
         return f"slot {action.slot} disarmed; it keeps {action.version} staged"
@@ -219,6 +246,10 @@ class Executor:
             doc.pop("request", None)
 
         self.store.update(change)
+
+
+def _iso(moment: datetime | None) -> str | None:
+    return moment.isoformat() if moment is not None else None
 
 
 def _nothing(action: Any, policy: UpdatePolicy | None) -> str:

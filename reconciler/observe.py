@@ -14,6 +14,7 @@ from typing import Any
 from reconciler.boot import Backend, BootState, open_backend
 from reconciler.config import Device
 from reconciler.errors import BootEnvError, KruxosError, short_error
+from reconciler.inbox import pending
 from reconciler.observed import (
     SLOTS,
     ChannelView,
@@ -21,6 +22,7 @@ from reconciler.observed import (
     HealthProgress,
     ObservedState,
     Override,
+    Request,
     Slot,
     Staging,
     TrialPolicy,
@@ -75,9 +77,27 @@ def observe(device: Device, store: StateStore, backend: Backend,
         trial_policy_version=_get(doc, "trial_policy", "version"),
         forward_reboots=_forward_reboots(doc.get("reboots"), spec_revision),
         disk_full=store.reserve.in_use,
+        requests=_requests(device),
         boot_env_problem=boot_problem,
         state_problem=state_problem,
     )
+
+
+def _requests(device: Device) -> tuple[Request, ...]:
+    """The inbox's requests not taken yet, oldest first (decide takes one per pass)."""
+    out = []
+    for path, value in pending(device.data_dir):
+        at = value.get("at")
+        out.append(Request(
+            id=path.name, kind=value["kind"], by=str(value.get("by") or "?")[:80],
+            at=float(at) if isinstance(at, int | float) and not isinstance(at, bool) else None,
+            version=_text(value.get("version")),
+            answer=_text(value.get("answer") or value.get("reboot"))))
+    return tuple(out)
+
+
+def _text(value: Any) -> str | None:
+    return value[:80] if isinstance(value, str) and value else None
 
 
 def _forward_reboots(value: Any, spec_revision: str | None) -> int:
@@ -175,7 +195,8 @@ def _override(value: Any) -> Override | None:
     if reboot not in ("rules", "ask", "now", "next-boot"):
         reboot = "rules"
     return Override(value["version"], value.get("actor", "cli"), reboot,
-                    bool(value.get("paused", False)), str(value.get("by") or ""))
+                    bool(value.get("paused", False)), str(value.get("by") or ""),
+                    value.get("spec_wanted"))
 
 
 def _request(value: Any, boot_id: str, booted: str) -> Any:

@@ -120,6 +120,27 @@ class Override:
     reboot: RebootPolicy = "rules"
     paused: bool = False
     by: str = ""
+    spec_wanted: str | None = None
+
+
+RequestKind = Literal["pin", "reboot", "stop", "cancel", "resume", "confirm", "rollback"]
+
+
+@dataclass(frozen=True)
+class Request:
+    """A person's request waiting in the inbox (``kruxos update ...``), not taken yet.
+
+    ``id`` names it in the inbox, so it is taken exactly once. ``version`` is
+    the pinned release (``pin``); ``answer`` the reboot policy of a pin or the
+    answer to "Reboot now?" (``reboot``).
+    """
+
+    id: str
+    kind: RequestKind
+    by: str = "?"
+    at: float | None = None
+    version: str | None = None
+    answer: str | None = None
 
 
 @dataclass(frozen=True)
@@ -144,6 +165,7 @@ class ObservedState:
     trial_policy_version: str | None = None
     forward_reboots: int = 0
     disk_full: bool = False
+    requests: tuple[Request, ...] = ()
     boot_env_problem: str | None = None
     state_problem: str | None = None
 

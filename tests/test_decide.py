@@ -18,10 +18,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from reconciler.actions import (
+    Action,
     ArmTrial,
     Blocked,
     Confirm,
     Disarm,
+    EndOverride,
+    LiftBlock,
     NoteFallback,
     Nothing,
     ProbeHealth,
@@ -29,9 +32,10 @@ from reconciler.actions import (
     RepairBootEnv,
     Rollback,
     Stage,
+    TakeRequest,
     Wait,
 )
-from reconciler.decide import decide
+from reconciler.decide import count_probe, decide
 from reconciler.observed import (
     ChannelView,
     FailedVersion,
@@ -39,6 +43,7 @@ from reconciler.observed import (
     Mark,
     ObservedState,
     Override,
+    Request,
     Slot,
     SlotName,
     Staging,
@@ -256,21 +261,31 @@ def test_latest_resolving_to_failed_version_is_blocked() -> None:
     assert isinstance(decide(policy("latest"), rolled_back(), NOW), Blocked)
 
 
+def lifted(spec: UpdatePolicy, obs: ObservedState) -> tuple[Action, ObservedState]:
+    """The first step must lift the block (a decision of its own); then the state after it."""
+    action = decide(spec, obs, NOW)
+    assert isinstance(action, LiftBlock) and action.version == obs.failed.version  # type: ignore[union-attr]
+    return action, replace(obs, failed=None)
+
+
 def test_latest_resolving_to_a_newer_release_after_failure_stages_it() -> None:
     newer = replace(rolled_back(), channel=ChannelView(
         versions=frozenset({"1.0.1", "1.0.2", "1.0.3"}), latest="1.0.3"))
-    action = decide(policy("latest"), newer, NOW)
+    lift, after = lifted(policy("latest"), newer)
+    assert lift.reason == "1.0.2 may be tried again: the desired version is now 1.0.3"
+    action = decide(policy("latest"), after, NOW)
     assert isinstance(action, Stage) and action.version == "1.0.3"
 
 
 def test_rolled_back_device_with_desired_equal_booted_is_nothing_to_do() -> None:
-    action = decide(policy("1.0.1"), rolled_back(), NOW)
-    assert isinstance(action, Nothing)
+    _, after = lifted(policy("1.0.1"), rolled_back())
+    assert isinstance(decide(policy("1.0.1"), after, NOW), Nothing)
 
 
 def test_edited_version_after_failure_stages_the_new_version() -> None:
-    assert isinstance(decide(policy("1.0.3"), replace(rolled_back(), channel=ChannelView(
-        versions=frozenset({"1.0.3"}), latest="1.0.3")), NOW), Stage)
+    _, after = lifted(policy("1.0.3"), replace(rolled_back(), channel=ChannelView(
+        versions=frozenset({"1.0.3"}), latest="1.0.3")))
+    assert isinstance(decide(policy("1.0.3"), after, NOW), Stage)
 
 
 # ---- finishing steps the bootloader already shows ------------------------------------------
@@ -319,7 +334,8 @@ def test_exact_version_missing_from_channel_is_blocked() -> None:
 
 
 def test_override_pin_wins_over_the_spec() -> None:
-    action = decide(policy("1.0.1"), observed(override=Override("1.0.2")), NOW)
+    action = decide(policy("1.0.1"), observed(override=Override("1.0.2", spec_wanted="1.0.1")),
+                    NOW)
     assert isinstance(action, Stage) and action.version == "1.0.2"
 
 
@@ -393,7 +409,7 @@ def test_person_rolls_back_a_confirmed_update_to_the_previous_good_slot() -> Non
 
 def staged_with_pin(reboot: Any, **fields: Any) -> ObservedState:
     return observed(other_version="1.0.2", other_mark="staged",
-                    override=Override("1.0.2", reboot=reboot), **fields)
+                    override=Override("1.0.2", reboot=reboot, spec_wanted="1.0.1"), **fields)
 
 
 def test_pin_waiting_for_the_persons_answer_does_not_reboot() -> None:
@@ -420,7 +436,7 @@ def test_pin_following_the_rules_waits_for_the_window_like_the_spec() -> None:
 
 
 def test_download_stopped_by_a_person_waits_for_a_new_apply() -> None:
-    obs = observed(override=Override("1.0.2", paused=True),
+    obs = observed(override=Override("1.0.2", paused=True, spec_wanted="1.0.1"),
                    staging=Staging("1.0.2", "B", 1, 3))
     action = decide(policy("1.0.1"), obs, NOW)
     assert isinstance(action, Wait) and "update apply" in action.reason
@@ -617,3 +633,64 @@ def test_third_forward_reboot_in_a_row_is_the_last_one() -> None:
 def test_loop_breaker_never_holds_a_rollback() -> None:
     trial = replace(on_trial(started(ago=timedelta(minutes=3))), forward_reboots=7)
     assert isinstance(decide(policy("1.0.1"), trial, NOW), Rollback)
+
+
+# ---- a person's requests, a pin's end, a block lifted: decisions like any other --------------
+
+def request(kind: str, **fields: Any) -> Request:
+    return Request(f"0001-{kind}.json", kind, by="root on tty1", **fields)  # type: ignore[arg-type]
+
+
+def test_oldest_request_is_taken_first_one_per_pass() -> None:
+    obs = observed(requests=(request("pin", version="1.0.2", answer="ask"), request("resume")))
+    action = decide(policy("1.0.1"), obs, NOW)
+    assert isinstance(action, TakeRequest) and action.request.kind == "pin"
+    assert action.kind == "pin" and action.spec_wanted == "1.0.1"
+    assert action.reason == ("1.0.2 pinned by a person (kruxos update apply); the spec wanted "
+                             "1.0.1 (by root on tty1)")
+
+
+def test_pin_of_a_failed_version_retries_it_as_asked() -> None:
+    obs = replace(rolled_back(), requests=(request("pin", version="1.0.2"),))
+    action = decide(policy("1.0.1"), obs, NOW)
+    assert isinstance(action, TakeRequest) and action.retry
+    assert "is tried again, as asked" in action.reason
+
+
+def test_confirm_and_rollback_requests_are_bound_to_the_booted_slot_and_version() -> None:
+    trial = replace(on_trial(started()), requests=(request("rollback"),))
+    action = decide(policy("1.0.1"), trial, NOW)
+    assert isinstance(action, TakeRequest) and action.kind == "rollback-request"
+    assert (action.slot, action.version) == ("B", "1.0.1")
+
+
+def test_cancel_forgets_the_slot_being_staged_and_pins_the_running_version() -> None:
+    obs = observed(other_version="1.0.1", other_mark="bad", staging=Staging("1.0.1", "B", 1, 3),
+                   requests=(request("cancel"),))
+    action = decide(policy("1.0.1"), obs, NOW)
+    assert isinstance(action, TakeRequest) and action.forget == "B"
+    assert action.version == "1.0.0"
+
+
+def test_pin_ends_when_the_spec_wants_something_new() -> None:
+    obs = observed(override=Override("1.0.2", spec_wanted="1.0.0"))
+    action = decide(policy("1.0.1"), obs, NOW)
+    assert action == EndOverride("1.0.2", "the pin of 1.0.2 ended: the spec now wants 1.0.1 "
+                                 "(it wanted 1.0.0 when pinned)")
+    kept = decide(policy("1.0.0"), obs, NOW)
+    assert not isinstance(kept, EndOverride)
+
+
+def test_an_overdue_trial_is_rolled_back_before_any_request_is_taken() -> None:
+    overdue = replace(on_trial(started(ago=timedelta(minutes=3))),
+                      requests=(request("pin", version="1.0.2"),))
+    assert isinstance(decide(policy("1.0.1"), overdue, NOW), Rollback)
+
+
+def test_probe_counts_consecutive_healthy_answers_and_restarts_on_an_unhealthy_one() -> None:
+    first = count_probe(None, True, "200 healthy", "timeout", NOW)
+    assert (first.first_probe_at, first.consecutive_ok, first.probes) == (NOW, 1, 1)
+    later = NOW + timedelta(seconds=5)
+    second = count_probe(first, False, "503", "timeout", later)
+    assert (second.first_probe_at, second.last_probe_at, second.consecutive_ok,
+            second.probes) == (NOW, later, 0, 2)

@@ -103,4 +103,5 @@ def test_loop_breaker_is_cleared_by_a_persons_request(device_dir: Path) -> None:
     for _ in range(4):
         reconciler.run_pass("daemon")
     submit(device_dir / "data", "resume")
+    assert reconciler.run_pass("cli").action.kind == "resume"  # type: ignore[union-attr]
     assert reconciler.run_pass("cli").action.kind == "reboot"  # type: ignore[union-attr]
