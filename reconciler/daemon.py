@@ -270,7 +270,7 @@ class Reconciler:
                   "spec_file": str(spec.path) if spec else None,
                   "observed": observed.summary()}
         record, repeated = self.audit.decision(actor, action.kind, action.reason,
-                                               dedupe=not reboots(action), **fields)
+                                               dedupe=not _never_folded(action), **fields)
         if not repeated:
             log(f"#{record.seq} {action.kind}: {action.reason}")
         outcome = self.executor.run(action, spec.policy if spec else None,
@@ -355,6 +355,11 @@ class Reconciler:
                          details={"metadata_sha256": digest,
                                   "channel": self.device.channel_name})
         log(f"channel refused: {reason}")
+
+
+def _never_folded(action: Action) -> bool:
+    """Reboots and a person's requests are each recorded, never counted as a repeat."""
+    return reboots(action) or isinstance(action, TakeRequest)
 
 
 class Daemon:
