@@ -351,6 +351,39 @@ def _as_wanted(source: str) -> str:
     return "as pinned at the device (kruxos update resume hands back to the spec)"
 
 
+def rollback_refusal(obs: ObservedState) -> str | None:
+    """Why a person's rollback of a slot not on trial cannot be done, or ``None``."""
+    target = obs.other_slot
+    if target.mark == "empty" or target.version is None:
+        return f"cannot roll back: the other slot {target.label} is empty"
+    if obs.failed is not None and obs.failed.version == target.version:
+        return (f"cannot roll back: the other slot {target.label} holds {target.version}, "
+                f"which failed ({obs.failed.reason})")
+    if target.mark != "good":
+        return (f"cannot roll back: the other slot {target.label} holds {target.version} "
+                f"marked {target.mark}, not a good slot to boot")
+    return None
+
+
+def downgrade_refusal(policy: UpdatePolicy | None, booted: str | None,
+                      version: str) -> str | None:
+    """Why pinning ``version`` over the running ``booted`` is refused, or ``None``."""
+    allowed = policy is not None and policy.spec.allow_downgrade
+    if booted is None or allowed or not (is_semver(booted) and is_semver(version)):
+        return None
+    if Version(version) >= Version(booted):
+        return None
+    return (f"{version} is lower than the running {booted}; the spec does not allow "
+            "downgrades (allowDowngrade: false)")
+
+
+def is_newer(latest: str, current: str | None) -> bool:
+    """Whether ``latest`` is an update for ``current`` (a version not semver: any release is)."""
+    if current is None or not is_semver(current) or not is_semver(latest):
+        return current != latest
+    return Version(latest) > Version(current)
+
+
 def _refuse_downgrade(policy: UpdatePolicy, booted: str | None, desired: str) -> Action | None:
     """A downgrade needs ``allowDowngrade``; a version that is not semver cannot be ordered,
     so it is no downgrade (the slot's identity problem is named in the reasons instead)."""

@@ -694,3 +694,25 @@ def test_probe_counts_consecutive_healthy_answers_and_restarts_on_an_unhealthy_o
     second = count_probe(first, False, "503", "timeout", later)
     assert (second.first_probe_at, second.last_probe_at, second.consecutive_ok,
             second.probes) == (NOW, later, 0, 2)
+
+
+# ---- the refusals the commands show, decided here too ----------------------------------------
+
+def test_rollback_of_a_confirmed_slot_is_refused_without_a_good_other_slot() -> None:
+    from reconciler.decide import rollback_refusal
+
+    assert rollback_refusal(observed()) == "cannot roll back: the other slot B (sda3) is empty"
+    assert rollback_refusal(observed(other_version="1.0.1", other_mark="staged")) == (
+        "cannot roll back: the other slot B (sda3) holds 1.0.1 marked staged, not a good "
+        "slot to boot")
+    assert rollback_refusal(observed(other_version="0.9.0", other_mark="good")) is None
+
+
+def test_pin_lower_than_the_running_version_is_refused_unless_downgrades_are_allowed() -> None:
+    from reconciler.decide import downgrade_refusal, is_newer
+
+    assert downgrade_refusal(policy(), "1.0.1", "1.0.0") is not None
+    assert downgrade_refusal(policy(allowDowngrade=True), "1.0.1", "1.0.0") is None
+    assert downgrade_refusal(policy(), "2024.1", "1.0.0") is None  # cannot be ordered
+    assert is_newer("1.0.1", "1.0.0") and not is_newer("1.0.0", "1.0.1")
+    assert is_newer("1.0.1", "2024.1") and not is_newer("1.0.1", "1.0.1")
