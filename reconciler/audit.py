@@ -317,6 +317,26 @@ class AuditReader:
                 return {"version": version, "reason": record.reason, "at": record.time}
         return None
 
+    def trial_started(self) -> dict[str, Any] | None:
+        """The first health probe of the current trial run, replayed from the trail.
+
+        Newest first, probe decisions are collected back to the step that began
+        this run (a reboot, a rollback, a confirm): the oldest of them is when the
+        trial's timeout started counting. ``None`` when no trial run is found.
+        """
+        first: AuditRecord | None = None
+        for record in self.reversed_records():
+            if record.kind != "decision":
+                continue
+            if record.action == "probe":
+                first = record
+            elif record.action in ("reboot", "rollback", "confirm", "repair-boot-env"):
+                break
+        if first is None or not isinstance((first.observed or {}).get("booted"), str):
+            return None
+        assert first.observed is not None
+        return {"slot": first.observed["booted"], "first_probe_at": first.at.isoformat()}
+
     def verify(self) -> VerifyResult:
         """Walk the whole chain and the head; name the first bad record."""
         return _Verifier(self).run()

@@ -218,6 +218,26 @@ class Reconciler:
         elif not was_full and self.store.reserve.in_use:
             log("the data disk is full")
 
+    def _rebuild_trial(self) -> None:
+        """A trial's first probe comes back from the trail, so its deadline does not move."""
+        started = self.audit.trial_started()
+        if started is None:
+            return
+        kept = self.store.section("trial")
+        kept_at = _when(kept.get("first_probe_at"))
+        if kept.get("slot") == started["slot"] and kept_at is not None and \
+                kept_at <= datetime.fromisoformat(started["first_probe_at"]):
+            return  # what is kept already counts from the first probe (or earlier)
+        record = {"boot_id": self.device.current_boot_id(), "slot": started["slot"],
+                  "last_probe_at": started["first_probe_at"], "probes": 1,
+                  "consecutive_ok": 0, **{k: v for k, v in kept.items()
+                                          if kept.get("slot") == started["slot"]},
+                  "first_probe_at": started["first_probe_at"]}
+        self.audit.event("daemon", "state-rebuilt", "the trial's first health probe at "
+                         f"{started['first_probe_at']} comes back from the audit trail",
+                         details=record)
+        self.store.put("trial", record)
+
     def _record_repairs(self) -> None:
         """Say in the audit trail what was found damaged on the data dir and repaired.
 
@@ -231,6 +251,7 @@ class Reconciler:
         if not self.store.lost:
             return
         self.store.lost = False
+        self._rebuild_trial()
         failed = self.audit.failed_version()
         if failed is not None and not self.store.section("failed"):
             self.audit.event("daemon", "state-rebuilt", f"{failed['version']} stays blocked: "
@@ -355,6 +376,15 @@ class Reconciler:
                          details={"metadata_sha256": digest,
                                   "channel": self.device.channel_name})
         log(f"channel refused: {reason}")
+
+
+def _when(value: Any) -> datetime | None:
+    """An ISO time from the state file, or ``None`` when it is not one."""
+    try:
+        moment = datetime.fromisoformat(value)
+    except (TypeError, ValueError):
+        return None
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 def _never_folded(action: Action) -> bool:

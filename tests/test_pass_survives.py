@@ -165,3 +165,27 @@ def test_state_lost_with_its_copy_keeps_the_failed_version_blocked(device_dir: P
     actions = [r["action"] for r in _records(device_dir)]
     assert actions.count("re-anchor") == 1 and "state-rebuilt" in actions, actions
     assert again.audit.verify().ok
+
+
+def test_state_lost_during_a_trial_keeps_the_rollback_deadline(device_dir: Path) -> None:
+    from reconciler.release.image import ImageHeader, encode_header
+
+    clock = [NOW]
+    first = Reconciler(load_device(device_dir / "device.yaml"), rebooter=lambda r: None,
+                       clock=lambda: clock[0])
+    _write_header(device_dir, "sda3", encode_header(ImageHeader(version="1.0.1")))
+    first.backend.set_mark("B", "staged")
+    first.backend.arm_trial("B", 3)
+    (device_dir / "run" / "cmdline").write_text("root=/dev/sda3 kruxos.slot=B\n")
+    _set_spec(device_dir, "version: 1.0.0", "version: 1.0.1")
+    assert first.run_pass("daemon").action.kind == "probe"  # type: ignore[union-attr]
+    (device_dir / "data" / "state.json").write_bytes(b"{" * 30)
+    (device_dir / "data" / "state.copy.json").write_bytes(b"")
+
+    clock[0] = NOW + timedelta(seconds=8)  # the sim spec's timeout, counted from the probe
+    again = Reconciler(load_device(device_dir / "device.yaml"), rebooter=lambda r: None,
+                       clock=lambda: clock[0])
+    result = again.run_pass("health")
+    assert result.action is not None and result.action.kind == "rollback", result
+    rebuilt = [r for r in _records(device_dir) if r["action"] == "state-rebuilt"]
+    assert rebuilt and "first health probe" in str(rebuilt[0]["reason"])

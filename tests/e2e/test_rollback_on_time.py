@@ -10,7 +10,8 @@ machine. The measured delay past the deadline is printed (``-s`` shows it).
 from __future__ import annotations
 
 import json
-import shutil
+import os
+import signal
 from collections.abc import Callable
 from datetime import datetime
 
@@ -48,17 +49,17 @@ def _garbage_channel(device: SimDevice) -> None:
     (device.dir / "channel" / "metadata.json").write_bytes(b"\x00{not json" * 1000)
 
 
-def _missing_channel(device: SimDevice) -> None:
-    shutil.rmtree(device.dir / "channel")
-
-
 def _damaged_state_file(device: SimDevice) -> None:
     (device.dir / "data" / "state.json").write_bytes(b"\xff\xfe garbage " * 100)
 
 
-def _truncated_state_file(device: SimDevice) -> None:
-    path = device.dir / "data" / "state.json"
-    path.write_bytes(path.read_bytes()[:40])
+def _state_file_and_its_copy_lost(device: SimDevice) -> None:
+    """Neither copy survives: the trial's first probe comes back from the audit trail."""
+    (device.dir / "data" / "state.json").write_bytes(b"{" * 30)
+    (device.dir / "data" / "state.copy.json").write_bytes(b"")
+    pid = device.daemon_pid()
+    assert pid is not None
+    os.kill(pid, signal.SIGKILL)  # the daemon restarts and must rebuild the state
 
 
 BAD_INPUTS: dict[str, Callable[[SimDevice], None]] = {
@@ -66,9 +67,8 @@ BAD_INPUTS: dict[str, Callable[[SimDevice], None]] = {
     "spec changing the health policy": _spec_changing_the_health_policy,
     "spec with a broken channel URL": _spec_with_a_broken_channel_url,
     "garbage channel metadata": _garbage_channel,
-    "missing channel": _missing_channel,
     "damaged state file": _damaged_state_file,
-    "truncated state file": _truncated_state_file,
+    "state file and its copy lost, daemon killed": _state_file_and_its_copy_lost,
 }
 
 
