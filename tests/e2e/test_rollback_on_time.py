@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 from collections.abc import Callable
 from datetime import datetime
@@ -72,9 +73,19 @@ BAD_INPUTS: dict[str, Callable[[SimDevice], None]] = {
 }
 
 
-@pytest.mark.parametrize("bad_input", list(BAD_INPUTS))
+CASES = [(name, "grub") for name in BAD_INPUTS] + [
+    ("state file and its copy lost, daemon killed", "uboot"),
+    ("state file and its copy lost, daemon killed", "bls"),
+]
+
+
+@pytest.mark.parametrize(("bad_input", "backend"), CASES,
+                         ids=[f"{name} ({backend})" for name, backend in CASES])
 def test_failing_trial_is_rolled_back_on_time_whatever_it_is_fed(
-        device: SimDevice, bad_input: str) -> None:
+        device: SimDevice, bad_input: str, backend: str) -> None:
+    if backend != "grub":  # the same device on another bootloader
+        shutil.rmtree(device.dir)
+        device.cli("sim", "init", str(device.dir), "--bootloader", backend)
     device.spec.write_text(device.spec.read_text().replace("timeout: 8s",
                                                            f"timeout: {TIMEOUT_S}s"))
     device.publish("1.0.2", "gateway-fails")
@@ -92,7 +103,7 @@ def test_failing_trial_is_rolled_back_on_time_whatever_it_is_fed(
         "the rollback decision")
     deadline_s = TIMEOUT_S + INTERVAL_S
     delay = (_at(rollback) - _at(first_probe)).total_seconds()
-    print(f"\nrollback under '{bad_input}': {delay:.0f} s after the first probe "
+    print(f"\nrollback under '{bad_input}' ({backend}): {delay:.0f} s after the first probe "
           f"({delay - TIMEOUT_S:+.0f} s past the {TIMEOUT_S} s timeout)")
     assert delay <= deadline_s + SLACK_S, (delay, device.diagnostics())
     assert rollback["reason"].startswith("Health check timeout"), rollback
