@@ -161,7 +161,11 @@ class Reconciler:
         if now - self._suspend_checked < 0.5:
             return False
         self._suspend_checked = now
-        loaded = self._current_spec()  # a rejection during a long staging is recorded now
+        try:
+            loaded = self._current_spec()  # a rejection during a long staging is recorded now
+        except Exception as exc:  # noqa: BLE001 - a check never breaks the download
+            log(f"cannot check the spec during the step: {short_error(exc)}")
+            return False
         return bool(loaded and loaded.policy.spec.suspend)
 
     def run_pass(self, actor: str) -> PassResult:

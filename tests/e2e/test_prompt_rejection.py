@@ -48,3 +48,4 @@ def test_rejected_specs_are_recorded_promptly_while_a_staging_runs(device: SimDe
     assert len(rejected) == 2 and rejected[0]["spec_revision"] != rejected[1]["spec_revision"]
     device.wait_status("1.0.1", "CONFIRMED", timeout=90)
     assert len(_rejections(device)) == 2
+
