@@ -96,6 +96,8 @@ def test_failing_trial_is_rolled_back_on_time_whatever_it_is_fed(
          and r["action"] == "probe"), None), 40, "the first health probe of the trial")
 
     BAD_INPUTS[bad_input](device)
+    status = device.cli("update", "status", check=False)
+    assert status.returncode == 0 and "Traceback" not in status.stderr, status
 
     rollback = device.wait_for(lambda: next(
         (r for r in device.audit_file_records() if r["kind"] == "decision"
