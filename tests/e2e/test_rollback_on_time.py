@@ -88,7 +88,8 @@ def test_failing_trial_is_rolled_back_on_time_whatever_it_is_fed(
         device.cli("sim", "init", str(device.dir), "--bootloader", backend)
     device.spec.write_text(device.spec.read_text().replace("timeout: 8s",
                                                            f"timeout: {TIMEOUT_S}s"))
-    device.publish("1.0.2", "gateway-fails")
+    device.cli("sim", "publish", str(device.dir), "1.0.2", "--behaviour", "gateway-fails",
+               "--size-mb", "1")
     device.start()
     device.edit_spec(version="1.0.2")
     first_probe = device.wait_for(lambda: next(
@@ -109,7 +110,9 @@ def test_failing_trial_is_rolled_back_on_time_whatever_it_is_fed(
           f"({delay - TIMEOUT_S:+.0f} s past the {TIMEOUT_S} s timeout)")
     assert delay <= deadline_s + SLACK_S, (delay, device.diagnostics())
     assert rollback["reason"].startswith("Health check timeout"), rollback
-    device.wait_for(lambda: device.status_json()["booted"] == "A", 30,
-                    "the device back on slot A")
+    device.wait_for(lambda: any(r["kind"] == "outcome" and r["decision"] == rollback["seq"]
+                                and str(r["outcome"]).startswith("ok")
+                                for r in device.audit_file_records()), 30,
+                    "the rollback to run")
     verify = device.cli("audit", "verify", "--json")
     assert json.loads(verify.stdout)["ok"] is True, verify.stdout
