@@ -284,7 +284,8 @@ class Reconciler:
         if spec is None:
             return ChannelView(error="no valid spec: the channel is not known")
         try:
-            return self.channel.view(spec.policy, spec.revision, now)
+            view: ChannelView = self.channel.view(spec.policy, spec.revision, now)
+            return view
         except Exception as exc:  # noqa: BLE001 - the channel never stops a pass
             return ChannelView(error=f"channel: {short_error(exc)}",
                                retry_after=timedelta(seconds=30))

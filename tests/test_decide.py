@@ -476,10 +476,12 @@ TIMES = st.one_of(st.none(), st.datetimes(min_value=datetime(2020, 1, 1),
 @st.composite
 def any_observed(draw: st.DrawFn) -> ObservedState:
     """Any state observe can hand over, including damaged identities and odd records."""
-    marks = st.sampled_from(["good", "staged", "bad", "empty"])
-    slots = {name: Slot(name, dev, draw(SLOT_VERSIONS), draw(marks),
-                        draw(st.one_of(st.none(), st.just("foreign header"))))
-             for name, dev in (("A", "sda2"), ("B", "sda3"))}
+    marks = st.sampled_from(MARKS)
+    names: tuple[tuple[SlotName, str], ...] = (("A", "sda2"), ("B", "sda3"))
+    slots: dict[SlotName, Slot] = {
+        name: Slot(name, dev, draw(SLOT_VERSIONS), draw(marks),
+                   draw(st.one_of(st.none(), st.just("foreign header"))))
+        for name, dev in names}
     first = draw(TIMES)
     health = draw(st.one_of(st.none(), st.builds(
         HealthProgress, first_probe_at=st.just(first), last_probe_at=TIMES,

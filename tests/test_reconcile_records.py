@@ -78,7 +78,7 @@ def test_loop_breaker_stops_forward_reboots_after_three_that_never_confirm(
     # every reboot "happens" but the bootloader never boots the trial slot
     assert kinds == ["reboot", "reboot", "reboot", "blocked", "blocked"], kinds
     blocked = _decisions(device_dir, "blocked")
-    assert len(blocked) == 1 and blocked[0]["reason"].startswith("loop breaker: 3 reboots")
+    assert len(blocked) == 1 and str(blocked[0]["reason"]).startswith("loop breaker: 3 reboots")
     from reconciler.cli.status import status_lines
     from reconciler.inspect import inspect_device
 

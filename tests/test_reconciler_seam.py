@@ -138,9 +138,10 @@ class MemoryBackend:
 
     def boot(self) -> SlotName:
         """One power-on: the trial slot while tries are left, else the default."""
-        if self.state.trial is not None and self.state.tries_left > 0:
+        trial = self.state.trial
+        if trial is not None and self.state.tries_left > 0:
             self.state = replace(self.state, tries_left=self.state.tries_left - 1)
-            return self.state.trial
+            return trial
         return self.state.default
 
 

@@ -117,7 +117,8 @@ def status_json(obs: ObservedState, boot_raw: dict[str, Any], policy: UpdatePoli
     doc["boot"] = boot_raw
     doc["next"] = ({"action": action.kind, "reason": action.reason} if action else None)
     doc["time"] = now.isoformat()
-    return _plain(doc)
+    plain: dict[str, Any] = _plain(doc)
+    return plain
 
 
 def _plain(value: Any) -> Any:

@@ -34,8 +34,10 @@ def test_rejected_specs_are_recorded_promptly_while_a_staging_runs(device: SimDe
     for n, bad in enumerate(["spec: [unclosed\n", "apiVersion: kruxos.io/v1\nkind: Nope\n"], 1):
         device.edit_spec(text=bad)
         written = time.monotonic()
-        device.wait_for(lambda n=n: len(_rejections(device)) >= n, 30,
-                        f"bad revision {n} to be recorded")
+        def recorded(n: int = n) -> bool:
+            return len(_rejections(device)) >= n
+
+        device.wait_for(recorded, 30, f"bad revision {n} to be recorded")
         delays.append(time.monotonic() - written)
     device.edit_spec(text=good.replace("version: 1.0.0", "version: 1.0.1"))
     print(f"\nspec-rejected recorded {', '.join(f'{d:.2f} s' for d in delays)} after the "
