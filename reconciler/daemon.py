@@ -369,7 +369,7 @@ class Reconciler:
         if self.store.section("spec").get("rejected") == bad:
             return
         kept = self.keeper.copy_revision()
-        reason = f"{short_error(error, 600)} (keeping the last good spec {kept or '(none)'})"
+        reason = f"{error} (keeping the last good spec {kept or '(none)'})"
         self.audit.event("spec", "spec-rejected", reason, spec_revision=bad,
                          spec_file=str(self.device.spec_path))
         self.store.put("spec", {"rejected": bad})
