@@ -15,8 +15,6 @@ import pytest
 
 from tests.device import SimDevice
 
-pytestmark = pytest.mark.slow
-
 
 def _garbage(path: Path) -> None:
     path.write_bytes(bytes(range(256)) * 4)  # 1 KiB that is no GRUB env block

@@ -2,11 +2,7 @@
 
 from __future__ import annotations
 
-import pytest
-
 from tests.device import SimDevice
-
-pytestmark = pytest.mark.slow
 
 
 def test_rollback_asked_during_a_staging_does_not_roll_back_the_trial_that_follows(

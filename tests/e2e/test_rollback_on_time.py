@@ -20,8 +20,6 @@ import pytest
 
 from tests.device import SimDevice
 
-pytestmark = pytest.mark.slow
-
 TIMEOUT_S = 4
 INTERVAL_S = 1
 SLACK_S = 5
