@@ -428,12 +428,15 @@ class Daemon:
     async def run(self) -> int:
         """Hold the data-dir lock and reconcile until stopped."""
         with data_dir_lock(self.device.data_dir, "kruxos daemon"):
-            # Only the lock holder may open the audit trail: opening repairs it.
-            self._reconciler = Reconciler(self.device)
             loop = asyncio.get_running_loop()
             for sig, handler in ((signal.SIGTERM, self.stop), (signal.SIGINT, self.stop),
                                  (signal.SIGHUP, lambda: self.wake("cli"))):
                 loop.add_signal_handler(sig, handler)
+            # Only the lock holder may open the audit trail: opening repairs it.
+            self._reconciler = await self._open()
+            if self._reconciler is None:
+                log("stopped")
+                return 0
             scheduler = AsyncIOScheduler(timezone=UTC, event_loop=loop)
             scheduler.start()
             watcher = asyncio.create_task(self._watch_spec())
@@ -447,6 +450,26 @@ class Daemon:
                 scheduler.shutdown(wait=False)
         log("stopped")
         return 0
+
+    async def _open(self) -> Reconciler | None:
+        """The reconciler; a trail it may not write is said once and tried again, no crash loop.
+
+        A damaged audit trail (not one a re-anchor explains) means no action may
+        run: the daemon stays up, says why, and looks again every resync period
+        or when woken, instead of exiting and being restarted over and over.
+        """
+        said = None
+        while not self._stop.is_set():
+            try:
+                return Reconciler(self.device)
+            except AuditError as exc:
+                if str(exc) != said:
+                    said = str(exc)
+                    log(f"no action can run: {exc}")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self.device.resync.total_seconds())
+            self._wake.clear()
+        return None
 
     async def _watching(self, watcher: asyncio.Task[None]) -> None:
         """Let the spec watcher register its watch before the first pass.

@@ -188,3 +188,30 @@ def test_state_lost_during_a_trial_keeps_the_rollback_deadline(device_dir: Path)
     assert result.action is not None and result.action.kind == "rollback", result
     rebuilt = [r for r in _records(device_dir) if r["action"] == "state-rebuilt"]
     assert rebuilt and "first health probe" in str(rebuilt[0]["reason"])
+
+
+def test_a_damaged_trail_keeps_the_daemon_up_saying_why_instead_of_a_crash_loop(
+        device_dir: Path) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from tests.waiting import wait_for
+
+    _reconciler(device_dir).run_pass("daemon")
+    trail = next((device_dir / "data" / "audit").glob("audit-*.jsonl"))
+    trail.write_bytes(b"")  # the trail ends before the head: damage, not a lost head
+    log = device_dir / "run" / "daemon-test.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "reconciler.cli.main", "daemon"],
+                                env=dict(os.environ, KRUXOS_CONFIG=str(device_dir /
+                                                                       "device.yaml")),
+                                stdout=out, stderr=subprocess.STDOUT)
+    try:
+        wait_for(lambda: "no action can run" in log.read_text(), 30, "the daemon to say why")
+        assert proc.poll() is None, "the daemon exited instead of staying up"
+        assert "Traceback" not in log.read_text()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
