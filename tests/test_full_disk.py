@@ -95,3 +95,21 @@ def test_rollback_is_recorded_and_runs_on_a_full_data_disk(small_data_dir_device
     assert not rec.store.reserve.in_use
     assert rec.audit.last() is not None
     assert any(r.action == "disk-space" for r in rec.audit.records())
+
+
+def test_a_full_disk_while_keeping_the_last_good_spec_is_said_and_the_pass_goes_on(
+        small_data_dir_device: Path) -> None:
+    root = small_data_dir_device
+    (root / "run" / "cmdline").write_text("root=/dev/sda2 kruxos.slot=A\n")
+    rec = Reconciler(load_device(root / "device.yaml"), rebooter=lambda r: None,
+                     clock=lambda: NOW)
+    rec.run_pass("daemon")
+    _fill(root / "data")
+    spec = root / "spec.yaml"
+    spec.write_text(spec.read_text() + "# a new revision to keep\n")
+
+    result = rec.run_pass("spec")
+    assert result.action is not None and result.outcome is not None, result
+    said = [r for r in rec.audit.records() if r.action == "pass-failed"]
+    assert len(said) == 1 and "No space left on device" in said[0].reason, said
+    assert "last good spec" in said[0].reason
