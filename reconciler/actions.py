@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import ClassVar
 
-from reconciler.observed import SlotName
+from reconciler.observed import HealthProgress, Mark, Request, SlotName, TrialPolicy
 
 
 @dataclass(frozen=True)
@@ -56,6 +56,7 @@ class ArmTrial:
     version: str
     reason: str
     reboot: bool = True
+    policy: TrialPolicy = TrialPolicy()
 
     @property
     def kind(self) -> str:
@@ -65,10 +66,13 @@ class ArmTrial:
 
 @dataclass(frozen=True)
 class ProbeHealth:
-    """Ask the health endpoint once about the booted trial slot."""
+    """Ask the health endpoint once about the booted trial slot (the trial's own policy)."""
 
     slot: SlotName
     reason: str
+    url: str = TrialPolicy.url
+    timeout_s: float = 5.0
+    progress: HealthProgress | None = None
     kind: ClassVar[str] = "probe"
 
 
@@ -121,9 +125,73 @@ class NoteFallback:
     kind: ClassVar[str] = "note-fallback"
 
 
+@dataclass(frozen=True)
+class RepairBootEnv:
+    """Write a fresh boot env from what is known good, over one that cannot be read.
+
+    ``default`` boots when no trial is armed; ``trial`` (with ``tries``) keeps
+    a trial that was running when the env was damaged; ``marks`` is each
+    slot's mark, from the slots' own identity and the state file.
+    """
+
+    default: SlotName
+    marks: tuple[tuple[SlotName, Mark], ...]
+    reason: str
+    trial: SlotName | None = None
+    tries: int = 0
+    kind: ClassVar[str] = "repair-boot-env"
+
+
+#: Audit action names of requests whose kind would read like a step that ran.
+REQUEST_ACTIONS = {"reboot": "reboot-answer", "rollback": "rollback-request",
+                   "confirm": "confirm-request"}
+
+
+@dataclass(frozen=True)
+class TakeRequest:
+    """Turn a person's request into state, then remove it from the inbox.
+
+    ``spec_wanted`` is what the spec itself asked for when a pin was made (the
+    pin ends when that changes); ``retry`` lets a pinned version that failed
+    before be tried again; ``forget`` is the other slot a cancel marks bad;
+    ``slot``/``version`` bind a confirm or rollback to the boot it was asked in.
+    """
+
+    request: Request
+    reason: str
+    spec_wanted: str | None = None
+    retry: bool = False
+    forget: SlotName | None = None
+    slot: SlotName | None = None
+    version: str | None = None
+
+    @property
+    def kind(self) -> str:
+        """The request's audit name: ``pin``, ``reboot-answer``, ``rollback-request``..."""
+        return REQUEST_ACTIONS.get(self.request.kind, self.request.kind)
+
+
+@dataclass(frozen=True)
+class EndOverride:
+    """The pin of ``version`` ends: the spec's own desired version moved on."""
+
+    version: str
+    reason: str
+    kind: ClassVar[str] = "override-ended"
+
+
+@dataclass(frozen=True)
+class LiftBlock:
+    """Forget that ``version`` failed: the desired version is another one now."""
+
+    version: str
+    reason: str
+    kind: ClassVar[str] = "unblock"
+
+
 Action = (
     Nothing | Wait | Blocked | Stage | ArmTrial | ProbeHealth | Confirm | Rollback | Reboot
-    | Disarm | NoteFallback
+    | Disarm | NoteFallback | RepairBootEnv | TakeRequest | EndOverride | LiftBlock
 )
 
 def reboots(action: Action) -> bool:

@@ -18,6 +18,7 @@ import hashlib
 import json
 import os
 import re
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime, timedelta
@@ -26,13 +27,15 @@ from typing import Any
 
 from reconciler.errors import AuditError, KruxosError
 from reconciler.redact import redact, redact_json
-from reconciler.store import StateStore, create_file, fsync_dir, make_dirs
+from reconciler.store import StateStore, create_file, fsync_dir, make_dirs, with_reserve
 
 AUDIT_DIR = "audit"
 SECTION = "audit"
 DEFAULT_MAX_BYTES = 4 * 1024 * 1024
 ZERO_HASH = "0" * 64
 KINDS = frozenset({"decision", "outcome", "event"})
+#: The action of the event that re-anchors the head after the state file lost it.
+REANCHOR = "re-anchor"
 ACTORS = frozenset({"spec", "schedule", "health", "cli", "daemon", "resync"})
 _FILE_RE = re.compile(r"^audit-(\d{6,})\.jsonl$")
 _AGE_RE = re.compile(r"^\s*(\d+)\s*([smhd])\s*$")
@@ -169,15 +172,26 @@ class VerifyResult:
     problem: str | None
     head_seq: int
     files: int
+    reanchors: tuple[tuple[int, str], ...] = ()
 
     def describe(self) -> str:
         """The one-line verdict ``kruxos audit verify`` prints."""
         if self.ok:
             return (
                 f"OK: {self.records} records in {self.files} file{'s' * (self.files != 1)}, "
-                f"chain intact, state head at seq {self.head_seq}"
+                f"chain intact, state head at seq {self.head_seq}{self.reanchor_note()}"
             )
         return f"FAILED: {self.problem}"
+
+    def reanchor_note(self) -> str:
+        """``; re-anchored at #12 (why)`` for each re-anchor, or nothing."""
+        return "".join(f"; re-anchored at #{seq} ({why})" for seq, why in self.reanchors)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The machine form of ``kruxos audit verify --json``."""
+        value = asdict(self)
+        value["reanchors"] = [{"seq": seq, "reason": why} for seq, why in self.reanchors]
+        return value
 
 
 def parse_since(text: str, now: datetime) -> datetime:
@@ -288,6 +302,41 @@ class AuditReader:
         section = _read_section(self.store)
         return int(section.get("repeats", 0)), section.get("repeats_of")
 
+    def failed_version(self) -> dict[str, Any] | None:
+        """The version a rollback or a bootloader fallback left blocked, replayed from the trail.
+
+        Newest first: an ``unblock`` event (the desired version moved on) or a
+        person's pin ends the block; a ``rollback`` or ``note-fallback``
+        decision names the version (from the observed summary it recorded).
+        """
+        for record in self.reversed_records():
+            if record.action in ("unblock", "pin") and record.kind == "event":
+                return None
+            version = _failed_by(record)
+            if version:
+                return {"version": version, "reason": record.reason, "at": record.time}
+        return None
+
+    def trial_started(self) -> dict[str, Any] | None:
+        """The first health probe of the current trial run, replayed from the trail.
+
+        Newest first, probe decisions are collected back to the step that began
+        this run (a reboot, a rollback, a confirm): the oldest of them is when the
+        trial's timeout started counting. ``None`` when no trial run is found.
+        """
+        first: AuditRecord | None = None
+        for record in self.reversed_records():
+            if record.kind != "decision":
+                continue
+            if record.action == "probe":
+                first = record
+            elif record.action in ("reboot", "rollback", "confirm", "repair-boot-env"):
+                break
+        if first is None or not isinstance((first.observed or {}).get("booted"), str):
+            return None
+        assert first.observed is not None
+        return {"slot": first.observed["booted"], "first_probe_at": first.at.isoformat()}
+
     def verify(self) -> VerifyResult:
         """Walk the whole chain and the head; name the first bad record."""
         return _Verifier(self).run()
@@ -324,13 +373,15 @@ class _Verifier:
         if bad is None:
             bad = self._head(walk.records, before, after[0])
         first, problem = bad if bad else (None, None)
-        return self._result(len(walk.records), after[0], first, problem)
+        anchors = tuple((r.seq, r.reason) for r in walk.records if r.action == REANCHOR)
+        return self._result(len(walk.records), after[0], first, problem, anchors)
 
     def _result(
-        self, count: int, head: int, first: int | None, problem: str | None
+        self, count: int, head: int, first: int | None, problem: str | None,
+        anchors: tuple[tuple[int, str], ...] = (),
     ) -> VerifyResult:
         ok = problem is None
-        return VerifyResult(ok, count, first, problem, head, len(self.files))
+        return VerifyResult(ok, count, first, problem, head, len(self.files), anchors)
 
     def _walk(self) -> _Walk:
         walk = _Walk()
@@ -414,6 +465,20 @@ def _record_problem(
     return None
 
 
+def _failed_by(record: AuditRecord) -> str | None:
+    """The version a rollback or fallback decision gave up on, if ``record`` is one."""
+    seen = record.observed or {}
+    if record.kind != "decision":
+        return None
+    if record.action == "rollback":
+        return seen.get("version") if isinstance(seen.get("version"), str) else None
+    if record.action == "note-fallback":
+        other = seen.get("other")
+        version = other.get("version") if isinstance(other, dict) else None
+        return version if isinstance(version, str) else None
+    return None
+
+
 def _section(doc: dict[str, Any]) -> dict[str, Any]:
     section = doc.get(SECTION)
     if not isinstance(section, dict):
@@ -460,6 +525,7 @@ class AuditTrail(AuditReader):
         clock: Callable[[], datetime] = _utc_now,
     ) -> None:
         super().__init__(store, directory)
+        self._lock = threading.RLock()  # one append at a time, whichever thread asks
         self.max_bytes = max_bytes
         self.clock = clock
         self._make_directory()
@@ -490,7 +556,13 @@ class AuditTrail(AuditReader):
                 raise AuditError(f"audit: cannot repair {path}: {exc.strerror}") from exc
 
     def _take_head(self) -> None:
-        """Match the trail's end with the state head; one record ahead is a crash to finish."""
+        """Match the trail's end with the state head; one record ahead is a crash to finish.
+
+        A head that was lost with the state file, or that stayed behind an intact
+        continuation of the chain (the state could not be written, a full disk),
+        is re-anchored: the trail's end becomes the head again and an ``event``
+        says so, which ``audit verify`` reports. Anything else is damage.
+        """
         seq, digest = self.head()
         last = self._last
         end = (last.seq, last.hash) if last else (0, ZERO_HASH)
@@ -499,11 +571,35 @@ class AuditTrail(AuditReader):
         if last is not None and _finishes_head(last, seq, digest):
             self._store_head(last)
             return
+        why = self._anchor_problem(seq, digest)
+        if last is not None and why is not None:
+            self._store_head(last)
+            self.event("daemon", REANCHOR, f"audit head re-anchored at record {last.seq}: {why}",
+                       details={"head_seq": seq, "trail_seq": last.seq})
+            return
         found = f"record {seq} differs from" if end[0] == seq else f"ends at seq {end[0]} but"
         raise AuditError(
             f"audit: the trail in {self.directory} {found} the state head (seq {seq}); "
             "refusing to continue a damaged trail (see `kruxos audit verify`)"
         )
+
+    def _anchor_problem(self, seq: int, digest: str) -> str | None:
+        """Why the head may be re-anchored (lost, or behind an intact chain), else ``None``."""
+        if not _read_section(self.store):
+            return "the state file had lost the head (it was rebuilt)"
+        record = self.get(seq) if seq else None
+        if seq and (record is None or record.hash != digest):
+            return None
+        if self.verify_chain() is not None:
+            return None
+        return (f"the head in the state file stayed at record {seq} while the trail went on "
+                "(the state file could not be written)")
+
+    def verify_chain(self) -> str | None:
+        """The first break of the hash chain, or ``None`` when every record links."""
+        walk = _Verifier(self)._walk()
+        bad = _Verifier(self)._chain(walk.records)
+        return bad[1] if bad else walk.stop
 
     def _find_last_decision(self) -> tuple[AuditRecord | None, str | None]:
         """The newest decision and the newest outcome text recorded for it."""
@@ -516,14 +612,16 @@ class AuditTrail(AuditReader):
         return None, None
 
     def decision(
-        self, actor: str, action: str, reason: str, **fields: Any
+        self, actor: str, action: str, reason: str, *, dedupe: bool = True, **fields: Any
     ) -> tuple[AuditRecord, bool]:
         """Record a decision; a pass repeating the last one only bumps a counter.
 
+        ``dedupe=False`` (every reboot) always appends: a step that happens
+        again must show as a record of its own, never as a counter.
         Returns the record and whether it was a repeat (then nothing was appended).
         """
         last = self._last_decision
-        if last is not None and (last.action, last.reason) == (action, redact(reason)):
+        if dedupe and last is not None and (last.action, last.reason) == (action, redact(reason)):
             self._count_repeat(last.seq)
             return last, True
         return self.append("decision", actor, action, reason, **fields), False
@@ -576,6 +674,26 @@ class AuditTrail(AuditReader):
         Raises :class:`AuditError` when the record cannot be made durable; the
         trail is then as it was before the call, and the action must not run.
         """
+        with self._lock:
+            return self._append(kind, actor, action, reason, spec_revision=spec_revision,
+                                spec_file=spec_file, observed=observed, outcome=outcome,
+                                duration_s=duration_s, decision=decision, details=details)
+
+    def _append(
+        self,
+        kind: str,
+        actor: str,
+        action: str,
+        reason: str,
+        *,
+        spec_revision: str | None,
+        spec_file: str | None,
+        observed: dict[str, Any] | None,
+        outcome: str | None,
+        duration_s: float | None,
+        decision: int | None,
+        details: dict[str, Any] | None,
+    ) -> AuditRecord:
         self._check(kind, actor, decision)
         record = _seal(
             AuditRecord(
@@ -637,14 +755,24 @@ class AuditTrail(AuditReader):
             os.close(fd)
 
     def _write_fd(self, fd: int, path: Path, fresh: bool, line: bytes, seq: int) -> None:
-        start = os.fstat(fd).st_size
+        """Append and fsync; a full disk gives back the reserve once (see ``store.Reserve``)."""
+        undone: list[str] = []
+
+        def attempt() -> None:
+            start = os.fstat(fd).st_size
+            try:
+                _write_all(fd, line)
+                os.fsync(fd)
+                if fresh:
+                    fsync_dir(path.parent)
+            except OSError:
+                undone[:] = [_undo(fd, start)]
+                raise
+
         try:
-            _write_all(fd, line)
-            os.fsync(fd)
-            if fresh:
-                fsync_dir(path.parent)
+            with_reserve(self.store.reserve, attempt)
         except OSError as exc:
-            left = _undo(fd, start)
+            left = undone[0] if undone else ""
             raise AuditError(
                 f"audit: cannot write record {seq} to {path}: {exc.strerror or exc}{left}"
             ) from exc

@@ -20,8 +20,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import random
 import signal
 import sys
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -33,17 +35,28 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.date import DateTrigger
 from watchfiles import Change, awatch
 
-from reconciler.actions import Action, Blocked, Nothing, Outcome, ProbeHealth, Wait, reboots
+from reconciler.actions import (
+    Action,
+    Blocked,
+    Nothing,
+    Outcome,
+    ProbeHealth,
+    TakeRequest,
+    Wait,
+    reboots,
+)
 from reconciler.audit import AuditTrail
+from reconciler.boot import Backend
 from reconciler.channelwatch import ChannelWatch
 from reconciler.config import Device
-from reconciler.decide import decide, desired_version
-from reconciler.errors import AuditError, KruxosError
-from reconciler.executor import Executor, Rebooter, command_rebooter
+from reconciler.decide import decide, trial_policy_of
+from reconciler.errors import AuditError, KruxosError, SpecError, short_error
+from reconciler.executor import Executor, Rebooter, Stager, command_rebooter, probe_health
+from reconciler.health import HealthAnswer
 from reconciler.inbox import waiting
 from reconciler.observe import backend_for, observe
-from reconciler.observed import ObservedState
-from reconciler.overrides import STOPPING_REQUESTS, RequestDesk
+from reconciler.observed import ChannelView, ObservedState
+from reconciler.overrides import STOPPING_REQUESTS
 from reconciler.redact import redact
 from reconciler.specfile import LoadedSpec, SpecKeeper
 from reconciler.staging import InstallerStager
@@ -51,11 +64,53 @@ from reconciler.store import StateStore, data_dir_lock
 from reconciler.windows import next_open
 
 AUDIT_RETRY = timedelta(seconds=5)
+#: After a failed pass the next one waits 1 s, doubling per failure in a row up to this,
+#: each delay spread by ±20 % so that devices failing together do not retry together.
+BACKOFF_CAP = timedelta(seconds=15)
+
+
+def backoff(failures: int, rng: random.Random) -> timedelta:
+    """The pause after ``failures`` failed passes in a row, with jitter."""
+    base = min(BACKOFF_CAP.total_seconds(), 2.0 ** max(0, failures - 1))
+    return timedelta(seconds=base * rng.uniform(0.8, 1.2))
 
 
 def log(message: str) -> None:
     """One line on stderr (the journal on a real device)."""
     print(redact(f"kruxos daemon: {message}"), file=sys.stderr, flush=True)
+
+
+@dataclass
+class Parts:
+    """The reconciler's collaborators: each one replaceable by a fake in tests.
+
+    The model checker of crash and power-cut runs drives exactly this seam:
+    the real ``decide`` and the real executor over stores, boot envs,
+    channels, stagers, probes and reboots of its own.
+    """
+
+    store: StateStore
+    audit: AuditTrail
+    backend: Backend
+    channel: Any
+    stager: Stager
+    prober: Callable[[str, float], HealthAnswer]
+    rebooter: Rebooter
+
+    @classmethod
+    def real(cls, device: Device, clock: Callable[[], datetime],
+             rebooter: Rebooter | None = None,
+             on_refused: Callable[[str, str], None] | None = None) -> Parts:
+        """The collaborators of a real device: its files, its bootloader, HTTP, reboot.
+
+        ``on_refused`` records a refused channel metadata file (once per file)."""
+        store = StateStore(device.data_dir)
+        audit = AuditTrail(store, device.audit_dir, clock=clock)
+        backend = backend_for(device)
+        channel = ChannelWatch(device, store, clock, on_refused=on_refused)
+        return cls(store, audit, backend, channel,
+                   InstallerStager(device, store, backend, channel), probe_health,
+                   rebooter or command_rebooter(device))
 
 
 @dataclass
@@ -72,24 +127,27 @@ class Reconciler:
     """One reconcile pass at a time over the device's disk state (no memory of steps)."""
 
     def __init__(self, device: Device, *, rebooter: Rebooter | None = None,
-                 clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
+                 clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+                 parts: Parts | None = None) -> None:
+        """``parts``: the collaborators, injected (in-memory fakes in tests); by default
+        the real ones on the device's files. ``rebooter``/``clock`` are shortcuts."""
         self.device = device
         self.clock = clock
-        self.store = StateStore(device.data_dir)
-        self.audit = AuditTrail(self.store, device.audit_dir, clock=clock)
-        self.keeper = SpecKeeper(device.spec_path, device.data_dir)
-        self.backend = backend_for(device)
-        self.channel = ChannelWatch(device, self.store, clock,
+        parts = parts or Parts.real(device, clock, rebooter,
                                     on_refused=self._record_channel_refusal)
+        self.store, self.audit, self.backend = parts.store, parts.audit, parts.backend
+        self.channel = parts.channel
+        self.keeper = SpecKeeper(device.spec_path, device.data_dir)
         self.stopping = False
-        self.executor = Executor(device, self.store, self.backend,
-                                 InstallerStager(device, self.store, self.backend, self.channel),
-                                 rebooter or command_rebooter(device), clock,
-                                 should_stop=self._should_stop)
+        self.executor = Executor(device, self.store, self.backend, parts.stager, parts.rebooter,
+                                 clock, should_stop=self._should_stop, prober=parts.prober)
         self._suspend_checked = 0.0
         self.spec: LoadedSpec | None = None
         self.on_trial = False
-        self.requests = RequestDesk(device, self.store, self.audit, self.backend)
+        self._failures = 0
+        self._spec_lock = threading.RLock()
+        self._recorded_problems: set[str] = set()
+        self._rng = random.Random()
 
     def _should_stop(self) -> bool:
         """Stop a long step (a download) on SIGTERM or when the spec turns ``suspend`` on.
@@ -103,26 +161,117 @@ class Reconciler:
         if now - self._suspend_checked < 0.5:
             return False
         self._suspend_checked = now
-        loaded, _ = self.keeper.refresh()
+        try:
+            loaded = self._current_spec()  # a rejection during a long staging is recorded now
+        except Exception as exc:  # noqa: BLE001 - a check never breaks the download
+            log(f"cannot check the spec during the step: {short_error(exc)}")
+            return False
         return bool(loaded and loaded.policy.spec.suspend)
 
     def run_pass(self, actor: str) -> PassResult:
-        """Decide and run one step; an unwritable audit trail stops everything."""
+        """Decide and run one step; no exception ends the daemon.
+
+        An unwritable audit trail stops every action (and the pass is tried
+        again soon); any other exception is recorded once, as an ``event``
+        with a short reason, and the next pass follows after a backoff with
+        jitter, so a bad input can never turn into a crash loop.
+        """
+        try:
+            result = self._pass(actor)
+        except Exception as exc:  # noqa: BLE001 - the loop must outlive any bad input
+            return self._pass_failed(exc)
+        self._failures = 0
+        return result
+
+    def _pass_failed(self, exc: Exception) -> PassResult:
+        self._failures += 1
+        pause = backoff(self._failures, self._rng)
+        self._problem("pass-failed", f"a reconcile pass failed: {short_error(exc)}; passes "
+                      "go on with a backoff")
+        return PassResult(None, None, self.clock() + pause)
+
+    def _problem(self, action: str, reason: str) -> None:
+        """Record a problem once per distinct reason (an audit ``event``), and log it."""
+        if reason in self._recorded_problems:
+            return
+        log(reason)
+        try:
+            self.audit.event("daemon", action, reason)
+        except Exception as exc:  # noqa: BLE001 - a problem report must not raise
+            log(f"cannot record it in the audit trail: {short_error(exc)}")
+            return
+        self._recorded_problems.add(reason)
+
+    def _guarded(self, what: str, step: Callable[[], Any]) -> Any:
+        """Run a step a trial's judgement does not depend on; a failure is recorded once."""
+        try:
+            return step()
+        except AuditError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - see run_pass
+            self._problem("pass-failed", f"{what} failed: {short_error(exc)}; the pass goes "
+                          "on without it")
+            return None
+
+    def _replenish(self) -> None:
+        """Make the reserve for rollback records whole again once the disk has room."""
+        was_full = self.store.reserve.in_use
+        if self.store.reserve.replenish() and was_full:
+            self.audit.event("daemon", "disk-space", "the data disk has room again: the space "
+                             "kept for rollback records is reserved again")
+        elif not was_full and self.store.reserve.in_use:
+            log("the data disk is full")
+
+    def _rebuild_trial(self) -> None:
+        """A trial's first probe comes back from the trail, so its deadline does not move."""
+        started = self.audit.trial_started()
+        if started is None:
+            return
+        kept = self.store.section("trial")
+        kept_at = _when(kept.get("first_probe_at"))
+        if kept.get("slot") == started["slot"] and kept_at is not None and \
+                kept_at <= datetime.fromisoformat(started["first_probe_at"]):
+            return  # what is kept already counts from the first probe (or earlier)
+        record = {"boot_id": self.device.current_boot_id(), "slot": started["slot"],
+                  "last_probe_at": started["first_probe_at"], "probes": 1,
+                  "consecutive_ok": 0, **{k: v for k, v in kept.items()
+                                          if kept.get("slot") == started["slot"]},
+                  "first_probe_at": started["first_probe_at"]}
+        self.audit.event("daemon", "state-rebuilt", "the trial's first health probe at "
+                         f"{started['first_probe_at']} comes back from the audit trail",
+                         details=record)
+        self.store.put("trial", record)
+
+    def _record_repairs(self) -> None:
+        """Say in the audit trail what was found damaged on the data dir and repaired.
+
+        When both copies of the state were lost, the blocked version comes back
+        from the audit trail (recorded first, then written), so a version that
+        failed on trial is not tried again.
+        """
+        for note in self.store.take_repairs():
+            log(f"state: {note}")
+            self.audit.event("daemon", "state-repaired", note)
+        if not self.store.lost:
+            return
+        self.store.lost = False
+        self._rebuild_trial()
+        failed = self.audit.failed_version()
+        if failed is not None and not self.store.section("failed"):
+            self.audit.event("daemon", "state-rebuilt", f"{failed['version']} stays blocked: "
+                             "the audit trail shows it failed on trial", details=failed)
+            self.store.put("failed", failed)
+
+    def _pass(self, actor: str) -> PassResult:
+        self._replenish()
+        self.store.load()
+        self._record_repairs()
         spec = self._current_spec()
-        if spec is None:
-            return PassResult(None, None, None)
         now = self.clock()
-        view = self.channel.view(spec.policy, spec.revision, now)
-        observed = observe(self.device, self.store, self.backend, view)
-        taken = self.requests.take(spec, observed)
-        if "pin" in taken:  # a person may ask for a release published a moment ago
-            self.channel.refresh(spec.policy, now)
-            view = self.channel.view(spec.policy, spec.revision, now)
-        if taken:  # the requests changed what is on disk
-            observed = observe(self.device, self.store, self.backend, view)
-        self.requests.end_override(spec, observed)
-        self._lift_block(spec, observed)
-        action = decide(spec.policy, observed, now)
+        view = self._channel_view(spec, now)
+        revision = spec.revision if spec else None
+        observed = observe(self.device, self.store, self.backend, view, revision)
+        action = decide(spec.policy if spec else None, observed, now)
         self.on_trial = observed.on_trial
         try:
             return self._act(actor, spec, observed, action)
@@ -130,28 +279,46 @@ class Reconciler:
             log(f"audit trail cannot be written, no action runs: {exc}")
             return PassResult(action, None, now + AUDIT_RETRY)
 
-    def _act(self, actor: str, spec: LoadedSpec, observed: ObservedState,
+    def _channel_view(self, spec: LoadedSpec | None, now: datetime) -> ChannelView:
+        """The verified channel; any failure (even a URL that does not parse) is a view error."""
+        if spec is None:
+            return ChannelView(error="no valid spec: the channel is not known")
+        try:
+            view: ChannelView = self.channel.view(spec.policy, spec.revision, now)
+            return view
+        except Exception as exc:  # noqa: BLE001 - the channel never stops a pass
+            return ChannelView(error=f"channel: {short_error(exc)}",
+                               retry_after=timedelta(seconds=30))
+
+    def _act(self, actor: str, spec: LoadedSpec | None, observed: ObservedState,
              action: Action) -> PassResult:
-        fields = {"spec_revision": spec.revision, "spec_file": str(spec.path),
+        fields = {"spec_revision": spec.revision if spec else None,
+                  "spec_file": str(spec.path) if spec else None,
                   "observed": observed.summary()}
-        record, repeated = self.audit.decision(actor, action.kind, action.reason, **fields)
+        record, repeated = self.audit.decision(actor, action.kind, action.reason,
+                                               dedupe=not _never_folded(action), **fields)
         if not repeated:
             log(f"#{record.seq} {action.kind}: {action.reason}")
-        outcome = self.executor.run(action, spec.policy)
+        outcome = self.executor.run(action, spec.policy if spec else None,
+                                    spec.revision if spec else None)
         self.audit.outcome(record.seq, actor, action.kind, outcome.text, outcome.duration_s,
                            **fields)
         if not outcome.ok:
             log(f"#{record.seq} {action.kind} failed: {outcome.detail}")
+        if isinstance(action, TakeRequest) and action.request.kind == "pin" and spec:
+            # a person may ask for a release published a moment ago
+            self._guarded("fetching the channel", lambda: self.channel.refresh(spec.policy,
+                                                                              self.clock()))
         rebooting = outcome.ok and reboots(action)
         wake = self._wake_at(action, outcome, spec, observed)
         return PassResult(action, outcome, wake, rebooting)
 
-    def _wake_at(self, action: Action, outcome: Outcome, spec: LoadedSpec,
+    def _wake_at(self, action: Action, outcome: Outcome, spec: LoadedSpec | None,
                  observed: ObservedState) -> datetime | None:
         """When to look again: a probe waits one interval (or until the deadline)."""
         now = self.clock()
         if isinstance(action, ProbeHealth) and not self.executor.last_probe_healthy:
-            hp = spec.policy.spec.health
+            hp = observed.trial_policy or trial_policy_of(spec.policy if spec else None)
             started = observed.health.first_probe_at if observed.health else None
             deadline = (started or now) + hp.timeout
             return max(now, min(now + hp.interval, deadline))
@@ -161,13 +328,37 @@ class Reconciler:
             return now + timedelta(seconds=30)
         if isinstance(action, Wait):
             return action.until
-        if isinstance(action, Nothing | Blocked):
+        if isinstance(action, Nothing | Blocked) or spec is None:
             return None  # only a trigger or the resync can change the answer
         return now  # a step ran: look again at once, the next step may be due
 
     def _current_spec(self) -> LoadedSpec | None:
-        """The spec in force; a rejected file is recorded once per content revision."""
-        loaded, error = self.keeper.refresh()
+        """The spec in force; a rejected file is recorded once per content revision.
+
+        A file that breaks the reader in any way is a rejected file; a failure
+        to keep the last good copy (a full disk) keeps the spec of the last pass.
+        """
+        with self._spec_lock:
+            return self._read_spec()
+
+    def check_spec(self) -> None:
+        """Read the spec now (the watcher, while a pass may run): a rejection is recorded
+        within moments of the file being written, not when the current step ends."""
+        try:
+            self._current_spec()
+        except Exception as exc:  # noqa: BLE001 - the watcher must go on watching
+            log(f"cannot check the spec: {short_error(exc)}")
+
+    def _read_spec(self) -> LoadedSpec | None:
+        try:
+            loaded, error = self.keeper.refresh()
+        except OSError as exc:
+            self._problem("pass-failed", f"cannot keep a copy of the last good spec: "
+                          f"{short_error(exc)}")
+            return self.spec
+        except Exception as exc:  # noqa: BLE001 - a hostile file must not stop the pass
+            loaded, error = self.spec, SpecError(f"{self.device.spec_path}: cannot be read "
+                                                 f"as a spec ({short_error(exc)})")
         if error is not None:
             self._record_rejection(error)
         self.spec = loaded
@@ -191,15 +382,19 @@ class Reconciler:
                                   "channel": self.device.channel_name})
         log(f"channel refused: {reason}")
 
-    def _lift_block(self, spec: LoadedSpec, observed: Any) -> None:
-        """Forget a failed version once the desired version resolves to another one."""
-        failed = observed.failed
-        desired = desired_version(spec.policy, observed)
-        if failed is None or desired is None or desired == failed.version:
-            return
-        self.audit.event("spec", "unblock", f"{failed.version} may be tried again: the desired "
-                         f"version is now {desired}", spec_revision=spec.revision)
-        self.store.put("failed", None)
+
+def _when(value: Any) -> datetime | None:
+    """An ISO time from the state file, or ``None`` when it is not one."""
+    try:
+        moment = datetime.fromisoformat(value)
+    except (TypeError, ValueError):
+        return None
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def _never_folded(action: Action) -> bool:
+    """Reboots and a person's requests are each recorded, never counted as a repeat."""
+    return reboots(action) or isinstance(action, TakeRequest)
 
 
 class Daemon:
@@ -233,12 +428,15 @@ class Daemon:
     async def run(self) -> int:
         """Hold the data-dir lock and reconcile until stopped."""
         with data_dir_lock(self.device.data_dir, "kruxos daemon"):
-            # Only the lock holder may open the audit trail: opening repairs it.
-            self._reconciler = Reconciler(self.device)
             loop = asyncio.get_running_loop()
             for sig, handler in ((signal.SIGTERM, self.stop), (signal.SIGINT, self.stop),
                                  (signal.SIGHUP, lambda: self.wake("cli"))):
                 loop.add_signal_handler(sig, handler)
+            # Only the lock holder may open the audit trail: opening repairs it.
+            self._reconciler = await self._open()
+            if self._reconciler is None:
+                log("stopped")
+                return 0
             scheduler = AsyncIOScheduler(timezone=UTC, event_loop=loop)
             scheduler.start()
             watcher = asyncio.create_task(self._watch_spec())
@@ -252,6 +450,26 @@ class Daemon:
                 scheduler.shutdown(wait=False)
         log("stopped")
         return 0
+
+    async def _open(self) -> Reconciler | None:
+        """The reconciler; a trail it may not write is said once and tried again, no crash loop.
+
+        A damaged audit trail (not one a re-anchor explains) means no action may
+        run: the daemon stays up, says why, and looks again every resync period
+        or when woken, instead of exiting and being restarted over and over.
+        """
+        said = None
+        while not self._stop.is_set():
+            try:
+                return Reconciler(self.device)
+            except AuditError as exc:
+                if str(exc) != said:
+                    said = str(exc)
+                    log(f"no action can run: {exc}")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self.device.resync.total_seconds())
+            self._wake.clear()
+        return None
 
     async def _watching(self, watcher: asyncio.Task[None]) -> None:
         """Let the spec watcher register its watch before the first pass.
@@ -322,6 +540,7 @@ class Daemon:
                                     stop_event=self._stop, recursive=False):
             if any(Path(p).resolve() == path and c != Change.deleted for c, p in changes):
                 self.wake("spec")
+                await asyncio.to_thread(self.reconciler.check_spec)
 
 
 

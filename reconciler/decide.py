@@ -17,6 +17,7 @@ action. The rules, in the order they are asked (the first that applies wins):
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import datetime
 
 from reconciler.actions import (
@@ -25,67 +26,263 @@ from reconciler.actions import (
     Blocked,
     Confirm,
     Disarm,
+    EndOverride,
+    LiftBlock,
     NoteFallback,
     Nothing,
     ProbeHealth,
     Reboot,
+    RepairBootEnv,
     Rollback,
     Stage,
+    TakeRequest,
     Wait,
 )
-from reconciler.observed import ObservedState, other
-from reconciler.semver import Version
+from reconciler.observed import (
+    HealthProgress,
+    Mark,
+    ObservedState,
+    Request,
+    TrialPolicy,
+    other,
+)
+from reconciler.semver import Version, is_semver
 from reconciler.spec import UpdatePolicy
 from reconciler.windows import is_open, next_open
 
 MANUAL_ROLLBACK = "manual (kruxos update rollback)"
+#: More forward reboots than this in a row without a confirm stop forward reboots.
+LOOP_LIMIT = 2
 
 
-def decide(policy: UpdatePolicy, observed: ObservedState, now: datetime) -> Action:
-    """The single next step for the device, with a reason a person can read."""
-    for rule in (_judge_trial, _finish_pending):
+def decide(policy: UpdatePolicy | None, observed: ObservedState, now: datetime) -> Action:
+    """The single next step for the device, with a reason a person can read.
+
+    ``policy`` is ``None`` when no valid spec is known at all: a trial is still
+    judged (by the policy captured when it was armed) and a rollback still
+    finishes; nothing new starts.
+    """
+    for rule in (_repair_boot_env, _overdue_trial, _take_request, _end_override, _lift_block,
+                 _judge_trial, _finish_pending):
         action = rule(policy, observed, now)
         if action is not None:
             return action
+    if policy is None:
+        return Wait("no valid spec is known: nothing new starts until one is written")
     return _converge(policy, observed, now)
 
 
-def _judge_trial(policy: UpdatePolicy, obs: ObservedState, now: datetime) -> Action | None:
-    """Confirm, probe or roll back the booted slot while it is on trial."""
+def _repair_boot_env(policy: UpdatePolicy | None, obs: ObservedState,
+                     now: datetime) -> Action | None:
+    """A boot env that cannot be read is rewritten from what is known good, never guessed over.
+
+    The booted slot is known to boot. If the state file says it was armed for a
+    trial, the trial goes on (the other slot, good before, is the default);
+    else it becomes the default. The other slot keeps a staged mark only when
+    its own header names a release and no staging was writing it; otherwise it
+    is marked bad, so nothing unverified is ever booted.
+    """
+    if obs.boot_env_problem is None:
+        return None
+    booted, target = obs.booted_slot, obs.other_slot
+    why = f"the boot environment cannot be read ({obs.boot_env_problem})"
+    if obs.trial_policy is not None and booted.version == obs.trial_policy_version:
+        return RepairBootEnv(target.name, ((booted.name, "staged"), (target.name, "good")),
+                             f"{why}: rewritten with slot {booted.label} still on trial and "
+                             f"slot {target.label} the default", trial=booted.name, tries=1)
+    writing = obs.staging is not None and obs.staging.slot == target.name
+    mark: Mark = "staged" if target.sound and not writing else "bad"
+    if target.version is None and target.problem is None and not writing:
+        mark = "empty"
+    return RepairBootEnv(booted.name, ((booted.name, "good"), (target.name, mark)),
+                         f"{why}: rewritten from the booted slot {booted.label} (default, "
+                         f"good) and slot {target.label}'s own header (marked {mark})")
+
+
+def _overdue_trial(policy: UpdatePolicy | None, obs: ObservedState,
+                   now: datetime) -> Action | None:
+    """A trial past its deadline is rolled back before anything else is looked at."""
+    if not obs.on_trial or obs.request is not None:
+        return None
+    tp = obs.trial_policy or trial_policy_of(policy)
+    if not tp.automatic:
+        return None
+    action = _health_step(tp, obs, now, obs.booted_slot.version or "?")
+    return action if isinstance(action, Rollback) else None
+
+
+# ---- a person's requests, the end of a pin, the lifting of a block -------------------------
+
+def spec_wants(policy: UpdatePolicy, obs: ObservedState) -> str | None:
+    """The version the spec itself asks for now (``latest`` resolved), ignoring pins."""
+    wanted = policy.spec.version
+    return obs.channel.latest if wanted == "latest" else wanted
+
+
+def _take_request(policy: UpdatePolicy | None, obs: ObservedState,
+                  now: datetime) -> Action | None:
+    """The oldest request in the inbox, as a step of its own (one per pass, in order)."""
+    if not obs.requests:
+        return None
+    request = obs.requests[0]
+    action = _REQUESTS[request.kind](request, policy, obs)
+    return replace(action, reason=f"{action.reason} (by {request.by})")
+
+
+def _on_pin(req: Request, policy: UpdatePolicy | None, obs: ObservedState) -> TakeRequest:
+    wanted = spec_wants(policy, obs) if policy else None
+    version = req.version or "?"
+    reason = f"{version} pinned by a person (kruxos update apply); the spec wanted {wanted}"
+    retry = obs.failed is not None and obs.failed.version == req.version
+    if retry:
+        reason += f"; {version} was rolled back before and is tried again, as asked"
+    return TakeRequest(req, reason, spec_wanted=wanted, retry=retry)
+
+
+def _on_reboot(req: Request, policy: UpdatePolicy | None, obs: ObservedState) -> TakeRequest:
+    if req.answer == "now":
+        return TakeRequest(req, "a person at the device asked to reboot now, even outside a "
+                           "maintenance window")
+    return TakeRequest(req, "a person at the device chose to activate the update on the next "
+                       "reboot")
+
+
+def _on_stop(req: Request, policy: UpdatePolicy | None, obs: ObservedState) -> TakeRequest:
+    return TakeRequest(req, "the download was stopped by a person (Ctrl-C); the next apply "
+                       "resumes it")
+
+
+def _on_resume(req: Request, policy: UpdatePolicy | None, obs: ObservedState) -> TakeRequest:
+    return TakeRequest(req, "the pin ended: the spec rules again (kruxos update resume)")
+
+
+def _on_confirm(req: Request, policy: UpdatePolicy | None, obs: ObservedState) -> TakeRequest:
+    return TakeRequest(req, "a person asked to confirm the slot on trial (kruxos update "
+                       "confirm)", slot=obs.booted, version=obs.booted_slot.version)
+
+
+def _on_rollback(req: Request, policy: UpdatePolicy | None, obs: ObservedState) -> TakeRequest:
+    return TakeRequest(req, "a person asked to roll back (kruxos update rollback)",
+                       slot=obs.booted, version=obs.booted_slot.version)
+
+
+def _on_cancel(req: Request, policy: UpdatePolicy | None, obs: ObservedState) -> TakeRequest:
+    """Forget the staging and the staged slot; pin the running version."""
+    target, running = obs.other_slot, obs.booted_slot.version
+    staging_there = obs.staging is not None and obs.staging.slot == target.name
+    forget = target.name if target.mark == "staged" or staging_there else None
+    return TakeRequest(req, f"staging cancelled and slot {target.label} forgotten; {running} "
+                       "stays pinned until the spec changes or kruxos update resume",
+                       spec_wanted=spec_wants(policy, obs) if policy else None,
+                       forget=forget, slot=obs.booted, version=running)
+
+
+_REQUESTS = {"pin": _on_pin, "reboot": _on_reboot, "stop": _on_stop, "resume": _on_resume,
+             "confirm": _on_confirm, "rollback": _on_rollback, "cancel": _on_cancel}
+
+
+def _end_override(policy: UpdatePolicy | None, obs: ObservedState,
+                  now: datetime) -> Action | None:
+    """A pin ends once the spec's own desired version resolves to something new."""
+    pin = obs.override
+    if pin is None or policy is None:
+        return None
+    now_wanted = spec_wants(policy, obs)
+    if now_wanted is None or now_wanted == pin.spec_wanted:
+        return None
+    return EndOverride(pin.version, f"the pin of {pin.version} ended: the spec now wants "
+                       f"{now_wanted} (it wanted {pin.spec_wanted} when pinned)")
+
+
+def _lift_block(policy: UpdatePolicy | None, obs: ObservedState,
+                now: datetime) -> Action | None:
+    """A failed version is forgotten once the desired version resolves to another one."""
+    failed = obs.failed
+    if failed is None or policy is None:
+        return None
+    desired = desired_version(policy, obs)
+    if desired is None or desired == failed.version:
+        return None
+    return LiftBlock(failed.version, f"{failed.version} may be tried again: the desired "
+                     f"version is now {desired}")
+
+
+def count_probe(progress: HealthProgress | None, healthy: bool, summary: str,
+                timeout_reason: str, now: datetime) -> HealthProgress:
+    """The health progress of this boot after one more answer (the counters, in one place)."""
+    start = progress if progress is not None and progress.first_probe_at is not None else \
+        HealthProgress(first_probe_at=now)
+    return replace(start, last_probe_at=now, probes=start.probes + 1,
+                   consecutive_ok=start.consecutive_ok + 1 if healthy else 0,
+                   last_summary=summary, timeout_reason=timeout_reason)
+
+
+def trial_policy_of(policy: UpdatePolicy | None) -> TrialPolicy:
+    """The health policy a trial armed now is judged by (the defaults without a spec)."""
+    if policy is None:
+        return TrialPolicy()
+    hp = policy.spec.health
+    return TrialPolicy(hp.url, hp.interval, hp.timeout, hp.success_threshold,
+                       policy.spec.rollback.automatic)
+
+
+def _judge_trial(policy: UpdatePolicy | None, obs: ObservedState,
+                 now: datetime) -> Action | None:
+    """Confirm, probe or roll back the booted slot while it is on trial.
+
+    The policy captured at arming rules; the spec's is used only for a trial
+    armed before policies were captured (or whose record was lost).
+    """
     if not obs.on_trial:
         return None
     slot, version = obs.booted, obs.booted_slot.version or "?"
-    health, hp = obs.health, policy.spec.health
+    tp = obs.trial_policy or trial_policy_of(policy)
     if obs.request == "confirm":
         return Confirm(slot, version, f"{version} confirmed by a person (kruxos update confirm)")
     if obs.request == "rollback":
         return Rollback(slot, other(slot), version, MANUAL_ROLLBACK)
-    if not policy.spec.rollback.automatic:
+    if not tp.automatic:
         return Wait(f"slot {obs.booted_slot.label} runs {version} on trial; automatic "
-                    "rollback is off: confirm or roll back by hand")
+                    "rollback was off when the trial was armed: confirm or roll back by hand "
+                    "(kruxos update confirm / kruxos update rollback)")
+    return _health_step(tp, obs, now, version)
+
+
+def _health_step(tp: TrialPolicy, obs: ObservedState, now: datetime, version: str) -> Action:
+    """Probe, wait for the next probe, confirm, or roll back at the deadline."""
+    slot, health = obs.booted, obs.health
     if health is None or health.first_probe_at is None:
-        return ProbeHealth(slot, f"slot {slot} booted {version} on trial: first health probe")
-    if health.consecutive_ok >= hp.success_threshold:
+        return _probe(tp, obs, f"slot {slot} booted {version} on trial: first health probe")
+    if health.consecutive_ok >= tp.success_threshold:
         return Confirm(slot, version, f"{version} passed the health check "
-                       f"({health.consecutive_ok} healthy answer(s) of {hp.success_threshold} "
+                       f"({health.consecutive_ok} healthy answer(s) of {tp.success_threshold} "
                        "needed)")
-    if now >= health.first_probe_at + hp.timeout:
+    deadline = health.first_probe_at + tp.timeout
+    if now >= deadline:
         return Rollback(slot, other(slot), version, health.timeout_reason)
-    due = (health.last_probe_at or health.first_probe_at) + hp.interval
+    last = f"last: {health.last_summary or 'none'}"
+    due = (health.last_probe_at or health.first_probe_at) + tp.interval
     if now < due:
-        return Wait(f"slot {slot} on trial: next health probe (last: "
-                    f"{health.last_summary or 'none'})", until=min(due, health.first_probe_at
-                                                                   + hp.timeout))
-    return ProbeHealth(slot, f"slot {slot} on trial: health probe (last: "
-                       f"{health.last_summary or 'none'})")
+        return Wait(f"slot {slot} on trial: next health probe ({last})",
+                    until=min(due, deadline))
+    return _probe(tp, obs, f"slot {slot} on trial: health probe ({last})")
 
 
-def _finish_pending(policy: UpdatePolicy, obs: ObservedState, now: datetime) -> Action | None:
+def _probe(tp: TrialPolicy, obs: ObservedState, reason: str) -> ProbeHealth:
+    return ProbeHealth(obs.booted, reason, url=tp.url,
+                       timeout_s=min(tp.interval.total_seconds(), 10.0), progress=obs.health)
+
+
+def _finish_pending(policy: UpdatePolicy | None, obs: ObservedState,
+                    now: datetime) -> Action | None:
     """Steps the bootloader environment shows as started but not finished."""
     target = obs.other_slot
     if obs.request == "rollback" and target.mark == "good" and target.version:
         return Rollback(obs.booted, target.name, obs.booted_slot.version, MANUAL_ROLLBACK)
-    if obs.trial == target.name and target.version:
+    if obs.trial == target.name and target.version and policy is None:
+        return Wait(f"the trial of {target.version} in slot {target.label} is armed; no "
+                    "valid spec is known, so no reboot starts")
+    if obs.trial == target.name and target.version and policy is not None:
         wanted = desired_version(policy, obs)
         if wanted is not None and wanted != target.version:
             return Disarm(target.name, target.version, f"the trial of {target.version} in slot "
@@ -93,7 +290,7 @@ def _finish_pending(policy: UpdatePolicy, obs: ObservedState, now: datetime) -> 
         gate = _reboot_gate(policy, obs, now, target.version, armed=True)
         return gate or ArmTrial(target.name, target.version,
                                 f"trial of {target.version} in slot {target.label} is armed: "
-                                "reboot into it")
+                                "reboot into it", policy=trial_policy_of(policy))
     if obs.default != obs.booted and obs.trial is None:
         return Reboot(obs.default, f"the bootloader boots slot {obs.default} next: finish "
                       "the switch with a reboot")
@@ -154,8 +351,45 @@ def _as_wanted(source: str) -> str:
     return "as pinned at the device (kruxos update resume hands back to the spec)"
 
 
+def rollback_refusal(obs: ObservedState) -> str | None:
+    """Why a person's rollback of a slot not on trial cannot be done, or ``None``."""
+    target = obs.other_slot
+    if target.mark == "empty" or target.version is None:
+        return f"cannot roll back: the other slot {target.label} is empty"
+    if obs.failed is not None and obs.failed.version == target.version:
+        return (f"cannot roll back: the other slot {target.label} holds {target.version}, "
+                f"which failed ({obs.failed.reason})")
+    if target.mark != "good":
+        return (f"cannot roll back: the other slot {target.label} holds {target.version} "
+                f"marked {target.mark}, not a good slot to boot")
+    return None
+
+
+def downgrade_refusal(policy: UpdatePolicy | None, booted: str | None,
+                      version: str) -> str | None:
+    """Why pinning ``version`` over the running ``booted`` is refused, or ``None``."""
+    allowed = policy is not None and policy.spec.allow_downgrade
+    if booted is None or allowed or not (is_semver(booted) and is_semver(version)):
+        return None
+    if Version(version) >= Version(booted):
+        return None
+    return (f"{version} is lower than the running {booted}; the spec does not allow "
+            "downgrades (allowDowngrade: false)")
+
+
+def is_newer(latest: str, current: str | None) -> bool:
+    """Whether ``latest`` is an update for ``current`` (a version not semver: any release is)."""
+    if current is None or not is_semver(current) or not is_semver(latest):
+        return current != latest
+    return Version(latest) > Version(current)
+
+
 def _refuse_downgrade(policy: UpdatePolicy, booted: str | None, desired: str) -> Action | None:
-    if booted is None or policy.spec.allow_downgrade or Version(desired) >= Version(booted):
+    """A downgrade needs ``allowDowngrade``; a version that is not semver cannot be ordered,
+    so it is no downgrade (the slot's identity problem is named in the reasons instead)."""
+    if booted is None or policy.spec.allow_downgrade:
+        return None
+    if not (is_semver(booted) and is_semver(desired)) or Version(desired) >= Version(booted):
         return None
     return Blocked(f"{desired} is lower than the running {booted}; set allowDowngrade: true "
                    "to go back")
@@ -166,15 +400,22 @@ def _switch_or_stage(policy: UpdatePolicy, obs: ObservedState, now: datetime,
     """Boot the other slot if it holds ``desired`` verified, else stage it there."""
     target = obs.other_slot
     why = f"{source} {desired}, booted {obs.booted_slot.version or 'nothing'}"
+    if obs.booted_slot.problem:
+        why += f" (slot {obs.booted_slot.label}: {obs.booted_slot.problem})"
     if target.version == desired and target.mark in ("staged", "good"):
         gate = _reboot_gate(policy, obs, now, desired)
         return gate or ArmTrial(target.name, desired,
-                                f"{desired} is staged in slot {target.label}: {why}")
+                                f"{desired} is staged in slot {target.label}: {why}",
+                                policy=trial_policy_of(policy))
     if obs.channel.error is not None and desired not in obs.channel.versions:
-        return Wait(f"cannot stage {desired}: {obs.channel.error}",
+        note = f" ({why})" if obs.booted_slot.problem else ""
+        return Wait(f"cannot stage {desired}: {obs.channel.error}{note}",
                     until=now + obs.channel.retry_after)
     if desired not in obs.channel.versions:
         return Blocked(f"{desired} is not published on the channel ({why})")
+    if obs.disk_full:
+        return Wait(f"the data disk is full: {desired} is not staged until space is freed "
+                    "(the space kept for rollback records is in use)")
     windows = policy.spec.rollout.window_values()
     if policy.spec.rollout.stage == "in-window" and not is_open(windows, now):
         return Wait(f"{desired} stages in a maintenance window (rollout.stage: in-window)",
@@ -187,7 +428,11 @@ def _switch_or_stage(policy: UpdatePolicy, obs: ObservedState, now: datetime,
 def _reboot_gate(policy: UpdatePolicy, obs: ObservedState, now: datetime,
                  version: str, armed: bool = False) -> Action | None:
     """A Wait (or an arm without reboot) when a reboot into ``version`` is not for now."""
-    applies, person = _person_gate(obs, version, armed)
+    if obs.forward_reboots > LOOP_LIMIT:
+        return Blocked(f"loop breaker: {obs.forward_reboots} reboots into a trial in a row "
+                       "without reaching a confirmed state; no forward reboot until the spec "
+                       "changes or a person asks (kruxos update apply, kruxos update resume)")
+    applies, person = _person_gate(policy, obs, version, armed)
     if applies:
         return person
     rollout = policy.spec.rollout
@@ -205,7 +450,8 @@ def _reboot_gate(policy: UpdatePolicy, obs: ObservedState, now: datetime,
                 f"maintenance window opening {when}", until=opens)
 
 
-def _person_gate(obs: ObservedState, version: str, armed: bool) -> tuple[bool, Action | None]:
+def _person_gate(policy: UpdatePolicy, obs: ObservedState, version: str,
+                 armed: bool) -> tuple[bool, Action | None]:
     """Whether a person's pin decides this reboot, and what it says (``None``: reboot now)."""
     pin = obs.override
     if pin is None or pin.version != version or pin.reboot == "rules":
@@ -220,4 +466,5 @@ def _person_gate(obs: ObservedState, version: str, armed: bool) -> tuple[bool, A
         return True, Wait(f"{version} is armed in slot {target.label}: it activates on the "
                           "next reboot")
     return True, ArmTrial(target.name, version, f"{version} activates on the next reboot, as "
-                          "the person asked (kruxos update apply --no-reboot)", reboot=False)
+                          "the person asked (kruxos update apply --no-reboot)", reboot=False,
+                          policy=trial_policy_of(policy))

@@ -76,3 +76,20 @@ class UrlError(PermanentError, ValueError):
     Also a ``ValueError``, so a spec's field validator reports it like any
     other bad value.
     """
+
+
+#: The most characters of a value an error message quotes.
+QUOTE_LIMIT = 80
+
+
+def short_error(exc: BaseException, limit: int = 2 * QUOTE_LIMIT) -> str:
+    """One short line naming an unexpected exception: its type and the start of its text.
+
+    Used where anything at all may go wrong (a whole reconcile pass, a CLI
+    command): the person reading it gets what happened, never a traceback,
+    and a huge value inside the message is cut.
+    """
+    text = " ".join(str(exc).split()) or "no detail"
+    if len(text) > limit:
+        text = text[: limit - 1] + "…"
+    return text if isinstance(exc, KruxosError) else f"{type(exc).__name__}: {text}"

@@ -23,19 +23,26 @@ from reconciler.actions import (
     Blocked,
     Confirm,
     Disarm,
+    EndOverride,
+    LiftBlock,
     NoteFallback,
     Nothing,
     Outcome,
     ProbeHealth,
     Reboot,
+    RepairBootEnv,
     Rollback,
     Stage,
+    TakeRequest,
     Wait,
 )
-from reconciler.boot import Backend
+from reconciler.boot import Backend, BootState
 from reconciler.config import Device
-from reconciler.errors import KruxosError, TemporaryError
+from reconciler.decide import count_probe
+from reconciler.errors import KruxosError, TemporaryError, short_error
+from reconciler.inbox import INBOX
 from reconciler.observed import SlotName
+from reconciler.overrides import RESUME_FILE, apply_request
 from reconciler.spec import UpdatePolicy
 from reconciler.store import StateStore
 
@@ -60,6 +67,11 @@ def command_rebooter(device: Device) -> Rebooter:
     return reboot
 
 
+def probe_health(url: str, timeout_s: float) -> health.HealthAnswer:
+    """The real health probe (HTTP), as the executor's default prober."""
+    return health.probe(url, timeout=timeout_s)
+
+
 @dataclass
 class Executor:
     """Runs actions; ``clock`` and ``rebooter`` are injected so tests control them."""
@@ -71,11 +83,18 @@ class Executor:
     rebooter: Rebooter
     clock: Callable[[], datetime] = lambda: datetime.now(UTC)
     should_stop: Callable[[], bool] = lambda: False
+    prober: Callable[[str, float], health.HealthAnswer] = probe_health
     last_probe_healthy: bool = False
+    spec_revision: str | None = None
 
-    def run(self, action: Action, policy: UpdatePolicy) -> Outcome:
-        """Run ``action``; every failure becomes a failed :class:`Outcome`."""
+    def run(self, action: Action, policy: UpdatePolicy | None,
+            spec_revision: str | None = None) -> Outcome:
+        """Run ``action``; every failure becomes a failed :class:`Outcome`.
+
+        ``spec_revision`` is the spec in force, kept with the loop breaker's count.
+        """
         started = time.monotonic()
+        self.spec_revision = spec_revision
         try:
             detail = self._dispatch(action, policy)
             return Outcome(True, detail, time.monotonic() - started)
@@ -83,67 +102,88 @@ class Executor:
             return Outcome(False, str(exc), time.monotonic() - started, exc.delay)
         except (KruxosError, OSError, subprocess.SubprocessError) as exc:
             return Outcome(False, str(exc), time.monotonic() - started)
+        except Exception as exc:  # noqa: BLE001 - an action failure is an outcome, never a crash
+            return Outcome(False, short_error(exc), time.monotonic() - started)
 
-    def _dispatch(self, action: Action, policy: UpdatePolicy) -> str:
-        handlers: dict[type, Callable[[Any, UpdatePolicy], str]] = {
+    def _dispatch(self, action: Action, policy: UpdatePolicy | None) -> str:
+        handlers: dict[type, Callable[[Any, UpdatePolicy | None], str]] = {
             Nothing: _nothing, Wait: _nothing, Blocked: _nothing,
             Stage: self._stage, ArmTrial: self._arm, ProbeHealth: self._probe,
             Confirm: self._confirm, Rollback: self._rollback, Reboot: self._reboot,
             NoteFallback: self._note_fallback, Disarm: self._disarm,
+            RepairBootEnv: self._repair, TakeRequest: self._take_request,
+            EndOverride: self._end_override, LiftBlock: self._lift_block,
         }
         return handlers[type(action)](action, policy)
 
     def _now(self) -> str:
         return self.clock().isoformat()
 
-    def _stage(self, action: Stage, policy: UpdatePolicy) -> str:
+    def _stage(self, action: Stage, policy: UpdatePolicy | None) -> str:
+        if policy is None:
+            raise KruxosError("no valid spec: nothing is staged")
         return self.stager.stage(action.version, action.slot, policy, self.should_stop)
 
-    def _arm(self, action: ArmTrial, policy: UpdatePolicy) -> str:
-        self.store.put("trial", None)
+    def _arm(self, action: ArmTrial, policy: UpdatePolicy | None) -> str:
+        """Capture the trial's health policy on disk first, then arm the bootloader."""
+        tp = action.policy
+
+        def capture(doc: dict[str, Any]) -> None:
+            doc.pop("trial", None)
+            doc["trial_policy"] = {
+                "slot": action.slot, "version": action.version, "url": tp.url,
+                "interval_s": tp.interval.total_seconds(),
+                "timeout_s": tp.timeout.total_seconds(),
+                "success_threshold": tp.success_threshold, "automatic": tp.automatic,
+                "armed_at": self._now()}
+
+        self.store.update(capture)
         self.backend.arm_trial(action.slot, self.device.trial_tries)
+        if action.reboot:
+            self._count_forward_reboot()
         armed = f"armed slot {action.slot} for {self.device.trial_tries} trial boot(s)"
         if not action.reboot:
             return f"{armed}; it activates on the next reboot"
         self.rebooter(action.reason)
         return f"{armed}; rebooting"
 
-    def _probe(self, action: ProbeHealth, policy: UpdatePolicy) -> str:
-        hp = policy.spec.health
-        answer = health.probe(self.device.map_url(hp.url),
-                              timeout=min(hp.interval.total_seconds(), 10.0))
-        now = self._now()
-        boot_id = self.device.current_boot_id()
+    def _count_forward_reboot(self) -> None:
+        """One more reboot into a trial, before it happens (the loop breaker reads it)."""
 
-        def record(doc: dict[str, Any]) -> None:
-            trial = doc.get("trial") or {}
-            if trial.get("boot_id") != boot_id or trial.get("slot") != action.slot:
-                trial = {"boot_id": boot_id, "slot": action.slot, "first_probe_at": now,
-                         "consecutive_ok": 0, "probes": 0}
-            trial["last_probe_at"] = now
-            trial["probes"] = int(trial.get("probes", 0)) + 1
-            trial["consecutive_ok"] = int(trial.get("consecutive_ok", 0)) + 1 \
-                if answer.healthy else 0
-            trial["last_summary"] = answer.summary()
-            trial["last_answer"] = answer.to_dict()
-            trial["timeout_reason"] = health.rollback_reason(answer, timed_out=True)
-            doc["trial"] = trial
+        def count(doc: dict[str, Any]) -> None:
+            record = doc.get("reboots") or {}
+            same = record.get("spec_revision") == self.spec_revision
+            doc["reboots"] = {"count": int(record.get("count", 0)) + 1 if same else 1,
+                              "spec_revision": self.spec_revision}
 
-        self.store.update(record)
+        self.store.update(count)
+
+    def _probe(self, action: ProbeHealth, policy: UpdatePolicy | None) -> str:
+        """Ask once; the counters of this boot's progress are counted by ``count_probe``."""
+        answer = self.prober(self.device.map_url(action.url), action.timeout_s)
+        progress = count_probe(action.progress, answer.healthy, answer.summary(),
+                               health.rollback_reason(answer, timed_out=True), self.clock())
+        record = {"boot_id": self.device.current_boot_id(), "slot": action.slot,
+                  "first_probe_at": _iso(progress.first_probe_at),
+                  "last_probe_at": _iso(progress.last_probe_at),
+                  "consecutive_ok": progress.consecutive_ok, "probes": progress.probes,
+                  "last_summary": progress.last_summary, "last_answer": answer.to_dict(),
+                  "timeout_reason": progress.timeout_reason}
+        self.store.put("trial", record)
         self.last_probe_healthy = answer.healthy
         return answer.summary()
 
-    def _confirm(self, action: Confirm, policy: UpdatePolicy) -> str:
+    def _confirm(self, action: Confirm, policy: UpdatePolicy | None) -> str:
         self.backend.mark_good(action.slot)
 
         def clear(doc: dict[str, Any]) -> None:
-            for key in ("trial", "rollback", "staging", "request"):
+            for key in ("trial", "trial_policy", "rollback", "staging", "request", "reboots"):
                 doc.pop(key, None)
 
         self.store.update(clear)
         return f"slot {action.slot} marked good with {action.version}"
 
-    def _rollback(self, action: Rollback, policy: UpdatePolicy) -> str:
+    def _rollback(self, action: Rollback, policy: UpdatePolicy | None) -> str:
         self._remember_failure(action.from_version, action.reason)
         self.backend.rollback(action.reason)
         left = self.backend.read().marks.get(action.from_slot)
@@ -151,15 +191,45 @@ class Executor:
         return (f"slot {action.from_slot} marked {left}; rebooting into slot {action.to_slot}, "
                 "the default again")
 
-    def _reboot(self, action: Reboot, policy: UpdatePolicy) -> str:
+    def _reboot(self, action: Reboot, policy: UpdatePolicy | None) -> str:
         self.rebooter(action.reason)
         return f"rebooting into slot {action.slot}"
 
-    def _disarm(self, action: Disarm, policy: UpdatePolicy) -> str:
+    def _repair(self, action: RepairBootEnv, policy: UpdatePolicy | None) -> str:
+        marks = {slot: mark for slot, mark in action.marks}
+        state = BootState(default=action.default, trial=action.trial, tries_left=action.tries,
+                          marks=marks)
+        self.backend.repair(state)
+        return f"boot env rewritten: default {action.default}, marks " + ", ".join(
+            f"{slot} {mark}" for slot, mark in action.marks)
+
+    def _take_request(self, action: TakeRequest, policy: UpdatePolicy | None) -> str:
+        """Write what the request asks, then take it out of the inbox (even if that failed)."""
+        try:
+            if action.forget is not None:
+                self.backend.set_mark(action.forget, "bad")
+            if action.request.kind == "cancel":
+                (self.device.data_dir / RESUME_FILE).unlink(missing_ok=True)
+            boot_id = self.device.current_boot_id()
+            self.store.update(lambda doc: apply_request(doc, action, boot_id,
+                                                        self.spec_revision))
+        finally:
+            (self.device.data_dir / INBOX / action.request.id).unlink(missing_ok=True)
+        return f"request {action.request.kind} taken"
+
+    def _end_override(self, action: EndOverride, policy: UpdatePolicy | None) -> str:
+        self.store.put("override", None)
+        return f"the pin of {action.version} is gone"
+
+    def _lift_block(self, action: LiftBlock, policy: UpdatePolicy | None) -> str:
+        self.store.put("failed", None)
+        return f"{action.version} is no longer blocked"
+
+    def _disarm(self, action: Disarm, policy: UpdatePolicy | None) -> str:
         self.backend.set_mark(action.slot, "staged")
         return f"slot {action.slot} disarmed; it keeps {action.version} staged"
 
-    def _note_fallback(self, action: NoteFallback, policy: UpdatePolicy) -> str:
+    def _note_fallback(self, action: NoteFallback, policy: UpdatePolicy | None) -> str:
         self._remember_failure(action.version, action.reason)
         return f"{action.version} recorded as failed on trial"
 
@@ -172,10 +242,15 @@ class Executor:
             if version:
                 doc["failed"] = {"version": version, "reason": reason, "at": now}
             doc.pop("trial", None)
+            doc.pop("trial_policy", None)
             doc.pop("request", None)
 
         self.store.update(change)
 
 
-def _nothing(action: Any, policy: UpdatePolicy) -> str:
+def _iso(moment: datetime | None) -> str | None:
+    return moment.isoformat() if moment is not None else None
+
+
+def _nothing(action: Any, policy: UpdatePolicy | None) -> str:
     return ""

@@ -15,7 +15,7 @@ from reconciler.actions import Action
 from reconciler.channelwatch import ChannelWatch
 from reconciler.config import Device
 from reconciler.decide import decide
-from reconciler.errors import KruxosError
+from reconciler.errors import KruxosError, short_error
 from reconciler.observe import backend_for, observe, read_boot_state
 from reconciler.observed import ChannelView, ObservedState
 from reconciler.spec import UpdatePolicy
@@ -47,8 +47,8 @@ def inspect_device(device: Device, now: datetime, candidate: LoadedSpec | None =
     boot, boot_error = read_boot_state(backend)
     spec, error = (candidate, None) if candidate is not None else spec_in_force(device)
     view = channel or _channel(device, store, spec, now)
-    observed = observe(device, store, backend, view)
-    action = decide(spec.policy, observed, now) if spec else None
+    observed = observe(device, store, backend, view, spec.revision if spec else None)
+    action = decide(spec.policy if spec else None, observed, now)
     raw = {"default": boot.default, "trial": boot.trial, "tries_left": boot.tries_left,
            "marks": dict(boot.marks), "fallback": boot.fallback_reason, "error": boot_error,
            "backend": device.bootloader, "env": str(device.boot_env)}
@@ -61,8 +61,12 @@ def spec_in_force(device: Device) -> tuple[LoadedSpec | None, str | None]:
     """The device's spec file if valid, else the last good one and why the file is not."""
     try:
         return load_spec(device.spec_path), None
-    except KruxosError as exc:
-        return SpecKeeper(device.spec_path, device.data_dir).last_good(), str(exc)
+    except Exception as exc:  # noqa: BLE001 - any unreadable file is an invalid spec here
+        error = str(exc) if isinstance(exc, KruxosError) else short_error(exc)
+    try:
+        return SpecKeeper(device.spec_path, device.data_dir).last_good(), error
+    except Exception as exc:  # noqa: BLE001
+        return None, f"{error}; the last good copy cannot be read either ({short_error(exc)})"
 
 
 def _channel(device: Device, store: StateStore, spec: LoadedSpec | None,
@@ -70,4 +74,7 @@ def _channel(device: Device, store: StateStore, spec: LoadedSpec | None,
     if spec is None:
         return ChannelView(error="no spec")
     watch = ChannelWatch(device, store, lambda: now, save_trust=False)
-    return watch.view(spec.policy, spec.revision, now)
+    try:
+        return watch.view(spec.policy, spec.revision, now)
+    except Exception as exc:  # noqa: BLE001 - a broken channel is shown, not raised
+        return ChannelView(error=f"channel: {short_error(exc)}")

@@ -8,12 +8,13 @@ version, a staging in progress) from the state file on the data dir.
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from reconciler.boot import Backend, BootState, open_backend
 from reconciler.config import Device
-from reconciler.errors import BootEnvError
+from reconciler.errors import BootEnvError, KruxosError, short_error
+from reconciler.inbox import pending
 from reconciler.observed import (
     SLOTS,
     ChannelView,
@@ -21,10 +22,13 @@ from reconciler.observed import (
     HealthProgress,
     ObservedState,
     Override,
+    Request,
     Slot,
     Staging,
+    TrialPolicy,
 )
-from reconciler.release.image import read_slot_header
+from reconciler.release.image import slot_identity
+from reconciler.semver import is_semver
 from reconciler.store import StateStore
 
 
@@ -43,11 +47,16 @@ def read_boot_state(backend: Backend) -> tuple[BootState, str | None]:
 
 
 def observe(device: Device, store: StateStore, backend: Backend,
-            channel: ChannelView | None = None) -> ObservedState:
-    """What is on the device now; ``channel`` is the last verified channel view."""
-    boot, _ = read_boot_state(backend)
+            channel: ChannelView | None = None,
+            spec_revision: str | None = None) -> ObservedState:
+    """What is on the device now; ``channel`` is the last verified channel view.
+
+    ``spec_revision`` is the spec in force: reboots counted under another
+    revision do not count (a new spec clears the loop breaker).
+    """
+    boot, boot_problem = read_boot_state(backend)
     booted = device.booted_slot()
-    doc = store.load()
+    doc, state_problem = _load_state(store)
     slots = {name: _slot(device, boot, name) for name in SLOTS}
     return ObservedState(
         booted=booted,
@@ -63,16 +72,63 @@ def observe(device: Device, store: StateStore, backend: Backend,
         failed=_failed(doc.get("failed")),
         channel=channel or ChannelView(error="channel not fetched yet"),
         override=_override(doc.get("override")),
-        request=_request(doc.get("request")),
+        request=_request(doc.get("request"), device.current_boot_id(), booted),
+        trial_policy=_trial_policy(doc.get("trial_policy"), booted),
+        trial_policy_version=_get(doc, "trial_policy", "version"),
+        forward_reboots=_forward_reboots(doc.get("reboots"), spec_revision),
+        disk_full=store.reserve.in_use,
+        requests=_requests(device),
+        boot_env_problem=boot_problem,
+        state_problem=state_problem,
     )
 
 
+def _requests(device: Device) -> tuple[Request, ...]:
+    """The inbox's requests not taken yet, oldest first (decide takes one per pass)."""
+    out = []
+    for path, value in pending(device.data_dir):
+        at = value.get("at")
+        out.append(Request(
+            id=path.name, kind=value["kind"], by=str(value.get("by") or "?")[:80],
+            at=float(at) if isinstance(at, int | float) and not isinstance(at, bool) else None,
+            version=_text(value.get("version")),
+            answer=_text(value.get("answer") or value.get("reboot"))))
+    return tuple(out)
+
+
+def _text(value: Any) -> str | None:
+    return value[:80] if isinstance(value, str) and value else None
+
+
+def _forward_reboots(value: Any, spec_revision: str | None) -> int:
+    """Daemon reboots into a trial in a row, under the spec in force, not yet confirmed."""
+    if not isinstance(value, dict) or value.get("spec_revision") != spec_revision:
+        return 0
+    count = value.get("count", 0)
+    return count if isinstance(count, int) and count > 0 else 0
+
+
+def _load_state(store: StateStore) -> tuple[dict[str, Any], str | None]:
+    """The state document, or an empty one and why it could not be read."""
+    try:
+        return store.load(), None
+    except KruxosError as exc:
+        return {}, short_error(exc)
+
+
 def _slot(device: Device, boot: BootState, name: Any) -> Slot:
-    header = read_slot_header(device.slot_paths[name])
+    """A slot as its own bytes name it; a foreign or non-semver identity is a named problem."""
+    try:
+        header, problem = slot_identity(device.slot_paths[name])
+    except OSError as exc:
+        header, problem = None, f"cannot read the slot's header: {exc.strerror or exc}"
     mark = boot.marks.get(name, "empty")
     if header is None and mark != "bad":
         mark = "empty"
-    return Slot(name, device.slot_device(name), header.version if header else None, mark)
+    version = header.version if header else None
+    if version is not None and not is_semver(version):
+        problem = f"its header names version {version[:40]!r}, not a semantic version"
+    return Slot(name, device.slot_device(name), version, mark, problem)
 
 
 def _get(doc: dict[str, Any], section: str, key: str) -> Any:
@@ -81,7 +137,26 @@ def _get(doc: dict[str, Any], section: str, key: str) -> Any:
 
 
 def _time(value: Any) -> datetime | None:
-    return datetime.fromisoformat(value) if isinstance(value, str) and value else None
+    """An ISO time from the state file as an aware UTC time; anything else is absent."""
+    if not isinstance(value, str) or not value:
+        return None
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment
+
+
+def _trial_policy(value: Any, booted: str) -> TrialPolicy | None:
+    """The health policy captured when the trial of the booted slot was armed."""
+    if not isinstance(value, dict) or value.get("slot") != booted:
+        return None
+    try:
+        return TrialPolicy(str(value["url"]), timedelta(seconds=float(value["interval_s"])),
+                           timedelta(seconds=float(value["timeout_s"])),
+                           max(1, int(value["success_threshold"])), bool(value["automatic"]))
+    except (KeyError, TypeError, ValueError, OverflowError):
+        return None
 
 
 def _health(trial: Any, boot_id: str, booted: str) -> HealthProgress | None:
@@ -120,9 +195,15 @@ def _override(value: Any) -> Override | None:
     if reboot not in ("rules", "ask", "now", "next-boot"):
         reboot = "rules"
     return Override(value["version"], value.get("actor", "cli"), reboot,
-                    bool(value.get("paused", False)), str(value.get("by") or ""))
+                    bool(value.get("paused", False)), str(value.get("by") or ""),
+                    value.get("spec_wanted"))
 
 
-def _request(value: Any) -> Any:
-    kind = value.get("kind") if isinstance(value, dict) else None
+def _request(value: Any, boot_id: str, booted: str) -> Any:
+    """A person's confirm or rollback, only in the boot and slot it was asked in."""
+    if not isinstance(value, dict):
+        return None
+    if value.get("boot_id") != boot_id or value.get("slot") != booted:
+        return None
+    kind = value.get("kind")
     return kind if kind in ("confirm", "rollback") else None

@@ -31,6 +31,12 @@ class Slot:
     device: str
     version: str | None
     mark: Mark
+    problem: str | None = None
+
+    @property
+    def sound(self) -> bool:
+        """True when the slot's identity can be trusted and ordered (a semver, no problem)."""
+        return self.problem is None and self.version is not None
 
     @property
     def label(self) -> str:
@@ -48,6 +54,22 @@ class HealthProgress:
     probes: int = 0
     last_summary: str | None = None
     timeout_reason: str = "Health check timeout — no answer from the health endpoint"
+
+
+@dataclass(frozen=True)
+class TrialPolicy:
+    """The health policy of one trial, captured when the trial was armed.
+
+    A trial is judged by the policy it was armed with, so no later input — a
+    spec edited, rejected or lost — can stop or stretch its judgement.
+    ``automatic: False`` is the one case where a person decides.
+    """
+
+    url: str = "http://127.0.0.1:7800/health/ready"
+    interval: timedelta = timedelta(seconds=5)
+    timeout: timedelta = timedelta(minutes=2)
+    success_threshold: int = 1
+    automatic: bool = True
 
 
 @dataclass(frozen=True)
@@ -98,6 +120,27 @@ class Override:
     reboot: RebootPolicy = "rules"
     paused: bool = False
     by: str = ""
+    spec_wanted: str | None = None
+
+
+RequestKind = Literal["pin", "reboot", "stop", "cancel", "resume", "confirm", "rollback"]
+
+
+@dataclass(frozen=True)
+class Request:
+    """A person's request waiting in the inbox (``kruxos update ...``), not taken yet.
+
+    ``id`` names it in the inbox, so it is taken exactly once. ``version`` is
+    the pinned release (``pin``); ``answer`` the reboot policy of a pin or the
+    answer to "Reboot now?" (``reboot``).
+    """
+
+    id: str
+    kind: RequestKind
+    by: str = "?"
+    at: float | None = None
+    version: str | None = None
+    answer: str | None = None
 
 
 @dataclass(frozen=True)
@@ -118,6 +161,13 @@ class ObservedState:
     channel: ChannelView = field(default_factory=ChannelView)
     override: Override | None = None
     request: Literal["confirm", "rollback"] | None = None
+    trial_policy: TrialPolicy | None = None
+    trial_policy_version: str | None = None
+    forward_reboots: int = 0
+    disk_full: bool = False
+    requests: tuple[Request, ...] = ()
+    boot_env_problem: str | None = None
+    state_problem: str | None = None
 
     @property
     def booted_slot(self) -> Slot:

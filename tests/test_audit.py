@@ -531,9 +531,46 @@ def test_unwritable_head_raises_audit_error_naming_the_state_file(
 ) -> None:
     trail = open_trail(store, clock)
     fill(trail, clock, 1)
-    store.path.write_text("{broken")
+    store.path.unlink()
+    store.path.mkdir()  # a state file that cannot be replaced
     with pytest.raises(AuditError, match=r"cannot move the head to record 2 in .*state\.json"):
         trail.event("daemon", "probe", "head cannot move")
+
+
+def test_a_damaged_state_file_keeps_the_head_from_its_copy(
+    store: StateStore, clock: Clock
+) -> None:
+    trail = open_trail(store, clock)
+    fill(trail, clock, 3)
+    store.path.write_text("{broken")
+    reopened = open_trail(store, clock)
+    reopened.event("daemon", "probe", "the head moves on")
+    assert any("restored from state.copy.json" in note for note in store.take_repairs())
+    verified = AuditReader(store).verify()
+    assert (verified.ok, verified.head_seq, verified.reanchors) == (True, 4, ())
+
+
+@pytest.mark.parametrize("loss", ["both files lost", "head left behind"])
+def test_a_lost_head_is_re_anchored_with_an_event_that_verify_reports(
+    store: StateStore, clock: Clock, loss: str
+) -> None:
+    trail = open_trail(store, clock)
+    fill(trail, clock, 3)
+    if loss == "both files lost":
+        store.path.write_bytes(b"\x00garbage")
+        store.copy_path.unlink()
+    else:  # two records appended while the head could not move (a full disk)
+        head = store.load()
+        fill(trail, clock, 2)
+        store.update(lambda doc: doc.update(audit=head["audit"]))
+    reopened = open_trail(store, clock)
+    last = reopened.last()
+    assert last is not None and last.action == "re-anchor" and last.kind == "event"
+    verified = AuditReader(store).verify()
+    assert verified.ok, verified.problem
+    assert [seq for seq, _ in verified.reanchors] == [last.seq]
+    assert "re-anchored at #" in verified.describe()
+    assert verified.to_dict()["reanchors"][0]["seq"] == last.seq
 
 
 # --- reading and filtering ------------------------------------------------------

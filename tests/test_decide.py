@@ -18,19 +18,24 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from reconciler.actions import (
+    Action,
     ArmTrial,
     Blocked,
     Confirm,
     Disarm,
+    EndOverride,
+    LiftBlock,
     NoteFallback,
     Nothing,
     ProbeHealth,
     Reboot,
+    RepairBootEnv,
     Rollback,
     Stage,
+    TakeRequest,
     Wait,
 )
-from reconciler.decide import decide
+from reconciler.decide import count_probe, decide
 from reconciler.observed import (
     ChannelView,
     FailedVersion,
@@ -38,9 +43,11 @@ from reconciler.observed import (
     Mark,
     ObservedState,
     Override,
+    Request,
     Slot,
     SlotName,
     Staging,
+    TrialPolicy,
 )
 from reconciler.spec import UpdatePolicy
 
@@ -254,21 +261,31 @@ def test_latest_resolving_to_failed_version_is_blocked() -> None:
     assert isinstance(decide(policy("latest"), rolled_back(), NOW), Blocked)
 
 
+def lifted(spec: UpdatePolicy, obs: ObservedState) -> tuple[Action, ObservedState]:
+    """The first step must lift the block (a decision of its own); then the state after it."""
+    action = decide(spec, obs, NOW)
+    assert isinstance(action, LiftBlock) and action.version == obs.failed.version  # type: ignore[union-attr]
+    return action, replace(obs, failed=None)
+
+
 def test_latest_resolving_to_a_newer_release_after_failure_stages_it() -> None:
     newer = replace(rolled_back(), channel=ChannelView(
         versions=frozenset({"1.0.1", "1.0.2", "1.0.3"}), latest="1.0.3"))
-    action = decide(policy("latest"), newer, NOW)
+    lift, after = lifted(policy("latest"), newer)
+    assert lift.reason == "1.0.2 may be tried again: the desired version is now 1.0.3"
+    action = decide(policy("latest"), after, NOW)
     assert isinstance(action, Stage) and action.version == "1.0.3"
 
 
 def test_rolled_back_device_with_desired_equal_booted_is_nothing_to_do() -> None:
-    action = decide(policy("1.0.1"), rolled_back(), NOW)
-    assert isinstance(action, Nothing)
+    _, after = lifted(policy("1.0.1"), rolled_back())
+    assert isinstance(decide(policy("1.0.1"), after, NOW), Nothing)
 
 
 def test_edited_version_after_failure_stages_the_new_version() -> None:
-    assert isinstance(decide(policy("1.0.3"), replace(rolled_back(), channel=ChannelView(
-        versions=frozenset({"1.0.3"}), latest="1.0.3")), NOW), Stage)
+    _, after = lifted(policy("1.0.3"), replace(rolled_back(), channel=ChannelView(
+        versions=frozenset({"1.0.3"}), latest="1.0.3")))
+    assert isinstance(decide(policy("1.0.3"), after, NOW), Stage)
 
 
 # ---- finishing steps the bootloader already shows ------------------------------------------
@@ -317,7 +334,8 @@ def test_exact_version_missing_from_channel_is_blocked() -> None:
 
 
 def test_override_pin_wins_over_the_spec() -> None:
-    action = decide(policy("1.0.1"), observed(override=Override("1.0.2")), NOW)
+    action = decide(policy("1.0.1"), observed(override=Override("1.0.2", spec_wanted="1.0.1")),
+                    NOW)
     assert isinstance(action, Stage) and action.version == "1.0.2"
 
 
@@ -391,7 +409,7 @@ def test_person_rolls_back_a_confirmed_update_to_the_previous_good_slot() -> Non
 
 def staged_with_pin(reboot: Any, **fields: Any) -> ObservedState:
     return observed(other_version="1.0.2", other_mark="staged",
-                    override=Override("1.0.2", reboot=reboot), **fields)
+                    override=Override("1.0.2", reboot=reboot, spec_wanted="1.0.1"), **fields)
 
 
 def test_pin_waiting_for_the_persons_answer_does_not_reboot() -> None:
@@ -418,7 +436,7 @@ def test_pin_following_the_rules_waits_for_the_window_like_the_spec() -> None:
 
 
 def test_download_stopped_by_a_person_waits_for_a_new_apply() -> None:
-    obs = observed(override=Override("1.0.2", paused=True),
+    obs = observed(override=Override("1.0.2", paused=True, spec_wanted="1.0.1"),
                    staging=Staging("1.0.2", "B", 1, 3))
     action = decide(policy("1.0.1"), obs, NOW)
     assert isinstance(action, Wait) and "update apply" in action.reason
@@ -429,3 +447,274 @@ def test_armed_trial_of_a_version_no_longer_wanted_is_disarmed_not_booted() -> N
     obs = observed(other_version="1.0.2", other_mark="staged", trial="B", tries_left=3)
     action = decide(policy("1.0.0"), obs, NOW)
     assert isinstance(action, Disarm) and action.slot == "B"
+
+
+# ---- totality: every observed state has an answer; damaged identities are named -----------
+
+def test_booted_slot_whose_header_is_not_semver_stages_and_names_the_problem() -> None:
+    booted = replace(observed(), slots={
+        "A": Slot("A", "sda2", "2024.1", "good", "its header names version '2024.1', not a "
+                  "semantic version"),
+        "B": Slot("B", "sda3", None, "empty")})
+    action = decide(policy("1.0.1"), booted, NOW)
+    assert isinstance(action, Stage)
+    assert "2024.1" in action.reason and "not a semantic version" in action.reason
+
+
+def test_booted_non_semver_version_is_no_downgrade_to_refuse() -> None:
+    booted = observed(booted_version="2024.1")
+    assert isinstance(decide(policy("1.0.0"), booted, NOW), Stage)
+
+
+SLOT_VERSIONS = st.one_of(st.none(), st.sampled_from(["1.0.0", "1.0.1", "2024.1", "", "v1",
+                                                     "1.0.0-rc.1"]), st.text(max_size=12))
+TIMES = st.one_of(st.none(), st.datetimes(min_value=datetime(2020, 1, 1),
+                                          max_value=datetime(2030, 1, 1),
+                                          timezones=st.just(UTC)))
+
+
+@st.composite
+def any_observed(draw: st.DrawFn) -> ObservedState:
+    """Any state observe can hand over, including damaged identities and odd records."""
+    marks = st.sampled_from(MARKS)
+    names: tuple[tuple[SlotName, str], ...] = (("A", "sda2"), ("B", "sda3"))
+    slots: dict[SlotName, Slot] = {
+        name: Slot(name, dev, draw(SLOT_VERSIONS), draw(marks),
+                   draw(st.one_of(st.none(), st.just("foreign header"))))
+        for name, dev in names}
+    first = draw(TIMES)
+    health = draw(st.one_of(st.none(), st.builds(
+        HealthProgress, first_probe_at=st.just(first), last_probe_at=TIMES,
+        consecutive_ok=st.integers(0, 5), probes=st.integers(0, 9))))
+    versions = st.one_of(st.none(), st.sampled_from(["1.0.0", "1.0.2", "2024.1"]))
+    return ObservedState(
+        booted=draw(st.sampled_from(["A", "B"])), slots=slots,
+        default=draw(st.sampled_from(["A", "B"])),
+        trial=draw(st.sampled_from([None, "A", "B"])), tries_left=draw(st.integers(0, 3)),
+        fallback_trace=draw(st.one_of(st.none(), st.just("B: trial tries exhausted"))),
+        health=health, rolled_back_from=draw(versions),
+        staging=draw(st.one_of(st.none(), st.builds(Staging, version=st.sampled_from(
+            ["1.0.1", "2024.1"]), slot=st.sampled_from(["A", "B"])))),
+        failed=draw(st.one_of(st.none(), st.builds(FailedVersion, version=st.sampled_from(
+            ["1.0.1", "1.0.2", "2024.1"]), reason=st.just("failed")))),
+        channel=draw(st.sampled_from([CHANNEL, ChannelView(error="channel: InvalidURL")])),
+        override=draw(st.one_of(st.none(), st.builds(Override, version=st.sampled_from(
+            ["1.0.1", "2024.1", "0.9.0"]), reboot=st.sampled_from(
+            ["rules", "ask", "now", "next-boot"]), paused=st.booleans()))),
+        request=draw(st.sampled_from([None, "confirm", "rollback"])),
+        trial_policy=draw(st.one_of(st.none(), st.builds(TrialPolicy,
+                                                         automatic=st.booleans()))),
+    )
+
+
+POLICIES = [None, policy("1.0.1"), policy("latest"), policy("1.0.0", suspend=True),
+            policy("1.0.2", allowDowngrade=True, rollout={"windows": [CLOSED]}),
+            policy("1.0.1", rollback={"automatic": False})]
+
+
+@settings(max_examples=500, deadline=None, database=None)
+@given(obs=any_observed(), spec=st.sampled_from(POLICIES))
+def test_decide_is_total_over_every_observed_state(obs: ObservedState,
+                                                   spec: UpdatePolicy | None) -> None:
+    action = decide(spec, obs, NOW)
+    assert action.reason and isinstance(action.reason, str)
+    if isinstance(action, Stage):
+        assert action.slot != obs.booted, "a stage never targets the booted slot"
+
+
+# ---- the trial's own policy, captured at arming, judges it -----------------------------------
+
+def test_arming_a_trial_captures_the_specs_health_policy() -> None:
+    spec = policy("1.0.1", health={"timeout": "30s", "interval": "2s",
+                                   "successThreshold": 2}, rollback={"automatic": False})
+    action = decide(spec, observed(other_version="1.0.1", other_mark="staged"), NOW)
+    assert isinstance(action, ArmTrial)
+    assert action.policy == TrialPolicy(
+        "http://127.0.0.1:7800/health/ready", timedelta(seconds=2), timedelta(seconds=30), 2,
+        False)
+
+
+def captured(timeout: int = 8, interval: int = 1, automatic: bool = True) -> TrialPolicy:
+    return TrialPolicy("http://127.0.0.1:7800/health/ready", timedelta(seconds=interval),
+                       timedelta(seconds=timeout), 1, automatic)
+
+
+def test_a_later_spec_cannot_stretch_the_timeout_of_a_trial() -> None:
+    later = policy("1.0.1", health={"timeout": "1h"})
+    trial = replace(on_trial(started(ago=timedelta(seconds=8), last_ago=timedelta(seconds=1))),
+                    trial_policy=captured(timeout=8))
+    action = decide(later, trial, NOW)
+    assert isinstance(action, Rollback), action
+
+
+def test_a_later_spec_turning_automatic_rollback_off_does_not_hold_the_rollback() -> None:
+    later = policy("1.0.1", rollback={"automatic": False})
+    trial = replace(on_trial(started(ago=timedelta(seconds=9))), trial_policy=captured())
+    assert isinstance(decide(later, trial, NOW), Rollback)
+
+
+def test_automatic_rollback_off_at_arming_waits_for_a_person_whatever_the_spec_says() -> None:
+    trial = replace(on_trial(started(ago=timedelta(hours=1))),
+                    trial_policy=captured(automatic=False))
+    action = decide(policy("1.0.1"), trial, NOW)
+    assert isinstance(action, Wait) and "by hand" in action.reason
+
+
+def test_without_any_valid_spec_a_trial_is_still_judged_and_rolled_back_on_time() -> None:
+    deadline = on_trial(started(ago=timedelta(seconds=8), last_ago=timedelta(seconds=1)))
+    action = decide(None, replace(deadline, trial_policy=captured(timeout=8)), NOW)
+    assert action == Rollback("B", "A", "1.0.1",
+                              "Health check timeout — gateway failed to start")
+    just_before = on_trial(started(ago=timedelta(seconds=8), last_ago=timedelta(seconds=0)))
+    wait = decide(None, replace(just_before, trial_policy=captured(timeout=9, interval=5)), NOW)
+    assert isinstance(wait, Wait) and wait.until == NOW + timedelta(seconds=1)
+
+
+def test_probe_uses_the_captured_health_url() -> None:
+    tp = replace(captured(), url="http://127.0.0.1:9999/ready")
+    action = decide(policy("1.0.1"), replace(on_trial(None), trial_policy=tp), NOW)
+    assert isinstance(action, ProbeHealth) and action.url == "http://127.0.0.1:9999/ready"
+
+
+@pytest.mark.parametrize("spec", POLICIES, ids=lambda p: "none" if p is None else p.spec.version)
+@pytest.mark.parametrize("seconds", [0, 1, 5, 7, 8, 9, 30])
+def test_exact_rollback_deadline_is_first_probe_plus_timeout(spec: UpdatePolicy | None,
+                                                             seconds: int) -> None:
+    """Rolled back at exactly first probe + timeout, never later, whatever the spec."""
+    health = started(ago=timedelta(seconds=seconds), last_ago=timedelta(seconds=0))
+    action = decide(spec, replace(on_trial(health), trial_policy=captured(timeout=8)), NOW)
+    if seconds >= 8:
+        assert isinstance(action, Rollback), action
+    else:
+        assert isinstance(action, Wait) and action.until is not None
+        assert action.until <= NOW - timedelta(seconds=seconds) + timedelta(seconds=8)
+
+
+# ---- a damaged boot env is a named state, repaired from what is known good -------------------
+
+def test_damaged_boot_env_is_rewritten_with_the_booted_slot_as_the_default() -> None:
+    damaged = observed("A", "1.0.0", "1.0.1", "bad", default="B",
+                       boot_env_problem="grub backend: boot/grubenv: not a GRUB env block")
+    action = decide(policy("1.0.1"), damaged, NOW)
+    assert action == RepairBootEnv("A", (("A", "good"), ("B", "staged")), action.reason)
+    assert "not a GRUB env block" in action.reason
+
+
+def test_damaged_boot_env_never_stages_over_a_slot_being_written() -> None:
+    damaged = observed("A", "1.0.0", "1.0.1", "bad", boot_env_problem="bad CRC",
+                       staging=Staging("1.0.1", "B", 10, 100))
+    action = decide(policy("1.0.1"), damaged, NOW)
+    assert isinstance(action, RepairBootEnv) and dict(action.marks)["B"] == "bad"
+
+
+def test_damaged_boot_env_during_a_trial_keeps_the_trial_going() -> None:
+    damaged = replace(observed("B", "1.0.1", "1.0.0", "bad", boot_env_problem="bad CRC"),
+                      trial_policy=captured(), trial_policy_version="1.0.1")
+    action = decide(policy("1.0.1"), damaged, NOW)
+    assert isinstance(action, RepairBootEnv)
+    assert (action.default, action.trial, dict(action.marks)) == \
+        ("A", "B", {"A": "good", "B": "staged"})
+
+
+def test_damaged_boot_env_with_an_empty_other_slot_marks_it_empty() -> None:
+    damaged = observed(boot_env_problem="bad CRC")
+    action = decide(None, damaged, NOW)
+    assert isinstance(action, RepairBootEnv) and dict(action.marks) == {"A": "good",
+                                                                       "B": "empty"}
+
+
+# ---- the loop breaker ------------------------------------------------------------------------
+
+def test_third_forward_reboot_in_a_row_is_the_last_one() -> None:
+    staged = observed(other_version="1.0.1", other_mark="staged")
+    assert isinstance(decide(policy("1.0.1"), replace(staged, forward_reboots=2), NOW), ArmTrial)
+    action = decide(policy("1.0.1"), replace(staged, forward_reboots=3), NOW)
+    assert isinstance(action, Blocked) and action.reason.startswith("loop breaker: 3 reboots")
+
+
+def test_loop_breaker_never_holds_a_rollback() -> None:
+    trial = replace(on_trial(started(ago=timedelta(minutes=3))), forward_reboots=7)
+    assert isinstance(decide(policy("1.0.1"), trial, NOW), Rollback)
+
+
+# ---- a person's requests, a pin's end, a block lifted: decisions like any other --------------
+
+def request(kind: str, **fields: Any) -> Request:
+    return Request(f"0001-{kind}.json", kind, by="root on tty1", **fields)  # type: ignore[arg-type]
+
+
+def test_oldest_request_is_taken_first_one_per_pass() -> None:
+    obs = observed(requests=(request("pin", version="1.0.2", answer="ask"), request("resume")))
+    action = decide(policy("1.0.1"), obs, NOW)
+    assert isinstance(action, TakeRequest) and action.request.kind == "pin"
+    assert action.kind == "pin" and action.spec_wanted == "1.0.1"
+    assert action.reason == ("1.0.2 pinned by a person (kruxos update apply); the spec wanted "
+                             "1.0.1 (by root on tty1)")
+
+
+def test_pin_of_a_failed_version_retries_it_as_asked() -> None:
+    obs = replace(rolled_back(), requests=(request("pin", version="1.0.2"),))
+    action = decide(policy("1.0.1"), obs, NOW)
+    assert isinstance(action, TakeRequest) and action.retry
+    assert "is tried again, as asked" in action.reason
+
+
+def test_confirm_and_rollback_requests_are_bound_to_the_booted_slot_and_version() -> None:
+    trial = replace(on_trial(started()), requests=(request("rollback"),))
+    action = decide(policy("1.0.1"), trial, NOW)
+    assert isinstance(action, TakeRequest) and action.kind == "rollback-request"
+    assert (action.slot, action.version) == ("B", "1.0.1")
+
+
+def test_cancel_forgets_the_slot_being_staged_and_pins_the_running_version() -> None:
+    obs = observed(other_version="1.0.1", other_mark="bad", staging=Staging("1.0.1", "B", 1, 3),
+                   requests=(request("cancel"),))
+    action = decide(policy("1.0.1"), obs, NOW)
+    assert isinstance(action, TakeRequest) and action.forget == "B"
+    assert action.version == "1.0.0"
+
+
+def test_pin_ends_when_the_spec_wants_something_new() -> None:
+    obs = observed(override=Override("1.0.2", spec_wanted="1.0.0"))
+    action = decide(policy("1.0.1"), obs, NOW)
+    assert action == EndOverride("1.0.2", "the pin of 1.0.2 ended: the spec now wants 1.0.1 "
+                                 "(it wanted 1.0.0 when pinned)")
+    kept = decide(policy("1.0.0"), obs, NOW)
+    assert not isinstance(kept, EndOverride)
+
+
+def test_an_overdue_trial_is_rolled_back_before_any_request_is_taken() -> None:
+    overdue = replace(on_trial(started(ago=timedelta(minutes=3))),
+                      requests=(request("pin", version="1.0.2"),))
+    assert isinstance(decide(policy("1.0.1"), overdue, NOW), Rollback)
+
+
+def test_probe_counts_consecutive_healthy_answers_and_restarts_on_an_unhealthy_one() -> None:
+    first = count_probe(None, True, "200 healthy", "timeout", NOW)
+    assert (first.first_probe_at, first.consecutive_ok, first.probes) == (NOW, 1, 1)
+    later = NOW + timedelta(seconds=5)
+    second = count_probe(first, False, "503", "timeout", later)
+    assert (second.first_probe_at, second.last_probe_at, second.consecutive_ok,
+            second.probes) == (NOW, later, 0, 2)
+
+
+# ---- the refusals the commands show, decided here too ----------------------------------------
+
+def test_rollback_of_a_confirmed_slot_is_refused_without_a_good_other_slot() -> None:
+    from reconciler.decide import rollback_refusal
+
+    assert rollback_refusal(observed()) == "cannot roll back: the other slot B (sda3) is empty"
+    assert rollback_refusal(observed(other_version="1.0.1", other_mark="staged")) == (
+        "cannot roll back: the other slot B (sda3) holds 1.0.1 marked staged, not a good "
+        "slot to boot")
+    assert rollback_refusal(observed(other_version="0.9.0", other_mark="good")) is None
+
+
+def test_pin_lower_than_the_running_version_is_refused_unless_downgrades_are_allowed() -> None:
+    from reconciler.decide import downgrade_refusal, is_newer
+
+    assert downgrade_refusal(policy(), "1.0.1", "1.0.0") is not None
+    assert downgrade_refusal(policy(allowDowngrade=True), "1.0.1", "1.0.0") is None
+    assert downgrade_refusal(policy(), "2024.1", "1.0.0") is None  # cannot be ordered
+    assert is_newer("1.0.1", "1.0.0") and not is_newer("1.0.0", "1.0.1")
+    assert is_newer("1.0.1", "2024.1") and not is_newer("1.0.1", "1.0.1")

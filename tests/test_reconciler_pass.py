@@ -29,7 +29,8 @@ def test_no_action_runs_when_the_audit_trail_cannot_be_written(device_dir: Path)
                             rebooter=lambda reason: None)
     ran: list[Action] = []
 
-    def spy(action: Action, policy: UpdatePolicy) -> Outcome:
+    def spy(action: Action, policy: UpdatePolicy | None,
+            spec_revision: str | None = None) -> Outcome:
         ran.append(action)
         return Outcome(True, "")
 

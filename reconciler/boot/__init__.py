@@ -40,7 +40,7 @@ class BootState:
 
 
 class Backend(Protocol):
-    """The five operations every bootloader backend offers (plus ``read``)."""
+    """The five operations every bootloader backend offers (plus ``read`` and ``repair``)."""
 
     name: str
 
@@ -58,6 +58,9 @@ class Backend(Protocol):
 
     def rollback(self, reason: str) -> None:
         """End any trial, mark the trial slot bad, keep/make the previous good slot default."""
+
+    def repair(self, state: BootState) -> None:
+        """Write ``state`` as a fresh env over one that cannot be read (never guessed over)."""
 
 
 BackendFactory = Callable[[Path], Backend]

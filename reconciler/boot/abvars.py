@@ -185,6 +185,18 @@ class VariableBackend:
             )
         self._write(env, changes)
 
+    def repair(self, state: BootState) -> None:
+        """Write a fresh env holding exactly ``state`` over one that cannot be read.
+
+        The damaged env's foreign variables cannot be read either, so they are
+        lost with it; the bootloader's own defaults stand in for them.
+        """
+        self._store_fresh(_own_vars(state))
+
+    def _store_fresh(self, env: dict[str, str]) -> None:
+        """Write ``env`` without reading what is there (overridden where a write reads)."""
+        self._store(env)
+
     # -- private -------------------------------------------------------------
 
     def _state(self, env: Mapping[str, str]) -> BootState:

@@ -190,6 +190,12 @@ class BlsBackend:
 
     # -- the Protocol's operations ------------------------------------------
 
+    def repair(self, state: BootState) -> None:
+        """Not done by the daemon: entry names on the ESP are repaired by hand (see the docs)."""
+        raise BootEnvError(f"bls backend: {self.esp}: the entries cannot be read; repair them "
+                           "by hand (docs/bootloader-systemd-boot.md), the daemon does not "
+                           "guess over them")
+
     def set_mark(self, slot: SlotName, mark: Mark) -> None:
         """Mark a slot; the default stays good; un-marking the trial slot disarms it."""
         _check_slot(slot)

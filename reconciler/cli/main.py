@@ -16,7 +16,7 @@ from typing import Any
 import click
 
 from reconciler.config import Device, config_path, load_device
-from reconciler.errors import KruxosError, SpecError
+from reconciler.errors import KruxosError, SpecError, short_error
 from reconciler.redact import redact_standard_streams
 
 
@@ -123,13 +123,17 @@ def audit_show(ctx: click.Context, seq: int) -> None:
 
 
 @audit.command("verify")
+@click.option("--json", "as_json", is_flag=True, help="The verdict as one JSON object.")
 @click.pass_context
-def audit_verify(ctx: click.Context) -> None:
-    """Check the hash chain and the head; name the first bad record."""
+def audit_verify(ctx: click.Context, as_json: bool) -> None:
+    """Check the hash chain and the head; name the first bad record and every re-anchor."""
     result = _reader(ctx).verify()
+    if as_json:
+        click.echo(json.dumps(result.to_dict(), ensure_ascii=False))
+        sys.exit(0 if result.ok else 1)
     if result.ok:
         click.echo(f"audit trail OK: {result.records} records in {result.files} file(s), "
-                   f"head #{result.head_seq}")
+                   f"head #{result.head_seq}{result.reanchor_note()}")
         return
     click.echo(f"audit trail DAMAGED: {result.problem}", err=True)
     sys.exit(1)
@@ -179,7 +183,7 @@ def spec_plan(ctx: click.Context, file: Path | None) -> None:
     except KruxosError as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(2)
-    if view.action is None:
+    if view.action is None or view.policy is None:
         click.echo(f"error: no valid spec ({view.spec_error})", err=True)
         sys.exit(2)
     source = file or view.spec_path
@@ -292,6 +296,9 @@ def main() -> None:
         sys.exit(2)
     except KruxosError as exc:
         click.echo(f"error: {exc}", err=True)
+        sys.exit(1)
+    except Exception as exc:  # noqa: BLE001 - a person sees a message, never a traceback
+        click.echo(f"error: {short_error(exc)}", err=True)
         sys.exit(1)
 
 

@@ -28,7 +28,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from reconciler.actions import Action
-from reconciler.decide import desired_version
+from reconciler.decide import desired_version, trial_policy_of
 from reconciler.observed import ObservedState
 from reconciler.spec import UpdatePolicy, format_duration
 
@@ -39,12 +39,19 @@ def status_lines(obs: ObservedState, policy: UpdatePolicy | None, action: Action
     booted = obs.booted_slot
     lines = [f"Boot slot: {booted.label}", f"Version: {booted.version or 'unknown'}",
              f"Boot status: {obs.boot_status}"]
-    if obs.on_trial and policy is not None:
+    if obs.on_trial:
         lines.append(_trial_line(obs, policy, now))
     if obs.rolled_back_from and obs.rollback_reason and not obs.on_trial:
         lines.append(f"Rollback reason: {obs.rollback_reason}")
     wanted = desired_version(policy, obs) if policy is not None else None
     lines.extend(_other_slot_lines(obs, wanted))
+    if obs.disk_full:
+        lines.append("Data disk: full (the space kept for rollback records is in use; free "
+                     "space on the data dir)")
+    if obs.state_problem is not None:
+        lines.append(f"State file: {obs.state_problem}")
+    if obs.boot_env_problem is not None:
+        lines.append(f"Boot env: {obs.boot_env_problem}")
     if obs.override is not None:
         who = f" by {obs.override.by}" if obs.override.by else ""
         lines.append(f"Pinned: {obs.override.version} at this device{who} "
@@ -82,13 +89,15 @@ def _other_slot_lines(obs: ObservedState, wanted: str | None) -> list[str]:
     return [f"Other slot: {other.label} empty"]
 
 
-def _trial_line(obs: ObservedState, policy: UpdatePolicy, now: datetime) -> str:
-    hp = policy.spec.health
+def _trial_line(obs: ObservedState, policy: UpdatePolicy | None, now: datetime) -> str:
+    """The trial as the policy captured at arming judges it (not today's spec)."""
+    hp = obs.trial_policy or trial_policy_of(policy)
     health = obs.health
     tries = f"{obs.tries_left} tr{'y' if obs.tries_left == 1 else 'ies'} left"
-    if not policy.spec.rollback.automatic:
-        return (f"Trial: {tries}; automatic health check off (rollback.automatic: false): "
-                "'kruxos update confirm' or 'kruxos update rollback'")
+    if not hp.automatic:
+        return (f"Trial: {tries}; automatic health check off (rollback.automatic: false when "
+                "the trial was armed): a person decides, 'kruxos update confirm' or "
+                "'kruxos update rollback'")
     if health is None or health.first_probe_at is None:
         return f"Trial: {tries}; health check not started yet"
     left = max(timedelta(0), health.first_probe_at + hp.timeout - now)
@@ -108,7 +117,8 @@ def status_json(obs: ObservedState, boot_raw: dict[str, Any], policy: UpdatePoli
     doc["boot"] = boot_raw
     doc["next"] = ({"action": action.kind, "reason": action.reason} if action else None)
     doc["time"] = now.isoformat()
-    return _plain(doc)
+    plain: dict[str, Any] = _plain(doc)
+    return plain
 
 
 def _plain(value: Any) -> Any:

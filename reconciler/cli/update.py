@@ -32,11 +32,11 @@ from reconciler.actions import Blocked
 from reconciler.channelwatch import ChannelWatch, view_of
 from reconciler.cli.link import Link, connect
 from reconciler.config import Device
+from reconciler.decide import downgrade_refusal, is_newer, rollback_refusal
 from reconciler.errors import KruxosError
 from reconciler.inspect import inspect_device, spec_in_force
 from reconciler.observed import ChannelView
 from reconciler.release.metadata import ChannelMetadata
-from reconciler.semver import Version
 from reconciler.store import StateStore
 
 BAR_WIDTH = 20
@@ -77,7 +77,7 @@ def check(ctx: click.Context, as_json: bool) -> None:
         _fail(f"cannot check for updates: {exc}", 2, as_json)
     current = inspect_device(device, _now(), channel=view_of(meta)).observed.booted_slot.version
     latest = meta.latest()
-    newer = latest is not None and (current is None or Version(latest.version) > Version(current))
+    newer = latest is not None and is_newer(latest.version, current)
     if as_json:
         click.echo(json.dumps({"current": current, "latest": latest.version if latest else None,
                                "update_available": newer,
@@ -138,11 +138,9 @@ def apply(ctx: click.Context, version: str | None, yes: bool, no_reboot: bool,
 
 
 def _refuse_downgrade(view: Any, version: str, running: str | None, as_json: bool) -> None:
-    policy = view.policy
-    if running and Version(version) < Version(running) and not (
-            policy and policy.spec.allow_downgrade):
-        _fail(f"{version} is lower than the running {running}; the spec does not allow "
-              "downgrades (allowDowngrade: false)", 1, as_json)
+    refusal = downgrade_refusal(view.policy, running, version)
+    if refusal is not None:
+        _fail(refusal, 1, as_json)
 
 
 def _follow_staging(link: Link, version: str, size: int, start: int, as_json: bool,
@@ -307,7 +305,7 @@ def rollback(ctx: click.Context, as_json: bool) -> None:
     obs = inspect_device(device, _now()).observed
     target = obs.other_slot
     if not obs.on_trial:
-        refusal = _rollback_refusal(obs)
+        refusal = rollback_refusal(obs)
         if refusal:
             _fail(refusal, 1, as_json)
     if not as_json:
@@ -327,17 +325,6 @@ def _ask(device: Device, kind: str, until: str | None = None) -> None:
             _wait_for_action(link, start, until)
 
 
-def _rollback_refusal(obs: Any) -> str | None:
-    target = obs.other_slot
-    if target.mark == "empty" or target.version is None:
-        return f"cannot roll back: the other slot {target.label} is empty"
-    if obs.failed is not None and obs.failed.version == target.version:
-        return (f"cannot roll back: the other slot {target.label} holds {target.version}, "
-                f"which failed ({obs.failed.reason})")
-    if target.mark != "good":
-        return (f"cannot roll back: the other slot {target.label} holds {target.version} "
-                f"marked {target.mark}, not a good slot to boot")
-    return None
 
 
 @click.command("confirm")

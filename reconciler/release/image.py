@@ -71,3 +71,23 @@ def read_slot_header(path: Path) -> ImageHeader | None:
             return decode_header(f.read(HEADER_SIZE))
     except FileNotFoundError:
         return None
+
+
+def slot_identity(path: Path) -> tuple[ImageHeader | None, str | None]:
+    """The slot's header, and what is wrong with its first bytes when they are not one.
+
+    All zeros (or no file) is an empty slot, no problem. Bytes that start like
+    a KruxOS header but do not parse, or bytes of something else, are named so
+    the reconciler can say why it does not trust the slot's identity.
+    """
+    try:
+        with open(path, "rb") as f:
+            raw = f.read(HEADER_SIZE)
+    except FileNotFoundError:
+        return None, None
+    header = decode_header(raw)
+    if header is not None or not raw.strip(b"\0"):
+        return header, None
+    if raw.startswith(MAGIC[:12]):
+        return None, "its header starts like a KruxOS image header but cannot be read"
+    return None, "its first bytes are not a KruxOS image header (a foreign or damaged slot)"

@@ -64,8 +64,12 @@ def wait_staging_started(dev: SimDevice, version: str, timeout: float = 60,
 
 
 def events(dev: SimDevice, action: str) -> list[dict[str, Any]]:
-    """Audit events (a person's requests, override ends) of one action."""
-    return [r for r in dev.audit_file_records() if r["kind"] == "event"
+    """Audit records of a person's requests and override ends, of one action.
+
+    They are decisions of the reconciler (taken one per pass, recorded before
+    their state is written), so the decision record is the one to read.
+    """
+    return [r for r in dev.audit_file_records() if r["kind"] in ("event", "decision")
             and r["action"] == action]
 
 

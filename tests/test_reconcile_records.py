@@ -1,0 +1,107 @@
+"""What a pass records and which requests it honours (real device files, one pass at a time)."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from reconciler.actions import Reboot
+from reconciler.config import load_device
+from reconciler.daemon import Reconciler
+from reconciler.inbox import submit
+from reconciler.observe import observe
+from reconciler.sim.device import init_device
+
+NOW = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)
+
+
+@pytest.fixture
+def device_dir(tmp_path: Path) -> Path:
+    init_device(tmp_path / "dev")
+    (tmp_path / "dev" / "run" / "cmdline").write_text("root=/dev/sda2 kruxos.slot=A\n")
+    (tmp_path / "dev" / "run" / "boot_id").write_text("boot-1\n")
+    return tmp_path / "dev"
+
+
+def _reconciler(device_dir: Path) -> Reconciler:
+    return Reconciler(load_device(device_dir / "device.yaml"), rebooter=lambda reason: None,
+                      clock=lambda: NOW)
+
+
+def _decisions(device_dir: Path, action: str) -> list[dict[str, object]]:
+    out = []
+    for path in sorted((device_dir / "data" / "audit").glob("audit-*.jsonl")):
+        out += [json.loads(line) for line in path.read_text().splitlines()]
+    return [r for r in out if r["kind"] == "decision" and r["action"] == action]
+
+
+def test_every_reboot_is_recorded_even_with_the_same_reason(device_dir: Path) -> None:
+    reconciler = _reconciler(device_dir)
+    reconciler.backend.set_mark("B", "staged")
+    reconciler.backend.mark_good("B")  # the bootloader boots B next: finish with a reboot
+    for _ in range(3):
+        assert isinstance(reconciler.run_pass("daemon").action, Reboot)
+    reboots = _decisions(device_dir, "reboot")
+    assert len(reboots) == 3, reboots
+    assert len({r["reason"] for r in reboots}) == 1
+
+
+def test_a_rollback_asked_in_one_boot_does_not_apply_in_the_next(device_dir: Path) -> None:
+    reconciler = _reconciler(device_dir)
+    submit(device_dir / "data", "rollback")
+    reconciler.run_pass("cli")  # taken while no good slot can be rolled back to
+    seen = observe(reconciler.device, reconciler.store, reconciler.backend)
+    assert seen.request == "rollback"
+    (device_dir / "run" / "boot_id").write_text("boot-2\n")  # the trial boot that follows
+    seen = observe(reconciler.device, reconciler.store, reconciler.backend)
+    assert seen.request is None
+
+
+def _staged_101(device_dir: Path, reconciler: Reconciler) -> None:
+    from reconciler.release.image import ImageHeader, encode_header
+
+    with open(device_dir / "slots" / "sda3", "r+b") as f:
+        f.write(encode_header(ImageHeader(version="1.0.1")))
+    reconciler.backend.set_mark("B", "staged")
+    spec = device_dir / "spec.yaml"
+    spec.write_text(spec.read_text().replace("version: 1.0.0", "version: 1.0.1"))
+
+
+def test_loop_breaker_stops_forward_reboots_after_three_that_never_confirm(
+        device_dir: Path) -> None:
+    reconciler = _reconciler(device_dir)
+    _staged_101(device_dir, reconciler)
+    kinds = [reconciler.run_pass("daemon").action.kind for _ in range(5)]  # type: ignore[union-attr]
+    # every reboot "happens" but the bootloader never boots the trial slot
+    assert kinds == ["reboot", "reboot", "reboot", "blocked", "blocked"], kinds
+    blocked = _decisions(device_dir, "blocked")
+    assert len(blocked) == 1 and str(blocked[0]["reason"]).startswith("loop breaker: 3 reboots")
+    from reconciler.cli.status import status_lines
+    from reconciler.inspect import inspect_device
+
+    view = inspect_device(reconciler.device, NOW)
+    assert any(line.startswith("Next: loop breaker") for line in
+               status_lines(view.observed, view.policy, view.action, NOW))
+
+
+def test_loop_breaker_is_cleared_by_a_new_spec_revision(device_dir: Path) -> None:
+    reconciler = _reconciler(device_dir)
+    _staged_101(device_dir, reconciler)
+    for _ in range(4):
+        reconciler.run_pass("daemon")
+    spec = device_dir / "spec.yaml"
+    spec.write_text(spec.read_text() + "# a new revision\n")
+    assert reconciler.run_pass("spec").action.kind == "reboot"  # type: ignore[union-attr]
+
+
+def test_loop_breaker_is_cleared_by_a_persons_request(device_dir: Path) -> None:
+    reconciler = _reconciler(device_dir)
+    _staged_101(device_dir, reconciler)
+    for _ in range(4):
+        reconciler.run_pass("daemon")
+    submit(device_dir / "data", "resume")
+    assert reconciler.run_pass("cli").action.kind == "resume"  # type: ignore[union-attr]
+    assert reconciler.run_pass("cli").action.kind == "reboot"  # type: ignore[union-attr]
