@@ -25,9 +25,10 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from reconciler.durable import create_file, fsync_dir, make_dirs
 from reconciler.errors import AuditError, KruxosError
 from reconciler.redact import redact, redact_json
-from reconciler.store import StateStore, create_file, fsync_dir, make_dirs, with_reserve
+from reconciler.store import StateStore, with_reserve
 
 AUDIT_DIR = "audit"
 SECTION = "audit"

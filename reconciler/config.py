@@ -27,11 +27,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from ruamel.yaml import YAML
 from ruamel.yaml.error import YAMLError
 
+from reconciler.durable import set_data_policy
 from reconciler.errors import ConfigError, UrlError
 from reconciler.observed import SLOTS, SlotName
 from reconciler.redact import register_secret
 from reconciler.spec import Duration
-from reconciler.store import set_data_policy
 from reconciler.urls import parse_url
 
 DEFAULT_PATH = Path("/etc/kruxos/device.yaml")

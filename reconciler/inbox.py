@@ -26,9 +26,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+from reconciler.durable import atomic_write_json
 from reconciler.errors import StateError
 from reconciler.semver import is_semver
-from reconciler.store import LOCK_FILE, atomic_write_json
+from reconciler.store import LOCK_FILE
 
 INBOX = "inbox"
 KINDS = frozenset({"pin", "reboot", "stop", "cancel", "resume", "confirm", "rollback"})

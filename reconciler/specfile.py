@@ -37,10 +37,10 @@ from ruamel.yaml.events import AliasEvent
 from ruamel.yaml.nodes import ScalarNode
 from ruamel.yaml.scanner import RoundTripScanner, ScannerError
 
+from reconciler.durable import SECRET_MODE, atomic_write
 from reconciler.errors import SpecError
 from reconciler.quoting import printable
 from reconciler.spec import UpdatePolicy, revision_of
-from reconciler.store import SECRET_MODE, atomic_write
 
 LAST_GOOD = "spec.last-good.yaml"
 #: The largest spec file read (a real spec is a few hundred bytes).

@@ -33,7 +33,7 @@ FORBIDDEN_CALLS = ("open", "input", "time.time", "time.monotonic", "time.time_ns
 CLOCK_METHODS = ("now", "utcnow", "today")
 FORBIDDEN_ROOTS = ("os", "sys", "subprocess", "time", "random", "socket", "pathlib", "io")
 
-ADAPTERS = ("boot/*.py", "release/*.py", "health.py", "store.py", "audit.py")
+ADAPTERS = ("boot/*.py", "release/*.py", "health.py", "store.py", "durable.py", "audit.py")
 FRONT = ("reconciler.daemon", "reconciler.cli")
 BACKEND_HELPERS = {"grub": {"grubenv", "abvars"}, "uboot": {"ubootenv", "abvars"}}
 
@@ -159,6 +159,55 @@ RECONCILER_SIDE = ("reconciler.daemon", "reconciler.executor", "reconciler.decid
 @pytest.mark.parametrize("path", sorted((PACKAGE / "sim").glob("*.py")), ids=lambda p: p.name)
 def test_the_simulator_drives_the_daemon_only_as_a_process(path: Path) -> None:
     assert imports_of(path, RECONCILER_SIDE) == []
+
+
+#: What a bootloader backend may never know: it reads and writes its own env
+#: (through the durable-write helpers), never the state store or the audit trail.
+BACKEND_FORBIDDEN = ("reconciler.store", "reconciler.state", "reconciler.audit",
+                     "reconciler.executor", "reconciler.observe", "reconciler.decide")
+
+
+@pytest.mark.parametrize("path", sorted((PACKAGE / "boot").glob("*.py")), ids=lambda p: p.name)
+def test_boot_backends_know_no_store_or_audit(path: Path) -> None:
+    assert imports_of(path, BACKEND_FORBIDDEN) == []
+
+
+#: The CLI presents; it does not decide or write. Deciding lives in ``decide``
+#: (which the CLI may call, as ``spec plan`` does), acting in the executor.
+CLI_FORBIDDEN_IMPORTS = ("reconciler.semver", "reconciler.executor", "reconciler.staging",
+                         "reconciler.release.installer", "reconciler.boot", "reconciler.durable")
+#: Methods that change the device: the state store's writers, the backends' marks.
+CLI_FORBIDDEN_CALLS = ("put", "update", "set_mark", "arm_trial", "mark_good", "rollback",
+                       "repair", "atomic_write", "atomic_write_json")
+
+
+def cli_violations(path: Path) -> list[str]:
+    """Imports of deciding or writing modules, and calls of writing methods, in ``path``."""
+    problems = imports_of(path, CLI_FORBIDDEN_IMPORTS)
+    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        if isinstance(node, ast.Call):
+            name = _dotted(node.func) or ""
+            if "." in name and name.rpartition(".")[2] in CLI_FORBIDDEN_CALLS:
+                problems.append(f"{path.name}:{node.lineno}: calls {name}")
+    return problems
+
+
+@pytest.mark.parametrize("path", sorted((PACKAGE / "cli").glob("*.py")), ids=lambda p: p.name)
+def test_the_cli_decides_nothing_and_writes_nothing(path: Path) -> None:
+    assert cli_violations(path) == []
+
+
+def test_the_cli_checker_catches_a_decision_and_a_write(fake_package: Path) -> None:
+    (fake_package / "cli").mkdir()
+    bad = fake_package / "cli" / "update.py"
+    bad.write_text("from reconciler.semver import Version\nimport reconciler.executor\n"
+                   "store.put('failed', None)\nbackend.set_mark('B', 'bad')\n"
+                   "print(view.update)\n")
+    assert cli_violations(bad) == [
+        "update.py:1: imports reconciler.semver", "update.py:1: imports reconciler.semver.Version",
+        "update.py:2: imports reconciler.executor",
+        "update.py:3: calls store.put", "update.py:4: calls backend.set_mark",
+    ]
 
 
 def test_the_adapter_list_matches_the_tree() -> None:

@@ -15,9 +15,10 @@ import pytest
 
 from reconciler.config import load_device
 from reconciler.daemon import Reconciler
+from reconciler.durable import atomic_write, set_data_policy
 from reconciler.release.channel import init_channel
 from reconciler.sim.device import CHANNEL_PORT, init_device
-from reconciler.store import atomic_write, data_dir_lock, set_data_policy
+from reconciler.store import data_dir_lock
 from tests.httpserver import ChannelServer
 
 GROUP = "users"

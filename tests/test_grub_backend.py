@@ -168,7 +168,7 @@ def test_power_loss_while_arming_leaves_the_env_as_before(
     def cut_power(src: object, dst: object) -> None:
         raise OSError(5, "Input/output error")
 
-    monkeypatch.setattr("reconciler.store.os.replace", cut_power)
+    monkeypatch.setattr("reconciler.durable.os.replace", cut_power)
     with pytest.raises(OSError):
         grub.arm_trial("B", 2)
     monkeypatch.undo()

@@ -12,6 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from reconciler.durable import read_json
 from reconciler.release.image import ImageHeader, encode_header
 from reconciler.sim.os import (
     BootRefused,
@@ -21,7 +22,6 @@ from reconciler.sim.os import (
     launch,
     load_profile,
 )
-from reconciler.store import read_json
 
 
 def write_slot(path: Path, version: str, **fields: str) -> Path:

@@ -46,9 +46,9 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from reconciler.boot import SLOTS, BootState, Mark, SlotName, other, register
+from reconciler.durable import atomic_write, fsync_dir
 from reconciler.errors import BootEnvError
 from reconciler.quoting import excerpt
-from reconciler.store import atomic_write, fsync_dir
 
 MAX_TRIES = 9
 MARKS: tuple[Mark, ...] = ("good", "staged", "bad", "empty")

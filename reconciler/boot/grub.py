@@ -21,8 +21,8 @@ from pathlib import Path
 
 from reconciler.boot import SlotName, grubenv, register
 from reconciler.boot.abvars import MAX_TRIES, VariableBackend, exhausted_reason, mark_var, state_of
+from reconciler.durable import atomic_write
 from reconciler.errors import BootEnvError
-from reconciler.store import atomic_write
 
 BACKUP_NAME = "grubenv.bak"
 

@@ -23,8 +23,8 @@ import os
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
+from reconciler.durable import atomic_write
 from reconciler.errors import BootEnvError
-from reconciler.store import atomic_write
 
 BLOCK_SIZE = 1024
 HEADER = (

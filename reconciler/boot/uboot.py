@@ -33,8 +33,8 @@ from reconciler.boot.abvars import (
     mark_var,
     state_of,
 )
+from reconciler.durable import atomic_write
 from reconciler.errors import BootEnvError
-from reconciler.store import atomic_write
 
 BACKUP_NAME = "kruxos-uboot.bak"
 _BACKUP_SIZE = 0x1000

@@ -48,8 +48,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from stat import S_ISREG
 
+from reconciler.durable import atomic_write, fsync_dir
 from reconciler.errors import BootEnvError
-from reconciler.store import atomic_write, fsync_dir
 
 PAD = b"\xff"
 _TEXT = ("utf-8", "surrogateescape")

@@ -25,6 +25,7 @@ from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from reconciler.durable import PUBLIC_MODE, atomic_write_json, create_file, fsync_dir, read_json
 from reconciler.errors import ConfigError, KruxosError, ReleaseError
 from reconciler.release.image import HEADER_SIZE, ImageHeader, decode_header, encode_header
 from reconciler.release.keys import keyid_of, load_revoked, load_signing_key, load_trusted_keys
@@ -37,7 +38,6 @@ from reconciler.release.metadata import (
     semver_key,
     verify_metadata,
 )
-from reconciler.store import PUBLIC_MODE, atomic_write_json, create_file, fsync_dir, read_json
 
 METADATA_FILE = "metadata.json"
 DRAFT_FILE = "draft.json"

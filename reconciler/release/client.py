@@ -26,10 +26,10 @@ import httpx
 from nacl.signing import VerifyKey
 
 from reconciler.config import ChannelCredentials, channel_origin
+from reconciler.durable import atomic_write_json, read_json
 from reconciler.errors import ChannelUnavailable, ConfigError, ReleaseError, StateError
 from reconciler.redact import register_secret
 from reconciler.release.metadata import ChannelMetadata, format_time, verify_metadata
-from reconciler.store import atomic_write_json, read_json
 from reconciler.urls import parse_channel_url
 
 METADATA_FILE = "metadata.json"

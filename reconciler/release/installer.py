@@ -37,10 +37,10 @@ from pathlib import Path
 
 import httpx
 
+from reconciler.durable import atomic_write_json, fsync_dir, read_json
 from reconciler.errors import ChannelUnavailable, ReleaseError, StateError, UrlError
 from reconciler.release.image import HEADER_SIZE, decode_header
 from reconciler.release.metadata import Release
-from reconciler.store import atomic_write_json, fsync_dir, read_json
 from reconciler.urls import parse_channel_url
 
 RESUME_EVERY = 16          # blocks between two durable resume points

@@ -32,9 +32,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from reconciler.boot import SlotName
+from reconciler.durable import atomic_write, fsync_dir
 from reconciler.errors import BootEnvError
 from reconciler.sim.bootloader import BootChoice
-from reconciler.store import atomic_write, fsync_dir
 
 __all__ = ["init_env", "boot_once", "parse_counter", "strverscmp_improved"]
 

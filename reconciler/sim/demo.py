@@ -24,7 +24,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from reconciler.store import atomic_write
+from reconciler.durable import atomic_write
 
 DEVICE_DIR = Path("demo-device")
 STEP_TIMEOUT = 40.0

@@ -39,8 +39,8 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from reconciler.durable import atomic_write_json
 from reconciler.release.image import ImageHeader, read_slot_header
-from reconciler.store import atomic_write_json
 
 __all__ = ["OsProfile", "BootRefused", "load_profile", "health_at", "serve", "main",
            "SimOsProcess", "launch"]

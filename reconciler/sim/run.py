@@ -32,11 +32,11 @@ from pathlib import Path
 from typing import Any
 
 from reconciler.config import load_device
+from reconciler.durable import atomic_write, atomic_write_json
 from reconciler.release.image import read_slot_header
 from reconciler.sim.bootloader import emulator_for
 from reconciler.sim.device import CHANNEL_PORT, OS_PORT
 from reconciler.sim.os import BootRefused, SimOsProcess, launch
-from reconciler.store import atomic_write, atomic_write_json
 
 
 def say(message: str) -> None:

@@ -20,8 +20,8 @@ from pathlib import Path
 import pytest
 
 from reconciler.boot.bls import LOADER_GUID, BlsBackend, read_efivar_string
+from reconciler.durable import atomic_write
 from reconciler.sim.boot_bls import boot_once, init_env
-from reconciler.store import atomic_write
 
 from .bls_rig import TOOLS, BlsRig, sync_names
 from .scenarios import SCENARIOS, Scenario, mismatches, run_scenario

@@ -17,8 +17,8 @@ import pytest
 
 from reconciler.boot import grubenv
 from reconciler.boot.grub import GrubBackend
+from reconciler.durable import atomic_write
 from reconciler.sim.bootloader import boot_once
-from reconciler.store import atomic_write
 
 from .grub_rig import SHIPPED_CFG, TOOLS, GrubRig, run
 from .scenarios import SCENARIOS, Scenario, mismatches, run_scenario

@@ -21,8 +21,8 @@ import pytest
 from reconciler.boot import ubootenv
 from reconciler.boot.uboot import OWN, UBootBackend
 from reconciler.boot.ubootenv import EnvCopy
+from reconciler.durable import atomic_write
 from reconciler.sim.boot_uboot import boot_once, init_env
-from reconciler.store import atomic_write
 
 from .scenarios import SCENARIOS, Scenario, mismatches, run_scenario
 from .uboot_rig import ENV_SIZE, SHIPPED_CMD, TOOLS, UBootRig, run
