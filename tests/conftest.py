@@ -101,3 +101,15 @@ def pytest_runtest_makereport(
         report.longrepr = (f"skipped in CI, which counts as a failure: {reason}\n"
                            "(a test's tools are installed by tests/tools.sh; a test is "
                            "never skipped silently)")
+
+
+@pytest.fixture
+def device_dir(tmp_path: Path) -> Path:
+    """A simulated device dir, booted on slot A (``boot-1``), with no process running:
+    for the tests that run a reconciler in-process."""
+    from reconciler.sim.device import init_device
+
+    init_device(tmp_path / "dev")
+    (tmp_path / "dev" / "run" / "cmdline").write_text("root=/dev/sda2 kruxos.slot=A\n")
+    (tmp_path / "dev" / "run" / "boot_id").write_text("boot-1\n")
+    return tmp_path / "dev"

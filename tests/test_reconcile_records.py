@@ -6,24 +6,13 @@ import json
 from datetime import UTC, datetime
 from pathlib import Path
 
-import pytest
-
 from reconciler.actions import Reboot
 from reconciler.config import load_device
 from reconciler.daemon import Reconciler
 from reconciler.inbox import submit
 from reconciler.observe import observe
-from reconciler.sim.device import init_device
 
 NOW = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)
-
-
-@pytest.fixture
-def device_dir(tmp_path: Path) -> Path:
-    init_device(tmp_path / "dev")
-    (tmp_path / "dev" / "run" / "cmdline").write_text("root=/dev/sda2 kruxos.slot=A\n")
-    (tmp_path / "dev" / "run" / "boot_id").write_text("boot-1\n")
-    return tmp_path / "dev"
 
 
 def _reconciler(device_dir: Path) -> Reconciler:

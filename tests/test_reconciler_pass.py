@@ -7,21 +7,10 @@ import signal
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from reconciler.actions import Action, Outcome
 from reconciler.config import load_device
 from reconciler.daemon import Reconciler
-from reconciler.sim.device import init_device
 from reconciler.spec import UpdatePolicy
-
-
-@pytest.fixture
-def device_dir(tmp_path: Path) -> Path:
-    init_device(tmp_path / "dev")
-    (tmp_path / "dev" / "run" / "cmdline").write_text("root=/dev/sda2 kruxos.slot=A\n")
-    (tmp_path / "dev" / "run" / "boot_id").write_text("boot-1\n")
-    return tmp_path / "dev"
 
 
 def test_no_action_runs_when_the_audit_trail_cannot_be_written(device_dir: Path) -> None:
