@@ -20,7 +20,6 @@ the last good default when the env itself is corrupt.
 from __future__ import annotations
 
 import contextlib
-import os
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -72,10 +71,7 @@ class UBootBackend(VariableBackend):
         for index, copy in enumerate(copies):
             flag = (1 - index) if redundant else None
             data = ubootenv.encode(new, copy.size, flag)
-            try:
-                _write_at(copy.path, copy.offset, data)
-            except OSError as exc:
-                raise BootEnvError(f"{self._prefix}{copy.path}: {exc.strerror or exc}") from exc
+            ubootenv.write_copy(copy, data)
         own = {key: value for key, value in new.items() if key in OWN}
         with contextlib.suppress(OSError, BootEnvError):
             atomic_write(self.backup_path, ubootenv.encode(own, _BACKUP_SIZE))
@@ -102,15 +98,3 @@ def _present(env: Mapping[str, str]) -> dict[str, str]:
     """``env`` without our empty variables: U-Boot has no empty variable."""
     return {key: value for key, value in env.items() if value != "" or key not in OWN}
 
-
-def _write_at(path: Path, offset: int, data: bytes) -> None:
-    """Overwrite ``data`` at ``offset`` of ``path`` and fsync (the file is created if missing)."""
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        view = memoryview(data)
-        while view:
-            written = os.pwrite(fd, view, offset)
-            view, offset = view[written:], offset + written
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -283,11 +283,11 @@ def write_env(config: Path, env: Mapping[str, str]) -> None:
         return
     if current.index is None:  # fresh: the first copy, the other one erased if missing
         if len(_read_copy(copies[1])) < copies[1].size:
-            _write_in_place(config, copies[1], PAD * copies[1].size)
+            write_copy(copies[1], PAD * copies[1].size)
         target, flag = 0, 1
     else:
         target, flag = 1 - current.index, (current.flag + 1) & 0xFF
-    _write_in_place(config, copies[target], _encoded(config, env, copies[target].size, flag))
+    write_copy(copies[target], _encoded(config, env, copies[target].size, flag))
 
 
 def _encoded(config: Path, env: Mapping[str, str], size: int, flag: int | None) -> bytes:
@@ -305,7 +305,7 @@ def _write_single(config: Path, copy: EnvCopy, env: Mapping[str, str]) -> None:
         except OSError as exc:
             raise BootEnvError(f"uboot backend: {copy.path}: {exc.strerror or exc}") from exc
     else:
-        _write_in_place(config, copy, data)
+        write_copy(copy, data)
 
 
 def _own_file(copy: EnvCopy) -> bool:
@@ -317,8 +317,8 @@ def _own_file(copy: EnvCopy) -> bool:
     return S_ISREG(st.st_mode) and st.st_size <= copy.size
 
 
-def _write_in_place(config: Path, copy: EnvCopy, data: bytes) -> None:
-    """Overwrite one copy's bytes and fsync (create the file if it is missing)."""
+def write_copy(copy: EnvCopy, data: bytes) -> None:
+    """Overwrite one copy's bytes in place and fsync (create the file if it is missing)."""
     if str(copy.path).startswith("/dev/mtd"):
         raise BootEnvError(f"uboot backend: {copy.path}: MTD flash is not supported; "
                            "use fw_setenv")
