@@ -145,6 +145,16 @@ class _BoundedScanner(RoundTripScanner):
     which costs time quadratic in that stretch.
     """
 
+    def fetch_directive(self) -> None:
+        """Refuse ``%YAML`` and ``%TAG`` wherever they stand: a spec is plain YAML 1.2
+        (YAML 1.1 reads yes/no/on/off as booleans; ruamel fails on a ``%YAML 1.3``
+        line inside a document with an internal error)."""
+        raise ScannerError(None, None, "a spec is YAML 1.2; remove the %YAML directive "
+                           "(YAML 1.1 reads yes/no/on/off as booleans)"
+                           if self.reader.prefix(5) == "%YAML" else
+                           "a spec is plain YAML 1.2; remove the % directive",
+                           self.reader.get_mark())
+
     def fetch_key(self) -> None:
         """Refuse explicit keys (``? key``): a spec never needs them, and ruamel takes
         time exponential in how deeply they nest (16 of them on one line: 44 s)."""

@@ -613,3 +613,13 @@ def test_explicit_keys_are_refused_before_the_parser_can_take_exponential_time(
         text: str) -> None:
     with pytest.raises(SpecError, match=r"explicit mapping keys \('\? \.\.\.'\) are not allowed"):
         specfile.parse_spec(text.encode(), Path("q.yaml"))
+
+
+@pytest.mark.parametrize("text", [
+    "apiVersion: kruxos.io/v1\nkind: UpdatePolicy\nspec:\n  channel:\n%YAML 1.3\n    url: x\n",
+    "%TAG ! tag:example.com,2000:\n---\na: 1\n",
+    "a: 1\n%YAML 1.2\n",
+])
+def test_a_directive_anywhere_is_refused_with_a_spec_error(text: str) -> None:
+    with pytest.raises(SpecError, match=r"remove the %(YAML)? ?directive"):
+        specfile.parse_spec(text.encode(), Path("q.yaml"))
