@@ -85,6 +85,8 @@ DOCUMENTS: dict[str, Callable[[], str]] = {
     "5,000-digit integer": lambda: HEAD + "  health:\n    successThreshold: " + "9" * 5000 + "\n",
     "control characters in the name": lambda: HEAD.replace(
         "name: gateways", 'name: "a\\nb\\e[31mred"'),
+    "sixteen explicit keys (? ? ...)": lambda: "a: 1\n" + "? " * 16 + "\n",
+    "%YAML 1.3 inside the document": lambda: HEAD + "%YAML 1.3\n  x: 1\n",
 }
 
 
