@@ -146,8 +146,8 @@ def _depth(value: Any) -> int:
 def _quote(value: Any) -> str:
     if isinstance(value, dict | list):
         return f"a JSON {'object' if isinstance(value, dict) else 'array'}"
-    if isinstance(value, str) and len(value) > _QUOTE:
-        return json.dumps(value[:_QUOTE]) + "..."
+    if isinstance(value, str):
+        return _quoted(value)
     text = json.dumps(value)
     return text if len(text) <= _QUOTE else text[:_QUOTE] + "..."
 
@@ -202,3 +202,18 @@ def _login_name() -> str:
         return pwd.getpwuid(os.getuid()).pw_name
     except KeyError:
         return f"uid {os.getuid()}"
+
+
+def _quoted(text: str) -> str:
+    """``text`` as JSON shows it, with at most :data:`_QUOTE` characters between the quotes,
+    escapes included (80 control characters must not become a 480-character quote)."""
+    pieces: list[str] = []
+    size = 0
+    for char in text[:_QUOTE]:
+        piece = json.dumps(char)[1:-1]
+        if size + len(piece) > _QUOTE:
+            break
+        pieces.append(piece)
+        size += len(piece)
+    shown = '"' + "".join(pieces) + '"'
+    return shown if len(pieces) == len(text) else shown + "..."

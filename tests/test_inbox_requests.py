@@ -62,3 +62,10 @@ def test_a_request_file_larger_than_the_limit_is_skipped_unread(tmp_path: Path) 
     with pytest.raises(StateError, match="larger than 65536 bytes"):
         read_request(huge)
     assert [path for path, _ in pending(tmp_path)] == [good]
+
+
+def test_a_quoted_value_stays_short_however_many_escapes_it_needs() -> None:
+    from reconciler.inbox import _quoted
+    shown = _quoted("\u0083\u0000" * 200)
+    assert len(shown) <= 80 + len('""...') and shown.endswith("...")
+    assert _quoted("now") == '"now"'
