@@ -180,3 +180,17 @@ def test_an_unknown_group_is_a_config_error_naming_it(root: Path) -> None:
     with pytest.raises(ConfigError, match="group: no group named 'no-such-group-kx'"):
         load_device(config)
     assert os.path.exists(config)
+
+
+def test_a_failing_fetch_error_carries_no_password_even_before_any_output_path() -> None:
+    import httpx
+
+    from reconciler.errors import ChannelUnavailable
+    from reconciler.release.client import _get_bounded
+
+    url = "http://u:Pw-Zz91-secret@127.0.0.1:9/metadata.json"
+    refusing = httpx.MockTransport(lambda request: httpx.Response(503))
+    with pytest.raises(ChannelUnavailable) as caught:
+        _get_bounded(url, 5, refusing)
+    assert "Pw-Zz91-secret" not in str(caught.value)
+    assert "u:***@127.0.0.1:9" in str(caught.value)

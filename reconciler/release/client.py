@@ -28,7 +28,7 @@ from nacl.signing import VerifyKey
 from reconciler.config import ChannelCredentials, channel_origin
 from reconciler.durable import atomic_write_json, read_json
 from reconciler.errors import ChannelUnavailable, ConfigError, ReleaseError, StateError
-from reconciler.redact import register_secret
+from reconciler.redact import redact, register_secret
 from reconciler.release.metadata import ChannelMetadata, format_time, verify_metadata
 from reconciler.urls import parse_channel_url
 
@@ -49,14 +49,14 @@ def _get_bounded(url: str, timeout: float, transport: httpx.BaseTransport | None
     with httpx.Client(timeout=timeout, transport=transport, follow_redirects=True) as client:
         with client.stream("GET", url, headers={"Accept-Encoding": "identity"}) as resp:
             if resp.status_code != 200:
-                raise ChannelUnavailable(f"channel: {url} answered HTTP {resp.status_code}",
+                raise ChannelUnavailable(redact(f"channel: {url} answered HTTP {resp.status_code}"),
                                          RETRY_DELAY)
             body = bytearray()
             for chunk in resp.iter_raw(64 * 1024):
                 body += chunk
                 if len(body) > MAX_METADATA_BYTES:
-                    raise ReleaseError(f"channel: {url} is larger than "
-                                       f"{MAX_METADATA_BYTES} bytes; refused")
+                    raise ReleaseError(redact(f"channel: {url} is larger than "
+                                              f"{MAX_METADATA_BYTES} bytes; refused"))
             return bytes(body)
 
 
@@ -67,7 +67,7 @@ def fetch_raw(base_url: str, *, timeout: float = 10.0,
     try:
         return _get_bounded(url, timeout, transport)
     except httpx.HTTPError as exc:
-        raise ChannelUnavailable(f"channel: {url}: {type(exc).__name__}: {exc}",
+        raise ChannelUnavailable(redact(f"channel: {url}: {type(exc).__name__}: {exc}"),
                                  RETRY_DELAY) from exc
 
 

@@ -39,6 +39,7 @@ import httpx
 
 from reconciler.durable import atomic_write_json, fsync_dir, read_json
 from reconciler.errors import ChannelUnavailable, ReleaseError, StateError, UrlError
+from reconciler.redact import redact
 from reconciler.release.image import HEADER_SIZE, decode_header
 from reconciler.release.metadata import Release
 from reconciler.urls import parse_channel_url
@@ -424,8 +425,8 @@ def _fetch_all(session: _Session, url: str, should_stop: Callable[[], bool],
         session.failures = 1 if session.next_block > before else session.failures + 1
         session.save()
         delay = min(BACKOFF_BASE * 2 ** (session.failures - 1), BACKOFF_MAX)
-        raise ChannelUnavailable(f"channel: downloading {url} failed at block "
-                                 f"{session.next_block} ({exc}); will resume there",
+        raise ChannelUnavailable(redact(f"channel: downloading {url} failed at block "
+                                        f"{session.next_block} ({exc}); will resume there"),
                                  delay) from exc
     except ReleaseError:
         session.save()
