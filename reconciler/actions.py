@@ -6,9 +6,10 @@ trail. ``kind`` is the short name used in audit records and ``--action`` filters
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from reconciler.observed import HealthProgress, Mark, Request, SlotName, TrialPolicy
 
@@ -189,10 +190,21 @@ class LiftBlock:
     kind: ClassVar[str] = "unblock"
 
 
+@dataclass(frozen=True)
+class RestoreState:
+    """Write back facts of a lost state file that came back from the audit trail."""
+
+    sections: tuple[tuple[str, Mapping[str, Any]], ...]
+    reason: str
+    kind: ClassVar[str] = "restore-state"
+
+
 Action = (
     Nothing | Wait | Blocked | Stage | ArmTrial | ProbeHealth | Confirm | Rollback | Reboot
     | Disarm | NoteFallback | RepairBootEnv | TakeRequest | EndOverride | LiftBlock
+    | RestoreState
 )
+
 
 def reboots(action: Action) -> bool:
     """True when the device reboots once ``action`` ran (the daemon then stops acting)."""

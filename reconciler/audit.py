@@ -25,12 +25,15 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from reconciler.durable import create_file, fsync_dir, make_dirs
-from reconciler.errors import AuditError, KruxosError
+from reconciler.durable import atomic_write_json, create_file, fsync_dir, make_dirs, read_json
+from reconciler.errors import AuditError, KruxosError, short_error
 from reconciler.redact import redact, redact_json
 from reconciler.store import StateStore, with_reserve
 
 AUDIT_DIR = "audit"
+#: The head of the chain, beside the trail: written by the trail alone.
+HEAD_FILE = "head.json"
+#: Where releases before the head file kept the head: the state document's section.
 SECTION = "audit"
 DEFAULT_MAX_BYTES = 4 * 1024 * 1024
 ZERO_HASH = "0" * 64
@@ -180,7 +183,7 @@ class VerifyResult:
         if self.ok:
             return (
                 f"OK: {self.records} records in {self.files} file{'s' * (self.files != 1)}, "
-                f"chain intact, state head at seq {self.head_seq}{self.reanchor_note()}"
+                f"chain intact, head at seq {self.head_seq}{self.reanchor_note()}"
             )
         return f"FAILED: {self.problem}"
 
@@ -219,19 +222,22 @@ def _split_lines(data: bytes) -> tuple[list[bytes], bytes]:
     return data[:end].splitlines(), data[end:]
 
 
-def _read_section(store: StateStore) -> dict[str, Any]:
+def _legacy_head(store: StateStore) -> dict[str, Any]:
+    """The head as releases before ``head.json`` kept it (the state's ``audit`` section)."""
     try:
         return store.section(SECTION)
     except KruxosError as exc:
         raise AuditError(f"audit: cannot read the head in {store.path}: {exc}") from exc
 
 
-def _read_head(store: StateStore) -> tuple[int, str]:
-    section = _read_section(store)
-    seq, digest = section.get("seq", 0), section.get("hash", ZERO_HASH)
-    if not _is_int(seq) or not isinstance(digest, str):
-        raise AuditError(f"audit: the head in {store.path} is malformed: {section!r}")
-    return seq, digest
+def _head_problem(value: Any) -> str | None:
+    """Why a head document cannot be used, or ``None``."""
+    if not isinstance(value, dict):
+        return "not a JSON object"
+    seq, digest = value.get("seq", 0), value.get("hash", ZERO_HASH)
+    if not _is_int(seq) or seq < 0 or not isinstance(digest, str) or len(digest) != 64:
+        return "seq or hash malformed"
+    return None
 
 
 class AuditReader:
@@ -265,17 +271,40 @@ class AuditReader:
                 "run `kruxos audit verify`"
             ) from exc
 
-    def _file_records(self, path: Path) -> list[AuditRecord]:
+    def _file_records(self, path: Path, sealed: bool = False) -> list[AuditRecord]:
+        """A file's records; in a sealed (damaged) file, lines that are no record are skipped."""
         lines, _ = self._lines(path)
-        return [self._parse(path, n, line) for n, line in enumerate(lines, 1)]
+        if not sealed:
+            return [self._parse(path, n, line) for n, line in enumerate(lines, 1)]
+        found = []
+        for line in lines:
+            try:
+                found.append(AuditRecord.from_json(line))
+            except ValueError:
+                continue
+        return found
+
+    def _live_start(self, files: list[tuple[int, Path]]) -> tuple[int, AuditRecord | None]:
+        """Where the live chain starts: the index of the newest file that begins with a
+        seal, and the seal; ``(0, None)`` when the trail was never sealed."""
+        for index in range(len(files) - 1, -1, -1):
+            record = _first_record(files[index][1])
+            if record is not None and _is_seal(record):
+                return index, record
+        return 0, None
+
+    def _sealed_flags(self) -> list[tuple[int, Path, bool]]:
+        files = self.files()
+        start, _ = self._live_start(files)
+        return [(number, path, index < start) for index, (number, path) in enumerate(files)]
 
     def records(
         self, since: datetime | None = None, action: str | None = None
     ) -> Iterator[AuditRecord]:
         """All records in order, optionally from ``since`` on and of one ``action``."""
         start = None if since is None else _as_utc(since)
-        for _, path in self.files():
-            for record in self._file_records(path):
+        for _, path, sealed in self._sealed_flags():
+            for record in self._file_records(path, sealed):
                 if start is not None and record.at < start:
                     continue
                 if action is None or record.action == action:
@@ -283,8 +312,8 @@ class AuditReader:
 
     def reversed_records(self) -> Iterator[AuditRecord]:
         """All records, newest first (reads one file at a time)."""
-        for _, path in reversed(self.files()):
-            yield from reversed(self._file_records(path))
+        for _, path, sealed in reversed(self._sealed_flags()):
+            yield from reversed(self._file_records(path, sealed))
 
     def get(self, seq: int) -> AuditRecord | None:
         """The record with this seq, or ``None``."""
@@ -294,14 +323,36 @@ class AuditReader:
         """The newest complete record, or ``None`` for an empty trail."""
         return next(self.reversed_records(), None)
 
+    @property
+    def head_path(self) -> Path:
+        """The head file (``audit/head.json``)."""
+        return self.directory / HEAD_FILE
+
+    def head_doc(self) -> dict[str, Any]:
+        """The head document: ``head.json``, else the state's old section; ``{}`` when
+        neither exists. Raises :class:`AuditError` when it cannot be read or makes no sense."""
+        try:
+            value = read_json(self.head_path, None)
+        except (OSError, KruxosError) as exc:
+            raise AuditError(f"audit: cannot read the head in {self.head_path}: "
+                             f"{short_error(exc)}") from exc
+        if value is None:
+            value = _legacy_head(self.store)
+        problem = _head_problem(value)
+        if problem:
+            raise AuditError(f"audit: the head in {self.head_path} is damaged ({problem})")
+        return dict(value)
+
     def head(self) -> tuple[int, str]:
-        """The chain head kept in the state: (seq, hash); (0, zeros) when empty."""
-        return _read_head(self.store)
+        """The chain head: (seq, hash); (0, zeros) when empty."""
+        doc = self.head_doc()
+        return int(doc.get("seq", 0)), str(doc.get("hash", ZERO_HASH))
 
     def repeats(self) -> tuple[int, int | None]:
         """How many passes repeated the last decision, and that decision's seq."""
-        section = _read_section(self.store)
-        return int(section.get("repeats", 0)), section.get("repeats_of")
+        doc = self.head_doc()
+        repeats, of = doc.get("repeats", 0), doc.get("repeats_of")
+        return (repeats if _is_int(repeats) else 0), (of if _is_int(of) else None)
 
     def failed_version(self) -> dict[str, Any] | None:
         """The version a rollback or a bootloader fallback left blocked, replayed from the trail.
@@ -352,11 +403,17 @@ class _Walk:
 
 
 class _Verifier:
-    """Checks files, lines, chain and head, in the order they appear on disk."""
+    """Checks files, lines, chain and head, in the order they appear on disk.
+
+    A trail the daemon found damaged and sealed (see :meth:`AuditTrail._seal`)
+    is checked from its newest seal on: the files before it must be exactly
+    the bytes the seal lists, and the chain starts again at the seal.
+    """
 
     def __init__(self, reader: AuditReader) -> None:
         self.reader = reader
         self.files = reader.files()
+        self.start, self.seal = reader._live_start(self.files)
 
     def run(self) -> VerifyResult:
         """The head is read before and after the walk so a writer appending meanwhile
@@ -368,14 +425,20 @@ class _Verifier:
             after = self.reader.head()
         except AuditError as exc:
             return self._result(0, 0, None, str(exc))
-        bad = self._chain(walk.records)
+        bad = self._sealed_files()
+        if bad is None:
+            bad = self._chain(walk.records)
         if bad is None and walk.stop is not None:
-            bad = (len(walk.records) + 1, walk.stop)
+            bad = (self._base() + len(walk.records), walk.stop)
         if bad is None:
             bad = self._head(walk.records, before, after[0])
         first, problem = bad if bad else (None, None)
         anchors = tuple((r.seq, r.reason) for r in walk.records if r.action == REANCHOR)
         return self._result(len(walk.records), after[0], first, problem, anchors)
+
+    def _base(self) -> int:
+        """The seq of the first record checked: 1, or the newest seal's."""
+        return self.seal.seq if self.seal is not None else 1
 
     def _result(
         self, count: int, head: int, first: int | None, problem: str | None,
@@ -384,19 +447,40 @@ class _Verifier:
         ok = problem is None
         return VerifyResult(ok, count, first, problem, head, len(self.files), anchors)
 
+    def _sealed_files(self) -> tuple[int, str] | None:
+        """The files before the newest seal are still the bytes it sealed."""
+        if self.seal is None:
+            return None
+        listed = self.seal.details.get("sealed")
+        expected: dict[str, dict[str, Any]] = {
+            str(f.get("name")): f for f in listed if isinstance(f, dict)
+        } if isinstance(listed, list) else {}
+        present = {path.name: path for _, path in self.files[:self.start]}
+        for name in sorted(set(expected) | set(present)):
+            want, path = expected.get(name), present.get(name)
+            if want is None or path is None:
+                change = "is missing" if path is None else "was added"
+                return self.seal.seq, (f"sealed file {name} {change} since the seal at "
+                                       f"#{self.seal.seq}")
+            if _file_digest(path) != (want.get("bytes"), want.get("sha256")):
+                return self.seal.seq, (f"sealed file {name} changed since the seal at "
+                                       f"#{self.seal.seq}")
+        return None
+
     def _walk(self) -> _Walk:
         walk = _Walk()
-        for index, (number, path) in enumerate(self.files):
-            walk.stop = self._missing_file(index, number)
-            last_file = index == len(self.files) - 1
+        live = self.files[self.start:]
+        first_number = live[0][0] if live else 1
+        for index, (number, path) in enumerate(live):
+            walk.stop = self._missing_file(first_number + index, number)
+            last_file = index == len(live) - 1
             if walk.stop is None:
                 walk.stop = self._read_file(path, walk.records, last_file)
             if walk.stop is not None:
                 break
         return walk
 
-    def _missing_file(self, index: int, number: int) -> str | None:
-        expected = index + 1
+    def _missing_file(self, expected: int, number: int) -> str | None:
         if number == expected:
             return None
         gap = (
@@ -418,9 +502,10 @@ class _Verifier:
         return None
 
     def _chain(self, records: list[AuditRecord]) -> tuple[int, str] | None:
-        prev = ZERO_HASH
-        for position, record in enumerate(records, 1):
-            problem = _record_problem(position, record, prev, records)
+        base = self._base()
+        prev = records[0].prev if records and self.seal is not None else ZERO_HASH
+        for position, record in enumerate(records, base):
+            problem = _record_problem(position, record, prev, records[position - base + 1:])
             if problem:
                 return position, problem
             prev = record.hash
@@ -430,32 +515,63 @@ class _Verifier:
         self, records: list[AuditRecord], head: tuple[int, str], later_seq: int
     ) -> tuple[int, str] | None:
         seq, digest = head
-        end = len(records)
+        base = self._base()
+        end = base + len(records) - 1
         if end < seq:
-            return end + 1, f"trail ends at seq {end} but the state head is seq {seq} (truncated)"
-        if seq and records[seq - 1].hash != digest:
+            return end + 1, f"trail ends at seq {end} but the head is seq {seq} (truncated)"
+        if seq >= base and records[seq - base].hash != digest:
             return seq, (
-                f"record {seq}: hash differs from the state head "
+                f"record {seq}: hash differs from the head "
                 "(the trail was truncated and rewritten)"
             )
         if end > later_seq + 1:
             return later_seq + 2, (
-                f"trail goes to seq {end} but the state head is seq {later_seq} "
+                f"trail goes to seq {end} but the head is seq {later_seq} "
                 "(records were added outside the reconciler, or the state was reset)"
             )
         return None
 
 
+def _first_record(path: Path) -> AuditRecord | None:
+    """The first record of a file, if its first line is one (reads at most 1 MiB)."""
+    try:
+        with path.open("rb") as handle:
+            line = handle.readline(1 << 20)
+    except OSError:
+        return None
+    try:
+        return AuditRecord.from_json(line) if line.endswith(b"\n") else None
+    except ValueError:
+        return None
+
+
+def _is_seal(record: AuditRecord) -> bool:
+    """A seal: the re-anchor event that starts a file after damage, listing what it seals."""
+    return record.kind == "event" and record.action == REANCHOR and \
+        isinstance(record.details.get("sealed"), list)
+
+
+def _file_digest(path: Path) -> tuple[int, str]:
+    """A file's length and SHA-256, as a seal lists them."""
+    digest = hashlib.sha256()
+    size = 0
+    with path.open("rb") as handle:
+        while chunk := handle.read(1 << 20):
+            digest.update(chunk)
+            size += len(chunk)
+    return size, digest.hexdigest()
+
+
 def _record_problem(
-    position: int, record: AuditRecord, prev: str, records: list[AuditRecord]
+    position: int, record: AuditRecord, prev: str, later: list[AuditRecord]
 ) -> str | None:
     """Why the record at ``position`` breaks the chain, or ``None``."""
     if record.computed_hash() != record.hash:
         return f"record {position}: hash mismatch (record was changed)"
     if record.seq != position:
-        later = any(r.seq == position for r in records[position:])
+        moved = any(r.seq == position for r in later)
         cause = (
-            "records were reordered" if later or record.seq < position else ("a record was dropped")
+            "records were reordered" if moved or record.seq < position else ("a record was dropped")
         )
         return f"record {position}: expected seq {position}, found {record.seq} ({cause})"
     if record.prev != prev:
@@ -478,13 +594,6 @@ def _failed_by(record: AuditRecord) -> str | None:
         version = other.get("version") if isinstance(other, dict) else None
         return version if isinstance(version, str) else None
     return None
-
-
-def _section(doc: dict[str, Any]) -> dict[str, Any]:
-    section = doc.get(SECTION)
-    if not isinstance(section, dict):
-        section = doc[SECTION] = {}
-    return section
 
 
 def _finishes_head(record: AuditRecord, seq: int, digest: str) -> bool:
@@ -531,8 +640,11 @@ class AuditTrail(AuditReader):
         self.clock = clock
         self._make_directory()
         self._drop_partial_tail()
-        self._last = self.last()
-        self._take_head()
+        self._last: AuditRecord | None = None
+        self._head: dict[str, Any] = {}
+        #: What opening the trail had to record (a re-anchor, a seal), for the log.
+        self.opened_with: list[AuditRecord] = []
+        self._open_chain()
         self._last_decision, self._last_outcome = self._find_last_decision()
 
     def _make_directory(self) -> None:
@@ -556,45 +668,104 @@ class AuditTrail(AuditReader):
             except OSError as exc:
                 raise AuditError(f"audit: cannot repair {path}: {exc.strerror}") from exc
 
-    def _take_head(self) -> None:
-        """Match the trail's end with the state head; one record ahead is a crash to finish.
+    def _open_chain(self) -> None:
+        """Match the trail's end with the head; one record ahead is a crash to finish.
 
-        A head that was lost with the state file, or that stayed behind an intact
-        continuation of the chain (the state could not be written, a full disk),
-        is re-anchored: the trail's end becomes the head again and an ``event``
-        says so, which ``audit verify`` reports. Anything else is damage.
+        A head that was lost, or that stayed behind an intact continuation of
+        the chain (the head could not be written, a full disk), is re-anchored:
+        the trail's end becomes the head again and an ``event`` says so, which
+        ``audit verify`` reports. Anything else is damage, and damage never
+        stops the reconciler (a rollback above all): the trail is sealed as
+        found and the chain goes on (see :meth:`_seal_damage`).
         """
-        seq, digest = self.head()
+        try:
+            self._last = self.last()
+        except AuditError as exc:  # a line that is no record, in the live part of the trail
+            self._seal_damage(str(exc).removeprefix("audit: "))
+            return
+        try:
+            doc: dict[str, Any] | None = self.head_doc()
+        except AuditError as exc:
+            doc, damaged_head = None, str(exc).removeprefix("audit: ")
         last = self._last
         end = (last.seq, last.hash) if last else (0, ZERO_HASH)
+        if doc is None:
+            self._head_lost(f"{damaged_head}", end)
+            return
+        self._head = dict(doc)
+        seq, digest = int(doc.get("seq", 0)), str(doc.get("hash", ZERO_HASH))
+        if not doc and last is not None:
+            self._head_lost("the head was lost", end)
+            return
         if end == (seq, digest):
+            if not self.head_path.exists() and last is not None:
+                self._write_head(doc, "move the head out of the state file")
             return
         if last is not None and _finishes_head(last, seq, digest):
             self._store_head(last)
             return
-        why = self._anchor_problem(seq, digest)
-        if last is not None and why is not None:
-            self._store_head(last)
-            self.event("daemon", REANCHOR, f"audit head re-anchored at record {last.seq}: {why}",
-                       details={"head_seq": seq, "trail_seq": last.seq})
+        record = self.get(seq) if seq else None
+        if last is not None and (not seq or (record is not None and record.hash == digest)) \
+                and self.verify_chain() is None:
+            self._reanchor(f"the head stayed at record {seq} while the trail went on (the head "
+                           "could not be written)", seq)
             return
         found = f"record {seq} differs from" if end[0] == seq else f"ends at seq {end[0]} but"
-        raise AuditError(
-            f"audit: the trail in {self.directory} {found} the state head (seq {seq}); "
-            "refusing to continue a damaged trail (see `kruxos audit verify`)"
-        )
+        self._seal_damage(f"the trail {found} the head (seq {seq})")
 
-    def _anchor_problem(self, seq: int, digest: str) -> str | None:
-        """Why the head may be re-anchored (lost, or behind an intact chain), else ``None``."""
-        if not _read_section(self.store):
-            return "the state file had lost the head (it was rebuilt)"
-        record = self.get(seq) if seq else None
-        if seq and (record is None or record.hash != digest):
-            return None
-        if self.verify_chain() is not None:
-            return None
-        return (f"the head in the state file stayed at record {seq} while the trail went on "
-                "(the state file could not be written)")
+    def _head_lost(self, why: str, end: tuple[int, str]) -> None:
+        """No usable head: re-anchor on an intact chain, seal a damaged one."""
+        if end[0] == 0:
+            self._write_head({})
+            return
+        problem = self.verify_chain()
+        if problem is None:
+            self._reanchor(why, 0)
+        else:
+            self._seal_damage(f"{why}, and {problem}")
+
+    def _reanchor(self, why: str, head_seq: int) -> None:
+        last = self._last
+        assert last is not None
+        self._store_head(last)
+        self.opened_with.append(self.event(
+            "daemon", REANCHOR, f"audit head re-anchored at record {last.seq}: {why}",
+            details={"head_seq": head_seq, "trail_seq": last.seq}))
+
+    def _seal_damage(self, problem: str) -> None:
+        """Keep a damaged trail exactly as found, sealed, and go on in a new file.
+
+        The new file starts with a ``re-anchor`` event that lists every older
+        file with its length and SHA-256 (so nothing in them can change
+        unnoticed afterwards) and names the damage. Its ``prev`` is the hash of
+        the last record that could still be read, and its ``seq`` follows the
+        highest seq found. ``audit verify`` then checks the sealed files against
+        the seal and the chain from the seal on, and reports the seal. Refusing
+        to write instead would stop every action, a rollback included.
+        """
+        files = self.files()
+        sealed = []
+        top, prev = 0, ZERO_HASH
+        for _, path in files:
+            size, digest = _file_digest(path)
+            sealed.append({"name": path.name, "bytes": size, "sha256": digest})
+            for record in self._file_records(path, sealed=True):
+                if record.seq > top:
+                    top, prev = record.seq, record.hash
+        number = files[-1][0] + 1 if files else 1
+        reason = (f"the audit trail was found damaged ({problem[:200]}); its files are kept as "
+                  "found and sealed here, and the chain goes on from this record")
+        record = _seal(AuditRecord(
+            seq=top + 1, time=_format_time(self.clock()), kind="event", actor="daemon",
+            action=REANCHOR, reason=redact(reason), spec_revision=None, spec_file=None,
+            observed=None, outcome=None, duration_s=None, decision=None,
+            details={"sealed": sealed, "problem": redact(problem[:500])}, prev=prev))
+        with self._lock:
+            self._write((record.to_json() + "\n").encode("utf-8"), record.seq,
+                        self.directory / _file_name(number))
+            self._remember(record)
+            self._store_head(record)
+        self.opened_with.append(record)
 
     def verify_chain(self) -> str | None:
         """The first break of the hash chain, or ``None`` when every record links."""
@@ -741,9 +912,9 @@ class AuditTrail(AuditReader):
             return self.directory / _file_name(number + 1), True
         return path, current == 0
 
-    def _write(self, line: bytes, seq: int) -> None:
+    def _write(self, line: bytes, seq: int, new_file: Path | None = None) -> None:
         try:
-            path, fresh = self._target(len(line))
+            path, fresh = (new_file, True) if new_file else self._target(len(line))
             fd = create_file(path, os.O_WRONLY | os.O_APPEND)
         except OSError as exc:
             raise AuditError(
@@ -787,26 +958,66 @@ class AuditTrail(AuditReader):
                 self._last_outcome = record.outcome
 
     def _store_head(self, record: AuditRecord) -> None:
-        def change(doc: dict[str, Any]) -> None:
-            section = _section(doc)
-            section.update(seq=record.seq, hash=record.hash)
-            if record.kind == "decision":
-                section.update(repeats=0, repeats_of=record.seq)
-
-        self._update_state(change, f"move the head to record {record.seq}")
+        doc = {**self._head, "seq": record.seq, "hash": record.hash}
+        if record.kind == "decision":
+            doc.update(repeats=0, repeats_of=record.seq)
+        self._write_head(doc, f"move the head to record {record.seq}")
 
     def _count_repeat(self, seq: int) -> None:
-        def change(doc: dict[str, Any]) -> None:
-            section = _section(doc)
-            same = section.get("repeats_of") == seq
-            section.update(repeats=int(section.get("repeats", 0)) + 1 if same else 1)
-            section["repeats_of"] = seq
+        same = self._head.get("repeats_of") == seq
+        repeats = int(self._head.get("repeats", 0)) + 1 if same else 1
+        self._write_head({**self._head, "repeats": repeats, "repeats_of": seq},
+                         f"count a repeat of decision {seq}")
 
-        self._update_state(change, f"count a repeat of decision {seq}")
-
-    def _update_state(self, change: Callable[[dict[str, Any]], None], what: str) -> None:
+    def _write_head(self, doc: dict[str, Any], what: str = "write the head") -> None:
+        """``head.json``, atomically and durably; only the trail writes it."""
+        doc = {k: doc[k] for k in ("seq", "hash", "repeats", "repeats_of") if k in doc}
+        doc.setdefault("seq", 0)
+        doc.setdefault("hash", ZERO_HASH)
         try:
-            self.store.update(change)
-        except (OSError, KruxosError) as exc:
-            cause = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
-            raise AuditError(f"audit: cannot {what} in {self.store.path}: {cause}") from exc
+            with_reserve(self.store.reserve, lambda: atomic_write_json(self.head_path, doc))
+        except OSError as exc:
+            raise AuditError(f"audit: cannot {what} in {self.head_path}: "
+                             f"{exc.strerror or exc}") from exc
+        self._head = doc
+
+
+class UnopenedTrail(AuditReader):
+    """Stands in for a trail that could not be opened (an unreadable or read-only data
+    disk): every write raises the reason; what the reconciler replays finds nothing.
+    The reconciler goes on (a rollback runs unrecorded, see ``docs/states.md``) and
+    opens the trail again at every pass."""
+
+    def __init__(self, store: StateStore, directory: Path, error: AuditError) -> None:
+        super().__init__(store, directory)
+        self.error = error
+        self.opened_with: list[AuditRecord] = []
+
+    def decision(self, actor: str, action: str, reason: str, *, dedupe: bool = True,
+                 **fields: Any) -> tuple[AuditRecord, bool]:
+        raise self.error
+
+    def outcome(self, decision_seq: int, actor: str, action: str, outcome: str,
+                duration_s: float | None, **fields: Any) -> AuditRecord | None:
+        raise self.error
+
+    def event(self, actor: str, action: str, reason: str, **fields: Any) -> AuditRecord:
+        raise self.error
+
+    def failed_version(self) -> dict[str, Any] | None:
+        return None
+
+    def trial_started(self) -> dict[str, Any] | None:
+        return None
+
+
+def open_trail(store: StateStore, directory: Path,
+               clock: Callable[[], datetime] = _utc_now) -> AuditTrail | UnopenedTrail:
+    """The trail's writer, or a stand-in saying why it cannot be opened."""
+    try:
+        return AuditTrail(store, directory, clock=clock)
+    except AuditError as exc:
+        return UnopenedTrail(store, directory, exc)
+    except OSError as exc:
+        return UnopenedTrail(store, directory, AuditError(
+            f"audit: cannot open the trail in {directory}: {exc.strerror or exc}"))

@@ -41,11 +41,13 @@ from reconciler.actions import (
     Nothing,
     Outcome,
     ProbeHealth,
+    RestoreState,
+    Rollback,
     TakeRequest,
     Wait,
     reboots,
 )
-from reconciler.audit import AuditTrail
+from reconciler.audit import AuditTrail, UnopenedTrail, open_trail
 from reconciler.boot import Backend
 from reconciler.channelwatch import ChannelWatch
 from reconciler.config import Device
@@ -64,6 +66,9 @@ from reconciler.store import StateStore, data_dir_lock
 from reconciler.windows import next_open
 
 AUDIT_RETRY = timedelta(seconds=5)
+#: What still runs when its decision cannot be recorded: judging a trial and rolling
+#: it back (the precedence rule: nothing holds a rollback, an unwritable trail neither).
+UNRECORDED_OK = (ProbeHealth, Rollback)
 #: After a failed pass the next one waits 1 s, doubling per failure in a row up to this,
 #: each delay spread by ±20 % so that devices failing together do not retry together.
 BACKOFF_CAP = timedelta(seconds=15)
@@ -90,7 +95,7 @@ class Parts:
     """
 
     store: StateStore
-    audit: AuditTrail
+    audit: AuditTrail | UnopenedTrail
     backend: Backend
     channel: Any
     stager: Stager
@@ -105,11 +110,11 @@ class Parts:
 
         ``on_refused`` records a refused channel metadata file (once per file)."""
         store = StateStore(device.data_dir)
-        audit = AuditTrail(store, device.audit_dir, clock=clock)
+        audit = open_trail(store, device.audit_dir, clock)
         backend = backend_for(device)
         channel = ChannelWatch(device, store, clock, on_refused=on_refused)
         return cls(store, audit, backend, channel,
-                   InstallerStager(device, store, backend, channel), probe_health,
+                   InstallerStager(device, backend, channel), probe_health,
                    rebooter or command_rebooter(device))
 
 
@@ -136,6 +141,8 @@ class Reconciler:
         parts = parts or Parts.real(device, clock, rebooter,
                                     on_refused=self._record_channel_refusal)
         self.store, self.audit, self.backend = parts.store, parts.audit, parts.backend
+        for record in getattr(self.audit, "opened_with", ()):
+            log(f"#{record.seq} {record.action}: {record.reason}")
         self.channel = parts.channel
         self.keeper = SpecKeeper(device.spec_path, device.data_dir)
         self.stopping = False
@@ -148,6 +155,8 @@ class Reconciler:
         self._spec_lock = threading.RLock()
         self._recorded_problems: set[str] = set()
         self._rng = random.Random()
+        self._pending_restore: tuple[tuple[str, Any], ...] = ()
+        self._audit_said: str | None = None
 
     def _should_stop(self) -> bool:
         """Stop a long step (a download) on SIGTERM or when the spec turns ``suspend`` on.
@@ -222,61 +231,66 @@ class Reconciler:
         elif not was_full and self.store.reserve.in_use:
             log("the data disk is full")
 
-    def _rebuild_trial(self) -> None:
-        """A trial's first probe comes back from the trail, so its deadline does not move."""
-        started = self.audit.trial_started()
-        if started is None:
-            return
-        kept = self.store.section("trial")
-        kept_at = _when(kept.get("first_probe_at"))
-        if kept.get("slot") == started["slot"] and kept_at is not None and \
-                kept_at <= datetime.fromisoformat(started["first_probe_at"]):
-            return  # what is kept already counts from the first probe (or earlier)
-        record = {"boot_id": self.device.current_boot_id(), "slot": started["slot"],
-                  "last_probe_at": started["first_probe_at"], "probes": 1,
-                  "consecutive_ok": 0, **{k: v for k, v in kept.items()
-                                          if kept.get("slot") == started["slot"]},
-                  "first_probe_at": started["first_probe_at"]}
-        self.audit.event("daemon", "state-rebuilt", "the trial's first health probe at "
-                         f"{started['first_probe_at']} comes back from the audit trail",
-                         details=record)
-        self.store.put("trial", record)
+    def _recovered(self) -> tuple[tuple[str, Any], ...]:
+        """When both copies of the state were lost, what the audit trail gives back.
 
-    def _record_repairs(self) -> None:
-        """Say in the audit trail what was found damaged on the data dir and repaired.
-
-        When both copies of the state were lost, the blocked version comes back
-        from the audit trail (recorded first, then written), so a version that
-        failed on trial is not tried again.
+        Read once per loss and kept until the ``restore-state`` step wrote it:
+        a version that failed on trial stays blocked, and a trial's first probe
+        still starts its deadline. Only the executor writes them back.
         """
-        for note in self.store.take_repairs():
-            log(f"state: {note}")
-            self.audit.event("daemon", "state-repaired", note)
         if not self.store.lost:
-            return
+            return self._pending_restore
         self.store.lost = False
-        self._rebuild_trial()
+        facts: list[tuple[str, Any]] = []
+        started = self.audit.trial_started()
+        if started is not None:
+            facts.append(("trial", {
+                "boot_id": self.device.current_boot_id(), "slot": started["slot"],
+                "first_probe_at": started["first_probe_at"],
+                "last_probe_at": started["first_probe_at"], "probes": 1,
+                "consecutive_ok": 0}))
         failed = self.audit.failed_version()
-        if failed is not None and not self.store.section("failed"):
-            self.audit.event("daemon", "state-rebuilt", f"{failed['version']} stays blocked: "
-                             "the audit trail shows it failed on trial", details=failed)
-            self.store.put("failed", failed)
+        if failed is not None:
+            facts.append(("failed", failed))
+        self._pending_restore = tuple(facts)
+        return self._pending_restore
+
+    def _reopen_audit(self) -> None:
+        """A trail that could not be opened is tried again at every pass."""
+        if isinstance(self.audit, UnopenedTrail):
+            self.audit = open_trail(self.store, self.device.audit_dir, self.clock)
+            for record in getattr(self.audit, "opened_with", ()):
+                log(f"#{record.seq} {record.action}: {record.reason}")
+
+    def _housekeeping(self) -> None:
+        """Before a pass: the reserve, the repairs of the data dir; never holds the pass."""
+        try:
+            self._replenish()
+            for note in self.store.take_repairs():
+                log(f"state: {note}")
+                self.audit.event("daemon", "state-repaired", note)
+        except AuditError as exc:
+            log(f"cannot record it in the audit trail: {short_error(exc)}")
 
     def _pass(self, actor: str) -> PassResult:
-        self._replenish()
+        self._reopen_audit()
         self.store.load()
-        self._record_repairs()
+        self._housekeeping()
         spec = self._current_spec()
         now = self.clock()
         view = self._channel_view(spec, now)
         revision = spec.revision if spec else None
-        observed = observe(self.device, self.store, self.backend, view, revision)
+        observed = observe(self.device, self.store, self.backend, view, revision,
+                           self._recovered())
         action = decide(spec.policy if spec else None, observed, now)
         self.on_trial = observed.on_trial
         try:
             return self._act(actor, spec, observed, action)
         except AuditError as exc:
-            log(f"audit trail cannot be written, no action runs: {exc}")
+            said = f"audit trail cannot be written, no action runs: {exc}"
+            if said != self._audit_said:
+                log(said)
+                self._audit_said = said
             return PassResult(action, None, now + AUDIT_RETRY)
 
     def _channel_view(self, spec: LoadedSpec | None, now: datetime) -> ChannelView:
@@ -295,12 +309,19 @@ class Reconciler:
         fields = {"spec_revision": spec.revision if spec else None,
                   "spec_file": str(spec.path) if spec else None,
                   "observed": observed.summary()}
-        record, repeated = self.audit.decision(actor, action.kind, action.reason,
-                                               dedupe=not _never_folded(action), **fields)
+        try:
+            record, repeated = self.audit.decision(actor, action.kind, action.reason,
+                                                   dedupe=not _never_folded(action), **fields)
+        except AuditError as exc:
+            if not isinstance(action, UNRECORDED_OK):
+                raise
+            return self._act_unrecorded(action, spec, observed, exc)
         if not repeated:
             log(f"#{record.seq} {action.kind}: {action.reason}")
         outcome = self.executor.run(action, spec.policy if spec else None,
                                     spec.revision if spec else None)
+        if isinstance(action, RestoreState) and outcome.ok:
+            self._pending_restore = ()
         self.audit.outcome(record.seq, actor, action.kind, outcome.text, outcome.duration_s,
                            **fields)
         if not outcome.ok:
@@ -312,6 +333,20 @@ class Reconciler:
         rebooting = outcome.ok and reboots(action)
         wake = self._wake_at(action, outcome, spec, observed)
         return PassResult(action, outcome, wake, rebooting)
+
+    def _act_unrecorded(self, action: Action, spec: LoadedSpec | None,
+                        observed: ObservedState, error: AuditError) -> PassResult:
+        """Judge a trial even when the trail cannot be written: nothing holds a rollback.
+
+        The one exception to write-ahead (``docs/states.md``): a health probe and a
+        rollback run without their record, which goes to the journal instead."""
+        log(f"{error}; {action.kind} runs anyway, recorded here only: {action.reason}")
+        outcome = self.executor.run(action, spec.policy if spec else None,
+                                    spec.revision if spec else None)
+        log(f"{action.kind} (unrecorded): {outcome.text}")
+        rebooting = outcome.ok and reboots(action)
+        return PassResult(action, outcome, self._wake_at(action, outcome, spec, observed),
+                          rebooting)
 
     def _wake_at(self, action: Action, outcome: Outcome, spec: LoadedSpec | None,
                  observed: ObservedState) -> datetime | None:
@@ -366,13 +401,13 @@ class Reconciler:
 
     def _record_rejection(self, error: KruxosError) -> None:
         bad = self.keeper.file_revision or "unreadable"  # the bytes the keeper read, once
-        if self.store.section("spec").get("rejected") == bad:
+        if self.keeper.rejected() == bad:
             return
         kept = self.keeper.copy_revision()
         reason = f"{error} (keeping the last good spec {kept or '(none)'})"
         self.audit.event("spec", "spec-rejected", reason, spec_revision=bad,
                          spec_file=str(self.device.spec_path))
-        self.store.put("spec", {"rejected": bad})
+        self.keeper.note_rejected(bad)
         log(f"spec rejected: {reason}")
 
     def _record_channel_refusal(self, digest: str, reason: str) -> None:
@@ -381,15 +416,6 @@ class Reconciler:
                          details={"metadata_sha256": digest,
                                   "channel": self.device.channel_name})
         log(f"channel refused: {reason}")
-
-
-def _when(value: Any) -> datetime | None:
-    """An ISO time from the state file, or ``None`` when it is not one."""
-    try:
-        moment = datetime.fromisoformat(value)
-    except (TypeError, ValueError):
-        return None
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 def _never_folded(action: Action) -> bool:

@@ -33,6 +33,7 @@ from reconciler.actions import (
     ProbeHealth,
     Reboot,
     RepairBootEnv,
+    RestoreState,
     Rollback,
     Stage,
     TakeRequest,
@@ -62,14 +63,37 @@ def decide(policy: UpdatePolicy | None, observed: ObservedState, now: datetime) 
     judged (by the policy captured when it was armed) and a rollback still
     finishes; nothing new starts.
     """
-    for rule in (_repair_boot_env, _overdue_trial, _take_request, _end_override, _lift_block,
-                 _judge_trial, _finish_pending):
+    for rule in (_restore_state, _repair_boot_env, _overdue_trial, _take_request,
+                 _end_override, _lift_block, _judge_trial, _finish_pending):
         action = rule(policy, observed, now)
         if action is not None:
             return action
     if policy is None:
         return Wait("no valid spec is known: nothing new starts until one is written")
     return _converge(policy, observed, now)
+
+
+def _restore_state(policy: UpdatePolicy | None, obs: ObservedState,
+                   now: datetime) -> Action | None:
+    """Facts of a lost state file that the audit trail gave back are written first.
+
+    A blocked version stays blocked and a trial's deadline keeps counting from
+    its first probe; both are needed before the trial is judged, and writing
+    them is quick.
+    """
+    if not obs.recovered:
+        return None
+    said = []
+    for name, value in obs.recovered:
+        if name == "failed":
+            said.append(f"{value.get('version')} stays blocked (it failed on trial)")
+        elif name == "trial":
+            said.append(f"the trial's first health probe at {value.get('first_probe_at')} "
+                        "still counts")
+        else:
+            said.append(f"section {name}")
+    return RestoreState(obs.recovered, "the state file was lost; from the audit trail: "
+                        + "; ".join(said))
 
 
 def _repair_boot_env(policy: UpdatePolicy | None, obs: ObservedState,

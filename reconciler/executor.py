@@ -31,6 +31,7 @@ from reconciler.actions import (
     ProbeHealth,
     Reboot,
     RepairBootEnv,
+    RestoreState,
     Rollback,
     Stage,
     TakeRequest,
@@ -51,8 +52,12 @@ class Stager(Protocol):
     """Writes a release into a slot (the streaming installer behind it)."""
 
     def stage(self, version: str, slot: SlotName, policy: UpdatePolicy,
-              should_stop: Callable[[], bool]) -> str:
-        """Stage ``version`` into ``slot``; return a summary; raise KruxosError on refusal."""
+              should_stop: Callable[[], bool],
+              progress: Callable[[int | None, int], None]) -> str:
+        """Stage ``version`` into ``slot``; return a summary; raise KruxosError on refusal.
+
+        ``progress(done, total)`` reports the bytes verified and written (``done`` is
+        ``None`` when writing begins); the executor keeps it in the state file."""
 
 
 Rebooter = Callable[[str], None]
@@ -113,6 +118,7 @@ class Executor:
             NoteFallback: self._note_fallback, Disarm: self._disarm,
             RepairBootEnv: self._repair, TakeRequest: self._take_request,
             EndOverride: self._end_override, LiftBlock: self._lift_block,
+            RestoreState: self._restore,
         }
         return handlers[type(action)](action, policy)
 
@@ -122,7 +128,18 @@ class Executor:
     def _stage(self, action: Stage, policy: UpdatePolicy | None) -> str:
         if policy is None:
             raise KruxosError("no valid spec: nothing is staged")
-        return self.stager.stage(action.version, action.slot, policy, self.should_stop)
+        kept = self.store.section("staging")
+        resumed = int(kept.get("done", 0)) if kept.get("version") == action.version else 0
+
+        def progress(done: int | None, total: int) -> None:
+            self.store.put("staging", {"version": action.version, "slot": action.slot,
+                                       "done": resumed if done is None else done,
+                                       "total": total})
+
+        summary = self.stager.stage(action.version, action.slot, policy, self.should_stop,
+                                    progress)
+        self.store.put("staging", None)
+        return summary
 
     def _arm(self, action: ArmTrial, policy: UpdatePolicy | None) -> str:
         """Capture the trial's health policy on disk first, then arm the bootloader."""
@@ -169,8 +186,8 @@ class Executor:
                   "consecutive_ok": progress.consecutive_ok, "probes": progress.probes,
                   "last_summary": progress.last_summary, "last_answer": answer.to_dict(),
                   "timeout_reason": progress.timeout_reason}
-        self.store.put("trial", record)
         self.last_probe_healthy = answer.healthy
+        self.store.put("trial", record)
         return answer.summary()
 
     def _confirm(self, action: Confirm, policy: UpdatePolicy | None) -> str:
@@ -184,12 +201,19 @@ class Executor:
         return f"slot {action.slot} marked good with {action.version}"
 
     def _rollback(self, action: Rollback, policy: UpdatePolicy | None) -> str:
-        self._remember_failure(action.from_version, action.reason)
+        """Keep the failure on the data disk, then roll back: a data disk that cannot be
+        written does not hold the rollback (the slot's bad mark in the boot env keeps it
+        from booting again; the blocked version is then only in this outcome)."""
+        try:
+            self._remember_failure(action.from_version, action.reason)
+            unkept = ""
+        except (OSError, KruxosError) as exc:
+            unkept = f"; the failure could not be kept on the data disk ({short_error(exc)})"
         self.backend.rollback(action.reason)
         left = self.backend.read().marks.get(action.from_slot)
         self.rebooter(action.reason)
         return (f"slot {action.from_slot} marked {left}; rebooting into slot {action.to_slot}, "
-                "the default again")
+                f"the default again{unkept}")
 
     def _reboot(self, action: Reboot, policy: UpdatePolicy | None) -> str:
         self.rebooter(action.reason)
@@ -224,6 +248,11 @@ class Executor:
     def _lift_block(self, action: LiftBlock, policy: UpdatePolicy | None) -> str:
         self.store.put("failed", None)
         return f"{action.version} is no longer blocked"
+
+    def _restore(self, action: RestoreState, policy: UpdatePolicy | None) -> str:
+        sections = {name: dict(value) for name, value in action.sections}
+        self.store.update(lambda doc: doc.update(sections))
+        return "written back: " + ", ".join(sections)
 
     def _disarm(self, action: Disarm, policy: UpdatePolicy | None) -> str:
         self.backend.set_mark(action.slot, "staged")

@@ -48,11 +48,13 @@ def read_boot_state(backend: Backend) -> tuple[BootState, str | None]:
 
 def observe(device: Device, store: StateStore, backend: Backend,
             channel: ChannelView | None = None,
-            spec_revision: str | None = None) -> ObservedState:
+            spec_revision: str | None = None,
+            recovered: tuple[tuple[str, Any], ...] = ()) -> ObservedState:
     """What is on the device now; ``channel`` is the last verified channel view.
 
     ``spec_revision`` is the spec in force: reboots counted under another
-    revision do not count (a new spec clears the loop breaker).
+    revision do not count (a new spec clears the loop breaker). ``recovered``:
+    facts of a lost state file that the audit trail gave back, to be written.
     """
     boot, boot_problem = read_boot_state(backend)
     booted = device.booted_slot()
@@ -80,6 +82,7 @@ def observe(device: Device, store: StateStore, backend: Backend,
         requests=_requests(device),
         boot_env_problem=boot_problem,
         state_problem=state_problem,
+        recovered=recovered,
     )
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Literal
+from typing import Any, Literal
 
 SlotName = Literal["A", "B"]
 SLOTS: tuple[SlotName, SlotName] = ("A", "B")
@@ -168,6 +168,8 @@ class ObservedState:
     requests: tuple[Request, ...] = ()
     boot_env_problem: str | None = None
     state_problem: str | None = None
+    #: Facts of a lost state file that came back from the audit trail, not yet written.
+    recovered: tuple[tuple[str, Mapping[str, Any]], ...] = ()
 
     @property
     def booted_slot(self) -> Slot:

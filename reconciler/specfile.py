@@ -43,6 +43,8 @@ from reconciler.quoting import printable
 from reconciler.spec import UpdatePolicy, revision_of
 
 LAST_GOOD = "spec.last-good.yaml"
+#: The revision of the last spec file rejected (so each bad revision is recorded once).
+REJECTED = "spec.rejected"
 #: The largest spec file read (a real spec is a few hundred bytes).
 MAX_SPEC_BYTES = 256 * 1024
 #: The deepest nesting of collections (a real spec nests four deep).
@@ -325,6 +327,7 @@ class SpecKeeper:
     def __init__(self, path: Path, data_dir: Path) -> None:
         self.path = path
         self.copy = data_dir / LAST_GOOD
+        self.rejected_path = data_dir / REJECTED
         #: The revision of the file's bytes as last read (valid or not); None: unreadable.
         self.file_revision: str | None = None
         self._reading: _Reading | None = None
@@ -395,3 +398,15 @@ class SpecKeeper:
             except FileNotFoundError:
                 return None
         return self._copy_revision
+
+    def rejected(self) -> str | None:
+        """The revision of the last file rejected (and recorded), if any."""
+        try:
+            with open(self.rejected_path, "rb") as f:
+                return f.read(128).decode("ascii", "replace").strip() or None
+        except OSError:
+            return None
+
+    def note_rejected(self, revision: str) -> None:
+        """Remember that ``revision`` was rejected and recorded (after its record)."""
+        atomic_write(self.rejected_path, f"{revision}\n".encode("ascii", "replace"))

@@ -1,10 +1,11 @@
 """The stage action: the streaming installer wired to the boot env and the state file.
 
 Fail-safe order (as RAUC installs): fresh verified metadata first; the slot is
-marked ``bad`` before its first byte is written; progress is kept in the state
-file so status shows it and a restart resumes; the slot is marked ``staged``
-only after the installer read every byte back from the device and matched the
-signed SHA-256. The trial is not armed here: that happens at the reboot.
+marked ``bad`` before its first byte is written; progress goes to the executor
+(which keeps it in the state file, so status shows it and a restart resumes);
+the slot is marked ``staged`` only after the installer read every byte back
+from the device and matched the signed SHA-256. The trial is not armed here:
+that happens at the reboot.
 """
 
 from __future__ import annotations
@@ -22,9 +23,12 @@ from reconciler.errors import KruxosError, ReleaseError, TemporaryError
 from reconciler.observed import SlotName
 from reconciler.release.installer import InstallProgress, InstallResult, install
 from reconciler.spec import UpdatePolicy
-from reconciler.store import StateStore
 
 RESUME_FILE = "staging.resume.json"
+
+#: Told ``(done, total)``: the bytes verified and written so far, of the image's size;
+#: ``done`` is ``None`` when writing begins (a resumed staging keeps what it had).
+Progress = Callable[[int | None, int], None]
 
 
 def slot_size(path: Path) -> int:
@@ -36,17 +40,17 @@ def slot_size(path: Path) -> int:
 class InstallerStager:
     """Stages releases into the other slot with the streaming installer."""
 
-    def __init__(self, device: Device, store: StateStore, backend: Backend,
-                 channel: ChannelWatch) -> None:
+    def __init__(self, device: Device, backend: Backend, channel: ChannelWatch) -> None:
         self.device = device
-        self.store = store
         self.backend = backend
         self.channel = channel
 
     def stage(self, version: str, slot: SlotName, policy: UpdatePolicy,
-              should_stop: Callable[[], bool]) -> str:
-        """Stage ``version`` into ``slot``; raise on refusal, TemporaryError when stopped."""
-        report = _Reporter(self.store, version, slot, 0)
+              should_stop: Callable[[], bool], progress: Progress) -> str:
+        """Stage ``version`` into ``slot``; raise on refusal, TemporaryError when stopped.
+
+        ``progress(done, total)`` is told how far the verified bytes got (throttled)."""
+        report = _Reporter(progress, version, slot, 0)
         try:
             result = self._install(version, slot, policy, should_stop, report)
         except ReleaseError as exc:
@@ -56,7 +60,6 @@ class InstallerStager:
             raise TemporaryError(f"staging of {version} stopped at block {result.next_block} of "
                                  f"{result.blocks}; it resumes there", delay=1.0)
         self.backend.set_mark(slot, "staged")
-        self.store.put("staging", None)
         return result.message
 
     def _mark(self, slot: SlotName) -> str:
@@ -89,16 +92,15 @@ class InstallerStager:
 
 
 class _Reporter:
-    """Keeps the staging progress in the state file (throttled) and logs milestones."""
+    """Passes the staging progress on (throttled) and logs milestones."""
 
-    def __init__(self, store: StateStore, version: str, slot: SlotName, total: int) -> None:
-        self.store, self.version, self.slot, self.total = store, version, slot, total
+    def __init__(self, progress: Progress, version: str, slot: SlotName, total: int) -> None:
+        self.progress, self.version, self.slot, self.total = progress, version, slot, total
         self._last_write = 0.0
         self._last_quarter = -1
 
     def start(self) -> None:
-        self._save(self.store.section("staging").get("done", 0)
-                   if self.store.section("staging").get("version") == self.version else 0)
+        self.progress(None, self.total)
 
     def __call__(self, event: InstallProgress) -> None:
         now = time.monotonic()
@@ -113,5 +115,4 @@ class _Reporter:
                   file=sys.stderr, flush=True)
 
     def _save(self, done: int) -> None:
-        self.store.put("staging", {"version": self.version, "slot": self.slot,
-                                   "done": done, "total": self.total})
+        self.progress(done, self.total)

@@ -12,6 +12,11 @@ Schema history:
 - 2: ``schema`` added; ``trial_policy`` (the health policy captured when a
   trial is armed). A section of a version-1 file that does not fit the model
   is dropped, and the migration says which.
+- 3: only the executor writes the state file. The audit head left it for
+  ``audit/head.json`` (written by the audit trail), the rejected spec's revision
+  for ``spec.rejected`` (written by the spec keeper). An older file's ``audit``
+  section is still read (the trail takes its head from there once, when it
+  opens); neither is written back.
 
 What each fact is, and where it comes back from when the file is lost, is
 listed in ``docs/states.md``.
@@ -25,7 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from reconciler.errors import StateError
 
-SCHEMA = 2
+SCHEMA = 3
 
 Slot = Literal["A", "B"]
 
@@ -37,7 +42,7 @@ class _Section(BaseModel):
 
 
 class AuditHead(_Section):
-    """The head of the audit chain (owned by the audit trail)."""
+    """The head of the audit chain as schema 1 and 2 kept it (read, never written)."""
 
     seq: int = Field(default=0, ge=0)
     hash: str = "0" * 64
@@ -127,7 +132,7 @@ class ForwardReboots(_Section):
 
 
 class SpecRecord(_Section):
-    """The revision of the last spec file rejected (recorded once per revision)."""
+    """The revision of the last spec file rejected, as schema 1 and 2 kept it (read only)."""
 
     rejected: str | None = None
 
@@ -151,6 +156,8 @@ class DeviceState(BaseModel):
 
 
 SECTIONS = tuple(name for name in DeviceState.model_fields if name != "schema_version")
+#: Sections an older release wrote that are read but never written again.
+LEGACY = frozenset({"audit", "spec"})
 
 
 def parse_state(raw: Any) -> tuple[DeviceState, list[str]]:
@@ -187,7 +194,7 @@ def _migrate(doc: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
 
 def dump_state(doc: dict[str, Any]) -> dict[str, Any]:
     """The plain document to write; a value that breaks the model is refused, not written."""
-    doc = {k: v for k, v in doc.items() if v is not None}
+    doc = {k: v for k, v in doc.items() if v is not None and k not in LEGACY}
     doc["schema"] = SCHEMA
     try:
         model = DeviceState.model_validate(doc)

@@ -120,14 +120,23 @@ class StateStore:
         self.path = data_dir / STATE_FILE
         self.copy_path = data_dir / COPY_FILE
         self.repairs: list[str] = []
+        self._taken: set[str] = set()  # said since the last write (not said again)
         self.lost = False
         self.reserve = Reserve(data_dir)
+        #: The newest document when it could not be written (a read-only or full data
+        #: disk): kept in memory so this process still judges a trial on what it saw.
+        self.unwritten: dict[str, Any] | None = None
         # The daemon records a rejected spec from its watcher while a pass runs:
         # read-modify-write cycles of the document must not interleave.
         self._lock = threading.RLock()
 
     def load(self) -> dict[str, Any]:
-        """The whole document; absent files are an empty state (a fresh device)."""
+        """The whole document; absent files are an empty state (a fresh device).
+
+        After a write failed, the document this process last meant to write
+        (it is newer than the disk's) until a write succeeds again."""
+        if self.unwritten is not None:
+            return dict(self.unwritten)
         primary, problem = self._read(self.path)
         if primary is not None:
             return primary
@@ -164,7 +173,9 @@ class StateStore:
 
     def take_repairs(self) -> list[str]:
         """What was repaired since the last call (for the audit trail), once each."""
-        taken, self.repairs = self.repairs, []
+        taken = [note for note in self.repairs if note not in self._taken]
+        self.repairs = []
+        self._taken.update(taken)
         return taken
 
     def section(self, name: str) -> dict[str, Any]:
@@ -178,8 +189,16 @@ class StateStore:
             doc = self.load()
             change(doc)
             doc = dump_state(doc)
-            with_reserve(self.reserve, lambda: atomic_write_json(self.path, doc))
-            with_reserve(self.reserve, lambda: atomic_write_json(self.copy_path, doc))
+            try:
+                with_reserve(self.reserve, lambda: atomic_write_json(self.path, doc))
+                with_reserve(self.reserve, lambda: atomic_write_json(self.copy_path, doc))
+            except OSError:
+                self.unwritten = doc
+                raise
+            self.unwritten = None
+            self.lost = False  # whatever was lost, the files hold a whole document again
+            self.repairs = [note for note in self.repairs if note not in self._taken]
+            self._taken.clear()
             return doc
 
     def put(self, name: str, value: dict[str, Any] | None) -> None:
@@ -202,18 +221,26 @@ def data_dir_lock(data_dir: Path, holder: str) -> Iterator[None]:
     process dies, so a crash never leaves a stale lock behind. The file names
     the holder so the refusal can say who has it.
     """
-    make_dirs(data_dir)
-    settle_dir(data_dir)
     path = data_dir / LOCK_FILE
-    fd = create_file(path, os.O_RDWR)
+    try:
+        make_dirs(data_dir)
+        settle_dir(data_dir)
+        fd, writable = create_file(path, os.O_RDWR), True
+    except OSError as exc:
+        if exc.errno != errno.EROFS or not path.exists():
+            raise
+        # A data disk remounted read-only: still one daemon at a time, so that it
+        # can still judge a trial and roll it back (docs/states.md, Precedence).
+        fd, writable = os.open(path, os.O_RDONLY), False
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError as exc:
             who = os.pread(fd, 200, 0).decode("utf-8", "replace").strip() or "another process"
             raise LockHeldError(f"{data_dir} is locked by {who}") from exc
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{holder} (pid {os.getpid()})\n".encode(), 0)
+        if writable:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{holder} (pid {os.getpid()})\n".encode(), 0)
         yield
     finally:
         os.close(fd)

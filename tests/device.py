@@ -136,6 +136,12 @@ class SimDevice:
         doc: dict[str, Any] = json.loads((self.dir / "data" / "state.json").read_text())
         return doc
 
+    def audit_head(self) -> dict[str, Any]:
+        """The head of the audit chain and its repeat counter (``audit/head.json``)."""
+        doc: dict[str, Any] = json.loads(
+            (self.dir / "data" / "audit" / "head.json").read_text())
+        return doc
+
     # ---- running -----------------------------------------------------------------------
 
     def start(self, *extra: str, faketime: str | None = None) -> None:

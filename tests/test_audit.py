@@ -81,6 +81,17 @@ def rewrite_line(path: Path, index: int, line: str | None) -> None:
     path.write_text("".join(f"{item}\n" for item in lines))
 
 
+def get_head(store: StateStore) -> dict[str, Any]:
+    """The head document the trail keeps beside itself (``audit/head.json``)."""
+    value: dict[str, Any] = json.loads((store.data_dir / "audit" / "head.json").read_text())
+    return value
+
+
+def put_head(store: StateStore, head: dict[str, Any]) -> None:
+    """Set the head by hand, as a crash or an attacker could leave it."""
+    (store.data_dir / "audit" / "head.json").write_text(json.dumps(head))
+
+
 def verify(store: StateStore) -> tuple[bool, int | None, str | None]:
     result = AuditReader(store).verify()
     return result.ok, result.first_bad, result.problem
@@ -104,13 +115,13 @@ def test_chain_continues_across_rotated_files(store: StateStore, clock: Clock) -
     assert result.files == len(trail.files())
 
 
-def test_head_in_state_follows_every_append(store: StateStore, clock: Clock) -> None:
+def test_head_file_follows_every_append(store: StateStore, clock: Clock) -> None:
     trail = open_trail(store, clock)
     fill(trail, clock, 3)
     last = trail.last()
     assert last is not None
-    assert store.section("audit")["seq"] == 3
-    assert store.section("audit")["hash"] == last.hash
+    assert get_head(store)["seq"] == 3
+    assert get_head(store)["hash"] == last.hash
 
 
 def test_record_hash_is_sha256_of_canonical_json_without_hash(
@@ -218,7 +229,7 @@ def test_truncated_tail_is_caught_by_the_state_head(trail20: AuditTrail, store: 
     assert verify(store) == (
         False,
         19,
-        "trail ends at seq 18 but the state head is seq 20 (truncated)",
+        "trail ends at seq 18 but the head is seq 20 (truncated)",
     )
 
 
@@ -227,16 +238,16 @@ def test_truncated_and_reappended_tail_differs_from_the_head(
 ) -> None:
     trail = open_trail(store, clock)
     fill(trail, clock, 5)
-    head = dict(store.section("audit"))
+    head = dict(get_head(store))
     path, index, _ = all_lines(trail)[-1]
     rewrite_line(path, index, None)
-    store.put("audit", {"seq": 4, "hash": trail.get(4).hash})  # type: ignore[union-attr]
+    put_head(store, {"seq": 4, "hash": trail.get(4).hash})  # type: ignore[union-attr]
     AuditTrail(store, clock=clock).event("cli", "probe", "a different fifth record")
-    store.put("audit", head)
+    put_head(store, head)
     assert verify(store) == (
         False,
         5,
-        "record 5: hash differs from the state head (the trail was truncated and rewritten)",
+        "record 5: hash differs from the head (the trail was truncated and rewritten)",
     )
 
 
@@ -280,13 +291,13 @@ def test_records_beyond_the_head_are_flagged_beyond_the_one_a_crash_leaves(
 ) -> None:
     trail = open_trail(store, clock)
     fill(trail, clock, 3)
-    head = dict(store.section("audit"))
+    head = dict(get_head(store))
     fill(trail, clock, 2)
-    store.put("audit", head)
+    put_head(store, head)
     ok, first_bad, problem = verify(store)
     assert (ok, first_bad) == (False, 5)
     assert problem is not None and problem.startswith(
-        "trail goes to seq 5 but the state head is seq 3"
+        "trail goes to seq 5 but the head is seq 3"
     )
 
 
@@ -310,7 +321,7 @@ def test_verify_describes_its_verdict_in_one_line(trail20: AuditTrail, store: St
     result = trail20.verify()
     assert result.files > 1
     assert result.describe() == (
-        f"OK: 20 records in {result.files} files, chain intact, state head at seq 20"
+        f"OK: 20 records in {result.files} files, chain intact, head at seq 20"
     )
     path, index, line = all_lines(trail20)[16]
     rewrite_line(path, index, line.replace("number 17", "number 71"))
@@ -440,38 +451,101 @@ def test_record_written_but_head_not_moved_is_accepted_on_open(
 ) -> None:
     trail = open_trail(store, clock)
     fill(trail, clock, 3)
-    head = dict(store.section("audit"))
+    head = dict(get_head(store))
     fourth = trail.event("daemon", "stage", "written just before the power cut")
-    store.put("audit", head)  # the head update never happened
+    put_head(store, head)  # the head update never happened
     assert AuditReader(store).verify().ok
     reopened = open_trail(store, clock)
-    assert store.section("audit")["seq"] == 4
-    assert store.section("audit")["hash"] == fourth.hash
+    assert get_head(store)["seq"] == 4
+    assert get_head(store)["hash"] == fourth.hash
     assert reopened.event("daemon", "start", "next").prev == fourth.hash
 
 
-def test_a_changed_record_beyond_the_head_is_not_accepted_on_open(
+def test_a_changed_record_beyond_the_head_is_sealed_not_continued(
     store: StateStore, clock: Clock
 ) -> None:
     trail = open_trail(store, clock)
     fill(trail, clock, 2)
-    head = dict(store.section("audit"))
+    head = dict(get_head(store))
     trail.event("daemon", "stage", "written just before the power cut")
-    store.put("audit", head)
+    put_head(store, head)
     path, index, line = all_lines(trail)[-1]
     rewrite_line(path, index, line.replace("power cut", "power loss"))
-    with pytest.raises(AuditError, match="ends at seq 3 but the state head"):
-        open_trail(store, clock)
+    reopened = open_trail(store, clock)
+    seal = reopened.last()
+    assert seal is not None and seal.action == "re-anchor" and seal.seq == 4
+    assert "ends at seq 3 but the head (seq 2)" in seal.reason
+    assert [f["name"] for f in seal.details["sealed"]] == [path.name]
+    assert seal.prev == AuditRecord.from_json(all_lines(trail)[2][2]).hash
 
 
-def test_writer_refuses_to_continue_a_truncated_trail(store: StateStore, clock: Clock) -> None:
-    trail = open_trail(store, clock)
+def test_a_truncated_trail_is_sealed_and_the_chain_goes_on(
+    store: StateStore, clock: Clock
+) -> None:
+    trail = open_trail(store, clock, max_bytes=100_000)
     fill(trail, clock, 4)
     path, index, _ = all_lines(trail)[-1]
     rewrite_line(path, index, None)
     rewrite_line(path, index - 1, None)
-    with pytest.raises(AuditError, match=r"ends at seq 2 but the state head \(seq 4\)"):
-        open_trail(store, clock)
+    sealed_bytes = path.read_bytes()
+    reopened = open_trail(store, clock)
+    reopened.decision("daemon", "rollback", "the trial failed")
+    assert path.read_bytes() == sealed_bytes, "a damaged trail is kept exactly as found"
+    assert [p.name for _, p in reopened.files()] == ["audit-000001.jsonl", "audit-000002.jsonl"]
+    verified = AuditReader(store).verify()
+    assert verified.ok, verified.problem
+    assert verified.records == 2 and verified.head_seq == 4
+    assert len(verified.reanchors) == 1 and verified.reanchors[0][0] == 3
+    assert "ends at seq 2 but the head (seq 4)" in verified.describe()
+    assert [r.seq for r in AuditReader(store).records()] == [1, 2, 3, 4]
+
+
+def test_a_garbage_line_in_the_live_file_is_sealed_and_reads_go_on(
+    store: StateStore, clock: Clock
+) -> None:
+    trail = open_trail(store, clock, max_bytes=100_000)
+    fill(trail, clock, 5)
+    path, index, _ = all_lines(trail)[2]
+    rewrite_line(path, index, "{not a record")
+    reopened = open_trail(store, clock)
+    seal = reopened.last()
+    assert seal is not None and seal.seq == 6 and "line 3: not a valid record" in seal.reason
+    reopened.event("daemon", "probe", "after the seal")
+    assert [r.seq for r in AuditReader(store).records()] == [1, 2, 4, 5, 6, 7]
+    assert AuditReader(store).verify().ok
+
+
+def test_a_sealed_file_changed_after_the_seal_fails_verify(
+    store: StateStore, clock: Clock
+) -> None:
+    trail = open_trail(store, clock, max_bytes=100_000)
+    fill(trail, clock, 3)
+    path, index, _ = all_lines(trail)[-1]
+    rewrite_line(path, index, None)
+    open_trail(store, clock).event("daemon", "probe", "after the seal")
+    rewrite_line(path, 0, None)  # someone edits the kept evidence
+    ok, first_bad, problem = verify(store)
+    assert (ok, first_bad) == (False, 3)
+    assert problem == "sealed file audit-000001.jsonl changed since the seal at #3"
+    (path.parent / "audit-000001.jsonl").unlink()
+    assert verify(store)[2] == "sealed file audit-000001.jsonl is missing since the seal at #3"
+
+
+def test_damage_after_a_seal_is_sealed_again(store: StateStore, clock: Clock) -> None:
+    trail = open_trail(store, clock, max_bytes=100_000)
+    fill(trail, clock, 3)
+    path, index, _ = all_lines(trail)[-1]
+    rewrite_line(path, index, None)
+    second = open_trail(store, clock)
+    fill(second, clock, 2)
+    path2, index2, _ = all_lines(second)[-1]
+    rewrite_line(path2, index2, None)
+    third = open_trail(store, clock)
+    seals = [r for r in third.records() if r.action == "re-anchor"]
+    assert [s.seq for s in seals] == [3, 5]
+    assert len(third.files()) == 3
+    verified = AuditReader(store).verify()
+    assert verified.ok and verified.head_seq == 5, verified.problem
 
 
 # --- write failures ------------------------------------------------------------
@@ -526,46 +600,62 @@ def test_disk_full_raises_audit_error_and_leaves_the_trail_valid(
     assert (verified.ok, verified.records, verified.head_seq) == (True, 4, 4)
 
 
-def test_unwritable_head_raises_audit_error_naming_the_state_file(
+def test_unwritable_head_raises_audit_error_naming_the_head_file(
     store: StateStore, clock: Clock, tmp_path: Path
 ) -> None:
     trail = open_trail(store, clock)
     fill(trail, clock, 1)
-    store.path.unlink()
-    store.path.mkdir()  # a state file that cannot be replaced
-    with pytest.raises(AuditError, match=r"cannot move the head to record 2 in .*state\.json"):
+    head = store.data_dir / "audit" / "head.json"
+    head.unlink()
+    head.mkdir()  # a head file that cannot be replaced
+    with pytest.raises(AuditError, match=r"cannot move the head to record 2 in .*head\.json"):
         trail.event("daemon", "probe", "head cannot move")
 
 
-def test_a_damaged_state_file_keeps_the_head_from_its_copy(
-    store: StateStore, clock: Clock
-) -> None:
+def test_the_state_file_does_not_hold_the_head(store: StateStore, clock: Clock) -> None:
     trail = open_trail(store, clock)
     fill(trail, clock, 3)
+    assert not store.path.exists(), "the trail writes its own head, never the state file"
     store.path.write_text("{broken")
     reopened = open_trail(store, clock)
     reopened.event("daemon", "probe", "the head moves on")
-    assert any("restored from state.copy.json" in note for note in store.take_repairs())
     verified = AuditReader(store).verify()
     assert (verified.ok, verified.head_seq, verified.reanchors) == (True, 4, ())
 
 
-@pytest.mark.parametrize("loss", ["both files lost", "head left behind"])
+def test_a_head_kept_in_an_old_state_file_moves_to_the_head_file(
+    store: StateStore, clock: Clock
+) -> None:
+    trail = open_trail(store, clock)
+    fill(trail, clock, 3)
+    head = get_head(store)
+    (store.data_dir / "audit" / "head.json").unlink()
+    store.path.write_text(json.dumps({"schema": 2, "audit": head}))
+    assert AuditReader(store).head() == (3, head["hash"])
+    reopened = open_trail(store, clock)
+    assert get_head(store)["seq"] == 3 and reopened.last() == trail.last()
+    assert AuditReader(store).verify().reanchors == ()
+
+
+@pytest.mark.parametrize("loss", ["head file lost", "head file damaged", "head left behind"])
 def test_a_lost_head_is_re_anchored_with_an_event_that_verify_reports(
     store: StateStore, clock: Clock, loss: str
 ) -> None:
     trail = open_trail(store, clock)
     fill(trail, clock, 3)
-    if loss == "both files lost":
-        store.path.write_bytes(b"\x00garbage")
-        store.copy_path.unlink()
+    head_file = store.data_dir / "audit" / "head.json"
+    if loss == "head file lost":
+        head_file.unlink()
+    elif loss == "head file damaged":
+        head_file.write_bytes(b"\x00garbage")
     else:  # two records appended while the head could not move (a full disk)
-        head = store.load()
+        head = get_head(store)
         fill(trail, clock, 2)
-        store.update(lambda doc: doc.update(audit=head["audit"]))
+        put_head(store, head)
     reopened = open_trail(store, clock)
     last = reopened.last()
     assert last is not None and last.action == "re-anchor" and last.kind == "event"
+    assert "sealed" not in last.details
     verified = AuditReader(store).verify()
     assert verified.ok, verified.problem
     assert [seq for seq, _ in verified.reanchors] == [last.seq]

@@ -30,6 +30,7 @@ from reconciler.actions import (
     ProbeHealth,
     Reboot,
     RepairBootEnv,
+    RestoreState,
     Rollback,
     Stage,
     TakeRequest,
@@ -718,3 +719,23 @@ def test_pin_lower_than_the_running_version_is_refused_unless_downgrades_are_all
     assert downgrade_refusal(policy(), "2024.1", "1.0.0") is None  # cannot be ordered
     assert is_newer("1.0.1", "1.0.0") and not is_newer("1.0.0", "1.0.1")
     assert is_newer("1.0.1", "2024.1") and not is_newer("1.0.1", "1.0.1")
+
+
+# ---- a lost state file: facts the audit trail gave back are written first ---------------------
+
+def test_facts_given_back_by_the_trail_are_restored_before_a_trial_is_judged() -> None:
+    trial = {"boot_id": "b-2", "slot": "B", "first_probe_at": (NOW - timedelta(hours=1))
+             .isoformat(), "probes": 1, "consecutive_ok": 0}
+    lost = replace(on_trial(None), recovered=(("trial", trial),
+                                              ("failed", {"version": "1.0.0"})))
+    action = decide(policy(), lost, NOW)
+    assert isinstance(action, RestoreState)
+    assert dict(action.sections) == {"trial": trial, "failed": {"version": "1.0.0"}}
+    assert "1.0.0 stays blocked" in action.reason and "first health probe" in action.reason
+    # once written (nothing left to restore), the same device is judged: overdue, rolled back
+    restored = replace(on_trial(started(ago=timedelta(hours=1))), recovered=())
+    assert isinstance(decide(policy(), restored, NOW), Rollback)
+
+
+def test_nothing_recovered_is_no_restore() -> None:
+    assert not isinstance(decide(policy(), observed(), NOW), RestoreState)

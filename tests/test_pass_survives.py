@@ -146,12 +146,16 @@ def test_state_lost_with_its_copy_keeps_the_failed_version_blocked(device_dir: P
     (device_dir / "data" / "state.copy.json").unlink()
 
     again = _reconciler(device_dir)  # the daemon starting after the loss
-    again.run_pass("daemon")
+    steps = [again.run_pass("daemon").action for _ in range(3)]
+    assert [a.kind for a in steps if a] == ["restore-state", "note-fallback", "blocked"], steps
     result = again.run_pass("daemon")
     assert result.action is not None and result.action.kind == "blocked", result
     assert "1.0.1 was rolled back" in result.action.reason
     actions = [r["action"] for r in _records(device_dir)]
-    assert actions.count("re-anchor") == 1 and "state-rebuilt" in actions, actions
+    assert "re-anchor" not in actions, "the audit head never lived in the state file"
+    restored = [r for r in _records(device_dir)
+                if r["action"] == "restore-state" and r["kind"] == "decision"]
+    assert len(restored) == 1 and "1.0.1 stays blocked" in str(restored[0]["reason"])
     assert again.audit.verify().ok
 
 
@@ -173,14 +177,19 @@ def test_state_lost_during_a_trial_keeps_the_rollback_deadline(device_dir: Path)
     clock[0] = NOW + timedelta(seconds=8)  # the sim spec's timeout, counted from the probe
     again = Reconciler(load_device(device_dir / "device.yaml"), rebooter=lambda r: None,
                        clock=lambda: clock[0])
+    restored = again.run_pass("health")
+    assert restored.action is not None and restored.action.kind == "restore-state", restored
+    assert restored.wake_at == clock[0], "the trial is judged at once after the restore"
     result = again.run_pass("health")
     assert result.action is not None and result.action.kind == "rollback", result
-    rebuilt = [r for r in _records(device_dir) if r["action"] == "state-rebuilt"]
+    rebuilt = [r for r in _records(device_dir)
+               if r["action"] == "restore-state" and r["kind"] == "decision"]
     assert rebuilt and "first health probe" in str(rebuilt[0]["reason"])
 
 
-def test_a_damaged_trail_keeps_the_daemon_up_saying_why_instead_of_a_crash_loop(
-        device_dir: Path) -> None:
+def test_a_damaged_trail_is_sealed_and_the_daemon_goes_on(device_dir: Path) -> None:
+    """Damage to the trail never stops the reconciler: it is kept as found, sealed, and
+    the chain goes on (a daemon refusing to act would hold a rollback)."""
     import os
     import signal
     import subprocess
@@ -198,9 +207,15 @@ def test_a_damaged_trail_keeps_the_daemon_up_saying_why_instead_of_a_crash_loop(
                                                                        "device.yaml")),
                                 stdout=out, stderr=subprocess.STDOUT)
     try:
-        wait_for(lambda: "no action can run" in log.read_text(), 30, "the daemon to say why")
-        assert proc.poll() is None, "the daemon exited instead of staying up"
+        wait_for(lambda: " nothing: " in log.read_text(), 30, "the daemon's first decision")
+        assert proc.poll() is None, "the daemon exited instead of going on"
         assert "Traceback" not in log.read_text()
+        assert "the audit trail was found damaged" in log.read_text()
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(30) == 0
+    records = _records(device_dir)
+    details = records[0]["details"]
+    assert records[0]["action"] == "re-anchor" and isinstance(details, dict)
+    assert "sealed" in details
+    assert records[1]["action"] == "nothing"

@@ -162,8 +162,10 @@ class FakeStager:
         self.device, self.backend, self.journal = device, backend, journal
 
     def stage(self, version: str, slot: SlotName, policy: UpdatePolicy,
-              should_stop: Callable[[], bool]) -> str:
+              should_stop: Callable[[], bool],
+              progress: Callable[[int | None, int], None]) -> str:
         self.journal.append("stage")
+        progress(None, 4096)
         self.backend.set_mark(slot, "bad")
         with open(self.device.slot_paths[slot], "r+b") as f:
             f.write(encode_header(ImageHeader(version=version)))

@@ -333,7 +333,8 @@ def test_the_stager_refuses_the_booted_slot_it_is_asked_to_write(dev: SimDevice)
     with pytest.raises(ReleaseError, match=r"refused to stage 1\.0\.1 into slot A: refusing "
                                            r"to write \S+sda2: it is the booted slot .*"
                                            r"slot A is not staged \(marked good\)$"):
-        reconciler.executor.stager.stage("1.0.1", "A", policy.policy, lambda: False)
+        reconciler.executor.stager.stage("1.0.1", "A", policy.policy, lambda: False,
+                                         lambda done, total: None)
     assert (dev.root / "slots" / "sda2").read_bytes() == booted
     assert not [r for r in dev.server.requests() if r["path"].endswith(".img")]
     _assert_not_staged(dev, marks=("empty",))

@@ -31,13 +31,17 @@ TODAY = {
 def test_todays_state_file_migrates_to_the_current_schema_keeping_every_fact() -> None:
     model, dropped = parse_state(TODAY)
     assert dropped == []
-    assert model.schema_version == SCHEMA == 2
+    assert model.schema_version == SCHEMA == 3
     assert model.audit is not None and model.audit.seq == 12
     assert model.failed is not None and model.failed.version == "1.0.2"
     out = model.model_dump(by_alias=True, exclude_none=True, mode="json")
     for section in TODAY:
         assert section in out, section
-    assert out["schema"] == 2
+    assert out["schema"] == 3
+    written = dump_state(out)
+    assert "audit" not in written, "the head lives in audit/head.json; it is not written back"
+    assert "spec" not in written, "the spec keeper keeps the rejected revision"
+    assert set(written) == set(TODAY) - {"audit", "spec"} | {"schema"}
 
 
 def test_a_section_that_does_not_fit_is_dropped_and_named() -> None:
@@ -74,7 +78,7 @@ def test_both_copies_lost_is_a_rebuild_and_a_fresh_device_is_not(tmp_path: Path)
     fresh = StateStore(tmp_path / "fresh")
     assert fresh.load() == {} and not fresh.lost and fresh.take_repairs() == []
     store = StateStore(tmp_path)
-    store.update(lambda doc: doc.update(spec={"rejected": "x"}))
+    store.update(lambda doc: doc.update(failed={"version": "1.0.2"}))
     store.path.write_text("{")
     store.copy_path.unlink()
     assert store.load() == {}

@@ -28,7 +28,7 @@ def _idle(device: SimDevice) -> list[dict[str, Any]]:
 
 def _passes(device: SimDevice) -> int:
     """How many passes the daemon has made that repeated its last decision."""
-    return int(device.state()["audit"].get("repeats", 0))
+    return int(device.audit_head().get("repeats", 0))
 
 
 def _line_of(text: str, needle: str) -> int:

@@ -150,6 +150,6 @@ def test_hung_trial_boot_counts_tries_down_falls_back_and_is_not_retried(
 
 def _resync_passes(device: SimDevice, count: int) -> None:
     """Wait until the daemon has made ``count`` more passes (the resync, 1 s here)."""
-    passes = device.state()["audit"].get("repeats", 0)
-    device.wait_for(lambda: device.state()["audit"].get("repeats", 0) - passes >= count, 60,
+    passes = device.audit_head().get("repeats", 0)
+    device.wait_for(lambda: device.audit_head().get("repeats", 0) - passes >= count, 60,
                     f"{count} resync passes")

@@ -114,3 +114,64 @@ def test_failing_trial_is_rolled_back_on_time_whatever_it_is_fed(
                     "the rollback to run")
     verify = device.cli("audit", "verify", "--json")
     assert json.loads(verify.stdout)["ok"] is True, verify.stdout
+
+
+def _audit_trail_cut_short(device: SimDevice) -> None:
+    """The newest records are cut off the trail and the daemon restarts: damage, sealed."""
+    newest = sorted((device.dir / "data" / "audit").glob("audit-*.jsonl"))[-1]
+    lines = newest.read_bytes().splitlines(keepends=True)
+    newest.write_bytes(b"".join(lines[:-2]))
+    pid = device.daemon_pid()
+    assert pid is not None
+    os.kill(pid, signal.SIGKILL)
+
+
+def test_failing_trial_is_rolled_back_on_time_over_a_damaged_audit_trail(
+        device: SimDevice) -> None:
+    BAD_INPUTS["audit trail cut short, daemon killed"] = _audit_trail_cut_short
+    try:
+        test_failing_trial_is_rolled_back_on_time_whatever_it_is_fed(
+            device, "audit trail cut short, daemon killed", "grub")
+    finally:
+        del BAD_INPUTS["audit trail cut short, daemon killed"]
+    verify = json.loads(device.cli("audit", "verify", "--json").stdout)
+    assert any("found damaged" in r["reason"] for r in verify["reanchors"]), verify
+
+
+def test_failing_trial_is_rolled_back_when_the_data_disk_turns_read_only(
+        device: SimDevice) -> None:
+    """A data disk remounted read-only (ext4's errors=remount-ro) during a failing trial:
+    nothing can be recorded, and the rollback still comes on time (journal only)."""
+    import subprocess
+    import time
+
+    device.spec.write_text(device.spec.read_text().replace("timeout: 8s",
+                                                           f"timeout: {TIMEOUT_S}s"))
+    device.cli("sim", "publish", str(device.dir), "1.0.2", "--behaviour", "gateway-fails",
+               "--size-mb", "1")
+    device.start()
+    device.edit_spec(version="1.0.2")
+    device.wait_for(lambda: next(
+        (r for r in device.audit_file_records() if r["kind"] == "decision"
+         and r["action"] == "probe"), None), 40, "the first health probe of the trial")
+    probed_at = time.monotonic()
+    boots = len(device.boots())
+    data = str(device.dir / "data")
+    subprocess.run(["mount", "--bind", data, data], check=True)
+    try:
+        subprocess.run(["mount", "-o", "remount,bind,ro", data], check=True)
+        log = device.dir / "run" / "daemon.log"
+        device.wait_for(lambda: "rollback runs anyway" in log.read_text(errors="replace"),
+                        TIMEOUT_S + INTERVAL_S + SLACK_S + 10, "the unrecorded rollback")
+        delay = time.monotonic() - probed_at
+        print(f"\nrollback on a read-only data disk: {delay:.1f} s after the first probe was "
+              f"seen ({delay - TIMEOUT_S:+.1f} s past the {TIMEOUT_S} s timeout)")
+        assert delay <= TIMEOUT_S + INTERVAL_S + SLACK_S, (delay, device.diagnostics())
+        device.wait_for(lambda: len(device.boots()) > boots, 30, "the reboot")
+        device.wait_for(lambda: device.status_json()["booted"] == "A", 30, "slot A booted")
+        text = log.read_text(errors="replace")
+        assert "Traceback" not in text
+        assert text.count("audit trail cannot be written, no action runs") == 1, \
+            "a trail that stays unwritable is said once, not every few seconds"
+    finally:
+        subprocess.run(["umount", "-l", data], check=True)

@@ -22,7 +22,7 @@ from .conftest import (
 
 def _repeats(device: SimDevice) -> int:
     """Passes that repeated the last decision (the audit trail records them as a count)."""
-    return int(device.state()["audit"].get("repeats", 0))
+    return int(device.audit_head().get("repeats", 0))
 
 
 def test_a_pin_survives_spec_edits_and_resyncs_until_the_spec_names_a_new_version(
