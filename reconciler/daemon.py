@@ -56,6 +56,7 @@ from reconciler.errors import AuditError, KruxosError, SpecError, short_error
 from reconciler.executor import Executor, Rebooter, Stager, command_rebooter, probe_health
 from reconciler.health import HealthAnswer
 from reconciler.inbox import waiting
+from reconciler.machine import DeviceMachine, Machine
 from reconciler.observe import backend_for, observe
 from reconciler.observed import ChannelView, ObservedState
 from reconciler.overrides import STOPPING_REQUESTS
@@ -101,6 +102,8 @@ class Parts:
     stager: Stager
     prober: Callable[[str, float], HealthAnswer]
     rebooter: Rebooter
+    machine: Machine
+    keeper: SpecKeeper
 
     @classmethod
     def real(cls, device: Device, clock: Callable[[], datetime],
@@ -115,7 +118,8 @@ class Parts:
         channel = ChannelWatch(device, store, clock, on_refused=on_refused)
         return cls(store, audit, backend, channel,
                    InstallerStager(device, backend, channel), probe_health,
-                   rebooter or command_rebooter(device))
+                   rebooter or command_rebooter(device), DeviceMachine(device),
+                   SpecKeeper(device.spec_path, device.data_dir))
 
 
 @dataclass
@@ -144,10 +148,12 @@ class Reconciler:
         for record in getattr(self.audit, "opened_with", ()):
             log(f"#{record.seq} {record.action}: {record.reason}")
         self.channel = parts.channel
-        self.keeper = SpecKeeper(device.spec_path, device.data_dir)
+        self.machine = parts.machine
+        self.keeper = parts.keeper
         self.stopping = False
         self.executor = Executor(device, self.store, self.backend, parts.stager, parts.rebooter,
-                                 clock, should_stop=self._should_stop, prober=parts.prober)
+                                 clock, should_stop=self._should_stop, prober=parts.prober,
+                                 boot_id=parts.machine.boot_id)
         self._suspend_checked = 0.0
         self.spec: LoadedSpec | None = None
         self.on_trial = False
@@ -245,7 +251,7 @@ class Reconciler:
         started = self.audit.trial_started()
         if started is not None:
             facts.append(("trial", {
-                "boot_id": self.device.current_boot_id(), "slot": started["slot"],
+                "boot_id": self.machine.boot_id(), "slot": started["slot"],
                 "first_probe_at": started["first_probe_at"],
                 "last_probe_at": started["first_probe_at"], "probes": 1,
                 "consecutive_ok": 0}))
@@ -281,7 +287,7 @@ class Reconciler:
         view = self._channel_view(spec, now)
         revision = spec.revision if spec else None
         observed = observe(self.device, self.store, self.backend, view, revision,
-                           self._recovered())
+                           self._recovered(), self.machine)
         action = decide(spec.policy if spec else None, observed, now)
         self.on_trial = observed.on_trial
         try:

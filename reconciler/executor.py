@@ -91,6 +91,10 @@ class Executor:
     prober: Callable[[str, float], health.HealthAnswer] = probe_health
     last_probe_healthy: bool = False
     spec_revision: str | None = None
+    boot_id: Callable[[], str] | None = None
+
+    def _boot_id(self) -> str:
+        return self.boot_id() if self.boot_id is not None else self.device.current_boot_id()
 
     def run(self, action: Action, policy: UpdatePolicy | None,
             spec_revision: str | None = None) -> Outcome:
@@ -180,7 +184,7 @@ class Executor:
         answer = self.prober(self.device.map_url(action.url), action.timeout_s)
         progress = count_probe(action.progress, answer.healthy, answer.summary(),
                                health.rollback_reason(answer, timed_out=True), self.clock())
-        record = {"boot_id": self.device.current_boot_id(), "slot": action.slot,
+        record = {"boot_id": self._boot_id(), "slot": action.slot,
                   "first_probe_at": _iso(progress.first_probe_at),
                   "last_probe_at": _iso(progress.last_probe_at),
                   "consecutive_ok": progress.consecutive_ok, "probes": progress.probes,
@@ -234,7 +238,7 @@ class Executor:
                 self.backend.set_mark(action.forget, "bad")
             if action.request.kind == "cancel":
                 (self.device.data_dir / RESUME_FILE).unlink(missing_ok=True)
-            boot_id = self.device.current_boot_id()
+            boot_id = self._boot_id()
             self.store.update(lambda doc: apply_request(doc, action, boot_id,
                                                         self.spec_revision))
         finally:

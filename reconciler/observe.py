@@ -15,6 +15,7 @@ from reconciler.boot import Backend, BootState, open_backend
 from reconciler.config import Device
 from reconciler.errors import BootEnvError, KruxosError, short_error
 from reconciler.inbox import pending
+from reconciler.machine import DeviceMachine, Machine
 from reconciler.observed import (
     SLOTS,
     ChannelView,
@@ -27,7 +28,6 @@ from reconciler.observed import (
     Staging,
     TrialPolicy,
 )
-from reconciler.release.image import slot_identity
 from reconciler.semver import is_semver
 from reconciler.store import StateStore
 
@@ -49,17 +49,21 @@ def read_boot_state(backend: Backend) -> tuple[BootState, str | None]:
 def observe(device: Device, store: StateStore, backend: Backend,
             channel: ChannelView | None = None,
             spec_revision: str | None = None,
-            recovered: tuple[tuple[str, Any], ...] = ()) -> ObservedState:
+            recovered: tuple[tuple[str, Any], ...] = (),
+            machine: Machine | None = None) -> ObservedState:
     """What is on the device now; ``channel`` is the last verified channel view.
 
     ``spec_revision`` is the spec in force: reboots counted under another
     revision do not count (a new spec clears the loop breaker). ``recovered``:
     facts of a lost state file that the audit trail gave back, to be written.
+    ``machine``: the running system (by default the device's own).
     """
+    machine = machine or DeviceMachine(device)
     boot, boot_problem = read_boot_state(backend)
-    booted = device.booted_slot()
+    booted = machine.booted_slot()
+    boot_id = machine.boot_id()
     doc, state_problem = _load_state(store)
-    slots = {name: _slot(device, boot, name) for name in SLOTS}
+    slots = {name: _slot(device, machine, boot, name) for name in SLOTS}
     return ObservedState(
         booted=booted,
         slots=slots,
@@ -67,14 +71,14 @@ def observe(device: Device, store: StateStore, backend: Backend,
         trial=boot.trial,
         tries_left=boot.tries_left,
         fallback_trace=boot.fallback_reason,
-        health=_health(doc.get("trial"), device.current_boot_id(), booted),
+        health=_health(doc.get("trial"), boot_id, booted),
         rolled_back_from=_get(doc, "rollback", "from_version"),
         rollback_reason=_get(doc, "rollback", "reason"),
         staging=_staging(doc.get("staging")),
         failed=_failed(doc.get("failed")),
         channel=channel or ChannelView(error="channel not fetched yet"),
         override=_override(doc.get("override")),
-        request=_request(doc.get("request"), device.current_boot_id(), booted),
+        request=_request(doc.get("request"), boot_id, booted),
         trial_policy=_trial_policy(doc.get("trial_policy"), booted),
         trial_policy_version=_get(doc, "trial_policy", "version"),
         forward_reboots=_forward_reboots(doc.get("reboots"), spec_revision),
@@ -119,10 +123,10 @@ def _load_state(store: StateStore) -> tuple[dict[str, Any], str | None]:
         return {}, short_error(exc)
 
 
-def _slot(device: Device, boot: BootState, name: Any) -> Slot:
+def _slot(device: Device, machine: Machine, boot: BootState, name: Any) -> Slot:
     """A slot as its own bytes name it; a foreign or non-semver identity is a named problem."""
     try:
-        header, problem = slot_identity(device.slot_paths[name])
+        header, problem = machine.slot_identity(name)
     except OSError as exc:
         header, problem = None, f"cannot read the slot's header: {exc.strerror or exc}"
     mark = boot.marks.get(name, "empty")

@@ -1,10 +1,10 @@
 """A whole update through the reconciler's seam: the real decide and executor, fake parts.
 
-State store, audit trail, boot backend, channel, stager, health prober and
-rebooter are in-memory fakes (the slots' header bytes, the kernel command line
-and the boot id stay files of a simulated device, as ``observe`` reads them).
-Every effect is written to one journal, so the test can check the straight
-line: each decision is recorded before anything it does.
+State store, audit trail, boot backend, channel, stager, health prober,
+rebooter, the running machine (booted slot, boot id, the slots' identities)
+and the spec keeper are in-memory fakes; only the device config and its empty
+inbox are files. Every effect is written to one journal, so the test can check
+the straight line: each decision is recorded before anything it does.
 """
 
 from __future__ import annotations
@@ -23,9 +23,10 @@ from reconciler.config import Device, load_device
 from reconciler.daemon import Parts, Reconciler
 from reconciler.health import HealthAnswer
 from reconciler.observed import ChannelView
-from reconciler.release.image import ImageHeader, encode_header
+from reconciler.release.image import ImageHeader
 from reconciler.sim.device import init_device
 from reconciler.spec import UpdatePolicy
+from reconciler.specfile import LoadedSpec, parse_spec
 from reconciler.state import dump_state
 from reconciler.store import StateStore
 
@@ -155,11 +156,50 @@ class FakeChannel:
         return None
 
 
-class FakeStager:
-    """Writes the release's header into the slot (what observe reads back)."""
+class MemoryMachine:
+    """The running system in memory: which slot booted, this boot's id, the slots' releases."""
 
-    def __init__(self, device: Device, backend: MemoryBackend, journal: Journal) -> None:
-        self.device, self.backend, self.journal = device, backend, journal
+    def __init__(self) -> None:
+        self.booted: SlotName = "A"
+        self.boots = 1
+        self.headers: dict[SlotName, ImageHeader | None] = {"A": ImageHeader(version="1.0.0"),
+                                                            "B": None}
+
+    def booted_slot(self) -> SlotName:
+        return self.booted
+
+    def boot_id(self) -> str:
+        return f"boot-{self.boots}"
+
+    def slot_identity(self, slot: SlotName) -> tuple[ImageHeader | None, str | None]:
+        return self.headers[slot], None
+
+
+class MemoryKeeper:
+    """A spec in force held in memory (validated by the real parser once)."""
+
+    def __init__(self, text: str) -> None:
+        self.loaded = parse_spec(text.encode())
+        self.file_revision: str | None = self.loaded.revision
+
+    def refresh(self) -> tuple[LoadedSpec | None, None]:
+        return self.loaded, None
+
+    def copy_revision(self) -> str | None:
+        return self.loaded.revision
+
+    def rejected(self) -> str | None:
+        return None
+
+    def note_rejected(self, revision: str) -> None:
+        raise AssertionError("the spec in memory is valid")
+
+
+class FakeStager:
+    """Writes the release's identity into the slot (what observe reads back)."""
+
+    def __init__(self, machine: MemoryMachine, backend: MemoryBackend, journal: Journal) -> None:
+        self.machine, self.backend, self.journal = machine, backend, journal
 
     def stage(self, version: str, slot: SlotName, policy: UpdatePolicy,
               should_stop: Callable[[], bool],
@@ -167,8 +207,7 @@ class FakeStager:
         self.journal.append("stage")
         progress(None, 4096)
         self.backend.set_mark(slot, "bad")
-        with open(self.device.slot_paths[slot], "r+b") as f:
-            f.write(encode_header(ImageHeader(version=version)))
+        self.machine.headers[slot] = ImageHeader(version=version)
         self.backend.set_mark(slot, "staged")
         return f"{version} written to slot {slot}"
 
@@ -176,19 +215,20 @@ class FakeStager:
 @pytest.fixture
 def device(tmp_path: Path) -> Device:
     init_device(tmp_path / "dev")
-    (tmp_path / "dev" / "run" / "cmdline").write_text("root=/dev/sda2 kruxos.slot=A\n")
-    (tmp_path / "dev" / "run" / "boot_id").write_text("boot-1\n")
+    for name in ("cmdline", "boot_id"):  # the machine is in memory: nothing reads these
+        (tmp_path / "dev" / "run" / name).unlink(missing_ok=True)
     spec = tmp_path / "dev" / "spec.yaml"
     spec.write_text(spec.read_text().replace("version: 1.0.0", "version: 1.0.1"))
     return load_device(tmp_path / "dev" / "device.yaml")
 
 
-def _reboot_into(device: Device, backend: MemoryBackend, boots: list[str]) -> Callable[[str], None]:
+def _reboot_into(machine: MemoryMachine, backend: MemoryBackend,
+                 boots: list[str]) -> Callable[[str], None]:
     def reboot(reason: str) -> None:
         slot = backend.boot()
         boots.append(slot)
-        device.cmdline.write_text(f"root=/dev/x kruxos.slot={slot}\n")
-        device.boot_id.write_text(f"boot-{len(boots) + 1}\n")
+        machine.booted = slot
+        machine.boots += 1
 
     return reboot
 
@@ -200,12 +240,14 @@ def test_a_whole_update_runs_through_the_seam_with_each_decision_recorded_first(
     boots: list[str] = []
     healthy = HealthAnswer(healthy=True, status=200)
     clock = [datetime(2026, 11, 30, 12, 0, tzinfo=UTC)]
+    machine = MemoryMachine()
     parts = Parts(store=MemoryStore(device.data_dir, journal),
                   audit=MemoryAudit(journal),  # type: ignore[arg-type]
                   backend=backend, channel=FakeChannel(),
-                  stager=FakeStager(device, backend, journal),
+                  stager=FakeStager(machine, backend, journal),
                   prober=lambda url, timeout: healthy,
-                  rebooter=_reboot_into(device, backend, boots))
+                  rebooter=_reboot_into(machine, backend, boots), machine=machine,
+                  keeper=MemoryKeeper(device.spec_path.read_text()))  # type: ignore[arg-type]
     rec = Reconciler(device, clock=lambda: clock[0], parts=parts)
 
     kinds = []
