@@ -1,7 +1,7 @@
 """The running system as the reconciler sees it: which slot booted, which boot this is,
 and what release each slot's own bytes name.
 
-One of the reconciler's collaborators (:class:`reconciler.daemon.Parts`), so a
+One of the reconciler's collaborators (:class:`reconciler.reconcile.Parts`), so a
 pass runs against an in-memory machine in tests and the model checker; the real
 one reads the kernel command line, the boot id and the slots of the device.
 """

@@ -34,7 +34,7 @@ CLOCK_METHODS = ("now", "utcnow", "today")
 FORBIDDEN_ROOTS = ("os", "sys", "subprocess", "time", "random", "socket", "pathlib", "io")
 
 ADAPTERS = ("boot/*.py", "release/*.py", "health.py", "store.py", "durable.py", "audit.py")
-FRONT = ("reconciler.daemon", "reconciler.cli")
+FRONT = ("reconciler.daemon", "reconciler.reconcile", "reconciler.cli")
 BACKEND_HELPERS = {"grub": {"grubenv", "abvars"}, "uboot": {"ubootenv", "abvars"}}
 
 
@@ -150,8 +150,9 @@ def test_boot_backends_do_not_import_each_other(path: Path) -> None:
 
 #: What the simulator may never import: it starts ``kruxos daemon`` as a process and
 #: plays only the device's parts (bootloader, OS, channel server), as a real device would.
-RECONCILER_SIDE = ("reconciler.daemon", "reconciler.executor", "reconciler.decide",
-                   "reconciler.observe", "reconciler.overrides", "reconciler.staging",
+RECONCILER_SIDE = ("reconciler.daemon", "reconciler.reconcile", "reconciler.executor",
+                   "reconciler.decide", "reconciler.observe", "reconciler.overrides",
+                   "reconciler.staging",
                    "reconciler.audit", "reconciler.channelwatch", "reconciler.inbox",
                    "reconciler.cli")
 

@@ -19,8 +19,8 @@ import pytest
 
 from reconciler.channelwatch import ChannelWatch
 from reconciler.config import Device, load_device
-from reconciler.daemon import Reconciler
 from reconciler.errors import ConfigError
+from reconciler.reconcile import Reconciler
 from reconciler.sim.device import CHANNEL_PORT, init_device
 from reconciler.spec import UpdatePolicy
 from reconciler.specfile import load_spec

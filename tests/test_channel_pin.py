@@ -20,7 +20,7 @@ import pytest
 from reconciler.audit import AuditReader, AuditRecord
 from reconciler.channelwatch import TRUST_FILE, ChannelWatch
 from reconciler.config import load_device
-from reconciler.daemon import Reconciler
+from reconciler.reconcile import Reconciler
 from reconciler.release.channel import sign_channel
 from reconciler.release.client import ChannelTrust
 from reconciler.sim.device import CHANNEL_PORT, init_device

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from reconciler.config import load_device
-from reconciler.daemon import Reconciler
 from reconciler.durable import atomic_write, set_data_policy
+from reconciler.reconcile import Reconciler
 from reconciler.release.channel import init_channel
 from reconciler.sim.device import CHANNEL_PORT, init_device
 from reconciler.store import data_dir_lock

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from reconciler.config import load_device
-from reconciler.daemon import Reconciler
+from reconciler.reconcile import Reconciler
 from reconciler.release.image import ImageHeader, encode_header
 from reconciler.sim.device import init_device
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from reconciler.actions import Stage, Wait
 from reconciler.config import load_device
-from reconciler.daemon import BACKOFF_CAP, Reconciler, backoff
+from reconciler.reconcile import BACKOFF_CAP, Reconciler, backoff
 from reconciler.release.image import ImageHeader, encode_header
 
 NOW = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)

@@ -8,9 +8,9 @@ from pathlib import Path
 
 from reconciler.actions import Reboot
 from reconciler.config import load_device
-from reconciler.daemon import Reconciler
 from reconciler.inbox import submit
 from reconciler.observe import observe
+from reconciler.reconcile import Reconciler
 
 NOW = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)
 

@@ -9,7 +9,7 @@ from typing import Any
 
 from reconciler.actions import Action, Outcome
 from reconciler.config import load_device
-from reconciler.daemon import Reconciler
+from reconciler.reconcile import Reconciler
 from reconciler.spec import UpdatePolicy
 
 

@@ -20,9 +20,9 @@ import pytest
 from reconciler.audit import AuditRecord
 from reconciler.boot import BootState, Mark, SlotName, other
 from reconciler.config import Device, load_device
-from reconciler.daemon import Parts, Reconciler
 from reconciler.health import HealthAnswer
 from reconciler.observed import ChannelView
+from reconciler.reconcile import Parts, Reconciler
 from reconciler.release.image import ImageHeader
 from reconciler.sim.device import init_device
 from reconciler.spec import UpdatePolicy

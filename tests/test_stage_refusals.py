@@ -26,8 +26,8 @@ import pytest
 
 from reconciler.audit import AuditReader, AuditRecord
 from reconciler.config import load_device
-from reconciler.daemon import PassResult, Reconciler
 from reconciler.errors import ReleaseError
+from reconciler.reconcile import PassResult, Reconciler
 from reconciler.release.channel import sign_channel
 from reconciler.release.keys import generate_keypair, keyid_of, load_public_key
 from reconciler.sim.device import CHANNEL_PORT, IMAGE_SIZE, init_device, publish

@@ -88,7 +88,7 @@ class Link:
         if self._worker is not None and self._worker.is_alive():
             return
         if self._reconciler is None:
-            from reconciler.daemon import Reconciler
+            from reconciler.reconcile import Reconciler
 
             self._reconciler = Reconciler(self.device)
         self._reconciler.stopping = False
