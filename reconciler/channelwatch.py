@@ -11,14 +11,20 @@ the spec: metadata signed for another name is refused, and the serial floor is
 the one of the followed name. Each distinct refused metadata file (by SHA-256)
 is handed once to ``on_refused`` — the daemon records it in the audit trail —
 whatever the decision of the pass, so a device that is already up to date
-still says that its channel serves something it refuses.
+still says that its channel serves something it refuses. Accepted metadata
+may still list releases this device cannot install (they require a feature it
+does not implement, :mod:`reconciler.release.features`): the rest of the
+channel stays usable, and each distinct set of such releases is handed once to
+``on_refused`` too.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import Any
 
 import httpx
 
@@ -26,24 +32,70 @@ from reconciler.config import Device, channel_origin
 from reconciler.errors import KruxosError, ReleaseError, TemporaryError
 from reconciler.observed import ChannelView
 from reconciler.release.client import ChannelTrust, CredentialTransport, fetch_raw
+from reconciler.release.features import missing, newest_installable, refusal_reason, why_not
 from reconciler.release.keys import load_revoked, load_trusted_keys
-from reconciler.release.metadata import ChannelMetadata, Release, verify_metadata
+from reconciler.release.metadata import ChannelMetadata, Release, semver_key, verify_metadata
 from reconciler.spec import UpdatePolicy
 from reconciler.store import StateStore
 
 TRUST_FILE = "channel-trust.json"
+#: Refused releases listed in a ``release-refused`` record's details (all are counted).
+LISTED_REFUSALS = 16
 
-#: Called with the SHA-256 of a refused metadata file and the reason, once per file.
-RefusalSink = Callable[[str, str], None]
+
+@dataclass(frozen=True)
+class Refusal:
+    """Something the channel serves that this device refuses, to be recorded once.
+
+    ``action`` is the audit record's action: ``channel-refused`` (a whole
+    metadata file) or ``release-refused`` (releases of accepted metadata that
+    require features this device does not implement). ``key`` tells distinct
+    refusals apart (a SHA-256); ``details`` go into the record.
+    """
+
+    action: str
+    key: str
+    reason: str
+    details: Mapping[str, Any] = field(default_factory=dict)
+
+
+#: Called once per distinct refusal (a refused file, a set of refused releases).
+RefusalSink = Callable[[Refusal], None]
 
 
 def view_of(meta: ChannelMetadata, error: str | None = None,
             retry: timedelta = timedelta(seconds=30)) -> ChannelView:
-    """The channel as ``decide`` sees it, from verified metadata."""
-    latest = meta.latest()
+    """The channel as ``decide`` sees it, from verified metadata.
+
+    ``latest`` is the newest release this device can install; the others are
+    listed in ``refused`` (newest first) with their reason, and never staged.
+    """
+    newest_first = sorted(meta.releases, key=lambda r: semver_key(r.version), reverse=True)
+    refused = {r.version: why for r in newest_first if (why := why_not(r)) is not None}
+    latest = newest_installable(meta)
     return ChannelView(versions=frozenset(r.version for r in meta.releases),
                        latest=latest.version if latest else None, error=error,
-                       retry_after=retry)
+                       retry_after=retry, refused=refused)
+
+
+def release_refusal(meta: ChannelMetadata) -> Refusal | None:
+    """The releases of ``meta`` this device cannot install, as one refusal (``None``: none).
+
+    Keyed by the channel and each refused release's version, image digest and
+    missing features: re-signing the same releases is not a new refusal, a new
+    one (or a changed one) is.
+    """
+    refused = sorted(((r, why) for r in meta.releases if (why := why_not(r)) is not None),
+                     key=lambda item: semver_key(item[0].version), reverse=True)
+    if not refused:
+        return None
+    key = hashlib.sha256("\n".join([meta.channel, *(f"{r.version} {r.sha256} "
+                                                     f"{','.join(missing(r))}"
+                                                     for r, _ in refused)]).encode())
+    listed = [{"version": r.version, "requires": list(r.requires), "missing": list(missing(r))}
+              for r, _ in refused[:LISTED_REFUSALS]]
+    return Refusal("release-refused", key.hexdigest(), refusal_reason(refused),
+                   {"releases": listed, "count": len(refused)})
 
 
 class ChannelWatch:
@@ -116,18 +168,24 @@ class ChannelWatch:
             meta = verify_metadata(raw, trusted, revoked, now, trust.min_serial(name),
                                    trust.trusted_time, channel=name)
         except ReleaseError as exc:
-            self._refused(trust, hashlib.sha256(raw).hexdigest(), str(exc))
+            digest = hashlib.sha256(raw).hexdigest()
+            self._refused(trust, Refusal("channel-refused", digest, str(exc),
+                                         {"metadata_sha256": digest}))
             raise
         if self.save_trust:
-            trust.advanced(meta).save(self.trust_path)
+            trust = trust.advanced(meta)
+            trust.save(self.trust_path)
+        refusal = release_refusal(meta)
+        if refusal is not None:
+            self._refused(trust, refusal)
         return meta
 
-    def _refused(self, trust: ChannelTrust, digest: str, reason: str) -> None:
-        """Hand a refused file to ``on_refused`` unless it was recorded before."""
-        if self.on_refused is None or digest in trust.refused:
+    def _refused(self, trust: ChannelTrust, refusal: Refusal) -> None:
+        """Hand a refusal to ``on_refused`` unless it was recorded before."""
+        if self.on_refused is None or refusal.key in trust.refused:
             return
-        self.on_refused(digest, reason)
-        trust.with_refused(digest).save(self.trust_path)
+        self.on_refused(refusal)
+        trust.with_refused(refusal.key).save(self.trust_path)
 
     def release(self, policy: UpdatePolicy, version: str) -> Release:
         """Freshly verified metadata for ``version``, right before staging it."""
@@ -136,4 +194,7 @@ class ChannelWatch:
         found = meta.find(version)
         if found is None:
             raise ReleaseError(f"{version} is not published on channel {meta.channel!r}")
+        unsupported = why_not(found)
+        if unsupported is not None:
+            raise ReleaseError(f"{version} cannot be installed on this device: it {unsupported}")
         return found

@@ -7,9 +7,11 @@ action. The rules, in the order they are asked (the first that applies wins):
 2. Finish what the bootloader already points at (a rollback or trial pending
    a reboot, a fallback the bootloader made by itself).
 3. Resolve the desired version (an override pin, the spec's exact version, or
-   the channel's latest).
-4. Refuse what must not happen: a version that failed on trial, a downgrade
-   not allowed by the spec.
+   the newest release on the channel this device can install: a newer one that
+   requires a feature the device does not implement is skipped, and said so).
+4. Refuse what must not happen: a version that failed on trial, a release
+   requiring a feature the device does not implement, a downgrade not allowed
+   by the spec.
 5. ``suspend`` starts no new step.
 6. Use the other slot when it already holds the desired version verified;
    otherwise stage it there. Reboots wait for a window and ``autoReboot``.
@@ -341,17 +343,29 @@ def _desired(policy: UpdatePolicy, obs: ObservedState) -> tuple[str | None, str]
 
 
 def _converge(policy: UpdatePolicy, obs: ObservedState, now: datetime) -> Action:
-    """Bring the booted version to the desired one."""
+    """Bring the booted version to the desired one; say which newer releases ``latest`` skipped."""
+    action = _converge_to(policy, obs, now)
+    note = _skipped_note(policy, obs)
+    return replace(action, reason=action.reason + note) if note else action
+
+
+def _converge_to(policy: UpdatePolicy, obs: ObservedState, now: datetime) -> Action:
     desired, source = _desired(policy, obs)
     booted = obs.booted_slot
     if desired is None:
-        return Wait(f"cannot resolve 'latest': {obs.channel.error or 'channel lists no release'}",
+        none = "channel lists no release" + (" this device can install" if obs.channel.refused
+                                             else "")
+        return Wait(f"cannot resolve 'latest': {obs.channel.error or none}",
                     until=now + obs.channel.retry_after)
     if obs.failed is not None and obs.failed.version == desired:
         return Blocked(f"{desired} was rolled back ({obs.failed.reason}); not retried until "
                        "the desired version changes")
     if desired == booted.version:
         return Nothing(f"slot {booted.label} runs {desired}, {_as_wanted(source)}")
+    unsupported = obs.channel.refused.get(desired)
+    if unsupported is not None:
+        return Blocked(f"{desired} cannot be installed on this device: it {unsupported} "
+                       f"({source} {desired})")
     refusal = _refuse_downgrade(policy, booted.version, desired)
     if refusal is not None:
         return refusal
@@ -361,6 +375,29 @@ def _converge(policy: UpdatePolicy, obs: ObservedState, now: datetime) -> Action
     if policy.spec.suspend and not _person_reboots_now(obs):
         return Wait(f"suspended by the spec: {source} {desired}, no new step starts")
     return _switch_or_stage(policy, obs, now, desired, source)
+
+
+#: Skipped releases a reason names one by one; the rest are counted.
+_NAMED_SKIPS = 3
+
+
+def _skipped_note(policy: UpdatePolicy, obs: ObservedState) -> str:
+    """``; skipped 1.2.0 (requires X, ...)``: newer releases ``latest`` passed over, or ``""``.
+
+    ``latest`` is the newest release this device can install; a newer one that
+    requires a feature the device does not implement is skipped, never staged,
+    and every reason that follows from ``latest`` says so.
+    """
+    if obs.override is not None or policy.spec.version != "latest":
+        return ""
+    latest = obs.channel.latest
+    newer = sorted((v for v in obs.channel.refused if latest is None or is_newer(v, latest)),
+                   key=lambda v: ((Version(v),) if is_semver(v) else (), v), reverse=True)
+    if not newer:
+        return ""
+    named = ", ".join(f"{v} ({obs.channel.refused[v]})" for v in newer[:_NAMED_SKIPS])
+    more = len(newer) - _NAMED_SKIPS
+    return f"; skipped {named}" + (f" and {more} more" if more > 0 else "")
 
 
 def _person_reboots_now(obs: ObservedState) -> bool:

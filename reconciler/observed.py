@@ -93,12 +93,18 @@ class FailedVersion:
 
 @dataclass(frozen=True)
 class ChannelView:
-    """What the release channel offers, as last fetched and verified."""
+    """What the release channel offers, as last fetched and verified.
+
+    ``versions`` lists every published release; ``refused`` those this device
+    cannot install, newest first, with why (``requires X, which this device
+    does not implement``); ``latest`` is the newest release it *can* install.
+    """
 
     versions: frozenset[str] = frozenset()
     latest: str | None = None
     error: str | None = None
     retry_after: timedelta = timedelta(seconds=30)
+    refused: Mapping[str, str] = field(default_factory=dict)
 
 
 RebootPolicy = Literal["rules", "ask", "now", "next-boot"]

@@ -32,7 +32,7 @@ from reconciler.actions import (
 )
 from reconciler.audit import AuditTrail, UnopenedTrail, open_trail
 from reconciler.boot import Backend
-from reconciler.channelwatch import ChannelWatch
+from reconciler.channelwatch import ChannelWatch, Refusal, RefusalSink
 from reconciler.config import Device
 from reconciler.decide import decide, trial_policy_of
 from reconciler.errors import AuditError, KruxosError, SpecError, short_error
@@ -90,10 +90,11 @@ class Parts:
     @classmethod
     def real(cls, device: Device, clock: Callable[[], datetime],
              rebooter: Rebooter | None = None,
-             on_refused: Callable[[str, str], None] | None = None) -> Parts:
+             on_refused: RefusalSink | None = None) -> Parts:
         """The collaborators of a real device: its files, its bootloader, HTTP, reboot.
 
-        ``on_refused`` records a refused channel metadata file (once per file)."""
+        ``on_refused`` records what the channel serves and the device refuses
+        (once per refused file, once per set of releases it cannot install)."""
         store = StateStore(device.data_dir)
         audit = open_trail(store, device.audit_dir, clock)
         backend = backend_for(device)
@@ -398,12 +399,12 @@ class Reconciler:
         self.keeper.note_rejected(bad)
         log(f"spec rejected: {reason}")
 
-    def _record_channel_refusal(self, digest: str, reason: str) -> None:
-        """A refused metadata file, recorded once per distinct file whatever the pass decides."""
-        self.audit.event("daemon", "channel-refused", reason,
-                         details={"metadata_sha256": digest,
-                                  "channel": self.device.channel_name})
-        log(f"channel refused: {reason}")
+    def _record_channel_refusal(self, refusal: Refusal) -> None:
+        """A refused metadata file, or releases it refuses to install, recorded once each
+        whatever the pass decides."""
+        self.audit.event("daemon", refusal.action, refusal.reason,
+                         details={**refusal.details, "channel": self.device.channel_name})
+        log(f"{refusal.action.replace('-', ' ')}: {refusal.reason}")
 
 
 def _never_folded(action: Action) -> bool:

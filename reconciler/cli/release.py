@@ -1,7 +1,7 @@
 """``kruxos release``: the publisher's tools for a signed channel (presentation only).
 
     kruxos release keygen [--dir D] [--name N]
-    kruxos release add CHANNEL IMAGE --version V --changes TEXT...
+    kruxos release add CHANNEL IMAGE --version V --changes TEXT... [--requires FEATURE...]
     kruxos release sign CHANNEL --key KEYFILE... [--expires 30d]
     kruxos release verify CHANNEL [--key PUBFILE...] [--revoked KEYID|PUBFILE...]
 """
@@ -23,6 +23,7 @@ from reconciler.release.channel import (
     sign_channel,
     verify_channel,
 )
+from reconciler.release.features import FEATURES
 from reconciler.release.keys import generate_keypair, keyid_of, load_public_key
 from reconciler.release.metadata import format_time
 
@@ -66,20 +67,32 @@ def keygen(directory: Path, name: str) -> None:
 @click.option("--channel-name", help="Name of a new channel (default: the directory name).")
 @click.option("--block-size", type=click.IntRange(min=4096), default=DEFAULT_BLOCK_SIZE,
               show_default=True, help="Bytes per hashed block.")
+@click.option("--requires", multiple=True, metavar="FEATURE",
+              help="A feature a device must implement to install this release (repeatable); "
+                   "devices without it skip the release.")
 def add(channel: Path, image: Path, version: str, changes: tuple[str, ...], day: str | None,
-        channel_name: str | None, block_size: int) -> None:
+        channel_name: str | None, block_size: int, requires: tuple[str, ...]) -> None:
     """Copy IMAGE into CHANNEL and list it (run `sign` to publish)."""
+    try:
+        when = date.fromisoformat(day) if day else None
+    except ValueError as exc:
+        raise click.BadParameter(f"--date {day!r}: expected YYYY-MM-DD") from exc
     try:
         if not (channel / DRAFT_FILE).exists():
             init_channel(channel, channel_name or channel.resolve().name)
-        when = date.fromisoformat(day) if day else None
-        rel = add_release(channel, image, version, list(changes), when, block_size=block_size)
-    except ValueError as exc:
-        raise click.BadParameter(f"--date {day!r}: expected YYYY-MM-DD") from exc
+        rel = add_release(channel, image, version, list(changes), when, block_size=block_size,
+                          requires=requires)
     except KruxosError as exc:
         raise click.ClickException(str(exc)) from exc
     click.echo(f"added {rel.version}: {channel / rel.image}, {rel.size} bytes, "
                f"{len(rel.blocks)} blocks, sha256 {rel.sha256}")
+    if rel.requires:
+        click.echo(f"requires {', '.join(rel.requires)}: devices that do not implement it "
+                   "skip this release (the signed metadata becomes format 2)")
+    unknown = [name for name in rel.requires if name not in FEATURES]
+    if unknown:
+        click.echo(f"note: this kruxos does not implement {', '.join(unknown)}; check the "
+                   "spelling (devices running this version skip the release)", err=True)
     click.echo(f"not published yet: run `kruxos release sign {channel} --key KEYFILE`")
 
 
@@ -124,7 +137,8 @@ def verify(channel: Path, keys: tuple[Path, ...], revoked: tuple[str, ...]) -> N
         latest = report.metadata.latest()
         for rel in report.metadata.releases:
             mark = " (latest)" if rel is latest else ""
-            click.echo(f"  {rel.version}{mark}: {rel.image}, {rel.size} bytes, {rel.date}")
+            needs = f", requires {', '.join(rel.requires)}" if rel.requires else ""
+            click.echo(f"  {rel.version}{mark}: {rel.image}, {rel.size} bytes, {rel.date}{needs}")
     for problem in report.problems:
         click.echo(f"REFUSED: {problem}", err=True)
     if not report.accepted:

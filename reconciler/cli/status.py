@@ -18,6 +18,7 @@ Forms (the first four lines are always there)::
 
     Staging: 1.0.1 into B (sda3), 45% (1.3 of 3.1 MB)
     Staged: 1.0.1 in B (sda3)
+    Not installable: 1.2.0 (requires service-artifacts, which this device does not implement)
     Next: <what the reconciler does next, and why>
 """
 
@@ -52,12 +53,28 @@ def status_lines(obs: ObservedState, policy: UpdatePolicy | None, action: Action
         lines.append(f"State file: {obs.state_problem}")
     if obs.boot_env_problem is not None:
         lines.append(f"Boot env: {obs.boot_env_problem}")
+    lines.extend(_refused_lines(obs))
     if obs.override is not None:
         who = f" by {obs.override.by}" if obs.override.by else ""
         lines.append(f"Pinned: {obs.override.version} at this device{who} "
                      "('kruxos update resume' hands back to the spec)")
     if action is not None:
         lines.append(f"Next: {action.reason}")
+    return lines
+
+
+#: Releases the device cannot install that status names one by one; the rest are counted.
+_NAMED_REFUSED = 3
+
+
+def _refused_lines(obs: ObservedState) -> list[str]:
+    """``Not installable: 1.2.0 (requires X, which this device does not implement)``."""
+    refused = obs.channel.refused  # newest first
+    names = list(refused)[:_NAMED_REFUSED]
+    lines = [f"Not installable: {v} ({refused[v]})" for v in names]
+    if len(refused) > len(names):
+        lines.append(f"Not installable: and {len(refused) - len(names)} more "
+                     "(kruxos update status --json lists them)")
     return lines
 
 
@@ -112,7 +129,7 @@ def status_json(obs: ObservedState, boot_raw: dict[str, Any], policy: UpdatePoli
     doc = asdict(obs)
     doc["slots"] = {name: asdict(slot) for name, slot in obs.slots.items()}
     doc["channel"] = {"versions": sorted(obs.channel.versions), "latest": obs.channel.latest,
-                      "error": obs.channel.error}
+                      "error": obs.channel.error, "refused": dict(obs.channel.refused)}
     doc["boot_status"] = obs.boot_status
     doc["boot"] = boot_raw
     doc["next"] = ({"action": action.kind, "reason": action.reason} if action else None)

@@ -36,6 +36,7 @@ from reconciler.decide import downgrade_refusal, is_newer, rollback_refusal
 from reconciler.errors import KruxosError
 from reconciler.inspect import inspect_device, spec_in_force
 from reconciler.observed import ChannelView
+from reconciler.release.features import newest_installable, skipped, why_not
 from reconciler.release.metadata import ChannelMetadata
 from reconciler.store import StateStore
 
@@ -76,16 +77,23 @@ def check(ctx: click.Context, as_json: bool) -> None:
     except KruxosError as exc:
         _fail(f"cannot check for updates: {exc}", 2, as_json)
     current = inspect_device(device, _now(), channel=view_of(meta)).observed.booted_slot.version
-    latest = meta.latest()
+    latest = newest_installable(meta)
     newer = latest is not None and is_newer(latest.version, current)
+    passed = skipped(meta)
     if as_json:
         click.echo(json.dumps({"current": current, "latest": latest.version if latest else None,
                                "update_available": newer,
                                "changes": list(latest.changes) if latest else [],
+                               "skipped": [{"version": r.version, "requires": list(r.requires),
+                                            "reason": why} for r, why in passed],
                                "channel": meta.channel, "serial": meta.serial}))
         sys.exit(1 if newer else 0)
     click.echo(f"Current version: {current or 'unknown'}")
-    click.echo(f"Latest version: {latest.version if latest else 'none published'}")
+    click.echo(f"Latest version: {latest.version if latest else 'none this device can install'}"
+               if passed else
+               f"Latest version: {latest.version if latest else 'none published'}")
+    for rel, why in passed:
+        click.echo(f"Skipped {rel.version}: it {why}.")
     if not newer or latest is None:
         click.echo("KruxOS is up to date.")
         sys.exit(0)
@@ -113,10 +121,14 @@ def apply(ctx: click.Context, version: str | None, yes: bool, no_reboot: bool,
     except KruxosError as exc:
         _fail(f"update refused: {exc}", 1, as_json)
     view = inspect_device(device, _now(), channel=view_of(meta))
-    release = meta.find(version) if version else meta.latest()
+    release = meta.find(version) if version else newest_installable(meta)
     if release is None:
-        _fail(f"{version or 'a release'} is not published on channel {meta.channel!r}", 1,
-              as_json)
+        what = version or ("a release this device can install" if meta.releases else "a release")
+        _fail(f"{what} is not published on channel {meta.channel!r}", 1, as_json)
+    unsupported = why_not(release)
+    if unsupported is not None:
+        _fail(f"update refused: {release.version} cannot be installed on this device: it "
+              f"{unsupported}", 1, as_json)
     running = view.observed.booted_slot.version
     _refuse_downgrade(view, release.version, running, as_json)
     target = view.observed.other_slot

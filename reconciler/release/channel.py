@@ -30,11 +30,13 @@ from reconciler.errors import ConfigError, KruxosError, ReleaseError
 from reconciler.release.image import HEADER_SIZE, ImageHeader, decode_header, encode_header
 from reconciler.release.keys import keyid_of, load_revoked, load_signing_key, load_trusted_keys
 from reconciler.release.metadata import (
-    FORMAT,
+    RELEASE_FIELDS,
     ChannelMetadata,
     Release,
     canonical_json,
+    format_for,
     format_time,
+    parse_requires,
     semver_key,
     verify_metadata,
 )
@@ -99,9 +101,18 @@ def _check_header(image_path: Path, version: str) -> None:
 
 
 def add_release(channel_dir: Path, image_path: Path, version: str, changes: Sequence[str],
-                date_: date | None = None, *, block_size: int = DEFAULT_BLOCK_SIZE) -> Release:
-    """Copy an image into the channel and list it in the draft (sign to publish)."""
+                date_: date | None = None, *, block_size: int = DEFAULT_BLOCK_SIZE,
+                requires: Sequence[str] = ()) -> Release:
+    """Copy an image into the channel and list it in the draft (sign to publish).
+
+    ``requires`` names the features a device must implement to install this
+    release (``docs/channel.md``); devices without one of them skip it.
+    """
     semver_key(version)
+    try:
+        needs = parse_requires(list(requires), "--requires")
+    except ReleaseError as exc:
+        raise ReleaseError(str(exc).removeprefix("channel metadata: ")) from exc
     draft = _load_draft(channel_dir)
     if any(r.get("version") == version for r in draft["releases"]):
         raise ReleaseError(f"{channel_dir}: version {version} is already in the channel")
@@ -109,7 +120,8 @@ def add_release(channel_dir: Path, image_path: Path, version: str, changes: Sequ
     name = image_name(version)
     size, sha, blocks = _copy_hashing(image_path, channel_dir / name, block_size)
     day = (date_ or datetime.now(UTC).date()).isoformat()
-    release = Release(version, day, tuple(changes), name, size, sha, block_size, tuple(blocks))
+    release = Release(version, day, tuple(changes), name, size, sha, block_size, tuple(blocks),
+                      needs)
     draft["releases"].append(release.to_json())
     atomic_write_json(channel_dir / DRAFT_FILE, draft, PUBLIC_MODE)
     return release
@@ -122,6 +134,22 @@ def _previous_serial(channel_dir: Path) -> int:
         return 0
     serial = old.get("signed", {}).get("serial", 0) if isinstance(old, dict) else 0
     return serial if isinstance(serial, int) else 0
+
+
+def _check_fields(channel_dir: Path, releases: Iterable[dict[str, Any]]) -> None:
+    """Sign no release field this version does not know: a device would ignore it.
+
+    A field that changes what a device must do has to come with ``requires``
+    (or a new format), which only a publisher that knows the field can write.
+    """
+    for index, rel in enumerate(releases):
+        unknown = sorted(str(k) for k in rel if k not in RELEASE_FIELDS)
+        if unknown:
+            raise ReleaseError(f"{channel_dir / DRAFT_FILE}: releases[{index}] has field(s) "
+                               f"{', '.join(repr(k[:40]) for k in unknown[:4])} this version "
+                               "of kruxos does not know; devices would ignore them, so they "
+                               "are not signed (remove them, or publish with a kruxos that "
+                               "writes them)")
 
 
 def _check_images_present(channel_dir: Path, releases: Iterable[dict[str, Any]]) -> None:
@@ -144,10 +172,11 @@ def sign_channel(channel_dir: Path, key_paths: Sequence[Path],
         raise ReleaseError("sign: name at least one signing key")
     keys = [load_signing_key(Path(p)) for p in key_paths]
     draft = _load_draft(channel_dir)
+    _check_fields(channel_dir, draft["releases"])
     _check_images_present(channel_dir, draft["releases"])
     moment = now or datetime.now(UTC)
     signed = {
-        "format": FORMAT, "channel": draft["channel"],
+        "format": _format_of(channel_dir, draft["releases"]), "channel": draft["channel"],
         "serial": _previous_serial(channel_dir) + 1,
         "issued": format_time(moment), "expires": format_time(moment + expires_in),
         "releases": draft["releases"],
@@ -158,6 +187,16 @@ def sign_channel(channel_dir: Path, key_paths: Sequence[Path],
     document = {"signed": signed, "signatures": signatures}
     atomic_write_json(channel_dir / METADATA_FILE, document, PUBLIC_MODE)
     return document
+
+
+def _format_of(channel_dir: Path, releases: Iterable[dict[str, Any]]) -> int:
+    """The format the draft's releases need (2 once one has ``requires``, else 1)."""
+    try:
+        return format_for(parse_requires(rel.get("requires", []), f"releases[{i}].requires")
+                          for i, rel in enumerate(releases))
+    except ReleaseError as exc:
+        raise ReleaseError(f"{channel_dir / DRAFT_FILE}: "
+                           f"{str(exc).removeprefix('channel metadata: ')}") from exc
 
 
 @dataclass
@@ -203,8 +242,9 @@ def verify_channel(channel_dir: Path, trusted_pub_paths: Sequence[Path], now: da
     except (ReleaseError, ConfigError) as exc:
         return ChannelReport(False, problems=[f"{path}: {exc}"])
     report = ChannelReport(True, meta)
-    report.notes.append(f"channel {meta.channel!r}, serial {meta.serial}, signed by "
-                        f"{', '.join(meta.signed_by)}, expires {format_time(meta.expires)}")
+    report.notes.append(f"channel {meta.channel!r}, format {meta.format}, serial {meta.serial}, "
+                        f"signed by {', '.join(meta.signed_by)}, expires "
+                        f"{format_time(meta.expires)}")
     for rel in meta.releases:
         problem = _check_image(channel_dir, rel)
         if problem:

@@ -6,6 +6,12 @@ arguments). The format is described in ``docs/channel.md``. Checks run in the
 order that keeps an attacker's bytes away from the rest of the code: JSON
 shape, then signatures over the canonical bytes, and only then the signed
 content (format, channel name, expiry, serial, releases).
+
+The format is versioned so that an older device cannot misread newer
+metadata: a document whose ``format`` is newer than :data:`NEWEST_FORMAT` is
+refused whole, and a release lists in ``requires`` the features a device must
+implement to install it (which ones this device implements is
+:mod:`reconciler.release.features`' business, not the parser's).
 """
 
 from __future__ import annotations
@@ -15,7 +21,7 @@ import binascii
 import json
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from typing import Any
@@ -27,7 +33,15 @@ from reconciler.errors import ReleaseError
 from reconciler.quoting import excerpt
 from reconciler.semver import Version
 
-FORMAT = 1
+#: The newest metadata format this device reads (every format from 1 up is read).
+NEWEST_FORMAT = 2
+#: The format that introduced ``requires``: a format-1 reader would ignore the field.
+REQUIRES_FORMAT = 2
+#: At most this many features per release, each a name of at most this many characters.
+MAX_REQUIRES = 32
+MAX_FEATURE_LENGTH = 64
+#: A feature name: lowercase words of letters and digits joined by ``-`` or ``.``.
+FEATURE_NAME = re.compile(r"^[a-z][a-z0-9]*(?:[-.][a-z0-9]+)*$")
 #: The largest metadata document parsed (the client reads no more than this either).
 MAX_BYTES = 16 << 20
 #: The deepest nesting of arrays and objects; real metadata is five levels deep.
@@ -106,6 +120,7 @@ class Release:
     sha256: str
     block_size: int
     blocks: tuple[str, ...]
+    requires: tuple[str, ...] = ()
 
     def block_range(self, index: int) -> tuple[int, int]:
         """Byte offsets ``[start, end)`` of block ``index``."""
@@ -113,12 +128,31 @@ class Release:
         return start, min(start + self.block_size, self.size)
 
     def to_json(self) -> dict[str, Any]:
-        """The release as it appears in ``signed.releases``."""
-        return {
+        """The release as it appears in ``signed.releases`` (``requires`` only when set)."""
+        doc: dict[str, Any] = {
             "version": self.version, "date": self.date, "changes": list(self.changes),
             "image": self.image, "size": self.size, "sha256": self.sha256,
             "block_size": self.block_size, "blocks": list(self.blocks),
         }
+        if self.requires:
+            doc["requires"] = list(self.requires)
+        return doc
+
+
+#: The fields of a release this version writes and reads; a publisher signs no other.
+RELEASE_FIELDS = frozenset({"version", "date", "changes", "image", "size", "sha256",
+                            "block_size", "blocks", "requires"})
+
+
+def format_for(requires: Iterable[Sequence[str]]) -> int:
+    """The lowest format that says what releases need, given each one's ``requires``.
+
+    2 once a release requires anything, else 1. Writing the lowest sufficient
+    format keeps devices that read only format 1 on a channel that needs
+    nothing new, and refuses them the whole channel as soon as a release
+    carries a requirement they would otherwise ignore.
+    """
+    return REQUIRES_FORMAT if any(requires) else 1
 
 
 @dataclass(frozen=True)
@@ -132,9 +166,14 @@ class ChannelMetadata:
     releases: tuple[Release, ...]
     signed_by: tuple[str, ...] = ()
     clock_note: str = ""
+    format: int = 1
 
     def latest(self) -> Release | None:
-        """The release with the highest version, ``None`` for an empty channel."""
+        """The release with the highest version, ``None`` for an empty channel.
+
+        The publisher's view: a device takes the newest release it can install
+        (:func:`reconciler.release.features.newest_installable`).
+        """
         return max(self.releases, key=lambda r: semver_key(r.version), default=None)
 
     def find(self, version: str) -> Release | None:
@@ -309,7 +348,28 @@ def _parse_release(obj: Any, index: int) -> Release:
     size = _count(obj, "size", where, 1)
     block_size = _count(obj, "block_size", where, 1, MAX_BLOCK_SIZE)
     whole, blocks = _digests(obj, where, size, block_size)
-    return Release(version, day, tuple(changes), image, size, whole, block_size, blocks)
+    return Release(version, day, tuple(changes), image, size, whole, block_size, blocks,
+                   parse_requires(obj.get("requires", []), f"{where}requires"))
+
+
+def parse_requires(value: Any, where: str) -> tuple[str, ...]:
+    """``requires``: a list of at most :data:`MAX_REQUIRES` distinct feature names.
+
+    Shared with the publisher (``kruxos release add --requires``), so a name the
+    tooling accepts is one every device parses.
+    """
+    if not isinstance(value, list):
+        raise _fail(f"{where}: expected a list of feature names, got {quote(value)}")
+    if len(value) > MAX_REQUIRES:
+        raise _fail(f"{where}: {len(value)} features, more than the {MAX_REQUIRES} accepted")
+    for name in value:
+        if not (isinstance(name, str) and len(name) <= MAX_FEATURE_LENGTH
+                and FEATURE_NAME.match(name)):
+            raise _fail(f"{where}: {quote(name)} is not a feature name (lowercase letters and "
+                        f"digits joined by '-' or '.', at most {MAX_FEATURE_LENGTH} characters)")
+    if len(set(value)) != len(value):
+        raise _fail(f"{where}: a feature is listed twice")
+    return tuple(value)
 
 
 def _digests(obj: Mapping[str, Any], where: str, size: int,
@@ -339,12 +399,30 @@ def _judge_time(expires: datetime, now: datetime, trusted_time: datetime | None)
     return note
 
 
-def parse_signed(signed: Mapping[str, Any]) -> tuple[str, int, datetime, datetime,
+def _parse_format(signed: Mapping[str, Any]) -> int:
+    """The document's format (absent: 1); one newer than this device reads is refused.
+
+    Checked before any other signed field: a newer format may mean anything by them.
+    """
+    fmt = signed.get("format", 1)
+    if type(fmt) is not int or fmt < 1:
+        raise _fail(f"format {quote(fmt)} is not supported (this device reads formats 1 to "
+                    f"{NEWEST_FORMAT})")
+    if fmt > NEWEST_FORMAT:
+        raise _fail(f"format {quote(fmt)} is newer than this device reads (the newest it "
+                    f"reads is format {NEWEST_FORMAT}); the device needs a newer KruxOS first")
+    return fmt
+
+
+def parse_signed(signed: Mapping[str, Any]) -> tuple[int, str, int, datetime, datetime,
                                                      tuple[Release, ...]]:
-    """The signed fields, shape-checked (call only after the signatures passed)."""
-    fmt = signed.get("format", FORMAT)
-    if type(fmt) is not int or fmt != FORMAT:
-        raise _fail(f"format {quote(fmt)} is not supported (this device reads format {FORMAT})")
+    """The signed fields, shape-checked (call only after the signatures passed).
+
+    Fields this version does not know are ignored, at the top and in a release:
+    by the rule of ``docs/channel.md`` a field that changes what a device must
+    do comes with a ``requires`` entry or a format bump, never on its own.
+    """
+    fmt = _parse_format(signed)
     channel = _field(signed, "channel", str, "")
     if not 0 < len(channel) <= MAX_NAME_LENGTH or not channel.isprintable():
         raise _fail(f"channel: {quote(channel)} is not a name (1 to {MAX_NAME_LENGTH} "
@@ -356,7 +434,7 @@ def parse_signed(signed: Mapping[str, Any]) -> tuple[str, int, datetime, datetim
                      enumerate(_field(signed, "releases", list, "")))
     if len({r.version for r in releases}) != len(releases):
         raise _fail("a version is listed twice")
-    return channel, serial, issued, expires, releases
+    return fmt, channel, serial, issued, expires, releases
 
 
 def verify_metadata(raw: bytes, trusted: Mapping[str, VerifyKey], revoked: frozenset[str],
@@ -372,11 +450,11 @@ def verify_metadata(raw: bytes, trusted: Mapping[str, VerifyKey], revoked: froze
     trusted_time = None if trusted_time is None else _as_utc(trusted_time)
     signed, signatures = _decode_document(raw)
     signed_by = check_signatures(signed, signatures, trusted, revoked)
-    name, serial, issued, expires, releases = parse_signed(signed)
+    fmt, name, serial, issued, expires, releases = parse_signed(signed)
     if channel is not None and name != channel:
         raise _fail(f"is for channel {name!r}, this device follows {channel!r}")
     note = _judge_time(expires, now, trusted_time)
     if min_serial is not None and serial < min_serial:
         raise _fail(f"serial {serial} is lower than {min_serial}, the last one accepted "
                     "(metadata rollback)")
-    return ChannelMetadata(name, serial, issued, expires, releases, signed_by, note)
+    return ChannelMetadata(name, serial, issued, expires, releases, signed_by, note, fmt)

@@ -1,9 +1,12 @@
 """Channel metadata, fuzzed: any document is believed or refused with a short ``ReleaseError``.
 
-Documents start as valid signed metadata; some have a field replaced by a
-hostile value and are signed again (so the attack reaches the parsing of the
-signed content, as from a compromised or buggy publisher), then bytes are
-mutated (so the envelope and the JSON themselves are attacked).
+Documents start as valid signed metadata (formats 1 and 2, releases with and
+without ``requires``); some have a field replaced by a hostile value (for
+``format`` and ``requires`` often one just past what is accepted) and are
+signed again (so the attack reaches the parsing of the signed content, as from
+a compromised or buggy publisher), then bytes are mutated (so the envelope and
+the JSON themselves are attacked). For a believed document the target also
+asks which releases the device can install, with and without features.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from typing import Any
 from hypothesis import strategies as st
 from nacl.signing import SigningKey
 
+from reconciler.release import features
 from reconciler.release.keys import keyid_of
 from reconciler.release.metadata import canonical_json, verify_metadata
 from tests.fuzz.harness import ParserWorker
@@ -28,12 +32,21 @@ ACCEPTED = ("reconciler.errors.ReleaseError",)
 KEY = SigningKey(bytes(range(32)))
 KEYID = keyid_of(KEY.verify_key)
 NOW = datetime(2030, 5, 10, tzinfo=UTC)
+#: Feature names a publisher may list: the reserved ones and made-up valid names.
+FEATURE_NAMES = ["service-artifacts", "container-image", "phased-rollout", "block-index-64k",
+                 "a", "x9", "v2.delta", "z" * 64]
+#: What a later device might implement (the fuzz target asks with and without it).
+IMPLEMENTED = frozenset(FEATURE_NAMES[:2])
 
 
 def verify(document: bytes) -> None:
-    """The device's whole check of one fetched ``metadata.json``."""
-    verify_metadata(document, {KEYID: KEY.verify_key}, frozenset(), NOW, 3, None,
-                    channel="stable")
+    """The device's whole check of one fetched ``metadata.json``, and which releases it
+    can install (what ``latest`` resolves to, which newer ones it skips and why)."""
+    meta = verify_metadata(document, {KEYID: KEY.verify_key}, frozenset(), NOW, 3, None,
+                           channel="stable")
+    features.newest_installable(meta)
+    features.skipped(meta)
+    features.skipped(meta, IMPLEMENTED)
 
 
 def sign(signed: Any, keyid: str = KEYID) -> dict[str, Any]:
@@ -51,16 +64,24 @@ def _blocks(size: int, block_size: int) -> list[str]:
 
 def _release(rnd: random.Random, version: str) -> dict[str, Any]:
     size, block_size = rnd.randint(1, 10_000), rnd.choice([512, 1024, 4096, 1 << 20])
-    return {"version": version, "date": "2030-05-01", "changes": ["line"] * rnd.randint(0, 2),
-            "image": "kruxos.img", "size": size, "sha256": rnd.randbytes(32).hex(),
-            "block_size": block_size, "blocks": _blocks(size, block_size)}
+    release = {"version": version, "date": "2030-05-01",
+               "changes": ["line"] * rnd.randint(0, 2), "image": "kruxos.img", "size": size,
+               "sha256": rnd.randbytes(32).hex(), "block_size": block_size,
+               "blocks": _blocks(size, block_size)}
+    if rnd.random() < 0.5:
+        release["requires"] = rnd.sample(FEATURE_NAMES, rnd.randint(0, 3))
+    return release
 
 
 def _valid_signed(rnd: random.Random) -> dict[str, Any]:
     versions = rnd.sample(["1.0.0", "1.0.1-rc.1", "2.10.3", "0.0.9+b7"], rnd.randint(0, 3))
-    return {"format": 1, "channel": "stable", "serial": rnd.randint(3, 10**6),
-            "issued": "2030-05-01T12:00:00Z", "expires": "2030-05-31T12:00:00Z",
-            "releases": [_release(rnd, version) for version in versions]}
+    signed = {"format": rnd.choice([1, 2]), "channel": "stable",
+              "serial": rnd.randint(3, 10**6),
+              "issued": "2030-05-01T12:00:00Z", "expires": "2030-05-31T12:00:00Z",
+              "releases": [_release(rnd, version) for version in versions]}
+    if rnd.random() < 0.2:
+        del signed["format"]  # format 1, as metadata signed before formats were numbered
+    return signed
 
 
 def _deep(depth: int) -> Any:
@@ -77,9 +98,17 @@ HOSTILE_VALUES: list[Any] = [
     "../etc/passwd", "2030-W01-1", "\u0663.0.0", "1.0.0\n", "\x1b[2J", [], [1, 2], {"a": 1},
     _deep(10), _deep(40), _deep(900), _blocks(200, 1),
 ]
+#: Values near what ``format`` and ``requires`` accept: just past each limit, or mistyped.
+HOSTILE_FORMATS: list[Any] = [0, 2, 3, -2, 2**62, 2**63, 10**40, "2", 2.0, [2], {"v": 2}]
+HOSTILE_REQUIRES: list[Any] = [
+    "service-artifacts", ["Service-Artifacts"], ["service artifacts"], ["a", "a"], [""],
+    ["-a"], ["a-"], ["a..b"], ["z" * 65], ["a"] * 33, [f"f{i}" for i in range(32)],
+    ["é"], ["a\x00"], ["\x1b[2J"], [None], [["a"]], [{"name": "a"}], [1], {"a": True},
+]
 RELEASE_FIELDS = ["version", "date", "changes", "image", "size", "sha256", "block_size",
-                  "blocks", "unknown"]
+                  "blocks", "requires", "unknown"]
 TOP_FIELDS = ["format", "channel", "serial", "issued", "expires", "releases", "unknown"]
+_NEAR = {"format": HOSTILE_FORMATS, "requires": HOSTILE_REQUIRES}
 
 
 def _hostile_signed(rnd: random.Random) -> Any:
@@ -95,6 +124,8 @@ def _hostile_signed(rnd: random.Random) -> Any:
         target, field = signed, rnd.choice(TOP_FIELDS)
     if rnd.random() < 0.3 and field in target:
         del target[field]
+    elif field in _NEAR and rnd.random() < 0.6:
+        target[field] = rnd.choice(_NEAR[field])
     else:
         target[field] = rnd.choice(HOSTILE_VALUES)
     return signed

@@ -1,0 +1,74 @@
+"""The features this device implements, and which releases it can therefore install.
+
+A release lists in ``requires`` the features a device must implement to
+install it correctly (``docs/channel.md``, "Features"). A device installs only
+releases whose every requirement is in :data:`FEATURES`; the others stay
+visible, with the reason, but are never staged: ``latest`` resolves to the
+newest release the device can install, and a pin to another one is refused.
+
+Adding a feature is one change: implement it, add its name to
+:data:`FEATURES`, and describe it in the features table of ``docs/channel.md``.
+From then on the publisher lists the name in ``requires`` of every release that
+needs it (``kruxos release add --requires NAME``), and devices without it skip
+those releases instead of misreading them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from reconciler.release.metadata import ChannelMetadata, Release, semver_key
+
+#: The features this build of KruxOS implements. None is defined yet: the names
+#: reserved for the coming ones are ``service-artifacts``, ``container-image``,
+#: ``phased-rollout`` and ``block-index-64k`` (``docs/channel.md``).
+FEATURES: frozenset[str] = frozenset()
+#: Releases a refusal names one by one; the rest are counted.
+NAMED_REFUSALS = 4
+
+
+def missing(release: Release, implemented: frozenset[str] | None = None) -> tuple[str, ...]:
+    """The features ``release`` requires that ``implemented`` (default :data:`FEATURES`,
+    read at the call) lacks, in the release's order."""
+    have = FEATURES if implemented is None else implemented
+    return tuple(name for name in release.requires if name not in have)
+
+
+def why_not(release: Release, implemented: frozenset[str] | None = None) -> str | None:
+    """Why this device cannot install ``release`` (``requires X, ...``), or ``None``."""
+    lacking = missing(release, implemented)
+    if not lacking:
+        return None
+    return f"requires {', '.join(lacking)}, which this device does not implement"
+
+
+def installable(releases: Iterable[Release],
+                implemented: frozenset[str] | None = None) -> list[Release]:
+    """The releases whose every requirement is implemented, in their order."""
+    return [r for r in releases if not missing(r, implemented)]
+
+
+def newest_installable(meta: ChannelMetadata,
+                       implemented: frozenset[str] | None = None) -> Release | None:
+    """What ``latest`` means on this device: the highest version it can install."""
+    return max(installable(meta.releases, implemented), key=lambda r: semver_key(r.version),
+               default=None)
+
+
+def skipped(meta: ChannelMetadata,
+            implemented: frozenset[str] | None = None) -> list[tuple[Release, str]]:
+    """The releases newer than :func:`newest_installable` that it skipped, newest first."""
+    newest = newest_installable(meta, implemented)
+    floor = semver_key(newest.version) if newest is not None else None
+    found = [(r, why) for r in meta.releases if (why := why_not(r, implemented)) is not None
+             and (floor is None or semver_key(r.version) > floor)]
+    return sorted(found, key=lambda item: semver_key(item[0].version), reverse=True)
+
+
+def refusal_reason(refused: Iterable[tuple[Release, str]]) -> str:
+    """One sentence for the audit trail naming the refused releases (the first few)."""
+    items = list(refused)
+    named = "; ".join(f"{r.version} {why}" for r, why in items[:NAMED_REFUSALS])
+    more = len(items) - NAMED_REFUSALS
+    return ("releases this device cannot install: " + named
+            + (f"; and {more} more" if more > 0 else ""))
