@@ -40,6 +40,8 @@ ZERO_HASH = "0" * 64
 KINDS = frozenset({"decision", "outcome", "event"})
 #: The action of the event that re-anchors the head after the state file lost it.
 REANCHOR = "re-anchor"
+#: The action of the event that says which files retention removed.
+PRUNED = "audit-pruned"
 ACTORS = frozenset({"spec", "schedule", "health", "cli", "daemon", "resync"})
 _FILE_RE = re.compile(r"^audit-(\d{6,})\.jsonl$")
 _AGE_RE = re.compile(r"^\s*(\d+)\s*([smhd])\s*$")
@@ -177,6 +179,8 @@ class VerifyResult:
     head_seq: int
     files: int
     reanchors: tuple[tuple[int, str], ...] = ()
+    #: Where a pruned trail starts: (seq of the last record pruned, its time).
+    checkpoint: tuple[int, str] | None = None
 
     def describe(self) -> str:
         """The one-line verdict ``kruxos audit verify`` prints."""
@@ -188,13 +192,19 @@ class VerifyResult:
         return f"FAILED: {self.problem}"
 
     def reanchor_note(self) -> str:
-        """``; re-anchored at #12 (why)`` for each re-anchor, or nothing."""
-        return "".join(f"; re-anchored at #{seq} ({why})" for seq, why in self.reanchors)
+        """``; records up to #40 pruned (...)`` and ``; re-anchored at #12 (why)``."""
+        pruned = "" if self.checkpoint is None else (
+            f"; records up to #{self.checkpoint[0]} pruned (checkpoint of "
+            f"{self.checkpoint[1]})")
+        return pruned + "".join(f"; re-anchored at #{seq} ({why})"
+                                for seq, why in self.reanchors)
 
     def to_dict(self) -> dict[str, Any]:
         """The machine form of ``kruxos audit verify --json``."""
         value = asdict(self)
         value["reanchors"] = [{"seq": seq, "reason": why} for seq, why in self.reanchors]
+        value["checkpoint"] = None if self.checkpoint is None else {
+            "seq": self.checkpoint[0], "time": self.checkpoint[1]}
         return value
 
 
@@ -237,7 +247,66 @@ def _head_problem(value: Any) -> str | None:
     seq, digest = value.get("seq", 0), value.get("hash", ZERO_HASH)
     if not _is_int(seq) or seq < 0 or not isinstance(digest, str) or len(digest) != 64:
         return "seq or hash malformed"
+    if "checkpoint" in value and _checkpoint(value) is None:
+        return "checkpoint malformed"
     return None
+
+
+@dataclass(frozen=True)
+class Retention:
+    """How much of the trail is kept: files whose newest record is older than ``days``,
+    and the oldest files while the trail is larger than ``max_bytes``, are pruned
+    (the file being written is always kept). ``None``: no limit of that kind."""
+
+    days: int | None = None
+    max_bytes: int | None = None
+
+    def __str__(self) -> str:
+        kept = [f"{self.days} days" if self.days else "",
+                f"{self.max_bytes // (1024 * 1024)} MiB" if self.max_bytes else ""]
+        return "retention " + (" and ".join(k for k in kept if k) or "unlimited")
+
+    def doomed(self, files: list[tuple[int, Path]], now: datetime) -> list[tuple[int, Path]]:
+        """The oldest files to prune, in order (never the newest two)."""
+        if not self.days and not self.max_bytes:
+            return []
+        sizes = [path.stat().st_size for _, path in files]
+        total = sum(sizes)
+        out: list[tuple[int, Path]] = []
+        for index, (number, path) in enumerate(files[:-2]):
+            newest = _first_record(files[index + 1][1])  # every record here is older
+            old = bool(self.days and newest is not None
+                       and newest.at < _as_utc(now) - timedelta(days=self.days))
+            big = bool(self.max_bytes and total > self.max_bytes)
+            if not (old or big):
+                break
+            out.append((number, path))
+            total -= sizes[index]
+        return out
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """Where a pruned trail starts: file ``file`` begins with the record after ``seq``,
+    whose ``prev`` is ``hash``; ``time`` is when the last pruned record was written."""
+
+    seq: int
+    hash: str
+    time: str
+    file: int
+
+
+def _checkpoint(head: dict[str, Any]) -> Checkpoint | None:
+    value = head.get("checkpoint")
+    if not isinstance(value, dict):
+        return None
+    seq: Any = value.get("seq")
+    number: Any = value.get("file")
+    digest, time = value.get("hash"), value.get("time")
+    if not (_is_int(seq) and _is_int(number) and isinstance(digest, str)
+            and isinstance(time, str) and seq >= 1 and number >= 2 and len(digest) == 64):
+        return None
+    return Checkpoint(seq, digest, time, number)
 
 
 class AuditReader:
@@ -284,40 +353,72 @@ class AuditReader:
                 continue
         return found
 
-    def _live_start(self, files: list[tuple[int, Path]]) -> tuple[int, AuditRecord | None]:
+    def _live_start(self, files: list[tuple[int, Path]],
+                    firsts: list[AuditRecord | None] | None = None,
+                    ) -> tuple[int, AuditRecord | None]:
         """Where the live chain starts: the index of the newest file that begins with a
         seal, and the seal; ``(0, None)`` when the trail was never sealed."""
         for index in range(len(files) - 1, -1, -1):
-            record = _first_record(files[index][1])
+            record = firsts[index] if firsts is not None else _first_record(files[index][1])
             if record is not None and _is_seal(record):
                 return index, record
         return 0, None
 
-    def _sealed_flags(self) -> list[tuple[int, Path, bool]]:
+    def _indexed(self) -> list[tuple[Path, bool, AuditRecord | None]]:
+        """Each file with whether it is sealed (damaged, kept as found) and its first record."""
         files = self.files()
-        start, _ = self._live_start(files)
-        return [(number, path, index < start) for index, (number, path) in enumerate(files)]
+        firsts = [_first_record(path) for _, path in files]
+        start, _ = self._live_start(files, firsts)
+        return [(path, index < start, firsts[index]) for index, (_, path) in enumerate(files)]
 
     def records(
-        self, since: datetime | None = None, action: str | None = None
+        self, since: datetime | None = None, action: str | None = None, after: int = 0,
     ) -> Iterator[AuditRecord]:
-        """All records in order, optionally from ``since`` on and of one ``action``."""
+        """All records in order, optionally from ``since`` on, of one ``action``, and with a
+        seq above ``after``.
+
+        Files wholly before ``since`` or ``after`` are not read: a file is skipped when
+        the next one starts before ``since`` (records are appended in time order; a
+        clock set back makes a record look older than it is) or at or below ``after``.
+        """
         start = None if since is None else _as_utc(since)
-        for _, path, sealed in self._sealed_flags():
-            for record in self._file_records(path, sealed):
+        indexed = self._indexed()
+        first_read = 0
+        for index in range(1, len(indexed)):
+            nxt = indexed[index][2]
+            if nxt is None or indexed[index][1]:
+                continue
+            if (start is not None and nxt.at < start) or (after and nxt.seq <= after + 1):
+                first_read = index
+        since_text = _format_time(start).encode() if start is not None else None
+        for path, sealed, _ in indexed[first_read:]:
+            lines, _ = self._lines(path)
+            for number, line in enumerate(lines, 1):
+                if _before(line, since_text, after):
+                    continue  # told by its last fields, without parsing the line
+                try:
+                    record = AuditRecord.from_json(line)
+                except ValueError:
+                    if sealed:
+                        continue
+                    raise AuditError(f"audit: {path.name} line {number}: not a valid record; "
+                                     "run `kruxos audit verify`") from None
                 if start is not None and record.at < start:
+                    continue
+                if record.seq <= after:
                     continue
                 if action is None or record.action == action:
                     yield record
 
     def reversed_records(self) -> Iterator[AuditRecord]:
         """All records, newest first (reads one file at a time)."""
-        for _, path, sealed in reversed(self._sealed_flags()):
+        for path, sealed, _ in reversed(self._indexed()):
             yield from reversed(self._file_records(path, sealed))
 
     def get(self, seq: int) -> AuditRecord | None:
-        """The record with this seq, or ``None``."""
-        return next((r for r in self.records() if r.seq == seq), None)
+        """The record with this seq, or ``None`` (reads from the file that holds it on)."""
+        return next((r for r in self.records(after=seq - 1) if r.seq >= seq and r.seq == seq),
+                    None)
 
     def last(self) -> AuditRecord | None:
         """The newest complete record, or ``None`` for an empty trail."""
@@ -394,12 +495,100 @@ class AuditReader:
         return _Verifier(self).run()
 
 
+@dataclass(frozen=True, slots=True)
+class _Link:
+    """What the verifier keeps of one record: enough to follow the chain, nothing more."""
+
+    seq: Any
+    prev: Any
+    hash: str
+    intact: bool
+    action: str
+    reason: str
+
+
 @dataclass
 class _Walk:
     """What the verifier collected: records in order, and where reading had to stop."""
 
-    records: list[AuditRecord] = field(default_factory=list)
+    records: list[_Link] = field(default_factory=list)
     stop: str | None = None
+
+
+_HASH_FIELD = len(b'"hash":"",') + 64
+
+
+def _prev_of(line: bytes) -> bytes | None:
+    """The top-level ``prev`` of a stored line, found without parsing it.
+
+    Only ``reason``, ``seq`` and string fields follow ``prev`` in a stored
+    (canonical) line, and a JSON string cannot hold ``,"prev":"`` unescaped,
+    so the last occurrence is the record's own field.
+    """
+    at = line.rfind(b',"prev":"')
+    return line[at + 9:at + 73] if at >= 0 else None
+
+
+def _seq_of(line: bytes) -> int | None:
+    """The top-level ``seq`` of a stored line (the last ``,"seq":``, as for ``prev``)."""
+    at = line.rfind(b',"seq":')
+    end = line.find(b",", at + 7)
+    digits = line[at + 7:end] if at >= 0 and end > 0 else b""
+    return int(digits) if digits.isdigit() and len(digits) < 20 else None
+
+
+def _before(line: bytes, since: bytes | None, after: int) -> bool:
+    """Is a stored line surely older than ``since`` or at or below seq ``after``?
+
+    Reads the last fields of the canonical line (``time`` is the last one, in
+    the trail's fixed format, so text order is time order); ``False`` whenever
+    that cannot be told, and the line is parsed.
+    """
+    if after:
+        seq = _seq_of(line)
+        if seq is not None and seq <= after:
+            return True
+    if since is not None:
+        at = line.rfind(b',"time":"')
+        stamp = line[at + 9:at + 29] if at >= 0 else b""
+        if len(stamp) == 20 and stamp.endswith(b"Z") and stamp < since:
+            return True
+    return False
+
+
+def _links(lines: list[bytes]) -> tuple[list[_Link], tuple[int, str] | None]:
+    """The lines as chain links, and the first line that is no record (index, why).
+
+    The fast path parses nothing: a record's hash is the next record's ``prev``,
+    and a record is stored as the canonical JSON that hash was computed over
+    plus its ``hash`` field, so the line without that field must hash to it.
+    A line that does not (changed, the last one, a re-anchor whose reason is
+    reported) is parsed into a record and checked the slow way, which also
+    names what is wrong with it.
+    """
+    links: list[_Link] = []
+    prevs = [_prev_of(line) for line in lines]
+    sha256, anchor = hashlib.sha256, b'{"action":"' + REANCHOR.encode()
+    last = len(lines) - 1
+    for index, line in enumerate(lines):
+        digest, prev = (prevs[index + 1] if index < last else None), prevs[index]
+        link = None
+        if digest is not None and prev is not None and not line.startswith(anchor):
+            body = line.replace(b'"hash":"' + digest + b'",', b"", 1)
+            text = digest.decode("ascii", "replace")
+            if len(body) == len(line) - _HASH_FIELD and sha256(body).hexdigest() == text:
+                seq = _seq_of(line)
+                if seq is not None:
+                    link = _Link(seq, prev.decode("ascii", "replace"), text, True, "", "")
+        if link is None:
+            try:
+                record = AuditRecord.from_json(line)
+            except ValueError as exc:
+                return links, (index, str(exc))
+            link = _Link(record.seq, record.prev, record.hash,
+                         record.computed_hash() == record.hash, record.action, record.reason)
+        links.append(link)
+    return links, None
 
 
 class _Verifier:
@@ -412,7 +601,16 @@ class _Verifier:
 
     def __init__(self, reader: AuditReader) -> None:
         self.reader = reader
-        self.files = reader.files()
+        self.checkpoint: Checkpoint | None = None
+        try:
+            self.checkpoint = _checkpoint(reader.head_doc())
+        except AuditError:
+            pass  # run() reports the head
+        files = reader.files()
+        if self.checkpoint is not None and files and files[0][0] < self.checkpoint.file:
+            # files a prune was deleting when it was cut off: behind the checkpoint
+            files = [(n, p) for n, p in files if n >= self.checkpoint.file] or files
+        self.files = files
         self.start, self.seal = reader._live_start(self.files)
 
     def run(self) -> VerifyResult:
@@ -434,11 +632,23 @@ class _Verifier:
             bad = self._head(walk.records, before, after[0])
         first, problem = bad if bad else (None, None)
         anchors = tuple((r.seq, r.reason) for r in walk.records if r.action == REANCHOR)
-        return self._result(len(walk.records), after[0], first, problem, anchors)
+        result = self._result(len(walk.records), after[0], first, problem, anchors)
+        pruned = self._pruned()
+        return replace(result, checkpoint=(pruned.seq, pruned.time)) if pruned else result
 
     def _base(self) -> int:
-        """The seq of the first record checked: 1, or the newest seal's."""
-        return self.seal.seq if self.seal is not None else 1
+        """The seq of the first record checked: 1, the checkpoint's next, or the seal's."""
+        if self.seal is not None:
+            return self.seal.seq
+        pruned = self._pruned()
+        return pruned.seq + 1 if pruned is not None else 1
+
+    def _pruned(self) -> Checkpoint | None:
+        """The checkpoint, when the trail now starts at it (its first file was pruned)."""
+        cp = self.checkpoint
+        if cp is None or not self.files or self.files[0][0] != cp.file:
+            return None
+        return cp
 
     def _result(
         self, count: int, head: int, first: int | None, problem: str | None,
@@ -456,8 +666,11 @@ class _Verifier:
             str(f.get("name")): f for f in listed if isinstance(f, dict)
         } if isinstance(listed, list) else {}
         present = {path.name: path for _, path in self.files[:self.start]}
+        first = self.files[0][0] if self.files else 0
         for name in sorted(set(expected) | set(present)):
             want, path = expected.get(name), present.get(name)
+            if path is None and _number_of(name) < first and self.checkpoint is not None:
+                continue  # pruned since, behind the checkpoint
             if want is None or path is None:
                 change = "is missing" if path is None else "was added"
                 return self.seal.seq, (f"sealed file {name} {change} since the seal at "
@@ -471,14 +684,27 @@ class _Verifier:
         walk = _Walk()
         live = self.files[self.start:]
         first_number = live[0][0] if live else 1
+        lines: list[tuple[bytes, Path, int]] = []
         for index, (number, path) in enumerate(live):
             walk.stop = self._missing_file(first_number + index, number)
-            last_file = index == len(live) - 1
             if walk.stop is None:
-                walk.stop = self._read_file(path, walk.records, last_file)
+                walk.stop = self._read_lines(path, lines, index == len(live) - 1)
             if walk.stop is not None:
                 break
+        walk.records, problem = _links([line for line, _, _ in lines])
+        if problem is not None:
+            index, why = problem
+            _, path, number = lines[index]
+            walk.stop = f"{path.name} line {number}: unparseable line ({why})"
         return walk
+
+    def _read_lines(self, path: Path, out: list[tuple[bytes, Path, int]],
+                    last_file: bool) -> str | None:
+        lines, partial = self.reader._lines(path)
+        out.extend((line, path, number) for number, line in enumerate(lines, 1))
+        if partial and not last_file:
+            return f"{path.name} ends in a partial line (a write was cut off)"
+        return None
 
     def _missing_file(self, expected: int, number: int) -> str | None:
         if number == expected:
@@ -490,29 +716,20 @@ class _Verifier:
         )
         return f"file {gap} is missing (the next file is {_file_name(number)})"
 
-    def _read_file(self, path: Path, out: list[AuditRecord], last_file: bool) -> str | None:
-        lines, partial = self.reader._lines(path)
-        for number, line in enumerate(lines, 1):
-            try:
-                out.append(AuditRecord.from_json(line))
-            except ValueError as exc:
-                return f"{path.name} line {number}: unparseable line ({exc})"
-        if partial and not last_file:
-            return f"{path.name} ends in a partial line (a write was cut off)"
-        return None
-
-    def _chain(self, records: list[AuditRecord]) -> tuple[int, str] | None:
+    def _chain(self, records: list[_Link]) -> tuple[int, str] | None:
         base = self._base()
-        prev = records[0].prev if records and self.seal is not None else ZERO_HASH
+        pruned = self._pruned()
+        prev = records[0].prev if records and self.seal is not None else (
+            pruned.hash if pruned is not None else ZERO_HASH)
         for position, record in enumerate(records, base):
-            problem = _record_problem(position, record, prev, records[position - base + 1:])
+            problem = _record_problem(position, record, prev, records, position - base)
             if problem:
                 return position, problem
             prev = record.hash
         return None
 
     def _head(
-        self, records: list[AuditRecord], head: tuple[int, str], later_seq: int
+        self, records: list[_Link], head: tuple[int, str], later_seq: int
     ) -> tuple[int, str] | None:
         seq, digest = head
         base = self._base()
@@ -530,6 +747,11 @@ class _Verifier:
                 "(records were added outside the reconciler, or the state was reset)"
             )
         return None
+
+
+def _number_of(name: str) -> int:
+    match = _FILE_RE.match(name)
+    return int(match[1]) if match else 0
 
 
 def _first_record(path: Path) -> AuditRecord | None:
@@ -563,13 +785,13 @@ def _file_digest(path: Path) -> tuple[int, str]:
 
 
 def _record_problem(
-    position: int, record: AuditRecord, prev: str, later: list[AuditRecord]
+    position: int, record: _Link, prev: str, records: list[_Link], index: int
 ) -> str | None:
-    """Why the record at ``position`` breaks the chain, or ``None``."""
-    if record.computed_hash() != record.hash:
+    """Why the record at ``position`` (``records[index]``) breaks the chain, or ``None``."""
+    if not record.intact:
         return f"record {position}: hash mismatch (record was changed)"
     if record.seq != position:
-        moved = any(r.seq == position for r in later)
+        moved = any(r.seq == position for r in records[index + 1:])
         cause = (
             "records were reordered" if moved or record.seq < position else ("a record was dropped")
         )
@@ -633,11 +855,13 @@ class AuditTrail(AuditReader):
         *,
         max_bytes: int = DEFAULT_MAX_BYTES,
         clock: Callable[[], datetime] = _utc_now,
+        retention: Retention | None = None,
     ) -> None:
         super().__init__(store, directory)
         self._lock = threading.RLock()  # one append at a time, whichever thread asks
         self.max_bytes = max_bytes
         self.clock = clock
+        self.retention = retention or Retention()
         self._make_directory()
         self._drop_partial_tail()
         self._last: AuditRecord | None = None
@@ -693,6 +917,11 @@ class AuditTrail(AuditReader):
             self._head_lost(f"{damaged_head}", end)
             return
         self._head = dict(doc)
+        try:
+            self._finish_prune()
+        except OSError as exc:
+            raise AuditError(f"audit: cannot finish removing pruned files: "
+                             f"{exc.strerror or exc}") from exc
         seq, digest = int(doc.get("seq", 0)), str(doc.get("hash", ZERO_HASH))
         if not doc and last is not None:
             self._head_lost("the head was lost", end)
@@ -885,9 +1114,11 @@ class AuditTrail(AuditReader):
                 prev=self._last.hash if self._last else ZERO_HASH,
             )
         )
-        self._write((record.to_json() + "\n").encode("utf-8"), record.seq)
+        fresh = self._write((record.to_json() + "\n").encode("utf-8"), record.seq)
         self._remember(record)
         self._store_head(record)
+        if fresh and action != PRUNED:
+            self._prune()
         return record
 
     def _check(self, kind: str, actor: str, decision: int | None) -> None:
@@ -912,7 +1143,8 @@ class AuditTrail(AuditReader):
             return self.directory / _file_name(number + 1), True
         return path, current == 0
 
-    def _write(self, line: bytes, seq: int, new_file: Path | None = None) -> None:
+    def _write(self, line: bytes, seq: int, new_file: Path | None = None) -> bool:
+        """Append one line durably; ``True`` when it started a new file."""
         try:
             path, fresh = (new_file, True) if new_file else self._target(len(line))
             fd = create_file(path, os.O_WRONLY | os.O_APPEND)
@@ -925,6 +1157,7 @@ class AuditTrail(AuditReader):
             self._write_fd(fd, path, fresh, line, seq)
         finally:
             os.close(fd)
+        return fresh
 
     def _write_fd(self, fd: int, path: Path, fresh: bool, line: bytes, seq: int) -> None:
         """Append and fsync; a full disk gives back the reserve once (see ``store.Reserve``)."""
@@ -969,9 +1202,69 @@ class AuditTrail(AuditReader):
         self._write_head({**self._head, "repeats": repeats, "repeats_of": seq},
                          f"count a repeat of decision {seq}")
 
+    def _prune(self) -> None:
+        """Remove the oldest files the retention no longer keeps, behind a checkpoint.
+
+        Runs when a record starts a new file. Order, each step durable before
+        the next: an ``audit-pruned`` event naming what goes (each file's length
+        and SHA-256) and where the trail now starts; the checkpoint in the head
+        (the first kept record's seq and ``prev``); then the files, oldest first.
+        A cut anywhere leaves a trail that verifies, and the next open finishes
+        the removal. A failure to prune never fails the record that asked.
+        """
+        files = self.files()
+        doomed = self.retention.doomed(files, self.clock())
+        if not doomed:
+            return
+        keep_number, keep_path = files[len(doomed)]
+        first = _first_record(keep_path)
+        if first is None:
+            return  # the first kept file does not start with a record: leave it all
+        last_pruned = self._last_line_record(doomed[-1][1])
+        time = last_pruned.time if last_pruned is not None else first.time
+        gone = []
+        for _, path in doomed:
+            size, digest = _file_digest(path)
+            gone.append({"name": path.name, "bytes": size, "sha256": digest})
+        try:
+            self.event("daemon", PRUNED, f"audit records up to #{first.seq - 1} pruned "
+                       f"({len(doomed)} file{'s' * (len(doomed) != 1)}, {self.retention}); "
+                       f"the trail starts at #{first.seq} in {keep_path.name}",
+                       details={"pruned": gone, "start": {"file": keep_path.name,
+                                                          "seq": first.seq,
+                                                          "prev": first.prev}})
+            checkpoint = {"seq": first.seq - 1, "hash": first.prev, "time": time,
+                          "file": keep_number}
+            self._write_head({**self._head, "checkpoint": checkpoint}, "write a checkpoint")
+            self._finish_prune()
+        except (AuditError, OSError):
+            return  # kept a while longer; tried again at the next new file
+
+    def _finish_prune(self) -> None:
+        """Remove the files behind the checkpoint (a prune cut off is finished here)."""
+        cp = _checkpoint(self._head)
+        if cp is None:
+            return
+        removed = False
+        for number, path in self.files():
+            if number >= cp.file:
+                break
+            path.unlink(missing_ok=True)
+            removed = True
+        if removed:
+            fsync_dir(self.directory)
+
+    def _last_line_record(self, path: Path) -> AuditRecord | None:
+        lines, _ = self._lines(path)
+        try:
+            return AuditRecord.from_json(lines[-1]) if lines else None
+        except ValueError:
+            return None
+
     def _write_head(self, doc: dict[str, Any], what: str = "write the head") -> None:
         """``head.json``, atomically and durably; only the trail writes it."""
-        doc = {k: doc[k] for k in ("seq", "hash", "repeats", "repeats_of") if k in doc}
+        doc = {k: doc[k] for k in ("seq", "hash", "repeats", "repeats_of", "checkpoint")
+               if k in doc}
         doc.setdefault("seq", 0)
         doc.setdefault("hash", ZERO_HASH)
         try:
@@ -1012,10 +1305,11 @@ class UnopenedTrail(AuditReader):
 
 
 def open_trail(store: StateStore, directory: Path,
-               clock: Callable[[], datetime] = _utc_now) -> AuditTrail | UnopenedTrail:
+               clock: Callable[[], datetime] = _utc_now,
+               retention: Retention | None = None) -> AuditTrail | UnopenedTrail:
     """The trail's writer, or a stand-in saying why it cannot be opened."""
     try:
-        return AuditTrail(store, directory, clock=clock)
+        return AuditTrail(store, directory, clock=clock, retention=retention)
     except AuditError as exc:
         return UnopenedTrail(store, directory, exc)
     except OSError as exc:

@@ -90,6 +90,15 @@ class ChannelConfig(_Model):
     credentials: CredentialsConfig | None = None
 
 
+class AuditConfig(_Model):
+    """How much of the audit trail is kept (``docs/audit.md``, Retention)."""
+
+    keep_days: Annotated[int, Field(ge=1, le=36500)] | None = Field(default=400,
+                                                                   alias="keepDays")
+    keep_mib: Annotated[int, Field(ge=16, le=1 << 20)] | None = Field(default=256,
+                                                                     alias="keepMiB")
+
+
 class DeviceConfig(_Model):
     """The device config file's fields (paths still as written)."""
 
@@ -108,6 +117,7 @@ class DeviceConfig(_Model):
     port_map: str | None = Field(default=None, alias="portMap")
     channel: ChannelConfig = Field(default_factory=ChannelConfig)
     group: Annotated[str, Field(pattern=r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,31}$")] | None = None
+    audit: AuditConfig = Field(default_factory=AuditConfig)
 
 
 @dataclass(frozen=True)
@@ -163,6 +173,8 @@ class Device:
     channel_name: str = "stable"
     credentials: ChannelCredentials | None = None
     group: str | None = None
+    audit_keep_days: int | None = 400
+    audit_keep_bytes: int | None = 256 * 1024 * 1024
 
     def slot_device(self, slot: SlotName) -> str:
         """``sda3``: the short device name status lines show."""
@@ -294,6 +306,8 @@ def _resolve(cfg: DeviceConfig, source: Path) -> Device:
         channel_name=cfg.channel.name,
         credentials=_credentials(cfg.channel.credentials, at),
         group=cfg.group,
+        audit_keep_days=cfg.audit.keep_days,
+        audit_keep_bytes=cfg.audit.keep_mib * 1024 * 1024 if cfg.audit.keep_mib else None,
     )
 
 

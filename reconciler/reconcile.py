@@ -30,7 +30,7 @@ from reconciler.actions import (
     Wait,
     reboots,
 )
-from reconciler.audit import AuditTrail, UnopenedTrail, open_trail
+from reconciler.audit import AuditTrail, Retention, UnopenedTrail, open_trail
 from reconciler.boot import Backend
 from reconciler.channelwatch import ChannelWatch, Refusal, RefusalSink
 from reconciler.config import Device
@@ -96,7 +96,8 @@ class Parts:
         ``on_refused`` records what the channel serves and the device refuses
         (once per refused file, once per set of releases it cannot install)."""
         store = StateStore(device.data_dir)
-        audit = open_trail(store, device.audit_dir, clock)
+        audit = open_trail(store, device.audit_dir, clock,
+                           Retention(device.audit_keep_days, device.audit_keep_bytes))
         backend = backend_for(device)
         channel = ChannelWatch(device, store, clock, on_refused=on_refused)
         return cls(store, audit, backend, channel,
@@ -247,7 +248,9 @@ class Reconciler:
     def _reopen_audit(self) -> None:
         """A trail that could not be opened is tried again at every pass."""
         if isinstance(self.audit, UnopenedTrail):
-            self.audit = open_trail(self.store, self.device.audit_dir, self.clock)
+            self.audit = open_trail(self.store, self.device.audit_dir, self.clock,
+                                    Retention(self.device.audit_keep_days,
+                                              self.device.audit_keep_bytes))
             for record in getattr(self.audit, "opened_with", ()):
                 log(f"#{record.seq} {record.action}: {record.reason}")
 

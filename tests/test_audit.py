@@ -709,3 +709,91 @@ def test_parse_since_reads_times_and_ages(text: str, expected: datetime) -> None
 def test_parse_since_rejects_other_text_with_the_accepted_forms(text: str) -> None:
     with pytest.raises(ValueError, match="expected a time like 2026-11-29T10:00"):
         parse_since(text, datetime(2026, 12, 1, tzinfo=UTC))
+
+
+# --- retention: pruning behind a checkpoint ------------------------------------------------
+
+
+def _pruning_trail(store: StateStore, clock: Clock, **retention: Any) -> AuditTrail:
+    from reconciler.audit import Retention
+
+    return AuditTrail(store, max_bytes=1200, clock=clock, retention=Retention(**retention))
+
+
+def test_pruning_by_size_keeps_a_trail_that_verifies_from_its_checkpoint(
+    store: StateStore, clock: Clock
+) -> None:
+    trail = _pruning_trail(store, clock, max_bytes=3000)
+    fill(trail, clock, 40)
+    names = [p.name for _, p in trail.files()]
+    assert names[0] != "audit-000001.jsonl", names
+    assert sum(p.stat().st_size for _, p in trail.files()) < 3000 + 2 * 1200
+    head = get_head(store)
+    first = list(trail.records())[0]
+    assert head["checkpoint"]["seq"] == first.seq - 1 and head["checkpoint"]["hash"] == first.prev
+    pruned = [r for r in trail.records() if r.action == "audit-pruned"]
+    assert pruned and pruned[-1].details["start"]["seq"] == head["checkpoint"]["seq"] + 1
+    verified = AuditReader(store).verify()
+    assert verified.ok, verified.problem
+    assert verified.checkpoint == (head["checkpoint"]["seq"], head["checkpoint"]["time"])
+    assert f"records up to #{head['checkpoint']['seq']} pruned" in verified.describe()
+    assert verified.to_dict()["checkpoint"]["seq"] == head["checkpoint"]["seq"]
+    assert AuditReader(store).get(first.seq) == first
+    assert AuditReader(store).get(1) is None
+
+
+def test_pruning_by_age_removes_only_files_older_than_kept(store: StateStore,
+                                                          clock: Clock) -> None:
+    trail = _pruning_trail(store, clock, days=1)
+    fill(trail, clock, 10)  # one minute apart: nothing is a day old
+    assert trail.files()[0][1].name == "audit-000001.jsonl"
+    clock.tick(3 * 86400)
+    fill(trail, clock, 10)
+    records = list(trail.records())
+    assert all(r.at >= T0 + timedelta(days=3) for r in records[1:]), records[0]
+    assert AuditReader(store).verify().ok
+
+
+def test_a_prune_cut_off_before_the_files_went_verifies_and_is_finished_on_open(
+    store: StateStore, clock: Clock
+) -> None:
+    trail = open_trail(store, clock, max_bytes=1200)
+    fill(trail, clock, 20)
+    files = trail.files()
+    first_kept = _first(files[2][1])
+    head = get_head(store)
+    head["checkpoint"] = {"seq": first_kept.seq - 1, "hash": first_kept.prev,
+                          "time": "2026-11-29T10:00:00Z", "file": files[2][0]}
+    put_head(store, head)  # the checkpoint is written; the power went before the unlinks
+    files[0][1].unlink()  # one of the two went
+    verified = AuditReader(store).verify()
+    assert verified.ok and verified.checkpoint is not None, verified.problem
+    open_trail(store, clock, max_bytes=1200)
+    assert [n for n, _ in trail.files()][0] == files[2][0]
+    assert AuditReader(store).verify().ok
+
+
+def test_a_kept_file_removed_by_hand_behind_a_checkpoint_fails_verify(
+    store: StateStore, clock: Clock
+) -> None:
+    trail = _pruning_trail(store, clock, max_bytes=3000)
+    fill(trail, clock, 40)
+    trail.files()[0][1].unlink()
+    ok, _, problem = verify(store)
+    assert not ok and problem is not None
+    assert "expected seq" in problem or "prev does not match" in problem, problem
+
+
+def test_a_sealed_trail_is_pruned_like_any_other(store: StateStore, clock: Clock) -> None:
+    trail = open_trail(store, clock, max_bytes=1200)
+    fill(trail, clock, 5)
+    path, index, _ = all_lines(trail)[-1]
+    rewrite_line(path, index, None)  # damage: sealed on the next open
+    sealed = _pruning_trail(store, clock, max_bytes=3000)
+    fill(sealed, clock, 40)
+    verified = AuditReader(store).verify()
+    assert verified.ok and verified.checkpoint is not None, verified.problem
+
+
+def _first(path: Path) -> AuditRecord:
+    return AuditRecord.from_json(path.read_text().splitlines()[0])

@@ -70,7 +70,7 @@ class Link:
 
     def records_after(self, seq: int) -> Iterator[AuditRecord]:
         """Audit records newer than ``seq``."""
-        return (r for r in self.audit().records() if r.seq > seq)
+        return self.audit().records(after=seq)
 
     def busy(self) -> bool:
         """True while an in-process reconcile is still running."""
