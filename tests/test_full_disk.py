@@ -7,11 +7,8 @@ are still written in order, and the audit head never drifts from the trail.
 
 from __future__ import annotations
 
-import errno
-import os
-import subprocess
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -19,61 +16,40 @@ import pytest
 from reconciler.config import load_device
 from reconciler.reconcile import Reconciler
 from reconciler.release.image import ImageHeader, encode_header
-from reconciler.sim.device import init_device
+from tests.tmpfs import fill, mounted_tmpfs
 
 NOW = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)
 
 
 @pytest.fixture
-def small_data_dir_device(tmp_path: Path) -> Iterator[Path]:
+def small_data_dir_device(device_dir: Path) -> Iterator[Path]:
     """A simulated device whose data dir is a 2 MiB tmpfs of its own."""
-    root = tmp_path / "dev"
-    init_device(root)
-    data = root / "data"
-    for child in data.iterdir():
-        child.unlink() if child.is_file() else None
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(data)],
-                             capture_output=True, text=True)
-    assert mounted.returncode == 0, f"this test needs to mount a tmpfs: {mounted.stderr}"
-    try:
-        (root / "run" / "boot_id").write_text("boot-1\n")
-        yield root
-    finally:
-        subprocess.run(["umount", "-l", str(data)], check=True)
+    with mounted_tmpfs(device_dir / "data", "2m"):
+        yield device_dir
 
 
-def _fill(directory: Path) -> Path:
-    """Fill the filesystem of ``directory`` until a write fails with ENOSPC."""
-    filler = directory / "filler"
-    fd = os.open(filler, os.O_WRONLY | os.O_CREAT, 0o600)
-    try:
-        while True:
-            os.write(fd, b"\xff" * 512)
-    except OSError as exc:
-        assert exc.errno == errno.ENOSPC
-    finally:
-        os.close(fd)
-    return filler
+def _on_trial_of(root: Path, rec: Reconciler, version: str, since: datetime) -> None:
+    """Slot B holds ``version``, booted on trial, probed ``since`` without a healthy answer."""
+    with open(root / "slots" / "sda3", "r+b") as f:
+        f.write(encode_header(ImageHeader(version=version)))
+    rec.backend.set_mark("B", "staged")
+    rec.backend.arm_trial("B", 3)
+    (root / "run" / "cmdline").write_text("root=/dev/sda3 kruxos.slot=B\n")
+    rec.store.update(lambda doc: doc.update(trial={
+        "boot_id": "boot-1", "slot": "B", "first_probe_at": since.isoformat(),
+        "last_probe_at": since.isoformat(), "probes": 1,
+        "timeout_reason": "Health check timeout — gateway failed to start"}))
 
 
 def test_rollback_is_recorded_and_runs_on_a_full_data_disk(small_data_dir_device: Path) -> None:
     root = small_data_dir_device
-    with open(root / "slots" / "sda3", "r+b") as f:
-        f.write(encode_header(ImageHeader(version="1.0.1")))
-    (root / "run" / "cmdline").write_text("root=/dev/sda2 kruxos.slot=A\n")
     reboots: list[str] = []
     rec = Reconciler(load_device(root / "device.yaml"), rebooter=reboots.append,
                      clock=lambda: NOW)
     rec.run_pass("daemon")  # the reserve is set aside
     assert (root / "data" / "reserve").stat().st_size > 0
-    rec.backend.set_mark("B", "staged")
-    rec.backend.arm_trial("B", 3)
-    (root / "run" / "cmdline").write_text("root=/dev/sda3 kruxos.slot=B\n")
-    rec.store.update(lambda doc: doc.update(trial={
-        "boot_id": "boot-1", "slot": "B", "first_probe_at": "2026-11-30T11:00:00+00:00",
-        "last_probe_at": "2026-11-30T11:59:00+00:00", "probes": 9,
-        "timeout_reason": "Health check timeout — gateway failed to start"}))
-    filler = _fill(root / "data")
+    _on_trial_of(root, rec, "1.0.1", since=NOW - timedelta(hours=1))
+    filler = fill(root / "data")
 
     result = rec.run_pass("health")
     assert result.action is not None and result.action.kind == "rollback", result
@@ -104,7 +80,7 @@ def test_a_full_disk_while_keeping_the_last_good_spec_is_said_and_the_pass_goes_
     rec = Reconciler(load_device(root / "device.yaml"), rebooter=lambda r: None,
                      clock=lambda: NOW)
     rec.run_pass("daemon")
-    _fill(root / "data")
+    fill(root / "data")
     spec = root / "spec.yaml"
     spec.write_text(spec.read_text() + "# a new revision to keep\n")
 
