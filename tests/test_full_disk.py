@@ -7,6 +7,7 @@ are still written in order, and the audit head never drifts from the trail.
 
 from __future__ import annotations
 
+import errno
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -14,9 +15,10 @@ from pathlib import Path
 import pytest
 
 from reconciler.config import load_device
+from reconciler.durable import atomic_write
 from reconciler.reconcile import Reconciler
 from reconciler.release.image import ImageHeader, encode_header
-from tests.tmpfs import fill, mounted_tmpfs
+from tests.tmpfs import fill, free_bytes, mounted_tmpfs
 
 NOW = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)
 
@@ -26,6 +28,10 @@ def small_data_dir_device(device_dir: Path) -> Iterator[Path]:
     """A simulated device whose data dir is a 2 MiB tmpfs of its own."""
     with mounted_tmpfs(device_dir / "data", "2m"):
         yield device_dir
+
+
+def _tmp_files(directory: Path) -> list[str]:
+    return sorted(p.name for p in directory.iterdir() if ".tmp-" in p.name)
 
 
 def _on_trial_of(root: Path, rec: Reconciler, version: str, since: datetime) -> None:
@@ -89,3 +95,46 @@ def test_a_full_disk_while_keeping_the_last_good_spec_is_said_and_the_pass_goes_
     said = [r for r in rec.audit.records() if r.action == "pass-failed"]
     assert len(said) == 1 and "No space left on device" in said[0].reason, said
     assert "last good spec" in said[0].reason
+
+
+def test_a_rollback_due_passes_after_the_disk_filled_is_still_written_and_run(
+        small_data_dir_device: Path) -> None:
+    """The reserve given back by one pass is not taken again by the next pass's replenish."""
+    root = small_data_dir_device
+    now = [NOW]
+    reboots: list[str] = []
+    rec = Reconciler(load_device(root / "device.yaml"), rebooter=reboots.append,
+                     clock=lambda: now[0])
+    rec.run_pass("daemon")
+    _on_trial_of(root, rec, "1.0.1", since=NOW - timedelta(seconds=2))  # an 8 s timeout
+    fill(root / "data")
+
+    probe = rec.run_pass("health")  # its records find the disk full: the reserve is given back
+    assert probe.action is not None and probe.action.kind == "probe", probe
+    assert probe.outcome is not None and rec.store.reserve.in_use
+    (root / "data" / "other").write_bytes(bytes(4096))  # another writer takes a little of it
+    now[0] = NOW + timedelta(seconds=10)
+    result = rec.run_pass("health")
+
+    assert result.action is not None and result.action.kind == "rollback", result
+    assert result.outcome is not None and result.outcome.ok, result.outcome
+    assert len(reboots) == 1 and reboots[0].startswith("Health check timeout"), reboots
+    assert [r.action for r in rec.audit.records()][-2:] == ["rollback", "rollback"]
+    assert not any(r.action == "disk-space" for r in rec.audit.records()), \
+        "the disk never had room again"
+    assert _tmp_files(root / "data") == []
+    assert rec.store.section("failed")["version"] == "1.0.1"
+
+
+def test_a_write_that_finds_the_disk_full_leaves_no_temporary_file_and_keeps_no_space(
+        tmp_path: Path) -> None:
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    with mounted_tmpfs(disk, "1m"):
+        (disk / "filler").write_bytes(bytes(768 * 1024))
+        free = free_bytes(disk)
+        with pytest.raises(OSError) as raised:
+            atomic_write(disk / "big", bytes(512 * 1024))
+        assert raised.value.errno == errno.ENOSPC
+        assert sorted(p.name for p in disk.iterdir()) == ["filler"]
+        assert free_bytes(disk) == free
