@@ -48,10 +48,11 @@ LOCK_FILE = "lock"
 class Reserve:
     """Space set aside on the data dir, given back when a write finds the disk full.
 
-    Created at the daemon's start and at the start of each pass when it is
+    Created at the start of the daemon's first pass and of each pass when it is
     missing and the disk has room again (replenished); released on the first
     ``ENOSPC`` so that the decision, outcome and state of a rollback can still
-    be written, fsynced, in order. While released, the disk counts as full.
+    be written, fsynced, in order. While released (an empty file), the disk
+    counts as full.
     """
 
     def __init__(self, data_dir: Path, size: int = RESERVE_BYTES) -> None:
@@ -71,13 +72,20 @@ class Reserve:
             return False
 
     def replenish(self) -> bool:
-        """Make the reserve whole again if the disk has room; ``True`` when it is."""
+        """Make the reserve whole again if the disk has room; ``True`` when it is.
+
+        Room means the reserve's size free beyond the reserve: taking back the
+        very space just given would leave the disk full, and the next write would
+        give it back at once.
+        """
         try:
             if self.path.stat().st_size >= self.size:
                 return True
         except FileNotFoundError:
             pass
         try:
+            if _free_bytes(self.path.parent) < 2 * self.size:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
             atomic_write(self.path, b"\0" * self.size)
         except OSError:
             return False
@@ -92,6 +100,12 @@ class Reserve:
         except FileNotFoundError:
             return False
         return True
+
+
+def _free_bytes(directory: Path) -> int:
+    """Bytes still free for an ordinary writer on the filesystem of ``directory``."""
+    st = os.statvfs(directory)
+    return st.f_bavail * st.f_frsize
 
 
 def with_reserve(reserve: Reserve | None, write: Callable[[], None]) -> None:

@@ -18,6 +18,7 @@ from reconciler.config import load_device
 from reconciler.durable import atomic_write
 from reconciler.reconcile import Reconciler
 from reconciler.release.image import ImageHeader, encode_header
+from reconciler.store import RESERVE_BYTES, Reserve
 from tests.tmpfs import fill, free_bytes, mounted_tmpfs
 
 NOW = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)
@@ -138,3 +139,22 @@ def test_a_write_that_finds_the_disk_full_leaves_no_temporary_file_and_keeps_no_
         assert raised.value.errno == errno.ENOSPC
         assert sorted(p.name for p in disk.iterdir()) == ["filler"]
         assert free_bytes(disk) == free
+
+
+def test_the_reserve_is_taken_back_only_when_the_disk_has_room_beyond_it(
+        tmp_path: Path) -> None:
+    """Taking back the very space it gave would leave the disk full, and say it was not."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    with mounted_tmpfs(disk, "2m"):
+        reserve = Reserve(disk)
+        assert reserve.replenish() and not reserve.in_use
+        filler = fill(disk)
+        assert reserve.release() and reserve.in_use  # a write found the disk full
+        free = free_bytes(disk)
+        assert free >= RESERVE_BYTES
+
+        assert not reserve.replenish()
+        assert reserve.in_use and _tmp_files(disk) == [] and free_bytes(disk) == free
+        filler.unlink()
+        assert reserve.replenish() and not reserve.in_use
