@@ -233,7 +233,8 @@ def data_dir_lock(data_dir: Path, holder: str) -> Iterator[None]:
 
     The lock is an ``flock`` on ``DATA/lock``: the kernel drops it when the
     process dies, so a crash never leaves a stale lock behind. The file names
-    the holder so the refusal can say who has it.
+    the holder so the refusal can say who has it (when the disk has room for
+    the name: a full data disk never stops the daemon from starting).
     """
     path = data_dir / LOCK_FILE
     try:
@@ -254,7 +255,8 @@ def data_dir_lock(data_dir: Path, holder: str) -> Iterator[None]:
             raise LockHeldError(f"{data_dir} is locked by {who}") from exc
         if writable:
             os.ftruncate(fd, 0)
-            os.pwrite(fd, f"{holder} (pid {os.getpid()})\n".encode(), 0)
+            with contextlib.suppress(OSError):  # a full disk: the lock holds, only unnamed
+                os.pwrite(fd, f"{holder} (pid {os.getpid()})\n".encode(), 0)
         yield
     finally:
         os.close(fd)

@@ -16,9 +16,10 @@ import pytest
 
 from reconciler.config import load_device
 from reconciler.durable import atomic_write
+from reconciler.errors import LockHeldError
 from reconciler.reconcile import Reconciler
 from reconciler.release.image import ImageHeader, encode_header
-from reconciler.store import RESERVE_BYTES, Reserve
+from reconciler.store import RESERVE_BYTES, Reserve, data_dir_lock
 from tests.tmpfs import fill, free_bytes, mounted_tmpfs
 
 NOW = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)
@@ -158,3 +159,16 @@ def test_the_reserve_is_taken_back_only_when_the_disk_has_room_beyond_it(
         assert reserve.in_use and _tmp_files(disk) == [] and free_bytes(disk) == free
         filler.unlink()
         assert reserve.replenish() and not reserve.in_use
+
+
+def test_the_data_dir_lock_is_taken_on_a_full_disk_where_it_never_was_before(
+        tmp_path: Path) -> None:
+    """A daemon's first start on a full data disk: the lock holds, only without its name."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    with mounted_tmpfs(disk, "1m"):
+        fill(disk)
+        with data_dir_lock(disk, "kruxos daemon"):
+            with pytest.raises(LockHeldError, match="is locked by another process"):
+                with data_dir_lock(disk, "kruxos update"):
+                    pass
