@@ -76,7 +76,8 @@ class Reserve:
 
         Room means the reserve's size free beyond the reserve: taking back the
         very space just given would leave the disk full, and the next write would
-        give it back at once.
+        give it back at once. Without room, the file stays (or is made) empty: a
+        daemon that could never set its reserve aside still shows a full disk.
         """
         try:
             if self.path.stat().st_size >= self.size:
@@ -88,6 +89,8 @@ class Reserve:
                 raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
             atomic_write(self.path, b"\0" * self.size)
         except OSError:
+            with contextlib.suppress(OSError):
+                os.close(create_file(self.path, os.O_WRONLY))
             return False
         return True
 

@@ -3,6 +3,10 @@
 The daemon keeps ``RESERVE_BYTES`` on the data dir; the first write that finds
 the disk full gives them back, so the rollback's decision, outcome and state
 are still written in order, and the audit head never drifts from the trail.
+A failed write keeps no space, the reserve is taken back only when the disk
+has room beyond it, and a daemon that finds the disk full before it ever had a
+reserve starts, says so, and acts once there is room. The same promises through
+the real processes: ``tests/e2e/test_full_disk.py``.
 """
 
 from __future__ import annotations
@@ -99,6 +103,14 @@ def test_a_full_disk_while_keeping_the_last_good_spec_is_said_and_the_pass_goes_
     assert "last good spec" in said[0].reason
 
 
+def _status(rec: Reconciler, now: datetime) -> list[str]:
+    from reconciler.cli.status import status_lines
+    from reconciler.inspect import inspect_device
+
+    view = inspect_device(rec.device, now)
+    return status_lines(view.observed, view.policy, view.action, now)
+
+
 def test_a_rollback_due_passes_after_the_disk_filled_is_still_written_and_run(
         small_data_dir_device: Path) -> None:
     """The reserve given back by one pass is not taken again by the next pass's replenish."""
@@ -172,3 +184,28 @@ def test_the_data_dir_lock_is_taken_on_a_full_disk_where_it_never_was_before(
             with pytest.raises(LockHeldError, match="is locked by another process"):
                 with data_dir_lock(disk, "kruxos update"):
                     pass
+
+
+def test_a_daemon_that_finds_the_disk_full_before_any_reserve_says_so_and_acts_once_there_is_room(
+        small_data_dir_device: Path) -> None:
+    """No reserve could ever be set aside: nothing can be recorded, so no action runs."""
+    root = small_data_dir_device
+    filler = fill(root / "data")
+    rec = Reconciler(load_device(root / "device.yaml"), rebooter=lambda r: None,
+                     clock=lambda: NOW)
+
+    result = rec.run_pass("daemon")
+    assert result.outcome is None and result.wake_at is not None, result
+    assert list(rec.audit.records()) == []
+    assert rec.store.reserve.in_use
+    assert "Data disk: full (the space kept for rollback records is in use; free space on " \
+        "the data dir)" in _status(rec, NOW)
+    assert _tmp_files(root / "data") == []
+
+    filler.unlink()
+    result = rec.run_pass("daemon")
+    assert result.outcome is not None and result.outcome.ok, result
+    first = next(rec.audit.records())
+    assert (first.kind, first.action) == ("event", "disk-space"), first
+    assert not rec.store.reserve.in_use
+    assert not any(line.startswith("Data disk:") for line in _status(rec, NOW))
