@@ -493,6 +493,10 @@ def _reboot_gate(policy: UpdatePolicy, obs: ObservedState, now: datetime,
         return Blocked(f"loop breaker: {obs.forward_reboots} reboots into a trial in a row "
                        "without reaching a confirmed state; no forward reboot until the spec "
                        "changes or a person asks (kruxos update apply, kruxos update resume)")
+    if obs.disk_full:  # a new trial's records could not be kept in the trail
+        return Wait(f"{version} is staged in slot {obs.other_slot.label}; the data disk is "
+                    "full: no reboot into a trial until space is freed (the space kept for "
+                    "rollback records is in use)")
     applies, person = _person_gate(policy, obs, version, armed)
     if applies:
         return person

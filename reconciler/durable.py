@@ -17,6 +17,7 @@ use nothing else of the data dir (``tests/test_architecture.py``).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from dataclasses import dataclass
@@ -115,19 +116,27 @@ def fsync_dir(directory: Path) -> None:
 def atomic_write(path: Path, data: bytes, mode: int = FILE_MODE) -> None:
     """Replace ``path`` with ``data`` so that readers see old or new, never a mix.
 
-    A missing directory is made readable by whoever may read the file.
+    A missing directory is made readable by whoever may read the file. A write
+    that fails (a full disk) removes its temporary file: no space is kept by it.
     """
     make_dirs(path.parent, DIR_MODE | (0o005 if mode & 0o004 else 0))
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     fd = create_file(tmp, os.O_WRONLY | os.O_TRUNC, mode)
     try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view):]
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except BaseException:
+        # A write that found the disk full must give back what it took, now:
+        # the next writer may be the record a rollback needs.
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
     fsync_dir(path.parent)
 
 

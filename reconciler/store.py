@@ -48,10 +48,11 @@ LOCK_FILE = "lock"
 class Reserve:
     """Space set aside on the data dir, given back when a write finds the disk full.
 
-    Created at the daemon's start and at the start of each pass when it is
+    Created at the start of the daemon's first pass and of each pass when it is
     missing and the disk has room again (replenished); released on the first
     ``ENOSPC`` so that the decision, outcome and state of a rollback can still
-    be written, fsynced, in order. While released, the disk counts as full.
+    be written, fsynced, in order. While released (an empty file), the disk
+    counts as full.
     """
 
     def __init__(self, data_dir: Path, size: int = RESERVE_BYTES) -> None:
@@ -71,15 +72,25 @@ class Reserve:
             return False
 
     def replenish(self) -> bool:
-        """Make the reserve whole again if the disk has room; ``True`` when it is."""
+        """Make the reserve whole again if the disk has room; ``True`` when it is.
+
+        Room means the reserve's size free beyond the reserve: taking back the
+        very space just given would leave the disk full, and the next write would
+        give it back at once. Without room, the file stays (or is made) empty: a
+        daemon that could never set its reserve aside still shows a full disk.
+        """
         try:
             if self.path.stat().st_size >= self.size:
                 return True
         except FileNotFoundError:
             pass
         try:
+            if _free_bytes(self.path.parent) < 2 * self.size:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
             atomic_write(self.path, b"\0" * self.size)
         except OSError:
+            with contextlib.suppress(OSError):
+                os.close(create_file(self.path, os.O_WRONLY))
             return False
         return True
 
@@ -92,6 +103,12 @@ class Reserve:
         except FileNotFoundError:
             return False
         return True
+
+
+def _free_bytes(directory: Path) -> int:
+    """Bytes still free for an ordinary writer on the filesystem of ``directory``."""
+    st = os.statvfs(directory)
+    return st.f_bavail * st.f_frsize
 
 
 def with_reserve(reserve: Reserve | None, write: Callable[[], None]) -> None:
@@ -219,7 +236,8 @@ def data_dir_lock(data_dir: Path, holder: str) -> Iterator[None]:
 
     The lock is an ``flock`` on ``DATA/lock``: the kernel drops it when the
     process dies, so a crash never leaves a stale lock behind. The file names
-    the holder so the refusal can say who has it.
+    the holder so the refusal can say who has it (when the disk has room for
+    the name: a full data disk never stops the daemon from starting).
     """
     path = data_dir / LOCK_FILE
     try:
@@ -240,7 +258,8 @@ def data_dir_lock(data_dir: Path, holder: str) -> Iterator[None]:
             raise LockHeldError(f"{data_dir} is locked by {who}") from exc
         if writable:
             os.ftruncate(fd, 0)
-            os.pwrite(fd, f"{holder} (pid {os.getpid()})\n".encode(), 0)
+            with contextlib.suppress(OSError):  # a full disk: the lock holds, only unnamed
+                os.pwrite(fd, f"{holder} (pid {os.getpid()})\n".encode(), 0)
         yield
     finally:
         os.close(fd)

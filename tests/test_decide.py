@@ -216,6 +216,22 @@ def test_auto_reboot_off_stages_then_waits_for_a_person() -> None:
     assert isinstance(action, Wait) and "autoReboot" in action.reason
 
 
+def test_a_full_data_disk_holds_every_reboot_into_a_trial_but_not_its_judgement() -> None:
+    """Once the reserve is in use, a new trial's records (and so its rollback) could not be
+    written: no reboot starts, not even one a person pinned, until space is freed."""
+    staged = observed(other_version="1.0.1", other_mark="staged", disk_full=True)
+    action = decide(policy("1.0.1"), staged, NOW)
+    assert isinstance(action, Wait) and "the data disk is full" in action.reason, action
+    armed = replace(staged, trial="B", tries_left=3)
+    assert isinstance(decide(policy("1.0.1"), armed, NOW), Wait)
+    pinned = observed(other_version="1.0.2", other_mark="staged", disk_full=True,
+                      override=Override("1.0.2", reboot="now", spec_wanted="1.0.1"))
+    action = decide(policy("1.0.1"), pinned, NOW)
+    assert isinstance(action, Wait) and "the data disk is full" in action.reason, action
+    late = on_trial(HealthProgress(first_probe_at=NOW - timedelta(minutes=10)))
+    assert isinstance(decide(policy("1.0.1"), replace(late, disk_full=True), NOW), Rollback)
+
+
 def test_previous_good_slot_holding_desired_is_switched_to_not_restaged() -> None:
     spec = policy("1.0.0", allowDowngrade=True)
     prev_good = observed("B", "1.0.1", "1.0.0", "good")
