@@ -227,9 +227,10 @@ class Executor:
         marks = {slot: mark for slot, mark in action.marks}
         state = BootState(default=action.default, trial=action.trial, tries_left=action.tries,
                           marks=marks)
-        self.backend.repair(state)
-        return f"boot env rewritten: default {action.default}, marks " + ", ".join(
+        done = self.backend.repair(state)
+        detail = f"boot env rewritten: default {action.default}, marks " + ", ".join(
             f"{slot} {mark}" for slot, mark in action.marks)
+        return f"{detail}; {done}" if done else detail
 
     def _take_request(self, action: TakeRequest, policy: UpdatePolicy | None) -> str:
         """Write what the request asks, then take it out of the inbox (even if that failed)."""

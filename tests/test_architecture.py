@@ -7,7 +7,7 @@ imports only the standard library modules below, pydantic (``spec`` only),
 ``urllib.parse`` and ``ipaddress`` (``urls`` only), ``unicodedata``
 (``quoting`` only) and other core modules, and never reads the clock, a file or the
 environment. Adapters never import the daemon or the CLI; bootloader backends
-do not import each other (``grub`` and ``uboot`` may use their format helpers).
+do not import each other (``grub``, ``uboot`` and ``bls`` may use their format helpers).
 The checker proves itself on synthetic bad modules first.
 """
 
@@ -35,7 +35,8 @@ FORBIDDEN_ROOTS = ("os", "sys", "subprocess", "time", "random", "socket", "pathl
 
 ADAPTERS = ("boot/*.py", "release/*.py", "health.py", "store.py", "durable.py", "audit.py")
 FRONT = ("reconciler.daemon", "reconciler.reconcile", "reconciler.cli")
-BACKEND_HELPERS = {"grub": {"grubenv", "abvars"}, "uboot": {"ubootenv", "abvars"}}
+BACKEND_HELPERS = {"grub": {"grubenv", "abvars"}, "uboot": {"ubootenv", "abvars"},
+                   "bls": {"blsentry"}}
 
 
 # ---- the checker ----------------------------------------------------------------------------

@@ -59,8 +59,9 @@ class Backend(Protocol):
     def rollback(self, reason: str) -> None:
         """End any trial, mark the trial slot bad, keep/make the previous good slot default."""
 
-    def repair(self, state: BootState) -> None:
-        """Write ``state`` as a fresh env over one that cannot be read (never guessed over)."""
+    def repair(self, state: BootState) -> str | None:
+        """Write ``state`` as a fresh env over one that cannot be read (never guessed over);
+        returns what else was done (a file rebuilt or moved aside) for the audit trail."""
 
 
 BackendFactory = Callable[[Path], Backend]

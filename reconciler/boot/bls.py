@@ -6,6 +6,7 @@ The env path is the ESP directory. Files we own there:
 ``loader/entries/kruxos-a.conf``  slot A's entry; its *name* carries the boot counter
 ``loader/entries/kruxos-b.conf``  slot B's entry, likewise
 ``loader/loader.conf``            only its ``default`` line and our ``# kruxos`` comments
+``kruxos/damaged/``               where a repair moves ``kruxos-*.conf`` files that boot no slot
 ==============================  ===================================================
 
 Entry names (systemd-boot renames them itself, ``+LEFT-DONE``, before each boot):
@@ -36,6 +37,14 @@ unknown) means the tries ran out and systemd-boot fell back: we report
 Every change is one atomic rename of an entry and one atomic rewrite of
 loader.conf, ordered so that a power cut between the two leaves a state that
 systemd-boot and :meth:`BlsBackend.read` agree on (see the docs page).
+
+A damaged ESP (loader.conf missing, too large, not UTF-8 or without our lines;
+an entry missing, doubled or under a name we never write) is rewritten by
+:meth:`BlsBackend.repair` from what is known good. Entries are told apart by
+the slot their ``kruxos.slot=`` option boots, not by their names; a missing
+one is rebuilt from the other slot's only when that one follows the shipped
+layout (:mod:`reconciler.boot.blsentry`); what cannot be repaired without a
+guess is refused with the reason, and nothing is written.
 """
 
 from __future__ import annotations
@@ -46,9 +55,10 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from reconciler.boot import SLOTS, BootState, Mark, SlotName, other, register
-from reconciler.durable import atomic_write, fsync_dir
+from reconciler.boot.blsentry import Found, find_entries, read_slot, salvage_conf, wanted_content
+from reconciler.durable import atomic_write, fsync_dir, make_dirs
 from reconciler.errors import BootEnvError
-from reconciler.quoting import excerpt
+from reconciler.quoting import excerpt, printable
 
 MAX_TRIES = 9
 MARKS: tuple[Mark, ...] = ("good", "staged", "bad", "empty")
@@ -56,6 +66,8 @@ LOADER_GUID = "4a67b082-0a4c-41cf-b6c7-440b29bb8c4f"
 SYS_EFIVARS = Path("/sys/firmware/efi/efivars")
 MARKS_PREFIX = "# kruxos:"
 FALLBACK_PREFIX = "# kruxos-fallback:"
+#: Where a repair moves files of ours that boot no slot (systemd-boot reads only loader/entries).
+DAMAGED_DIR = "kruxos/damaged"
 
 __all__ = ["BlsBackend", "MAX_TRIES", "default_pattern", "entry_name", "exhausted_reason",
            "parse_entry_name", "read_efivar_string"]
@@ -179,7 +191,8 @@ class BlsBackend:
         default: SlotName = "A"
         try:
             names = {p.name for p in self.entries_dir.iterdir()}
-            target = _parse_target(self.conf_path.read_text(errors="replace"), self.conf_path)
+            text = (self._conf_bytes() or b"").decode("utf-8", "replace")
+            target = _parse_target(text, self.conf_path)
             for slot in (target, other(target)):
                 if entry_name(slot) in names:
                     default = slot
@@ -190,11 +203,45 @@ class BlsBackend:
 
     # -- the Protocol's operations ------------------------------------------
 
-    def repair(self, state: BootState) -> None:
-        """Not done by the daemon: entry names on the ESP are repaired by hand (see the docs)."""
-        raise BootEnvError(f"bls backend: {self.esp}: the entries cannot be read; repair them "
-                           "by hand (docs/bootloader-systemd-boot.md), the daemon does not "
-                           "guess over them")
+    def repair(self, state: BootState) -> str | None:
+        """Make the ESP say exactly ``state``, whatever is on it now; returns what was
+        rebuilt, removed or moved aside (for the audit trail), ``None`` if only renames.
+
+        Each ``kruxos-*.conf`` belongs to the slot its ``kruxos.slot=`` option boots;
+        one that boots none is moved to ``kruxos/damaged/``, a copy of another is
+        removed, a slot with no entry gets one rebuilt from the other slot's
+        (:func:`~reconciler.boot.blsentry.wanted_content`). Steps, in this order so a
+        kill between any two leaves the ESP booting what it booted or what ``state``
+        allows, and readable or repairable by the next pass: the default slot's good
+        entry; loader.conf (targeting it); the strays moved aside; the other slot's
+        entry. With a trial loader.conf comes last instead, as when arming, so the
+        trial slot is targeted only once it is counted. What cannot be done without a
+        guess raises ``BootEnvError`` saying why, before anything is written.
+        """
+        _check_repair(state)
+        found = find_entries(self.entries_dir)
+        finals = {slot: _final_name(state, slot, found) for slot in SLOTS}
+        content, notes = wanted_content(found, finals, self.entries_dir)
+        lines, shipped = salvage_conf(self._conf_bytes(), (MARKS_PREFIX, FALLBACK_PREFIX))
+        fallback = " ".join((state.fallback_reason or "").split()) or None
+        conf = _View(target=state.trial or state.default, entries={"A": None, "B": None},
+                     marks=dict(state.marks), fallback=fallback, conf_lines=tuple(lines))
+        try:
+            self._place(state.default, finals[state.default], content, found, notes)
+            if state.trial is None:
+                self._write_conf(conf)  # from here on the default boots, whatever else is there
+            for name in [name for name, slot in found.files.items() if slot is None]:
+                self._aside(name, found, notes)
+            self._place(other(state.default), finals[other(state.default)], content, found,
+                        notes)
+        except OSError as exc:
+            raise BootEnvError(f"bls backend: cannot repair {self.entries_dir}: "
+                               f"{exc.strerror or exc}") from exc
+        if state.trial is not None:
+            self._write_conf(conf)  # as when arming: the counted entry first, then target it
+        if shipped:
+            notes.append("loader.conf written with the shipped settings")
+        return "; ".join(notes) or None
 
     def set_mark(self, slot: SlotName, mark: Mark) -> None:
         """Mark a slot; the default stays good; un-marking the trial slot disarms it."""
@@ -285,6 +332,47 @@ class BlsBackend:
             raise BootEnvError(f"bls backend: cannot rename {entry.name} to {name}: "
                                f"{exc.strerror or exc}") from exc
 
+    def _place(self, slot: SlotName, final: str, content: dict[SlotName, bytes],
+               found: Found, notes: list[str]) -> None:
+        """Slot ``slot``'s entry under the name ``final``: renamed from a file that holds
+        it, else written; its other copies removed. A stray in the way is moved aside."""
+        files = found.files
+        if files.get(final, "-") != slot:
+            if final in files and files[final] is None:
+                self._aside(final, found, notes)
+            sources = [name for name, owner in files.items() if owner == slot]
+            if sources and final not in files:
+                os.rename(self.entries_dir / sources[0], self.entries_dir / final)
+                del files[sources[0]]
+            else:
+                atomic_write(self.entries_dir / final, content[slot])
+            files[final] = slot
+        for name in [name for name, owner in files.items() if owner == slot and name != final]:
+            (self.entries_dir / name).unlink()
+            del files[name]
+            notes.append(f"{printable(name, _QUOTE)} removed (a copy of {final})")
+        fsync_dir(self.entries_dir)
+
+    def _aside(self, name: str, found: Found, notes: list[str]) -> None:
+        """Move a file that boots no slot of ours out of systemd-boot's sight, kept for a person."""
+        aside = self.esp / DAMAGED_DIR
+        make_dirs(aside)
+        os.rename(self.entries_dir / name, aside / name)
+        fsync_dir(aside)
+        fsync_dir(self.entries_dir)
+        del found.files[name]
+        notes.append(f"{printable(name, _QUOTE)} moved to {DAMAGED_DIR}/, as it "
+                     f"{found.why[name]}")
+
+    def _conf_bytes(self) -> bytes | None:
+        """loader.conf's bytes, or ``None`` when it is missing, unreadable or too large."""
+        try:
+            with open(self.conf_path, "rb") as f:
+                raw = f.read(MAX_CONF_BYTES + 1)
+        except OSError:
+            return None
+        return raw if len(raw) <= MAX_CONF_BYTES else None
+
     def _write_conf(self, view: _View) -> None:
         lines = [*view.conf_lines, f"default {default_pattern(view.target)}",
                  f"{MARKS_PREFIX} " + " ".join(f"{s}={view.marks[s]}" for s in SLOTS)]
@@ -295,6 +383,43 @@ class BlsBackend:
         except OSError as exc:
             raise BootEnvError(f"bls backend: cannot write {self.conf_path}: "
                                f"{exc.strerror or exc}") from exc
+
+
+def _check_repair(state: BootState) -> None:
+    """A state the ESP can say: the default good, a trial of the other slot with 0..9 tries."""
+    _check_slot(state.default)
+    marks = dict(state.marks)
+    if set(marks) != set(SLOTS) or any(mark not in MARKS for mark in marks.values()):
+        raise BootEnvError(f"bls backend: cannot repair to marks {excerpt(marks, _QUOTE)}")
+    if marks[state.default] != "good":
+        raise BootEnvError(f"bls backend: {state.default} is the default slot; it stays good")
+    if state.trial is not None:
+        if state.trial != other(state.default) or marks[state.trial] not in ("staged", "good"):
+            raise BootEnvError(f"bls backend: cannot repair to a trial of {state.trial!r} "
+                               f"marked {marks.get(state.trial)!r}")
+        if not 0 <= state.tries_left <= MAX_TRIES:
+            raise BootEnvError(f"bls backend: tries must be 0..{MAX_TRIES}, "
+                               f"got {state.tries_left!r}")
+
+
+def _final_name(state: BootState, slot: SlotName, found: Found) -> str:
+    """The name that says ``state`` for ``slot`` (a bad slot keeps the tries it had done)."""
+    mark = state.marks[slot]
+    if slot == state.trial:
+        return entry_name(slot, state.tries_left)
+    if mark == "good":
+        return entry_name(slot)
+    if mark != "bad":
+        return entry_name(slot, 0)
+    done = 0
+    for name, owner in found.files.items():
+        try:
+            parsed = parse_entry_name(name)
+        except BootEnvError:
+            continue
+        if owner == slot and parsed is not None and parsed[0] == slot:
+            done = max(done, parsed[2] or 0)
+    return entry_name(slot, 0, done)
 
 
 def _unbootable_name(slot: SlotName, mark: Mark, entry: _Entry | None) -> str:
@@ -334,6 +459,9 @@ def _read_view(conf_path: Path, entries_dir: Path) -> _View:
             raise BootEnvError(f"bls backend: {entries_dir}: two entries for slot {slot}: "
                                f"{entries[slot].name} and {name}")  # type: ignore[union-attr]
         entries[slot] = _Entry(name, left, done)
+    for slot, entry in entries.items():
+        if entry is not None:
+            _check_content(entries_dir / entry.name, slot)
     own = (MARKS_PREFIX, FALLBACK_PREFIX)
     return _View(
         target=_parse_target(text, conf_path),
@@ -343,6 +471,16 @@ def _read_view(conf_path: Path, entries_dir: Path) -> _View:
         conf_lines=tuple(line for line in text.splitlines()
                          if not line.startswith(own) and _key(line) != "default"),
     )
+
+
+def _check_content(path: Path, slot: SlotName) -> None:
+    """An entry systemd-boot would drop, or that boots the other slot, is damage too."""
+    try:
+        boots = read_slot(path)[0]
+    except BootEnvError as exc:
+        raise BootEnvError(f"bls backend: {path.name} {exc}") from exc
+    if boots != slot:
+        raise BootEnvError(f"bls backend: {path.name} boots slot {boots}, not {slot}")
 
 
 def _key(line: str) -> str:
@@ -385,6 +523,9 @@ def _state(view: _View, booted: SlotName | None, esp: Path) -> BootState:
     if entry is None:
         raise BootEnvError(f"bls backend: {esp}: loader.conf targets slot {target}, "
                            "which has no entry")
+    if view.entries[other(target)] is None:
+        raise BootEnvError(f"bls backend: {esp}: slot {other(target)} has no entry "
+                           f"(kruxos-{other(target).lower()}*.conf)")
     if entry.good:
         return BootState(default=target, marks=_marks(view, target, None),
                          fallback_reason=view.fallback)

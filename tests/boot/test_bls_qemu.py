@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from reconciler.boot import BootState
 from reconciler.boot.bls import LOADER_GUID, BlsBackend, read_efivar_string
 from reconciler.durable import atomic_write
 from reconciler.sim.boot_bls import boot_once, init_env
@@ -103,3 +104,22 @@ def test_trial_of_a_from_default_b_falls_back_to_b_on_both(
     state = backend.read()
     assert (state.default, state.marks["A"], state.fallback_reason) == \
         ("B", "bad", "A: trial tries exhausted")
+
+
+def test_a_repaired_esp_boots_its_rebuilt_entry_on_real_systemd_boot(
+    bls_rig: BlsRig, tmp_path: Path
+) -> None:
+    """B's entry lost and loader.conf garbage: the repair rebuilds B's entry from A's and
+    writes loader.conf with the shipped settings; real systemd-boot boots the rebuilt entry
+    on its trial, counts it, then falls back to A, exactly as the emulator does."""
+    device = LockstepDevice(bls_rig, tmp_path)
+    (device.esp / "loader" / "entries" / "kruxos-b+0.conf").unlink()
+    (device.esp / "loader" / "loader.conf").write_bytes(bytes(range(256)) * 4)
+    backend = BlsBackend(device.esp)
+    said = backend.repair(BootState(default="A", trial="B", tries_left=1,
+                                    marks={"A": "good", "B": "staged"}))
+    assert said is not None and "slot B's entry rebuilt from kruxos-a.conf" in said
+    assert [device.boot(), device.boot()] == ["B", "A"]
+    state = backend.read()
+    assert (state.default, state.marks["B"], state.fallback_reason) == \
+        ("A", "bad", "B: trial tries exhausted")

@@ -1,5 +1,6 @@
-"""BLS entry names and loader.conf, fuzzed: a slot and counters, a foreign entry, or a
-short ``BootEnvError``; never a number guessed from digits systemd-boot would not read.
+"""BLS entry names, loader.conf and entry contents, fuzzed: a slot and counters, a foreign
+entry, or a short ``BootEnvError``; never a number guessed from digits systemd-boot would not
+read; a repair from any entry either refused or leaving an ESP that reads as asked.
 """
 
 from __future__ import annotations
@@ -42,9 +43,49 @@ def read_esp(document: bytes) -> None:
         entries.mkdir(parents=True)
         (esp / "efivars").mkdir()
         for name in ("kruxos-a.conf", "kruxos-b+3-1.conf"):
-            (entries / name).write_text("title KruxOS\n")
+            slot = name[7].upper()
+            (entries / name).write_text(f"linux /kruxos/{name[7]}/vmlinuz\n"
+                                        f"options kruxos.slot={slot}\n")
     (esp / "loader" / "loader.conf").write_bytes(document)
     BlsBackend(esp, efivars=esp / "efivars").read()
+
+
+def repair_esp(document: bytes) -> None:
+    """A repair of an ESP whose only entry, slot A's, holds ``document`` and whose loader.conf
+    is garbage: refused with a reason, or an ESP that then reads as the state asked for."""
+    import shutil
+
+    from reconciler.boot import BootState
+    from reconciler.sim.boot_bls import init_env
+
+    place = Path(os.environ["KRUXOS_FUZZ_DIR"]) / "repair"
+    shutil.rmtree(place, ignore_errors=True)
+    esp = init_env(place / "boot")
+    (esp / "loader" / "entries" / "kruxos-b+0.conf").unlink()
+    (esp / "loader" / "entries" / "kruxos-a.conf").write_bytes(document)
+    (esp / "loader" / "loader.conf").write_bytes(document[::-1])
+    want = BootState(default="A", marks={"A": "good", "B": "staged"})
+    backend = BlsBackend(esp, efivars=place / "boot" / "efivars")
+    backend.repair(want)
+    if backend.read() != want:
+        raise AssertionError(f"repaired, then read as {backend.read()}")
+
+
+ENTRY_LINES = ["title      KruxOS (slot A)\n", "linux      /kruxos/a/vmlinuz\n",
+               "initrd     /kruxos/a/initrd.img\n", "efi /kruxos/a/x.efi\n",
+               "options    root=PARTLABEL=root-a ro kruxos.slot=A quiet\n",
+               "options kruxos.slot=B\n", "options root=/dev/sda2\n", "version 1.0.0\n",
+               "sort-key kruxos\n", "# kruxos-a.conf\n", "devicetree /kruxos/a/x.dtb\n",
+               "machine-id 0123456789abcdef0123456789abcdef\n", "\n", "options a\n"]
+
+
+def entry(rnd: random.Random) -> bytes:
+    """The shipped entry of A, some of its lines dropped or doubled, other lines added."""
+    shipped = ENTRY_LINES[:5]
+    lines = [line for line in shipped if rnd.random() < 0.9]
+    lines += [rnd.choice(ENTRY_LINES) for _ in range(rnd.randint(0, 3))]
+    rnd.shuffle(lines)
+    return "".join(lines).encode()
 
 
 PIECES = ["kruxos-", "a", "b", "c", "+", "-", ".conf", "0", "1", "9", "00", "99999", "100000",
@@ -74,11 +115,13 @@ def loader_conf(rnd: random.Random) -> bytes:
 
 NAME_DOCUMENTS = mutated(seeded(name), BYTE_MUTATIONS, rounds=2)
 CONF_DOCUMENTS = mutated(seeded(loader_conf), BYTE_MUTATIONS, rounds=2)
+ENTRY_DOCUMENTS = mutated(seeded(entry), BYTE_MUTATIONS, rounds=2)
 
 
 @pytest.mark.parametrize("name, target, documents", [
     ("BLS entry names", "parse_name", NAME_DOCUMENTS),
     ("BLS loader.conf", "read_esp", CONF_DOCUMENTS),
+    ("BLS entry repaired from", "repair_esp", ENTRY_DOCUMENTS),
 ])
 def test_any_entry_name_or_loader_conf_reads_or_is_refused_with_a_boot_env_error(
         name: str, target: str, documents: st.SearchStrategy[bytes],
