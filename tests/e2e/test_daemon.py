@@ -22,7 +22,8 @@ def _idle(device: SimDevice) -> list[dict[str, Any]]:
                     60, "the daemon to watch the spec")
     decisions = device.wait_for(lambda: [r for r in device.audit_file_records()
                                          if r["kind"] == "decision"], 60, "the first decision")
-    device.wait_for(lambda: device.state(), 60, "the state file after the first decision")
+    device.wait_for(lambda: device.audit_head().get("seq"), 60,
+                    "the audit head after the first decision")
     return decisions
 
 
