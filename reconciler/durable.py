@@ -146,6 +146,17 @@ def atomic_write_json(path: Path, value: Any, mode: int = FILE_MODE) -> None:
     atomic_write(path, text.encode("utf-8"), mode)
 
 
+def read_at_most(path: Path, limit: int) -> tuple[bytes, bool]:
+    """At most ``limit`` bytes of ``path``, and whether the file holds more.
+
+    A file larger than anything it may hold is refused without being read
+    whole; each caller words the refusal (and any ``OSError``) for its file.
+    """
+    with open(path, "rb") as f:
+        raw = f.read(limit + 1)
+    return raw[:limit], len(raw) > limit
+
+
 def read_json(path: Path, default: Any = None) -> Any:
     """Read a JSON file written by :func:`atomic_write_json`; ``default`` if absent."""
     try:

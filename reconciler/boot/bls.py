@@ -56,7 +56,7 @@ from pathlib import Path
 
 from reconciler.boot import SLOTS, BootState, Mark, SlotName, other, register
 from reconciler.boot.blsentry import Found, find_entries, read_slot, salvage_conf, wanted_content
-from reconciler.durable import atomic_write, fsync_dir, make_dirs
+from reconciler.durable import atomic_write, fsync_dir, make_dirs, read_at_most
 from reconciler.errors import BootEnvError
 from reconciler.quoting import excerpt, printable
 
@@ -367,11 +367,10 @@ class BlsBackend:
     def _conf_bytes(self) -> bytes | None:
         """loader.conf's bytes, or ``None`` when it is missing, unreadable or too large."""
         try:
-            with open(self.conf_path, "rb") as f:
-                raw = f.read(MAX_CONF_BYTES + 1)
+            raw, too_large = read_at_most(self.conf_path, MAX_CONF_BYTES)
         except OSError:
             return None
-        return raw if len(raw) <= MAX_CONF_BYTES else None
+        return None if too_large else raw
 
     def _write_conf(self, view: _View) -> None:
         lines = [*view.conf_lines, f"default {default_pattern(view.target)}",
@@ -436,9 +435,8 @@ def _check_slot(slot: str) -> None:
 
 def _read_conf(path: Path) -> str:
     """loader.conf's text; a file larger than any real one is refused unread."""
-    with open(path, "rb") as f:
-        raw = f.read(MAX_CONF_BYTES + 1)
-    if len(raw) > MAX_CONF_BYTES:
+    raw, too_large = read_at_most(path, MAX_CONF_BYTES)
+    if too_large:
         raise BootEnvError(f"bls backend: {path}: larger than {MAX_CONF_BYTES} bytes")
     return raw.decode("utf-8")
 

@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from reconciler.boot import SLOTS, SlotName, other
+from reconciler.durable import read_at_most
 from reconciler.errors import BootEnvError
 from reconciler.quoting import excerpt, printable
 
@@ -73,11 +74,10 @@ def read_slot(path: Path) -> tuple[SlotName, bytes]:
     """The slot an entry file boots, and its bytes; ``BootEnvError`` saying why it boots
     none, worded to follow the file's name (``is not UTF-8``, ``names no kernel ...``)."""
     try:
-        with open(path, "rb") as f:
-            raw = f.read(MAX_ENTRY_BYTES + 1)
+        raw, too_large = read_at_most(path, MAX_ENTRY_BYTES)
     except OSError as exc:
         raise BootEnvError(f"is unreadable: {exc.strerror or exc}") from exc
-    if len(raw) > MAX_ENTRY_BYTES:
+    if too_large:
         raise BootEnvError(f"is larger than {MAX_ENTRY_BYTES} bytes")
     try:
         text = raw.decode("utf-8")

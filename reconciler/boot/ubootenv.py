@@ -48,7 +48,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from stat import S_ISREG
 
-from reconciler.durable import atomic_write, fsync_dir
+from reconciler.durable import atomic_write, fsync_dir, read_at_most
 from reconciler.errors import BootEnvError
 
 PAD = b"\xff"
@@ -95,11 +95,10 @@ def read_config(config: Path) -> tuple[EnvCopy, ...]:
 def _config_text(config: Path) -> str:
     """The config's text: at most :data:`MAX_CONFIG_BYTES`, UTF-8."""
     try:
-        with open(config, "rb") as f:
-            raw = f.read(MAX_CONFIG_BYTES + 1)
+        raw, too_large = read_at_most(config, MAX_CONFIG_BYTES)
     except OSError as exc:
         raise BootEnvError(f"uboot backend: {config}: {exc.strerror or exc}") from exc
-    if len(raw) > MAX_CONFIG_BYTES:
+    if too_large:
         raise BootEnvError(f"uboot backend: {config}: larger than {MAX_CONFIG_BYTES} bytes")
     try:
         return raw.decode("utf-8")

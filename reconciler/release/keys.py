@@ -20,6 +20,7 @@ from pathlib import Path
 from nacl.exceptions import CryptoError
 from nacl.signing import SigningKey, VerifyKey
 
+from reconciler.durable import read_at_most
 from reconciler.errors import ConfigError, ReleaseError
 
 KEYID_HEX_LEN = 16
@@ -51,11 +52,10 @@ _KEY_FILE_LIMIT = 1024
 
 def _read_hex32(path: Path, what: str) -> bytes:
     try:
-        with open(path, "rb") as f:
-            data = f.read(_KEY_FILE_LIMIT + 1)
+        data, too_large = read_at_most(path, _KEY_FILE_LIMIT)
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read {what} ({exc.strerror})") from exc
-    if len(data) > _KEY_FILE_LIMIT:
+    if too_large:
         raise ConfigError(f"{path}: not a hex {what} (larger than {_KEY_FILE_LIMIT} bytes)")
     try:
         raw = bytes.fromhex(data.decode("ascii").strip())

@@ -77,6 +77,20 @@ CASES = [(name, "grub") for name in BAD_INPUTS] + [
 ]
 
 
+def _failing_trial(device: SimDevice) -> dict[str, object]:
+    """Start a trial of a ``gateway-fails`` release; return its first probe decision."""
+    device.spec.write_text(device.spec.read_text().replace("timeout: 8s",
+                                                           f"timeout: {TIMEOUT_S}s"))
+    device.cli("sim", "publish", str(device.dir), "1.0.2", "--behaviour", "gateway-fails",
+               "--size-mb", "1")
+    device.start()
+    device.edit_spec(version="1.0.2")
+    found: dict[str, object] = device.wait_for(lambda: next(
+        (r for r in device.audit_file_records() if r["kind"] == "decision"
+         and r["action"] == "probe"), None), 40, "the first health probe of the trial")
+    return found
+
+
 @pytest.mark.parametrize(("bad_input", "backend"), CASES,
                          ids=[f"{name} ({backend})" for name, backend in CASES])
 def test_failing_trial_is_rolled_back_on_time_whatever_it_is_fed(
@@ -84,15 +98,7 @@ def test_failing_trial_is_rolled_back_on_time_whatever_it_is_fed(
     if backend != "grub":  # the same device on another bootloader
         shutil.rmtree(device.dir)
         device.cli("sim", "init", str(device.dir), "--bootloader", backend)
-    device.spec.write_text(device.spec.read_text().replace("timeout: 8s",
-                                                           f"timeout: {TIMEOUT_S}s"))
-    device.cli("sim", "publish", str(device.dir), "1.0.2", "--behaviour", "gateway-fails",
-               "--size-mb", "1")
-    device.start()
-    device.edit_spec(version="1.0.2")
-    first_probe = device.wait_for(lambda: next(
-        (r for r in device.audit_file_records() if r["kind"] == "decision"
-         and r["action"] == "probe"), None), 40, "the first health probe of the trial")
+    first_probe = _failing_trial(device)
 
     BAD_INPUTS[bad_input](device)
     status = device.cli("update", "status", check=False)
@@ -145,15 +151,7 @@ def test_failing_trial_is_rolled_back_when_the_data_disk_turns_read_only(
     import subprocess
     import time
 
-    device.spec.write_text(device.spec.read_text().replace("timeout: 8s",
-                                                           f"timeout: {TIMEOUT_S}s"))
-    device.cli("sim", "publish", str(device.dir), "1.0.2", "--behaviour", "gateway-fails",
-               "--size-mb", "1")
-    device.start()
-    device.edit_spec(version="1.0.2")
-    device.wait_for(lambda: next(
-        (r for r in device.audit_file_records() if r["kind"] == "decision"
-         and r["action"] == "probe"), None), 40, "the first health probe of the trial")
+    _failing_trial(device)
     probed_at = time.monotonic()
     boots = len(device.boots())
     data = str(device.dir / "data")
