@@ -1,12 +1,19 @@
-"""The device config: the fixed facts of one device (``/etc/kruxos/device.yaml``).
+"""The device config: what one device *is*, in two layers (``docs/configuration.md``).
 
-What the device *is* lives here — its slot devices, its bootloader, the keys it
-trusts, where its data dir and spec are, how it reboots. What the device
-*should run* lives in the spec. Keeping trust here means whoever edits the spec
-cannot choose which keys are trusted.
+- **The image layer** (``/etc/kruxos/device.yaml``, on the read-only root, so
+  it comes with the booted image): slot devices, bootloader, the keys the
+  image trusts, where the data dir is, how the device reboots — the facts of
+  the product, and the trust root.
+- **The device layer** (``overlay``, by default ``device.yaml`` in the data
+  dir, written once per device): its id, the channel it follows and its
+  credentials, the operator group, retention, where the spec is. It may only
+  set the keys in :data:`OVERLAY_KEYS`, and may only *add* revoked keys: it can
+  narrow trust, never widen it.
 
-The file is found by ``--config FILE``, else ``$KRUXOS_CONFIG``, else
-``/etc/kruxos/device.yaml``. Relative paths are relative to the config file.
+What the device *should run* lives in the spec, which can change neither
+layer. The image layer is found by ``--config FILE``, else ``$KRUXOS_CONFIG``,
+else ``/etc/kruxos/device.yaml``. Relative paths are relative to the file
+that names them.
 """
 
 from __future__ import annotations
@@ -35,6 +42,9 @@ from reconciler.spec import Duration
 from reconciler.urls import parse_url
 
 DEFAULT_PATH = Path("/etc/kruxos/device.yaml")
+#: What the device layer may set; everything else belongs to the image.
+OVERLAY_KEYS = frozenset({"deviceId", "channel", "group", "audit", "resync", "spec",
+                          "revokedKeys", "portMap"})
 #: A revoked key may be named by its keyid (16 hex digits) instead of a .pub path.
 _KEYID = re.compile(r"^[0-9a-fA-F]{16}$")
 
@@ -107,7 +117,10 @@ class DeviceConfig(_Model):
     trusted_keys: list[str] = Field(alias="trustedKeys", min_length=1)
     revoked_keys: list[str] = Field(default_factory=list, alias="revokedKeys")
     data_dir: str = Field(default="/data/kruxos", alias="dataDir")
-    spec: str = "/etc/kruxos/update.yaml"
+    overlay: str | None = None  # by default DATA_DIR/device.yaml (see _overlay_path)
+    device_id: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$")] | None = \
+        Field(default=None, alias="deviceId")
+    spec: str = "/data/kruxos/spec/update.yaml"
     reboot_command: list[str] = Field(default=["systemctl", "reboot"], alias="rebootCommand",
                                       min_length=1)
     cmdline: str = "/proc/cmdline"
@@ -175,6 +188,9 @@ class Device:
     group: str | None = None
     audit_keep_days: int | None = 400
     audit_keep_bytes: int | None = 256 * 1024 * 1024
+    device_id: str | None = None
+    #: The files the config was read from: the image layer, then the device layer if any.
+    layers: tuple[Path, ...] = ()
 
     def slot_device(self, slot: SlotName) -> str:
         """``sda3``: the short device name status lines show."""
@@ -231,21 +247,103 @@ def config_path(explicit: str | None) -> Path:
 
 
 def load_device(path: Path) -> Device:
-    """Read and resolve the device config at ``path``."""
+    """Read the image layer at ``path`` and the device layer it names; resolve both."""
     raw = _read_yaml(path)
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping of settings")
+    layers = [path.resolve()]
+    overlay_path = _overlay_path(raw, path)
+    if overlay_path is not None and overlay_path.exists():
+        overlay = _read_yaml(overlay_path)
+        if overlay is not None:
+            raw = _merge(raw, overlay, overlay_path, path)
+            layers.append(overlay_path.resolve())
     try:
         cfg = DeviceConfig.model_validate(raw)
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"])
-        raise ConfigError(f"{path}: {where}: {first['msg']}") from None
+        raise ConfigError(f"{_layer_of(first['loc'], layers)}: {where}: {first['msg']}") from None
     missing = [s for s in SLOTS if s not in cfg.slots]
     if missing:
         raise ConfigError(f"{path}: slots: slot {missing[0]} is not configured")
-    device = _resolve(cfg, path.resolve())
+    device = replace(_resolve(cfg, path.resolve(), overlay_path), layers=tuple(layers))
     set_data_policy(device.data_dir, _group_id(device.group, path))
     _register_secrets(device.credentials)
     return device
+
+
+def _overlay_path(raw: dict[str, Any], path: Path) -> Path | None:
+    """The device layer's file: ``overlay``, by default ``device.yaml`` in the data dir;
+    ``overlay: null`` for none."""
+    if "overlay" not in raw:
+        data_dir = raw.get("dataDir", "/data/kruxos")
+        if not isinstance(data_dir, str):
+            return None  # the model names the error
+        value = str(Path(data_dir) / "device.yaml")
+    else:
+        value = raw["overlay"]
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value:
+        raise ConfigError(f"{path}: overlay: expected a path to the device layer (or null)")
+    return Path(value) if os.path.isabs(value) else path.resolve().parent / value
+
+
+def _merge(image: dict[str, Any], overlay: Any, overlay_path: Path,
+           image_path: Path) -> dict[str, Any]:
+    """The image layer with the device layer's keys on top; a key the device layer may
+    not set is refused, naming it and the layer that owns it."""
+    if not isinstance(overlay, dict):
+        raise ConfigError(f"{overlay_path}: expected a mapping of settings")
+    merged = dict(image)
+    for key, value in overlay.items():
+        if key not in OVERLAY_KEYS:
+            owner = "trust comes from the image" if key in ("trustedKeys", "overlay") else \
+                "it is a fact of the image"
+            raise ConfigError(
+                f"{overlay_path}: {str(key)[:40]}: cannot be set in the device layer; only "
+                f"{image_path} (the image) sets it: {owner} (the device layer may set "
+                f"{', '.join(sorted(OVERLAY_KEYS))})")
+        if key == "revokedKeys":
+            if not isinstance(value, list):
+                raise ConfigError(f"{overlay_path}: revokedKeys: expected a list")
+            merged[key] = [*image.get(key, []), *(_relative_to(v, overlay_path, image_path)
+                                                  for v in value)]
+        elif key == "channel" and isinstance(value, dict) and isinstance(image.get(key), dict):
+            merged[key] = {**image[key], **value}
+        else:
+            merged[key] = value
+    return _paths_from(merged, overlay, overlay_path, image_path)
+
+
+def _relative_to(value: Any, overlay_path: Path, image_path: Path) -> Any:
+    """A path the device layer names, made absolute from where that layer lives."""
+    if not isinstance(value, str) or os.path.isabs(value) or _KEYID.match(value):
+        return value
+    return str(overlay_path.resolve().parent / value)
+
+
+def _paths_from(merged: dict[str, Any], overlay: dict[str, Any], overlay_path: Path,
+                image_path: Path) -> dict[str, Any]:
+    """Relative paths of the device layer are relative to its own file."""
+    for key in ("spec", "portMap"):
+        if key in overlay:
+            merged[key] = _relative_to(overlay[key], overlay_path, image_path)
+    creds = (overlay.get("channel") or {}).get("credentials") \
+        if isinstance(overlay.get("channel"), dict) else None
+    if isinstance(creds, dict):
+        merged["channel"] = {**merged["channel"], "credentials": {
+            k: _relative_to(v, overlay_path, image_path) if k.endswith("File") else v
+            for k, v in creds.items()}}
+    return merged
+
+
+def _layer_of(loc: tuple[Any, ...], layers: list[Path]) -> Path:
+    """The file an invalid setting came from (the device layer for its own keys)."""
+    if len(layers) > 1 and loc and loc[0] in OVERLAY_KEYS:
+        return layers[1]
+    return layers[0]
 
 
 def _group_id(name: str | None, path: Path) -> int | None:
@@ -282,7 +380,7 @@ def _read_yaml(path: Path) -> Any:
         raise ConfigError(f"{path}: YAML error: {exc}") from None
 
 
-def _resolve(cfg: DeviceConfig, source: Path) -> Device:
+def _resolve(cfg: DeviceConfig, source: Path, overlay: Path | None = None) -> Device:
     base = source.parent
 
     def at(value: str) -> Path:
@@ -306,6 +404,7 @@ def _resolve(cfg: DeviceConfig, source: Path) -> Device:
         channel_name=cfg.channel.name,
         credentials=_credentials(cfg.channel.credentials, at),
         group=cfg.group,
+        device_id=cfg.device_id,
         audit_keep_days=cfg.audit.keep_days,
         audit_keep_bytes=cfg.audit.keep_mib * 1024 * 1024 if cfg.audit.keep_mib else None,
     )

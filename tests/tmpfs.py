@@ -17,11 +17,18 @@ from pathlib import Path
 
 @contextlib.contextmanager
 def mounted_tmpfs(directory: Path, size: str) -> Iterator[Path]:
-    """Mount a tmpfs of ``size`` (``mount -o size=``, e.g. ``2m``) on the empty ``directory``."""
-    assert not any(directory.iterdir()), f"{directory} must be empty before the mount"
+    """Mount a tmpfs of ``size`` (``mount -o size=``, e.g. ``2m``) on ``directory``.
+
+    What the directory held (a simulated device's own config layer) is carried onto
+    the tmpfs, as a provisioned data disk would hold it."""
+    kept = {p.name: p.read_bytes() for p in directory.iterdir() if p.is_file()}
+    assert not any(p.is_dir() for p in directory.iterdir()), f"{directory} holds directories"
     mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs",
                               str(directory)], capture_output=True, text=True)
     assert mounted.returncode == 0, f"this test needs to mount a tmpfs: {mounted.stderr}"
+    for name, data in kept.items():
+        (directory / name).write_bytes(data)
+        (directory / name).chmod(0o640)
     try:
         yield directory
     finally:

@@ -66,8 +66,10 @@ def update_status(ctx: click.Context, as_json: bool) -> None:
     now = _now()
     view = inspect_device(device, now)
     if as_json:
-        click.echo(json.dumps(status_json(view.observed, view.boot_raw, view.policy,
-                                          view.action, now), indent=2, ensure_ascii=False))
+        doc = status_json(view.observed, view.boot_raw, view.policy, view.action, now)
+        doc["device"] = {"id": device.device_id,
+                         "config_layers": [str(layer) for layer in device.layers]}
+        click.echo(json.dumps(doc, indent=2, ensure_ascii=False))
         return
     for line in status_lines(view.observed, view.policy, view.action, now):
         click.echo(line)

@@ -20,12 +20,14 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import re
 import shutil
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 from reconciler.boot import open_backend
+from reconciler.durable import atomic_write
 from reconciler.errors import ConfigError
 from reconciler.release.channel import add_release, build_sim_image, init_channel, sign_channel
 from reconciler.release.keys import generate_keypair
@@ -58,7 +60,8 @@ spec:
 """
 
 DEVICE = """\
-# Facts of this simulated device (a real one: /etc/kruxos/device.yaml).
+# The image layer of this simulated device (a real one: /etc/kruxos/device.yaml);
+# its device layer is data/device.yaml.
 slots:
   A: {{device: slots/sda2}}
   B: {{device: slots/sda3}}
@@ -98,7 +101,17 @@ def init_device(directory: Path, *, bootloader: str = "grub") -> Path:
         python=sys.executable, dir=directory, backend=bootloader,
         env=env.relative_to(directory)))
     (directory / "spec.yaml").write_text(SPEC.format(channel=CHANNEL_PORT))
+    # The device layer (docs/configuration.md): what is this device's own.
+    atomic_write(directory / "data" / "device.yaml",
+                 f"# This device's own settings (the image's are in ../device.yaml).\n"
+                 f"deviceId: sim-{_device_id(directory)}\n".encode())
     return directory / "device.yaml"
+
+
+def _device_id(directory: Path) -> str:
+    """A stable id for a simulated device: its directory's name, made a valid id."""
+    name = re.sub(r"[^A-Za-z0-9._-]", "-", directory.name).strip("-.") or "device"
+    return name[:60]
 
 
 def _init_boot(directory: Path, bootloader: str) -> Path:
