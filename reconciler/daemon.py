@@ -29,7 +29,9 @@ from apscheduler.triggers.date import DateTrigger
 from watchfiles import Change, awatch
 
 from reconciler.config import Device
+from reconciler.durable import sweep_temporaries
 from reconciler.errors import AuditError
+from reconciler.inbox import INBOX
 from reconciler.reconcile import Reconciler, log
 from reconciler.store import data_dir_lock
 from reconciler.windows import next_open
@@ -70,6 +72,8 @@ class Daemon:
             for sig, handler in ((signal.SIGTERM, self.stop), (signal.SIGINT, self.stop),
                                  (signal.SIGHUP, lambda: self.wake("cli"))):
                 loop.add_signal_handler(sig, handler)
+            for name in sweep_temporaries(self.device.data_dir, keep_dirs=(INBOX,)):
+                log(f"removed {name}, left by a write a crash cut off")
             # Only the lock holder may open the audit trail: opening repairs it.
             self._reconciler = await self._open()
             if self._reconciler is None:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -144,6 +145,30 @@ def atomic_write_json(path: Path, value: Any, mode: int = FILE_MODE) -> None:
     """Write ``value`` as pretty JSON, atomically and durably."""
     text = json.dumps(value, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
     atomic_write(path, text.encode("utf-8"), mode)
+
+
+_TEMP = re.compile(r"^\..+\.tmp-(\d+)$")
+
+
+def sweep_temporaries(directory: Path, keep_dirs: tuple[str, ...] = ()) -> list[str]:
+    """Remove what a write cut off by a crash left behind (``.NAME.tmp-PID`` of another
+    process) in ``directory`` and its subdirectories; return the names removed.
+
+    Only the holder of the data-dir lock may call it: no other writer of those
+    files can be between its temporary file and the rename then. Directories
+    named in ``keep_dirs`` are written by other processes too and are left alone.
+    """
+    removed = []
+    for path in sorted(directory.rglob(".*.tmp-*")):
+        match = _TEMP.match(path.name)
+        if match is None or int(match[1]) == os.getpid() or not path.is_file():
+            continue
+        if path.parent.name in keep_dirs:
+            continue  # written by other processes (the commands' requests)
+        with contextlib.suppress(OSError):
+            path.unlink()
+            removed.append(str(path.relative_to(directory)))
+    return removed
 
 
 def read_at_most(path: Path, limit: int) -> tuple[bytes, bool]:

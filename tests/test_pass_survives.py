@@ -219,3 +219,39 @@ def test_a_damaged_trail_is_sealed_and_the_daemon_goes_on(device_dir: Path) -> N
     assert records[0]["action"] == "re-anchor" and isinstance(details, dict)
     assert "sealed" in details
     assert records[1]["action"] == "nothing"
+
+
+def test_what_a_crash_left_mid_write_is_removed_when_the_daemon_starts(
+        device_dir: Path) -> None:
+    """A kill between a temporary file's write and its rename leaves ``.NAME.tmp-PID``;
+    the next daemon (holding the lock) removes it; a command's request is left alone."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from tests.waiting import wait_for
+
+    _reconciler(device_dir).run_pass("daemon")
+    data = device_dir / "data"
+    left = [data / ".state.json.tmp-999999", data / "audit" / ".head.json.tmp-999998"]
+    for path in left:
+        path.write_bytes(b"half a document")
+    (data / "inbox").mkdir(exist_ok=True)
+    request = data / "inbox" / ".req-1.json.tmp-999997"
+    request.write_bytes(b"{")  # a command writing its request right now
+    log = device_dir / "run" / "daemon-test.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "reconciler.cli.main", "daemon"],
+                                env=dict(os.environ, KRUXOS_CONFIG=str(device_dir /
+                                                                       "device.yaml")),
+                                stdout=out, stderr=subprocess.STDOUT)
+    try:
+        wait_for(lambda: "watching" in log.read_text(), 30, "the daemon to start")
+        assert not any(path.exists() for path in left)
+        assert "removed .state.json.tmp-999999, left by a write a crash cut off" in \
+            log.read_text()
+        assert request.exists()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
