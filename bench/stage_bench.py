@@ -34,8 +34,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from reconciler.release.channel import add_release, build_sim_image, init_channel, sign_channel
+from reconciler.release.channel import add_release, init_channel, sign_channel
 from reconciler.release.keys import generate_keypair
+from reconciler.sim.image import build_sim_image
 
 MIB = 1 << 20
 REPO = Path(__file__).resolve().parent.parent

@@ -21,6 +21,7 @@ from pathlib import Path
 import httpx
 
 from reconciler.release.client import fetch_metadata
+from reconciler.release.identity import Origin
 from reconciler.release.installer import InstallProgress, install
 from reconciler.release.keys import load_trusted_keys
 
@@ -55,6 +56,7 @@ def stage(args: argparse.Namespace) -> dict[str, object]:
     clock = _Clock()
     t1 = time.perf_counter()
     result = install(release, args.base_url, slot, slot.stat().st_size,
+                     origin=Origin(meta.channel, meta.serial),
                      booted_slot_path=Path(args.booted), before_first_write=lambda: None,
                      progress=clock, should_stop=lambda: False,
                      resume_file=Path(args.resume), transport=transport)

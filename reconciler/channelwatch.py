@@ -132,6 +132,11 @@ class ChannelWatch:
                 pool, creds, lambda: channel_origin(self.device.map_url(creds.origin)))
         return self._transport
 
+    @property
+    def verified(self) -> ChannelMetadata | None:
+        """The metadata verified last (by :meth:`release` right before a staging)."""
+        return self._meta
+
     def view(self, policy: UpdatePolicy, revision: str, now: datetime) -> ChannelView:
         """The channel as ``decide`` needs it, refetched when stale."""
         key = (policy.spec.channel.url, revision)

@@ -105,7 +105,7 @@ def _repair_boot_env(policy: UpdatePolicy | None, obs: ObservedState,
     The booted slot is known to boot. If the state file says it was armed for a
     trial, the trial goes on (the other slot, good before, is the default);
     else it becomes the default. The other slot keeps a staged mark only when
-    its own header names a release and no staging was writing it; otherwise it
+    its own identity names a release and no staging was writing it; otherwise it
     is marked bad, so nothing unverified is ever booted.
     """
     if obs.boot_env_problem is None:
@@ -122,7 +122,7 @@ def _repair_boot_env(policy: UpdatePolicy | None, obs: ObservedState,
         mark = "empty"
     return RepairBootEnv(booted.name, ((booted.name, "good"), (target.name, mark)),
                          f"{why}: rewritten from the booted slot {booted.label} (default, "
-                         f"good) and slot {target.label}'s own header (marked {mark})")
+                         f"good) and slot {target.label}'s own identity (marked {mark})")
 
 
 def _overdue_trial(policy: UpdatePolicy | None, obs: ObservedState,

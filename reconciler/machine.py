@@ -12,7 +12,7 @@ from typing import Protocol
 
 from reconciler.config import Device
 from reconciler.observed import SlotName
-from reconciler.release.image import ImageHeader, slot_identity
+from reconciler.release.identity import SlotIdentity, read_identity
 
 
 class Machine(Protocol):
@@ -24,7 +24,7 @@ class Machine(Protocol):
     def boot_id(self) -> str:
         """An id that changes on every boot (``unknown`` when it cannot be read)."""
 
-    def slot_identity(self, slot: SlotName) -> tuple[ImageHeader | None, str | None]:
+    def slot_identity(self, slot: SlotName) -> tuple[SlotIdentity | None, str | None]:
         """The release ``slot``'s own bytes name, or why they name none; raises OSError."""
 
 
@@ -40,5 +40,5 @@ class DeviceMachine:
     def boot_id(self) -> str:
         return self.device.current_boot_id()
 
-    def slot_identity(self, slot: SlotName) -> tuple[ImageHeader | None, str | None]:
-        return slot_identity(self.device.slot_paths[slot])
+    def slot_identity(self, slot: SlotName) -> tuple[SlotIdentity | None, str | None]:
+        return read_identity(self.device.slot_paths[slot])

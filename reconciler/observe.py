@@ -1,9 +1,10 @@
-"""Build :class:`ObservedState` from the device: slot headers, boot env, state file.
+"""Build :class:`ObservedState` from the device: slot identities, boot env, state file.
 
 Everything is read fresh on each pass. A slot's version comes from its own
-header bytes, its mark and the trial counter from the bootloader environment,
-and the rest (health progress of this boot, the last rollback, a failed
-version, a staging in progress) from the state file on the data dir.
+bytes (the identity record in its last 4 KiB), its mark and the trial counter
+from the bootloader environment, and the rest (health progress of this boot,
+the last rollback, a failed version, a staging in progress) from the state
+file on the data dir.
 """
 
 from __future__ import annotations
@@ -126,15 +127,15 @@ def _load_state(store: StateStore) -> tuple[dict[str, Any], str | None]:
 def _slot(device: Device, machine: Machine, boot: BootState, name: Any) -> Slot:
     """A slot as its own bytes name it; a foreign or non-semver identity is a named problem."""
     try:
-        header, problem = machine.slot_identity(name)
+        identity, problem = machine.slot_identity(name)
     except OSError as exc:
-        header, problem = None, f"cannot read the slot's header: {exc.strerror or exc}"
+        identity, problem = None, f"cannot read the slot's identity: {exc.strerror or exc}"
     mark = boot.marks.get(name, "empty")
-    if header is None and mark != "bad":
+    if identity is None and mark != "bad":
         mark = "empty"
-    version = header.version if header else None
+    version = identity.version if identity else None
     if version is not None and not is_semver(version):
-        problem = f"its header names version {version[:40]!r}, not a semantic version"
+        problem = f"its identity names version {version[:40]!r}, not a semantic version"
     return Slot(name, device.slot_device(name), version, mark, problem)
 
 

@@ -1,7 +1,7 @@
 """What is on the device, as frozen plain values (pure: built by ``observe.py``).
 
 The decision core sees the device only through :class:`ObservedState`. Every
-field here is read back from disk on every pass (the slots' own header bytes,
+field here is read back from disk on every pass (the slots' own identity records,
 the bootloader environment, the state file on the data dir), so a crash or a
 reboot between two steps loses nothing.
 """
@@ -25,7 +25,7 @@ def other(slot: SlotName) -> SlotName:
 
 @dataclass(frozen=True)
 class Slot:
-    """One root partition: its device, the version its header names, its boot mark."""
+    """One root partition: its device, the version its identity names, its boot mark."""
 
     name: SlotName
     device: str

@@ -1,11 +1,12 @@
 """The stage action: the streaming installer wired to the boot env and the state file.
 
 Fail-safe order (as RAUC installs): fresh verified metadata first; the slot is
-marked ``bad`` before its first byte is written; progress goes to the executor
-(which keeps it in the state file, so status shows it and a restart resumes);
-the slot is marked ``staged`` only after the installer read every byte back
-from the device and matched the signed SHA-256. The trial is not armed here:
-that happens at the reboot.
+marked ``bad`` and its identity destroyed before its first byte is written;
+progress goes to the executor (which keeps it in the state file, so status
+shows it and a restart resumes); the slot is marked ``staged`` only after the
+installer read every byte back from the device, matched the signed SHA-256
+and wrote the slot's identity. The trial is not armed here: that happens at
+the reboot.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from reconciler.channelwatch import ChannelWatch
 from reconciler.config import Device
 from reconciler.errors import KruxosError, ReleaseError, TemporaryError
 from reconciler.observed import SlotName
+from reconciler.release.identity import Origin
 from reconciler.release.installer import InstallProgress, InstallResult, install
 from reconciler.spec import UpdatePolicy
 
@@ -76,6 +78,9 @@ class InstallerStager:
         ``slot``: a caller that names the booted slot by mistake is refused.
         """
         release = self.channel.release(policy, version)
+        meta = self.channel.verified
+        origin = Origin(meta.channel if meta else self.device.channel_name,
+                        meta.serial if meta else 0)
         path = self.device.slot_paths[slot]
         report.total = release.size
 
@@ -85,7 +90,7 @@ class InstallerStager:
 
         return install(
             release, self.device.map_url(policy.spec.channel.url), path, slot_size(path),
-            booted_slot_path=self.device.slot_paths[self.device.booted_slot()],
+            origin=origin, booted_slot_path=self.device.slot_paths[self.device.booted_slot()],
             before_first_write=before_first_write, progress=report,
             should_stop=should_stop, resume_file=self.device.data_dir / RESUME_FILE,
             transport=self.channel.transport)

@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import random
 import re
 import signal
 import subprocess
@@ -24,7 +23,7 @@ from typing import Any, TypeVar
 
 import pytest
 
-from reconciler.release.image import ImageHeader, encode_header
+from reconciler.sim.image import build_sim_image
 from tests.waiting import wait_for
 
 REPO = Path(__file__).resolve().parents[1]
@@ -92,12 +91,10 @@ class SimDevice:
         """``kruxos sim publish DIR VERSION --behaviour B``."""
         self.cli("sim", "publish", str(self.dir), version, "--behaviour", behaviour)
 
-    def publish_image(self, version: str, **header: str) -> None:
-        """Build an image with chosen header fields; publish it with ``kruxos release``."""
+    def publish_image(self, version: str, **fields: str) -> None:
+        """Build an image with chosen release-file fields; publish it with ``kruxos release``."""
         image = self.dir.parent / f"{self.dir.name}-kruxos-{version}.img"
-        rng = random.Random(f"e2e/{version}/{sorted(header.items())}")
-        image.write_bytes(encode_header(ImageHeader(version=version, extra=header))
-                          + rng.randbytes(256 << 10))
+        build_sim_image(image, version, size=256 << 10, fields=fields)
         channel = str(self.dir / "channel")
         self.cli("release", "add", channel, str(image), "--version", version)
         self.cli("release", "sign", channel, "--key", str(self.dir / "keys" / "release.key"))

@@ -30,7 +30,7 @@ from reconciler.errors import ReleaseError
 from reconciler.inspect import inspect_device
 from reconciler.observed import ChannelView, ObservedState, Override
 from reconciler.release import features
-from reconciler.release.channel import add_release, build_sim_image, init_channel, sign_channel
+from reconciler.release.channel import add_release, init_channel, sign_channel
 from reconciler.release.keys import keyid_of, load_signing_key
 from reconciler.release.metadata import (
     MAX_FEATURE_LENGTH,
@@ -41,6 +41,7 @@ from reconciler.release.metadata import (
     verify_metadata,
 )
 from reconciler.sim.device import CHANNEL_PORT, init_device
+from reconciler.sim.image import build_sim_image
 from reconciler.spec import UpdatePolicy
 from reconciler.store import StateStore
 from tests.httpserver import ChannelServer

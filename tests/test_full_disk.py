@@ -22,8 +22,8 @@ from reconciler.config import load_device
 from reconciler.durable import atomic_write
 from reconciler.errors import LockHeldError
 from reconciler.reconcile import Reconciler
-from reconciler.release.image import ImageHeader, encode_header
 from reconciler.store import RESERVE_BYTES, Reserve, data_dir_lock
+from tests.slots import claim
 from tests.tmpfs import fill, free_bytes, mounted_tmpfs
 
 NOW = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)
@@ -42,8 +42,7 @@ def _tmp_files(directory: Path) -> list[str]:
 
 def _on_trial_of(root: Path, rec: Reconciler, version: str, since: datetime) -> None:
     """Slot B holds ``version``, booted on trial, probed ``since`` without a healthy answer."""
-    with open(root / "slots" / "sda3", "r+b") as f:
-        f.write(encode_header(ImageHeader(version=version)))
+    claim(root / "slots" / "sda3", version)
     rec.backend.set_mark("B", "staged")
     rec.backend.arm_trial("B", 3)
     (root / "run" / "cmdline").write_text("root=/dev/sda3 kruxos.slot=B\n")

@@ -16,7 +16,7 @@ import pytest
 
 from reconciler.errors import ConfigError, StateError
 from reconciler.health import HealthAnswer, probe, rollback_reason
-from reconciler.release.image import ImageHeader, encode_header
+from reconciler.sim.image import build_sim_image
 from reconciler.sim.os import SimOsProcess, launch
 from tests.waiting import wait_for
 
@@ -25,12 +25,12 @@ DASH = "\u2014"
 
 @pytest.fixture
 def boot(tmp_path: Path) -> Iterator[Callable[..., SimOsProcess]]:
-    """Boot a simulated OS from a slot whose header holds the given fields."""
+    """Boot a simulated OS from a slot whose image's release file holds the given fields."""
     running: list[SimOsProcess] = []
 
     def start(version: str = "1.0.1", **fields: str) -> SimOsProcess:
         slot = tmp_path / f"slot-{len(running)}"
-        slot.write_bytes(encode_header(ImageHeader(version=version, extra=fields)) + b"\1" * 4096)
+        build_sim_image(slot, version, size=16 << 10, fields=fields)
         running.append(launch(slot, tmp_path / f"ready-{len(running)}.json"))
         return running[-1]
 

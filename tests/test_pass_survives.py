@@ -13,7 +13,7 @@ from pathlib import Path
 from reconciler.actions import Stage, Wait
 from reconciler.config import load_device
 from reconciler.reconcile import BACKOFF_CAP, Reconciler, backoff
-from reconciler.release.image import ImageHeader, encode_header
+from tests.slots import claim, legacy_header, write_at
 
 NOW = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)
 
@@ -35,14 +35,9 @@ def _set_spec(device_dir: Path, old: str, new: str) -> None:
     spec.write_text(spec.read_text().replace(old, new))
 
 
-def _write_header(device_dir: Path, slot_file: str, raw: bytes) -> None:
-    with open(device_dir / "slots" / slot_file, "r+b") as f:
-        f.write(raw)
-
-
-def test_booted_slot_with_a_non_semver_header_is_a_named_state_not_a_crash(
+def test_booted_slot_with_a_non_semver_identity_is_a_named_state_not_a_crash(
         device_dir: Path) -> None:
-    _write_header(device_dir, "sda2", encode_header(ImageHeader(version="2024.1")))
+    claim(device_dir / "slots" / "sda2", "2024.1")
     _set_spec(device_dir, "version: 1.0.0", "version: 1.0.1")
     reconciler = _reconciler(device_dir)
     result = reconciler.run_pass("daemon")
@@ -56,8 +51,9 @@ def test_booted_slot_with_a_non_semver_header_is_a_named_state_not_a_crash(
     assert not [r for r in _records(device_dir) if r["action"] == "pass-failed"]
 
 
-def test_foreign_bytes_in_the_other_slot_are_named_as_a_problem(device_dir: Path) -> None:
-    _write_header(device_dir, "sda3", b"\x53\xef" + b"ext4 superblock" * 10)
+def test_foreign_bytes_at_the_end_of_the_other_slot_are_named_as_a_problem(
+        device_dir: Path) -> None:
+    write_at(device_dir / "slots" / "sda3", -4096, b"\x53\xef" + b"ext4 superblock" * 10)
     reconciler = _reconciler(device_dir)
     from reconciler.observe import observe
 
@@ -65,6 +61,27 @@ def test_foreign_bytes_in_the_other_slot_are_named_as_a_problem(device_dir: Path
     assert seen.other_slot.version is None
     assert seen.other_slot.problem is not None and "foreign" in seen.other_slot.problem
     assert reconciler.run_pass("daemon").outcome is not None
+
+
+def test_a_filesystem_at_byte_0_of_a_slot_is_no_problem_and_claims_nothing(
+        device_dir: Path) -> None:
+    write_at(device_dir / "slots" / "sda3", 1024, b"\x53\xef" + b"ext4 superblock" * 10)
+    reconciler = _reconciler(device_dir)
+    from reconciler.observe import observe
+
+    seen = observe(reconciler.device, reconciler.store, reconciler.backend)
+    assert (seen.other_slot.version, seen.other_slot.problem) == (None, None)
+
+
+def test_a_slot_of_the_old_layout_is_still_read_by_its_header(device_dir: Path) -> None:
+    write_at(device_dir / "slots" / "sda3", 0, legacy_header("1.0.1", BEHAVIOUR="healthy"))
+    reconciler = _reconciler(device_dir)
+    reconciler.backend.set_mark("B", "good")
+    from reconciler.observe import observe
+
+    seen = observe(reconciler.device, reconciler.store, reconciler.backend)
+    assert (seen.other_slot.version, seen.other_slot.mark) == ("1.0.1", "good")
+    assert seen.other_slot.problem is None
 
 
 def test_any_exception_from_the_channel_makes_a_wait_not_a_failed_pass(
@@ -127,10 +144,8 @@ def test_a_spec_that_breaks_the_reader_is_rejected_and_the_pass_goes_on(
 
 
 def test_state_lost_with_its_copy_keeps_the_failed_version_blocked(device_dir: Path) -> None:
-    from reconciler.release.image import ImageHeader, encode_header
-
     reconciler = _reconciler(device_dir)
-    _write_header(device_dir, "sda3", encode_header(ImageHeader(version="1.0.1")))
+    claim(device_dir / "slots" / "sda3", "1.0.1")
     reconciler.backend.set_mark("B", "staged")
     reconciler.backend.arm_trial("B", 3)
     (device_dir / "run" / "cmdline").write_text("root=/dev/sda3 kruxos.slot=B\n")
@@ -160,12 +175,10 @@ def test_state_lost_with_its_copy_keeps_the_failed_version_blocked(device_dir: P
 
 
 def test_state_lost_during_a_trial_keeps_the_rollback_deadline(device_dir: Path) -> None:
-    from reconciler.release.image import ImageHeader, encode_header
-
     clock = [NOW]
     first = Reconciler(load_device(device_dir / "device.yaml"), rebooter=lambda r: None,
                        clock=lambda: clock[0])
-    _write_header(device_dir, "sda3", encode_header(ImageHeader(version="1.0.1")))
+    claim(device_dir / "slots" / "sda3", "1.0.1")
     first.backend.set_mark("B", "staged")
     first.backend.arm_trial("B", 3)
     (device_dir / "run" / "cmdline").write_text("root=/dev/sda3 kruxos.slot=B\n")

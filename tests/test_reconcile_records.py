@@ -50,10 +50,9 @@ def test_a_rollback_asked_in_one_boot_does_not_apply_in_the_next(device_dir: Pat
 
 
 def _staged_101(device_dir: Path, reconciler: Reconciler) -> None:
-    from reconciler.release.image import ImageHeader, encode_header
+    from tests.slots import claim
 
-    with open(device_dir / "slots" / "sda3", "r+b") as f:
-        f.write(encode_header(ImageHeader(version="1.0.1")))
+    claim(device_dir / "slots" / "sda3", "1.0.1")
     reconciler.backend.set_mark("B", "staged")
     spec = device_dir / "spec.yaml"
     spec.write_text(spec.read_text().replace("version: 1.0.0", "version: 1.0.1"))

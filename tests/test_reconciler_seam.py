@@ -23,7 +23,7 @@ from reconciler.config import Device, load_device
 from reconciler.health import HealthAnswer
 from reconciler.observed import ChannelView
 from reconciler.reconcile import Parts, Reconciler
-from reconciler.release.image import ImageHeader
+from reconciler.release.identity import SlotIdentity
 from reconciler.sim.device import init_device
 from reconciler.spec import UpdatePolicy
 from reconciler.specfile import LoadedSpec, parse_spec
@@ -162,8 +162,8 @@ class MemoryMachine:
     def __init__(self) -> None:
         self.booted: SlotName = "A"
         self.boots = 1
-        self.headers: dict[SlotName, ImageHeader | None] = {"A": ImageHeader(version="1.0.0"),
-                                                            "B": None}
+        self.identities: dict[SlotName, SlotIdentity | None] = {
+            "A": SlotIdentity(version="1.0.0"), "B": None}
 
     def booted_slot(self) -> SlotName:
         return self.booted
@@ -171,8 +171,8 @@ class MemoryMachine:
     def boot_id(self) -> str:
         return f"boot-{self.boots}"
 
-    def slot_identity(self, slot: SlotName) -> tuple[ImageHeader | None, str | None]:
-        return self.headers[slot], None
+    def slot_identity(self, slot: SlotName) -> tuple[SlotIdentity | None, str | None]:
+        return self.identities[slot], None
 
 
 class MemoryKeeper:
@@ -207,7 +207,8 @@ class FakeStager:
         self.journal.append("stage")
         progress(None, 4096)
         self.backend.set_mark(slot, "bad")
-        self.machine.headers[slot] = ImageHeader(version=version)
+        self.machine.identities[slot] = None  # destroyed before the first block
+        self.machine.identities[slot] = SlotIdentity(version=version)  # written last
         self.backend.set_mark(slot, "staged")
         return f"{version} written to slot {slot}"
 

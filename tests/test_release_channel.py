@@ -14,13 +14,13 @@ from reconciler.cli.release import release_group
 from reconciler.errors import ReleaseError
 from reconciler.release.channel import (
     add_release,
-    build_sim_image,
     init_channel,
     sign_channel,
     verify_channel,
 )
-from reconciler.release.image import read_slot_header
 from reconciler.release.keys import generate_keypair
+from reconciler.sim.image import build_sim_image, read_root
+from tests.slots import legacy_header
 
 BLOCK = 64 * 1024
 
@@ -35,9 +35,8 @@ def test_simulated_images_carry_their_version_and_differ_per_version(tmp_path: P
     a = build_sim_image(tmp_path / "a.img", "1.0.0", behaviour="crash", size=100_000)
     again = build_sim_image(tmp_path / "again.img", "1.0.0", behaviour="crash", size=100_000)
     b = build_sim_image(tmp_path / "b.img", "1.0.1", size=100_000)
-    header = read_slot_header(a)
-    assert header is not None and header.version == "1.0.0"
-    assert header.get("BEHAVIOUR") == "crash"
+    release = read_root(a).release()
+    assert release["VERSION"] == "1.0.0" and release["BEHAVIOUR"] == "crash"
     assert a.read_bytes() == again.read_bytes() != b.read_bytes()
     assert a.stat().st_size == 100_000
 
@@ -55,12 +54,44 @@ def test_adding_a_release_copies_the_image_and_hashes_each_block(
                                for i in range(0, len(data), BLOCK))
 
 
-def test_an_image_whose_header_names_another_version_is_refused(
+def test_an_image_of_the_old_layout_is_refused_with_what_to_do(
     channel: Path, tmp_path: Path,
 ) -> None:
-    image = build_sim_image(tmp_path / "x.img", "2.0.0", size=10_000)
-    with pytest.raises(ReleaseError, match=r"x\.img: the image header says VERSION=2\.0\.0"):
-        add_release(channel, image, "2.0.1", [])
+    image = tmp_path / "x.img"
+    image.write_bytes(legacy_header("2.0.0") + b"\x5a" * 10_000)
+    with pytest.raises(ReleaseError, match=r"x\.img: starts with an old-layout KruxOS image "
+                       r"header \(KRUXOS-IMAGE 1\); .* build the image without the header"):
+        add_release(channel, image, "2.0.0", [])
+    assert not (channel / "kruxos-2.0.0.img").exists()
+
+
+def test_any_plain_image_is_added_whatever_its_first_bytes(
+    channel: Path, tmp_path: Path,
+) -> None:
+    image = tmp_path / "ext4.img"
+    image.write_bytes(bytes(1024) + b"\x53\xef" + bytes(20_000))  # a superblock at 1024
+    rel = add_release(channel, image, "2.0.0", [])
+    assert rel.size == 21_026 and (channel / rel.image).read_bytes() == image.read_bytes()
+
+
+def test_verify_reports_a_signed_image_of_the_old_layout(channel: Path, tmp_path: Path) -> None:
+    key, pub = generate_keypair(tmp_path, "k")
+    add_release(channel, build_sim_image(tmp_path / "1.img", "1.0.0", size=3 * BLOCK), "1.0.0",
+                [], block_size=BLOCK)
+    image = channel / "kruxos-1.0.0.img"
+    image.write_bytes(legacy_header("1.0.0") + image.read_bytes()[4096:])
+    draft = json.loads((channel / "draft.json").read_text())  # as an old publisher signed it
+    data = image.read_bytes()
+    draft["releases"][0].update(sha256=hashlib.sha256(data).hexdigest(), blocks=[
+        hashlib.sha256(data[i:i + BLOCK]).hexdigest() for i in range(0, len(data), BLOCK)])
+    (channel / "draft.json").write_text(json.dumps(draft))
+    sign_channel(channel, [key])
+    report = verify_channel(channel, [pub], datetime.now(UTC))
+    assert not report.accepted
+    assert report.problems == [f"1.0.0: {image} starts with an old-layout KruxOS image header "
+                               "(KRUXOS-IMAGE 1); an image is now the plain filesystem the OS "
+                               "build makes, and the device writes the slot identity itself: "
+                               "build the image without the header"]
 
 
 def test_a_version_cannot_be_added_twice(channel: Path, tmp_path: Path) -> None:

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import re
+import signal
+import subprocess
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -13,17 +18,22 @@ from typing import Any
 import pytest
 
 from reconciler.errors import ChannelUnavailable, ReleaseError
-from reconciler.release.channel import add_release, build_sim_image, init_channel, sign_channel
+from reconciler.release.channel import add_release, init_channel, sign_channel
 from reconciler.release.client import fetch_metadata
+from reconciler.release.identity import Origin, read_identity, verify_slot
 from reconciler.release.installer import InstallProgress, InstallResult, install
 from reconciler.release.keys import generate_keypair, load_trusted_keys
 from reconciler.release.metadata import Release
+from reconciler.sim.image import build_sim_image
 from tests.httpserver import ChannelServer
+from tests.slots import claim, legacy_header, write_at
 
 BLOCK = 64 * 1024
 SIZE = 20 * BLOCK + 5000  # 21 blocks, the last one short
 SLOT_SIZE = 2 * 1024 * 1024
 PATTERN = b"\x5a"
+ORIGIN = Origin("stable", 1)
+RECORD = 4096
 
 
 @pytest.fixture(scope="module")
@@ -35,6 +45,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ChannelSe
     image = build_sim_image(root / "image.img", "1.1.0", size=SIZE)
     add_release(chan, image, "1.1.0", ["a change"], block_size=BLOCK)
     sign_channel(chan, [key])
+    (chan / "kruxos-1.0.9.img").write_bytes(_OLD_IMAGE)
     server = ChannelServer(chan)
     try:
         meta = fetch_metadata(server.url, load_trusted_keys([pub]), frozenset(),
@@ -44,6 +55,19 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ChannelSe
         yield server, release
     finally:
         server.stop()
+
+
+#: An image of the old layout (a header at byte 0), served beside the release.
+_OLD_IMAGE = legacy_header("1.0.9") + b"\x33" * (3 * BLOCK)
+
+
+def _old_layout_release() -> Release:
+    """1.0.9 as an old publisher signed it: the hashes match the image with its header."""
+    data = _OLD_IMAGE
+    return Release("1.0.9", "2030-01-01", (), "kruxos-1.0.9.img", len(data),
+                   hashlib.sha256(data).hexdigest(), BLOCK,
+                   tuple(hashlib.sha256(data[i:i + BLOCK]).hexdigest()
+                         for i in range(0, len(data), BLOCK)))
 
 
 @dataclass
@@ -76,13 +100,14 @@ class Device:
             self.marked_bad += 1
 
         args: dict[str, Any] = dict(
-            booted_slot_path=self.booted, before_first_write=mark_bad,
+            origin=ORIGIN, booted_slot_path=self.booted, before_first_write=mark_bad,
             progress=self.events.append, should_stop=lambda: False,
             resume_file=self.resume_file, timeout=5.0)
         args.update(kw)
         slot = args.pop("slot", self.slot)
         slot_size = args.pop("slot_size", SLOT_SIZE)
-        return install(self.release, self.server.url, slot, slot_size, **args)
+        release = args.pop("release", self.release)
+        return install(release, self.server.url, slot, slot_size, **args)
 
     def image_requests(self) -> list[dict[str, Any]]:
         log = self.server.requests()[self.log_from:]
@@ -111,7 +136,7 @@ def test_install_writes_the_image_and_verifies_it_by_reading_the_slot_back(
     result = device.install()
     assert result.complete and result.resumed_from == 0
     assert device.image() == _expected_image(device)
-    assert device.slot.read_bytes()[SIZE:] == PATTERN * (SLOT_SIZE - SIZE)
+    assert device.slot.read_bytes()[SIZE:-RECORD] == PATTERN * (SLOT_SIZE - SIZE - RECORD)
     assert device.marked_bad == 1
     last = device.events[-1]
     assert (last.phase, last.verified, last.written, last.read_back, last.total) == (
@@ -153,9 +178,23 @@ def test_an_image_longer_than_declared_is_refused_before_any_write(device: Devic
 def test_an_image_larger_than_the_slot_is_refused_before_the_first_write(
     device: Device,
 ) -> None:
-    with pytest.raises(ReleaseError, match=f"is {SIZE} bytes, slot .* holds only 4096"):
+    with pytest.raises(ReleaseError, match=f"is {SIZE} bytes, slot .* holds only 0 "
+                       r"\(its 4096 bytes less the 4096-byte slot identity\); nothing was written"):
         device.install(slot_size=4096)
     assert device.marked_bad == 0 and device.image_requests() == []
+
+
+def test_an_image_that_would_reach_into_the_identity_record_is_refused(
+    device: Device,
+) -> None:
+    tight = device.tmp / "tight"
+    tight.write_bytes(PATTERN * (SIZE + RECORD - 1))
+    with pytest.raises(ReleaseError, match=f"holds only {SIZE - 1} "):
+        device.install(slot=tight, slot_size=SIZE + RECORD - 1)
+    assert device.marked_bad == 0 and tight.read_bytes() == PATTERN * (SIZE + RECORD - 1)
+    tight.write_bytes(PATTERN * (SIZE + RECORD))  # exactly the image and its record
+    assert device.install(slot=tight, slot_size=SIZE + RECORD).complete
+    assert read_identity(tight)[0] is not None and verify_slot(tight).state == "ok"
 
 
 def test_the_booted_slot_is_never_written_even_through_a_symlink(device: Device) -> None:
@@ -255,7 +294,8 @@ def test_an_image_missing_from_the_server_is_a_temporary_failure(
     missing = Release("1.1.0", "2030-01-01", (), "kruxos-9.img", SIZE, device.release.sha256,
                       BLOCK, device.release.blocks)
     with pytest.raises(ChannelUnavailable, match="HTTP 404"):
-        install(missing, device.server.url, device.slot, SLOT_SIZE, booted_slot_path=device.booted,
+        install(missing, device.server.url, device.slot, SLOT_SIZE, origin=ORIGIN,
+                booted_slot_path=device.booted,
                 before_first_write=lambda: None, progress=lambda e: None,
                 should_stop=lambda: False, resume_file=tmp_path / "r.json")
 
@@ -315,4 +355,154 @@ def test_blocks_travel_in_a_fixed_pool_of_buffers_whatever_the_image_size(
     assert device.install().complete
     assert len(device.release.blocks) == 21
     assert 1 < len(buffers) <= installer.QUEUE_BLOCKS + 2
+    assert device.image() == _expected_image(device)
+
+
+# ---- the slot identity: destroyed before the first block, written after the read-back ----
+
+def test_a_complete_install_names_the_release_in_the_slots_last_4_kib(device: Device) -> None:
+    assert device.install().complete
+    identity, problem = read_identity(device.slot)
+    assert problem is None and identity is not None
+    assert (identity.version, identity.size, identity.sha256, identity.channel,
+            identity.serial) == ("1.1.0", SIZE, device.release.sha256, "stable", 1)
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", identity.written)
+    assert verify_slot(device.slot).state == "ok"
+
+
+def test_the_old_identity_is_gone_before_the_first_block_and_back_only_at_the_end(
+    device: Device,
+) -> None:
+    claim(device.slot, "1.0.0")
+    seen: list[str | None] = []
+
+    def progress(event: InstallProgress) -> None:
+        identity = read_identity(device.slot)[0]
+        seen.append(identity.version if identity else None)
+
+    def mark_bad() -> None:
+        assert read_identity(device.slot)[0] is not None  # marked bad first, then destroyed
+        device.marked_bad += 1
+
+    assert device.install(progress=progress, before_first_write=mark_bad).complete
+    assert device.marked_bad == 1
+    assert seen[-1] == "1.1.0" and set(seen[:-1]) == {None}, seen
+    assert len(seen) == len(device.release.blocks) + 21 + 1  # downloads, read-back, done
+
+
+def test_a_stopped_install_claims_nothing_until_it_resumes_and_finishes(
+    device: Device,
+) -> None:
+    claim(device.slot, "1.0.0")
+    result = device.install(should_stop=lambda: len(device.events) >= 5)
+    assert not result.complete
+    assert read_identity(device.slot) == (None, None)
+    assert device.install().complete
+    assert read_identity(device.slot)[0] is not None
+    assert verify_slot(device.slot).state == "ok"
+
+
+def test_an_old_layout_header_at_byte_0_is_destroyed_with_the_identity(
+    device: Device,
+) -> None:
+    write_at(device.slot, 0, legacy_header("1.0.0"))  # and no record at the end
+    write_at(device.slot, -RECORD, bytes(RECORD))
+    assert read_identity(device.slot)[0] is not None
+    device.server.set_faults(tamper_at=100)  # block 0 is refused: nothing of it is written
+    with pytest.raises(ReleaseError, match="block 0 .* hash mismatch"):
+        device.install(before_first_write=lambda: None)
+    assert read_identity(device.slot) == (None, None)
+    assert device.slot.read_bytes()[:RECORD] == bytes(RECORD)
+
+
+def test_an_image_of_the_old_layout_is_refused_before_its_first_block_is_written(
+    device: Device,
+) -> None:
+    with pytest.raises(ReleaseError, match=r"kruxos-1\.0\.9\.img: the image starts with an "
+                       r"old-layout KruxOS image header; .*the block was not written"):
+        device.install(release=_old_layout_release())
+    assert device.slot.read_bytes()[:-RECORD] == PATTERN * (SLOT_SIZE - RECORD)
+    assert read_identity(device.slot) == (None, None)
+
+
+def test_verify_finds_a_changed_byte_in_the_image_and_a_damaged_record(device: Device) -> None:
+    assert device.install().complete
+    write_at(device.slot, SIZE - 1, bytes([device.image()[-1] ^ 1]))
+    check = verify_slot(device.slot)
+    assert check.state == "mismatch" and check.failed
+    assert f"the first {SIZE} bytes do not match 1.1.0" in check.message
+    write_at(device.slot, SIZE - 1, _expected_image(device)[-1:])
+    assert verify_slot(device.slot).state == "ok"
+    write_at(device.slot, -RECORD + 20, b"9")
+    check = verify_slot(device.slot)
+    assert check.state == "problem" and "checksum does not match" in check.message
+
+
+#: Runs ``install`` in a process of its own, so a failpoint's SIGKILL is a real crash.
+_CHILD = """
+import json, sys
+from pathlib import Path
+from reconciler.release.identity import Origin
+from reconciler.release.installer import install
+from reconciler.release.metadata import Release
+
+a = json.loads(sys.argv[1])
+rel = dict(a["release"], changes=tuple(a["release"]["changes"]),
+           blocks=tuple(a["release"]["blocks"]))
+
+def mark_bad():
+    with open(a["marks"], "a") as f:
+        f.write("bad\\n")
+
+install(Release(**rel), a["url"], Path(a["slot"]), a["slot_size"], origin=Origin("stable", 1),
+        booted_slot_path=Path(a["booted"]), before_first_write=mark_bad,
+        progress=lambda event: None, should_stop=lambda: False,
+        resume_file=Path(a["resume"]), timeout=10.0)
+with open(a["marks"], "a") as f:
+    f.write("staged\\n")
+"""
+
+
+def _killed_install(device: Device, failpoint: str) -> subprocess.CompletedProcess[str]:
+    marks = device.tmp / "marks"
+    args = {"release": device.release.to_json(), "url": device.server.url,
+            "slot": str(device.slot), "slot_size": SLOT_SIZE, "booted": str(device.booted),
+            "resume": str(device.resume_file), "marks": str(marks)}
+    env = dict(os.environ, KRUXOS_FAILPOINTS=failpoint)
+    return subprocess.run([sys.executable, "-c", _CHILD, json.dumps(args)], env=env,
+                          capture_output=True, text=True, timeout=60)
+
+
+@pytest.mark.parametrize(("failpoint", "image_complete"), [
+    ("install.invalidated=kill@1", False),     # before the first block
+    ("install.block-written=kill@18", False),  # mid-image, after a resume point
+    ("install.read-back=kill@1", True),        # after the last block, before the record
+])
+def test_a_slot_killed_before_its_record_claims_no_release_old_or_new(
+    device: Device, failpoint: str, image_complete: bool,
+) -> None:
+    claim(device.slot, "1.0.0")
+    killed = _killed_install(device, failpoint)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    assert (device.tmp / "marks").read_text() == "bad\n"
+    assert read_identity(device.slot) == (None, None)
+    assert verify_slot(device.slot).state == "empty"
+    assert (device.image() == _expected_image(device)) is image_complete
+    result = device.install(before_first_write=lambda: None)  # the next staging resumes
+    assert result.complete
+    assert read_identity(device.slot)[0] is not None and verify_slot(device.slot).state == "ok"
+    if "block-written" in failpoint:
+        assert result.resumed_from == 16 * BLOCK
+
+
+def test_a_slot_killed_after_its_record_claims_the_release_it_fully_holds(
+    device: Device,
+) -> None:
+    claim(device.slot, "1.0.0")
+    killed = _killed_install(device, "install.identity-written=kill@1")
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    assert (device.tmp / "marks").read_text() == "bad\n"  # never marked staged
+    identity = read_identity(device.slot)[0]
+    assert identity is not None and identity.version == "1.1.0"
+    assert verify_slot(device.slot).state == "ok"
     assert device.image() == _expected_image(device)

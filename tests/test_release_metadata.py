@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from reconciler.errors import ReleaseError
-from reconciler.release.channel import add_release, build_sim_image, init_channel, sign_channel
+from reconciler.release.channel import add_release, init_channel, sign_channel
 from reconciler.release.keys import (
     generate_keypair,
     keyid_of,
@@ -22,6 +22,7 @@ from reconciler.release.keys import (
     load_trusted_keys,
 )
 from reconciler.release.metadata import ChannelMetadata, canonical_json, semver_key, verify_metadata
+from reconciler.sim.image import build_sim_image
 
 SIGNED_AT = datetime(2030, 5, 1, 12, 0, tzinfo=UTC)
 BLOCK = 64 * 1024

@@ -1,4 +1,4 @@
-"""The simulated OS: boots only from its slot's header, answers as its image behaves."""
+"""The simulated OS: boots only from its slot's image, answers as the image behaves."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from reconciler.durable import read_json
-from reconciler.release.image import ImageHeader, encode_header
+from reconciler.sim.image import build_sim_image
 from reconciler.sim.os import (
     BootRefused,
     OsProfile,
@@ -25,9 +25,8 @@ from reconciler.sim.os import (
 
 
 def write_slot(path: Path, version: str, **fields: str) -> Path:
-    """A slot file holding an image header with ``fields`` and some payload."""
-    path.write_bytes(encode_header(ImageHeader(version=version, extra=fields)) + b"\x5a" * 8192)
-    return path
+    """A slot file holding a simulated image whose release file has ``fields``."""
+    return build_sim_image(path, version, size=16 << 10, fields=fields)
 
 
 def free_port() -> int:
@@ -182,5 +181,5 @@ def test_behaviours_have_their_default_failing_services(tmp_path: Path) -> None:
                                     {"FAILS_AFTER_SECONDS": "-1"},
                                     {"FAILING_SERVICES": "gateway"}])
 def test_nonsense_tuning_fields_refuse_to_boot(tmp_path: Path, fields: dict[str, str]) -> None:
-    with pytest.raises(BootRefused, match="image header"):
+    with pytest.raises(BootRefused, match="etc/kruxos/release"):
         load_profile(write_slot(tmp_path / "sda3", "1.0.1", **fields))

@@ -29,6 +29,7 @@ from reconciler.config import load_device
 from reconciler.errors import ReleaseError
 from reconciler.reconcile import PassResult, Reconciler
 from reconciler.release.channel import sign_channel
+from reconciler.release.identity import read_identity
 from reconciler.release.keys import generate_keypair, keyid_of, load_public_key
 from reconciler.sim.device import CHANNEL_PORT, IMAGE_SIZE, init_device, publish
 from reconciler.store import StateStore
@@ -295,7 +296,9 @@ def test_an_image_larger_than_the_slot_is_refused_before_the_slot_is_touched(
     dev.want("1.0.1")
     dev.run_until("stage")
     assert_stage_refused(dev, rf"image kruxos-1\.0\.1\.img is {IMAGE_SIZE} bytes, slot "
-                              rf"\S+sda3 holds only {IMAGE_SIZE // 2}; nothing was written",
+                              rf"\S+sda3 holds only {IMAGE_SIZE // 2 - 4096} \(its "
+                              rf"{IMAGE_SIZE // 2} bytes less the 4096-byte slot identity\); "
+                              "nothing was written",
                          marks=("empty",))
     assert dev.slot_b.read_bytes() == bytes(IMAGE_SIZE // 2)
     assert not [r for r in dev.server.requests() if r["path"].endswith(".img")]
@@ -319,6 +322,8 @@ def test_signed_metadata_whose_whole_hash_contradicts_its_blocks_fails_the_read_
                                         r"\(got [0-9a-f]{16}…, signed [0-9a-f]{16}…\)")
     assert outcome.outcome is not None
     assert not (dev.root / "data" / "staging.resume.json").exists()
+    assert read_identity(dev.slot_b) == (None, None), "a refused image is claimed by no slot"
+
 
 
 # ---- the booted slot is never a target -----------------------------------------------------

@@ -61,7 +61,8 @@ def keygen(directory: Path, name: str) -> None:
 @release_group.command()
 @click.argument("channel", type=click.Path(path_type=Path, file_okay=False))
 @click.argument("image", type=click.Path(path_type=Path, dir_okay=False))
-@click.option("--version", "version", required=True, help="Must equal the image header's VERSION.")
+@click.option("--version", "version", required=True,
+              help="The release's version (devices write it into the slot identity).")
 @click.option("--changes", multiple=True, help="One change line (repeat for more).")
 @click.option("--date", "day", help="Release date YYYY-MM-DD (default: today, UTC).")
 @click.option("--channel-name", help="Name of a new channel (default: the directory name).")

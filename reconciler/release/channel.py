@@ -18,7 +18,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import os
-import random
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
@@ -27,7 +26,7 @@ from typing import Any
 
 from reconciler.durable import PUBLIC_MODE, atomic_write_json, create_file, fsync_dir, read_json
 from reconciler.errors import ConfigError, KruxosError, ReleaseError
-from reconciler.release.image import HEADER_SIZE, ImageHeader, decode_header, encode_header
+from reconciler.release.identity import LEGACY_MAGIC
 from reconciler.release.keys import keyid_of, load_revoked, load_signing_key, load_trusted_keys
 from reconciler.release.metadata import (
     RELEASE_FIELDS,
@@ -47,7 +46,6 @@ DRAFT_FILE = "draft.json"
 # 2048 hashes, ~140 KiB of JSON); the installer holds one block in memory; and a
 # later delta update re-sends whole blocks, so 1 MiB is the granularity of change.
 DEFAULT_BLOCK_SIZE = 1 << 20
-_COPY_CHUNK = 1 << 20
 
 
 def image_name(version: str) -> str:
@@ -87,17 +85,22 @@ def _copy_hashing(src: Path, dst: Path, block_size: int) -> tuple[int, str, list
     return size, whole.hexdigest(), blocks
 
 
-def _check_header(image_path: Path, version: str) -> None:
+_OLD_LAYOUT = ("starts with an old-layout KruxOS image header (KRUXOS-IMAGE 1); an image is "
+               "now the plain filesystem the OS build makes, and the device writes the slot "
+               "identity itself: build the image without the header")
+
+
+def _check_layout(image_path: Path) -> None:
+    """Refuse an image of the old layout: devices refuse it (``docs/channel.md``)."""
     try:
         with open(image_path, "rb") as f:
-            header = decode_header(f.read(HEADER_SIZE))
+            start = f.read(len(LEGACY_MAGIC))
     except OSError as exc:
         raise ReleaseError(f"{image_path}: cannot read the image ({exc.strerror})") from exc
-    if header is None:
-        raise ReleaseError(f"{image_path}: no KruxOS image header at the start")
-    if header.version != version:
-        raise ReleaseError(f"{image_path}: the image header says VERSION={header.version}, "
-                           f"not {version}")
+    if not start:
+        raise ReleaseError(f"{image_path}: the image is empty")
+    if start == LEGACY_MAGIC:
+        raise ReleaseError(f"{image_path}: {_OLD_LAYOUT}")
 
 
 def add_release(channel_dir: Path, image_path: Path, version: str, changes: Sequence[str],
@@ -116,7 +119,7 @@ def add_release(channel_dir: Path, image_path: Path, version: str, changes: Sequ
     draft = _load_draft(channel_dir)
     if any(r.get("version") == version for r in draft["releases"]):
         raise ReleaseError(f"{channel_dir}: version {version} is already in the channel")
-    _check_header(image_path, version)
+    _check_layout(image_path)
     name = image_name(version)
     size, sha, blocks = _copy_hashing(image_path, channel_dir / name, block_size)
     day = (date_ or datetime.now(UTC).date()).isoformat()
@@ -223,6 +226,8 @@ def _check_image(channel_dir: Path, rel: Release) -> str | None:
             whole.update(block)
             if hashlib.sha256(block).hexdigest() != expected:
                 return f"{rel.version}: {path} block {index} does not match its signed hash"
+            if index == 0 and block.startswith(LEGACY_MAGIC):
+                return f"{rel.version}: {path} {_OLD_LAYOUT}"
     if whole.hexdigest() != rel.sha256:
         return f"{rel.version}: {path} does not match its signed SHA-256"
     return None
@@ -261,26 +266,3 @@ def _draft_differs(channel_dir: Path, meta: ChannelMetadata) -> bool:
     except KruxosError:
         return False
     return bool(draft["releases"] != [r.to_json() for r in meta.releases])
-
-
-def build_sim_image(path: Path, version: str, behaviour: str = "healthy",
-                    size: int = 2 << 20) -> Path:
-    """Write a simulated image: a header, then a payload that differs per version.
-
-    ``BEHAVIOUR`` in the header tells the simulated OS how to act after boot
-    (``healthy``, ``crash``...). The payload is deterministic in version and
-    behaviour, so rebuilding an image gives the same bytes and the same hashes.
-    """
-    header = encode_header(ImageHeader(version=version, extra={"BEHAVIOUR": behaviour}))
-    if size < len(header):
-        raise ReleaseError(f"a simulated image needs at least {len(header)} bytes")
-    rng = random.Random(f"kruxos-sim/{version}/{behaviour}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "wb") as f:
-        f.write(header)
-        left = size - len(header)
-        while left:
-            n = min(left, _COPY_CHUNK)
-            f.write(rng.randbytes(n))
-            left -= n
-    return path

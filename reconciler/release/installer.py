@@ -2,13 +2,20 @@
 
 The order is RAUC's fail-safe order::
 
-    refuse the booted slot ─► refuse an image larger than the slot ─► before_first_write()
+    refuse the booted slot ─► refuse an image larger than the slot minus its 4 KiB identity
+      ─► before_first_write() ─► destroy the slot's identity, fsync
       ─► receive thread: assemble blocks ─► queue (≤ QUEUE_BLOCKS) ─► this thread:
          SHA-256 == signed block hash? ─► pwrite at its offset ─► every RESUME_EVERY
          blocks: fdatasync, then record the resume point
       ─► fsync ─► drop the page cache ─► read the slot back once: each block against its
          signed hash here, the whole SHA-256 on a second thread ─► both match?
+      ─► write the slot's identity from the signed metadata, fsync
       ─► success (only now may the caller mark the slot staged)
+
+The image is written from byte 0 of the slot, as the OS build made it; the
+slot's identity (:mod:`reconciler.release.identity`) lives in its last 4 KiB
+and is zero from before the first block until the read-back matched, so a
+slot cut off at any point claims no release, neither the old nor the new.
 
 The socket keeps being read while blocks are hashed, written and synced; a
 block reaches the slot only after its hash matched. Memory is a fixed pool of
@@ -33,15 +40,25 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
 
 from reconciler.durable import atomic_write_json, fsync_dir, read_json
 from reconciler.errors import ChannelUnavailable, ReleaseError, StateError, UrlError
+from reconciler.failpoints import failpoint
 from reconciler.redact import redact
-from reconciler.release.image import HEADER_SIZE, decode_header
-from reconciler.release.metadata import Release
+from reconciler.release.identity import (
+    LEGACY_MAGIC,
+    RECORD_SIZE,
+    Origin,
+    SlotIdentity,
+    capacity,
+    invalidate,
+    write_identity,
+)
+from reconciler.release.metadata import Release, format_time
 from reconciler.urls import parse_channel_url
 
 RESUME_EVERY = 16          # blocks between two durable resume points
@@ -125,9 +142,10 @@ def _check_target(release: Release, slot_path: Path, slot_size: int,
     if _same_file(slot_path, booted_slot_path):
         raise ReleaseError(f"refusing to write {slot_path}: it is the booted slot "
                            f"({os.path.realpath(booted_slot_path)})")
-    if release.size > slot_size:
+    if release.size > capacity(slot_size):
         raise ReleaseError(f"image {release.image} is {release.size} bytes, slot "
-                           f"{slot_path} holds only {slot_size}; nothing was written")
+                           f"{slot_path} holds only {capacity(slot_size)} (its {slot_size} bytes "
+                           f"less the {RECORD_SIZE}-byte slot identity); nothing was written")
 
 
 def _load_resume(resume_file: Path, release: Release, slot: str) -> tuple[int, int]:
@@ -189,12 +207,11 @@ def _verify_block(session: _Session, index: int, block: memoryview) -> None:
         raise ReleaseError(f"{release.image}: block {index} (bytes {start}-{end - 1}) hash "
                            f"mismatch: got {got[:16]}…, signed {release.blocks[index][:16]}…; "
                            "the block was not written")
-    if index == 0 and len(block) >= HEADER_SIZE:
-        header = decode_header(bytes(block[:HEADER_SIZE]))
-        if header is None or header.version != release.version:
-            found = header.version if header else "no header"
-            raise ReleaseError(f"{release.image}: image header says {found}, "
-                               f"the metadata says {release.version}")
+    if index == 0 and bytes(block[:len(LEGACY_MAGIC)]) == LEGACY_MAGIC:
+        raise ReleaseError(f"{release.image}: the image starts with an old-layout KruxOS image "
+                           "header; this device installs plain filesystem images and keeps "
+                           "the slot identity at the slot's end (publish the image without "
+                           "the header); the block was not written")
 
 
 def _write_block(session: _Session, index: int, block: memoryview) -> None:
@@ -205,6 +222,7 @@ def _write_block(session: _Session, index: int, block: memoryview) -> None:
     session.next_block = index + 1
     if session.next_block - session.saved_block >= RESUME_EVERY:
         session.save()
+    failpoint("install.block-written")
     session.event("download")
 
 
@@ -442,18 +460,21 @@ def _image_url(base_url: str, image: str) -> str:
 
 
 def install(release: Release, base_url: str, slot_path: Path, slot_size: int, *,
-            booted_slot_path: Path, before_first_write: Callable[[], None],
+            origin: Origin, booted_slot_path: Path, before_first_write: Callable[[], None],
             progress: Callable[[InstallProgress], None], should_stop: Callable[[], bool],
             resume_file: Path, timeout: float = 30.0, min_rate: int = MIN_RATE,
             transport: httpx.BaseTransport | None = None) -> InstallResult:
     """Stream ``release`` from the channel at ``base_url`` into ``slot_path``.
 
     Returns a complete result only when the slot read back from the device
-    matches the signed SHA-256; a stop request returns an incomplete result
-    that the next call resumes. ``before_first_write`` runs before the slot is
-    opened for writing (the caller marks the slot unbootable there). ``timeout``
-    bounds each network wait; a block must also arrive within ``timeout`` plus
-    its size at ``min_rate`` bytes/s, so a trickling server cannot hold it forever.
+    matches the signed SHA-256 and the slot's identity names the release
+    (as ``origin``'s metadata signed it); a stop request returns an incomplete
+    result that the next call resumes. ``before_first_write`` runs before the
+    slot is opened for writing (the caller marks the slot unbootable there);
+    right after it the slot's old identity is destroyed. ``slot_size`` is the
+    slot's capacity, its last 4 KiB kept for the identity. ``timeout`` bounds
+    each network wait; a block must also arrive within ``timeout`` plus its
+    size at ``min_rate`` bytes/s, so a trickling server cannot hold it forever.
     """
     slot_path, booted_slot_path = Path(slot_path), Path(booted_slot_path)
     _check_target(release, slot_path, slot_size, booted_slot_path)
@@ -463,10 +484,7 @@ def install(release: Release, base_url: str, slot_path: Path, slot_size: int, *,
     if should_stop():
         return _stopped(release, next_block, resumed_from, 0)
     before_first_write()
-    try:
-        fd = os.open(slot_path, os.O_WRONLY)
-    except OSError as exc:
-        raise ReleaseError(f"cannot open slot {slot_path} ({exc.strerror})") from exc
+    fd = _open_invalidated(slot_path)
     session = _Session(release, fd, resume_file, slot, progress, next_block, failures,
                        saved_block=next_block,
                        block_deadline=timeout + release.block_size / min_rate)
@@ -477,7 +495,7 @@ def install(release: Release, base_url: str, slot_path: Path, slot_size: int, *,
                 session.save()
                 session.event("stopped")
                 return _stopped(release, session.next_block, resumed_from, session.fetched)
-        _finish(session, slot_path)
+        _finish(session, slot_path, origin)
     finally:
         os.close(fd)
     return InstallResult(release.version, True, len(release.blocks), len(release.blocks),
@@ -494,12 +512,40 @@ def _resumed_note(resumed_from: int, blocks: int, fetched: int) -> str:
     return f" (resumed at block {resumed_from} of {blocks}; {fetched} bytes fetched)"
 
 
-def _finish(session: _Session, slot_path: Path) -> None:
+def _open_invalidated(slot_path: Path) -> int:
+    """Open the slot for writing with its identity already destroyed and synced."""
+    try:
+        fd = os.open(slot_path, os.O_RDWR)
+    except OSError as exc:
+        raise ReleaseError(f"cannot open slot {slot_path} ({exc.strerror})") from exc
+    try:
+        invalidate(fd)
+    except OSError as exc:
+        os.close(fd)
+        raise ReleaseError(f"cannot clear the identity of slot {slot_path} "
+                           f"({exc.strerror}); nothing was written") from exc
+    except BaseException:
+        os.close(fd)
+        raise
+    failpoint("install.invalidated")
+    return fd
+
+
+def _finish(session: _Session, slot_path: Path, origin: Origin) -> None:
+    """Read back, then name the release in the slot; the resume point goes last."""
     try:
         _read_back(session, slot_path)
     except ReleaseError:
         _clear_resume(session.resume_file)  # what was written is not to be trusted
         raise
+    failpoint("install.read-back")
+    identity = SlotIdentity.of(session.release, origin, format_time(datetime.now(UTC)))
+    try:
+        write_identity(session.fd, identity)
+    except OSError as exc:
+        raise ReleaseError(f"cannot write the identity of slot {slot_path} "
+                           f"({exc.strerror})") from exc
+    failpoint("install.identity-written")
     _clear_resume(session.resume_file)
     session.event("done", session.release.size)
 

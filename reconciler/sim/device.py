@@ -7,13 +7,14 @@ as files in one directory, driven by the same daemon, CLI and release tooling.
 
     DIR/device.yaml        the device config (facts: slots, bootloader, keys, ...)
     DIR/spec.yaml          the desired state an operator edits
-    DIR/slots/sda2, sda3   slot A and slot B (sparse files with image headers)
+    DIR/slots/sda2, sda3   slot A and slot B (sparse files: an image from byte 0,
+                           the slot identity in the last 4 KiB)
     DIR/boot/grubenv       the GRUB environment block (grub-editenv format)
     DIR/keys/              the channel signing key; the device trusts release.pub
     DIR/channel/           the signed release channel, served over loopback HTTP
     DIR/data/              the data dir: state.json, audit/ (never touched by updates)
     DIR/run/               what one run of the device writes: kernel command line,
-                           boot id, port map, logs
+                           boot id, port map, logs, root/etc/kruxos/ of the booted image
 """
 
 from __future__ import annotations
@@ -23,14 +24,18 @@ import importlib.util
 import re
 import shutil
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 
 from reconciler.boot import open_backend
-from reconciler.durable import atomic_write
+from reconciler.durable import atomic_write, read_json
 from reconciler.errors import ConfigError
-from reconciler.release.channel import add_release, build_sim_image, init_channel, sign_channel
+from reconciler.release.channel import add_release, init_channel, sign_channel
+from reconciler.release.identity import RECORD_SIZE, SlotIdentity, write_identity
 from reconciler.release.keys import generate_keypair
+from reconciler.release.metadata import format_time
+from reconciler.sim.image import build_sim_image
 
 SLOT_SIZE = 64 << 20
 IMAGE_SIZE = 3 << 20
@@ -131,25 +136,40 @@ def _init_boot(directory: Path, bootloader: str) -> Path:
 
 
 def _make_slots(directory: Path, bootloader: str, env: Path) -> None:
-    """Slot A receives 1.0.0 from the channel (as a factory install would); B stays empty."""
+    """Slot A receives 1.0.0 from the channel (as a factory install would); B stays empty.
+
+    The factory writes what the installer writes: the image from byte 0, then
+    the slot identity from the channel's signed metadata.
+    """
     for name in ("sda2", "sda3"):
         with open(directory / "slots" / name, "wb") as f:
             f.truncate(SLOT_SIZE)
-    image = directory / "channel" / "kruxos-1.0.0.img"
-    with open(image, "rb") as src, open(directory / "slots" / "sda2", "r+b") as dst:
+    signed = read_json(directory / "channel" / "metadata.json")["signed"]
+    entry = next(r for r in signed["releases"] if r["version"] == "1.0.0")
+    with open(directory / "channel" / entry["image"], "rb") as src, \
+            open(directory / "slots" / "sda2", "r+b") as dst:
         shutil.copyfileobj(src, dst)
+        dst.flush()
+        write_identity(dst.fileno(), SlotIdentity(
+            entry["version"], entry["size"], entry["sha256"], signed["channel"],
+            signed["serial"], format_time(datetime.now(UTC))))
     backend = open_backend(bootloader, env)
     backend.set_mark("A", "good")
     backend.set_mark("B", "empty")
 
 
 def publish(directory: Path, version: str, *, behaviour: str = "healthy",
-            changes: Sequence[str] = (), sign: bool = True, size: int = IMAGE_SIZE) -> Path:
-    """Build a simulated image of ``version`` and publish it on the device's channel."""
-    if size > SLOT_SIZE:
-        raise ConfigError(f"an image of {size} bytes does not fit the {SLOT_SIZE}-byte slots")
+            changes: Sequence[str] = (), sign: bool = True, size: int = IMAGE_SIZE,
+            fields: Mapping[str, str] | None = None) -> Path:
+    """Build a simulated image of ``version`` and publish it on the device's channel.
+
+    ``fields`` adds lines to the image's release file (``STARTUP_SECONDS``...).
+    """
+    if size > SLOT_SIZE - RECORD_SIZE:
+        raise ConfigError(f"an image of {size} bytes does not fit the {SLOT_SIZE}-byte slots "
+                          f"(their last {RECORD_SIZE} bytes hold the slot identity)")
     build = directory / "run" / "build" / f"kruxos-{version}.img"
-    build_sim_image(build, version, behaviour, size)
+    build_sim_image(build, version, behaviour, size, fields)
     add_release(directory / "channel", build, version, list(changes) or [f"Release {version}"])
     build.unlink()
     if sign:

@@ -2,11 +2,13 @@
 
 Run as ``python -m reconciler.sim.os --slot-file PATH --port N``. Like a real
 KruxOS it knows nothing but the image it booted: its version and how it behaves
-come only from the header of the slot file (``VERSION``, ``BEHAVIOUR`` and the
-optional tuning fields below), so the reconciler is tested against what it
-actually wrote, never against a side channel.
+come only from the ``etc/kruxos/release`` file of the filesystem image at the
+start of the slot (``VERSION``, ``BEHAVIOUR`` and the optional tuning fields
+below; :mod:`reconciler.sim.image`), so the reconciler is tested against what
+it actually wrote, never against a side channel. The slot's identity record
+(at its end) is the reconciler's business, not the OS's: it is never read here.
 
-Behaviours (``BEHAVIOUR=`` in the image header):
+Behaviours (``BEHAVIOUR=`` in the release file):
 
 - ``healthy``        ready once started (also the default, and the fallback
                      for an unknown name, with a warning)
@@ -40,7 +42,7 @@ from types import FrameType
 from typing import Any
 
 from reconciler.durable import atomic_write_json
-from reconciler.release.image import ImageHeader, read_slot_header
+from reconciler.sim.image import RELEASE_FILE, MountError, read_root
 
 __all__ = ["OsProfile", "BootRefused", "load_profile", "health_at", "serve", "main",
            "SimOsProcess", "launch"]
@@ -52,7 +54,7 @@ _DEFAULT_FAILING = {"gateway-fails": "gateway:failed to start", "fails-later": "
 
 
 class BootRefused(Exception):
-    """The slot cannot be booted (no image, or a header field that makes no sense)."""
+    """The slot cannot be booted (no image, or a release field that makes no sense)."""
 
 
 @dataclass(frozen=True)
@@ -87,42 +89,45 @@ BEHAVIOURS: dict[str, Callable[[OsProfile, float], dict[str, str]]] = {
 
 
 def load_profile(slot_file: Path) -> OsProfile:
-    """Read the profile from the slot's image header; :class:`BootRefused` if it cannot boot."""
-    header = read_slot_header(slot_file)
-    if header is None:
-        raise BootRefused(f"slot {slot_file} holds no image")
-    behaviour = header.get("BEHAVIOUR", "healthy") or "healthy"
+    """Read the profile from the slot's image; :class:`BootRefused` if it cannot boot."""
+    try:
+        release = read_root(slot_file).release()
+    except MountError as exc:
+        raise BootRefused(f"slot {slot_file} holds no image that boots: {exc}") from exc
+    except OSError as exc:
+        raise BootRefused(f"slot {slot_file} cannot be read ({exc.strerror})") from exc
+    behaviour = release.get("BEHAVIOUR", "healthy") or "healthy"
     if behaviour not in BEHAVIOURS:
         log.warning("slot %s: unknown BEHAVIOUR %r, running healthy", slot_file, behaviour)
     return OsProfile(
-        version=header.version,
+        version=release["VERSION"],
         behaviour=behaviour,
         slot_file=str(slot_file),
-        startup_seconds=_seconds(header, "STARTUP_SECONDS", 0.5),
-        fails_after_seconds=_seconds(header, "FAILS_AFTER_SECONDS", 4.0),
-        failing_services=_services(header, _DEFAULT_FAILING.get(behaviour, "")),
+        startup_seconds=_seconds(release, "STARTUP_SECONDS", 0.5),
+        fails_after_seconds=_seconds(release, "FAILS_AFTER_SECONDS", 4.0),
+        failing_services=_services(release, _DEFAULT_FAILING.get(behaviour, "")),
     )
 
 
-def _seconds(header: ImageHeader, key: str, default: float) -> float:
-    raw = header.get(key, "").strip()
+def _seconds(release: dict[str, str], key: str, default: float) -> float:
+    raw = release.get(key, "").strip()
     try:
         value = float(raw) if raw else default
     except ValueError as exc:
-        raise BootRefused(f"image header: {key}={raw!r} is not a number of seconds") from exc
+        raise BootRefused(f"{RELEASE_FILE}: {key}={raw!r} is not a number of seconds") from exc
     if value < 0:
-        raise BootRefused(f"image header: {key}={raw!r} is negative")
+        raise BootRefused(f"{RELEASE_FILE}: {key}={raw!r} is negative")
     return value
 
 
-def _services(header: ImageHeader, default: str) -> dict[str, str]:
+def _services(release: dict[str, str], default: str) -> dict[str, str]:
     """``gateway:failed to start,scheduler:crashed`` as an ordered mapping."""
-    raw = header.get("FAILING_SERVICES", "") or default
+    raw = release.get("FAILING_SERVICES", "") or default
     failing = {}
     for item in filter(None, (part.strip() for part in raw.split(","))):
         name, sep, what = item.partition(":")
         if not sep or not name.strip() or not what.strip():
-            raise BootRefused(f"image header: FAILING_SERVICES item {item!r} is not name:what")
+            raise BootRefused(f"{RELEASE_FILE}: FAILING_SERVICES item {item!r} is not name:what")
         failing[name.strip()] = what.strip()
     return failing
 

@@ -2,8 +2,10 @@
 
 Each boot follows a real device's order: the bootloader logic of the shipped
 ``grub.cfg`` picks a slot (counting a trial try down first), the kernel command
-line names it, then the simulated OS (which learns what it is only from the
-slot's bytes) and ``kruxos daemon`` start as child processes. A reboot really
+line names it, the booted slot's image is "mounted" (its ``etc/kruxos/`` copied
+to ``DIR/run/root/etc/kruxos/``, replaced at every boot), then the simulated OS
+(which learns what it is only from the slot's bytes) and ``kruxos daemon``
+start as child processes. A reboot really
 ends both and boots again. A slot whose image hangs at boot starts neither;
 the watchdog resets the device after a few seconds, and that reset counts a
 try, as on a board with a hardware watchdog.
@@ -33,9 +35,9 @@ from typing import Any
 
 from reconciler.config import load_device
 from reconciler.durable import atomic_write, atomic_write_json
-from reconciler.release.image import read_slot_header
 from reconciler.sim.bootloader import emulator_for
 from reconciler.sim.device import CHANNEL_PORT, OS_PORT
+from reconciler.sim.image import MountError, mount
 from reconciler.sim.os import BootRefused, SimOsProcess, launch
 
 
@@ -151,8 +153,12 @@ class Supervisor:
         say(f"boot #{self.boots}: bootloader chose slot {slot} ({path.name}): {choice.trace}")
         atomic_write(self.device.cmdline, f"root=/dev/{path.name} kruxos.slot={slot}\n".encode())
         atomic_write(self.device.boot_id, f"{uuid.uuid4()}\n".encode())
-        header = read_slot_header(path)
-        if header is None or header.get("BEHAVIOUR") == "hangs":
+        try:
+            release = mount(path, self.run_dir / "root").release()
+        except (MountError, OSError) as exc:
+            say(f"slot {slot} does not mount: {exc}")
+            return self._hang(slot)
+        if release.get("BEHAVIOUR") == "hangs":
             return self._hang(slot)
         try:
             self.os_proc = launch(path, self.run_dir / "os.ready")
@@ -162,7 +168,7 @@ class Supervisor:
         atomic_write_json(self.run_dir / "ports.json", {
             OS_PORT: f"127.0.0.1:{self.os_proc.port}",
             CHANNEL_PORT: f"127.0.0.1:{channel_port}"})
-        say(f"KruxOS {header.version} up (health on 127.0.0.1:{self.os_proc.port}); "
+        say(f"KruxOS {release['VERSION']} up (health on 127.0.0.1:{self.os_proc.port}); "
             "starting kruxos daemon")
         self._start_daemon()
 

@@ -10,10 +10,9 @@ adds 1.1.0 with ``kruxos release add --requires service-artifacts`` and signs
 from __future__ import annotations
 
 import json
-import random
 from typing import Any
 
-from reconciler.release.image import ImageHeader, encode_header
+from reconciler.sim.image import build_sim_image
 from tests.device import SimDevice
 from tests.waiting import holds_for
 
@@ -23,8 +22,7 @@ WHY = "requires service-artifacts, which this device does not implement"
 def _publish_requiring(device: SimDevice, version: str, feature: str) -> None:
     """Publish ``version`` with the release tools, requiring ``feature``, signed."""
     image = device.dir.parent / f"{device.dir.name}-kruxos-{version}.img"
-    rng = random.Random(f"e2e/requires/{version}")
-    image.write_bytes(encode_header(ImageHeader(version=version)) + rng.randbytes(256 << 10))
+    build_sim_image(image, version, size=256 << 10)
     channel = str(device.dir / "channel")
     added = device.cli("release", "add", channel, str(image), "--version", version,
                        "--requires", feature)
