@@ -325,6 +325,36 @@ def test_signed_metadata_whose_whole_hash_contradicts_its_blocks_fails_the_read_
     assert read_identity(dev.slot_b) == (None, None), "a refused image is claimed by no slot"
 
 
+def test_a_staged_slot_names_the_release_as_the_channel_signed_it(dev: SimDevice) -> None:
+    dev.want("1.0.1")
+    result = dev.run_until("stage")
+    assert result.outcome is not None and result.outcome.ok, result
+    signed = dev.metadata()["signed"]
+    entry = next(r for r in signed["releases"] if r["version"] == "1.0.1")
+    identity = read_identity(dev.slot_b)[0]
+    assert identity is not None
+    assert (identity.version, identity.size, identity.sha256, identity.channel,
+            identity.serial) == ("1.0.1", entry["size"], entry["sha256"], "stable",
+                                 signed["serial"])
+    assert dev.reconciler.backend.read().marks["B"] == "staged"
+    verified = subprocess.run([str(KRUXOS), "--config", str(dev.root / "device.yaml"),
+                               "slot", "verify"], capture_output=True, text=True, timeout=60)
+    assert verified.returncode == 0, verified.stderr
+    lines = verified.stdout.splitlines()
+    assert lines[0].startswith("slot A (sda2): verified: ") and "1.0.0" in lines[0]
+    assert lines[1].startswith("slot B (sda3): verified: ") and "1.0.1" in lines[1]
+    assert f"[channel stable, serial {signed['serial']}, written " in lines[1]
+    with open(dev.slot_b, "r+b") as f:  # one changed byte of the image
+        f.seek(1000)
+        byte = f.read(1)
+        f.seek(1000)
+        f.write(bytes([byte[0] ^ 1]))
+    changed = subprocess.run([str(KRUXOS), "--config", str(dev.root / "device.yaml"),
+                              "slot", "verify", "B"], capture_output=True, text=True, timeout=60)
+    assert changed.returncode == 1
+    assert changed.stdout.startswith("slot B (sda3): MISMATCH: ")
+    assert f"the first {entry['size']} bytes do not match 1.0.1" in changed.stdout
+
 
 # ---- the booted slot is never a target -----------------------------------------------------
 

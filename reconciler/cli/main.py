@@ -272,6 +272,15 @@ def _add_release_group() -> None:
 _add_release_group()
 
 
+def _add_slot_group() -> None:
+    from reconciler.cli.slot import slot_group
+
+    cli.add_command(slot_group, "slot")
+
+
+_add_slot_group()
+
+
 def _add_update_commands() -> None:
     from reconciler.cli.update import COMMANDS
 
