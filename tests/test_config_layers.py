@@ -125,5 +125,25 @@ def test_the_example_layers_load_together(tmp_path: Path) -> None:
     device = load_device(path)
     assert device.layers == (path.resolve(), layer.resolve())
     assert device.device_id == "kiosk-0042"
-    assert device.trusted_keys == (Path("/etc/kruxos/keys/release.pub"),)
+    assert device.trusted_keys == (Path("/etc/kruxos/keys"),)
     assert device.spec_path == Path("/data/kruxos/spec/update.yaml")
+
+
+def test_a_trusted_keys_directory_stands_for_every_key_in_it_read_each_time(
+        tmp_path: Path) -> None:
+    from reconciler.release.keys import (
+        generate_keypair,
+        keyid_of,
+        load_public_key,
+        load_trusted_keys,
+    )
+
+    keys = tmp_path / "root" / "etc" / "kruxos" / "keys"
+    keys.mkdir(parents=True)
+    generate_keypair(keys, "old")
+    (keys / "old.key").unlink()
+    assert set(load_trusted_keys([keys])) == {keyid_of(load_public_key(keys / "old.pub"))}
+    generate_keypair(keys, "new")  # the next boot's image carries the new key instead
+    (keys / "new.key").unlink()
+    (keys / "old.pub").unlink()
+    assert set(load_trusted_keys([keys])) == {keyid_of(load_public_key(keys / "new.pub"))}

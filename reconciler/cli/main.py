@@ -233,13 +233,21 @@ def sim_init(directory: Path, bootloader: str) -> None:
 @click.option("--changes", multiple=True, help="A change line (repeatable).")
 @click.option("--size-mb", default=3, show_default=True, type=int,
               help="Image size in MB (10^6 bytes, rounded up to whole MiB blocks).")
+@click.option("--image-key", "image_keys", multiple=True,
+              type=click.Path(path_type=Path, exists=True, dir_okay=False),
+              help="A public key the image carries, its trust root (repeatable; "
+                   "default keys/release.pub).")
+@click.option("--sign-key", "sign_keys", multiple=True,
+              type=click.Path(path_type=Path, exists=True, dir_okay=False),
+              help="A key that signs the channel (repeatable; default keys/release.key).")
 def sim_publish(directory: Path, version: str, behaviour: str, changes: tuple[str, ...],
-                size_mb: int) -> None:
+                size_mb: int, image_keys: tuple[Path, ...], sign_keys: tuple[Path, ...]) -> None:
     """Build a simulated release and publish it, signed, on the device's channel."""
     from reconciler.sim.device import publish
 
     publish(directory.resolve(), version, behaviour=behaviour, changes=changes,
-            size=-(-size_mb * 10**6 // (1 << 20)) << 20)
+            size=-(-size_mb * 10**6 // (1 << 20)) << 20,
+            image_keys=list(image_keys) or None, sign_keys=list(sign_keys) or None)
     click.echo(f"published {version} ({behaviour}) on {directory.resolve() / 'channel'}")
 
 

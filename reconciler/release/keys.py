@@ -80,12 +80,24 @@ def load_public_key(path: Path) -> VerifyKey:
 
 
 def load_trusted_keys(paths: Iterable[Path]) -> dict[str, VerifyKey]:
-    """The device's trusted keys by keyid (from its config, never from a channel)."""
+    """The device's trusted keys by keyid (from its config, never from a channel).
+
+    An entry that is a directory stands for every ``*.pub`` file in it (the
+    booted image's ``/etc/kruxos/keys/``), read each time: the trust root is
+    whatever the running image carries, so a key rotation arrives with an image
+    and leaves with a rollback."""
     keys: dict[str, VerifyKey] = {}
     for path in paths:
-        key = load_public_key(Path(path))
-        keys[keyid_of(key)] = key
+        entry = Path(path)
+        files = sorted(entry.glob("*.pub")) if entry.is_dir() else [entry]
+        for file in files[:MAX_KEYS_IN_DIR]:
+            key = load_public_key(file)
+            keys[keyid_of(key)] = key
     return keys
+
+
+#: The most keys a key directory is read for (an image carries one or two).
+MAX_KEYS_IN_DIR = 32
 
 
 def load_revoked(entries: Iterable[str | Path]) -> frozenset[str]:

@@ -35,7 +35,7 @@ from reconciler.release.channel import add_release, init_channel, sign_channel
 from reconciler.release.identity import RECORD_SIZE, SlotIdentity, write_identity
 from reconciler.release.keys import generate_keypair
 from reconciler.release.metadata import format_time
-from reconciler.sim.image import build_sim_image
+from reconciler.sim.image import build_sim_image, mount
 
 SLOT_SIZE = 64 << 20
 IMAGE_SIZE = 3 << 20
@@ -73,7 +73,7 @@ slots:
 bootloader:
   backend: {backend}
   env: {env}
-trustedKeys: [keys/release.pub]
+trustedKeys: [run/root/etc/kruxos/keys/]   # the booted image's keys: its trust root
 dataDir: data
 spec: spec.yaml
 rebootCommand: [{python}, -m, reconciler.sim.reboot, {dir}]
@@ -156,26 +156,35 @@ def _make_slots(directory: Path, bootloader: str, env: Path) -> None:
     backend = open_backend(bootloader, env)
     backend.set_mark("A", "good")
     backend.set_mark("B", "empty")
+    mount(directory / "slots" / "sda2", directory / "run" / "root")  # the factory's first boot
 
 
 def publish(directory: Path, version: str, *, behaviour: str = "healthy",
             changes: Sequence[str] = (), sign: bool = True, size: int = IMAGE_SIZE,
-            fields: Mapping[str, str] | None = None) -> Path:
+            fields: Mapping[str, str] | None = None,
+            image_keys: Sequence[Path] | None = None,
+            sign_keys: Sequence[Path] | None = None) -> Path:
     """Build a simulated image of ``version`` and publish it on the device's channel.
 
     ``fields`` adds lines to the image's release file (``STARTUP_SECONDS``...).
+    ``image_keys``: the public keys the image carries, its trust root (by default
+    ``keys/release.pub``); ``sign_keys``: the keys that sign the channel (by
+    default ``keys/release.key``). A key rotation publishes an image carrying the
+    new key, signed with the old one.
     """
     if size > SLOT_SIZE - RECORD_SIZE:
         raise ConfigError(f"an image of {size} bytes does not fit the {SLOT_SIZE}-byte slots "
                           f"(their last {RECORD_SIZE} bytes hold the slot identity)")
     build = directory / "run" / "build" / f"kruxos-{version}.img"
-    build_sim_image(build, version, behaviour, size, fields)
+    carried = image_keys if image_keys is not None else [directory / "keys" / "release.pub"]
+    build_sim_image(build, version, behaviour, size, fields,
+                    keys={path.name: path.read_bytes() for path in carried})
     add_release(directory / "channel", build, version, list(changes) or [f"Release {version}"])
     build.unlink()
     if sign:
-        _sign(directory)
+        _sign(directory, sign_keys)
     return directory / "channel"
 
 
-def _sign(directory: Path) -> None:
-    sign_channel(directory / "channel", [directory / "keys" / "release.key"])
+def _sign(directory: Path, keys: Sequence[Path] | None = None) -> None:
+    sign_channel(directory / "channel", list(keys or [directory / "keys" / "release.key"]))

@@ -8,6 +8,7 @@ mounting: a deterministic POSIX ustar archive, padded to the requested size::
     etc/                         directory
     etc/kruxos/                  directory: what a boot copies to DIR/run/root/etc/kruxos/
     etc/kruxos/release           VERSION=1.0.1, NAME=KruxOS, BEHAVIOUR=healthy, tuning fields
+    etc/kruxos/keys/*.pub        the publisher keys the image trusts (its trust root)
     usr/lib/kruxos/filler        pseudo-random bytes seeded by the release file
     two zero blocks (the end of the archive), zeros up to the image size
 
@@ -33,6 +34,7 @@ from reconciler.errors import ReleaseError
 
 BLOCK = 512
 RELEASE_FILE = "etc/kruxos/release"
+KEYS_DIR = "etc/kruxos/keys/"
 _DIRS = ("etc/", "etc/kruxos/")
 _FILLER = "usr/lib/kruxos/filler"
 _CHUNK = 1 << 20
@@ -71,16 +73,25 @@ def _padded(data: bytes) -> bytes:
 
 
 def build_sim_image(path: Path, version: str, behaviour: str = "healthy",
-                    size: int = 2 << 20, fields: Mapping[str, str] | None = None) -> Path:
+                    size: int = 2 << 20, fields: Mapping[str, str] | None = None,
+                    keys: Mapping[str, bytes] | None = None) -> Path:
     """Write a simulated image of exactly ``size`` bytes to ``path``.
 
     ``BEHAVIOUR`` tells the simulated OS how to act after boot (``healthy``,
     ``gateway-fails``, ``fails-later``, ``hangs``); ``fields`` adds or
-    overrides lines of the release file (``STARTUP_SECONDS``...).
+    overrides lines of the release file (``STARTUP_SECONDS``...). ``keys``: the
+    publisher's public keys the image carries (``etc/kruxos/keys/NAME``), the
+    trust root of a device once it boots the image.
     """
     release = release_text(version, behaviour, fields).encode("utf-8")
     head = b"".join(_header(name, 0, tarfile.DIRTYPE) for name in _DIRS)
     head += _header(RELEASE_FILE, len(release)) + _padded(release)
+    if keys:
+        head += _header(KEYS_DIR, 0, tarfile.DIRTYPE)
+        for name, data in sorted(keys.items()):
+            if not _SAFE_PART.match(name) or not name.endswith(".pub"):
+                raise ReleaseError(f"simulated image: key file name {name[:40]!r}")
+            head += _header(KEYS_DIR + name, len(data)) + _padded(data)
     filler = (size - len(head) - 3 * BLOCK) // BLOCK * BLOCK  # its header, the end blocks
     if filler < 0:
         raise ReleaseError(f"a simulated image needs at least {len(head) + 3 * BLOCK} bytes")
