@@ -502,14 +502,18 @@ def install(release: Release, base_url: str, slot_path: Path, slot_size: int, *,
                          resumed_from, session.fetched,
                          f"{release.image}: {release.size} bytes written to {slot_path}, "
                          "read back from the device and verified"
-                         f"{_resumed_note(resumed_from, len(release.blocks), session.fetched)}")
+                         f"{_resumed_note(resumed_from, release, session.fetched)}")
 
 
-def _resumed_note(resumed_from: int, blocks: int, fetched: int) -> str:
-    """What a resumed install saved, for the outcome a person reads (empty otherwise)."""
+def _resumed_note(resumed_from: int, release: Release, fetched: int) -> str:
+    """What a resumed install saved, for the outcome a person reads (empty otherwise).
+
+    ``resumed_from`` is the byte offset the install went on from."""
     if resumed_from == 0:
         return ""
-    return f" (resumed at block {resumed_from} of {blocks}; {fetched} bytes fetched)"
+    block = resumed_from // release.block_size
+    return (f" (resumed at block {block} of {len(release.blocks)}, byte {resumed_from}; "
+            f"{fetched} bytes fetched)")
 
 
 def _open_invalidated(slot_path: Path) -> int:

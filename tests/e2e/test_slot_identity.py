@@ -54,7 +54,8 @@ def test_a_daemon_killed_mid_staging_leaves_a_slot_that_claims_no_release(
     stages = [r for r in device.audit_records() if r["action"] == "stage"]
     outcomes = [r["outcome"] for r in stages if r["kind"] == "outcome"]
     assert len([r for r in stages if r["kind"] == "decision"]) == 2, stages  # one killed
-    resumed = re.search(r"resumed at block \d+ of 23; (\d+) bytes fetched", outcomes[-1])
+    resumed = re.search(r"resumed at block \d+ of 23, byte \d+; (\d+) bytes fetched",
+                        outcomes[-1])
     assert resumed is not None and int(resumed.group(1)) <= 8 * MIB, outcomes
     out = device.cli("slot", "verify").stdout.splitlines()
     assert out[1].startswith("slot B (sda3): verified: ") and "1.0.1-big" in out[1], out

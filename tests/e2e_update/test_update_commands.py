@@ -188,9 +188,11 @@ def test_ctrl_c_stops_the_download_and_a_second_apply_resumes_it(device: SimDevi
     last, outcome = stages[-1]
     assert last["reason"].startswith("Resume staging 1.0.2"), stages
     assert outcome is not None and outcome["outcome"].startswith("ok"), outcome
-    resumed = re.search(r"resumed at block (\d+) of \d+; (\d+) bytes fetched", outcome["outcome"])
-    assert resumed is not None and int(resumed.group(1)) >= 2, outcome
-    assert int(resumed.group(2)) <= 24 * MIB - 2 * MIB, outcome  # kept blocks not fetched again
+    resumed = re.search(r"resumed at block (\d+) of (\d+), byte (\d+); (\d+) bytes fetched",
+                        outcome["outcome"])
+    assert resumed is not None and 2 <= int(resumed.group(1)) < int(resumed.group(2)), outcome
+    assert int(resumed.group(3)) == int(resumed.group(1)) * MIB, outcome
+    assert int(resumed.group(4)) <= 24 * MIB - 2 * MIB, outcome  # kept blocks not fetched again
     doc = device.status_json()
     assert doc["slots"]["B"] == {"name": "B", "device": "sda3", "version": "1.0.2",
                                  "mark": "staged"} or doc["trial"] == "B", doc
