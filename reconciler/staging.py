@@ -23,7 +23,7 @@ from reconciler.config import Device
 from reconciler.errors import KruxosError, ReleaseError, TemporaryError
 from reconciler.observed import SlotName
 from reconciler.release.identity import Origin
-from reconciler.release.installer import InstallProgress, InstallResult, install
+from reconciler.release.installer import InstallProgress, InstallResult, clear_resume, install
 from reconciler.spec import UpdatePolicy
 
 RESUME_FILE = "staging.resume.json"
@@ -62,6 +62,7 @@ class InstallerStager:
             raise TemporaryError(f"staging of {version} stopped at block {result.next_block} of "
                                  f"{result.blocks}; it resumes there", delay=1.0)
         self.backend.set_mark(slot, "staged")
+        clear_resume(self.device.data_dir / RESUME_FILE)  # only now: see installer._finish
         return result.message
 
     def _mark(self, slot: SlotName) -> str:

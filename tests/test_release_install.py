@@ -141,7 +141,12 @@ def test_install_writes_the_image_and_verifies_it_by_reading_the_slot_back(
     last = device.events[-1]
     assert (last.phase, last.verified, last.written, last.read_back, last.total) == (
         "done", SIZE, SIZE, SIZE, SIZE)
-    assert not device.resume_file.exists()
+    # the resume point says every block is written until the caller marks the slot
+    # staged (and removes it): a kill in between costs a read-back, not a download
+    assert json.loads(device.resume_file.read_text())["next_block"] == result.blocks
+    again = device.install()
+    assert again.complete and again.fetched == 0, again
+    assert device.image() == _expected_image(device)
 
 
 def test_progress_events_count_fetched_verified_and_written_bytes(device: Device) -> None:

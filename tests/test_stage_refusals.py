@@ -337,6 +337,8 @@ def test_a_staged_slot_names_the_release_as_the_channel_signed_it(dev: SimDevice
             identity.serial) == ("1.0.1", entry["size"], entry["sha256"], "stable",
                                  signed["serial"])
     assert dev.reconciler.backend.read().marks["B"] == "staged"
+    assert not (dev.root / "data" / "staging.resume.json").exists(), \
+        "the resume point goes once the slot is marked staged"
     verified = subprocess.run([str(KRUXOS), "--config", str(dev.root / "device.yaml"),
                                "slot", "verify"], capture_output=True, text=True, timeout=60)
     assert verified.returncode == 0, verified.stderr

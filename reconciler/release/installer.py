@@ -164,6 +164,11 @@ def _load_resume(resume_file: Path, release: Release, slot: str) -> tuple[int, i
     return block, failures if isinstance(failures, int) else 0
 
 
+def clear_resume(resume_file: Path) -> None:
+    """Forget the resume point (the slot it was for is marked staged, or not to be trusted)."""
+    _clear_resume(resume_file)
+
+
 def _clear_resume(resume_file: Path) -> None:
     try:
         resume_file.unlink()
@@ -536,7 +541,9 @@ def _open_invalidated(slot_path: Path) -> int:
 
 
 def _finish(session: _Session, slot_path: Path, origin: Origin) -> None:
-    """Read back, then name the release in the slot; the resume point goes last."""
+    """Read back, then name the release in the slot; the resume point then says every
+    block is written, so a kill before the caller marks the slot staged costs a read-back,
+    not a download (the caller removes it once the slot is marked: :func:`clear_resume`)."""
     try:
         _read_back(session, slot_path)
     except ReleaseError:
@@ -550,7 +557,7 @@ def _finish(session: _Session, slot_path: Path, origin: Origin) -> None:
         raise ReleaseError(f"cannot write the identity of slot {slot_path} "
                            f"({exc.strerror})") from exc
     failpoint("install.identity-written")
-    _clear_resume(session.resume_file)
+    session.save()
     session.event("done", session.release.size)
 
 
