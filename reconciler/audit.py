@@ -42,6 +42,8 @@ KINDS = frozenset({"decision", "outcome", "event"})
 REANCHOR = "re-anchor"
 #: The action of the event that says which files retention removed.
 PRUNED = "audit-pruned"
+#: The action of the event that says a record cut off mid-line (a crash) was dropped.
+TAIL_CUT = "audit-tail-cut"
 ACTORS = frozenset({"spec", "schedule", "health", "cli", "daemon", "resync"})
 _FILE_RE = re.compile(r"^audit-(\d{6,})\.jsonl$")
 _AGE_RE = re.compile(r"^\s*(\d+)\s*([smhd])\s*$")
@@ -863,12 +865,14 @@ class AuditTrail(AuditReader):
         self.clock = clock
         self.retention = retention or Retention()
         self._make_directory()
-        self._drop_partial_tail()
+        cut_tail = self._drop_partial_tail()
         self._last: AuditRecord | None = None
         self._head: dict[str, Any] = {}
-        #: What opening the trail had to record (a re-anchor, a seal), for the log.
+        #: What opening the trail had to record (a re-anchor, a seal, a cut tail), for the log.
         self.opened_with: list[AuditRecord] = []
         self._open_chain()
+        if cut_tail is not None:
+            self.opened_with.append(self.event("daemon", TAIL_CUT, cut_tail))
         self._last_decision, self._last_outcome = self._find_last_decision()
 
     def _make_directory(self) -> None:
@@ -877,20 +881,27 @@ class AuditTrail(AuditReader):
         except OSError as exc:
             raise AuditError(f"audit: cannot create {self.directory}: {exc.strerror}") from exc
 
-    def _drop_partial_tail(self) -> None:
-        """A line without its newline never finished, so its action never ran: cut it."""
+    def _drop_partial_tail(self) -> str | None:
+        """A line without its newline never finished, so its action never ran: cut it.
+
+        Returns what was cut, which the trail records once its chain is open.
+        """
         if not self.files():
-            return
+            return None
         path = self.files()[-1][1]
         lines, partial = self._lines(path)
-        if partial:
-            keep = sum(len(line) + 1 for line in lines)
-            try:
-                with path.open("r+b") as handle:
-                    handle.truncate(keep)
-                    os.fsync(handle.fileno())
-            except OSError as exc:
-                raise AuditError(f"audit: cannot repair {path}: {exc.strerror}") from exc
+        if not partial:
+            return None
+        keep = sum(len(line) + 1 for line in lines)
+        try:
+            with path.open("r+b") as handle:
+                handle.truncate(keep)
+                os.fsync(handle.fileno())
+        except OSError as exc:
+            raise AuditError(f"audit: cannot repair {path}: {exc.strerror}") from exc
+        return (f"dropped the last {len(partial)} bytes of {path.name}: a record cut off "
+                "before its end (a crash or power cut while it was written), so its action "
+                "never ran")
 
     def _open_chain(self) -> None:
         """Match the trail's end with the head; one record ahead is a crash to finish.

@@ -420,7 +420,7 @@ def test_events_are_never_deduped(store: StateStore, clock: Clock) -> None:
 # --- crash recovery -----------------------------------------------------------
 
 
-def test_partial_trailing_line_is_cut_on_open(store: StateStore, clock: Clock) -> None:
+def test_partial_trailing_line_is_cut_on_open_and_recorded(store: StateStore, clock: Clock) -> None:
     trail = open_trail(store, clock)
     fill(trail, clock, 3)
     path = trail.files()[-1][1]
@@ -430,9 +430,15 @@ def test_partial_trailing_line_is_cut_on_open(store: StateStore, clock: Clock) -
     assert len(list(AuditReader(store).records())) == 3
     assert AuditReader(store).verify().ok
     reopened = open_trail(store, clock)
-    assert path.stat().st_size == good
-    assert reopened.event("daemon", "start", "after the crash").seq == 4
+    raw = path.read_bytes()
+    assert raw[good:].startswith(b'{"action":"audit-tail-cut"')  # cut, then recorded
+    cut = reopened.get(4)
+    assert cut is not None and (cut.kind, cut.action) == ("event", "audit-tail-cut")
+    assert cut.reason.startswith(f"dropped the last 38 bytes of {path.name}")
+    assert reopened.opened_with == [cut]
+    assert reopened.event("daemon", "start", "after the crash").seq == 5
     assert reopened.verify().ok
+    assert open_trail(store, clock).opened_with == []  # recorded once
 
 
 def test_readers_skip_a_line_the_writer_has_not_finished(store: StateStore, clock: Clock) -> None:
