@@ -14,6 +14,10 @@ process over the Unix socket ``SOCKET``, one JSON request a connection:
 - ``{"cmd": "arm", "after": N}``: cut when the N-th changing operation from now
   arrives (it is not done): a seeded, reproducible moment in the device's own
   stream of writes, fsyncs, creates, renames and unlinks.
+- ``{"cmd": "arm", "after": N, "writes_under": PREFIX}``: cut right after the
+  N-th write to a file whose path starts with ``PREFIX`` (the write is done and
+  not synced; the next changing operation, its fsync most likely, is not): the
+  moment rule 5 may tear, e.g. an audit record cut off mid-line.
 - ``{"cmd": "cut"}``: cut now.
 - ``{"cmd": "materialize", "out": DIR, "seed": S}``: after a cut, write the
   durable tree into ``DIR`` (it must not exist), torn as the seed says; the
@@ -88,6 +92,8 @@ class PowercutFS(mfusepy.Operations):  # type: ignore[misc]
         self.frozen = False
         self.ops = 0
         self.cut_at: int | None = None
+        self.writes_under: str | None = None
+        self.writes_left = 0
         self.errors: list[str] = []
         self.handles: dict[int, int] = {}  # backing descriptor -> model node
 
@@ -105,9 +111,9 @@ class PowercutFS(mfusepy.Operations):  # type: ignore[misc]
         return self.root + path
 
     def init_with_config(self, conn: Any, config: Any) -> None:
-        """No ``.fuse_hidden`` files: an unlinked open file is unlinked, its path ``None``."""
+        """No ``.fuse_hidden`` files: an unlinked open file is unlinked (its operations get
+        the path ``None``; every other operation gets its path)."""
         config.hard_remove = 1
-        config.nullpath_ok = 1
 
     # ---- reading --------------------------------------------------------------------------
 
@@ -183,7 +189,12 @@ class PowercutFS(mfusepy.Operations):  # type: ignore[misc]
     @_guarded(changes=True)
     def write(self, path: str | None, data: bytes, offset: int, fh: int) -> int:
         self.model.wrote(self.handles[fh], offset, data)
-        return os.pwrite(fh, data, offset)
+        written = os.pwrite(fh, data, offset)
+        if self.writes_under is not None and (path or "").startswith(self.writes_under):
+            self.writes_left -= 1
+            if self.writes_left == 0:
+                self.cut_at, self.writes_under = self.ops + 1, None
+        return written
 
     @_guarded(changes=True)
     def truncate(self, path: str | None, length: int, fh: int | None = None) -> int:
@@ -304,7 +315,10 @@ class PowercutFS(mfusepy.Operations):  # type: ignore[misc]
         """One control request (see the module docstring)."""
         cmd = request.get("cmd")
         with self.mutex:
-            if cmd == "arm":
+            if cmd == "arm" and request.get("writes_under"):
+                self.writes_under = str(request["writes_under"])
+                self.writes_left = max(1, int(request["after"]))
+            elif cmd == "arm":
                 self.cut_at = self.ops + max(1, int(request["after"]))
             elif cmd == "cut":
                 self.frozen = True

@@ -84,9 +84,11 @@ class PowercutMount:
     def status(self) -> dict[str, Any]:
         return self.request(cmd="status")
 
-    def arm(self, after: int) -> None:
-        """Cut when the ``after``-th changing operation from now arrives."""
-        self.request(cmd="arm", after=after)
+    def arm(self, after: int, writes_under: str | None = None) -> None:
+        """Cut when the ``after``-th changing operation from now arrives, or with
+        ``writes_under`` right after the ``after``-th write under that path (before the
+        next changing operation)."""
+        self.request(cmd="arm", after=after, writes_under=writes_under)
 
     def cut(self) -> dict[str, Any]:
         """Cut the power now."""

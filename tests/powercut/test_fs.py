@@ -293,6 +293,22 @@ def test_an_armed_cut_stops_the_power_at_the_nth_changing_operation(rig: Rig) ->
     assert (rig.cut() / "old").read_bytes() == b"synced"
 
 
+def test_a_cut_armed_on_writes_under_a_path_comes_right_after_the_nth_one(rig: Rig) -> None:
+    rig.fs.arm(after=2, writes_under="/sub/")
+    write(rig.mnt / "elsewhere", b"not counted", sync=True)
+    fd = os.open(rig.mnt / "sub" / "log", os.O_WRONLY | os.O_CREAT, 0o644)
+    fsync_dir(rig.mnt / "sub")
+    os.write(fd, b"first\n")
+    os.fsync(fd)
+    os.write(fd, b"second, cut before its fsync\n")
+    with pytest.raises(OSError):
+        os.fsync(fd)
+    os.close(fd)
+    assert rig.fs.status()["frozen"]
+    assert {rig.fs.materialize(rig.out / f"s{seed}", seed)["last_writes"][0]["fate"]
+            for seed in range(8)} == {"dropped", "whole"}  # 29 bytes hold no boundary
+
+
 def test_a_large_sparse_file_stays_sparse_and_exact(
         tmp_path: Path, powercut: Callable[..., PowercutMount]) -> None:
     backing = tmp_path / "b"
