@@ -24,6 +24,7 @@ AREAS = (
     ("end-to-end: daemon and flows", lambda m: m.startswith("tests.e2e.")),
     ("end-to-end: update commands", lambda m: m.startswith("tests.e2e_update.")),
     ("parser fuzzing", lambda m: m.startswith("tests.fuzz.")),
+    ("power cuts (the power-cut filesystem)", lambda m: m.startswith("tests.powercut.")),
     ("unit and property", lambda m: True),
 )
 
