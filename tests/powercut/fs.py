@@ -17,7 +17,9 @@ process over the Unix socket ``SOCKET``, one JSON request a connection:
 - ``{"cmd": "arm", "after": N, "writes_under": PREFIX}``: cut right after the
   N-th write to a file whose path starts with ``PREFIX`` (the write is done and
   not synced; the next changing operation, its fsync most likely, is not): the
-  moment rule 5 may tear, e.g. an audit record cut off mid-line.
+  moment rule 5 may tear, e.g. an audit record cut off mid-line. A write that
+  continues the one before without a gap is not counted (the kernel split one);
+  a cut there keeps only the first part.
 - ``{"cmd": "cut"}``: cut now.
 - ``{"cmd": "materialize", "out": DIR, "seed": S}``: after a cut, write the
   durable tree into ``DIR`` (it must not exist), torn as the seed says; the
@@ -188,9 +190,12 @@ class PowercutFS(mfusepy.Operations):  # type: ignore[misc]
 
     @_guarded(changes=True)
     def write(self, path: str | None, data: bytes, offset: int, fh: int) -> int:
+        last = self.model.nodes[self.handles[fh]].last_write
+        continues = last is not None and last[0] + len(last[1]) == offset
         self.model.wrote(self.handles[fh], offset, data)
         written = os.pwrite(fh, data, offset)
-        if self.writes_under is not None and (path or "").startswith(self.writes_under):
+        if self.writes_under is not None and not continues \
+                and (path or "").startswith(self.writes_under):
             self.writes_left -= 1
             if self.writes_left == 0:
                 self.cut_at, self.writes_under = self.ops + 1, None

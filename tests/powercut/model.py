@@ -29,18 +29,21 @@ the product and ``tests/powercut/test_fs.py`` checks one by one:
    that the last write to each file since that fsync may be kept: whole,
    dropped, or torn, keeping the part that lies before a 512-byte boundary of
    the file (a multiple of 512 bytes from the start of the file, inside the
-   write). A kept write beyond the durable end of the file leaves zeros in the
-   gap. The choice is drawn from the cut's seed, one draw per file in the
-   order of their paths, so the same seed over the same history gives the same
-   tree. A truncate after the last write drops that write as a candidate.
+   write). Writes that follow each other without a gap (each starting where
+   the one before ended) count as one write: the kernel splits a program's
+   ``write`` at page and request boundaries, and a tear keeps a prefix of what
+   the program wrote, never its end without its start. A kept write beyond
+   the durable end of the file leaves zeros in the gap. The choice is drawn
+   from the cut's seed, one draw per file in the order of their paths, so the
+   same seed over the same history gives the same tree. A truncate after the
+   last write drops that write as a candidate.
 6. **``sync`` and ``syncfs`` make nothing durable.** The kernel hands them to
    no FUSE filesystem (only virtiofs), so this filesystem never learns of
    them; a program must fsync each file and each directory it needs.
 7. **Not modelled:** modes (a node has the mode it was last given), owners,
    times, extended attributes, special files, and shared writable mappings
    (the filesystem runs without the kernel's writeback cache, so every
-   ``write`` reaches it in order; a write larger than the kernel's request size
-   arrives as several writes, the last of which is the one rule 5 may keep).
+   ``write`` reaches it in order).
 
 The model stores the durable content of every file in a shadow directory
 (sparse copies, one file per inode), so a file whose last name was removed
@@ -59,6 +62,9 @@ from typing import Any
 
 SECTOR = 512
 _CHUNK = 1 << 20
+#: The longest run of gapless writes kept as one candidate for rule 5 (memory bound);
+#: a longer run starts again from the write that goes past it.
+MAX_LAST_WRITE = 16 << 20
 
 
 @dataclass
@@ -153,7 +159,12 @@ class Model:
         """A write (rule 5 may keep the last one at a cut)."""
         node = self.nodes[node_id]
         node.dirty.append((offset, offset + len(data)))
-        node.last_write = (offset, bytes(data))
+        last = node.last_write
+        if last is not None and last[0] + len(last[1]) == offset \
+                and len(last[1]) + len(data) <= MAX_LAST_WRITE:
+            node.last_write = (last[0], last[1] + bytes(data))  # one write, split by the kernel
+        else:
+            node.last_write = (offset, bytes(data))
 
     def truncated(self, node_id: int, old_size: int, new_size: int) -> None:
         node = self.nodes[node_id]

@@ -203,6 +203,23 @@ def test_the_last_unsynced_write_is_dropped_kept_or_torn_at_a_512_byte_boundary(
     assert kept_lengths == {0, len(last), 24, 536, 1048, 1560, 2072, 2584}
 
 
+def test_a_write_split_by_the_kernel_is_torn_as_one_write(rig: Rig) -> None:
+    fd = os.open(rig.mnt / "f", os.O_RDWR | os.O_CREAT, 0o644)
+    os.write(fd, b"x" * 3900)
+    os.fsync(fd)
+    record = b"r" * 699 + b"\n"
+    os.write(fd, record)  # crosses the page at 4096: the kernel sends two writes
+    os.close(fd)
+    fsync_dir(rig.mnt)
+    rig.fs.cut()
+    kept = {rig.fs.materialize(rig.out / f"s{seed}", seed)["last_writes"][0]["kept"]
+            for seed in range(30)}
+    assert kept == {0, 196, 700}  # dropped, torn at 4096, whole: never the end alone
+    for seed in range(30):
+        data = (rig.out / f"s{seed}" / "f").read_bytes()
+        assert b"\0" not in data and data == (b"x" * 3900 + record)[:len(data)], seed
+
+
 def test_the_same_seed_gives_the_same_tree(rig: Rig) -> None:
     for name in ("a", "b", "c"):
         write(rig.mnt / name, os.urandom(5000))
