@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import os
 import random
-import re
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -25,6 +24,7 @@ from typing import Any
 
 from reconciler.boot import BootState, open_backend
 from reconciler.config import load_device
+from reconciler.release.identity import read_identity
 from tests.device import SimDevice
 from tests.powercut.mount import PowercutMount
 
@@ -188,20 +188,16 @@ class CutDevice:
         return []
 
     def version_in(self, slot: str) -> str | None:
-        """The release whose whole image the slot starts with, if any."""
+        """The release the slot's identity names, if the slot holds that whole image."""
         path = self.slot_paths[slot]  # type: ignore[index]
+        identity, _ = read_identity(path)
+        if identity is None:
+            return None
+        image = self.device.dir / "channel" / f"kruxos-{identity.version}.img"
+        if not image.exists():
+            return None
         with open(path, "rb") as f:
-            head = f.read(4096)
-            match = re.search(rb"VERSION=([0-9A-Za-z.+-]+)", head)
-            candidates = sorted((self.device.dir / "channel").glob("kruxos-*.img"))
-            if match is not None:
-                named = self.device.dir / "channel" / f"kruxos-{match[1].decode()}.img"
-                candidates = [named] if named.exists() else candidates
-            for image in candidates:
-                f.seek(0)
-                if _same_prefix(f, image):
-                    return image.name.removeprefix("kruxos-").removesuffix(".img")
-        return None
+            return identity.version if _same_prefix(f, image) else None
 
     def _check_state(self) -> list[str]:
         """The state file parses, or its copy does (the store restores from it)."""
