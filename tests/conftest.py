@@ -61,6 +61,8 @@ def _tier_of(path: Path) -> str | None:
         return "e2e"
     if relative.startswith("fuzz/"):
         return "fuzz"
+    if relative.startswith("powercut/test_device_cuts"):
+        return "slow"  # a device cut boots the device twice: make test, not make quick
     return None
 
 
