@@ -6,7 +6,13 @@ pass at a time; the clock is injected.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -14,6 +20,7 @@ from reconciler.actions import Stage, Wait
 from reconciler.config import load_device
 from reconciler.reconcile import BACKOFF_CAP, Reconciler, backoff
 from tests.slots import claim, legacy_header, write_at
+from tests.waiting import wait_for
 
 NOW = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)
 
@@ -200,19 +207,10 @@ def test_state_lost_during_a_trial_keeps_the_rollback_deadline(device_dir: Path)
     assert rebuilt and "first health probe" in str(rebuilt[0]["reason"])
 
 
-def test_a_damaged_trail_is_sealed_and_the_daemon_goes_on(device_dir: Path) -> None:
-    """Damage to the trail never stops the reconciler: it is kept as found, sealed, and
-    the chain goes on (a daemon refusing to act would hold a rollback)."""
-    import os
-    import signal
-    import subprocess
-    import sys
-
-    from tests.waiting import wait_for
-
-    _reconciler(device_dir).run_pass("daemon")
-    trail = next((device_dir / "data" / "audit").glob("audit-*.jsonl"))
-    trail.write_bytes(b"")  # the trail ends before the head: damage, not a lost head
+@contextlib.contextmanager
+def _daemon(device_dir: Path) -> Iterator[Path]:
+    """``kruxos daemon`` of the device as a process of its own; yields its log file and
+    stops it with SIGTERM (it must exit 0)."""
     log = device_dir / "run" / "daemon-test.log"
     with open(log, "wb") as out:
         proc = subprocess.Popen([sys.executable, "-m", "reconciler.cli.main", "daemon"],
@@ -220,13 +218,23 @@ def test_a_damaged_trail_is_sealed_and_the_daemon_goes_on(device_dir: Path) -> N
                                                                        "device.yaml")),
                                 stdout=out, stderr=subprocess.STDOUT)
     try:
-        wait_for(lambda: " nothing: " in log.read_text(), 30, "the daemon's first decision")
+        yield log
         assert proc.poll() is None, "the daemon exited instead of going on"
-        assert "Traceback" not in log.read_text()
-        assert "the audit trail was found damaged" in log.read_text()
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(30) == 0
+
+
+def test_a_damaged_trail_is_sealed_and_the_daemon_goes_on(device_dir: Path) -> None:
+    """Damage to the trail never stops the reconciler: it is kept as found, sealed, and
+    the chain goes on (a daemon refusing to act would hold a rollback)."""
+    _reconciler(device_dir).run_pass("daemon")
+    trail = next((device_dir / "data" / "audit").glob("audit-*.jsonl"))
+    trail.write_bytes(b"")  # the trail ends before the head: damage, not a lost head
+    with _daemon(device_dir) as log:
+        wait_for(lambda: " nothing: " in log.read_text(), 30, "the daemon's first decision")
+        assert "Traceback" not in log.read_text()
+        assert "the audit trail was found damaged" in log.read_text()
     records = _records(device_dir)
     details = records[0]["details"]
     assert records[0]["action"] == "re-anchor" and isinstance(details, dict)
@@ -238,13 +246,6 @@ def test_what_a_crash_left_mid_write_is_removed_when_the_daemon_starts(
         device_dir: Path) -> None:
     """A kill between a temporary file's write and its rename leaves ``.NAME.tmp-PID``;
     the next daemon (holding the lock) removes it; a command's request is left alone."""
-    import os
-    import signal
-    import subprocess
-    import sys
-
-    from tests.waiting import wait_for
-
     _reconciler(device_dir).run_pass("daemon")
     data = device_dir / "data"
     left = [data / ".state.json.tmp-999999", data / "audit" / ".head.json.tmp-999998"]
@@ -253,18 +254,9 @@ def test_what_a_crash_left_mid_write_is_removed_when_the_daemon_starts(
     (data / "inbox").mkdir(exist_ok=True)
     request = data / "inbox" / ".req-1.json.tmp-999997"
     request.write_bytes(b"{")  # a command writing its request right now
-    log = device_dir / "run" / "daemon-test.log"
-    with open(log, "wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "reconciler.cli.main", "daemon"],
-                                env=dict(os.environ, KRUXOS_CONFIG=str(device_dir /
-                                                                       "device.yaml")),
-                                stdout=out, stderr=subprocess.STDOUT)
-    try:
+    with _daemon(device_dir) as log:
         wait_for(lambda: "watching" in log.read_text(), 30, "the daemon to start")
         assert not any(path.exists() for path in left)
         assert "removed .state.json.tmp-999999, left by a write a crash cut off" in \
             log.read_text()
         assert request.exists()
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(30) == 0
