@@ -4,7 +4,7 @@ GRUB reads this file with ``load_env`` and rewrites it in place with
 ``save_env``; it never grows or shrinks it. A block written here is exactly
 :data:`BLOCK_SIZE` bytes: two header lines, then ``name=value\\n`` lines in
 insertion order, then ``#`` padding up to the end. A block is *read* as GRUB
-and ``grub-editenv`` read it: any size (up to :data:`MAX_READ`) that starts
+and ``grub-editenv`` read it: any size (up to the 1024 bytes it creates) that starts
 with the signature line, each complete line, and a last line cut short
 (no newline) ignored — a 600-byte block cut from a 1024-byte one still holds
 every variable before the cut, and GRUB boots by them. In values a backslash is
@@ -31,8 +31,9 @@ from reconciler.durable import atomic_write
 from reconciler.errors import BootEnvError
 
 BLOCK_SIZE = 1024
-#: The largest env file read; a bigger one is no GRUB env (GRUB's are a few KiB at most).
-MAX_READ = 64 * 1024
+#: The largest env file read: what grub-editenv creates. A bigger one was made by hand;
+#: it is refused (a damaged env, rewritten from what is known good).
+MAX_READ = BLOCK_SIZE
 #: What GRUB checks: the first line. (``grub-editenv`` writes the second one too.)
 SIGNATURE = b"# GRUB Environment Block\n"
 HEADER = (
