@@ -52,6 +52,10 @@ def in_ci() -> bool:
     return os.environ.get("CI", "").lower() not in ("", "0", "false", "no")
 
 
+#: Unit tests outside the end-to-end tiers that start the simulated OS as a process.
+SIM_PROCESS_TESTS = ("test_sim_os.py", "test_health.py")
+
+
 def _tier_of(path: Path) -> str | None:
     relative = path.relative_to(TESTS).as_posix()
     if relative.startswith("boot/") and path.stem.endswith("_qemu"):
@@ -73,6 +77,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         tier = _tier_of(Path(str(item.path)))
         if tier is not None:
             item.add_marker(getattr(pytest.mark, tier))
+        if tier in ("e2e", "slow") or Path(str(item.path)).name in SIM_PROCESS_TESTS:
+            item.add_marker(pytest.mark.needs_tool("setpriv"))  # reconciler/sim/os.py
         for marker in item.iter_markers("needs_tool"):
             unknown = [tool for tool in marker.args if tool not in listed]
             if unknown or not marker.args:

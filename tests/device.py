@@ -142,6 +142,12 @@ class SimDevice:
     # ---- running -----------------------------------------------------------------------
 
     def start(self, *extra: str, faketime: str | None = None) -> None:
+        """``kruxos sim run DIR`` in the background, console to a log file; waits for the boot."""
+        self.start_without_waiting(*extra, faketime=faketime)
+        self.wait_for(lambda: (self.dir / "run" / "ports.json").exists()
+                      and self.daemon_pid() is not None, 60, "the device to boot")
+
+    def start_without_waiting(self, *extra: str, faketime: str | None = None) -> None:
         """``kruxos sim run DIR`` in the background, console to a log file."""
         assert self.proc is None, "device already running"
         cmd = [*KRUXOS, "sim", "run", str(self.dir), *extra]
@@ -152,8 +158,6 @@ class SimDevice:
                                          stderr=subprocess.STDOUT, start_new_session=True)
         if faketime is not None:
             self._share_fake_clock()
-        self.wait_for(lambda: (self.dir / "run" / "ports.json").exists()
-                      and self.daemon_pid() is not None, 60, "the device to boot")
 
     def _share_fake_clock(self) -> None:
         """Run later CLI calls on the same fake clock as the device (faketime's offset)."""

@@ -242,6 +242,12 @@ class SimOsProcess:
         return self.process.wait()
 
 
+#: What a device's process runs under so that it dies with the process that
+#: started it (``prctl(PR_SET_PDEATHSIG)``, set by util-linux's ``setpriv``): killing
+#: ``kruxos sim run`` is the simulated device's power cut, and no process outlives it.
+DIE_WITH_PARENT = ("setpriv", "--pdeathsig", "KILL", "--")
+
+
 def launch(slot_file: Path, ready_file: Path, port: int = 0, host: str = "127.0.0.1",
            wait: float = 10.0) -> SimOsProcess:
     """Boot ``slot_file`` in a new process and return once it listens.
@@ -251,8 +257,9 @@ def launch(slot_file: Path, ready_file: Path, port: int = 0, host: str = "127.0.
     """
     ready_file.unlink(missing_ok=True)
     log_file = ready_file.with_name(ready_file.name + ".log")
-    command = [sys.executable, "-m", "reconciler.sim.os", "--slot-file", str(slot_file),
-               "--port", str(port), "--host", host, "--ready-file", str(ready_file)]
+    command = [*DIE_WITH_PARENT, sys.executable, "-m", "reconciler.sim.os",
+               "--slot-file", str(slot_file), "--port", str(port), "--host", host,
+               "--ready-file", str(ready_file)]
     with open(log_file, "wb") as log_out:
         process = subprocess.Popen(command, stdout=log_out, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + wait

@@ -38,7 +38,7 @@ from reconciler.durable import atomic_write, atomic_write_json
 from reconciler.sim.bootloader import emulator_for
 from reconciler.sim.device import CHANNEL_PORT, OS_PORT
 from reconciler.sim.image import MountError, mount
-from reconciler.sim.os import BootRefused, SimOsProcess, launch
+from reconciler.sim.os import DIE_WITH_PARENT, BootRefused, SimOsProcess, launch
 
 
 def say(message: str) -> None:
@@ -106,6 +106,9 @@ class Supervisor:
         self.stopping = threading.Event()
         self.os_proc: SimOsProcess | None = None
         self.daemon: subprocess.Popen[bytes] | None = None
+        self.daemon_started = 0.0
+        self.daemon_log_start = 0
+        self.quick_exits = 0
         self.boots = 0
 
     def run(self) -> int:
@@ -180,22 +183,47 @@ class Supervisor:
 
     def _start_daemon(self) -> None:
         log = open(self.run_dir / "daemon.log", "ab")
+        self.daemon_log_start = log.seek(0, os.SEEK_END)
         env = dict(os.environ, KRUXOS_CONFIG=str(self.device.source), PYTHONUNBUFFERED="1")
+        # Its own session keeps a Ctrl-C at the console from reaching it (the
+        # supervisor stops it in order); the parent-death signal ends it with
+        # the supervisor, as a power cut ends every process of a device.
         self.daemon = subprocess.Popen(
-            [sys.executable, "-m", "reconciler.cli.main", "daemon"],
+            [*DIE_WITH_PARENT, sys.executable, "-m", "reconciler.cli.main", "daemon"],
             stdout=log, stderr=log, env=env, start_new_session=True)
+        self.daemon_started = time.monotonic()
         log.close()
 
     def _wait_for_reboot(self) -> None:
-        """Wait for a reboot request; restart a daemon that died (as systemd would)."""
+        """Wait for a reboot request; restart a daemon that died (as systemd would).
+
+        A daemon that exits soon after it started is restarted after a delay
+        that doubles each time in a row (1 s up to 30 s), so one that cannot
+        start (a lock held, a broken config) does not spin; the console says
+        why, from the daemon's last line."""
         while not self.reboot_requested.wait(0.2):
-            if self.daemon is not None and self.daemon.poll() is not None:
-                say(f"kruxos daemon exited ({self.daemon.returncode}); restarting it")
-                time.sleep(1.0)
-                if not self.reboot_requested.is_set():
-                    self._start_daemon()
+            if self.daemon is None or self.daemon.poll() is None:
+                continue
+            lived = time.monotonic() - self.daemon_started
+            self.quick_exits = self.quick_exits + 1 if lived < STEADY_AFTER else 1
+            delay = restart_delay(self.quick_exits)
+            say(f"kruxos daemon exited ({self.daemon.returncode}) after {lived:.1f}s"
+                f"{self._daemon_last_words()}; restarting it in {delay:g}s")
+            self.daemon = None
+            if not self.reboot_requested.wait(delay):
+                self._start_daemon()
         if not self.stopping.is_set():
             say("reboot")
+
+    def _daemon_last_words(self) -> str:
+        """``: <last line>`` the exited daemon wrote to its log, if any."""
+        try:
+            with open(self.run_dir / "daemon.log", "rb") as log:
+                log.seek(max(self.daemon_log_start, log.seek(0, os.SEEK_END) - 4096))
+                lines = log.read().decode("utf-8", "replace").strip().splitlines()
+        except OSError:
+            return ""
+        return f": {lines[-1][:200]}" if lines else ""
 
     def _shutdown_children(self) -> None:
         """What a reboot does to user space: SIGTERM, then SIGKILL after a grace period."""
@@ -206,6 +234,16 @@ class Supervisor:
             self.os_proc.stop()
             self.os_proc = None
         (self.run_dir / "ports.json").unlink(missing_ok=True)
+
+
+#: A daemon that ran this long before it exited restarts after the first delay again.
+STEADY_AFTER = 10.0
+RESTART_CAP = 30.0
+
+
+def restart_delay(quick_exits: int) -> float:
+    """Seconds before restarting a daemon that exited ``quick_exits`` times in a row quickly."""
+    return min(RESTART_CAP, 2.0 ** max(0, quick_exits - 1))
 
 
 def _terminate(proc: subprocess.Popen[bytes], grace: float = 5.0) -> None:
