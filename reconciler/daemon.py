@@ -30,11 +30,14 @@ from watchfiles import Change, awatch
 
 from reconciler.config import Device
 from reconciler.durable import sweep_temporaries
-from reconciler.errors import AuditError
+from reconciler.errors import AuditError, LockHeldError
 from reconciler.inbox import INBOX
 from reconciler.reconcile import Reconciler, log
 from reconciler.store import data_dir_lock
 from reconciler.windows import next_open
+
+#: How often a daemon waiting for a command's data-dir lock looks again (seconds).
+LOCK_POLL = 0.1
 
 
 class Daemon:
@@ -67,11 +70,14 @@ class Daemon:
 
     async def run(self) -> int:
         """Hold the data-dir lock and reconcile until stopped."""
-        with data_dir_lock(self.device.data_dir, "kruxos daemon"):
-            loop = asyncio.get_running_loop()
-            for sig, handler in ((signal.SIGTERM, self.stop), (signal.SIGINT, self.stop),
-                                 (signal.SIGHUP, lambda: self.wake("cli"))):
-                loop.add_signal_handler(sig, handler)
+        loop = asyncio.get_running_loop()
+        for sig, handler in ((signal.SIGTERM, self.stop), (signal.SIGINT, self.stop),
+                             (signal.SIGHUP, lambda: self.wake("cli"))):
+            loop.add_signal_handler(sig, handler)
+        with contextlib.ExitStack() as held:
+            if not await self._lock(held):
+                log("stopped")
+                return 0
             for name in sweep_temporaries(self.device.data_dir, keep_dirs=(INBOX,)):
                 log(f"removed {name}, left by a write a crash cut off")
             # Only the lock holder may open the audit trail: opening repairs it.
@@ -92,6 +98,29 @@ class Daemon:
                 scheduler.shutdown(wait=False)
         log("stopped")
         return 0
+
+    async def _lock(self, held: contextlib.ExitStack) -> bool:
+        """Take the data-dir lock into ``held``; ``False`` if stopped before it was free.
+
+        Another daemon holding it is refused at once (:class:`LockHeldError`):
+        one writer. A command holding it (``kruxos update apply`` when it found
+        no daemon, e.g. while this one was restarting) is waited for, as systemd
+        would otherwise restart a refused daemon in a loop: the daemon says so
+        once and starts when the command ends."""
+        said = None
+        while not self._stop.is_set():
+            try:
+                held.enter_context(data_dir_lock(self.device.data_dir, "kruxos daemon"))
+                return True
+            except LockHeldError as exc:
+                if exc.by_daemon:
+                    raise
+                if said != exc.holder:
+                    said = exc.holder
+                    log(f"waiting for {exc.holder} to finish: {exc}")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), LOCK_POLL)
+        return False
 
     async def _open(self) -> Reconciler | None:
         """The reconciler; a trail it may not write is said once and tried again, no crash loop.

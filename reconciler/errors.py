@@ -51,7 +51,20 @@ class StateError(PermanentError):
 
 
 class LockHeldError(PermanentError):
-    """Another process holds the data-dir lock (one writer at a time)."""
+    """Another process holds the data-dir lock (one writer at a time).
+
+    ``holder`` is what the lock file names (``kruxos daemon (pid 42)``), or
+    ``another process`` when it names none (a holder that has not written its
+    name yet, or a full disk)."""
+
+    def __init__(self, message: str, holder: str = "another process") -> None:
+        super().__init__(message)
+        self.holder = holder
+
+    @property
+    def by_daemon(self) -> bool:
+        """The holder is a ``kruxos daemon``, not a command."""
+        return self.holder.startswith("kruxos daemon")
 
 
 class BootEnvError(PermanentError):

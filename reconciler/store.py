@@ -255,7 +255,7 @@ def data_dir_lock(data_dir: Path, holder: str) -> Iterator[None]:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError as exc:
             who = os.pread(fd, 200, 0).decode("utf-8", "replace").strip() or "another process"
-            raise LockHeldError(f"{data_dir} is locked by {who}") from exc
+            raise LockHeldError(f"{data_dir} is locked by {who}", who) from exc
         if writable:
             os.ftruncate(fd, 0)
             with contextlib.suppress(OSError):  # a full disk: the lock holds, only unnamed

@@ -21,6 +21,7 @@ from typing import Any
 from reconciler.actions import Blocked, Nothing, Wait
 from reconciler.audit import AuditReader, AuditRecord
 from reconciler.config import Device
+from reconciler.errors import LockHeldError
 from reconciler.inbox import daemon_pid, submit, wake_daemon
 from reconciler.store import StateStore, data_dir_lock
 
@@ -104,16 +105,44 @@ class Link:
                 return
 
 
+#: How long a command waits for a lock holder that has not named itself yet (a
+#: daemon starting) before it gives up.
+NAMELESS_HOLDER_WAIT = 5.0
+
+
 @contextlib.contextmanager
 def connect(device: Device) -> Iterator[Link]:
-    """A link to the running daemon, or, when none runs, the data-dir lock held here."""
-    pid = daemon_pid(device.data_dir)
-    if pid is not None:
-        yield Link(device, pid)
-        return
-    with data_dir_lock(device.data_dir, "kruxos update"):
+    """A link to the running daemon, or, when none runs, the data-dir lock held here.
+
+    A daemon that takes the lock between the look for it and the lock (it was
+    starting) is used as if it had been found; another command holding the
+    lock is refused, naming it: one writer at a time."""
+    with contextlib.ExitStack() as held:
+        pid = _daemon_or_lock(device, held)
+        if pid is not None:
+            yield Link(device, pid)
+            return
         link = Link(device, None)
         try:
             yield link
         finally:
             link.stop_local()
+
+
+def _daemon_or_lock(device: Device, held: contextlib.ExitStack) -> int | None:
+    """The running daemon's pid, or ``None`` with the data-dir lock entered into ``held``."""
+    deadline = time.monotonic() + NAMELESS_HOLDER_WAIT
+    while True:
+        pid = daemon_pid(device.data_dir)
+        if pid is not None:
+            return pid
+        try:
+            held.enter_context(data_dir_lock(device.data_dir, "kruxos update"))
+            return None
+        except LockHeldError as exc:
+            nameless = exc.holder == "another process"
+            if not (exc.by_daemon or nameless) or time.monotonic() > deadline:
+                raise LockHeldError(f"{exc}: another command is changing this device; "
+                                    "run this one again when it has finished",
+                                    exc.holder) from None
+        time.sleep(0.05)

@@ -36,6 +36,7 @@ from reconciler.decide import downgrade_refusal, is_newer, rollback_refusal
 from reconciler.errors import KruxosError
 from reconciler.inspect import inspect_device, spec_in_force
 from reconciler.observed import ChannelView
+from reconciler.quoting import printable
 from reconciler.release.features import newest_installable, skipped, why_not
 from reconciler.release.metadata import ChannelMetadata
 from reconciler.store import StateStore
@@ -162,6 +163,10 @@ def _follow_staging(link: Link, version: str, size: int, start: int, as_json: bo
     try:
         while True:
             view = inspect_device(link.device, _now(), channel=channel)  # verified once above
+            taken_over = _taken_over(link, start, version)
+            if taken_over is not None:  # the later request stands: no resume sent here
+                bars.finish(_progress(link, version, size), "✗ stopped")
+                _fail(taken_over, 1, as_json)
             problem = _stage_problem(link, start, version, view)
             if problem is not None:
                 bars.finish(_progress(link, version, size), "✗ refused")
@@ -208,6 +213,29 @@ def _after_staging(link: Link, version: str, reboot: str, as_json: bool, label: 
     else:
         _wait_for_action(link, start, "arm")
         click.echo(f"{version} will activate on the next reboot.")
+
+
+#: Requests that end a pin or a staging in progress when a person makes them.
+_TAKES_OVER = frozenset({"cancel", "resume", "stop", "rollback-request"})
+
+
+def _taken_over(link: Link, start: int, version: str) -> str | None:
+    """A request taken after this command's pin that supersedes it, said as an error.
+
+    Another person (or script) may cancel, stop, resume, roll back or pin
+    another version while this command waits for its staging: the command then
+    ends, saying who took over, instead of waiting for a staging that will not
+    come."""
+    pinned = False
+    for record in link.records_after(start):
+        if record.kind != "decision":
+            continue
+        if record.action == "pin" and record.reason.startswith(f"{version} pinned"):
+            pinned = True
+        elif pinned and (record.action in _TAKES_OVER or record.action == "pin"):
+            return (f"{version} was not staged: a later request at the device took over "
+                    f"(#{record.seq} {record.action}: {printable(record.reason)})")
+    return None
 
 
 def _stage_problem(link: Link, start: int, version: str, view: Any) -> str | None:

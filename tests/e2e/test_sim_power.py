@@ -58,7 +58,7 @@ def test_a_daemon_that_cannot_start_is_restarted_with_a_growing_delay_saying_why
     with open(data / "lock", "a+") as held:
         fcntl.flock(held.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         held.truncate(0)
-        held.write("an operator's shell (pid 1)\n")
+        held.write("kruxos daemon (pid 1)\n")  # another daemon: refused, not waited for
         held.flush()
         device.start_without_waiting()
         pattern = re.compile(r"kruxos daemon exited \((\d+)\) after [\d.]+s: (.*); "
@@ -70,6 +70,6 @@ def test_a_daemon_that_cannot_start_is_restarted_with_a_growing_delay_saying_why
         fcntl.flock(held.fileno(), fcntl.LOCK_UN)
     delays = [int(delay) for _, _, delay in exits[:3]]
     assert delays == [1, 2, 4], exits
-    assert all("locked by an operator's shell (pid 1)" in why for _, why, _ in exits), exits
+    assert all("locked by kruxos daemon (pid 1)" in why for _, why, _ in exits), exits
     # Once the lock is free, the next restart holds it and the device is idle again.
     device.wait_status("1.0.0", "CONFIRMED", 60)
