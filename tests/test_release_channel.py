@@ -184,3 +184,31 @@ def test_cli_errors_name_the_file_at_fault(tmp_path: Path) -> None:
     bad = CliRunner().invoke(release_group, ["sign", str(tmp_path / "c"), "--key", str(missing),
                                              "--expires", "soon"])
     assert bad.exit_code != 0 and "30d" in bad.output
+
+
+def test_a_public_key_cannot_sign_and_a_private_key_cannot_be_trusted(tmp_path: Path) -> None:
+    run = CliRunner().invoke
+    assert run(release_group, ["keygen", "--dir", str(tmp_path)]).exit_code == 0
+    key, pub = tmp_path / "release.key", tmp_path / "release.pub"
+    assert key.read_text().startswith("# KruxOS Ed25519 private key")
+    init_channel(tmp_path / "c", "stable")
+    assert not (tmp_path / "c" / "metadata.json").exists()
+
+    wrong = run(release_group, ["sign", str(tmp_path / "c"), "--key", str(pub)])
+    assert wrong.exit_code != 0 and f"{pub}: this is a public key (.pub); sign with the " \
+        f"private key file (e.g. {key})" in wrong.output, wrong.output
+    copied = tmp_path / "copied.key"  # the public key under a private key's name
+    copied.write_text(pub.read_text())
+    renamed = run(release_group, ["sign", str(tmp_path / "c"), "--key", str(copied)])
+    assert renamed.exit_code != 0 and f"holds the same bytes as the public key {pub}" in \
+        renamed.output, renamed.output
+    assert not (tmp_path / "c" / "metadata.json").exists()  # nothing was signed
+
+    legacy = tmp_path / "legacy.key"  # a key file written before the mark: still signs
+    legacy.write_text(key.read_text().splitlines()[1] + "\n")
+    assert run(release_group, ["sign", str(tmp_path / "c"), "--key", str(legacy)]).exit_code == 0
+    assert run(release_group, ["verify", str(tmp_path / "c"), "--key", str(pub)]).exit_code == 0
+
+    trusted = run(release_group, ["verify", str(tmp_path / "c"), "--key", str(key)])
+    assert trusted.exit_code != 0 and "this is a private key; a device trusts the public key" \
+        in trusted.output, trusted.output

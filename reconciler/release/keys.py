@@ -12,6 +12,7 @@ it trusts, so a keyid in a signature is only a hint, never a source of trust.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 from collections.abc import Iterable
@@ -41,7 +42,7 @@ def generate_keypair(directory: Path, name: str) -> tuple[Path, Path]:
     signing = SigningKey.generate()
     fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w") as f:
-        f.write(bytes(signing).hex() + "\n")
+        f.write(PRIVATE_MARK + "\n" + bytes(signing).hex() + "\n")
     pub_path.write_text(bytes(signing.verify_key).hex() + "\n")
     return key_path, pub_path
 
@@ -50,7 +51,13 @@ def generate_keypair(directory: Path, name: str) -> tuple[Path, Path]:
 _KEY_FILE_LIMIT = 1024
 
 
-def _read_hex32(path: Path, what: str) -> bytes:
+#: The first line of a private key file written by ``kruxos release keygen``: the two
+#: kinds of file are otherwise both 64 hex digits, and each reader refuses the other.
+PRIVATE_MARK = "# KruxOS Ed25519 private key: keep it offline, never ship it in an image"
+
+
+def _read_key_text(path: Path, what: str) -> tuple[str, bool]:
+    """The hex text of a key file and whether it carries the private-key mark."""
     try:
         data, too_large = read_at_most(path, _KEY_FILE_LIMIT)
     except OSError as exc:
@@ -58,7 +65,19 @@ def _read_hex32(path: Path, what: str) -> bytes:
     if too_large:
         raise ConfigError(f"{path}: not a hex {what} (larger than {_KEY_FILE_LIMIT} bytes)")
     try:
-        raw = bytes.fromhex(data.decode("ascii").strip())
+        text = data.decode("ascii")
+    except ValueError as exc:
+        raise ConfigError(f"{path}: not a hex {what}") from exc
+    lines = text.strip().splitlines()
+    private = bool(lines) and lines[0].strip() == PRIVATE_MARK
+    return "".join(lines[1:] if private else lines), private
+
+
+def _read_hex32(path: Path, what: str, text: str | None = None) -> bytes:
+    if text is None:
+        text, _ = _read_key_text(path, what)
+    try:
+        raw = bytes.fromhex(text.strip())
     except ValueError as exc:  # UnicodeDecodeError is a ValueError too
         raise ConfigError(f"{path}: not a hex {what}") from exc
     if len(raw) != 32:
@@ -67,14 +86,38 @@ def _read_hex32(path: Path, what: str) -> bytes:
 
 
 def load_signing_key(path: Path) -> SigningKey:
-    """A publisher's private key from its ``.key`` file."""
-    return SigningKey(_read_hex32(path, "Ed25519 private key"))
+    """A publisher's private key from its ``.key`` file.
+
+    A public key cannot sign: a file named ``.pub``, or an unmarked file (written
+    before the mark existed) whose bytes are the public key of a ``.pub`` beside
+    it, is refused, since a signature made with it would be refused by every
+    device."""
+    what = "Ed25519 private key"
+    text, private = _read_key_text(path, what)
+    if not private and path.suffix == ".pub":
+        raise ConfigError(f"{path}: this is a public key (.pub); sign with the private key "
+                          f"file (e.g. {path.with_suffix('.key')})")
+    raw = _read_hex32(path, what, text)
+    if not private:
+        for pub in sorted(path.parent.glob("*.pub"))[:MAX_KEYS_IN_DIR]:
+            same = False
+            with contextlib.suppress(ConfigError):  # an unreadable neighbour is not this key
+                same = _read_hex32(pub, "Ed25519 public key") == raw
+            if same:
+                raise ConfigError(f"{path}: holds the same bytes as the public key {pub}; "
+                                  "sign with the private key file")
+    return SigningKey(raw)
 
 
 def load_public_key(path: Path) -> VerifyKey:
-    """One public key from its ``.pub`` file."""
+    """One public key from its ``.pub`` file (a marked private key file is refused)."""
+    text, private = _read_key_text(path, "Ed25519 public key")
+    if private:
+        raise ConfigError(f"{path}: this is a private key; a device trusts the public key "
+                          f"(e.g. {path.with_suffix('.pub')}), and the private key never "
+                          "leaves the publisher")
     try:
-        return VerifyKey(_read_hex32(path, "Ed25519 public key"))
+        return VerifyKey(_read_hex32(path, "Ed25519 public key", text))
     except CryptoError as exc:
         raise ConfigError(f"{path}: not a valid Ed25519 public key") from exc
 
