@@ -116,6 +116,12 @@ def check(ctx: click.Context, as_json: bool) -> None:
 def apply(ctx: click.Context, version: str | None, yes: bool, no_reboot: bool,
           as_json: bool) -> None:
     """Pin VERSION (default: the latest release), stage it, and offer to reboot."""
+    if yes and no_reboot:
+        raise click.UsageError("--yes (reboot once staged) and --no-reboot (stage only) "
+                               "contradict each other; pass one of them")
+    if not (yes or no_reboot or as_json) and not sys.stdin.isatty():
+        _fail("no terminal to ask 'Reboot now?' on (stdin is not a terminal): pass --yes to "
+              "reboot once staged, or --no-reboot to stage only", 2, as_json)
     device = _device(ctx)
     try:
         meta = verified_metadata(device)
@@ -198,10 +204,17 @@ def _after_staging(link: Link, version: str, reboot: str, as_json: bool, label: 
         return
     click.echo("Update staged. The new version will activate on reboot.")
     if reboot == "ask":
-        typed = click.prompt("Reboot now? [y/N]", default="", show_default=False,
-                             prompt_suffix=": ")
-        if not sys.stdin.isatty():
-            click.echo(typed)  # what a terminal would have echoed
+        try:
+            typed = click.prompt("Reboot now? [y/N]", default="", show_default=False,
+                                 prompt_suffix=": ")
+        except click.exceptions.Abort:  # Ctrl-C or end of input: the answer is "not now"
+            link.wait_taken(link.send("reboot", answer="next-boot"))
+            click.echo("")
+            click.echo(f"Not rebooting: {version} will activate on the next reboot "
+                       "('kruxos update cancel' forgets it).")
+            sys.exit(130)
+        if not sys.stdout.isatty():
+            click.echo(typed)  # the answer, as the terminal showed it, in the transcript
         reboot = "now" if typed.strip().lower() in ("y", "yes") else "next-boot"
         start = link.head()
         link.wait_taken(link.send("reboot", answer=reboot))

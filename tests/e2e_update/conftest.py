@@ -9,6 +9,8 @@ with the channel on disk, give the spec a maintenance window.
 from __future__ import annotations
 
 import json
+import os
+import pty
 import signal
 import subprocess
 from collections.abc import Callable
@@ -32,6 +34,21 @@ def run_cli(dev: SimDevice, *args: str, stdin: str = "",
     """``kruxos ARGS`` with ``stdin`` fed (a person typing), any exit code."""
     return subprocess.run([*KRUXOS, *args], cwd=REPO, env=dev.env, input=stdin,
                           capture_output=True, text=True, timeout=timeout)
+
+
+def run_at_terminal(dev: SimDevice, *args: str, typed: str,
+                    timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """``kruxos ARGS`` with a terminal (a pseudo-terminal) on stdin, on which ``typed`` is
+    typed ahead; stdout and stderr are pipes, as in a transcript."""
+    main, child = pty.openpty()
+    try:
+        os.write(main, typed.encode())
+        result = subprocess.run([*KRUXOS, *args], cwd=REPO, env=dev.env, stdin=child,
+                                capture_output=True, text=True, timeout=timeout)
+    finally:
+        os.close(child)
+        os.close(main)
+    return result
 
 
 def _as_at_a_terminal() -> None:

@@ -21,6 +21,7 @@ from .conftest import (
     flip_byte,
     interrupt,
     json_of,
+    run_at_terminal,
     run_cli,
     set_spec_block,
     start_cli,
@@ -95,7 +96,7 @@ def test_check_with_tampered_metadata_exits_2_and_shows_no_version(device: SimDe
 def test_apply_answered_y_reboots_outside_a_window_and_confirms(device: SimDevice) -> None:
     device.edit_spec(text=closed_window_text(device))
     device.start()
-    result = run_cli(device, "update", "apply", stdin="y\n")
+    result = run_at_terminal(device, "update", "apply", typed="y\n")
     assert result.returncode == 0, result
     assert result.stdout.splitlines() == [*STAGED_LINES, "Reboot now? [y/N]: y", "Rebooting..."]
 
@@ -125,7 +126,7 @@ def test_apply_without_reboot_stages_and_arms_but_does_not_reboot(device: SimDev
                                                                   how: str) -> None:
     device.start()
     if how == "answer-N":
-        result = run_cli(device, "update", "apply", stdin="N\n")
+        result = run_at_terminal(device, "update", "apply", typed="N\n")
         tail = ["Reboot now? [y/N]: N"]
     else:
         result = run_cli(device, "update", "apply", "--no-reboot")
@@ -138,6 +139,37 @@ def test_apply_without_reboot_stages_and_arms_but_does_not_reboot(device: SimDev
     assert doc["booted"] == "A" and doc["boot_status"] == "CONFIRMED"
     steady_for(device, 3, lambda: len(device.boots()) == 1)
     assert device.status_json()["booted"] == "A"
+
+
+def test_apply_without_a_terminal_refuses_before_staging_naming_the_flags(
+        device: SimDevice) -> None:
+    device.start()
+    result = run_cli(device, "update", "apply", stdin="y\n")  # a pipe: a script, cron, ssh
+    assert result.returncode == 2 and result.stdout == "", result
+    assert result.stderr == ("error: no terminal to ask 'Reboot now?' on (stdin is not a "
+                             "terminal): pass --yes to reboot once staged, or --no-reboot to "
+                             "stage only\n"), result
+    both = run_cli(device, "update", "apply", "--yes", "--no-reboot")
+    assert both.returncode == 2 and "--yes (reboot once staged) and --no-reboot (stage only) " \
+        "contradict each other" in both.stderr, both
+    assert not events(device, "pin") and device.status_json()["slots"]["B"]["mark"] == "empty"
+
+
+def test_end_of_input_at_the_prompt_means_not_now_and_leaves_no_question_open(
+        device: SimDevice) -> None:
+    device.start()
+    result = run_at_terminal(device, "update", "apply", typed="\x04")  # Ctrl-D at the prompt
+    assert result.returncode == 130, result
+    assert result.stdout.splitlines()[-2:] == [
+        "Reboot now? [y/N]: ",
+        "Not rebooting: 1.0.1 will activate on the next reboot ('kruxos update cancel' "
+        "forgets it)."], result
+    answers = events(device, "reboot-answer")
+    assert len(answers) == 1 and "next" in answers[0]["reason"], answers
+    doc = device.wait_for(lambda: (d := device.status_json())["trial"] == "B" and d, 30,
+                          "the trial to be armed for the next boot")
+    assert doc["request"] is None and doc["booted"] == "A", doc
+    steady_for(device, 3, lambda: len(device.boots()) == 1)
 
 
 def test_apply_of_a_tampered_image_is_refused_and_never_staged(device: SimDevice) -> None:
