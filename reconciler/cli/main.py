@@ -11,12 +11,23 @@ import sys
 from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import click
 
 from reconciler.config import Device, config_path, load_device
-from reconciler.errors import KruxosError, SpecError, short_error
+from reconciler.errors import (
+    AuditError,
+    BootEnvError,
+    ChannelUnavailable,
+    ConfigError,
+    KruxosError,
+    LockHeldError,
+    ReleaseError,
+    SpecError,
+    StateError,
+    short_error,
+)
 from reconciler.redact import redact_standard_streams
 
 
@@ -299,6 +310,37 @@ def _add_update_commands() -> None:
 _add_update_commands()
 
 
+#: The stable code of each error a command can end with (``error.code`` under ``--json``).
+ERROR_CODES: tuple[tuple[type[Exception], str], ...] = (
+    (SpecError, "spec"), (ConfigError, "config"), (StateError, "state"),
+    (LockHeldError, "locked"), (BootEnvError, "boot-env"), (AuditError, "audit"),
+    (ReleaseError, "release"), (ChannelUnavailable, "channel"), (KruxosError, "error"),
+)
+
+
+def error_code(exc: Exception) -> str:
+    """``error.code`` for an error that ended a command (``internal`` for a bug)."""
+    return next((code for kind, code in ERROR_CODES if isinstance(exc, kind)), "internal")
+
+
+def exit_status(exc: Exception) -> int:
+    """1 for a refusal to try again later (another writer holds the device), else 2.
+
+    Every other error that reaches here is an error (bad config, unreadable
+    device, a bug), never 1: for ``update check`` 1 means "an update is
+    available", and a script must not read a broken device as one."""
+    return 1 if isinstance(exc, LockHeldError) else 2
+
+
+def _fail_at_top(message: str, code: str, status: int) -> NoReturn:
+    if "--json" in sys.argv[1:]:
+        click.echo(json.dumps({"ok": False, "error": {"code": code, "message": message}},
+                              ensure_ascii=False))
+    else:
+        click.echo(f"error: {message}", err=True)
+    sys.exit(status)
+
+
 def main() -> None:
     """Console entry point: clear one-line errors instead of tracebacks, secrets masked."""
     redact_standard_streams()
@@ -308,17 +350,14 @@ def main() -> None:
         click.echo("aborted", err=True)
         sys.exit(130)
     except click.ClickException as exc:
+        if "--json" in sys.argv[1:]:
+            _fail_at_top(exc.format_message(), "usage", exc.exit_code)
         exc.show()
         sys.exit(exc.exit_code)
-    except SpecError as exc:
-        click.echo(f"error: {exc}", err=True)
-        sys.exit(2)
     except KruxosError as exc:
-        click.echo(f"error: {exc}", err=True)
-        sys.exit(1)
+        _fail_at_top(str(exc), error_code(exc), exit_status(exc))
     except Exception as exc:  # noqa: BLE001 - a person sees a message, never a traceback
-        click.echo(f"error: {short_error(exc)}", err=True)
-        sys.exit(1)
+        _fail_at_top(short_error(exc), "internal", 2)
 
 
 if __name__ == "__main__":

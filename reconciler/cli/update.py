@@ -48,9 +48,14 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
-def _fail(message: str, code: int = 1, as_json: bool = False, **fields: Any) -> NoReturn:
+def _fail(message: str, code: int = 1, as_json: bool = False, *, why: str = "refused",
+          **fields: Any) -> NoReturn:
+    """Say ``error: MESSAGE`` (or, with ``--json``, the error document) and exit ``code``.
+
+    ``why`` is the stable machine-readable code of the error (docs/updating.md#exit-codes)."""
     if as_json:
-        click.echo(json.dumps({"ok": False, "error": message, **fields}))
+        click.echo(json.dumps({"ok": False, "error": {"code": why, "message": message},
+                               **fields}, ensure_ascii=False))
     else:
         click.echo(f"error: {message}", err=True)
     sys.exit(code)
@@ -76,7 +81,7 @@ def check(ctx: click.Context, as_json: bool) -> None:
     try:
         meta = verified_metadata(device)
     except KruxosError as exc:
-        _fail(f"cannot check for updates: {exc}", 2, as_json)
+        _fail(f"cannot check for updates: {exc}", 2, as_json, why="channel")
     current = inspect_device(device, _now(), channel=view_of(meta)).observed.booted_slot.version
     latest = newest_installable(meta)
     newer = latest is not None and is_newer(latest.version, current)
@@ -121,7 +126,7 @@ def apply(ctx: click.Context, version: str | None, yes: bool, no_reboot: bool,
                                "contradict each other; pass one of them")
     if not (yes or no_reboot or as_json) and not sys.stdin.isatty():
         _fail("no terminal to ask 'Reboot now?' on (stdin is not a terminal): pass --yes to "
-              "reboot once staged, or --no-reboot to stage only", 2, as_json)
+              "reboot once staged, or --no-reboot to stage only", 2, as_json, why="usage")
     device = _device(ctx)
     try:
         meta = verified_metadata(device)
@@ -172,7 +177,7 @@ def _follow_staging(link: Link, version: str, size: int, start: int, as_json: bo
             taken_over = _taken_over(link, start, version)
             if taken_over is not None:  # the later request stands: no resume sent here
                 bars.finish(_progress(link, version, size), "✗ stopped")
-                _fail(taken_over, 1, as_json)
+                _fail(taken_over, 1, as_json, why="taken-over")
             problem = _stage_problem(link, start, version, view)
             if problem is not None:
                 bars.finish(_progress(link, version, size), "✗ refused")

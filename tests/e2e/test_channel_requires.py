@@ -77,8 +77,8 @@ def test_latest_installs_the_newest_release_the_device_can_and_says_what_it_skip
 
     apply = device.cli("update", "apply", "1.1.0", "--json", check=False)
     assert apply.returncode == 1
-    assert json.loads(apply.stdout)["error"] == (
-        f"update refused: 1.1.0 cannot be installed on this device: it {WHY}")
+    assert json.loads(apply.stdout)["error"] == {"code": "refused", "message": (
+        f"update refused: 1.1.0 cannot be installed on this device: it {WHY}")}
     assert _stages_of(device, "1.1.0") == []
     assert len(_release_refusals(device)) == 1  # status, check and apply record nothing
 

@@ -316,7 +316,7 @@ def test_apply_of_a_version_rolled_back_by_hand_stages_it_or_refuses(device: Sim
     _rolled_back_by_hand(device)
     result = run_cli(device, "update", "apply", "--json")
     if result.returncode != 0:  # a refusal is fine, if it says so
-        assert "rolled back" in json_of(result)["error"], result
+        assert "rolled back" in json_of(result)["error"]["message"], result
         return
     assert json_of(result)["staged"] is True
     device.wait_for(lambda: device.status_json()["trial"] == "B", 5,

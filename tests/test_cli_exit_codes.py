@@ -1,0 +1,64 @@
+"""What a script is told when a command cannot run: exit status 2 and, with --json, JSON.
+
+For ``update check`` exit status 1 means "an update is available": a missing
+config, an unreadable device or a bug must never exit 1 (docs/updating.md,
+Exit codes).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.device import KRUXOS, REPO
+
+
+def _run(*args: str, config: Path) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ, KRUXOS_CONFIG=str(config))
+    return subprocess.run([*KRUXOS, *args], cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=60)
+
+
+COMMANDS = [("update", "check"), ("update", "status"), ("update", "apply", "--yes"),
+            ("update", "cancel"), ("update", "rollback"), ("spec", "plan")]
+
+
+@pytest.mark.parametrize("command", COMMANDS, ids=" ".join)
+def test_a_missing_config_exits_2_naming_it(tmp_path: Path, command: tuple[str, ...]) -> None:
+    missing = tmp_path / "nope.yaml"
+    result = _run(*command, config=missing)
+    assert result.returncode == 2, result
+    assert result.stderr.startswith("error: ") and str(missing) in result.stderr, result
+    assert "Traceback" not in result.stderr and result.stdout == ""
+
+
+@pytest.mark.parametrize("command", [c for c in COMMANDS if c[:2] != ("spec", "plan")],
+                         ids=" ".join)
+def test_with_json_the_error_is_one_json_document_with_a_code(
+        tmp_path: Path, command: tuple[str, ...]) -> None:
+    missing = tmp_path / "nope.yaml"
+    result = _run(*command, "--json", config=missing)
+    assert result.returncode == 2, result
+    doc = json.loads(result.stdout)
+    assert doc["ok"] is False and doc["error"]["code"] == "config", doc
+    assert str(missing) in doc["error"]["message"] and result.stderr == ""
+
+
+def test_an_unreadable_device_exits_2_not_1(device_dir: Path) -> None:
+    (device_dir / "run" / "cmdline").unlink()  # the running system says nothing of its slot
+    result = _run("update", "check", config=device_dir / "device.yaml")
+    assert result.returncode == 2, result
+    as_json = _run("update", "check", "--json", config=device_dir / "device.yaml")
+    assert as_json.returncode == 2 and json.loads(as_json.stdout)["ok"] is False, as_json
+
+
+def test_a_usage_error_under_json_is_json_too(device_dir: Path) -> None:
+    result = _run("update", "apply", "--yes", "--no-reboot", "--json",
+                  config=device_dir / "device.yaml")
+    assert result.returncode == 2, result
+    doc = json.loads(result.stdout)
+    assert doc["error"]["code"] == "usage" and "contradict" in doc["error"]["message"], doc
