@@ -14,6 +14,7 @@ when it opens. The writer expects its caller to hold the data-dir lock.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -28,6 +29,7 @@ from typing import Any
 from reconciler.durable import atomic_write_json, create_file, fsync_dir, make_dirs, read_json
 from reconciler.errors import AuditError, KruxosError, short_error
 from reconciler.redact import redact, redact_json
+from reconciler.spec import parse_duration
 from reconciler.store import StateStore, with_reserve
 
 AUDIT_DIR = "audit"
@@ -46,8 +48,6 @@ PRUNED = "audit-pruned"
 TAIL_CUT = "audit-tail-cut"
 ACTORS = frozenset({"spec", "schedule", "health", "cli", "daemon", "resync"})
 _FILE_RE = re.compile(r"^audit-(\d{6,})\.jsonl$")
-_AGE_RE = re.compile(r"^\s*(\d+)\s*([smhd])\s*$")
-_AGE_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
 
 
 def _utc_now() -> datetime:
@@ -212,15 +212,14 @@ class VerifyResult:
 
 def parse_since(text: str, now: datetime) -> datetime:
     """Read a ``--since`` value: an ISO time (UTC if no offset) or an age like 30m, 1h, 2d."""
-    age = _AGE_RE.match(text)
-    if age:
-        return _as_utc(now) - timedelta(**{_AGE_UNITS[age[2]]: int(age[1])})
+    with contextlib.suppress(ValueError):  # the durations of a spec: 30m, 1h30m, 2d
+        return _as_utc(now) - parse_duration(text.strip())
     try:
         return _as_utc(datetime.fromisoformat(text.strip()))
     except ValueError:
         raise ValueError(
-            f"cannot read since {text!r}: expected a time like 2026-11-29T10:00 "
-            "or 2026-11-29T10:00:00+01:00, or an age like 30m, 1h, 2d"
+            f"cannot read since {text[:80]!r}: expected a time like 2026-11-29T10:00 "
+            "or 2026-11-29T10:00:00+01:00, or an age like 30m, 1h30m, 2d (at most 366d)"
         ) from None
 
 

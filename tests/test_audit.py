@@ -704,6 +704,8 @@ def test_get_and_last_find_records_across_files(store: StateStore, clock: Clock)
         ("30m", datetime(2026, 12, 1, 11, 30, tzinfo=UTC)),
         ("1h", datetime(2026, 12, 1, 11, 0, tzinfo=UTC)),
         ("2d", datetime(2026, 11, 29, 12, 0, tzinfo=UTC)),
+        ("1h30m", datetime(2026, 12, 1, 10, 30, tzinfo=UTC)),  # as a spec writes durations
+        ("1d12h", datetime(2026, 11, 30, 0, 0, tzinfo=UTC)),
     ],
 )
 def test_parse_since_reads_times_and_ages(text: str, expected: datetime) -> None:
@@ -711,7 +713,7 @@ def test_parse_since_reads_times_and_ages(text: str, expected: datetime) -> None
     assert parse_since(text, now) == expected
 
 
-@pytest.mark.parametrize("text", ["yesterday", "1y", "-2h", "", "2026-13-01"])
+@pytest.mark.parametrize("text", ["yesterday", "1y", "-2h", "", "2026-13-01", "400d", "0m"])
 def test_parse_since_rejects_other_text_with_the_accepted_forms(text: str) -> None:
     with pytest.raises(ValueError, match="expected a time like 2026-11-29T10:00"):
         parse_since(text, datetime(2026, 12, 1, tzinfo=UTC))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 from pathlib import Path
 
@@ -62,3 +63,21 @@ def test_a_usage_error_under_json_is_json_too(device_dir: Path) -> None:
     assert result.returncode == 2, result
     doc = json.loads(result.stdout)
     assert doc["error"]["code"] == "usage" and "contradict" in doc["error"]["message"], doc
+
+
+def test_version_and_config_after_the_command(device_dir: Path, tmp_path: Path) -> None:
+    version = subprocess.run([*KRUXOS, "--version"], cwd=REPO, capture_output=True, text=True,
+                             timeout=60)
+    assert version.returncode == 0 and re.fullmatch(r"kruxos \d+\.\d+\.\d+\n", version.stdout)
+    for args in (["update", "status", "--config", str(device_dir / "device.yaml")],
+                 ["update", "status", f"--config={device_dir / 'device.yaml'}"]):
+        result = _run(*args, config=tmp_path / "nope.yaml")  # the option wins over the env
+        assert result.returncode == 0 and result.stdout.startswith("Boot slot: A (sda2)"), result
+
+
+def test_sim_init_refuses_a_directory_that_is_not_empty(tmp_path: Path) -> None:
+    (tmp_path / "README.md").write_text("a repository\n")
+    result = subprocess.run([*KRUXOS, "sim", "init", str(tmp_path)], cwd=REPO,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2 and f"{tmp_path} is not empty" in result.stderr, result
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["README.md"]

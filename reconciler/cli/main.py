@@ -37,7 +37,10 @@ def _now() -> datetime:
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--config", "config", metavar="FILE", default=None,
-              help="Device config (default: $KRUXOS_CONFIG, else /etc/kruxos/device.yaml).")
+              help="Device config (default: $KRUXOS_CONFIG, else /etc/kruxos/device.yaml); "
+                   "may also follow the command (kruxos update status --config FILE).")
+@click.version_option(package_name="kruxos-reconciler", prog_name="kruxos",
+                      message="%(prog)s %(version)s")
 @click.pass_context
 def cli(ctx: click.Context, config: str | None) -> None:
     """KruxOS update reconciler: A/B updates driven by a desired-state file."""
@@ -341,11 +344,35 @@ def _fail_at_top(message: str, code: str, status: int) -> NoReturn:
     sys.exit(status)
 
 
+def config_first(args: list[str]) -> list[str]:
+    """``args`` with a ``--config FILE`` given after the command moved before it.
+
+    ``--config`` is an option of ``kruxos`` itself; people also write it after
+    the command (``kruxos update status --config FILE``), and no command has an
+    option of that name, so it is taken from wherever it stands."""
+    rest, moved, i = [], [], 0
+    while i < len(args):
+        arg = args[i]
+        if arg == "--":
+            rest.extend(args[i:])
+            break
+        if arg == "--config" and i + 1 < len(args):
+            moved += args[i:i + 2]
+            i += 2
+            continue
+        if arg.startswith("--config="):
+            moved.append(arg)
+        else:
+            rest.append(arg)
+        i += 1
+    return moved + rest
+
+
 def main() -> None:
     """Console entry point: clear one-line errors instead of tracebacks, secrets masked."""
     redact_standard_streams()
     try:
-        cli.main(standalone_mode=False)
+        cli.main(args=config_first(sys.argv[1:]), prog_name="kruxos", standalone_mode=False)
     except click.exceptions.Abort:
         click.echo("aborted", err=True)
         sys.exit(130)

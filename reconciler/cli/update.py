@@ -133,6 +133,8 @@ def apply(ctx: click.Context, version: str | None, yes: bool, no_reboot: bool,
     except KruxosError as exc:
         _fail(f"update refused: {exc}", 1, as_json)
     view = inspect_device(device, _now(), channel=view_of(meta))
+    if version == "latest":  # what `update check` calls the newest release
+        version = None
     release = meta.find(version) if version else newest_installable(meta)
     if release is None:
         what = version or ("a release this device can install" if meta.releases else "a release")
@@ -152,8 +154,12 @@ def apply(ctx: click.Context, version: str | None, yes: bool, no_reboot: bool,
     with connect(device) as link:
         start = link.head()
         link.wait_taken(link.send("pin", version=release.version, reboot=reboot))
-        bars = _Bars(sys.stdout.isatty() and not as_json, target.device, release.size,
-                     release.image, quiet=as_json)
+        already = _slot_holds(view, release.version)
+        if already and not as_json:  # no download happens: no bars for one
+            click.echo(f"{release.version} is already staged in slot {target.label}; "
+                       "nothing to download.")
+        bars = _Bars(sys.stdout.isatty() and not as_json and not already, target.device,
+                     release.size, release.image, quiet=as_json or already)
         staged = _follow_staging(link, release.version, release.size, start, as_json, bars,
                                  view_of(meta))
         if not staged:

@@ -90,6 +90,10 @@ def init_device(directory: Path, *, bootloader: str = "grub") -> Path:
     directory = directory.resolve()
     if (directory / "device.yaml").exists():
         raise ConfigError(f"{directory} already holds a simulated device")
+    if directory.is_dir() and any(directory.iterdir()):
+        raise ConfigError(f"{directory} is not empty: a simulated device is made in a new or "
+                          "empty directory (it writes device.yaml, spec.yaml, slots/, boot/, "
+                          "keys/, channel/, data/ and run/ there)")
     module = f"reconciler.sim.boot_{bootloader}"
     if bootloader != "grub" and importlib.util.find_spec(module) is None:
         raise ConfigError(f"no simulated bootloader {bootloader!r} (grub, uboot, bls)")

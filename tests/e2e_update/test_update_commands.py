@@ -322,3 +322,17 @@ def test_apply_of_a_version_rolled_back_by_hand_stages_it_or_refuses(device: Sim
     device.wait_for(lambda: device.status_json()["trial"] == "B", 5,
                     "the staged 1.0.1 to be armed, as apply --json reported")
 
+
+
+def test_apply_latest_and_a_second_apply_of_a_staged_version_draw_no_bars(
+        device: SimDevice) -> None:
+    device.start()
+    first = run_cli(device, "update", "apply", "latest", "--no-reboot")
+    assert first.returncode == 0 and first.stdout.splitlines() == [
+        *STAGED_LINES, "1.0.1 will activate on the next reboot."], first
+    again = run_cli(device, "update", "apply", "1.0.1", "--no-reboot")
+    assert again.returncode == 0 and again.stdout.splitlines() == [
+        "1.0.1 is already staged in slot B (sda3); nothing to download.",
+        "Update staged. The new version will activate on reboot.",
+        "1.0.1 will activate on the next reboot."], again
+    assert len(decisions_with_outcomes(device, "stage")) == 1
