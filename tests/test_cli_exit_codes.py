@@ -81,3 +81,14 @@ def test_sim_init_refuses_a_directory_that_is_not_empty(tmp_path: Path) -> None:
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 2 and f"{tmp_path} is not empty" in result.stderr, result
     assert sorted(p.name for p in tmp_path.iterdir()) == ["README.md"]
+
+
+def test_a_simulated_device_that_is_not_running_says_how_to_start_it(tmp_path: Path) -> None:
+    directory = tmp_path / "dev"
+    subprocess.run([*KRUXOS, "sim", "init", str(directory)], cwd=REPO, check=True,
+                   capture_output=True, timeout=60)
+    hint = (f"hint: the simulated device {directory} is not running; start it with "
+            f"`kruxos sim run {directory}`")
+    for command in (("update", "status"), ("update", "check")):
+        result = _run(*command, config=directory / "device.yaml")
+        assert result.returncode == 2 and result.stderr.rstrip().endswith(hint), result

@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from dataclasses import asdict
 from datetime import UTC, datetime
@@ -47,9 +48,33 @@ def cli(ctx: click.Context, config: str | None) -> None:
     ctx.obj = config
 
 
+_LOADED: list[Device] = []
+
+
 def device_of(ctx: click.Context) -> Device:
     """The device config chosen for this invocation."""
-    return load_device(config_path(ctx.find_root().obj))
+    device = load_device(config_path(ctx.find_root().obj))
+    _LOADED.append(device)
+    return device
+
+
+def stopped_simulation_hint() -> str:
+    """How to start the simulated device this command used, when it is not running.
+
+    A simulated device (its reboot command is ``reconciler.sim.reboot DIR``) that
+    no ``kruxos sim run`` boots has no kernel command line and no channel: the
+    error says what could not be read; this says why, and what to run."""
+    for device in _LOADED[-1:]:
+        command = device.reboot_command
+        if "reconciler.sim.reboot" not in command or command[-1] == "reconciler.sim.reboot":
+            return ""
+        directory = Path(command[-1])
+        try:
+            os.kill(int((directory / "run" / "sim.pid").read_text()), 0)
+        except (OSError, ValueError):
+            return (f"\nhint: the simulated device {directory} is not running; start it with "
+                    f"`kruxos sim run {directory}`")
+    return ""
 
 
 @cli.command()
@@ -336,6 +361,7 @@ def exit_status(exc: Exception) -> int:
 
 
 def _fail_at_top(message: str, code: str, status: int) -> NoReturn:
+    message += stopped_simulation_hint()
     if "--json" in sys.argv[1:]:
         click.echo(json.dumps({"ok": False, "error": {"code": code, "message": message}},
                               ensure_ascii=False))

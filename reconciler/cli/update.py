@@ -53,6 +53,10 @@ def _fail(message: str, code: int = 1, as_json: bool = False, *, why: str = "ref
     """Say ``error: MESSAGE`` (or, with ``--json``, the error document) and exit ``code``.
 
     ``why`` is the stable machine-readable code of the error (docs/updating.md#exit-codes)."""
+    if why == "channel":  # a simulated device that is not running serves no channel
+        from reconciler.cli.main import stopped_simulation_hint
+
+        message += stopped_simulation_hint()
     if as_json:
         click.echo(json.dumps({"ok": False, "error": {"code": why, "message": message},
                                **fields}, ensure_ascii=False))
