@@ -104,14 +104,62 @@ def update_status(ctx: click.Context, as_json: bool) -> None:
     device = device_of(ctx)
     now = _now()
     view = inspect_device(device, now)
+    reconciler = _reconciler_facts(device)
+    spec = {"path": view.spec_path, "revision": view.revision, "error": view.spec_error}
     if as_json:
         doc = status_json(view.observed, view.boot_raw, view.policy, view.action, now)
         doc["device"] = {"id": device.device_id,
                          "config_layers": [str(layer) for layer in device.layers]}
+        doc["daemon"] = reconciler
+        doc["spec"] = spec
         click.echo(json.dumps(doc, indent=2, ensure_ascii=False))
         return
-    for line in status_lines(view.observed, view.policy, view.action, now):
+    lines = status_lines(view.observed, view.policy, view.action, now)
+    extra = []
+    if view.spec_error is not None:
+        kept = (f"the last good revision {view.revision} is in force" if view.revision
+                else "no valid spec is in force")
+        extra.append(f"Spec: {view.spec_path} is invalid ({_one_line(view.spec_error)}); "
+                     f"{kept}")
+    if reconciler["pid"] is None:
+        last = reconciler["last_pass"]
+        ago = (f" ({format_age(max(0, int((now - datetime.fromisoformat(last)).total_seconds())))}"
+               " ago)") if last else ""
+        extra.append("Daemon: not running (nothing follows the spec until `kruxos daemon` "
+                      "starts)" + (f"; last pass {last}{ago}" if last else ""))
+    at = len(lines) - 1 if lines and lines[-1].startswith("Next: ") else len(lines)
+    for line in lines[:at] + extra + lines[at:]:
         click.echo(line)
+
+
+def _one_line(text: str, limit: int = 200) -> str:
+    line = " ".join(text.split())
+    return line if len(line) <= limit else line[:limit - 1] + "…"
+
+
+def _reconciler_facts(device: Device) -> dict[str, Any]:
+    """Who reconciles the device: the daemon's pid (``None``: none runs) and the last pass.
+
+    The last pass is when the audit head was last written (every pass writes
+    it, a repeated decision too)."""
+    from reconciler.inbox import daemon_pid
+
+    pid = daemon_pid(device.data_dir)
+    try:
+        mtime = (device.audit_dir / "head.json").stat().st_mtime
+    except OSError:
+        last = None
+    else:
+        last = datetime.fromtimestamp(mtime, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return {"running": pid is not None, "pid": pid, "last_pass": last}
+
+
+def format_age(seconds: int) -> str:
+    """``45s``, ``12m``, ``3h``, ``2d``: the largest whole unit."""
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
 
 
 # ---- audit ----------------------------------------------------------------------------------

@@ -336,3 +336,26 @@ def test_apply_latest_and_a_second_apply_of_a_staged_version_draw_no_bars(
         "Update staged. The new version will activate on reboot.",
         "1.0.1 will activate on the next reboot."], again
     assert len(decisions_with_outcomes(device, "stage")) == 1
+
+
+def test_status_says_when_the_spec_is_invalid_and_when_no_daemon_runs(device: SimDevice) -> None:
+    device.start()
+    good = device.status_json()["spec"]
+    assert good["error"] is None and good["revision"], good
+    assert device.status_json()["daemon"]["running"] is True
+    device.spec.write_text(device.spec.read_text() + "spec: [\n")
+    lines = device.status_lines()
+    spec_line = next(line for line in lines if line.startswith("Spec: "))
+    assert spec_line.startswith(f"Spec: {device.spec} is invalid (") and spec_line.endswith(
+        f"); the last good revision {good['revision']} is in force"), lines
+    assert not [line for line in lines if line.startswith("Daemon: ")], lines
+    assert lines[-1].startswith("Next: ")
+
+    device.stop()
+    lines = device.status_lines()
+    daemon = next(line for line in lines if line.startswith("Daemon: "))
+    assert re.fullmatch(r"Daemon: not running \(nothing follows the spec until `kruxos daemon` "
+                        r"starts\); last pass \d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ \(\d+[smhd] ago\)",
+                        daemon), daemon
+    doc = device.status_json()["daemon"]
+    assert doc["running"] is False and doc["pid"] is None and doc["last_pass"], doc
