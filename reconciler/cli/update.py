@@ -86,13 +86,18 @@ def check(ctx: click.Context, as_json: bool) -> None:
         meta = verified_metadata(device)
     except KruxosError as exc:
         _fail(f"cannot check for updates: {exc}", 2, as_json, why="channel")
-    current = inspect_device(device, _now(), channel=view_of(meta)).observed.booted_slot.version
+    observed = inspect_device(device, _now(), channel=view_of(meta)).observed
+    current = observed.booted_slot.version
     latest = newest_installable(meta)
     newer = latest is not None and is_newer(latest.version, current)
     passed = skipped(meta)
+    failed = observed.failed if latest is not None and observed.failed is not None \
+        and observed.failed.version == latest.version else None
     if as_json:
         click.echo(json.dumps({"current": current, "latest": latest.version if latest else None,
                                "update_available": newer,
+                               "failed_here": None if failed is None else {
+                                   "version": failed.version, "reason": failed.reason},
                                "changes": list(latest.changes) if latest else [],
                                "skipped": [{"version": r.version, "requires": list(r.requires),
                                             "reason": why} for r, why in passed],
@@ -107,10 +112,15 @@ def check(ctx: click.Context, as_json: bool) -> None:
     if not newer or latest is None:
         click.echo("KruxOS is up to date.")
         sys.exit(0)
+    if failed is not None:
+        click.echo(f"Note: {latest.version} failed on this device and was rolled back "
+                   f"({printable(failed.reason)}); the device does not retry it while the spec "
+                   "wants it.")
     click.echo(f"Changes in {latest.version}:")
     for line in latest.changes:
         click.echo(f"- {line}")
-    click.echo("Run 'kruxos update apply' to install.")
+    click.echo(f"Run 'kruxos update apply{' ' + latest.version if failed else ''}' to "
+               f"{'try it again' if failed else 'install'}.")
     sys.exit(1)
 
 

@@ -7,6 +7,7 @@ device back only through ``kruxos update status`` and the audit trail.
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Callable
 
@@ -69,7 +70,8 @@ def test_check_prints_the_seed_lines_exit_1_then_up_to_date_exit_0(device: SimDe
     assert doc.returncode == 1
     assert json_of(doc) == {"current": "1.0.0", "latest": "1.0.1", "update_available": True,
                             "changes": [c[2:] for c in SEED_CHANGES], "skipped": [],
-                            "channel": "stable", "serial": json_of(doc)["serial"]}
+                            "channel": "stable", "serial": json_of(doc)["serial"],
+                            "failed_here": None}
 
     device.edit_spec(version="1.0.1")
     device.wait_status("1.0.1", "CONFIRMED")
@@ -359,3 +361,16 @@ def test_status_says_when_the_spec_is_invalid_and_when_no_daemon_runs(device: Si
                         daemon), daemon
     doc = device.status_json()["daemon"]
     assert doc["running"] is False and doc["pid"] is None and doc["last_pass"], doc
+
+
+def test_check_says_when_the_latest_version_was_rolled_back_here(device: SimDevice) -> None:
+    _rolled_back_by_hand(device)
+    result = run_cli(device, "update", "check")
+    assert result.returncode == 1, result
+    lines = result.stdout.splitlines()
+    note = next((line for line in lines if line.startswith("Note: ")), None)
+    assert note is not None and note.startswith(
+        "Note: 1.0.1 failed on this device and was rolled back ("), lines
+    assert lines[-1] == "Run 'kruxos update apply 1.0.1' to try it again.", lines
+    doc = json.loads(run_cli(device, "update", "check", "--json").stdout)
+    assert doc["failed_here"]["version"] == "1.0.1" and doc["failed_here"]["reason"], doc
