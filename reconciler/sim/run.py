@@ -19,6 +19,7 @@ by side.
 from __future__ import annotations
 
 import base64
+import fcntl
 import functools
 import json
 import os
@@ -35,6 +36,7 @@ from typing import Any
 
 from reconciler.config import load_device
 from reconciler.durable import atomic_write, atomic_write_json
+from reconciler.errors import ConfigError
 from reconciler.sim.bootloader import emulator_for
 from reconciler.sim.device import CHANNEL_PORT, OS_PORT
 from reconciler.sim.image import MountError, mount
@@ -114,6 +116,7 @@ class Supervisor:
     def run(self) -> int:
         """Serve the channel and boot until SIGTERM."""
         self.run_dir.mkdir(exist_ok=True)
+        self._hold_the_device()
         atomic_write(self.run_dir / "sim.pid", f"{os.getpid()}\n".encode())
         signal.signal(signal.SIGUSR1, lambda *_: self.reboot_requested.set())
         signal.signal(signal.SIGTERM, lambda *_: self._request_stop())
@@ -132,6 +135,23 @@ class Supervisor:
             (self.run_dir / "sim.pid").unlink(missing_ok=True)
         say("device stopped")
         return 0
+
+    def _hold_the_device(self) -> None:
+        """One ``sim run`` per device: an ``flock`` on ``run/sim.lock`` for this process's life.
+
+        A second one would boot the same slots beside the first, and its stop
+        would delete the first one's port map."""
+        fd = os.open(self.run_dir / "sim.lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 40, 0).decode("ascii", "replace").strip() or "another process"
+            os.close(fd)
+            raise ConfigError(f"{self.dir} is already running (kruxos sim run, pid {holder}); "
+                              "stop that one first (Ctrl-C, or kill -TERM it)") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self._lock_fd = fd  # held until the process ends
 
     def _request_stop(self) -> None:
         self.stopping.set()

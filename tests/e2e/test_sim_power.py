@@ -14,9 +14,10 @@ import fcntl
 import os
 import re
 import signal
+import subprocess
 from collections.abc import Callable
 
-from tests.device import SimDevice
+from tests.device import KRUXOS, REPO, SimDevice
 
 
 def _alive(pid: int) -> bool:
@@ -73,3 +74,19 @@ def test_a_daemon_that_cannot_start_is_restarted_with_a_growing_delay_saying_why
     assert all("locked by kruxos daemon (pid 1)" in why for _, why, _ in exits), exits
     # Once the lock is free, the next restart holds it and the device is idle again.
     device.wait_status("1.0.0", "CONFIRMED", 60)
+
+
+def test_a_second_sim_run_of_the_same_device_is_refused_and_leaves_the_first_alone(
+        make_device: Callable[..., SimDevice]) -> None:
+    device = make_device()
+    device.start()
+    ports = (device.dir / "run" / "ports.json").read_bytes()
+    assert device.proc is not None
+    second = subprocess.run([*KRUXOS, "sim", "run", str(device.dir)], cwd=REPO, env=device.env,
+                            capture_output=True, text=True, timeout=60)
+    assert second.returncode == 2, second
+    assert second.stderr.strip() == (f"error: {device.dir} is already running (kruxos sim run, "
+                                     f"pid {device.proc.pid}); stop that one first (Ctrl-C, or "
+                                     "kill -TERM it)"), second
+    assert (device.dir / "run" / "ports.json").read_bytes() == ports
+    device.wait_status("1.0.0", "CONFIRMED", 30)
