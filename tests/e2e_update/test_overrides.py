@@ -83,3 +83,16 @@ def test_cancel_stops_a_slow_download_pins_the_running_version_and_resume_hands_
     assert device.status_json()["override"] is None
     again = run_cli(device, "update", "resume")
     assert again.returncode == 0 and "No pin at this device" in again.stdout
+
+
+def test_a_spec_edit_that_ends_a_pin_leads_to_its_stage_without_waiting_for_the_resync(
+        make_device: Callable[..., SimDevice]) -> None:
+    device = make_device(resync="5m")  # only the spec watcher can start the stage
+    device.start()
+    assert run_cli(device, "update", "cancel").returncode == 0  # pins 1.0.0 at the device
+    assert device.status_json()["override"]["version"] == "1.0.0"
+    device.edit_spec(version="1.0.1")
+    device.wait_for(lambda: events(device, "override-ended"), 10, "the pin to end")
+    device.wait_for(lambda: decisions_with_outcomes(device, "stage"), 10,
+                    "the stage the spec edit calls for (not at the 5 min resync)")
+    device.wait_status("1.0.1", "CONFIRMED", timeout=60)
