@@ -10,7 +10,6 @@ is :mod:`reconciler.daemon`.
 from __future__ import annotations
 
 import random
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -39,11 +38,11 @@ from reconciler.errors import AuditError, KruxosError, SpecError, short_error
 from reconciler.executor import Executor, Rebooter, Stager, command_rebooter, probe_health
 from reconciler.health import HealthAnswer
 from reconciler.inbox import waiting
+from reconciler.logline import log
 from reconciler.machine import DeviceMachine, Machine
 from reconciler.observe import backend_for, observe
 from reconciler.observed import ChannelView, ObservedState
 from reconciler.overrides import STOPPING_REQUESTS
-from reconciler.redact import redact
 from reconciler.specfile import LoadedSpec, SpecKeeper
 from reconciler.staging import InstallerStager
 from reconciler.store import StateStore
@@ -63,9 +62,6 @@ def backoff(failures: int, rng: random.Random) -> timedelta:
     return timedelta(seconds=base * rng.uniform(0.8, 1.2))
 
 
-def log(message: str) -> None:
-    """One line on stderr (the journal on a real device)."""
-    print(redact(f"kruxos daemon: {message}"), file=sys.stderr, flush=True)
 
 
 @dataclass

@@ -12,7 +12,6 @@ the reboot.
 from __future__ import annotations
 
 import os
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -21,6 +20,7 @@ from reconciler.boot import Backend
 from reconciler.channelwatch import ChannelWatch
 from reconciler.config import Device
 from reconciler.errors import KruxosError, ReleaseError, TemporaryError
+from reconciler.logline import log
 from reconciler.observed import SlotName
 from reconciler.release.identity import Origin
 from reconciler.release.installer import InstallProgress, InstallResult, clear_resume, install
@@ -116,9 +116,8 @@ class _Reporter:
         quarter = (4 * event.written) // max(1, self.total)
         if quarter != self._last_quarter and event.phase == "download":
             self._last_quarter = quarter
-            print(f"kruxos daemon: staging {self.version} into slot {self.slot}: "
-                  f"{event.written}/{self.total} bytes verified and written",
-                  file=sys.stderr, flush=True)
+            log(f"staging {self.version} into slot {self.slot}: "
+                f"{event.written}/{self.total} bytes verified and written")
 
     def _save(self, done: int) -> None:
         self.progress(done, self.total)

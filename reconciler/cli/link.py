@@ -89,8 +89,10 @@ class Link:
         if self._worker is not None and self._worker.is_alive():
             return
         if self._reconciler is None:
+            from reconciler.logline import silence
             from reconciler.reconcile import Reconciler
 
+            silence()  # the command's screen is drawn from the audit trail
             self._reconciler = Reconciler(self.device)
         self._reconciler.stopping = False
         self._worker = threading.Thread(target=self._passes, daemon=True)

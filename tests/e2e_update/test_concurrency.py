@@ -110,6 +110,9 @@ def test_a_command_while_another_holds_the_device_is_refused_naming_it(
                            ["update", "apply", "--no-reboot"])
         done = [r for r in results if r.returncode == 0]
         assert done and all(r.stdout.splitlines()[-2:] == STAGED_TAIL for r in done), results
+        # Reconciling in its own process, a command draws its screen from the trail: no
+        # daemon log lines among its bars.
+        assert not [r for r in done if "kruxos daemon:" in r.stdout + r.stderr], results
         for r in results:
             assert r.returncode == 0 or re.fullmatch(
                 r"error: .* is locked by kruxos update \(pid \d+\): another command is "
