@@ -32,7 +32,8 @@ from reconciler.config import Device
 from reconciler.durable import sweep_temporaries
 from reconciler.errors import AuditError, LockHeldError
 from reconciler.inbox import INBOX
-from reconciler.reconcile import Reconciler, log
+from reconciler.logline import log
+from reconciler.reconcile import Reconciler
 from reconciler.store import data_dir_lock
 from reconciler.windows import next_open
 

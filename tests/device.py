@@ -24,6 +24,7 @@ from typing import Any, TypeVar
 import pytest
 
 from reconciler.sim.image import build_sim_image
+from tests.cli_contract import check as contract_check
 from tests.waiting import wait_for
 
 REPO = Path(__file__).resolve().parents[1]
@@ -51,6 +52,7 @@ class SimDevice:
         """Run ``kruxos ARGS`` against this device; ``check`` asserts exit 0."""
         result = subprocess.run([*KRUXOS, *args], cwd=REPO, env=self.env, capture_output=True,
                                 text=True, timeout=timeout)
+        contract_check(list(args), result)
         if check and result.returncode != 0:
             raise AssertionError(f"kruxos {' '.join(args)} exited {result.returncode}\n"
                                  f"stdout: {result.stdout}\nstderr: {result.stderr}"

@@ -15,13 +15,16 @@ from pathlib import Path
 
 import pytest
 
+from tests.cli_contract import check as contract_check
 from tests.device import KRUXOS, REPO
 
 
 def _run(*args: str, config: Path) -> subprocess.CompletedProcess[str]:
     env = dict(os.environ, KRUXOS_CONFIG=str(config))
-    return subprocess.run([*KRUXOS, *args], cwd=REPO, env=env, capture_output=True, text=True,
-                          timeout=60)
+    result = subprocess.run([*KRUXOS, *args], cwd=REPO, env=env, capture_output=True,
+                            text=True, timeout=60)
+    contract_check(list(args), result)
+    return result
 
 
 COMMANDS = [("update", "check"), ("update", "status"), ("update", "apply", "--yes"),

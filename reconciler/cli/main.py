@@ -107,7 +107,8 @@ def update_status(ctx: click.Context, as_json: bool) -> None:
     reconciler = _reconciler_facts(device)
     spec = {"path": view.spec_path, "revision": view.revision, "error": view.spec_error}
     if as_json:
-        doc = status_json(view.observed, view.boot_raw, view.policy, view.action, now)
+        doc = {"ok": True,
+               **status_json(view.observed, view.boot_raw, view.policy, view.action, now)}
         doc["device"] = {"id": device.device_id,
                          "config_layers": [str(layer) for layer in device.layers]}
         doc["daemon"] = reconciler

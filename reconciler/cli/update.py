@@ -94,7 +94,8 @@ def check(ctx: click.Context, as_json: bool) -> None:
     failed = observed.failed if latest is not None and observed.failed is not None \
         and observed.failed.version == latest.version else None
     if as_json:
-        click.echo(json.dumps({"current": current, "latest": latest.version if latest else None,
+        click.echo(json.dumps({"ok": True, "current": current,
+                               "latest": latest.version if latest else None,
                                "update_available": newer,
                                "failed_here": None if failed is None else {
                                    "version": failed.version, "reason": failed.reason},

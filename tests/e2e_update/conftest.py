@@ -18,6 +18,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from tests.cli_contract import check as contract_check
 from tests.device import KRUXOS, REPO, SimDevice, device, make_device
 from tests.waiting import holds_for
 
@@ -32,8 +33,10 @@ SEED_CHANGES = [
 def run_cli(dev: SimDevice, *args: str, stdin: str = "",
             timeout: float = 60) -> subprocess.CompletedProcess[str]:
     """``kruxos ARGS`` with ``stdin`` fed (a person typing), any exit code."""
-    return subprocess.run([*KRUXOS, *args], cwd=REPO, env=dev.env, input=stdin,
-                          capture_output=True, text=True, timeout=timeout)
+    result = subprocess.run([*KRUXOS, *args], cwd=REPO, env=dev.env, input=stdin,
+                            capture_output=True, text=True, timeout=timeout)
+    contract_check(list(args), result)
+    return result
 
 
 def run_at_terminal(dev: SimDevice, *args: str, typed: str,
@@ -45,6 +48,7 @@ def run_at_terminal(dev: SimDevice, *args: str, typed: str,
         os.write(main, typed.encode())
         result = subprocess.run([*KRUXOS, *args], cwd=REPO, env=dev.env, stdin=child,
                                 capture_output=True, text=True, timeout=timeout)
+        contract_check(list(args), result)
     finally:
         os.close(child)
         os.close(main)

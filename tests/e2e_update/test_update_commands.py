@@ -68,7 +68,8 @@ def test_check_prints_the_seed_lines_exit_1_then_up_to_date_exit_0(device: SimDe
 
     doc = run_cli(device, "update", "check", "--json")
     assert doc.returncode == 1
-    assert json_of(doc) == {"current": "1.0.0", "latest": "1.0.1", "update_available": True,
+    assert json_of(doc) == {"ok": True, "current": "1.0.0", "latest": "1.0.1",
+                            "update_available": True,
                             "changes": [c[2:] for c in SEED_CHANGES], "skipped": [],
                             "channel": "stable", "serial": json_of(doc)["serial"],
                             "failed_here": None}
