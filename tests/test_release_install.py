@@ -343,7 +343,7 @@ def test_a_resume_point_is_recorded_only_after_its_blocks_are_durable(
     monkeypatch.setattr(installer, "atomic_write_json", record)
     device.server.set_faults(cut_at=15 * BLOCK + 99)
     with pytest.raises(ChannelUnavailable, match="failed at block 15"):
-        device.install(retry=ONCE, resume_every=4, resume_seconds=math.inf)
+        device.install(retry=ONCE, resume_bytes=4 * BLOCK, resume_seconds=math.inf)
     resumes = [(i, n) for i, (what, n) in enumerate(calls) if what == "resume"]
     assert [n for _, n in resumes] == [4, 8, 12, 15]
     for at, next_block in resumes:
@@ -473,17 +473,19 @@ def mark_bad():
 install(Release(**rel), a["url"], Path(a["slot"]), a["slot_size"], origin=Origin("stable", 1),
         booted_slot_path=Path(a["booted"]), before_first_write=mark_bad,
         progress=lambda event: None, should_stop=lambda: False,
-        resume_file=Path(a["resume"]), timeout=10.0)
+        resume_file=Path(a["resume"]), timeout=10.0, **a["cadence"])
 with open(a["marks"], "a") as f:
     f.write("staged\\n")
 """
 
 
-def _killed_install(device: Device, failpoint: str) -> subprocess.CompletedProcess[str]:
+def _killed_install(device: Device, failpoint: str,
+                    **cadence: float) -> subprocess.CompletedProcess[str]:
     marks = device.tmp / "marks"
     args = {"release": device.release.to_json(), "url": device.server.url,
             "slot": str(device.slot), "slot_size": SLOT_SIZE, "booted": str(device.booted),
-            "resume": str(device.resume_file), "marks": str(marks)}
+            "resume": str(device.resume_file), "marks": str(marks),
+            "cadence": cadence or {"resume_bytes": 16 * BLOCK, "resume_seconds": 1e9}}
     env = dict(os.environ, KRUXOS_FAILPOINTS=failpoint)
     return subprocess.run([sys.executable, "-c", _CHILD, json.dumps(args)], env=env,
                           capture_output=True, text=True, timeout=60)
@@ -508,7 +510,7 @@ def test_a_slot_killed_before_its_record_claims_no_release_old_or_new(
     assert result.complete
     assert read_identity(device.slot)[0] is not None and verify_slot(device.slot).state == "ok"
     if "block-written" in failpoint:
-        assert result.resumed_from == 16 * BLOCK
+        assert result.resumed_from == 16 * BLOCK  # the last resume point, every 16 blocks here
 
 
 def test_a_slot_killed_after_its_record_claims_the_release_it_fully_holds(
@@ -632,3 +634,47 @@ def test_the_backoff_doubles_is_capped_and_its_jitter_is_seeded() -> None:
     assert delays == [retry.delay(n, random.Random(5)) for n in range(1, 7)]
     assert describe_faults(["cut", "http 503", "cut", "stall", "http 500"]) == (
         "2 cut connections, 1 server error 503, 1 stall, 1 server error 500")
+
+
+# ---- the resume point's cadence: what a crash costs, measured by the bytes served ----
+
+@pytest.mark.parametrize(("killed_after", "resume_bytes", "resume_seconds", "resumes_at"), [
+    (3, 4 * BLOCK, 1e9, 0),        # before the first resume point: all 3 blocks again
+    (11, 4 * BLOCK, 1e9, 8),       # 3 blocks past the resume point at 8
+    (20, 4 * BLOCK, 1e9, 20),      # right at a resume point: nothing again
+    (13, 1 << 30, 0.0, 13),        # the time bound alone: every block durable at once
+])
+def test_a_kill_at_a_block_boundary_fetches_again_at_most_the_unsaved_blocks(
+    device: Device, killed_after: int, resume_bytes: int, resume_seconds: float,
+    resumes_at: int,
+) -> None:
+    killed = _killed_install(device, f"install.block-written=kill@{killed_after}",
+                             resume_bytes=resume_bytes, resume_seconds=resume_seconds)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    assert device.image()[:killed_after * BLOCK] == _expected_image(device)[:killed_after * BLOCK]
+    result = device.install(before_first_write=lambda: None)
+    assert result.complete and device.image() == _expected_image(device)
+    resumed = device.image_requests()[-1]
+    assert resumed["start"] == resumes_at * BLOCK == result.resumed_from
+    assert resumed["sent"] == SIZE - resumes_at * BLOCK  # served: the image from there, once
+    fetched_again = killed_after * BLOCK - resumed["start"]  # verified and written before
+    assert fetched_again <= max(resume_bytes - BLOCK, 0) or resume_seconds == 0.0
+    assert fetched_again <= resume_bytes
+
+
+def test_the_durable_progress_is_what_the_resume_file_records_at_each_event(
+    device: Device,
+) -> None:
+    seen: list[tuple[int, int, int]] = []
+
+    def progress(event: InstallProgress) -> None:
+        if event.phase == "download":
+            kept = device.resume_file.exists()  # none before the first resume point
+            saved = json.loads(device.resume_file.read_text())["next_block"] * BLOCK if kept else 0
+            seen.append((event.written, event.durable, min(saved, SIZE)))
+
+    assert device.install(progress=progress, resume_bytes=4 * BLOCK,
+                          resume_seconds=1e9).complete
+    assert all(durable == saved for _, durable, saved in seen), seen
+    assert all(0 <= written - durable < 4 * BLOCK for written, durable, _ in seen), seen
+    assert [d for _, d, _ in seen][3:8] == [4 * BLOCK] * 4 + [8 * BLOCK]

@@ -5,8 +5,8 @@ The order is RAUC's fail-safe order::
     refuse the booted slot ─► refuse an image larger than the slot minus its 4 KiB identity
       ─► before_first_write() ─► destroy the slot's identity, fsync
       ─► receive thread: assemble blocks ─► queue (≤ QUEUE_BLOCKS) ─► this thread:
-         SHA-256 == signed block hash? ─► pwrite at its offset ─► every RESUME_EVERY
-         blocks or RESUME_SECONDS: fdatasync, then record the resume point
+         SHA-256 == signed block hash? ─► pwrite at its offset ─► every RESUME_BYTES
+         or RESUME_SECONDS: fdatasync, then record the resume point
       ─► fsync ─► drop the page cache ─► read the slot back once: each block against its
          signed hash here, the whole SHA-256 on a second thread ─► both match?
       ─► write the slot's identity from the signed metadata, fsync
@@ -66,7 +66,7 @@ from reconciler.release.identity import (
 from reconciler.release.metadata import Release, format_time
 from reconciler.urls import parse_channel_url
 
-RESUME_EVERY = 16          # blocks between two durable resume points, at most
+RESUME_BYTES = 4 << 20     # written bytes not yet in a durable resume point, at most
 RESUME_SECONDS = 1.0       # seconds between two durable resume points, at most
 QUEUE_BLOCKS = 4           # received blocks waiting for the writer, at most
 READ_BACK_BUFFERS = 4      # blocks read back and waiting for the whole-image hash
@@ -107,7 +107,7 @@ class InstallProgress:
     and ``written`` are the end of the verified / written prefix of the image
     (they start at the resume point); ``durable`` is the end of the prefix the
     resume point records, what survives a crash or a power cut (it trails
-    ``written`` by less than ``RESUME_EVERY`` blocks); ``read_back`` grows
+    ``written`` by less than ``RESUME_BYTES``, or one block); ``read_back`` grows
     during the final check.
     """
 
@@ -147,7 +147,7 @@ class _Session:
     fetched: int = 0
     saved_block: int = -1
     block_deadline: float = 60.0
-    resume_every: int = RESUME_EVERY
+    resume_bytes: int = RESUME_BYTES
     resume_seconds: float = RESUME_SECONDS
     saved_at: float = 0.0
     faults: list[str] = field(default_factory=list)
@@ -162,7 +162,8 @@ class _Session:
 
     def due(self) -> bool:
         """Whether the written blocks are to be made durable now (blocks or time)."""
-        return (self.next_block - self.saved_block >= self.resume_every
+        unsaved = (self.next_block - self.saved_block) * self.release.block_size
+        return (unsaved >= self.resume_bytes
                 or time.monotonic() - self.saved_at >= self.resume_seconds)
 
     def save(self) -> None:
@@ -604,7 +605,7 @@ def install(release: Release, base_url: str, slot_path: Path, slot_size: int, *,
             progress: Callable[[InstallProgress], None], should_stop: Callable[[], bool],
             resume_file: Path, timeout: float = 30.0, min_rate: int = MIN_RATE,
             transport: httpx.BaseTransport | None = None, retry: Retry = Retry(),
-            resume_every: int = RESUME_EVERY,
+            resume_bytes: int = RESUME_BYTES,
             resume_seconds: float = RESUME_SECONDS) -> InstallResult:
     """Stream ``release`` from the channel at ``base_url`` into ``slot_path``.
 
@@ -618,7 +619,7 @@ def install(release: Release, base_url: str, slot_path: Path, slot_size: int, *,
     each network wait; a block must also arrive within ``timeout`` plus its
     size at ``min_rate`` bytes/s, so a trickling server cannot hold it forever.
     Network faults are ridden out as ``retry`` says; the resume point is made
-    durable every ``resume_every`` blocks or ``resume_seconds``, whichever
+    durable every ``resume_bytes`` (rounded up to whole blocks) or ``resume_seconds``, whichever
     comes first.
     """
     slot_path, booted_slot_path = Path(slot_path), Path(booted_slot_path)
@@ -633,7 +634,7 @@ def install(release: Release, base_url: str, slot_path: Path, slot_size: int, *,
     session = _Session(release, fd, resume_file, slot, progress, next_block, failures,
                        saved_block=next_block,
                        block_deadline=timeout + release.block_size / min_rate,
-                       resume_every=resume_every, resume_seconds=resume_seconds,
+                       resume_bytes=resume_bytes, resume_seconds=resume_seconds,
                        saved_at=time.monotonic())
     try:
         if next_block < len(release.blocks):
