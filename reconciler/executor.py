@@ -56,8 +56,9 @@ class Stager(Protocol):
               progress: Callable[[int | None, int], None]) -> str:
         """Stage ``version`` into ``slot``; return a summary; raise KruxosError on refusal.
 
-        ``progress(done, total)`` reports the bytes verified and written (``done`` is
-        ``None`` when writing begins); the executor keeps it in the state file."""
+        ``progress(done, total)`` reports the bytes verified, written and recorded in
+        the durable resume point, so what a crash keeps (``done`` is ``None`` when
+        writing begins); the executor keeps it in the state file."""
 
 
 Rebooter = Callable[[str], None]

@@ -19,7 +19,7 @@ from pathlib import Path
 from reconciler.boot import Backend
 from reconciler.channelwatch import ChannelWatch
 from reconciler.config import Device
-from reconciler.errors import KruxosError, ReleaseError, TemporaryError
+from reconciler.errors import ChannelUnavailable, KruxosError, ReleaseError, TemporaryError
 from reconciler.logline import log
 from reconciler.observed import SlotName
 from reconciler.release.identity import Origin
@@ -28,8 +28,10 @@ from reconciler.spec import UpdatePolicy
 
 RESUME_FILE = "staging.resume.json"
 
-#: Told ``(done, total)``: the bytes verified and written so far, of the image's size;
-#: ``done`` is ``None`` when writing begins (a resumed staging keeps what it had).
+#: Told ``(done, total)``: the bytes of the image's size that are verified, written and
+#: recorded in the durable resume point, so what a crash or a power cut keeps (what
+#: status shows); ``done`` is ``None`` when writing begins (a resumed staging keeps what
+#: it had).
 Progress = Callable[[int | None, int], None]
 
 
@@ -58,12 +60,15 @@ class InstallerStager:
         except ReleaseError as exc:
             raise ReleaseError(f"refused to stage {version} into slot {slot}: {exc}; "
                                f"slot {slot} is not staged (marked {self._mark(slot)})") from exc
+        except ChannelUnavailable as exc:  # past the installer's resumes: the next pass goes on
+            raise ChannelUnavailable(f"staging {version} into slot {slot} did not finish: "
+                                     f"{exc}", exc.delay) from exc
         if not result.complete:
             raise TemporaryError(f"staging of {version} stopped at block {result.next_block} of "
                                  f"{result.blocks}; it resumes there", delay=1.0)
         self.backend.set_mark(slot, "staged")
         clear_resume(self.device.data_dir / RESUME_FILE)  # only now: see installer._finish
-        return result.message
+        return f"staged {version} into slot {slot}: {result.message}"
 
     def _mark(self, slot: SlotName) -> str:
         try:
@@ -111,7 +116,7 @@ class _Reporter:
     def __call__(self, event: InstallProgress) -> None:
         now = time.monotonic()
         if now - self._last_write >= 0.5 or event.phase != "download":
-            self._save(event.written)
+            self._save(event.durable)
             self._last_write = now
         quarter = (4 * event.written) // max(1, self.total)
         if quarter != self._last_quarter and event.phase == "download":

@@ -21,12 +21,17 @@ Faults (offsets are offsets in the file, not in the response)::
     trickle_at: N    from offset N on, send 100 bytes every 0.05 s (slow retrieval)
     require_auth: V  every file needs the header ``Authorization: V``, else 401 (any path;
                      the log notes whether each request carried it)
+    plan: [F, ...]   one fault per request, in order, then none: each F is ``{}`` (serve
+                     faithfully), ``{"status": 503}`` (answer that status, no file bytes),
+                     ``{"cut_after": N}`` or ``{"stall_after": N, "stall_seconds": S}``
+                     (N bytes into this response); :func:`fault_plan` draws one from a seed
 """
 
 from __future__ import annotations
 
 import json
 import os
+import random
 import re
 import socket
 import subprocess
@@ -93,6 +98,9 @@ class _Handler(BaseHTTPRequestHandler):
             faults = dict(self.state.faults)
             if not self.path.endswith(faults.get("match", ".img")):
                 return {}
+            plan = self.state.faults.get("plan")
+            if plan:
+                faults.update(plan.pop(0))
             if "cut_at" in faults:
                 left = self.state.faults.get("cut_times", 1)
                 if left <= 0:
@@ -109,6 +117,13 @@ class _Handler(BaseHTTPRequestHandler):
             data = data[:at] + bytes([data[at] ^ 0xFF]) + data[at + 1:]
         data += b"\xa5" * faults.get("extra", 0)
         asked = self.headers.get("Range")
+        if "status" in faults:
+            with self.state.lock:
+                self.state.log.append({"path": self.path, "range": asked,
+                                       "status": faults["status"], "start": 0, "sent": 0,
+                                       "fault": f"status {faults['status']}"})
+            self._reply(faults["status"], b"server error\n")
+            return
         match = _RANGE.match(asked or "")
         start, status = 0, 200
         if match and not faults.get("ignore_range"):
@@ -119,6 +134,9 @@ class _Handler(BaseHTTPRequestHandler):
                 return
             status = 206
             data = data[:end]
+        for relative, absolute in (("cut_after", "cut_at"), ("stall_after", "stall_at")):
+            if relative in faults:
+                faults[absolute] = start + faults[relative]
         entry = {"path": self.path, "range": asked, "status": status, "start": start,
                  "sent": 0, "fault": ""}
         with self.state.lock:
@@ -168,6 +186,25 @@ class _Handler(BaseHTTPRequestHandler):
         entry["fault"] = f"stalled at {pos}"
         time.sleep(faults.get("stall_seconds", 30))
         self.close_connection = True
+
+
+def fault_plan(seed: int, faults: int, most: int, stall_seconds: float = 30.0,
+               kinds: tuple[str, ...] = ("cut", "status", "stall")) -> list[dict[str, Any]]:
+    """``faults`` faults drawn from ``seed`` (the same seed, the same plan), one per request.
+
+    A cut or a stall falls 1 to ``most`` bytes into its response; a status is a 503.
+    """
+    rng = random.Random(seed)
+    plan: list[dict[str, Any]] = []
+    for _ in range(faults):
+        kind = rng.choice(kinds)
+        if kind == "status":
+            plan.append({"status": 503})
+        elif kind == "cut":
+            plan.append({"cut_after": rng.randint(1, most)})
+        else:
+            plan.append({"stall_after": rng.randint(1, most), "stall_seconds": stall_seconds})
+    return plan
 
 
 def serve(root: Path) -> None:

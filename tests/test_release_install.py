@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
+import random
 import re
 import signal
 import subprocess
@@ -21,11 +23,17 @@ from reconciler.errors import ChannelUnavailable, ReleaseError
 from reconciler.release.channel import add_release, init_channel, sign_channel
 from reconciler.release.client import fetch_metadata
 from reconciler.release.identity import Origin, read_identity, verify_slot
-from reconciler.release.installer import InstallProgress, InstallResult, install
+from reconciler.release.installer import (
+    InstallProgress,
+    InstallResult,
+    Retry,
+    describe_faults,
+    install,
+)
 from reconciler.release.keys import generate_keypair, load_trusted_keys
 from reconciler.release.metadata import Release
 from reconciler.sim.image import build_sim_image
-from tests.httpserver import ChannelServer
+from tests.httpserver import ChannelServer, fault_plan
 from tests.slots import claim, legacy_header, write_at
 
 BLOCK = 64 * 1024
@@ -34,6 +42,10 @@ SLOT_SIZE = 2 * 1024 * 1024
 PATTERN = b"\x5a"
 ORIGIN = Origin("stable", 1)
 RECORD = 4096
+#: Resumes inside a call without waiting long (the backoff's jitter seeded).
+FAST = Retry(base=0.01, cap=0.05, seed=0)
+#: No resume inside a call: the first network failure ends it.
+ONCE = Retry(attempts=1)
 
 
 @pytest.fixture(scope="module")
@@ -102,7 +114,7 @@ class Device:
         args: dict[str, Any] = dict(
             origin=ORIGIN, booted_slot_path=self.booted, before_first_write=mark_bad,
             progress=self.events.append, should_stop=lambda: False,
-            resume_file=self.resume_file, timeout=5.0)
+            resume_file=self.resume_file, timeout=5.0, retry=FAST)
         args.update(kw)
         slot = args.pop("slot", self.slot)
         slot_size = args.pop("slot_size", SLOT_SIZE)
@@ -216,7 +228,7 @@ def test_a_cut_connection_resumes_with_a_range_from_the_last_verified_block(
 ) -> None:
     device.server.set_faults(cut_at=7 * BLOCK + 1234)
     with pytest.raises(ChannelUnavailable, match="failed at block 7"):
-        device.install()
+        device.install(retry=ONCE)
     assert json.loads(device.resume_file.read_text())["next_block"] == 7
     result = device.install()
     first, second = device.image_requests()
@@ -230,7 +242,7 @@ def test_a_cut_connection_resumes_with_a_range_from_the_last_verified_block(
 def test_a_server_that_ignores_range_still_gives_a_complete_install(device: Device) -> None:
     device.server.set_faults(cut_at=3 * BLOCK + 10)
     with pytest.raises(ChannelUnavailable):
-        device.install()
+        device.install(retry=ONCE)
     device.server.set_faults(ignore_range=True)
     result = device.install()
     second = device.image_requests()[-1]
@@ -255,14 +267,14 @@ def test_a_stop_request_is_honoured_at_a_block_boundary_and_resumed_later(
 def test_a_stalled_connection_times_out_and_keeps_the_verified_blocks(device: Device) -> None:
     device.server.set_faults(stall_at=2 * BLOCK, stall_seconds=30)
     with pytest.raises(ChannelUnavailable, match=r"failed at block 2 \(.*timed out"):
-        device.install(timeout=0.5)
+        device.install(timeout=0.5, retry=ONCE)
     assert json.loads(device.resume_file.read_text())["next_block"] == 2
 
 
 def test_a_trickling_server_is_cut_off_as_slow_retrieval(device: Device) -> None:
     device.server.set_faults(trickle_at=BLOCK + 10)
     with pytest.raises(ChannelUnavailable, match="block 1 took more than .*slow retrieval"):
-        device.install(timeout=0.5, min_rate=1 << 20)
+        device.install(timeout=0.5, min_rate=1 << 20, retry=ONCE)
     assert json.loads(device.resume_file.read_text())["next_block"] == 1
 
 
@@ -271,7 +283,7 @@ def test_retry_delay_doubles_while_no_block_gets_through(device: Device) -> None
     delays = []
     for _ in range(3):
         with pytest.raises(ChannelUnavailable) as caught:
-            device.install()
+            device.install(retry=ONCE)
         delays.append(caught.value.delay)
     assert delays == [2.0, 4.0, 8.0]
 
@@ -329,10 +341,9 @@ def test_a_resume_point_is_recorded_only_after_its_blocks_are_durable(
     monkeypatch.setattr(os, "pwrite", pwrite)
     monkeypatch.setattr(os, "fdatasync", fdatasync)
     monkeypatch.setattr(installer, "atomic_write_json", record)
-    monkeypatch.setattr(installer, "RESUME_EVERY", 4)
     device.server.set_faults(cut_at=15 * BLOCK + 99)
     with pytest.raises(ChannelUnavailable, match="failed at block 15"):
-        device.install()
+        device.install(retry=ONCE, resume_bytes=4 * BLOCK, resume_seconds=math.inf)
     resumes = [(i, n) for i, (what, n) in enumerate(calls) if what == "resume"]
     assert [n for _, n in resumes] == [4, 8, 12, 15]
     for at, next_block in resumes:
@@ -462,17 +473,19 @@ def mark_bad():
 install(Release(**rel), a["url"], Path(a["slot"]), a["slot_size"], origin=Origin("stable", 1),
         booted_slot_path=Path(a["booted"]), before_first_write=mark_bad,
         progress=lambda event: None, should_stop=lambda: False,
-        resume_file=Path(a["resume"]), timeout=10.0)
+        resume_file=Path(a["resume"]), timeout=10.0, **a["cadence"])
 with open(a["marks"], "a") as f:
     f.write("staged\\n")
 """
 
 
-def _killed_install(device: Device, failpoint: str) -> subprocess.CompletedProcess[str]:
+def _killed_install(device: Device, failpoint: str,
+                    **cadence: float) -> subprocess.CompletedProcess[str]:
     marks = device.tmp / "marks"
     args = {"release": device.release.to_json(), "url": device.server.url,
             "slot": str(device.slot), "slot_size": SLOT_SIZE, "booted": str(device.booted),
-            "resume": str(device.resume_file), "marks": str(marks)}
+            "resume": str(device.resume_file), "marks": str(marks),
+            "cadence": cadence or {"resume_bytes": 16 * BLOCK, "resume_seconds": 1e9}}
     env = dict(os.environ, KRUXOS_FAILPOINTS=failpoint)
     return subprocess.run([sys.executable, "-c", _CHILD, json.dumps(args)], env=env,
                           capture_output=True, text=True, timeout=60)
@@ -497,7 +510,7 @@ def test_a_slot_killed_before_its_record_claims_no_release_old_or_new(
     assert result.complete
     assert read_identity(device.slot)[0] is not None and verify_slot(device.slot).state == "ok"
     if "block-written" in failpoint:
-        assert result.resumed_from == 16 * BLOCK
+        assert result.resumed_from == 16 * BLOCK  # the last resume point, every 16 blocks here
 
 
 def test_a_slot_killed_after_its_record_claims_the_release_it_fully_holds(
@@ -511,3 +524,158 @@ def test_a_slot_killed_after_its_record_claims_the_release_it_fully_holds(
     assert identity is not None and identity.version == "1.1.0"
     assert verify_slot(device.slot).state == "ok"
     assert device.image() == _expected_image(device)
+
+
+# ---- network faults: resumed inside one call, a bounded number of times ----
+
+#: How the server's log names a fault, as the installer counts it.
+_KIND_OF_LOG = (("cut at", "cut"), ("stalled at", "stall"), ("status 503", "http 503"))
+
+
+def _faults_logged(requests: list[dict[str, Any]]) -> list[str]:
+    return [kind for r in requests for prefix, kind in _KIND_OF_LOG
+            if r["fault"].startswith(prefix)]
+
+
+def _fresh(device: Device) -> None:
+    """The slot and the resume file as before any install; the log read from here on."""
+    device.slot.write_bytes(PATTERN * SLOT_SIZE)
+    device.resume_file.unlink(missing_ok=True)
+    device.log_from = len(device.server.requests())
+
+
+def test_cuts_at_seeded_offsets_are_resumed_from_the_last_verified_block_in_one_call(
+    device: Device,
+) -> None:
+    device.server.set_faults(plan=fault_plan(seed=11, faults=4, most=SIZE // 5,
+                                             kinds=("cut",)))
+    result = device.install()
+    requests = device.image_requests()
+    cuts = [r for r in requests if r["fault"].startswith("cut at")]
+    assert len(cuts) == 4 and len(requests) == 5, requests
+    assert result.complete and result.faults == ("cut",) * 4
+    assert result.message.endswith(" after 4 resumes (4 cut connections)")
+    for cut, resumed in zip(requests, requests[1:], strict=False):
+        cut_at = cut["start"] + cut["sent"]  # each resume starts at the block the cut was in
+        assert resumed["range"] == f"bytes={cut_at // BLOCK * BLOCK}-", (cut, resumed)
+    served = sum(r["sent"] for r in requests)
+    assert served <= SIZE + len(cuts) * BLOCK, served
+    assert device.image() == _expected_image(device)
+
+
+@pytest.mark.parametrize("seed", [3, 7, 12])
+def test_seeded_cuts_503s_and_stalls_are_ridden_out_and_the_same_seed_faults_the_same(
+    device: Device, seed: int,
+) -> None:
+    def run() -> tuple[InstallResult, list[tuple[Any, ...]]]:
+        _fresh(device)
+        device.server.set_faults(plan=fault_plan(seed, faults=5, most=SIZE // 6,
+                                                 stall_seconds=5))
+        result = device.install(timeout=1.0)  # each stall costs this wait
+        return result, [(r["range"], r["status"], r["fault"]) for r in device.image_requests()]
+
+    result, log = run()
+    requests = device.image_requests()
+    assert result.complete and device.image() == _expected_image(device)
+    assert list(result.faults) == _faults_logged(requests) and len(result.faults) == 5, log
+    assert result.message.endswith(f" after 5 resumes ({describe_faults(result.faults)})")
+    broken = [r for r in requests if r["fault"].startswith(("cut at", "stalled at"))]
+    assert sum(r["sent"] for r in requests) <= SIZE + len(broken) * BLOCK
+    if seed == 3:  # once is enough to show that a seed reproduces its run
+        again, log_again = run()
+        assert log_again == log and again.faults == result.faults
+
+
+def test_past_the_bound_the_call_fails_naming_the_faults_and_the_next_one_resumes(
+    device: Device,
+) -> None:
+    device.server.set_faults(plan=[{"cut_after": 3 * BLOCK + 7}] + [{"status": 503}] * 9)
+    with pytest.raises(ChannelUnavailable) as caught:
+        device.install(retry=Retry(attempts=3, base=0.01, seed=0))
+    assert str(caught.value) == (
+        f"channel: downloading {device.server.url}/kruxos-1.1.0.img failed at block 3 "
+        f"(channel: {device.server.url}/kruxos-1.1.0.img answered HTTP 503) after 3 failures "
+        "in this call (1 cut connection, 2 server errors 503); will resume there")
+    assert caught.value.delay == 2.0  # blocks got through: the next pass's delay starts over
+    assert len(device.image_requests()) == 3
+    saved = json.loads(device.resume_file.read_text())
+    assert (saved["next_block"], saved["failures"]) == (3, 1)
+    device.server.set_faults()
+    result = device.install()
+    assert result.complete and result.resumed_from == 3 * BLOCK and result.faults == ()
+    assert device.image() == _expected_image(device)
+
+
+def test_resumes_in_all_are_bounded_even_when_each_one_makes_progress(device: Device) -> None:
+    device.server.set_faults(plan=[{"cut_after": 2 * BLOCK + 5}] * 6)
+    with pytest.raises(ChannelUnavailable, match=r"failed at block 8 .* after 4 failures "
+                       r"in this call \(4 cut connections\)"):
+        device.install(retry=Retry(resumes=3, base=0.01, seed=0))
+    assert len(device.image_requests()) == 4
+    assert json.loads(device.resume_file.read_text())["next_block"] == 8
+
+
+def test_a_stop_asked_for_during_the_backoff_ends_the_call_before_the_next_attempt(
+    device: Device,
+) -> None:
+    device.server.set_faults(plan=[{"status": 503}])
+    result = device.install(retry=Retry(base=60.0, cap=60.0, seed=0),
+                            should_stop=lambda: bool(device.image_requests()))
+    assert not result.complete and result.next_block == 0 and result.faults == ()
+    assert len(device.image_requests()) == 1
+    assert json.loads(device.resume_file.read_text())["next_block"] == 0
+
+
+def test_the_backoff_doubles_is_capped_and_its_jitter_is_seeded() -> None:
+    retry = Retry(base=1.0, cap=8.0, seed=5)
+    delays = [retry.delay(n, random.Random(5)) for n in range(1, 7)]
+    for n, delay in enumerate(delays, start=1):
+        full = min(2.0 ** (n - 1), 8.0)
+        assert full / 2 <= delay < full, (n, delay)
+    assert delays == [retry.delay(n, random.Random(5)) for n in range(1, 7)]
+    assert describe_faults(["cut", "http 503", "cut", "stall", "http 500"]) == (
+        "2 cut connections, 1 server error 503, 1 stall, 1 server error 500")
+
+
+# ---- the resume point's cadence: what a crash costs, measured by the bytes served ----
+
+@pytest.mark.parametrize(("killed_after", "resume_bytes", "resume_seconds", "resumes_at"), [
+    (3, 4 * BLOCK, 1e9, 0),        # before the first resume point: all 3 blocks again
+    (11, 4 * BLOCK, 1e9, 8),       # 3 blocks past the resume point at 8
+    (20, 4 * BLOCK, 1e9, 20),      # right at a resume point: nothing again
+    (13, 1 << 30, 0.0, 13),        # the time bound alone: every block durable at once
+])
+def test_a_kill_at_a_block_boundary_fetches_again_at_most_the_unsaved_blocks(
+    device: Device, killed_after: int, resume_bytes: int, resume_seconds: float,
+    resumes_at: int,
+) -> None:
+    killed = _killed_install(device, f"install.block-written=kill@{killed_after}",
+                             resume_bytes=resume_bytes, resume_seconds=resume_seconds)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    assert device.image()[:killed_after * BLOCK] == _expected_image(device)[:killed_after * BLOCK]
+    result = device.install(before_first_write=lambda: None)
+    assert result.complete and device.image() == _expected_image(device)
+    resumed = device.image_requests()[-1]
+    assert resumed["start"] == resumes_at * BLOCK == result.resumed_from
+    assert resumed["sent"] == SIZE - resumes_at * BLOCK  # served: the image from there, once
+    fetched_again = killed_after * BLOCK - resumed["start"]  # verified and written before
+    assert fetched_again <= max(resume_bytes - BLOCK, 0) or resume_seconds == 0.0
+    assert fetched_again <= resume_bytes
+
+
+def test_the_durable_progress_is_what_the_resume_file_records_at_each_event(
+    device: Device,
+) -> None:
+    seen: list[tuple[int, int, int]] = []
+
+    def progress(event: InstallProgress) -> None:
+        if event.phase == "download":
+            kept = device.resume_file.exists()  # none before the first resume point
+            saved = json.loads(device.resume_file.read_text())["next_block"] * BLOCK if kept else 0
+            seen.append((event.written, event.durable, min(saved, SIZE)))
+
+    assert device.install(progress=progress, resume_bytes=4 * BLOCK,
+                          resume_seconds=1e9).complete
+    assert all(durable == saved for _, durable, saved in seen), seen
+    assert all(0 <= written - durable < 4 * BLOCK for written, durable, _ in seen), seen
+    assert [d for _, d, _ in seen][3:8] == [4 * BLOCK] * 4 + [8 * BLOCK]

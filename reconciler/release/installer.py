@@ -5,8 +5,8 @@ The order is RAUC's fail-safe order::
     refuse the booted slot ─► refuse an image larger than the slot minus its 4 KiB identity
       ─► before_first_write() ─► destroy the slot's identity, fsync
       ─► receive thread: assemble blocks ─► queue (≤ QUEUE_BLOCKS) ─► this thread:
-         SHA-256 == signed block hash? ─► pwrite at its offset ─► every RESUME_EVERY
-         blocks: fdatasync, then record the resume point
+         SHA-256 == signed block hash? ─► pwrite at its offset ─► every RESUME_BYTES
+         or RESUME_SECONDS: fdatasync, then record the resume point
       ─► fsync ─► drop the page cache ─► read the slot back once: each block against its
          signed hash here, the whole SHA-256 on a second thread ─► both match?
       ─► write the slot's identity from the signed metadata, fsync
@@ -24,9 +24,12 @@ while reading back, whatever the image size; there is no temporary copy. The
 index of the next block to fetch is kept in ``resume_file`` (written only after
 the blocks before it are fdatasync'ed), so a cut connection, a stop request or
 a reboot continues with ``Range: bytes=OFFSET-`` from the last verified block.
-Network failures raise :class:`ChannelUnavailable` with a delay that doubles
-with each failure in a row (the caller retries); refusals raise
-:class:`ReleaseError` with the reason.
+A cut connection, a 5xx answer or a stall is ridden out inside the call
+(:class:`Retry`): the download resumes from the last verified block after a
+backoff with jitter, a bounded number of times, and the result names the
+resumes. Past the bound, :class:`ChannelUnavailable` is raised with a delay
+that doubles with each failed call in a row (the caller retries); refusals
+raise :class:`ReleaseError` with the reason.
 """
 
 from __future__ import annotations
@@ -35,11 +38,13 @@ import hashlib
 import io
 import os
 import queue
+import random
 import re
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -61,7 +66,8 @@ from reconciler.release.identity import (
 from reconciler.release.metadata import Release, format_time
 from reconciler.urls import parse_channel_url
 
-RESUME_EVERY = 16          # blocks between two durable resume points
+RESUME_BYTES = 4 << 20     # written bytes not yet in a durable resume point, at most
+RESUME_SECONDS = 1.0       # seconds between two durable resume points, at most
 QUEUE_BLOCKS = 4           # received blocks waiting for the writer, at most
 READ_BACK_BUFFERS = 4      # blocks read back and waiting for the whole-image hash
 BACKOFF_BASE, BACKOFF_MAX = 2.0, 300.0
@@ -70,12 +76,39 @@ _CONTENT_RANGE = re.compile(r"^bytes (\d+)-(\d+)/(\d+|\*)$")
 
 
 @dataclass(frozen=True)
+class Retry:
+    """How one install call rides out a flaky network.
+
+    After a cut connection, a 5xx (or 408/429) answer, a refused connection or
+    a stall, the download resumes from the last verified block with ``Range``,
+    after waiting ``base * 2**(n-1)`` seconds (at most ``cap``; ``n`` counts the
+    failures in a row without a new verified block) times a jitter drawn in
+    [0.5, 1) from ``seed`` (the OS's randomness when ``None``). The call gives
+    up after ``attempts`` failures in a row without a new block, or when one
+    more resume would pass ``resumes`` in all.
+    """
+
+    attempts: int = 5
+    resumes: int = 16
+    base: float = 1.0
+    cap: float = 15.0
+    seed: int | None = None
+
+    def delay(self, in_a_row: int, rng: random.Random) -> float:
+        """The wait before resuming after the ``in_a_row``-th failure in a row."""
+        return min(self.base * 2.0 ** (in_a_row - 1), self.cap) * rng.uniform(0.5, 1.0)
+
+
+@dataclass(frozen=True)
 class InstallProgress:
     """One progress event: byte counts, all out of ``total`` (the signed size).
 
     ``fetched`` counts bytes received from the network by this call; ``verified``
     and ``written`` are the end of the verified / written prefix of the image
-    (they start at the resume point); ``read_back`` grows during the final check.
+    (they start at the resume point); ``durable`` is the end of the prefix the
+    resume point records, what survives a crash or a power cut (it trails
+    ``written`` by less than ``RESUME_BYTES``, or one block); ``read_back`` grows
+    during the final check.
     """
 
     version: str
@@ -85,6 +118,7 @@ class InstallProgress:
     written: int
     read_back: int
     total: int
+    durable: int = 0
 
 
 @dataclass(frozen=True)
@@ -98,6 +132,7 @@ class InstallResult:
     resumed_from: int
     fetched: int
     message: str
+    faults: tuple[str, ...] = ()  # what each resume inside the call recovered from
 
 
 @dataclass
@@ -112,11 +147,24 @@ class _Session:
     fetched: int = 0
     saved_block: int = -1
     block_deadline: float = 60.0
+    resume_bytes: int = RESUME_BYTES
+    resume_seconds: float = RESUME_SECONDS
+    saved_at: float = 0.0
+    faults: list[str] = field(default_factory=list)
+
+    def _end(self, block: int) -> int:
+        return min(max(block, 0) * self.release.block_size, self.release.size)
 
     def event(self, phase: str, read_back: int = 0) -> None:
-        done = min(self.next_block * self.release.block_size, self.release.size)
+        done = self._end(self.next_block)
         self.progress(InstallProgress(self.release.version, phase, self.fetched, done, done,
-                                      read_back, self.release.size))
+                                      read_back, self.release.size, self._end(self.saved_block)))
+
+    def due(self) -> bool:
+        """Whether the written blocks are to be made durable now (blocks or time)."""
+        unsaved = (self.next_block - self.saved_block) * self.release.block_size
+        return (unsaved >= self.resume_bytes
+                or time.monotonic() - self.saved_at >= self.resume_seconds)
 
     def save(self) -> None:
         """Make the written blocks durable, then record where to resume."""
@@ -125,7 +173,58 @@ class _Session:
             "version": self.release.version, "sha256": self.release.sha256,
             "slot": self.slot, "block_size": self.release.block_size,
             "next_block": self.next_block, "failures": self.failures})
-        self.saved_block = self.next_block
+        self.saved_block, self.saved_at = self.next_block, time.monotonic()
+
+
+class _NetFault(ChannelUnavailable):
+    """A network failure the call rides out by resuming; ``kind`` names it for the outcome."""
+
+    def __init__(self, kind: str, message: str, delay: float = 30.0) -> None:
+        super().__init__(message, delay)
+        self.kind = kind
+
+
+#: How each kind of fault a resume recovered from is named, singular and plural.
+_FAULT_NAMES = {"cut": ("cut connection", "cut connections"),
+                "stall": ("stall", "stalls"),
+                "connect": ("failed connection", "failed connections"),
+                "other": ("other failure", "other failures")}
+_RETRIED_STATUS = frozenset({408, 429})
+
+
+def _fault_kind(exc: BaseException) -> str | None:
+    """The kind of a failure a resume may recover from; ``None``: give up at once."""
+    if isinstance(exc, _NetFault):
+        return exc.kind
+    if isinstance(exc, httpx.TimeoutException):
+        return "stall"
+    if isinstance(exc, httpx.ConnectError):
+        return "connect"
+    if isinstance(exc, (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError,
+                        httpx.CloseError)):
+        return "cut"
+    return None
+
+
+def describe_faults(faults: tuple[str, ...] | list[str]) -> str:
+    """``2 cut connections, 1 server error 503``: the faults counted, first seen first."""
+    parts = []
+    for kind, n in Counter(faults).items():
+        if kind.startswith("http "):
+            code = kind.split()[1]
+            parts.append(f"{n} server error{'s' if n > 1 else ''} {code}")
+        else:
+            one, many = _FAULT_NAMES.get(kind, (kind, kind))
+            parts.append(f"{n} {one if n == 1 else many}")
+    return ", ".join(parts)
+
+
+def _resumes_note(faults: tuple[str, ...] | list[str]) -> str:
+    """`` after 3 resumes (2 cut connections, 1 server error 503)``, or nothing."""
+    if not faults:
+        return ""
+    n = len(faults)
+    return f" after {n} resume{'s' if n > 1 else ''} ({describe_faults(faults)})"
 
 
 def _same_file(a: Path, b: Path) -> bool:
@@ -182,6 +281,9 @@ def _start_of(resp: httpx.Response, offset: int, release: Release) -> int:
     if resp.status_code == 416:
         raise ChannelUnavailable(f"channel: {resp.url} refused the range from byte {offset}",
                                  BACKOFF_BASE)
+    if resp.status_code >= 500 or resp.status_code in _RETRIED_STATUS:
+        raise _NetFault(f"http {resp.status_code}",
+                        f"channel: {resp.url} answered HTTP {resp.status_code}")
     if resp.status_code not in (200, 206):
         raise ChannelUnavailable(f"channel: {resp.url} answered HTTP {resp.status_code}")
     if resp.headers.get("content-encoding", "identity") != "identity":
@@ -225,7 +327,7 @@ def _write_block(session: _Session, index: int, block: memoryview) -> None:
         n = os.pwrite(session.fd, view, offset)
         view, offset = view[n:], offset + n
     session.next_block = index + 1
-    if session.next_block - session.saved_block >= RESUME_EVERY:
+    if session.due():
         session.save()
     failpoint("install.block-written")
     session.event("download")
@@ -294,8 +396,8 @@ class _Receiver:
                 return
             session.fetched += len(chunk)
             if time.monotonic() - began > session.block_deadline:
-                raise ChannelUnavailable(f"{resp.url}: block {index} took more than "
-                                         f"{session.block_deadline:.1f}s (slow retrieval)")
+                raise _NetFault("stall", f"{resp.url}: block {index} took more than "
+                                f"{session.block_deadline:.1f}s (slow retrieval)")
             view = memoryview(chunk)
             while view:
                 if index >= len(release.blocks):
@@ -316,8 +418,8 @@ class _Receiver:
                         return
                 began = time.monotonic()
         if index < len(release.blocks):
-            raise ChannelUnavailable(f"{resp.url}: the stream ended at byte "
-                                     f"{release.block_range(index)[0] + filled} of {release.size}")
+            raise _NetFault("cut", f"{resp.url}: the stream ended at byte "
+                            f"{release.block_range(index)[0] + filled} of {release.size}")
         self._put(None)
 
 
@@ -438,22 +540,56 @@ def _download(session: _Session, client: httpx.Client, url: str,
 
 
 def _fetch_all(session: _Session, url: str, should_stop: Callable[[], bool],
-               timeout: float, transport: httpx.BaseTransport | None) -> bool:
-    """Download what is missing; translate network failures to a retry with backoff."""
-    before = session.next_block
-    try:
-        with httpx.Client(timeout=timeout, transport=transport, follow_redirects=True) as client:
-            return _download(session, client, url, should_stop)
-    except (httpx.HTTPError, ChannelUnavailable) as exc:
-        session.failures = 1 if session.next_block > before else session.failures + 1
-        session.save()
-        delay = min(BACKOFF_BASE * 2 ** (session.failures - 1), BACKOFF_MAX)
-        raise ChannelUnavailable(redact(f"channel: downloading {url} failed at block "
-                                        f"{session.next_block} ({exc}); will resume there"),
-                                 delay) from exc
-    except ReleaseError:
-        session.save()
-        raise
+               timeout: float, transport: httpx.BaseTransport | None, retry: Retry) -> bool:
+    """Download what is missing, resuming after network faults as ``retry`` allows.
+
+    ``False`` when asked to stop. Past the bound, the failure becomes a
+    :class:`ChannelUnavailable` whose delay doubles with each failed call in a row.
+    """
+    began, in_a_row, rng = session.next_block, 0, random.Random(retry.seed)
+    with httpx.Client(timeout=timeout, transport=transport, follow_redirects=True) as client:
+        while True:
+            before = session.next_block
+            try:
+                return _download(session, client, url, should_stop)
+            except ReleaseError:
+                session.save()
+                raise
+            except (httpx.HTTPError, ChannelUnavailable) as exc:
+                in_a_row = 1 if session.next_block > before else in_a_row + 1
+                kind = _fault_kind(exc)
+                if (kind is None or in_a_row >= retry.attempts
+                        or len(session.faults) >= retry.resumes):
+                    raise _given_up(session, url, exc, kind, began) from exc
+                session.save()  # the verified blocks are durable before any wait
+                if _pause(retry.delay(in_a_row, rng), should_stop):
+                    return False
+                session.faults.append(kind)
+
+
+def _given_up(session: _Session, url: str, exc: BaseException, kind: str | None,
+              began: int) -> ChannelUnavailable:
+    """The failure that ends the call; the next call resumes at the resume point."""
+    session.failures = 1 if session.next_block > began else session.failures + 1
+    session.save()
+    delay = min(BACKOFF_BASE * 2 ** (session.failures - 1), BACKOFF_MAX)
+    tried = ""
+    if session.faults:
+        faults = [*session.faults, kind or "other"]
+        tried = f" after {len(faults)} failures in this call ({describe_faults(faults)})"
+    return ChannelUnavailable(redact(f"channel: downloading {url} failed at block "
+                                     f"{session.next_block} ({exc}){tried}; will resume there"),
+                              delay)
+
+
+def _pause(seconds: float, should_stop: Callable[[], bool]) -> bool:
+    """Wait ``seconds`` before a resume; ``True`` as soon as a stop is asked for."""
+    end = time.monotonic() + seconds
+    while (left := end - time.monotonic()) > 0:
+        if should_stop():
+            return True
+        time.sleep(min(left, 0.1))
+    return should_stop()
 
 
 def _image_url(base_url: str, image: str) -> str:
@@ -468,7 +604,9 @@ def install(release: Release, base_url: str, slot_path: Path, slot_size: int, *,
             origin: Origin, booted_slot_path: Path, before_first_write: Callable[[], None],
             progress: Callable[[InstallProgress], None], should_stop: Callable[[], bool],
             resume_file: Path, timeout: float = 30.0, min_rate: int = MIN_RATE,
-            transport: httpx.BaseTransport | None = None) -> InstallResult:
+            transport: httpx.BaseTransport | None = None, retry: Retry = Retry(),
+            resume_bytes: int = RESUME_BYTES,
+            resume_seconds: float = RESUME_SECONDS) -> InstallResult:
     """Stream ``release`` from the channel at ``base_url`` into ``slot_path``.
 
     Returns a complete result only when the slot read back from the device
@@ -480,6 +618,9 @@ def install(release: Release, base_url: str, slot_path: Path, slot_size: int, *,
     slot's capacity, its last 4 KiB kept for the identity. ``timeout`` bounds
     each network wait; a block must also arrive within ``timeout`` plus its
     size at ``min_rate`` bytes/s, so a trickling server cannot hold it forever.
+    Network faults are ridden out as ``retry`` says; the resume point is made
+    durable every ``resume_bytes`` (rounded up to whole blocks) or ``resume_seconds``, whichever
+    comes first.
     """
     slot_path, booted_slot_path = Path(slot_path), Path(booted_slot_path)
     _check_target(release, slot_path, slot_size, booted_slot_path)
@@ -492,14 +633,18 @@ def install(release: Release, base_url: str, slot_path: Path, slot_size: int, *,
     fd = _open_invalidated(slot_path)
     session = _Session(release, fd, resume_file, slot, progress, next_block, failures,
                        saved_block=next_block,
-                       block_deadline=timeout + release.block_size / min_rate)
+                       block_deadline=timeout + release.block_size / min_rate,
+                       resume_bytes=resume_bytes, resume_seconds=resume_seconds,
+                       saved_at=time.monotonic())
     try:
         if next_block < len(release.blocks):
             if not _fetch_all(session, _image_url(base_url, release.image),
-                              should_stop, timeout, transport):
+                              should_stop, timeout, transport, retry):
                 session.save()
                 session.event("stopped")
-                return _stopped(release, session.next_block, resumed_from, session.fetched)
+                return _stopped(release, session.next_block, resumed_from, session.fetched,
+                                tuple(session.faults))
+            session.save()  # every block is on the device: a crash from here costs a read-back
         _finish(session, slot_path, origin)
     finally:
         os.close(fd)
@@ -507,7 +652,8 @@ def install(release: Release, base_url: str, slot_path: Path, slot_size: int, *,
                          resumed_from, session.fetched,
                          f"{release.image}: {release.size} bytes written to {slot_path}, "
                          "read back from the device and verified"
-                         f"{_resumed_note(resumed_from, release, session.fetched)}")
+                         f"{_resumed_note(resumed_from, release, session.fetched)}"
+                         f"{_resumes_note(session.faults)}", tuple(session.faults))
 
 
 def _resumed_note(resumed_from: int, release: Release, fetched: int) -> str:
@@ -562,8 +708,8 @@ def _finish(session: _Session, slot_path: Path, origin: Origin) -> None:
 
 
 def _stopped(release: Release, next_block: int, resumed_from: int,
-             fetched: int) -> InstallResult:
+             fetched: int, faults: tuple[str, ...] = ()) -> InstallResult:
     return InstallResult(release.version, False, next_block, len(release.blocks),
                          resumed_from, fetched,
-                         f"stopped at block {next_block} of {len(release.blocks)}; "
-                         "the next install resumes there")
+                         f"stopped at block {next_block} of {len(release.blocks)}"
+                         f"{_resumes_note(faults)}; the next install resumes there", faults)

@@ -224,7 +224,11 @@ class CutDevice:
             return []  # no resume point: a staging starts again from block 0
         image = self.device.dir / "channel" / f"kruxos-{resume['version']}.img"
         length = resume["next_block"] * resume["block_size"]
-        with open(self.slot_paths[resume["slot"]], "rb") as slot, open(image, "rb") as img:
+        # the installer names the slot by its real path (under the mount)
+        slots = {os.path.realpath(p): p for p in self.slot_paths.values()}
+        if resume["slot"] not in slots:
+            return [f"staging.resume.json names {resume['slot']!r}, which is no slot"]
+        with open(slots[resume["slot"]], "rb") as slot, open(image, "rb") as img:
             if slot.read(length) != img.read(length):
                 return [f"staging.resume.json says resume at block {resume['next_block']} of "
                         f"{resume['version']} in slot {resume['slot']}, but the blocks before "
