@@ -120,6 +120,8 @@ ERROR_CODES: tuple[tuple[str, str], ...] = (
     ("audit", "the audit trail could not be read or written"),
     ("release", "a release or key file could not be read"),
     ("locked", "another command holds the device; run this one again when it has finished"),
+    ("unavailable", "the reconciler did not do what the command waited for in time (the "
+                    "daemon is stuck or gone; the message names what and for how long)"),
     ("error", "another error of the device, named in the message"),
     ("internal", "a fault of the command itself (a bug: please report it)"),
 )

@@ -179,7 +179,7 @@ def apply(ctx: click.Context, version: str | None, yes: bool, no_reboot: bool,
                                  view_of(meta))
         if not staged:
             return
-        _after_staging(link, release.version, reboot, as_json, target.label)
+        _after_staging(link, release.version, reboot, as_json, target.label, start)
 
 
 def _refuse_downgrade(view: Any, version: str, running: str | None, as_json: bool) -> None:
@@ -221,12 +221,15 @@ def _follow_staging(link: Link, version: str, size: int, start: int, as_json: bo
         sys.exit(130)
 
 
-def _after_staging(link: Link, version: str, reboot: str, as_json: bool, label: str) -> None:
+def _after_staging(link: Link, version: str, reboot: str, as_json: bool, label: str,
+                   start: int) -> None:
+    """After the staging: ask, then wait for the reboot or the arm (since ``start``, the
+    trail's head before this command's pin)."""
     if as_json:
+        if reboot == "now":
+            _wait_for_action(link, start, "reboot", as_json)
         _done_json_or(True, {"version": version, "staged": True, "slot": label,
                              "rebooting": reboot == "now"}, "")
-        if reboot == "now":
-            _wait_for_action(link, link.head() - 50, "reboot")
         return
     click.echo("Update staged. The new version will activate on reboot.")
     if reboot == "ask":
@@ -244,13 +247,12 @@ def _after_staging(link: Link, version: str, reboot: str, as_json: bool, label: 
         reboot = "now" if typed.strip().lower() in ("y", "yes") else "next-boot"
         start = link.head()
         link.wait_taken(link.send("reboot", answer=reboot))
-    else:
-        start = link.head() - 50
     if reboot == "now":
         click.echo("Rebooting...")
-        _wait_for_action(link, start, "reboot")
+        _wait_for_action(link, start, "reboot", as_json)
     else:
-        _wait_for_action(link, start, "arm")
+        if not _armed(link, version):  # a second apply of an armed version: nothing to wait for
+            _wait_for_action(link, start, "arm", as_json)
         click.echo(f"{version} will activate on the next reboot.")
 
 
@@ -305,12 +307,23 @@ def _progress(link: Link, version: str, size: int) -> int:
     return int(staging.get("done", 0)) if staging.get("version") == version else 0
 
 
-def _wait_for_action(link: Link, start: int, action: str, timeout: float = 30.0) -> None:
+def _armed(link: Link, version: str) -> bool:
+    """The boot env already holds a trial of ``version`` for the next boot."""
+    obs = inspect_device(link.device, _now(), channel=ChannelView()).observed
+    return obs.trial == obs.other_slot.name and obs.other_slot.version == version
+
+
+def _wait_for_action(link: Link, start: int, action: str, as_json: bool = False,
+                     timeout: float = 30.0) -> None:
+    """Until an outcome of ``action`` is in the trail after record ``start``; a command
+    that sees none in ``timeout`` fails (exit 2), never reports what it did not see."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if any(r.action == action and r.kind == "outcome" for r in link.records_after(start)):
             return
         time.sleep(0.1)
+    _fail(f"the reconciler recorded no {action} within {timeout:g}s (is `kruxos daemon` "
+          "stuck? see `kruxos audit list` and its log)", 2, as_json, why="unavailable")
 
 
 class _Bars:
