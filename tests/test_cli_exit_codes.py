@@ -95,3 +95,16 @@ def test_a_simulated_device_that_is_not_running_says_how_to_start_it(tmp_path: P
     for command in (("update", "status"), ("update", "check")):
         result = _run(*command, config=directory / "device.yaml")
         assert result.returncode == 2 and result.stderr.rstrip().endswith(hint), result
+
+
+def test_audit_show_of_a_decision_carries_its_outcome(device_dir: Path) -> None:
+    config = device_dir / "device.yaml"
+    assert _run("update", "cancel", config=config).returncode == 0  # passes run here
+    records = [json.loads(line) for line in
+               _run("audit", "list", "--json", config=config).stdout.splitlines()]
+    decision = next(r for r in records if r["kind"] == "decision" and r["action"] == "cancel")
+    shown = json.loads(_run("audit", "show", str(decision["seq"]), config=config).stdout)
+    assert shown["seq"] == decision["seq"] and shown["outcome_record"]["decision"] == \
+        decision["seq"] and shown["outcome_record"]["outcome"].startswith("ok"), shown
+    outcome = json.loads(_run("audit", "show", str(decision["seq"] + 1), config=config).stdout)
+    assert outcome["kind"] == "outcome" and "outcome_record" not in outcome

@@ -206,10 +206,16 @@ def audit_list(ctx: click.Context, since: str | None, action: str | None,
 @click.pass_context
 def audit_show(ctx: click.Context, seq: int) -> None:
     """One record in full."""
-    record = _reader(ctx).get(seq)
+    reader = _reader(ctx)
+    record = reader.get(seq)
     if record is None:
         raise click.ClickException(f"no audit record #{seq}")
-    click.echo(json.dumps(asdict(record), indent=2, ensure_ascii=False, default=str))
+    doc = asdict(record)
+    if record.kind == "decision":  # with how it ended: its outcome record, if written
+        ended = next((r for r in reader.records(after=seq)
+                      if r.kind == "outcome" and r.decision == seq), None)
+        doc["outcome_record"] = asdict(ended) if ended is not None else None
+    click.echo(json.dumps(doc, indent=2, ensure_ascii=False, default=str))
 
 
 @audit.command("verify")
