@@ -375,3 +375,15 @@ def test_check_says_when_the_latest_version_was_rolled_back_here(device: SimDevi
     assert lines[-1] == "Run 'kruxos update apply 1.0.1' to try it again.", lines
     doc = json.loads(run_cli(device, "update", "check", "--json").stdout)
     assert doc["failed_here"]["version"] == "1.0.1" and doc["failed_here"]["reason"], doc
+
+
+def test_a_version_rolled_back_by_hand_and_applied_again_stays_once_confirmed(
+        device: SimDevice) -> None:
+    _rolled_back_by_hand(device)
+    result = run_cli(device, "update", "apply", "1.0.1", "--yes")
+    assert result.returncode == 0, result
+    device.wait_status("1.0.1", "CONFIRMED", 60)
+    boots = len(device.boots())
+    steady_for(device, 4, lambda: len(device.boots()) == boots
+               and device.status_json()["booted"] == "B")
+    assert not [r for r in device.audit_file_records()[-12:] if r["action"] == "rollback"]
