@@ -41,7 +41,7 @@ from reconciler.boot import Backend, BootState
 from reconciler.config import Device
 from reconciler.decide import count_probe
 from reconciler.errors import KruxosError, TemporaryError, short_error
-from reconciler.inbox import INBOX
+from reconciler.inbox import FileInbox, Inbox
 from reconciler.observed import SlotName
 from reconciler.overrides import RESUME_FILE, apply_request
 from reconciler.spec import UpdatePolicy
@@ -93,6 +93,7 @@ class Executor:
     last_probe_healthy: bool = False
     spec_revision: str | None = None
     boot_id: Callable[[], str] | None = None
+    inbox: Inbox | None = None
 
     def _boot_id(self) -> str:
         return self.boot_id() if self.boot_id is not None else self.device.current_boot_id()
@@ -244,7 +245,7 @@ class Executor:
             self.store.update(lambda doc: apply_request(doc, action, boot_id,
                                                         self.spec_revision))
         finally:
-            (self.device.data_dir / INBOX / action.request.id).unlink(missing_ok=True)
+            (self.inbox or FileInbox(self.device.data_dir)).take(action.request.id)
         return f"request {action.request.kind} taken"
 
     def _end_override(self, action: EndOverride, policy: UpdatePolicy | None) -> str:

@@ -24,7 +24,7 @@ import re
 import signal
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from reconciler.durable import atomic_write_json
 from reconciler.errors import StateError
@@ -164,6 +164,36 @@ def waiting(data_dir: Path, kinds: frozenset[str]) -> bool:
         return False
     return any(re.match(r"^\d+-([a-z]+)\.json$", n) and n.split("-", 1)[1][:-5] in kinds
                for n in names)
+
+
+class Inbox(Protocol):
+    """Where the reconciler finds a person's requests: one of its collaborators
+    (:class:`reconciler.reconcile.Parts`), so a model can post requests in memory."""
+
+    def pending(self) -> list[tuple[str, dict[str, Any]]]:
+        """The requests not taken yet, oldest first, as (id, parsed request)."""
+
+    def waiting(self, kinds: frozenset[str]) -> bool:
+        """True when a request of one of ``kinds`` waits (checked at every block)."""
+
+    def take(self, request_id: str) -> None:
+        """Remove a request once its decision is recorded and carried out."""
+
+
+class FileInbox:
+    """The device's inbox: the JSON files in ``DATA/inbox/`` that the CLI drops."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.data_dir = data_dir
+
+    def pending(self) -> list[tuple[str, dict[str, Any]]]:
+        return [(path.name, value) for path, value in pending(self.data_dir)]
+
+    def waiting(self, kinds: frozenset[str]) -> bool:
+        return waiting(self.data_dir, kinds)
+
+    def take(self, request_id: str) -> None:
+        (self.data_dir / INBOX / request_id).unlink(missing_ok=True)
 
 
 def daemon_pid(data_dir: Path) -> int | None:

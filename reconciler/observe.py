@@ -15,7 +15,7 @@ from typing import Any
 from reconciler.boot import Backend, BootState, open_backend
 from reconciler.config import Device
 from reconciler.errors import BootEnvError, KruxosError, short_error
-from reconciler.inbox import pending
+from reconciler.inbox import FileInbox, Inbox
 from reconciler.machine import DeviceMachine, Machine
 from reconciler.observed import (
     SLOTS,
@@ -51,13 +51,15 @@ def observe(device: Device, store: StateStore, backend: Backend,
             channel: ChannelView | None = None,
             spec_revision: str | None = None,
             recovered: tuple[tuple[str, Any], ...] = (),
-            machine: Machine | None = None) -> ObservedState:
+            machine: Machine | None = None,
+            inbox: Inbox | None = None) -> ObservedState:
     """What is on the device now; ``channel`` is the last verified channel view.
 
     ``spec_revision`` is the spec in force: reboots counted under another
     revision do not count (a new spec clears the loop breaker). ``recovered``:
     facts of a lost state file that the audit trail gave back, to be written.
-    ``machine``: the running system (by default the device's own).
+    ``machine``: the running system (by default the device's own); ``inbox``: where a
+    person's requests wait (by default the data dir's).
     """
     machine = machine or DeviceMachine(device)
     boot, boot_problem = read_boot_state(backend)
@@ -84,20 +86,20 @@ def observe(device: Device, store: StateStore, backend: Backend,
         trial_policy_version=_get(doc, "trial_policy", "version"),
         forward_reboots=_forward_reboots(doc.get("reboots"), spec_revision),
         disk_full=store.reserve.in_use,
-        requests=_requests(device),
+        requests=_requests(inbox or FileInbox(device.data_dir)),
         boot_env_problem=boot_problem,
         state_problem=state_problem,
         recovered=recovered,
     )
 
 
-def _requests(device: Device) -> tuple[Request, ...]:
+def _requests(inbox: Inbox) -> tuple[Request, ...]:
     """The inbox's requests not taken yet, oldest first (decide takes one per pass)."""
     out = []
-    for path, value in pending(device.data_dir):
+    for request_id, value in inbox.pending():
         at = value.get("at")
         out.append(Request(
-            id=path.name, kind=value["kind"], by=str(value.get("by") or "?")[:80],
+            id=request_id, kind=value["kind"], by=str(value.get("by") or "?")[:80],
             at=float(at) if isinstance(at, int | float) and not isinstance(at, bool) else None,
             version=_text(value.get("version")),
             answer=_text(value.get("answer") or value.get("reboot"))))

@@ -37,7 +37,7 @@ from reconciler.decide import decide, trial_policy_of
 from reconciler.errors import AuditError, KruxosError, SpecError, short_error
 from reconciler.executor import Executor, Rebooter, Stager, command_rebooter, probe_health
 from reconciler.health import HealthAnswer
-from reconciler.inbox import waiting
+from reconciler.inbox import FileInbox, Inbox
 from reconciler.logline import log
 from reconciler.machine import DeviceMachine, Machine
 from reconciler.observe import backend_for, observe
@@ -82,6 +82,7 @@ class Parts:
     rebooter: Rebooter
     machine: Machine
     keeper: SpecKeeper
+    inbox: Inbox | None = None  # None: the device's inbox of request files
 
     @classmethod
     def real(cls, device: Device, clock: Callable[[], datetime],
@@ -99,7 +100,7 @@ class Parts:
         return cls(store, audit, backend, channel,
                    InstallerStager(device, backend, channel), probe_health,
                    rebooter or command_rebooter(device), DeviceMachine(device),
-                   SpecKeeper(device.spec_path, device.data_dir))
+                   SpecKeeper(device.spec_path, device.data_dir), FileInbox(device.data_dir))
 
 
 @dataclass
@@ -130,10 +131,11 @@ class Reconciler:
         self.channel = parts.channel
         self.machine = parts.machine
         self.keeper = parts.keeper
+        self.inbox: Inbox = parts.inbox or FileInbox(device.data_dir)
         self.stopping = False
         self.executor = Executor(device, self.store, self.backend, parts.stager, parts.rebooter,
                                  clock, should_stop=self._should_stop, prober=parts.prober,
-                                 boot_id=parts.machine.boot_id)
+                                 boot_id=parts.machine.boot_id, inbox=self.inbox)
         self._suspend_checked = 0.0
         self.spec: LoadedSpec | None = None
         self.on_trial = False
@@ -150,7 +152,7 @@ class Reconciler:
         Checked at every block boundary; the spec file is re-read at most twice a
         second so the check stays cheap.
         """
-        if self.stopping or waiting(self.device.data_dir, STOPPING_REQUESTS):
+        if self.stopping or self.inbox.waiting(STOPPING_REQUESTS):
             return True
         now = time.monotonic()
         if now - self._suspend_checked < 0.5:
@@ -269,7 +271,7 @@ class Reconciler:
         view = self._channel_view(spec, now)
         revision = spec.revision if spec else None
         observed = observe(self.device, self.store, self.backend, view, revision,
-                           self._recovered(), self.machine)
+                           self._recovered(), self.machine, self.inbox)
         action = decide(spec.policy if spec else None, observed, now)
         self.on_trial = observed.on_trial
         try:
