@@ -3,7 +3,8 @@
 No I/O, no clock reads, no randomness: the same inputs always give the same
 action. The rules, in the order they are asked (the first that applies wins):
 
-1. A slot on trial is judged first; its health check is never suspended.
+1. A rollback already decided (its failure kept on disk) is finished; then a
+   slot on trial is judged; its health check is never suspended.
 2. Finish what the bootloader already points at (a rollback or trial pending
    a reboot, a fallback the bootloader made by itself).
 3. Resolve the desired version (an override pin, the spec's exact version, or
@@ -65,8 +66,8 @@ def decide(policy: UpdatePolicy | None, observed: ObservedState, now: datetime) 
     judged (by the policy captured when it was armed) and a rollback still
     finishes; nothing new starts.
     """
-    for rule in (_restore_state, _repair_boot_env, _overdue_trial, _take_request,
-                 _end_override, _lift_block, _judge_trial, _finish_pending):
+    for rule in (_restore_state, _repair_boot_env, _decided_rollback, _overdue_trial,
+                 _take_request, _end_override, _lift_block, _judge_trial, _finish_pending):
         action = rule(policy, observed, now)
         if action is not None:
             return action
@@ -123,6 +124,29 @@ def _repair_boot_env(policy: UpdatePolicy | None, obs: ObservedState,
     return RepairBootEnv(booted.name, ((booted.name, "good"), (target.name, mark)),
                          f"{why}: rewritten from the booted slot {booted.label} (default, "
                          f"good) and slot {target.label}'s own identity (marked {mark})")
+
+
+def _decided_rollback(policy: UpdatePolicy | None, obs: ObservedState,
+                      now: datetime) -> Action | None:
+    """A rollback already decided goes on at once, before any request or probe.
+
+    The executor keeps the failure on the data disk before it writes the boot
+    env, so a crash or a power cut between the two leaves the booted release
+    recorded as failed while the boot env still boots it. On trial, a new health
+    check would start a new deadline (the first probe went with the trial's
+    record) and could confirm what a person asked to roll back; confirmed, the
+    person's rollback would be forgotten. Either way the rollback is finished.
+    """
+    failed, booted, target = obs.failed, obs.booted_slot, obs.other_slot
+    if failed is None or failed.version != booted.version:
+        return None
+    reason = failed.reason or f"{failed.version} failed"
+    if obs.on_trial:
+        return Rollback(obs.booted, target.name, failed.version, reason)
+    if (obs.trial is None and obs.default == obs.booted and target.mark == "good"
+            and target.version and target.version != failed.version):
+        return Rollback(obs.booted, target.name, failed.version, reason)
+    return None
 
 
 def _overdue_trial(policy: UpdatePolicy | None, obs: ObservedState,

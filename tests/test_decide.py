@@ -706,6 +706,29 @@ def test_an_overdue_trial_is_rolled_back_before_any_request_is_taken() -> None:
     assert isinstance(decide(policy("1.0.1"), overdue, NOW), Rollback)
 
 
+def test_a_trial_whose_rollback_was_decided_is_rolled_back_at_once_after_a_crash() -> None:
+    # the failure was kept (the trial's record and the request went with it), then the
+    # process died before the boot env was written: no new probe, no new deadline
+    for reason in ("Health check timeout — gateway failed to start",
+                   "manual (kruxos update rollback)"):
+        crashed = replace(on_trial(None), failed=FailedVersion("1.0.1", reason))
+        action = decide(policy("1.0.1"), crashed, NOW)
+        assert action == Rollback("B", "A", "1.0.1", reason)
+        asked = replace(crashed, requests=(request("pin", version="1.0.2"),))
+        assert isinstance(decide(policy("1.0.1"), asked, NOW), Rollback)
+    # confirmed: a person's rollback killed after the failure was kept is finished
+    confirmed = observed("B", "1.0.1", "1.0.0", "good", default="B",
+                         failed=FailedVersion("1.0.1", "manual (kruxos update rollback)"))
+    assert decide(policy("1.0.1"), confirmed, NOW) == Rollback(
+        "B", "A", "1.0.1", "manual (kruxos update rollback)")
+    nowhere = observed("B", "1.0.1", "1.0.0", "bad", default="B",
+                       failed=FailedVersion("1.0.1", "manual (kruxos update rollback)"))
+    assert not isinstance(decide(policy("1.0.1"), nowhere, NOW), Rollback)
+    # another version recorded as failed does not roll this trial back
+    other_failed = replace(on_trial(None), failed=FailedVersion("1.0.2", "timeout"))
+    assert not isinstance(decide(policy("1.0.1"), other_failed, NOW), Rollback)
+
+
 def test_probe_counts_consecutive_healthy_answers_and_restarts_on_an_unhealthy_one() -> None:
     first = count_probe(None, True, "200 healthy", "timeout", NOW)
     assert (first.first_probe_at, first.consecutive_ok, first.probes) == (NOW, 1, 1)
