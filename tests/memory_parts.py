@@ -124,14 +124,23 @@ class MemoryAudit:
             self.disk.write("audit-head", lambda: setattr(self, "head",
                                                           (last["seq"], last["hash"])))
 
-    def problem(self) -> str | None:
-        """Why the trail and its head disagree, or ``None`` (``kruxos audit verify``)."""
-        prev = ZERO
-        for index, record in enumerate(self.records, 1):
+    def problem(self, chained: set[str] | None = None) -> str | None:
+        """Why the trail and its head disagree, or ``None`` (``kruxos audit verify``).
+
+        ``chained``: hashes of records already checked with all before them (a model
+        checker's many trails share their beginnings); the ones checked here are added.
+        """
+        known = chained if chained is not None else set()
+        start = len(self.records)
+        while start and self.records[start - 1]["hash"] not in known:
+            start -= 1
+        prev = self.records[start - 1]["hash"] if start else ZERO
+        for index, record in enumerate(self.records[start:], start + 1):
             if record["seq"] != index or record["prev"] != prev \
                     or record["hash"] != _chain_hash(prev, record):
                 return f"record {index} breaks the chain"
             prev = record["hash"]
+            known.add(prev)
         end = (self.records[-1]["seq"], prev) if self.records else (0, ZERO)
         if self.head not in (end, _before(self.records)):
             return f"the head {self.head[0]} is neither the trail's end {end[0]} nor one behind"

@@ -1,0 +1,521 @@
+"""Model check of the reconciler's core: every reachable state of a small device, breadth first.
+
+Because ``decide`` is pure and every fact lives on disk, the device is a
+small value: the boot script's ``KRUXOS_*`` variables, the release each slot's
+own bytes name (``None``: empty or half written), the state document, the
+audit trail and its head, the spec's desired version, the inbox of a
+person's requests, the booted slot and the clock. From each state the
+checker runs every event, with the real ``decide`` and the real executor
+over the in-memory parts of :mod:`tests.memory_parts`:
+
+- ``pass``: one reconcile pass (a fresh reconciler, as each pass reads all
+  from disk; what it keeps in memory only shapes log lines and wake-ups);
+- ``kill@k``: the pass dies after its k-th durable write; the daemon starts
+  again over the same disk;
+- ``cut@k``: the power goes after the k-th durable write (a write in flight
+  is lost whole: each is durable once it returns), then the device boots;
+- ``boot``: the reboot the product asked for, the slot chosen by the real
+  boot script's rules (:func:`reconciler.sim.bootloader.choose_and_save`);
+- ``tick``: the clock moves one health interval, so trial deadlines expire;
+- ``edit→V``: the spec's desired version is edited;
+- ``ask:…``: a person's request, as ``kruxos update`` writes it.
+
+Kills and cuts, spec edits and requests each have a bound; whether each
+release is healthy is fixed for a run (an *oracle*). Two states are the same
+when they differ only in what no decision reads (times as ages, capped where
+no threshold lies beyond; boot ids as this boot or an earlier one; audit
+records beyond the chain's integrity and the last decision).
+
+Invariants, in every state: the boot script would boot a slot holding a
+whole release, marked good, or on trial with tries left over a good default;
+the audit chain is intact and its head at the end (or one record behind, a
+crash the next open finishes); while the booted release is recorded as failed
+(a rollback decided and not finished) the next pass rolls back or reboots,
+before any request or probe. In the graph: every state where no
+event but passes, ticks and asked-for reboots happens ends up with no trial
+booted (a trial ends), and no cycle of such events contains a reboot (no
+update loop: spec edits, requests and cuts are bounded, so no cycle holds one).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import deque
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from reconciler import reconcile
+from reconciler.actions import Action, Reboot, Rollback
+from reconciler.boot import SlotName
+from reconciler.boot.abvars import TRIAL, state_of
+from reconciler.config import Device, load_device
+from reconciler.health import HealthAnswer
+from reconciler.reconcile import Parts, Reconciler
+from reconciler.release.identity import SlotIdentity
+from reconciler.sim.bootloader import choose_and_save
+from reconciler.sim.device import init_device
+from reconciler.specfile import LoadedSpec, parse_spec
+from tests.memory_parts import (
+    ZERO,
+    Disk,
+    FakeChannel,
+    FakeStager,
+    Killed,
+    MemoryAudit,
+    MemoryEnvBackend,
+    MemoryInbox,
+    MemoryKeeper,
+    MemoryMachine,
+    MemoryStore,
+)
+
+RELEASES = ("1.0.0", "1.0.1", "1.0.2")
+INTERVAL = timedelta(seconds=5)
+TIMEOUT = timedelta(seconds=10)
+#: Ages at or beyond this cross no threshold of the spec below (timeout, interval).
+AGE_CAP = 15.0
+START = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
+SPEC = """\
+apiVersion: kruxos.io/v1
+kind: UpdatePolicy
+metadata:
+  name: model
+spec:
+  version: {version}
+  channel:
+    url: http://127.0.0.1:9/
+  health:
+    interval: 5s
+    timeout: 10s
+"""
+
+#: A person's requests: (label, kind, fields), as ``kruxos update ...`` writes them.
+REQUESTS: tuple[tuple[str, str, dict[str, str]], ...] = (
+    *((f"apply {v} --reboot now", "pin", {"version": v, "reboot": "now"}) for v in RELEASES),
+    ("rollback", "rollback", {}),
+    ("confirm", "confirm", {}),
+    ("cancel", "cancel", {}),
+    ("resume", "resume", {}),
+)
+
+
+@dataclass(frozen=True)
+class Bounds:
+    """How far the exploration goes."""
+
+    edits: int = 2
+    cuts: int = 2
+    requests: int = 1
+    first_spec: str = "1.0.1"
+
+
+@dataclass
+class World:
+    """One state of the device: everything that outlives a process, plus the clock."""
+
+    env: dict[str, str]
+    identities: dict[SlotName, str | None]
+    doc: dict[str, Any]
+    records: list[dict[str, Any]]
+    head: tuple[int, str]
+    inbox: list[tuple[str, dict[str, Any]]]
+    booted: SlotName
+    boots: int
+    now: datetime
+    spec: str
+    edits: int = 0
+    cuts: int = 0
+    requests: int = 0
+    reboot_due: bool = False
+
+    def copy(self) -> World:
+        return World(dict(self.env), dict(self.identities), json.loads(json.dumps(self.doc)),
+                     list(self.records), self.head, list(self.inbox), self.booted, self.boots,
+                     self.now, self.spec, self.edits, self.cuts, self.requests,
+                     self.reboot_due)
+
+
+def initial(bounds: Bounds) -> World:
+    """Slot A runs 1.0.0, confirmed; slot B is empty; the spec wants ``first_spec``."""
+    env = {"KRUXOS_DEFAULT": "A", "KRUXOS_TRIAL": "", "KRUXOS_TRIES": "", "KRUXOS_A": "good",
+           "KRUXOS_B": "empty", "KRUXOS_FALLBACK": ""}
+    return World(env, {"A": "1.0.0", "B": None}, {}, [], (0, ZERO), [], "A", 1, START,
+                 bounds.first_spec)
+
+
+@dataclass(frozen=True)
+class Edge:
+    """One event from a state: its label, the state it leads to, and what kind it is."""
+
+    label: str
+    target: int
+    free: bool  # a pass, a tick or an asked-for reboot: what happens with no one around
+    reboot: bool  # the reboot the product asked for
+
+
+@dataclass
+class Result:
+    """What one exploration found."""
+
+    states: int
+    edges: int
+    depth: int
+    runs: int
+    seconds: float
+    violations: list[str] = field(default_factory=list)
+
+
+class Model:
+    """The device, the events and the invariants, for one health oracle and one bound."""
+
+    def __init__(self, device: Device, healthy: dict[str, bool], bounds: Bounds) -> None:
+        self.device = device
+        self.healthy = healthy
+        self.bounds = bounds
+        self.specs: dict[str, LoadedSpec] = {
+            v: parse_spec(SPEC.format(version=v).encode()) for v in RELEASES}
+        self.runs = 0
+        self.chained: set[str] = set()
+
+    # -- running the product ---------------------------------------------------------------
+
+    def run_pass(self, world: World, kill_after: int | None = None
+                 ) -> tuple[World, int, Action | None]:
+        """One pass over a copy of ``world``: the new world, its durable writes, the action."""
+        w = world.copy()
+        self.runs += 1
+        disk = Disk(kill_after)
+        journal: list[str] = []
+        store = MemoryStore(self.device.data_dir, journal, disk, w.doc)
+        audit = MemoryAudit(journal, disk, w.records, w.head)
+        backend = MemoryEnvBackend(w.env, disk, journal)
+        machine = MemoryMachine({s: SlotIdentity(version=v) if v else None
+                                 for s, v in w.identities.items()}, w.booted, w.boots, disk)
+        inbox = MemoryInbox(w.inbox, disk)
+        asked: list[str] = []
+
+        def probe(url: str, timeout: float) -> HealthAnswer:
+            identity = machine.identities[machine.booted]
+            good = identity is not None and self.healthy.get(identity.version, False)
+            return HealthAnswer(healthy=good, status=200 if good else 503)
+
+        parts = Parts(store=store, audit=audit,  # type: ignore[arg-type]
+                      backend=backend, channel=FakeChannel(RELEASES),
+                      stager=FakeStager(machine, backend, journal), prober=probe,
+                      rebooter=asked.append, machine=machine,
+                      keeper=MemoryKeeper(self.specs[w.spec]),  # type: ignore[arg-type]
+                      inbox=inbox)
+        action: Action | None = None
+        try:
+            audit.open()  # the trail opens as the daemon starts
+            result = Reconciler(self.device, clock=lambda: w.now, parts=parts).run_pass("daemon")
+            action = result.action
+        except Killed:
+            pass
+        w.doc, w.records, w.head, w.env = store.doc, audit.records, audit.head, backend.env
+        w.identities = {s: i.version if i else None for s, i in machine.identities.items()}
+        w.inbox = inbox.requests
+        w.reboot_due = w.reboot_due or bool(asked)
+        return w, len(disk.writes), action
+
+    @staticmethod
+    def boot(world: World) -> World:
+        """A power-on: the boot script picks the slot and saves its countdown."""
+        w = world.copy()
+        choice = choose_and_save(w.env, w.env.update)
+        w.booted, w.boots, w.reboot_due = choice.slot, w.boots + 1, False
+        return w
+
+    # -- events ------------------------------------------------------------------------------
+
+    def successors(self, world: World) -> Iterator[tuple[str, World, bool, bool, Action | None]]:
+        """(label, next world, free, asked-for reboot, the pass's action) for every event."""
+        b = self.bounds
+        if world.reboot_due:
+            yield "boot", self.boot(world), True, True, None
+            return
+        after, writes, action = self.run_pass(world)
+        yield "pass", after, True, False, action
+        if world.cuts < b.cuts:
+            for k in range(1, writes):
+                killed, _, _ = self.run_pass(world, kill_after=k)
+                killed.cuts += 1
+                yield f"kill@{k}", killed, False, False, None
+            for k in range(0, writes + 1):
+                cut = self.run_pass(world, kill_after=k)[0] if k else world.copy()
+                cut = self.boot(cut)
+                cut.cuts += 1
+                yield f"cut@{k}", cut, False, False, None
+        ticked = world.copy()
+        ticked.now += INTERVAL
+        yield "tick", ticked, True, False, None
+        if world.edits < b.edits:
+            for version in RELEASES:
+                if version != world.spec:
+                    edited = world.copy()
+                    edited.spec, edited.edits = version, world.edits + 1
+                    yield f"edit→{version}", edited, False, False, None
+        if world.requests < b.requests:
+            for label, kind, fields in REQUESTS:
+                asked = world.copy()
+                asked.requests += 1
+                asked.inbox.append((f"{asked.requests:05d}-{kind}.json",
+                                    {"kind": kind, "at": 0.0, "by": "a person", **fields}))
+                yield f"ask:{label}", asked, False, False, None
+
+    # -- what counts as the same state ----------------------------------------------------------
+
+    def key(self, w: World) -> str:
+        """The canonical form: what a decision can read, nothing more."""
+        doc = json.loads(json.dumps(w.doc))
+        this_boot = f"boot-{w.boots}"
+        for section, name in (("trial", "boot_id"), ("request", "boot_id")):
+            if isinstance(doc.get(section), dict) and name in doc[section]:
+                doc[section][name] = "this" if doc[section][name] == this_boot else "earlier"
+        trial = doc.get("trial")
+        if isinstance(trial, dict):
+            for name in ("first_probe_at", "last_probe_at"):
+                if trial.get(name):
+                    age = (w.now - datetime.fromisoformat(trial[name])).total_seconds()
+                    trial[name] = min(age, AGE_CAP)
+        for section, name in (("trial_policy", "armed_at"), ("rollback", "at"),
+                              ("failed", "at"), ("override", "at")):
+            if isinstance(doc.get(section), dict):
+                doc[section].pop(name, None)
+        last = next(((r["action"], r["reason"]) for r in reversed(w.records)
+                     if r["kind"] == "decision"), None)
+        end = (w.records[-1]["seq"], w.records[-1]["hash"]) if w.records else (0, ZERO)
+        inbox = [(v["kind"], v.get("version"), v.get("reboot")) for _, v in w.inbox]
+        return json.dumps([sorted(w.env.items()), sorted(w.identities.items()), doc,
+                           w.head == end, last, inbox, w.booted, w.spec, w.edits, w.cuts,
+                           w.requests, w.reboot_due], sort_keys=True, default=str)
+
+    # -- invariants ----------------------------------------------------------------------------
+
+    def check(self, w: World) -> list[str]:
+        """The invariants every single state must hold."""
+        found = []
+        bootable = _bootable(w)
+        if bootable is not None:
+            found.append(f"no good slot boots: {bootable}")
+        problem = self._audit_problem(w)
+        if problem is not None:
+            found.append(f"the audit head does not match the trail: {problem}")
+        return found
+
+    def _audit_problem(self, w: World) -> str | None:
+        """The trail's check, each record walked once (states share their histories)."""
+        return MemoryAudit([], records=w.records, head=w.head).problem(self.chained)
+
+    @staticmethod
+    def runs_failed(w: World) -> bool:
+        """The booted release is recorded as failed: a rollback was decided, not finished
+        (a good slot to go back to is there: the check needs one, as a rollback does)."""
+        failed = (w.doc.get("failed") or {}).get("version")
+        back: SlotName = "B" if w.booted == "A" else "A"
+        return (failed is not None and failed == w.identities.get(w.booted)
+                and not w.reboot_due and w.env.get(f"KRUXOS_{back}") == "good"
+                and w.identities.get(back) not in (None, failed))
+
+
+def _bootable(w: World) -> str | None:
+    """Why the boot script would not boot a good slot now, or ``None``."""
+    env = dict(w.env)
+    choice = choose_and_save(env, env.update)
+    state = state_of(env, Path("memory-env"), "")
+
+    def whole(slot: SlotName) -> bool:
+        return w.identities.get(slot) is not None
+
+    if choice.trial:
+        if not whole(choice.slot):
+            return f"trial slot {choice.slot} holds no whole release"
+        if state.marks[state.default] != "good" or not whole(state.default):
+            return f"the fallback {state.default} of trial {choice.slot} is not a good slot"
+        return None
+    if state.marks[choice.slot] != "good" or not whole(choice.slot):
+        return (f"slot {choice.slot} boots, marked {state.marks[choice.slot]}, holding "
+                f"{w.identities.get(choice.slot)}")
+    return None
+
+
+@contextmanager
+def _quiet() -> Iterator[None]:
+    """The reconciler's log lines go to stderr; a model run makes hundreds of thousands."""
+    saved = reconcile.log
+    reconcile.log = lambda message: None
+    try:
+        yield
+    finally:
+        reconcile.log = saved
+
+
+def explore(model: Model, limit: int = 2_000_000) -> Result:
+    """Breadth first over every reachable state; then the graph's invariants."""
+    started = time.monotonic()
+    first = initial(model.bounds)
+    keys: dict[str, int] = {model.key(first): 0}
+    worlds: list[World] = [first]
+    parent: list[tuple[int, str] | None] = [None]
+    depth = [0]
+    edges: list[list[Edge]] = []
+    violations: list[str] = []
+    queue = deque([0])
+    with _quiet():
+        while queue:
+            index = queue.popleft()
+            world = worlds[index]
+            out: list[Edge] = []
+            for problem in model.check(world):
+                violations.append(f"{problem}\n  path: {_path(parent, index)}")
+            for label, after, free, reboot, action in model.successors(world):
+                if label == "pass" and model.runs_failed(world) \
+                        and not isinstance(action, Rollback | Reboot):
+                    kind = action.kind if action else "none"
+                    violations.append(f"the booted release is recorded as failed (a rollback "
+                                      f"was decided) but the pass decided {kind}\n  path: "
+                                      f"{_path(parent, index)}")
+                key = model.key(after)
+                target = keys.get(key)
+                if target is None:
+                    target = keys[key] = len(worlds)
+                    if target >= limit:
+                        raise RuntimeError(f"more than {limit} states: the bound is too wide")
+                    worlds.append(after)
+                    parent.append((index, label))
+                    depth.append(depth[index] + 1)
+                    queue.append(target)
+                out.append(Edge(label, target, free, reboot))
+            while len(edges) <= index:
+                edges.append([])
+            edges[index] = out
+    violations += _graph_violations(worlds, edges, parent)
+    return Result(len(worlds), sum(len(e) for e in edges), max(depth), model.runs,
+                  time.monotonic() - started, violations)
+
+
+def _path(parent: list[tuple[int, str] | None], index: int) -> str:
+    labels = []
+    while (step := parent[index]) is not None:
+        index, label = step
+        labels.append(label)
+    return " → ".join(reversed(labels)) or "(the first state)"
+
+
+def _graph_violations(worlds: list[World], edges: list[list[Edge]],
+                      parent: list[tuple[int, str] | None]) -> list[str]:
+    """No reboot inside a cycle of free events; every bottom component has no trial booted."""
+    free = [[e for e in out if e.free] for out in edges]
+    component = _components(free)
+    found = []
+    reported: set[int] = set()
+    for index, out in enumerate(free):
+        for e in out:
+            if e.reboot and component[e.target] == component[index] \
+                    and component[index] not in reported:
+                reported.add(component[index])
+                cycle = _cycle(free, component, e.target, index)
+                found.append(f"a cycle of reboots with no spec edit: {_path(parent, index)} "
+                             f"→ boot, then {cycle}")
+    leaves = {c for c in set(component)
+              if all(component[e.target] == c for i, out in enumerate(free)
+                     if component[i] == c for e in out)}
+    for index, world in enumerate(worlds):
+        c = component[index]
+        if c in leaves and c not in reported and world.env.get(TRIAL) == world.booted:
+            reported.add(c)
+            found.append(f"a trial that never ends: slot {world.booted} stays on trial with "
+                         f"nothing left to happen but passes and ticks\n  path: "
+                         f"{_path(parent, index)}")
+    return found
+
+
+def _cycle(free: list[list[Edge]], component: list[int], start: int, end: int) -> str:
+    """The free events leading from ``start`` back to ``end`` inside one component."""
+    seen = {start: (start, "")}
+    queue = deque([start])
+    while queue:
+        node = queue.popleft()
+        if node == end:
+            break
+        for e in free[node]:
+            if component[e.target] == component[start] and e.target not in seen:
+                seen[e.target] = (node, e.label)
+                queue.append(e.target)
+    labels = []
+    node = end
+    while node != start and node in seen:
+        node, label = seen[node]
+        labels.append(label)
+    return " → ".join(reversed(labels)) + " → boot"
+
+
+def _components(graph: list[list[Edge]]) -> list[int]:
+    """Tarjan's strongly connected components, without recursion."""
+    count = len(graph)
+    index_of = [-1] * count
+    low = [0] * count
+    on_stack = [False] * count
+    component = [-1] * count
+    stack: list[int] = []
+    counter = 0
+    found = 0
+    for root in range(count):
+        if index_of[root] != -1:
+            continue
+        work: list[tuple[int, int]] = [(root, 0)]
+        while work:
+            node, child = work.pop()
+            if child == 0:
+                index_of[node] = low[node] = counter
+                counter += 1
+                stack.append(node)
+                on_stack[node] = True
+            recurse = False
+            for position in range(child, len(graph[node])):
+                target = graph[node][position].target
+                if index_of[target] == -1:
+                    work.append((node, position + 1))
+                    work.append((target, 0))
+                    recurse = True
+                    break
+                if on_stack[target]:
+                    low[node] = min(low[node], index_of[target])
+            if recurse:
+                continue
+            if low[node] == index_of[node]:
+                while True:
+                    member = stack.pop()
+                    on_stack[member] = False
+                    component[member] = found
+                    if member == node:
+                        break
+                found += 1
+            if work:
+                parent_node = work[-1][0]
+                low[parent_node] = min(low[parent_node], low[node])
+    return component
+
+
+def model_device(directory: Path) -> Device:
+    """The device config the reconciler needs (its files are never touched by the model)."""
+    init_device(directory)
+    return load_device(directory / "device.yaml")
+
+
+def run(directory: Path, healthy: dict[str, bool], bounds: Bounds,
+        report: Callable[[str], None] = print) -> Result:
+    """Explore one oracle and bound; print the counts."""
+    model = Model(model_device(directory), healthy, bounds)
+    result = explore(model)
+    oracle = ", ".join(f"{v} {'good' if ok else 'bad'}" for v, ok in healthy.items())
+    report(f"model check ({oracle}; edits {bounds.edits}, cuts {bounds.cuts}, requests "
+           f"{bounds.requests}): {result.states} states, {result.edges} events, depth "
+           f"{result.depth}, {result.runs} passes run, {result.seconds:.1f} s, "
+           f"{len(result.violations)} violation(s)")
+    return result
