@@ -39,6 +39,7 @@ update loop: spec edits, requests and cuts are bounded, so no cycle holds one).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from collections import deque
@@ -355,21 +356,28 @@ def _quiet() -> Iterator[None]:
         reconcile.log = saved
 
 
-def explore(model: Model, limit: int = 2_000_000) -> Result:
-    """Breadth first over every reachable state; then the graph's invariants."""
+def explore(model: Model, limit: int = 3_000_000) -> Result:
+    """Breadth first over every reachable state; then the graph's invariants.
+
+    A state is kept as the digest of its canonical form; its world only until
+    its events have run (the deeper bounds hold millions of edges).
+    """
     started = time.monotonic()
     first = initial(model.bounds)
-    keys: dict[str, int] = {model.key(first): 0}
-    worlds: list[World] = [first]
+    keys: dict[bytes, int] = {_digest(model.key(first)): 0}
+    worlds: list[World | None] = [first]
     parent: list[tuple[int, str] | None] = [None]
     depth = [0]
     edges: list[list[Edge]] = []
+    on_trial: list[bool] = []
     violations: list[str] = []
     queue = deque([0])
     with _quiet():
         while queue:
             index = queue.popleft()
             world = worlds[index]
+            assert world is not None
+            worlds[index] = None
             out: list[Edge] = []
             for problem in model.check(world):
                 violations.append(f"{problem}\n  path: {_path(parent, index)}")
@@ -380,7 +388,7 @@ def explore(model: Model, limit: int = 2_000_000) -> Result:
                     violations.append(f"the booted release is recorded as failed (a rollback "
                                       f"was decided) but the pass decided {kind}\n  path: "
                                       f"{_path(parent, index)}")
-                key = model.key(after)
+                key = _digest(model.key(after))
                 target = keys.get(key)
                 if target is None:
                     target = keys[key] = len(worlds)
@@ -393,10 +401,16 @@ def explore(model: Model, limit: int = 2_000_000) -> Result:
                 out.append(Edge(label, target, free, reboot))
             while len(edges) <= index:
                 edges.append([])
+                on_trial.append(False)
             edges[index] = out
-    violations += _graph_violations(worlds, edges, parent)
+            on_trial[index] = world.env.get(TRIAL) == world.booted
+    violations += _graph_violations(on_trial, edges, parent)
     return Result(len(worlds), sum(len(e) for e in edges), max(depth), model.runs,
                   time.monotonic() - started, violations)
+
+
+def _digest(key: str) -> bytes:
+    return hashlib.blake2b(key.encode(), digest_size=16).digest()
 
 
 def _path(parent: list[tuple[int, str] | None], index: int) -> str:
@@ -407,7 +421,7 @@ def _path(parent: list[tuple[int, str] | None], index: int) -> str:
     return " → ".join(reversed(labels)) or "(the first state)"
 
 
-def _graph_violations(worlds: list[World], edges: list[list[Edge]],
+def _graph_violations(on_trial: list[bool], edges: list[list[Edge]],
                       parent: list[tuple[int, str] | None]) -> list[str]:
     """No reboot inside a cycle of free events; every bottom component has no trial booted."""
     free = [[e for e in out if e.free] for out in edges]
@@ -422,14 +436,14 @@ def _graph_violations(worlds: list[World], edges: list[list[Edge]],
                 cycle = _cycle(free, component, e.target, index)
                 found.append(f"a cycle of reboots with no spec edit: {_path(parent, index)} "
                              f"→ boot, then {cycle}")
-    leaves = {c for c in set(component)
-              if all(component[e.target] == c for i, out in enumerate(free)
-                     if component[i] == c for e in out)}
-    for index, world in enumerate(worlds):
+    leaving = {component[i] for i, out in enumerate(free) for e in out
+               if component[e.target] != component[i]}
+    leaves = set(component) - leaving
+    for index, trial in enumerate(on_trial):
         c = component[index]
-        if c in leaves and c not in reported and world.env.get(TRIAL) == world.booted:
+        if c in leaves and c not in reported and trial:
             reported.add(c)
-            found.append(f"a trial that never ends: slot {world.booted} stays on trial with "
+            found.append(f"a trial that never ends: the booted slot stays on trial with "
                          f"nothing left to happen but passes and ticks\n  path: "
                          f"{_path(parent, index)}")
     return found
