@@ -135,7 +135,9 @@ def _decided_rollback(policy: UpdatePolicy | None, obs: ObservedState,
     recorded as failed while the boot env still boots it. On trial, a new health
     check would start a new deadline (the first probe went with the trial's
     record) and could confirm what a person asked to roll back; confirmed, the
-    person's rollback would be forgotten. Either way the rollback is finished.
+    person's rollback would be forgotten. Either way the rollback is finished;
+    once the boot env is written, by the reboot that was not asked yet (a
+    person's request waits for it, a second rollback would find nothing to do).
     """
     failed, booted, target = obs.failed, obs.booted_slot, obs.other_slot
     if failed is None or failed.version != booted.version:
@@ -143,6 +145,9 @@ def _decided_rollback(policy: UpdatePolicy | None, obs: ObservedState,
     reason = failed.reason or f"{failed.version} failed"
     if obs.on_trial:
         return Rollback(obs.booted, target.name, failed.version, reason)
+    if obs.trial is None and obs.default != obs.booted:
+        return Reboot(obs.default, f"the rollback of {failed.version} is half done (the boot "
+                      f"env boots slot {obs.default} next): finish it with a reboot")
     if (obs.trial is None and obs.default == obs.booted and target.mark == "good"
             and target.version and target.version != failed.version):
         return Rollback(obs.booted, target.name, failed.version, reason)

@@ -724,6 +724,11 @@ def test_a_trial_whose_rollback_was_decided_is_rolled_back_at_once_after_a_crash
     nowhere = observed("B", "1.0.1", "1.0.0", "bad", default="B",
                        failed=FailedVersion("1.0.1", "manual (kruxos update rollback)"))
     assert not isinstance(decide(policy("1.0.1"), nowhere, NOW), Rollback)
+    # the boot env written, the reboot not asked yet: the reboot comes before any request
+    half_done = replace(observed("B", "1.0.1", "1.0.0", "good", default="A",
+                                 failed=FailedVersion("1.0.1", "timeout")),
+                        requests=(request("rollback"),))
+    assert isinstance(decide(policy("1.0.1"), half_done, NOW), Reboot)
     # another version recorded as failed does not roll this trial back
     other_failed = replace(on_trial(None), failed=FailedVersion("1.0.2", "timeout"))
     assert not isinstance(decide(policy("1.0.1"), other_failed, NOW), Rollback)
