@@ -208,7 +208,8 @@ class Model:
         parts = Parts(store=store, audit=audit,  # type: ignore[arg-type]
                       backend=backend, channel=FakeChannel(RELEASES),
                       stager=FakeStager(machine, backend, journal), prober=probe,
-                      rebooter=asked.append, machine=machine,
+                      rebooter=lambda reason: disk.write("reboot", lambda: asked.append(reason)),
+                      machine=machine,
                       keeper=MemoryKeeper(self.specs[w.spec]),  # type: ignore[arg-type]
                       inbox=inbox)
         action: Action | None = None
