@@ -517,6 +517,15 @@ def _components(graph: list[list[Edge]]) -> list[int]:
     return component
 
 
+def replay(model: Model, path: str) -> World:
+    """The state a violation's path leads to (``"pass → boot → kill@3"``), to look at."""
+    world = initial(model.bounds)
+    with _quiet():
+        for label in path.split(" → "):
+            world = next(after for name, after, *_ in model.successors(world) if name == label)
+    return world
+
+
 def model_device(directory: Path) -> Device:
     """The device config the reconciler needs (its files are never touched by the model)."""
     init_device(directory)

@@ -16,9 +16,9 @@ from typing import Any
 import pytest
 
 from reconciler import reconcile
-from reconciler.actions import Action, Rollback, Wait
+from reconciler.actions import Action, Reboot, Rollback, Wait
 from reconciler.executor import Executor
-from tests.model_check import Bounds, Result, run
+from tests.model_check import Bounds, Model, Result, model_device, replay, run
 
 ALL_GOOD = {"1.0.0": True, "1.0.1": True, "1.0.2": True}
 ONE_BAD = {"1.0.0": True, "1.0.1": False, "1.0.2": True}
@@ -75,3 +75,37 @@ def test_a_decide_that_forgets_failed_trials_is_caught_in_a_reboot_loop(
     result = run(tmp_path / "dev", ONE_BAD, Bounds(edits=0, cuts=0, requests=0))
     loops = [v for v in result.violations if v.startswith("a cycle of reboots")]
     assert loops and "boot" in loops[0], result.violations
+
+
+# ---- the paths of what the model check found, replayed through the real reconciler ---------
+
+def test_a_rollback_killed_once_the_failure_is_kept_goes_on_at_the_next_pass(
+        tmp_path: Path) -> None:
+    model = Model(model_device(tmp_path / "dev"), ONE_BAD, Bounds(cuts=1))
+    # stage, reboot into the trial, first probe, the deadline, rollback killed at write 3
+    world = replay(model, "pass → pass → boot → pass → tick → tick → kill@3")
+    assert world.env["KRUXOS_TRIAL"] == "B" and world.doc["failed"]["version"] == "1.0.1"
+    assert "trial" not in world.doc  # the first probe went with the failure's write
+    _, _, action = model.run_pass(world)
+    assert isinstance(action, Rollback), action
+
+
+def test_a_persons_rollback_of_a_confirmed_release_killed_midway_is_finished(
+        tmp_path: Path) -> None:
+    model = Model(model_device(tmp_path / "dev"), ALL_GOOD, Bounds(cuts=1, requests=1))
+    world = replay(model, "pass → pass → boot → pass → pass → ask:rollback → pass → kill@3")
+    assert world.env["KRUXOS_DEFAULT"] == "B" and world.doc["failed"]["version"] == "1.0.1"
+    _, _, action = model.run_pass(world)
+    assert isinstance(action, Rollback) and action.to_slot == "A", action
+
+
+def test_a_rollback_half_done_reboots_before_a_persons_request_is_taken(
+        tmp_path: Path) -> None:
+    model = Model(model_device(tmp_path / "dev"), ONE_BAD, Bounds(cuts=1, requests=1))
+    # killed after the boot env write (4), before the reboot was asked (5)
+    world = replay(model, "pass → pass → boot → pass → tick → tick → kill@4 → ask:rollback")
+    assert world.env["KRUXOS_DEFAULT"] == "A" and world.booted == "B"
+    assert not world.reboot_due and world.inbox
+    after, _, action = model.run_pass(world)
+    assert isinstance(action, Reboot) and after.reboot_due, action
+    assert after.inbox, "the request waits for the reboot"
