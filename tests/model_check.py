@@ -349,12 +349,13 @@ def _bootable(w: World) -> str | None:
 @contextmanager
 def _quiet() -> Iterator[None]:
     """The reconciler's log lines go to stderr; a model run makes hundreds of thousands."""
-    saved = reconcile.log
-    reconcile.log = lambda message: None
+    namespace = vars(reconcile)  # the name the reconciler calls, imported from logline
+    saved = namespace["log"]
+    namespace["log"] = lambda message: None
     try:
         yield
     finally:
-        reconcile.log = saved
+        namespace["log"] = saved
 
 
 def explore(model: Model, limit: int = 3_000_000) -> Result:
