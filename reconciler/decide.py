@@ -224,12 +224,39 @@ def _on_rollback(req: Request, policy: UpdatePolicy | None, obs: ObservedState) 
 def _on_cancel(req: Request, policy: UpdatePolicy | None, obs: ObservedState) -> TakeRequest:
     """Forget the staging and the staged slot; pin the running version."""
     target, running = obs.other_slot, obs.booted_slot.version
-    staging_there = obs.staging is not None and obs.staging.slot == target.name
-    forget = target.name if target.mark == "staged" or staging_there else None
-    return TakeRequest(req, f"staging cancelled and slot {target.label} forgotten; {running} "
-                       "stays pinned until the spec changes or kruxos update resume",
+    forget = target.name if cancels_a_staging(obs) else None
+    if forget is not None:
+        reason = f"staging cancelled and slot {target.label} forgotten"
+    else:
+        wanted = desired_version(policy, obs) if policy else None
+        reason = f"nothing was staged yet{f' ({wanted} was next)' if wanted else ''}"
+    return TakeRequest(req, f"{reason}; {running} stays pinned until the spec changes or "
+                       "kruxos update resume",
                        spec_wanted=spec_wants(policy, obs) if policy else None,
                        forget=forget, slot=obs.booted, version=running)
+
+
+def cancels_a_staging(obs: ObservedState) -> bool:
+    """A cancel now has a staging in progress or a staged (maybe armed) slot to forget."""
+    target = obs.other_slot
+    staging_there = obs.staging is not None and obs.staging.slot == target.name
+    return target.mark == "staged" or staging_there
+
+
+def cancel_refusal(policy: UpdatePolicy | None, obs: ObservedState) -> str | None:
+    """Why a cancel would do nothing at all, or ``None``.
+
+    A cancel forgets a staging; with none, it still holds the running version
+    against an update the spec (or a pin) is about to start. When the device
+    already runs what is wanted and nothing is staged, there is nothing to hold."""
+    if cancels_a_staging(obs) or obs.on_trial:
+        return None
+    running = obs.booted_slot.version
+    wanted = desired_version(policy, obs) if policy else None
+    if wanted is not None and wanted != running:
+        return None
+    return (f"nothing to cancel: slot {obs.booted_slot.label} runs {running}, which is what "
+            "is wanted, and nothing is staged or staging")
 
 
 _REQUESTS = {"pin": _on_pin, "reboot": _on_reboot, "stop": _on_stop, "resume": _on_resume,
@@ -251,11 +278,17 @@ def _end_override(policy: UpdatePolicy | None, obs: ObservedState,
 
 def _lift_block(policy: UpdatePolicy | None, obs: ObservedState,
                 now: datetime) -> Action | None:
-    """A failed version is forgotten once the desired version resolves to another one."""
+    """A failed version is forgotten once the desired version resolves to another one.
+
+    While a person's pin holds, the spec's own version decides: a pin is a hold
+    at the device (``cancel`` pins the running version), and dropping it with
+    ``resume`` must not bring back the version the person rolled back from. A
+    person who wants the failed version again pins it (``apply V``)."""
     failed = obs.failed
     if failed is None or policy is None:
         return None
-    desired = desired_version(policy, obs)
+    desired = spec_wants(policy, obs) if obs.override is not None else \
+        desired_version(policy, obs)
     if desired is None or desired == failed.version:
         return None
     return LiftBlock(failed.version, f"{failed.version} may be tried again: the desired "
@@ -350,8 +383,12 @@ def _finish_pending(policy: UpdatePolicy | None, obs: ObservedState,
         return Reboot(obs.default, f"the bootloader boots slot {obs.default} next: finish "
                       "the switch with a reboot")
     staging_there = obs.staging is not None and obs.staging.slot == target.name
+    # The bootloader's fallback trace stays in its env until the next arming: it is
+    # about the version last armed, not about a slot a cancel marked bad since.
+    armed_last = obs.trial_policy_version
     if (obs.fallback_trace and target.mark == "bad" and target.version
-            and obs.rolled_back_from != target.version and not staging_there):
+            and obs.rolled_back_from != target.version and not staging_there
+            and armed_last in (None, target.version)):
         return NoteFallback(target.version, f"Trial boot failed — {obs.fallback_trace}")
     return None
 

@@ -99,6 +99,8 @@ def test_a_simulated_device_that_is_not_running_says_how_to_start_it(tmp_path: P
 
 def test_audit_show_of_a_decision_carries_its_outcome(device_dir: Path) -> None:
     config = device_dir / "device.yaml"
+    spec = device_dir / "spec.yaml"
+    spec.write_text(spec.read_text().replace("version: 1.0.0", "version: 1.0.1"))
     assert _run("update", "cancel", config=config).returncode == 0  # passes run here
     records = [json.loads(line) for line in
                _run("audit", "list", "--json", config=config).stdout.splitlines()]

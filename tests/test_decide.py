@@ -324,6 +324,28 @@ def test_bootloader_fallback_is_noted_as_a_failed_version_once() -> None:
     assert action == NoteFallback("1.0.1", "Trial boot failed — B: trial tries exhausted")
     noted = replace(obs, rolled_back_from="1.0.1", failed=FailedVersion("1.0.1", "x"))
     assert isinstance(decide(policy("1.0.1"), noted, NOW), Blocked)
+    armed = replace(obs, trial_policy_version="1.0.1")  # the trial that fell back was 1.0.1's
+    assert isinstance(decide(policy("1.0.1"), armed, NOW), NoteFallback)
+
+
+def test_a_stale_fallback_trace_is_not_pinned_on_a_slot_a_cancel_marked_bad() -> None:
+    # 1.0.1 fell back earlier (its trace stays in the env until the next arming); 1.0.2 was
+    # then staged and cancelled, never armed: it did not fail on trial.
+    obs = observed("A", "1.0.0", "1.0.2", "bad", fallback_trace="B: trial tries exhausted",
+                   trial_policy_version="1.0.1", rolled_back_from="1.0.1")
+    assert not isinstance(decide(policy("1.0.0"), obs, NOW), NoteFallback)
+
+
+def test_a_pin_at_the_running_version_does_not_lift_the_block_a_resume_would_undo() -> None:
+    from reconciler.observed import Override
+
+    blocked = observed("A", "1.0.0", "1.0.1", "good", rolled_back_from="1.0.1",
+                       failed=FailedVersion("1.0.1", "manual (kruxos update rollback)"))
+    pinned = replace(blocked, override=Override(version="1.0.0", actor="cli",
+                                                spec_wanted="1.0.1"))
+    assert not isinstance(decide(policy("1.0.1"), pinned, NOW), LiftBlock)
+    assert isinstance(decide(policy("1.0.1"), blocked, NOW), Blocked)  # after the resume
+    assert isinstance(decide(policy("1.0.2"), blocked, NOW), LiftBlock)  # the spec moved on
 
 
 # ---- suspend, channel, override --------------------------------------------------------------

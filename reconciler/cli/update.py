@@ -32,7 +32,13 @@ from reconciler.actions import Blocked
 from reconciler.channelwatch import ChannelWatch, view_of
 from reconciler.cli.link import Link, connect
 from reconciler.config import Device
-from reconciler.decide import downgrade_refusal, is_newer, rollback_refusal
+from reconciler.decide import (
+    cancel_refusal,
+    cancels_a_staging,
+    downgrade_refusal,
+    is_newer,
+    rollback_refusal,
+)
 from reconciler.errors import KruxosError
 from reconciler.inspect import inspect_device, spec_in_force
 from reconciler.observed import ChannelView
@@ -456,11 +462,17 @@ def resume(ctx: click.Context, as_json: bool) -> None:
 def cancel(ctx: click.Context, as_json: bool) -> None:
     """Stop a staging in progress and forget the staged slot (the running version stays)."""
     device = _device(ctx)
-    obs = inspect_device(device, _now()).observed
+    view = inspect_device(device, _now())
+    obs = view.observed
+    refusal = cancel_refusal(view.policy, obs)
+    if refusal is not None:
+        _fail(refusal, 1, as_json)
+    staging = cancels_a_staging(obs)
     _ask(device, "cancel")
+    done = "Staging cancelled" if staging else "Nothing was staged yet"
     _done_json_or(as_json, {"pinned": obs.booted_slot.version},
-                  f"Staging cancelled; {obs.booted_slot.version} stays until the spec changes "
-                  "or 'kruxos update resume'.")
+                  f"{done}; {obs.booted_slot.version} stays until the spec changes or "
+                  "'kruxos update resume'.")
 
 
 COMMANDS = (check, apply, rollback, confirm, resume, cancel)

@@ -15,6 +15,7 @@ from .conftest import (
     events,
     json_of,
     run_cli,
+    set_spec_block,
     steady_for,
     wait_staging_started,
 )
@@ -88,11 +89,64 @@ def test_cancel_stops_a_slow_download_pins_the_running_version_and_resume_hands_
 def test_a_spec_edit_that_ends_a_pin_leads_to_its_stage_without_waiting_for_the_resync(
         make_device: Callable[..., SimDevice]) -> None:
     device = make_device(resync="5m")  # only the spec watcher can start the stage
+    device.publish("1.0.2")
     device.start()
+    assert run_cli(device, "update", "apply", "1.0.1", "--no-reboot").returncode == 0
     assert run_cli(device, "update", "cancel").returncode == 0  # pins 1.0.0 at the device
     assert device.status_json()["override"]["version"] == "1.0.0"
-    device.edit_spec(version="1.0.1")
+    stages = len(decisions_with_outcomes(device, "stage"))
+    device.edit_spec(version="1.0.2")
     device.wait_for(lambda: events(device, "override-ended"), 10, "the pin to end")
-    device.wait_for(lambda: decisions_with_outcomes(device, "stage"), 10,
+    device.wait_for(lambda: len(decisions_with_outcomes(device, "stage")) > stages, 10,
                     "the stage the spec edit calls for (not at the 5 min resync)")
-    device.wait_status("1.0.1", "CONFIRMED", timeout=60)
+    device.wait_status("1.0.2", "CONFIRMED", timeout=60)
+
+
+def test_cancel_with_nothing_staged_holds_an_update_about_to_start_or_is_refused(
+        device: SimDevice) -> None:
+    device.start()
+    refused = run_cli(device, "update", "cancel")
+    assert refused.returncode == 1 and refused.stderr == (
+        "error: nothing to cancel: slot A (sda2) runs 1.0.0, which is what is wanted, and "
+        "nothing is staged or staging\n"), refused
+    assert device.status_json()["override"] is None and not events(device, "cancel")
+
+    # The spec wants 1.0.1, staged only in a window that is closed: nothing staged yet.
+    set_spec_block(device, "  rollout:\n    stage: in-window\n    windows:\n"
+                   f"      - days: [{_closed_day()}]\n        start: \"03:00\"\n"
+                   "        duration: 1h\n        timezone: UTC")
+    device.edit_spec(text=device.spec.read_text().replace("version: 1.0.0", "version: 1.0.1"))
+    device.wait_for(lambda: "stages in a maintenance window" in device.status_json()[
+        "next"]["reason"], 30, "the stage to wait for its window")
+    held = run_cli(device, "update", "cancel")
+    assert held.returncode == 0 and held.stdout == (
+        "Nothing was staged yet; 1.0.0 stays until the spec changes or 'kruxos update "
+        "resume'.\n"), held
+    cancel = events(device, "cancel")
+    assert len(cancel) == 1 and cancel[0]["reason"].startswith(
+        "nothing was staged yet (1.0.1 was next); 1.0.0 stays pinned"), cancel
+    assert device.status_json()["override"]["version"] == "1.0.0"
+
+
+def _closed_day() -> str:
+    from datetime import UTC, datetime, timedelta
+
+    return (datetime.now(UTC) + timedelta(days=3)).strftime("%a").lower()
+
+
+def test_cancel_then_resume_after_a_manual_rollback_does_not_boot_back_into_it(
+        make_device: Callable[..., SimDevice]) -> None:
+    device = make_device(resync="1s")
+    device.start()
+    device.edit_spec(version="1.0.1")
+    device.wait_status("1.0.1", "CONFIRMED")
+    assert run_cli(device, "update", "rollback").returncode == 0
+    device.wait_status("1.0.0", "CONFIRMED (rolled back from 1.0.1)")
+    for command in ("cancel", "resume"):
+        result = run_cli(device, "update", command)
+        assert result.returncode in (0, 1), result
+    boots = len(device.boots())
+    steady_for(device, 4, lambda: len(device.boots()) == boots)
+    doc = device.status_json()
+    assert doc["booted"] == "A" and doc["next"]["action"] == "blocked", doc
+    assert not [r for r in device.audit_file_records() if r["action"] == "unblock"]
