@@ -20,6 +20,7 @@ action. The rules, in the order they are asked (the first that applies wins):
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import replace
 from datetime import datetime
 
@@ -52,7 +53,7 @@ from reconciler.observed import (
 )
 from reconciler.semver import Version, is_semver
 from reconciler.spec import UpdatePolicy
-from reconciler.windows import is_open, next_open
+from reconciler.windows import Window, closes_at, describe, is_open, next_open
 
 MANUAL_ROLLBACK = "manual (kruxos update rollback)"
 #: More forward reboots than this in a row without a confirm stop forward reboots.
@@ -532,7 +533,8 @@ def _switch_or_stage(policy: UpdatePolicy, obs: ObservedState, now: datetime,
     if target.version == desired and target.mark in ("staged", "good"):
         gate = _reboot_gate(policy, obs, now, desired)
         return gate or ArmTrial(target.name, desired,
-                                f"{desired} is staged in slot {target.label}: {why}",
+                                f"{desired} is staged in slot {target.label}: {why}"
+                                f"{_in_window(policy, now)}",
                                 policy=trial_policy_of(policy))
     if obs.channel.error is not None and desired not in obs.channel.versions:
         note = f" ({why})" if obs.booted_slot.problem else ""
@@ -545,8 +547,8 @@ def _switch_or_stage(policy: UpdatePolicy, obs: ObservedState, now: datetime,
                     "(the space kept for rollback records is in use)")
     windows = policy.spec.rollout.window_values()
     if policy.spec.rollout.stage == "in-window" and not is_open(windows, now):
-        return Wait(f"{desired} stages in a maintenance window (rollout.stage: in-window)",
-                    until=next_open(windows, now))
+        return Wait(f"{desired} stages in a maintenance window (rollout.stage: in-window; "
+                    f"{_windows_text(windows)})", until=next_open(windows, now))
     resumed = obs.staging is not None and obs.staging.version == desired
     verb = "Resume staging" if resumed else "Stage"
     return Stage(desired, target.name, f"{verb} {desired} into slot {target.label}: {why}")
@@ -578,7 +580,22 @@ def _reboot_gate(policy: UpdatePolicy, obs: ObservedState, now: datetime,
     opens = next_open(windows, now)
     when = opens.strftime("%Y-%m-%d %H:%M UTC") if opens else "never"
     return Wait(f"{version} is staged in slot {obs.other_slot.label}; reboot waits for the "
-                f"maintenance window opening {when}", until=opens)
+                f"maintenance window opening {when} ({_windows_text(windows)})", until=opens)
+
+
+def _windows_text(windows: Sequence[Window]) -> str:
+    """``Mon,Wed 02:00+1h30m Europe/Berlin; Sat 03:00+1h UTC``."""
+    return "; ".join(describe(window) for window in windows)
+
+
+def _in_window(policy: UpdatePolicy, now: datetime) -> str:
+    """`` in the maintenance window …, open until …`` when windows gate the reboot."""
+    windows = policy.spec.rollout.window_values()
+    if not windows:
+        return ""
+    closes = closes_at(windows, now)
+    until = f", open until {closes.strftime('%Y-%m-%d %H:%M UTC')}" if closes else ""
+    return f"; in the maintenance window ({_windows_text(windows)}{until})"
 
 
 def _person_gate(policy: UpdatePolicy, obs: ObservedState, version: str,

@@ -186,7 +186,10 @@ def test_staged_desired_in_other_slot_reboots_into_a_trial_when_no_windows() -> 
 def test_staged_desired_with_window_open_reboots() -> None:
     spec = policy("1.0.1", rollout={"windows": [OPEN]})
     staged = observed(other_version="1.0.1", other_mark="staged")
-    assert isinstance(decide(spec, staged, NOW), ArmTrial)
+    action = decide(spec, staged, NOW)
+    assert isinstance(action, ArmTrial)
+    assert action.reason.endswith("; in the maintenance window (Mon 11:00+2h UTC, open until "
+                                  "2026-11-30 13:00 UTC)"), action.reason
 
 
 def test_staged_desired_with_window_closed_waits_until_it_opens() -> None:
@@ -194,6 +197,8 @@ def test_staged_desired_with_window_closed_waits_until_it_opens() -> None:
     action = decide(spec, observed(other_version="1.0.1", other_mark="staged"), NOW)
     assert isinstance(action, Wait)
     assert action.until == datetime(2026, 12, 1, 2, 0, tzinfo=UTC)
+    assert action.reason.endswith("reboot waits for the maintenance window opening "
+                                  "2026-12-01 02:00 UTC (Tue 02:00+1h UTC)"), action.reason
 
 
 def test_window_closed_does_not_hold_back_staging_by_default() -> None:
