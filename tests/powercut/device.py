@@ -27,6 +27,7 @@ from reconciler.config import load_device
 from reconciler.release.identity import read_identity
 from tests.device import SimDevice
 from tests.powercut.mount import PowercutMount
+from tests.waiting import wait_for
 
 #: What the power-cut filesystem carries: everything a power cut can hit.
 ON_DISK = ("data", "slots", "boot")
@@ -122,8 +123,15 @@ class CutDevice:
             if self.fs.status()["frozen"]:
                 return True
             return self._confirmed(version)
-        self.device.wait_for(cut_or_done, 120, f"the cut at operation {after} (seed {seed})",
-                             every=0.2)
+        def gone_without_a_cut() -> str | None:
+            # Processes of the device die of the cut's EIO (sim run too, when the cut
+            # meets a reboot): that is the cut, not a device that stopped before it.
+            proc = self.device.proc
+            if proc is not None and proc.poll() is not None and not self.fs.status()["frozen"]:
+                return f"sim run exited ({proc.returncode}) before the cut"
+            return None
+        wait_for(cut_or_done, 120, f"the cut at operation {after} (seed {seed})", every=0.2,
+                 context=self.device.diagnostics, abort=gone_without_a_cut)
         status = self.fs.status()
         at_rest = not status["frozen"]
         if at_rest:
