@@ -41,6 +41,7 @@ from reconciler.boot import Backend, BootState
 from reconciler.config import Device
 from reconciler.decide import count_probe
 from reconciler.errors import KruxosError, TemporaryError, short_error
+from reconciler.failpoints import failpoint
 from reconciler.inbox import INBOX
 from reconciler.observed import SlotName
 from reconciler.overrides import RESUME_FILE, apply_request
@@ -143,6 +144,7 @@ class Executor:
 
         summary = self.stager.stage(action.version, action.slot, policy, self.should_stop,
                                     progress)
+        failpoint("stage.written")
         self.store.put("staging", None)
         return summary
 
@@ -161,6 +163,7 @@ class Executor:
 
         self.store.update(capture)
         self.backend.arm_trial(action.slot, self.device.trial_tries)
+        failpoint("trial.armed")
         if action.reboot:
             self._count_forward_reboot()
         armed = f"armed slot {action.slot} for {self.device.trial_tries} trial boot(s)"
@@ -197,6 +200,7 @@ class Executor:
 
     def _confirm(self, action: Confirm, policy: UpdatePolicy | None) -> str:
         self.backend.mark_good(action.slot)
+        failpoint("confirm.marked")
 
         def clear(doc: dict[str, Any]) -> None:
             for key in ("trial", "trial_policy", "rollback", "staging", "request", "reboots"):
@@ -215,6 +219,7 @@ class Executor:
         except (OSError, KruxosError) as exc:
             unkept = f"; the failure could not be kept on the data disk ({short_error(exc)})"
         self.backend.rollback(action.reason)
+        failpoint("rollback.env-written")
         left = self.backend.read().marks.get(action.from_slot)
         self.rebooter(action.reason)
         return (f"slot {action.from_slot} marked {left}; rebooting into slot {action.to_slot}, "
@@ -243,6 +248,7 @@ class Executor:
             boot_id = self._boot_id()
             self.store.update(lambda doc: apply_request(doc, action, boot_id,
                                                         self.spec_revision))
+            failpoint("request.applied")
         finally:
             (self.device.data_dir / INBOX / action.request.id).unlink(missing_ok=True)
         return f"request {action.request.kind} taken"

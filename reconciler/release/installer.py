@@ -169,7 +169,8 @@ class _Session:
     def save(self) -> None:
         """Make the written blocks durable, then record where to resume."""
         os.fdatasync(self.fd)
-        atomic_write_json(self.resume_file, {
+        failpoint("install.synced")
+        atomic_write_json(self.resume_file, label="resume", value={
             "version": self.release.version, "sha256": self.release.sha256,
             "slot": self.slot, "block_size": self.release.block_size,
             "next_block": self.next_block, "failures": self.failures})
@@ -445,6 +446,7 @@ def _write_received(session: _Session, receiver: _Receiver,
         index, block, buf = item
         try:
             _verify_block(session, index, block)
+            failpoint("install.block-fetched")
             _write_block(session, index, block)
         finally:
             block.release()
