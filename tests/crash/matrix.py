@@ -196,6 +196,8 @@ class Crash:
     booted_after: str = ""
     resume_at_rest: int = 0
     refetched: int = 0
+    #: The kill comes after the last block was written: nothing may be fetched again.
+    downloaded: bool = False
     violations: list[str] = field(default_factory=list)
 
     def describe(self) -> str:
@@ -306,6 +308,10 @@ class CrashRig:
         after = [r for r in served[served_at_crash:] if r["path"] == image]
         self.crash.refetched = sum(r["bytes"] for r in after)
         early = [r for r in after if r["start"] < self.crash.resume_at_rest]
+        if self.crash.downloaded and after:
+            return [f"{self.crash.refetched} image bytes fetched again from byte "
+                    f"{after[0]['start']}, though every block was written and verified "
+                    "before the crash"]
         if early:
             return [f"image bytes fetched again from byte {early[0]['start']}, before the "
                     f"resume point at byte {self.crash.resume_at_rest}"]
@@ -368,6 +374,7 @@ class Point:
     backends: tuple[str, ...] = BACKENDS
     hit: int = 1
     boot_env: bool = False  # on the way of a boot env write: run on every backend in the slice
+    downloaded: bool = False  # after the last block: a kill there costs no download
 
 
 POINTS: tuple[Point, ...] = (
@@ -407,13 +414,14 @@ POINTS: tuple[Point, ...] = (
     Point("resume.temp-written", STAGING, "the old resume point holds; the temp file is "
           "swept"),
     Point("resume.renamed", STAGING, "the new resume point holds"),
-    Point("install.read-back", STAGING, "every block is in the slot but it has no identity: "
-          "it is not staged; the staging resumes at its resume point"),
+    Point("install.read-back", STAGING, "every block is in the slot, no identity: not "
+          "staged; the resume point saved before the read-back names every block, so the "
+          "next staging reads back, it does not download", downloaded=True),
     Point("install.identity-written", STAGING, "the slot names the release, the state does "
           "not say staged: the resume point (all blocks) makes the next staging a read-back, "
-          "not a download"),
+          "not a download", downloaded=True),
     Point("stage.written", STAGING, "the slot is staged (its mark in the boot env); the "
-          "state still shows progress, which the next pass replaces"),
+          "state still shows progress, which the next pass replaces", downloaded=True),
     Point("trial.armed", STAGING, "the trial is armed, the reboot not done: the device "
           "resets into the trial, which is judged as if the daemon had rebooted",
           boot_env=True),

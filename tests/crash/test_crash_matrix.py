@@ -25,7 +25,8 @@ def _id(run: tuple[Point, str, str]) -> str:
 def _run(crash_device: Callable[[str, str], SimDevice], point: Point, flow: str,
          backend: str) -> Crash:
     dev = crash_device(backend, "dev")
-    crash = CrashRig(dev, FLOWS[flow], Crash(point.name, point.hit, flow, backend)).run()
+    crash = CrashRig(dev, FLOWS[flow], Crash(point.name, point.hit, flow, backend,
+                                             downloaded=point.downloaded)).run()
     print(crash.describe(), *crash.violations, sep="\n  ", flush=True)
     return crash
 
