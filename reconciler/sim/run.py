@@ -52,7 +52,6 @@ from reconciler.sim.device import CHANNEL_PORT, OS_PORT
 from reconciler.sim.image import MountError, mount
 from reconciler.sim.os import DIE_WITH_PARENT, BootRefused, SimOsProcess, launch
 
-
 #: The failpoints of the daemons this supervisor starts (``reconciler.failpoints.ENV``).
 FAILPOINTS = "KRUXOS_FAILPOINTS"
 #: The exit status of ``sim run`` after its daemon was killed at an armed failpoint.
