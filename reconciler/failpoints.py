@@ -58,6 +58,7 @@ point                              the moment (where)
 ``grubenv.renamed``                GRUB: the env renamed over ``grubenv``, dir not fsynced
 ``grub.env-written``               GRUB: the env written; its backup (``grubenv.bak``) not
 ``grubenv-backup.temp-written``    GRUB: the backup's temp file written, not renamed
+``grubenv-backup.renamed``         GRUB: the backup renamed into place, dir not fsynced
 ``ubootenv.copy-written``          U-Boot: one redundant copy overwritten in place, not
                                    fsynced; the other copy still the valid older one
                                    (``ubootenv.py``)

@@ -7,6 +7,7 @@ at import (as in the daemon) and a kill must kill something.
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -81,3 +82,37 @@ def test_a_labelled_durable_write_dies_at_its_stage(tmp_path: Path, stage: str,
     assert result.returncode == -signal.SIGKILL and "survived" not in result.stdout, result
     assert target.read_bytes() == content
     assert bool(list(tmp_path.glob(".state.json.tmp-*"))) == temp_left
+
+
+def _documented() -> list[str]:
+    """The point names of the table in ``reconciler/failpoints.py``'s docstring."""
+    doc = failpoints.__doc__ or ""
+    return re.findall(r"(?m)^``([a-z][a-zA-Z0-9.-]*)``\s", doc)
+
+
+def _source() -> str:
+    return "\n".join(p.read_text() for p in sorted((REPO / "reconciler").rglob("*.py")))
+
+
+def test_every_point_in_the_table_is_in_the_code_and_every_call_in_the_table() -> None:
+    documented, source = _documented(), _source()
+    assert len(documented) >= 25, documented
+    for name in documented:
+        if name == "decided.KIND":
+            assert 'failpoint(f"decided.{action.kind}")' in source
+            continue
+        label, _, stage = name.rpartition(".")
+        labelled = stage in ("temp-written", "renamed") and f'label="{label}"' in source
+        assert labelled or f'failpoint("{name}")' in source, f"{name}: documented, not in code"
+    called = set(re.findall(r'failpoint\("([a-z0-9.-]+)"\)', source))
+    labels = {f"{label}.{stage}" for label in re.findall(r'label="([a-z-]+)"', source)
+              for stage in ("temp-written", "renamed")}
+    assert not (called | labels) - set(documented), "points in the code, not in the table"
+
+
+def test_the_crash_matrix_kills_at_documented_points_only() -> None:
+    from tests.crash.matrix import POINTS
+    documented = set(_documented())
+    for point in POINTS:
+        kind = "decided.KIND" if point.name.startswith("decided.") else point.name
+        assert kind in documented, point.name
