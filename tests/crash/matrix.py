@@ -34,9 +34,13 @@ import subprocess
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
+from reconciler.cli.status import status_json
+from reconciler.config import load_device
 from reconciler.inbox import submit
+from reconciler.inspect import inspect_device
 from reconciler.sim.run import HALTED_AT_FAILPOINT
 from tests.device import KRUXOS, REPO, SimDevice
 from tests.invariants import check_audit, check_boot, check_resume, check_state
@@ -82,11 +86,14 @@ def _publish_target(dev: SimDevice, behaviour: str = "healthy") -> None:
 
 
 def _status(dev: SimDevice) -> dict[str, Any]:
-    result = dev.cli("update", "status", "--json", check=False)
-    if result.returncode != 0:
+    """What ``kruxos update status --json`` says, read in this process (the flows poll it
+    often: a command per poll would take a core from the device)."""
+    now = datetime.now(UTC)
+    try:
+        view = inspect_device(load_device(dev.config), now)
+    except Exception:  # noqa: BLE001 - a device between two writes: look again
         return {}
-    doc: dict[str, Any] = json.loads(result.stdout)
-    return doc
+    return status_json(view.observed, view.boot_raw, view.policy, view.action, now)
 
 
 def _running(dev: SimDevice, version: str, boot_status: str, pin: str | None,
