@@ -154,6 +154,7 @@ class Executor:
 
         def capture(doc: dict[str, Any]) -> None:
             doc.pop("trial", None)
+            doc.pop("request", None)  # a request is for the boot it was made in
             doc["trial_policy"] = {
                 "slot": action.slot, "version": action.version, "url": tp.url,
                 "interval_s": tp.interval.total_seconds(),
@@ -226,6 +227,7 @@ class Executor:
                 f"the default again{unkept}")
 
     def _reboot(self, action: Reboot, policy: UpdatePolicy | None) -> str:
+        self.store.put("request", None)  # a request is for the boot it was made in
         self.rebooter(action.reason)
         return f"rebooting into slot {action.slot}"
 
