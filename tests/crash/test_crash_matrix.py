@@ -31,6 +31,7 @@ def _run(crash_device: Callable[[str, str], SimDevice], point: Point, flow: str,
     return crash
 
 
+@pytest.mark.timeout(600)  # a loaded machine: a flow with a first update takes minutes
 @pytest.mark.parametrize("run", slice_(), ids=_id)
 def test_a_kill_at_the_point_leaves_a_device_that_boots_and_finishes_the_flow(
         crash_device: Callable[[str, str], SimDevice], run: tuple[Point, str, str]) -> None:
@@ -40,6 +41,7 @@ def test_a_kill_at_the_point_leaves_a_device_that_boots_and_finishes_the_flow(
 
 
 @pytest.mark.torture
+@pytest.mark.timeout(600)
 @pytest.mark.parametrize("run", [r for r in matrix() if r not in slice_()], ids=_id)
 def test_torture_a_kill_at_every_point_of_every_flow_on_every_backend(
         crash_device: Callable[[str, str], SimDevice], run: tuple[Point, str, str]) -> None:
