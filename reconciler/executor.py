@@ -215,12 +215,13 @@ class Executor:
         written does not hold the rollback (the slot's bad mark in the boot env keeps it
         from booting again; the blocked version is then only in this outcome)."""
         try:
-            self._remember_failure(action.from_version, action.reason)
+            self._remember_failure(action.from_version, action.reason, keep_request=True)
             unkept = ""
         except (OSError, KruxosError) as exc:
             unkept = f"; the failure could not be kept on the data disk ({short_error(exc)})"
         self.backend.rollback(action.reason)
         failpoint("rollback.env-written")
+        self._drop_request()  # asked and done: a crash before here leaves it to be done again
         left = self.backend.read().marks.get(action.from_slot)
         self.rebooter(action.reason)
         return (f"slot {action.from_slot} marked {left}; rebooting into slot {action.to_slot}, "
@@ -276,7 +277,18 @@ class Executor:
         self._remember_failure(action.version, action.reason)
         return f"{action.version} recorded as failed on trial"
 
-    def _remember_failure(self, version: str | None, reason: str) -> None:
+    def _drop_request(self) -> None:
+        """Forget a person's request once its boot env write is done (a full data disk
+        does not hold the rollback: the request is bound to this boot anyway)."""
+        if not self.store.section("request"):
+            return
+        try:
+            self.store.put("request", None)
+        except (OSError, KruxosError):
+            pass
+
+    def _remember_failure(self, version: str | None, reason: str,
+                          keep_request: bool = False) -> None:
         """Keep the failed version and the rollback reason on disk before rebooting."""
         now = self._now()
 
@@ -286,7 +298,8 @@ class Executor:
                 doc["failed"] = {"version": version, "reason": reason, "at": now}
             doc.pop("trial", None)
             doc.pop("trial_policy", None)
-            doc.pop("request", None)
+            if not keep_request:
+                doc.pop("request", None)
 
         self.store.update(change)
 

@@ -53,3 +53,32 @@ def test_a_reboot_the_reconciler_makes_drops_the_request_of_its_boot(device_dir:
     outcome = executor.run(Reboot("B", "finish the trial"), None)
     assert outcome.ok and reboots == ["finish the trial"], outcome
     assert "request" not in store.load()
+
+
+class _DiesInRollback:
+    """A backend whose rollback write is cut off (as a kill in it would)."""
+
+    def __init__(self, real: Any) -> None:
+        self.real = real
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.real, name)
+
+    def rollback(self, reason: str) -> None:
+        raise RuntimeError("killed in the boot env write")
+
+
+def test_a_manual_rollback_keeps_its_request_until_the_boot_env_is_written(
+        device_dir: Path) -> None:
+    from reconciler.actions import Rollback
+
+    device = load_device(device_dir / "device.yaml")
+    store = StateStore(device.data_dir)
+    request = {"kind": "rollback", "boot_id": "boot-1", "slot": "A", "version": "1.0.0"}
+    store.put("request", request)
+    reboots: list[str] = []
+    action = Rollback("A", "B", "1.0.0", "a person asked")
+    cut = Executor(device, store, _DiesInRollback(backend_for(device)),
+                   stager=None, rebooter=reboots.append)  # type: ignore[arg-type]
+    assert not cut.run(action, None).ok and reboots == []
+    assert store.load()["request"] == request  # to be done again after the restart
