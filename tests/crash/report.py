@@ -18,8 +18,8 @@ from tests.crash.matrix import BACKENDS, POINTS, where
 
 LETTERS = {"confirmed": "C", "rolled-back": "R", "manual-rollback": "M", "cancel": "X",
            "pin-resume": "P"}
-_ID = re.compile(r"\[(grub|uboot|bls)-([a-z-]+?)-((?:decided|audit|state|install|resume|stage|"
-                 r"trial|confirm|rollback|request|grub|ubootenv|uboot|bls|loader)[^\]]*)\]$")
+_ID = re.compile(r"\[(grub|uboot|bls)-(confirmed|rolled-back|manual-rollback|cancel|pin-resume)-"
+                 r"([a-z][^\]]*)\]$")
 
 
 def outcomes(files: list[Path]) -> dict[tuple[str, str, str], bool]:
