@@ -46,8 +46,8 @@ from tests.device import KRUXOS, REPO, SimDevice
 from tests.invariants import check_audit, check_boot, check_resume, check_state
 
 BACKENDS = ("grub", "uboot", "bls")
-#: The release a flow updates to: 20 blocks of 1 MiB, so a resume point (every 16
-#: blocks) falls inside it.
+#: The release a flow updates to: 20 blocks of 1 MiB, so resume points (every 4 MiB, or
+#: every second on a slow link) fall inside it.
 TARGET = "1.0.2"
 TARGET_MB = 20
 #: The block the block points kill at: after the resume point of block 16.
@@ -424,7 +424,7 @@ POINTS: tuple[Point, ...] = (
           "first): it is neither booted nor trusted until restaged"),
     Point("install.block-fetched", STAGING, "the verified block was not written; the "
           "resume point names only blocks written and fdatasynced before it", hit=LATE_BLOCK),
-    Point("install.block-written", STAGING, "the resume point (block 16) is behind the "
+    Point("install.block-written", STAGING, "the resume point (every 4 MiB) is behind the "
           "written blocks: they are fetched again, none before it", hit=LATE_BLOCK),
     Point("install.synced", STAGING, "blocks durable, resume point old: a refetch from the "
           "old point"),
