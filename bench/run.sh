@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# make bench: the staging benchmark (bench/stage_bench.py) against nginx on loopback.
+# make bench: what an unarmed failpoint costs (bench/failpoint_bench.py), then the
+# staging benchmark (bench/stage_bench.py) against nginx on loopback.
 # Installs nginx and curl from Debian when they are missing and we are root;
 # extra arguments go to stage_bench.py (e.g. --runs 7, --no-big, --profile).
 set -euo pipefail
@@ -20,4 +21,5 @@ fi
 
 PY=.venv/bin/python
 [ -x "$PY" ] || { echo "bench: no virtualenv at .venv (run make bench)" >&2; exit 1; }
+"$PY" bench/failpoint_bench.py
 exec "$PY" bench/stage_bench.py "$@"

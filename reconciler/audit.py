@@ -28,6 +28,7 @@ from typing import Any
 
 from reconciler.durable import atomic_write_json, create_file, fsync_dir, make_dirs, read_json
 from reconciler.errors import AuditError, KruxosError, short_error
+from reconciler.failpoints import failpoint
 from reconciler.redact import redact, redact_json
 from reconciler.spec import parse_duration
 from reconciler.store import StateStore, with_reserve
@@ -1177,6 +1178,7 @@ class AuditTrail(AuditReader):
             start = os.fstat(fd).st_size
             try:
                 _write_all(fd, line)
+                failpoint("audit.appended")
                 os.fsync(fd)
                 if fresh:
                     fsync_dir(path.parent)
@@ -1278,7 +1280,8 @@ class AuditTrail(AuditReader):
         doc.setdefault("seq", 0)
         doc.setdefault("hash", ZERO_HASH)
         try:
-            with_reserve(self.store.reserve, lambda: atomic_write_json(self.head_path, doc))
+            with_reserve(self.store.reserve, lambda: atomic_write_json(self.head_path, doc,
+                                                                label="audit-head"))
         except OSError as exc:
             raise AuditError(f"audit: cannot {what} in {self.head_path}: "
                              f"{exc.strerror or exc}") from exc

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from reconciler import failpoints
 from reconciler.errors import StateError
 
 FILE_MODE = 0o640
@@ -114,11 +115,14 @@ def fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-def atomic_write(path: Path, data: bytes, mode: int = FILE_MODE) -> None:
+def atomic_write(path: Path, data: bytes, mode: int = FILE_MODE,
+                 label: str | None = None) -> None:
     """Replace ``path`` with ``data`` so that readers see old or new, never a mix.
 
     A missing directory is made readable by whoever may read the file. A write
     that fails (a full disk) removes its temporary file: no space is kept by it.
+    ``label`` names the file's kind for the crash tests' failpoints
+    (``LABEL.temp-written``, ``LABEL.renamed``: see :mod:`reconciler.failpoints`).
     """
     make_dirs(path.parent, DIR_MODE | (0o005 if mode & 0o004 else 0))
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
@@ -131,6 +135,8 @@ def atomic_write(path: Path, data: bytes, mode: int = FILE_MODE) -> None:
             os.fsync(fd)
         finally:
             os.close(fd)
+        if label is not None and failpoints.ARMED:
+            failpoints.failpoint(f"{label}.temp-written")
         os.replace(tmp, path)
     except BaseException:
         # A write that found the disk full must give back what it took, now:
@@ -138,13 +144,17 @@ def atomic_write(path: Path, data: bytes, mode: int = FILE_MODE) -> None:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+    if label is not None and failpoints.ARMED:
+        failpoints.failpoint(f"{label}.renamed")
     fsync_dir(path.parent)
 
 
-def atomic_write_json(path: Path, value: Any, mode: int = FILE_MODE) -> None:
-    """Write ``value`` as pretty JSON, atomically and durably."""
+def atomic_write_json(path: Path, value: Any, mode: int = FILE_MODE,
+                      label: str | None = None) -> None:
+    """Write ``value`` as pretty JSON, atomically and durably (``label``: see
+    :func:`atomic_write`)."""
     text = json.dumps(value, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
-    atomic_write(path, text.encode("utf-8"), mode)
+    atomic_write(path, text.encode("utf-8"), mode, label)
 
 
 _TEMP = re.compile(r"^\..+\.tmp-(\d+)$")

@@ -41,6 +41,7 @@ from reconciler.boot import Backend, BootState
 from reconciler.config import Device
 from reconciler.decide import count_probe
 from reconciler.errors import KruxosError, TemporaryError, short_error
+from reconciler.failpoints import failpoint
 from reconciler.inbox import FileInbox, Inbox
 from reconciler.observed import SlotName
 from reconciler.overrides import RESUME_FILE, apply_request
@@ -144,6 +145,7 @@ class Executor:
 
         summary = self.stager.stage(action.version, action.slot, policy, self.should_stop,
                                     progress)
+        failpoint("stage.written")
         self.store.put("staging", None)
         return summary
 
@@ -153,6 +155,7 @@ class Executor:
 
         def capture(doc: dict[str, Any]) -> None:
             doc.pop("trial", None)
+            doc.pop("request", None)  # a request is for the boot it was made in
             doc["trial_policy"] = {
                 "slot": action.slot, "version": action.version, "url": tp.url,
                 "interval_s": tp.interval.total_seconds(),
@@ -162,6 +165,7 @@ class Executor:
 
         self.store.update(capture)
         self.backend.arm_trial(action.slot, self.device.trial_tries)
+        failpoint("trial.armed")
         if action.reboot:
             self._count_forward_reboot()
         armed = f"armed slot {action.slot} for {self.device.trial_tries} trial boot(s)"
@@ -198,6 +202,7 @@ class Executor:
 
     def _confirm(self, action: Confirm, policy: UpdatePolicy | None) -> str:
         self.backend.mark_good(action.slot)
+        failpoint("confirm.marked")
 
         def clear(doc: dict[str, Any]) -> None:
             for key in ("trial", "trial_policy", "rollback", "staging", "request", "reboots"):
@@ -211,17 +216,20 @@ class Executor:
         written does not hold the rollback (the slot's bad mark in the boot env keeps it
         from booting again; the blocked version is then only in this outcome)."""
         try:
-            self._remember_failure(action.from_version, action.reason)
+            self._remember_failure(action.from_version, action.reason, keep_request=True)
             unkept = ""
         except (OSError, KruxosError) as exc:
             unkept = f"; the failure could not be kept on the data disk ({short_error(exc)})"
         self.backend.rollback(action.reason)
+        failpoint("rollback.env-written")
+        self._drop_request()  # asked and done: a crash before here leaves it to be done again
         left = self.backend.read().marks.get(action.from_slot)
         self.rebooter(action.reason)
         return (f"slot {action.from_slot} marked {left}; rebooting into slot {action.to_slot}, "
                 f"the default again{unkept}")
 
     def _reboot(self, action: Reboot, policy: UpdatePolicy | None) -> str:
+        self.store.put("request", None)  # a request is for the boot it was made in
         self.rebooter(action.reason)
         return f"rebooting into slot {action.slot}"
 
@@ -244,6 +252,7 @@ class Executor:
             boot_id = self._boot_id()
             self.store.update(lambda doc: apply_request(doc, action, boot_id,
                                                         self.spec_revision))
+            failpoint("request.applied")
         finally:
             (self.inbox or FileInbox(self.device.data_dir)).take(action.request.id)
         return f"request {action.request.kind} taken"
@@ -269,7 +278,18 @@ class Executor:
         self._remember_failure(action.version, action.reason)
         return f"{action.version} recorded as failed on trial"
 
-    def _remember_failure(self, version: str | None, reason: str) -> None:
+    def _drop_request(self) -> None:
+        """Forget a person's request once its boot env write is done (a full data disk
+        does not hold the rollback: the request is bound to this boot anyway)."""
+        if not self.store.section("request"):
+            return
+        try:
+            self.store.put("request", None)
+        except (OSError, KruxosError):
+            pass
+
+    def _remember_failure(self, version: str | None, reason: str,
+                          keep_request: bool = False) -> None:
         """Keep the failed version and the rollback reason on disk before rebooting."""
         now = self._now()
 
@@ -279,7 +299,8 @@ class Executor:
                 doc["failed"] = {"version": version, "reason": reason, "at": now}
             doc.pop("trial", None)
             doc.pop("trial_policy", None)
-            doc.pop("request", None)
+            if not keep_request:
+                doc.pop("request", None)
 
         self.store.update(change)
 

@@ -1,19 +1,79 @@
 """Named kill points for crash tests (etcd's gofail, TiKV's fail-rs), no-ops unless armed.
 
-``KRUXOS_FAILPOINTS=install.invalidated=kill@1,install.block-written=kill@3``
+``KRUXOS_FAILPOINTS=install.invalidated=kill,install.block-written=kill@3``
 makes the process kill itself with SIGKILL (no cleanup, no ``finally``, no
 flush: what a crash or the OOM killer does) the Nth time it passes the named
-point. The variable is read once, when this module is imported; unset, a
-point costs one dictionary lookup.
+point (``kill`` is ``kill@1``). The variable is read once, when this module is
+imported. Unset, :func:`failpoint` *is* an empty function: a call costs what
+calling ``lambda name: None`` costs (``bench/failpoint_bench.py`` measures it),
+and the points that would build their name first check :data:`ARMED`.
 
-The points (each one names the moment right after what it says):
+A kill keeps the page cache, so a point between a write and its fsync tests
+what a crashed process leaves, not what a power cut leaves (that is
+``tests/powercut/``). The crash matrix (``tests/crash/``, ``docs/reliability.md``)
+kills a simulated device's daemon at each point below, on each flow the point
+lies on, and checks what the device comes back to.
 
-==============================  ===========================================================
-``install.invalidated``         the slot's identity is destroyed and synced; no block yet
-``install.block-written``       one more verified block is written (``kill@N``: the Nth)
-``install.read-back``           every byte is read back and matches; no identity yet
-``install.identity-written``    the slot's identity is written and synced; not ``staged``
-==============================  ===========================================================
+Each point names the moment right after what it says:
+
+=================================  =============================================================
+point                              the moment (where)
+=================================  =============================================================
+``decided.KIND``                   the decision to run action KIND is fsynced in the audit
+                                   trail; the action has not started (``reconcile.py``).
+                                   KIND: ``stage``, ``reboot`` (arm a trial and reboot),
+                                   ``probe``, ``confirm``, ``rollback``, ``rollback-request``,
+                                   ``pin``, ``cancel``, ``resume``…
+``audit.appended``                 a record is appended to the trail, not fsynced, the head
+                                   not moved (``audit.py``)
+``audit-head.temp-written``        the head's temp file is fsynced, not renamed (``audit.py``
+                                   through ``durable.atomic_write``)
+``audit-head.renamed``             the head is renamed into place, its directory not fsynced
+``state.temp-written``             ``state.json``'s temp file is fsynced, not renamed
+                                   (``store.py``)
+``state.renamed``                  ``state.json`` renamed, directory not fsynced, the copy
+                                   (``state.copy.json``) not yet written
+``state-copy.temp-written``        the copy's temp file written, not renamed
+``state-copy.renamed``             the copy renamed, directory not fsynced
+``install.invalidated``            the slot's identity is destroyed and synced; no block yet
+``install.block-fetched``          a block is received and verified, not yet written: the
+                                   download stops at a block boundary (``kill@N``: the Nth)
+``install.block-written``          one more verified block is pwritten, not fdatasynced
+``install.synced``                 the written blocks are fdatasynced; the resume point
+                                   that names them is not written yet
+``resume.temp-written``            the resume point's temp file is written, not renamed
+``resume.renamed``                 the resume point renamed, its directory not fsynced
+``install.read-back``              every byte is read back and matches; no identity yet
+``install.identity-written``       the slot's identity is written and synced; not ``staged``
+``stage.written``                  the stager is done (slot marked staged); the state
+                                   still shows the staging (``executor.py``)
+``trial.armed``                    the trial is armed in the boot env; no reboot yet
+``confirm.marked``                 the trial slot is marked good in the boot env; the state
+                                   still holds the trial, no outcome is recorded
+``rollback.env-written``           a rollback's boot env is written (trial slot bad, the
+                                   default the good one); no reboot yet
+``request.applied``                a person's request is written to the state; it is still
+                                   in the inbox
+``grubenv.temp-written``           GRUB: the env's temp file written, not renamed (``grub.py``)
+``grubenv.renamed``                GRUB: the env renamed over ``grubenv``, dir not fsynced
+``grub.env-written``               GRUB: the env written; its backup (``grubenv.bak``) not
+``grubenv-backup.temp-written``    GRUB: the backup's temp file written, not renamed
+``grubenv-backup.renamed``         GRUB: the backup renamed into place, dir not fsynced
+``ubootenv.copy-written``          U-Boot: one redundant copy overwritten in place, not
+                                   fsynced; the other copy still the valid older one
+                                   (``ubootenv.py``)
+``uboot.env-written``              U-Boot: the env copy written; the backup file not
+                                   (``uboot.py``)
+``bls.entry-renamed``              BLS: a boot entry renamed (counted, uncounted or made
+                                   unbootable), its directory not fsynced, ``loader.conf``
+                                   not yet rewritten when the rename comes first (``bls.py``)
+``loader-conf.temp-written``       BLS: ``loader.conf``'s temp file written, not renamed
+``loader-conf.renamed``            BLS: ``loader.conf`` renamed into place, dir not fsynced
+=================================  =============================================================
+
+A name is lower-case letters, digits, ``.`` and ``-``; a bad item stops the
+process at import with a ``ValueError`` naming it, so a typo never passes a
+crash test silently.
 """
 
 from __future__ import annotations
@@ -23,28 +83,39 @@ import re
 import signal
 
 ENV = "KRUXOS_FAILPOINTS"
-_ITEM = re.compile(r"^([a-z][a-z0-9.-]{0,63})=kill@([1-9][0-9]{0,8})$")
+_ITEM = re.compile(r"^([a-z][a-z0-9.-]{0,63})=kill(?:@([1-9][0-9]{0,8}))?$")
 
 
 def parse(text: str) -> dict[str, int]:
-    """``name=kill@N`` items, comma-separated, as ``{name: N}``; ``ValueError`` names a bad one."""
+    """``name=kill`` or ``name=kill@N`` items, comma-separated, as ``{name: N}`` (``kill``
+    is ``kill@1``); ``ValueError`` names a bad one."""
     plan: dict[str, int] = {}
     for item in filter(None, (part.strip() for part in text.split(","))):
         match = _ITEM.match(item)
         if match is None:
-            raise ValueError(f"{ENV}: {item[:60]!r} is not name=kill@N (N from 1)")
-        plan[match.group(1)] = int(match.group(2))
+            raise ValueError(f"{ENV}: {item[:60]!r} is not name=kill or name=kill@N (N from 1)")
+        plan[match.group(1)] = int(match.group(2) or 1)
     return plan
 
 
 _PLAN = parse(os.environ.get(ENV, ""))
 _HITS: dict[str, int] = {}
+#: Whether any point is armed in this process (points that build their name check it).
+ARMED = bool(_PLAN)
 
 
-def failpoint(name: str) -> None:
+def _armed(name: str) -> None:
     """Pass the point ``name``; die here by SIGKILL if the environment armed it for this hit."""
-    if not _PLAN or name not in _PLAN:
+    if name not in _PLAN:
         return
     _HITS[name] = _HITS.get(name, 0) + 1
     if _HITS[name] == _PLAN[name]:
         os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _unarmed(name: str) -> None:
+    """Pass the point ``name``: nothing is armed in this process."""
+
+
+#: Pass the point ``name``; with nothing armed, an empty function.
+failpoint = _armed if ARMED else _unarmed

@@ -81,7 +81,7 @@ def observe(device: Device, store: StateStore, backend: Backend,
         failed=_failed(doc.get("failed")),
         channel=channel or ChannelView(error="channel not fetched yet"),
         override=_override(doc.get("override")),
-        request=_request(doc.get("request"), boot_id, booted),
+        request=_request(doc.get("request"), boot_id, booted, slots[booted].version),
         trial_policy=_trial_policy(doc.get("trial_policy"), booted),
         trial_policy_version=_get(doc, "trial_policy", "version"),
         forward_reboots=_forward_reboots(doc.get("reboots"), spec_revision),
@@ -209,11 +209,15 @@ def _override(value: Any) -> Override | None:
                     value.get("spec_wanted"))
 
 
-def _request(value: Any, boot_id: str, booted: str) -> Any:
-    """A person's confirm or rollback, only in the boot and slot it was asked in."""
-    if not isinstance(value, dict):
+def _request(value: Any, boot_id: str, booted: str, version: str | None) -> Any:
+    """A person's confirm or rollback, only in the boot and slot it was asked in.
+
+    Every reboot the reconciler makes ends the requests of its boot (the executor
+    drops them), so one from an earlier boot is left only by a crash or a power cut
+    before it ran: it still holds while the same slot runs the same version."""
+    if not isinstance(value, dict) or value.get("slot") != booted:
         return None
-    if value.get("boot_id") != boot_id or value.get("slot") != booted:
+    if value.get("boot_id") != boot_id and (version is None or value.get("version") != version):
         return None
     kind = value.get("kind")
     return kind if kind in ("confirm", "rollback") else None

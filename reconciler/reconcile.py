@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from reconciler import failpoints
 from reconciler.actions import (
     Action,
     Blocked,
@@ -308,6 +309,8 @@ class Reconciler:
             return self._act_unrecorded(action, spec, observed, exc)
         if not repeated:
             log(f"#{record.seq} {action.kind}: {action.reason}")
+        if failpoints.ARMED:
+            failpoints.failpoint(f"decided.{action.kind}")
         outcome = self.executor.run(action, spec.policy if spec else None,
                                     spec.revision if spec else None)
         if isinstance(action, RestoreState) and outcome.ok:

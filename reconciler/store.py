@@ -207,8 +207,9 @@ class StateStore:
             change(doc)
             doc = dump_state(doc)
             try:
-                with_reserve(self.reserve, lambda: atomic_write_json(self.path, doc))
-                with_reserve(self.reserve, lambda: atomic_write_json(self.copy_path, doc))
+                with_reserve(self.reserve, lambda: atomic_write_json(self.path, doc, label="state"))
+                with_reserve(self.reserve,
+                             lambda: atomic_write_json(self.copy_path, doc, label="state-copy"))
             except OSError:
                 self.unwritten = doc
                 raise

@@ -25,6 +25,7 @@ AREAS = (
     ("end-to-end: update commands", lambda m: m.startswith("tests.e2e_update.")),
     ("parser fuzzing", lambda m: m.startswith("tests.fuzz.")),
     ("power cuts (the power-cut filesystem)", lambda m: m.startswith("tests.powercut.")),
+    ("crash matrix (a kill at each failpoint)", lambda m: m.startswith("tests.crash.")),
     ("model check of the core", lambda m: m == "tests.test_model_check"),
     ("unit and property", lambda m: True),
 )

@@ -334,9 +334,9 @@ def test_a_resume_point_is_recorded_only_after_its_blocks_are_durable(
         real_fdatasync(fd)
         calls.append(("sync", -1))
 
-    def record(path: Path, doc: Any) -> None:
+    def record(path: Path, doc: Any, **kwargs: Any) -> None:
         calls.append(("resume", doc["next_block"]))
-        real_record(path, doc)
+        real_record(path, doc, **kwargs)
 
     monkeypatch.setattr(os, "pwrite", pwrite)
     monkeypatch.setattr(os, "fdatasync", fdatasync)
@@ -510,7 +510,9 @@ def test_a_slot_killed_before_its_record_claims_no_release_old_or_new(
     assert result.complete
     assert read_identity(device.slot)[0] is not None and verify_slot(device.slot).state == "ok"
     if "block-written" in failpoint:
-        assert result.resumed_from == 16 * BLOCK  # the last resume point, every 16 blocks here
+        assert result.resumed_from == 16 * BLOCK
+    if "read-back" in failpoint:  # every block was durable: a read-back, no download
+        assert (result.resumed_from, result.fetched) == (device.release.size, 0), result
 
 
 def test_a_slot_killed_after_its_record_claims_the_release_it_fully_holds(

@@ -58,6 +58,7 @@ from reconciler.boot import SLOTS, BootState, Mark, SlotName, other, register
 from reconciler.boot.blsentry import Found, find_entries, read_slot, salvage_conf, wanted_content
 from reconciler.durable import atomic_write, fsync_dir, make_dirs, read_at_most
 from reconciler.errors import BootEnvError
+from reconciler.failpoints import failpoint
 from reconciler.quoting import excerpt, printable
 
 MAX_TRIES = 9
@@ -327,6 +328,7 @@ class BlsBackend:
             return
         try:
             os.rename(self.entries_dir / entry.name, self.entries_dir / name)
+            failpoint("bls.entry-renamed")
             fsync_dir(self.entries_dir)
         except OSError as exc:
             raise BootEnvError(f"bls backend: cannot rename {entry.name} to {name}: "
@@ -378,7 +380,8 @@ class BlsBackend:
         if view.fallback:
             lines.append(f"{FALLBACK_PREFIX} {view.fallback}")
         try:
-            atomic_write(self.conf_path, ("\n".join(lines) + "\n").encode("utf-8"))
+            atomic_write(self.conf_path, ("\n".join(lines) + "\n").encode("utf-8"),
+                         label="loader-conf")
         except OSError as exc:
             raise BootEnvError(f"bls backend: cannot write {self.conf_path}: "
                                f"{exc.strerror or exc}") from exc

@@ -23,6 +23,7 @@ from reconciler.boot import SlotName, grubenv, register
 from reconciler.boot.abvars import MAX_TRIES, VariableBackend, exhausted_reason, mark_var, state_of
 from reconciler.durable import atomic_write
 from reconciler.errors import BootEnvError
+from reconciler.failpoints import failpoint
 
 BACKUP_NAME = "grubenv.bak"
 
@@ -52,8 +53,9 @@ class GrubBackend(VariableBackend):
             block = grubenv.render(env)
         except BootEnvError as exc:
             raise BootEnvError(f"{self._prefix}{self.env_path}: {exc}") from exc
-        atomic_write(self.env_path, block)
-        atomic_write(self.backup_path, block)
+        atomic_write(self.env_path, block, label="grubenv")
+        failpoint("grub.env-written")
+        atomic_write(self.backup_path, block, label="grubenv-backup")
 
     def _fits(self, env: dict[str, str]) -> None:
         """GRUB's in-place ``save_env`` can only write what fits in the block."""

@@ -34,6 +34,7 @@ from reconciler.boot.abvars import (
 )
 from reconciler.durable import atomic_write
 from reconciler.errors import BootEnvError
+from reconciler.failpoints import failpoint
 
 BACKUP_NAME = "kruxos-uboot.bak"
 _BACKUP_SIZE = 0x1000
@@ -59,6 +60,7 @@ class UBootBackend(VariableBackend):
         """Write the env (empty variables of ours absent), then our variables to the backup."""
         new = _present(env)
         ubootenv.write_env(self.env_path, new)
+        failpoint("uboot.env-written")
         own = {key: value for key, value in new.items() if key in OWN}
         with contextlib.suppress(OSError, BootEnvError):
             atomic_write(self.backup_path, ubootenv.encode(own, _BACKUP_SIZE))

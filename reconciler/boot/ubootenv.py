@@ -50,6 +50,7 @@ from stat import S_ISREG
 
 from reconciler.durable import atomic_write, fsync_dir, read_at_most
 from reconciler.errors import BootEnvError
+from reconciler.failpoints import failpoint
 
 PAD = b"\xff"
 _TEXT = ("utf-8", "surrogateescape")
@@ -330,6 +331,7 @@ def write_copy(copy: EnvCopy, data: bytes) -> None:
             while view:
                 written = os.pwrite(fd, view, offset)
                 view, offset = view[written:], offset + written
+            failpoint("ubootenv.copy-written")
             os.fsync(fd)
         finally:
             os.close(fd)

@@ -169,10 +169,11 @@ class _Session:
     def save(self) -> None:
         """Make the written blocks durable, then record where to resume."""
         os.fdatasync(self.fd)
+        failpoint("install.synced")
         atomic_write_json(self.resume_file, {
             "version": self.release.version, "sha256": self.release.sha256,
             "slot": self.slot, "block_size": self.release.block_size,
-            "next_block": self.next_block, "failures": self.failures})
+            "next_block": self.next_block, "failures": self.failures}, label="resume")
         self.saved_block, self.saved_at = self.next_block, time.monotonic()
 
 
@@ -445,6 +446,7 @@ def _write_received(session: _Session, receiver: _Receiver,
         index, block, buf = item
         try:
             _verify_block(session, index, block)
+            failpoint("install.block-fetched")
             _write_block(session, index, block)
         finally:
             block.release()
@@ -687,9 +689,11 @@ def _open_invalidated(slot_path: Path) -> int:
 
 
 def _finish(session: _Session, slot_path: Path, origin: Origin) -> None:
-    """Read back, then name the release in the slot; the resume point then says every
-    block is written, so a kill before the caller marks the slot staged costs a read-back,
-    not a download (the caller removes it once the slot is marked: :func:`clear_resume`)."""
+    """Make every block durable and say so in the resume point, read back, then name the
+    release in the slot: from the last block on, a kill before the caller marks the slot
+    staged costs a read-back, not a download (the caller removes the resume point once
+    the slot is marked: :func:`clear_resume`)."""
+    session.save()
     try:
         _read_back(session, slot_path)
     except ReleaseError:
@@ -703,7 +707,6 @@ def _finish(session: _Session, slot_path: Path, origin: Origin) -> None:
         raise ReleaseError(f"cannot write the identity of slot {slot_path} "
                            f"({exc.strerror})") from exc
     failpoint("install.identity-written")
-    session.save()
     session.event("done", session.release.size)
 
 

@@ -13,7 +13,17 @@ try, as on a board with a hardware watchdog.
 The device's channel is served over loopback HTTP. Ports are picked free at
 run time and published in ``run/ports.json``: the device's own
 ``127.0.0.1:7800`` and ``127.0.0.1:8080`` map onto them, so devices run side
-by side.
+by side. Every response is logged in ``run/served.jsonl`` (path, first byte,
+bytes sent), so a test can count what a resumed download fetched again.
+
+A crash test arms failpoints (``KRUXOS_FAILPOINTS``, see
+:mod:`reconciler.failpoints`) in the environment of ``sim run``, which hands
+it to the daemons it starts. When a daemon dies by SIGKILL while they are
+armed, a failpoint fired: instead of restarting the daemon the supervisor
+halts the device (the simulated OS stops, ``sim run`` exits with status
+:data:`HALTED_AT_FAILPOINT`). The files are then exactly as the crash left
+them, for the test to check, and the next ``sim run`` (started without the
+variable) is the device powering on again: a point fires once per crash.
 """
 
 from __future__ import annotations
@@ -42,6 +52,11 @@ from reconciler.sim.device import CHANNEL_PORT, OS_PORT
 from reconciler.sim.image import MountError, mount
 from reconciler.sim.os import DIE_WITH_PARENT, BootRefused, SimOsProcess, launch
 
+#: The failpoints of the daemons this supervisor starts (``reconciler.failpoints.ENV``).
+FAILPOINTS = "KRUXOS_FAILPOINTS"
+#: The exit status of ``sim run`` after its daemon was killed at an armed failpoint.
+HALTED_AT_FAILPOINT = 3
+
 
 def say(message: str) -> None:
     """The device's console."""
@@ -58,6 +73,8 @@ class _ChannelHandler(SimpleHTTPRequestHandler):
     rate = 0
     #: The ``Authorization`` value every request must carry (``None``: an open channel).
     authorization: str | None = None
+    #: Where each response is logged (one JSON line: path, start, bytes).
+    served_log: Path | None = None
 
     def log_message(self, format: str, *args: Any) -> None:
         return
@@ -85,12 +102,23 @@ class _ChannelHandler(SimpleHTTPRequestHandler):
         return f
 
     def copyfile(self, source: Any, outputfile: Any) -> None:
-        if not self.rate:
-            return super().copyfile(source, outputfile)
-        chunk = max(1024, self.rate // 20)
-        while data := source.read(chunk):
-            outputfile.write(data)
-            time.sleep(len(data) / self.rate)
+        start, sent = source.tell(), 0
+        chunk = max(1024, self.rate // 20) if self.rate else 64 * 1024
+        try:
+            while data := source.read(chunk):
+                outputfile.write(data)
+                sent += len(data)
+                if self.rate:
+                    time.sleep(len(data) / self.rate)
+        finally:
+            self._log_served(start, sent)
+
+    def _log_served(self, start: int, sent: int) -> None:
+        if self.served_log is None:
+            return
+        line = json.dumps({"path": self.path, "start": start, "bytes": sent}) + "\n"
+        with open(self.served_log, "a") as log:
+            log.write(line)
 
 
 class Supervisor:
@@ -112,6 +140,7 @@ class Supervisor:
         self.daemon_log_start = 0
         self.quick_exits = 0
         self.boots = 0
+        self.halted = False
 
     def run(self) -> int:
         """Serve the channel and boot until SIGTERM."""
@@ -134,7 +163,7 @@ class Supervisor:
             server.shutdown()
             (self.run_dir / "sim.pid").unlink(missing_ok=True)
         say("device stopped")
-        return 0
+        return HALTED_AT_FAILPOINT if self.halted else 0
 
     def _hold_the_device(self) -> None:
         """One ``sim run`` per device: an ``flock`` on ``run/sim.lock`` for this process's life.
@@ -160,7 +189,8 @@ class Supervisor:
     def _serve_channel(self) -> ThreadingHTTPServer:
         handler_class = type("RatedChannelHandler", (_ChannelHandler,),
                              {"rate": self.channel_rate,
-                              "authorization": self.channel_auth})
+                              "authorization": self.channel_auth,
+                              "served_log": self.run_dir / "served.jsonl"})
         handler = functools.partial(handler_class, directory=str(self.dir / "channel"))
         server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
         threading.Thread(target=server.serve_forever, daemon=True).start()
@@ -224,6 +254,8 @@ class Supervisor:
         while not self.reboot_requested.wait(0.2):
             if self.daemon is None or self.daemon.poll() is None:
                 continue
+            if self._killed_at_failpoint(self.daemon.returncode):
+                break
             lived = time.monotonic() - self.daemon_started
             self.quick_exits = self.quick_exits + 1 if lived < STEADY_AFTER else 1
             delay = restart_delay(self.quick_exits)
@@ -244,6 +276,16 @@ class Supervisor:
         except OSError:
             return ""
         return f": {lines[-1][:200]}" if lines else ""
+
+    def _killed_at_failpoint(self, returncode: int) -> bool:
+        """A daemon killed while failpoints are armed died at one: the device halts."""
+        if returncode != -signal.SIGKILL or not os.environ.get(FAILPOINTS):
+            return False
+        say(f"kruxos daemon killed at a failpoint ({os.environ[FAILPOINTS]}); the device "
+            "halts as the crash left it")
+        self.halted = True
+        self._request_stop()
+        return True
 
     def _shutdown_children(self) -> None:
         """What a reboot does to user space: SIGTERM, then SIGKILL after a grace period."""

@@ -13,7 +13,6 @@ device and waits until it converges with a verified audit trail.
 
 from __future__ import annotations
 
-import json
 import os
 import random
 import shutil
@@ -22,10 +21,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from reconciler.boot import BootState, open_backend
 from reconciler.config import load_device
-from reconciler.release.identity import read_identity
 from tests.device import SimDevice
+from tests.invariants import check_boot, check_resume, check_state, version_in
 from tests.powercut.mount import PowercutMount
 from tests.waiting import wait_for
 
@@ -181,67 +179,18 @@ class CutDevice:
 
     def _check_boot(self, cut: Cut) -> list[str]:
         """The slot the bootloader will pick holds a complete image, marked good or on trial."""
-        try:
-            state = open_backend(self.backend_name, self.env_path).read()
-        except Exception as exc:  # noqa: BLE001 - any failure to read is the finding
-            return [f"the boot env cannot be read after the cut: {exc}"]
-        slot, why = _pick(state)
-        cut.booted = slot
-        if why:
-            return [f"the bootloader would boot slot {slot}: {why} ({state})"]
-        version = self.version_in(slot)
-        if version is None:
-            return [f"the bootloader would boot slot {slot}, which holds no complete image "
-                    f"({state})"]
-        return []
+        cut.booted, problems = check_boot(self.device)
+        return [f"after the cut: {problem}" for problem in problems]
 
     def version_in(self, slot: str) -> str | None:
         """The release the slot's identity names, if the slot holds that whole image."""
-        path = self.slot_paths[slot]  # type: ignore[index]
-        identity, _ = read_identity(path)
-        if identity is None:
-            return None
-        image = self.device.dir / "channel" / f"kruxos-{identity.version}.img"
-        if not image.exists():
-            return None
-        with open(path, "rb") as f:
-            return identity.version if _same_prefix(f, image) else None
+        return version_in(self.device, slot)
 
     def _check_state(self) -> list[str]:
-        """The state file parses, or its copy does (the store restores from it)."""
-        data = self.device.dir / "data"
-        problems = []
-        for name in ("state.json", "state.copy.json"):
-            try:
-                json.loads((data / name).read_bytes())
-                return []
-            except FileNotFoundError:
-                problems.append(f"{name} is missing")
-            except ValueError as exc:
-                problems.append(f"{name} does not parse ({exc})")
-        if problems == ["state.json is missing", "state.copy.json is missing"]:
-            return []  # never written yet: the first pass writes none
-        return [f"no state file parses after the cut: {'; '.join(problems)}"]
+        return [f"after the cut: {problem}" for problem in check_state(self.device)]
 
     def _check_resume(self) -> list[str]:
-        """A staging resumes from a block whose predecessors are all durable in the slot."""
-        path = self.device.dir / "data" / "staging.resume.json"
-        try:
-            resume = json.loads(path.read_bytes())
-        except (FileNotFoundError, ValueError):
-            return []  # no resume point: a staging starts again from block 0
-        image = self.device.dir / "channel" / f"kruxos-{resume['version']}.img"
-        length = resume["next_block"] * resume["block_size"]
-        # the installer names the slot by its real path (under the mount)
-        slots = {os.path.realpath(p): p for p in self.slot_paths.values()}
-        if resume["slot"] not in slots:
-            return [f"staging.resume.json names {resume['slot']!r}, which is no slot"]
-        with open(slots[resume["slot"]], "rb") as slot, open(image, "rb") as img:
-            if slot.read(length) != img.read(length):
-                return [f"staging.resume.json says resume at block {resume['next_block']} of "
-                        f"{resume['version']} in slot {resume['slot']}, but the blocks before "
-                        "it are not all in the slot"]
-        return []
+        return check_resume(self.device)
 
     def _tail_cut_events(self) -> int:
         return sum(r.get("action") == "audit-tail-cut" for r in self.device.audit_file_records())
@@ -266,20 +215,3 @@ class CutDevice:
         if recorded != int(cut.torn_audit):
             cut.violations.append(f"the cut left {'a' if cut.torn_audit else 'no'} torn audit "
                                   f"record; the recovery recorded {recorded} audit-tail-cut")
-
-
-def _pick(state: BootState) -> tuple[str, str]:
-    """The slot the bootloader boots from ``state``, and what is wrong with it (or '')."""
-    if state.trial is not None and state.tries_left > 0:
-        return state.trial, ""
-    slot = state.default
-    mark = state.marks.get(slot)
-    return slot, "" if mark == "good" else f"the default slot is marked {mark!r}, not good"
-
-
-def _same_prefix(f: Any, image: Path) -> bool:
-    with open(image, "rb") as img:
-        while chunk := img.read(1 << 20):
-            if f.read(len(chunk)) != chunk:
-                return False
-    return True
