@@ -11,6 +11,7 @@ the device console and of the daemon log.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import re
@@ -305,3 +306,16 @@ def device(make_device: Callable[..., SimDevice]) -> SimDevice:
     """A fresh simulated device (not started)."""
     return make_device()
 
+
+@contextlib.contextmanager
+def data_dir_lock_held(data_dir: Path, content: str) -> Iterator[None]:
+    """Hold a device's data-dir lock here, its file saying ``content`` (what a holder writes:
+    ``kruxos daemon (pid 42)\\n``; empty: a holder that has not named itself). The lock is on
+    a descriptor of its own, so it conflicts with this process's other opens too."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    with open(data_dir / "lock", "a+") as held:
+        fcntl.flock(held.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        held.truncate(0)
+        held.write(content)
+        held.flush()
+        yield

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import fcntl
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -13,18 +10,9 @@ from reconciler.cli import link as link_module
 from reconciler.cli.link import connect
 from reconciler.config import load_device
 from reconciler.errors import LockHeldError
+from tests.device import data_dir_lock_held
 
-
-@contextmanager
-def _held(data_dir: Path, name: str) -> Iterator[None]:
-    """The data-dir lock held on a descriptor of its own (flock conflicts per open file)."""
-    data_dir.mkdir(parents=True, exist_ok=True)
-    with open(data_dir / "lock", "a+") as held:
-        fcntl.flock(held.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        held.truncate(0)
-        held.write(name)
-        held.flush()
-        yield
+_held = data_dir_lock_held
 
 
 def test_a_daemon_holding_the_lock_gets_the_request(device_dir: Path) -> None:

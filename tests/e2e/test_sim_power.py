@@ -10,14 +10,13 @@ restarted with a growing delay, saying why, instead of spinning.
 
 from __future__ import annotations
 
-import fcntl
 import os
 import re
 import signal
 import subprocess
 from collections.abc import Callable
 
-from tests.device import KRUXOS, REPO, SimDevice
+from tests.device import KRUXOS, REPO, SimDevice, data_dir_lock_held
 
 
 def _alive(pid: int) -> bool:
@@ -55,12 +54,8 @@ def test_a_daemon_that_cannot_start_is_restarted_with_a_growing_delay_saying_why
         make_device: Callable[..., SimDevice]) -> None:
     device = make_device()
     data = device.dir / "data"
-    data.mkdir(parents=True, exist_ok=True)
-    with open(data / "lock", "a+") as held:
-        fcntl.flock(held.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        held.truncate(0)
-        held.write("kruxos daemon (pid 1)\n")  # another daemon: refused, not waited for
-        held.flush()
+    # Another daemon holds it: refused, not waited for.
+    with data_dir_lock_held(data, "kruxos daemon (pid 1)\n"):
         device.start_without_waiting()
         pattern = re.compile(r"kruxos daemon exited \((\d+)\) after [\d.]+s: (.*); "
                              r"restarting it in (\d+)s")
@@ -68,7 +63,6 @@ def test_a_daemon_that_cannot_start_is_restarted_with_a_growing_delay_saying_why
             found: list[tuple[str, str, str]] = pattern.findall(device.console_text())
             return found if len(found) >= 3 else None
         exits = device.wait_for(restarts, 60, "three restarts of a refused daemon")
-        fcntl.flock(held.fileno(), fcntl.LOCK_UN)
     delays = [int(delay) for _, _, delay in exits[:3]]
     assert delays == [1, 2, 4], exits
     assert all("locked by kruxos daemon (pid 1)" in why for _, why, _ in exits), exits

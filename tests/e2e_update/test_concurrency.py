@@ -10,7 +10,7 @@ who holds the device.
 
 from __future__ import annotations
 
-import fcntl
+import contextlib
 import json
 import os
 import re
@@ -22,7 +22,7 @@ from pathlib import Path
 
 from reconciler.inbox import daemon_pid
 from reconciler.sim.device import CHANNEL_PORT
-from tests.device import KRUXOS, REPO
+from tests.device import KRUXOS, REPO, data_dir_lock_held
 from tests.httpserver import ChannelServer
 
 from .conftest import (
@@ -58,16 +58,9 @@ def _sound(device: SimDevice) -> None:
     assert device.status_json()["requests"] == []
 
 
-@contextmanager
-def _lock_held_as(data_dir: Path, holder: str) -> Iterator[None]:
+def _lock_held_as(data_dir: Path, holder: str) -> contextlib.AbstractContextManager[None]:
     """Hold the device's data-dir lock here, named as ``holder`` names itself."""
-    data_dir.mkdir(parents=True, exist_ok=True)
-    with open(data_dir / "lock", "a+") as held:
-        fcntl.flock(held.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        held.truncate(0)
-        held.write(f"{holder} (pid {os.getpid()})\n")
-        held.flush()
-        yield
+    return data_dir_lock_held(data_dir, f"{holder} (pid {os.getpid()})\n")
 
 
 def test_two_applies_at_once_stage_once_and_both_report_it(device: SimDevice) -> None:
