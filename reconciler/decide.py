@@ -281,17 +281,19 @@ def _lift_block(policy: UpdatePolicy | None, obs: ObservedState,
                 now: datetime) -> Action | None:
     """A failed version is forgotten once the desired version resolves to another one.
 
-    While a person's pin holds, the spec's own version decides: a pin is a hold
-    at the device (``cancel`` pins the running version), and dropping it with
-    ``resume`` must not bring back the version the person rolled back from. A
-    person who wants the failed version again pins it (``apply V``)."""
+    A pin at another version does not lift it while the spec itself still wants
+    the failed version: the pin is a hold at the device (``cancel`` pins the
+    running version), and dropping it with ``resume`` must not bring back the
+    version the person rolled back from. A person who wants the failed version
+    again pins it (``apply V``)."""
     failed = obs.failed
     if failed is None or policy is None:
         return None
-    desired = spec_wants(policy, obs) if obs.override is not None else \
-        desired_version(policy, obs)
+    desired = desired_version(policy, obs)
     if desired is None or desired == failed.version:
         return None
+    if obs.override is not None and spec_wants(policy, obs) == failed.version:
+        return None  # a hold at the device: the spec still wants what failed
     return LiftBlock(failed.version, f"{failed.version} may be tried again: the desired "
                      f"version is now {desired}")
 

@@ -33,8 +33,8 @@ def _checked(result: Result, floor: int) -> None:
 @pytest.mark.timeout(900)
 @pytest.mark.parametrize(("healthy", "bounds", "floor"), [
     (ONE_BAD, Bounds(edits=1, cuts=2, requests=0), 3_800),
-    (ONE_BAD, Bounds(edits=1, cuts=1, requests=1), 25_000),
-    (ALL_GOOD, Bounds(edits=0, cuts=1, requests=1), 2_500),
+    (ONE_BAD, Bounds(edits=1, cuts=1, requests=1), 24_000),
+    (ALL_GOOD, Bounds(edits=0, cuts=1, requests=1), 2_300),
 ], ids=["bad-release-edits-and-cuts", "bad-release-requests", "good-releases-requests"])
 def test_every_reachable_state_of_the_core_keeps_the_invariants(
         tmp_path: Path, healthy: dict[str, bool], bounds: Bounds, floor: int) -> None:

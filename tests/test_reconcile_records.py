@@ -38,13 +38,23 @@ def test_every_reboot_is_recorded_even_with_the_same_reason(device_dir: Path) ->
     assert len({r["reason"] for r in reboots}) == 1
 
 
-def test_a_rollback_asked_in_one_boot_does_not_apply_in_the_next(device_dir: Path) -> None:
+def test_a_rollback_asked_on_one_release_does_not_apply_to_the_next(device_dir: Path) -> None:
+    """A request is about the slot and release running when it was asked: it survives a
+    power cut on them (tests/test_request_binding.py), and not a boot into another."""
     reconciler = _reconciler(device_dir)
     submit(device_dir / "data", "rollback")
     reconciler.run_pass("cli")  # taken while no good slot can be rolled back to
     seen = observe(reconciler.device, reconciler.store, reconciler.backend)
     assert seen.request == "rollback"
-    (device_dir / "run" / "boot_id").write_text("boot-2\n")  # the trial boot that follows
+    (device_dir / "run" / "boot_id").write_text("boot-2\n")  # a power cut, the same slot
+    seen = observe(reconciler.device, reconciler.store, reconciler.backend)
+    assert seen.request == "rollback"
+    from tests.slots import claim
+
+    claim(device_dir / "slots" / "sda3", "1.0.1")  # then a boot into another release
+    reconciler.backend.set_mark("B", "good")
+    (device_dir / "run" / "cmdline").write_text("root=/dev/sda3 kruxos.slot=B\n")
+    (device_dir / "run" / "boot_id").write_text("boot-3\n")
     seen = observe(reconciler.device, reconciler.store, reconciler.backend)
     assert seen.request is None
 

@@ -461,10 +461,11 @@ POINTS: tuple[Point, ...] = (
           "other copy stays the valid older one", ("uboot",), boot_env=True),
     Point("uboot.env-written", ALL_FLOWS, "the env is new, the backup file old (read only "
           "when both copies are lost)", ("uboot",), boot_env=True),
-    Point("bls.entry-renamed", ("confirmed", "rolled-back", "cancel", "pin-resume"),
+    Point("bls.entry-renamed", ("confirmed", "rolled-back", "pin-resume"),
           "each change is ordered so that either name of the entry boots a good slot: "
           "counted before targeted, untargeted before made unbootable (a rollback to a "
-          "good slot only retargets loader.conf: no rename)", ("bls",), boot_env=True),
+          "good slot only retargets loader.conf, and a cancel marks bad an entry the "
+          "staging already made unbootable: no rename)", ("bls",), boot_env=True),
     Point("loader-conf.temp-written", ALL_FLOWS, "loader.conf is the old file", ("bls",),
           boot_env=True),
     Point("loader-conf.renamed", ALL_FLOWS, "loader.conf is the new file", ("bls",),
