@@ -221,6 +221,7 @@ class ChannelServer:
     """The server process, started for one test and stopped after it."""
 
     def __init__(self, root: Path) -> None:
+        self.root = root
         self.proc = subprocess.Popen([sys.executable, __file__, str(root)],
                                      stdout=subprocess.PIPE, text=True)
         assert self.proc.stdout is not None

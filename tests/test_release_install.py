@@ -681,3 +681,31 @@ def test_the_durable_progress_is_what_the_resume_file_records_at_each_event(
     assert all(durable == saved for _, durable, saved in seen), seen
     assert all(0 <= written - durable < 4 * BLOCK for written, durable, _ in seen), seen
     assert [d for _, d, _ in seen][3:8] == [4 * BLOCK] * 4 + [8 * BLOCK]
+
+
+@pytest.mark.parametrize(("faults", "error", "says"), [
+    ({"status": 503}, ChannelUnavailable, "answered HTTP 503"),
+    ({"status": 416}, ChannelUnavailable, "refused the range from byte 0"),
+    ({"extra": 10}, ReleaseError, "image longer than its declared size"),  # not wrapped
+])
+def test_a_refusal_of_the_image_names_its_url_without_a_secret_in_it(
+        device: Device, faults: dict[str, Any], error: type[Exception], says: str) -> None:
+    from reconciler.redact import register_secret
+
+    token = "s3cret-capability-4711"  # a channel at a secret path, its secret registered
+    register_secret(token)
+    secret_path = device.server.root / token
+    secret_path.symlink_to(".")
+    device.server.set_faults(**faults)
+    try:
+        with pytest.raises(error) as refused:
+            install(device.release, f"{device.server.url}/{token}/", device.slot, SLOT_SIZE,
+                    origin=ORIGIN, booted_slot_path=device.booted,
+                    before_first_write=lambda: None, progress=device.events.append,
+                    should_stop=lambda: False, resume_file=device.resume_file, timeout=5.0,
+                    retry=ONCE)
+    finally:
+        secret_path.unlink()
+    message = str(refused.value)
+    assert token not in message, message
+    assert f"{device.server.url}/***/" in message and says in message, message

@@ -277,31 +277,36 @@ def _clear_resume(resume_file: Path) -> None:
         pass
 
 
+def _shown(resp: httpx.Response) -> str:
+    """The response's URL as a message may show it: credentials in it masked."""
+    return redact(str(resp.url))
+
+
 def _start_of(resp: httpx.Response, offset: int, release: Release) -> int:
     """The image offset the response body starts at; refuse a body of the wrong length."""
     if resp.status_code == 416:
-        raise ChannelUnavailable(f"channel: {resp.url} refused the range from byte {offset}",
+        raise ChannelUnavailable(f"channel: {_shown(resp)} refused the range from byte {offset}",
                                  BACKOFF_BASE)
     if resp.status_code >= 500 or resp.status_code in _RETRIED_STATUS:
         raise _NetFault(f"http {resp.status_code}",
-                        f"channel: {resp.url} answered HTTP {resp.status_code}")
+                        f"channel: {_shown(resp)} answered HTTP {resp.status_code}")
     if resp.status_code not in (200, 206):
-        raise ChannelUnavailable(f"channel: {resp.url} answered HTTP {resp.status_code}")
+        raise ChannelUnavailable(f"channel: {_shown(resp)} answered HTTP {resp.status_code}")
     if resp.headers.get("content-encoding", "identity") != "identity":
-        raise ReleaseError(f"{resp.url}: served with Content-Encoding "
+        raise ReleaseError(f"{_shown(resp)}: served with Content-Encoding "
                            f"{resp.headers['content-encoding']}; images are sent as they are")
     start = 0
     if resp.status_code == 206:
         match = _CONTENT_RANGE.match(resp.headers.get("content-range", ""))
         if match is None or int(match.group(1)) != offset:
-            raise ReleaseError(f"{resp.url}: asked for bytes from {offset}, got "
+            raise ReleaseError(f"{_shown(resp)}: asked for bytes from {offset}, got "
                                f"Content-Range {resp.headers.get('content-range')!r}")
         start = offset
     length = resp.headers.get("content-length")
     if length is not None and length.isdigit() and int(length) != release.size - start:
         longer = int(length) > release.size - start
         raise ReleaseError(
-            f"{resp.url}: image {'longer than' if longer else 'shorter than'} its declared "
+            f"{_shown(resp)}: image {'longer than' if longer else 'shorter than'} its declared "
             f"size: the server sends {length} bytes from offset {start}, the signed size "
             f"{release.size} leaves {release.size - start}; nothing of it was written")
     return start
@@ -397,12 +402,12 @@ class _Receiver:
                 return
             session.fetched += len(chunk)
             if time.monotonic() - began > session.block_deadline:
-                raise _NetFault("stall", f"{resp.url}: block {index} took more than "
+                raise _NetFault("stall", f"{_shown(resp)}: block {index} took more than "
                                 f"{session.block_deadline:.1f}s (slow retrieval)")
             view = memoryview(chunk)
             while view:
                 if index >= len(release.blocks):
-                    raise ReleaseError(f"{resp.url}: image longer than its declared size "
+                    raise ReleaseError(f"{_shown(resp)}: image longer than its declared size "
                                        f"{release.size}; stopped reading at the declared length")
                 n = min(len(view), need - filled)
                 buf[filled:filled + n] = view[:n]
@@ -419,7 +424,7 @@ class _Receiver:
                         return
                 began = time.monotonic()
         if index < len(release.blocks):
-            raise _NetFault("cut", f"{resp.url}: the stream ended at byte "
+            raise _NetFault("cut", f"{_shown(resp)}: the stream ended at byte "
                             f"{release.block_range(index)[0] + filled} of {release.size}")
         self._put(None)
 
