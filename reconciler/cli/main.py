@@ -48,13 +48,14 @@ def cli(ctx: click.Context, config: str | None) -> None:
     ctx.obj = config
 
 
-_LOADED: list[Device] = []
+#: The device config this invocation loaded, for the hint an error may need.
+_LOADED: dict[str, Device] = {}
 
 
 def device_of(ctx: click.Context) -> Device:
     """The device config chosen for this invocation."""
     device = load_device(config_path(ctx.find_root().obj))
-    _LOADED.append(device)
+    _LOADED["device"] = device
     return device
 
 
@@ -64,16 +65,16 @@ def stopped_simulation_hint() -> str:
     A simulated device (its reboot command is ``reconciler.sim.reboot DIR``) that
     no ``kruxos sim run`` boots has no kernel command line and no channel: the
     error says what could not be read; this says why, and what to run."""
-    for device in _LOADED[-1:]:
-        command = device.reboot_command
-        if "reconciler.sim.reboot" not in command or command[-1] == "reconciler.sim.reboot":
-            return ""
-        directory = Path(command[-1])
-        try:
-            os.kill(int((directory / "run" / "sim.pid").read_text()), 0)
-        except (OSError, ValueError):
-            return (f"\nhint: the simulated device {directory} is not running; start it with "
-                    f"`kruxos sim run {directory}`")
+    device = _LOADED.get("device")
+    command = device.reboot_command if device is not None else ()
+    if "reconciler.sim.reboot" not in command or command[-1] == "reconciler.sim.reboot":
+        return ""
+    directory = Path(command[-1])
+    try:
+        os.kill(int((directory / "run" / "sim.pid").read_text()), 0)
+    except (OSError, ValueError):
+        return (f"\nhint: the simulated device {directory} is not running; start it with "
+                f"`kruxos sim run {directory}`")
     return ""
 
 
@@ -104,7 +105,7 @@ def update_status(ctx: click.Context, as_json: bool) -> None:
     device = device_of(ctx)
     now = _now()
     view = inspect_device(device, now)
-    reconciler = _reconciler_facts(device)
+    reconciler, last_pass = _reconciler_facts(device)
     spec = {"path": view.spec_path, "revision": view.revision, "error": view.spec_error}
     if as_json:
         doc = {"ok": True,
@@ -123,11 +124,8 @@ def update_status(ctx: click.Context, as_json: bool) -> None:
         extra.append(f"Spec: {view.spec_path} is invalid ({_one_line(view.spec_error)}); "
                      f"{kept}")
     if reconciler["pid"] is None:
-        last = reconciler["last_pass"]
-        ago = (f" ({format_age(max(0, int((now - datetime.fromisoformat(last)).total_seconds())))}"
-               " ago)") if last else ""
         extra.append("Daemon: not running (nothing follows the spec until `kruxos daemon` "
-                      "starts)" + (f"; last pass {last}{ago}" if last else ""))
+                     "starts)" + _last_pass_text(last_pass, now))
     at = len(lines) - 1 if lines and lines[-1].startswith("Next: ") else len(lines)
     for line in lines[:at] + extra + lines[at:]:
         click.echo(line)
@@ -138,21 +136,27 @@ def _one_line(text: str, limit: int = 200) -> str:
     return line if len(line) <= limit else line[:limit - 1] + "…"
 
 
-def _reconciler_facts(device: Device) -> dict[str, Any]:
-    """Who reconciles the device: the daemon's pid (``None``: none runs) and the last pass.
-
-    The last pass is when the audit head was last written (every pass writes
-    it, a repeated decision too)."""
+def _reconciler_facts(device: Device) -> tuple[dict[str, Any], datetime | None]:
+    """Who reconciles the device, as ``--json`` says it (``running``, ``pid``,
+    ``last_pass``), and the last pass: when the audit head was last written (every
+    pass writes it, a repeated decision too)."""
     from reconciler.inbox import daemon_pid
 
     pid = daemon_pid(device.data_dir)
     try:
-        mtime = (device.audit_dir / "head.json").stat().st_mtime
+        last = datetime.fromtimestamp((device.audit_dir / "head.json").stat().st_mtime, UTC)
     except OSError:
         last = None
-    else:
-        last = datetime.fromtimestamp(mtime, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-    return {"running": pid is not None, "pid": pid, "last_pass": last}
+    shown = last.strftime("%Y-%m-%dT%H:%M:%SZ") if last else None
+    return {"running": pid is not None, "pid": pid, "last_pass": shown}, last
+
+
+def _last_pass_text(last: datetime | None, now: datetime) -> str:
+    """``; last pass 2026-12-02T15:10:52Z (13s ago)``, or nothing when none is known."""
+    if last is None:
+        return ""
+    ago = format_age(max(0, int((now - last).total_seconds())))
+    return f"; last pass {last.strftime('%Y-%m-%dT%H:%M:%SZ')} ({ago} ago)"
 
 
 def format_age(seconds: int) -> str:

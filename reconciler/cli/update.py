@@ -29,6 +29,7 @@ from typing import Any, NoReturn
 import click
 
 from reconciler.actions import Blocked
+from reconciler.audit import AuditRecord
 from reconciler.channelwatch import ChannelWatch, view_of
 from reconciler.cli.link import Link, connect
 from reconciler.config import Device
@@ -201,11 +202,12 @@ def _follow_staging(link: Link, version: str, size: int, start: int, as_json: bo
     try:
         while True:
             view = inspect_device(link.device, _now(), channel=channel)  # verified once above
-            taken_over = _taken_over(link, start, version)
+            records = list(link.records_after(start))  # read once for both questions
+            taken_over = _taken_over(records, version)
             if taken_over is not None:  # the later request stands: no resume sent here
                 bars.finish(_progress(link, version, size), "✗ stopped")
                 _fail(taken_over, 1, as_json, why="taken-over")
-            problem = _stage_problem(link, start, version, view)
+            problem = _stage_problem(link, records, version, view)
             if problem is not None:
                 bars.finish(_progress(link, version, size), "✗ refused")
                 link.wait_taken(link.send("resume"))
@@ -266,7 +268,7 @@ def _after_staging(link: Link, version: str, reboot: str, as_json: bool, label: 
 _TAKES_OVER = frozenset({"cancel", "resume", "stop", "rollback-request"})
 
 
-def _taken_over(link: Link, start: int, version: str) -> str | None:
+def _taken_over(records: list[AuditRecord], version: str) -> str | None:
     """A request taken after this command's pin that supersedes it, said as an error.
 
     Another person (or script) may cancel, stop, resume, roll back or pin
@@ -274,7 +276,7 @@ def _taken_over(link: Link, start: int, version: str) -> str | None:
     ends, saying who took over, instead of waiting for a staging that will not
     come."""
     pinned = False
-    for record in link.records_after(start):
+    for record in records:
         if record.kind != "decision":
             continue
         if record.action == "pin" and record.reason.startswith(f"{version} pinned"):
@@ -285,9 +287,10 @@ def _taken_over(link: Link, start: int, version: str) -> str | None:
     return None
 
 
-def _stage_problem(link: Link, start: int, version: str, view: Any) -> str | None:
-    """A refusal the reconciler recorded since ``start`` (stage failed, or blocked)."""
-    for record in link.records_after(start):
+def _stage_problem(link: Link, records: list[AuditRecord], version: str,
+                   view: Any) -> str | None:
+    """A refusal among the ``records`` since this command's pin (stage failed, or blocked)."""
+    for record in records:
         if record.action == "stage" and record.kind == "outcome" and record.outcome \
                 and record.outcome.startswith("failed") and "stopped at block" not in \
                 record.outcome:
