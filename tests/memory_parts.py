@@ -21,6 +21,7 @@ from typing import Any
 from reconciler.audit import AuditRecord
 from reconciler.boot import BootState, Mark, SlotName, other
 from reconciler.boot.abvars import VariableBackend
+from reconciler.boot.bls import BlsBackend
 from reconciler.errors import TemporaryError
 from reconciler.observed import ChannelView
 from reconciler.release.identity import SlotIdentity
@@ -267,6 +268,45 @@ class MemoryEnvBackend(VariableBackend):
         return "B" if self.env.get("KRUXOS_DEFAULT") == "B" else "A"
 
 
+class CountedBlsBackend(BlsBackend):
+    """The real ``bls`` backend on a real ESP directory, each of its writes one durable write.
+
+    Nothing of the backend is replaced but where its writes are counted: an
+    entry's rename (with its directory fsync), loader.conf's atomic rewrite, and
+    in a repair each entry placed or moved aside, all through the :class:`Disk`,
+    so a kill or cut falls between any two of them.
+    """
+
+    def __init__(self, esp: Path, efivars: Path, disk: Disk, journal: Journal) -> None:
+        super().__init__(esp, efivars)
+        self.disk = disk
+        self.journal = journal
+        self.wrote = False  # whether any write of this backend happened (the ESP changed)
+
+    def _rename(self, view: Any, slot: SlotName, name: str) -> None:
+        entry = view.entries[slot]
+        if entry is not None and entry.name == name:
+            return  # nothing to write
+        self._write("boot-entry", lambda: BlsBackend._rename(self, view, slot, name))
+
+    def _write_conf(self, view: Any) -> None:
+        self._write("boot-conf", lambda: BlsBackend._write_conf(self, view))
+
+    def _place(self, *args: Any) -> None:
+        self._write("boot-entry", lambda: BlsBackend._place(self, *args))
+
+    def _aside(self, *args: Any) -> None:
+        self._write("boot-aside", lambda: BlsBackend._aside(self, *args))
+
+    def _write(self, what: str, apply: Callable[[], None]) -> None:
+        def write() -> None:
+            self.wrote = True  # before: a write that raises half way may have changed the ESP
+            apply()
+
+        self.disk.write(what, write)
+        self.journal.append("boot")
+
+
 class FakeChannel:
     """A channel that lists ``versions`` (by default 1.0.0 and 1.0.1), the last the latest."""
 
@@ -330,7 +370,8 @@ class FakeStager:
     installer's order: slot marked bad, staging recorded, identity destroyed, the
     blocks, a stop check, the identity written last, the slot marked staged."""
 
-    def __init__(self, machine: MemoryMachine, backend: MemoryBackend | MemoryEnvBackend,
+    def __init__(self, machine: MemoryMachine,
+                 backend: MemoryBackend | MemoryEnvBackend | CountedBlsBackend,
                  journal: Journal) -> None:
         self.machine, self.backend, self.journal = machine, backend, journal
 

@@ -41,6 +41,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import shutil
+import tempfile
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -52,17 +55,22 @@ from typing import Any
 
 from reconciler import reconcile
 from reconciler.actions import Action, Reboot, Rollback
-from reconciler.boot import SlotName
+from reconciler.boot import BootState, SlotName
 from reconciler.boot.abvars import TRIAL, state_of
+from reconciler.boot.bls import BlsBackend
 from reconciler.config import Device, load_device
+from reconciler.errors import BootEnvError
 from reconciler.health import HealthAnswer
 from reconciler.reconcile import Parts, Reconciler
 from reconciler.release.identity import SlotIdentity
+from reconciler.sim.boot_bls import boot_once
+from reconciler.sim.boot_bls import init_env as init_esp
 from reconciler.sim.bootloader import choose_and_save
 from reconciler.sim.device import init_device
 from reconciler.specfile import LoadedSpec, parse_spec
 from tests.memory_parts import (
     ZERO,
+    CountedBlsBackend,
     Disk,
     FakeChannel,
     FakeStager,
@@ -141,12 +149,141 @@ class World:
                      self.reboot_due)
 
 
-def initial(bounds: Bounds) -> World:
+def initial(bounds: Bounds, loader: Loader | None = None) -> World:
     """Slot A runs 1.0.0, confirmed; slot B is empty; the spec wants ``first_spec``."""
-    env = {"KRUXOS_DEFAULT": "A", "KRUXOS_TRIAL": "", "KRUXOS_TRIES": "", "KRUXOS_A": "good",
-           "KRUXOS_B": "empty", "KRUXOS_FALLBACK": ""}
+    env = (loader or VariablesLoader()).initial()
     return World(env, {"A": "1.0.0", "B": None}, {}, [], (0, ZERO), [], "A", 1, START,
                  bounds.first_spec)
+
+
+# ---- the bootloaders: where the boot state lives, and how a power-on reads it ---------------
+
+class VariablesLoader:
+    """GRUB's and U-Boot's ``KRUXOS_*`` variables (a dict), under the shipped boot script's
+    rules (:func:`~reconciler.sim.bootloader.choose_and_save`) and the real backends' code
+    (:class:`~tests.memory_parts.MemoryEnvBackend`)."""
+
+    name = "grub/u-boot"
+
+    def initial(self) -> dict[str, str]:
+        return {"KRUXOS_DEFAULT": "A", "KRUXOS_TRIAL": "", "KRUXOS_TRIES": "",
+                "KRUXOS_A": "good", "KRUXOS_B": "empty", "KRUXOS_FALLBACK": ""}
+
+    def backend(self, env: dict[str, str], disk: Disk, journal: list[str]) -> MemoryEnvBackend:
+        return MemoryEnvBackend(env, disk, journal)
+
+    def after(self, backend: Any) -> dict[str, str]:
+        return dict(backend.env)
+
+    def boot(self, env: dict[str, str]) -> tuple[dict[str, str], SlotName, bool]:
+        """A power-on: (the env after it, the slot booted, whether that slot is on trial)."""
+        env = dict(env)
+        choice = choose_and_save(env, env.update)
+        return env, choice.slot, choice.trial
+
+    def state(self, env: dict[str, str], booted: SlotName) -> BootState:
+        return state_of(env, Path("memory-env"), "")
+
+    def on_trial(self, env: dict[str, str], booted: SlotName) -> bool:
+        return env.get(TRIAL) == booted
+
+
+class BlsLoader:
+    """systemd-boot's entries and loader.conf on a real ESP directory (in ``scratch``, on a
+    tmpfs where there is one): the world keeps the ESP's files and the EFI variables as a
+    dict, laid out again before each run of the real ``bls`` backend
+    (:class:`~tests.memory_parts.CountedBlsBackend`) or of the simulated systemd-boot
+    (:func:`~reconciler.sim.boot_bls.boot_once`, checked against the real one in QEMU), and
+    read back after."""
+
+    name = "bls"
+    #: The directories the world keeps: loader.conf, the boot entries, entries a repair moved
+    #: aside, the EFI variables systemd-boot sets.
+    KEPT = ("esp/loader", "esp/loader/entries", "esp/kruxos/damaged", "efivars")
+
+    def __init__(self, scratch: Path) -> None:
+        self.root = scratch
+        self.esp = init_esp(scratch)
+        self.efivars = scratch / "efivars"
+        boot_once(self.esp)  # slot A's first boot: LoaderEntrySelected is set
+        self.laid_out: dict[str, str] = {}
+        self._initial = self._read()
+        # what a power-on and a read make of an ESP: pure functions of its files
+        self._boots: dict[frozenset[tuple[str, str]], Any] = {}
+        self._states: dict[frozenset[tuple[str, str]], Any] = {}
+
+    def initial(self) -> dict[str, str]:
+        return dict(self._initial)
+
+    def _lay_out(self, files: dict[str, str]) -> None:
+        """Make the scratch ESP hold ``files``, writing only what differs from what it holds."""
+        for name in self.laid_out.keys() - files.keys():
+            os.unlink(self.root / name)
+        for name, text in files.items():
+            if self.laid_out.get(name) != text:
+                path = self.root / name
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_bytes(text.encode("latin-1"))
+        self.laid_out = dict(files)
+
+    def _read(self) -> dict[str, str]:
+        files = {}
+        for kept in self.KEPT:
+            try:
+                names = os.listdir(self.root / kept)
+            except FileNotFoundError:
+                continue
+            for name in names:
+                path = self.root / kept / name
+                if path.is_file():
+                    files[f"{kept}/{name}"] = path.read_bytes().decode("latin-1")
+        self.laid_out = dict(files)
+        return files
+
+    def backend(self, env: dict[str, str], disk: Disk, journal: list[str]) -> CountedBlsBackend:
+        self._lay_out(env)
+        return CountedBlsBackend(self.esp, self.efivars, disk, journal)
+
+    def after(self, backend: Any) -> dict[str, str]:
+        """The ESP after a pass (as laid out when the backend wrote nothing)."""
+        return self._read() if backend.wrote else dict(self.laid_out)
+
+    def boot(self, env: dict[str, str]) -> tuple[dict[str, str], SlotName, bool]:
+        key = frozenset(env.items())
+        if key not in self._boots:
+            self._lay_out(env)
+            try:
+                choice = boot_once(self.esp)
+                self._boots[key] = (self._read(), choice.slot, choice.trial)
+            except BootEnvError as exc:
+                self._read()
+                self._boots[key] = exc
+        found = self._boots[key]
+        if isinstance(found, BootEnvError):
+            raise found
+        return dict(found[0]), found[1], found[2]
+
+    def state(self, env: dict[str, str], booted: SlotName) -> BootState:
+        key = frozenset(env.items())
+        if key not in self._states:
+            self._lay_out(env)
+            try:
+                self._states[key] = BlsBackend(self.esp, self.efivars).read()
+            except BootEnvError as exc:
+                self._states[key] = exc
+        found = self._states[key]
+        if isinstance(found, BootEnvError):
+            raise found
+        return found  # type: ignore[no-any-return]
+
+    def on_trial(self, env: dict[str, str], booted: SlotName) -> bool:
+        try:
+            return self.state(env, booted).trial == booted
+        except BootEnvError:
+            return False  # reported as a violation by the state's own check
+
+
+Loader = VariablesLoader | BlsLoader
 
 
 @dataclass(frozen=True)
@@ -174,10 +311,12 @@ class Result:
 class Model:
     """The device, the events and the invariants, for one health oracle and one bound."""
 
-    def __init__(self, device: Device, healthy: dict[str, bool], bounds: Bounds) -> None:
+    def __init__(self, device: Device, healthy: dict[str, bool], bounds: Bounds,
+                 loader: Loader | None = None) -> None:
         self.device = device
         self.healthy = healthy
         self.bounds = bounds
+        self.loader: Loader = loader or VariablesLoader()
         self.specs: dict[str, LoadedSpec] = {
             v: parse_spec(SPEC.format(version=v).encode()) for v in RELEASES}
         self.runs = 0
@@ -194,7 +333,7 @@ class Model:
         journal: list[str] = []
         store = MemoryStore(self.device.data_dir, journal, disk, w.doc)
         audit = MemoryAudit(journal, disk, w.records, w.head)
-        backend = MemoryEnvBackend(w.env, disk, journal)
+        backend = self.loader.backend(w.env, disk, journal)
         machine = MemoryMachine({s: SlotIdentity(version=v) if v else None
                                  for s, v in w.identities.items()}, w.booted, w.boots, disk)
         inbox = MemoryInbox(w.inbox, disk)
@@ -219,18 +358,21 @@ class Model:
             action = result.action
         except Killed:
             pass
-        w.doc, w.records, w.head, w.env = store.doc, audit.records, audit.head, backend.env
+        w.doc, w.records, w.head = store.doc, audit.records, audit.head
+        w.env = self.loader.after(backend)
         w.identities = {s: i.version if i else None for s, i in machine.identities.items()}
         w.inbox = inbox.requests
         w.reboot_due = w.reboot_due or bool(asked)
         return w, len(disk.writes), action
 
-    @staticmethod
-    def boot(world: World) -> World:
+    def initial(self) -> World:
+        return initial(self.bounds, self.loader)
+
+    def boot(self, world: World) -> World:
         """A power-on: the boot script picks the slot and saves its countdown."""
         w = world.copy()
-        choice = choose_and_save(w.env, w.env.update)
-        w.booted, w.boots, w.reboot_due = choice.slot, w.boots + 1, False
+        w.env, w.booted, _ = self.loader.boot(w.env)
+        w.boots, w.reboot_due = w.boots + 1, False
         return w
 
     # -- events ------------------------------------------------------------------------------
@@ -302,47 +444,86 @@ class Model:
     def check(self, w: World) -> list[str]:
         """The invariants every single state must hold."""
         found = []
-        bootable = _bootable(w)
+        bootable = _bootable(w, self.loader)
         if bootable is not None:
             found.append(f"no good slot boots: {bootable}")
         problem = self._audit_problem(w)
         if problem is not None:
             found.append(f"the audit head does not match the trail: {problem}")
+        unhealthy = self._unhealthy_default(w)
+        if unhealthy is not None:
+            found.append(unhealthy)
         return found
+
+    def _unhealthy_default(self, w: World) -> str | None:
+        """A release that is not healthy never becomes the default slot's, unless a person
+        asked for something (a person may confirm whatever they like)."""
+        if w.requests:
+            return None
+        try:
+            default = self.loader.state(w.env, w.booted).default
+        except BootEnvError:
+            return None  # reported by the bootable check
+        version = w.identities.get(default)
+        if version is None or self.healthy.get(version, False):
+            return None
+        return f"{version}, not healthy, is the default slot {default}'s release"
 
     def _audit_problem(self, w: World) -> str | None:
         """The trail's check, each record walked once (states share their histories)."""
         return MemoryAudit([], records=w.records, head=w.head).problem(self.chained)
 
-    @staticmethod
-    def runs_failed(w: World) -> bool:
+    def runs_failed(self, w: World) -> bool:
         """The booted release is recorded as failed: a rollback was decided, not finished
         (a good slot to go back to is there: the check needs one, as a rollback does)."""
         failed = (w.doc.get("failed") or {}).get("version")
+        if failed is None or failed != w.identities.get(w.booted) or w.reboot_due:
+            return False
         back: SlotName = "B" if w.booted == "A" else "A"
-        return (failed is not None and failed == w.identities.get(w.booted)
-                and not w.reboot_due and w.env.get(f"KRUXOS_{back}") == "good"
-                and w.identities.get(back) not in (None, failed))
+        try:
+            good = self.loader.state(w.env, w.booted).marks[back] == "good"
+        except BootEnvError:
+            return False  # an unreadable boot state is reported by the state's check
+        return good and w.identities.get(back) not in (None, failed)
+
+    def on_trial(self, w: World) -> bool:
+        """The booted slot is on trial."""
+        return self.loader.on_trial(w.env, w.booted)
+
+    @staticmethod
+    def unsettled(w: World) -> str | None:
+        """Why the device, with no person's request ever made, has not done what the spec
+        asks: run its version, or have recorded that version as failed (and say so)."""
+        if w.requests:
+            return None  # a person's pin or cancel decides what is wanted
+        running = w.identities.get(w.booted)
+        failed = (w.doc.get("failed") or {}).get("version")
+        if running == w.spec or failed == w.spec:
+            return None
+        return (f"it runs {running} from slot {w.booted}, the spec wants {w.spec} "
+                f"(recorded as failed: {failed})")
 
 
-def _bootable(w: World) -> str | None:
-    """Why the boot script would not boot a good slot now, or ``None``."""
-    env = dict(w.env)
-    choice = choose_and_save(env, env.update)
-    state = state_of(env, Path("memory-env"), "")
+def _bootable(w: World, loader: Loader) -> str | None:
+    """Why the bootloader would not boot a good slot now, or ``None``."""
+    try:
+        env, booted, trial = loader.boot(w.env)
+        state = loader.state(env, booted)
+    except BootEnvError as exc:
+        return f"the boot state cannot be read or booted: {exc}"
 
     def whole(slot: SlotName) -> bool:
         return w.identities.get(slot) is not None
 
-    if choice.trial:
-        if not whole(choice.slot):
-            return f"trial slot {choice.slot} holds no whole release"
+    if trial:
+        if not whole(booted):
+            return f"trial slot {booted} holds no whole release"
         if state.marks[state.default] != "good" or not whole(state.default):
-            return f"the fallback {state.default} of trial {choice.slot} is not a good slot"
+            return f"the fallback {state.default} of trial {booted} is not a good slot"
         return None
-    if state.marks[choice.slot] != "good" or not whole(choice.slot):
-        return (f"slot {choice.slot} boots, marked {state.marks[choice.slot]}, holding "
-                f"{w.identities.get(choice.slot)}")
+    if state.marks[booted] != "good" or not whole(booted):
+        return (f"slot {booted} boots, marked {state.marks[booted]}, holding "
+                f"{w.identities.get(booted)}")
     return None
 
 
@@ -365,13 +546,14 @@ def explore(model: Model, limit: int = 3_000_000) -> Result:
     its events have run (the deeper bounds hold millions of edges).
     """
     started = time.monotonic()
-    first = initial(model.bounds)
+    first = model.initial()
     keys: dict[bytes, int] = {_digest(model.key(first)): 0}
     worlds: list[World | None] = [first]
     parent: list[tuple[int, str] | None] = [None]
     depth = [0]
     edges: list[list[Edge]] = []
     on_trial: list[bool] = []
+    unsettled: list[str | None] = []
     violations: list[str] = []
     queue = deque([0])
     with _quiet():
@@ -404,9 +586,11 @@ def explore(model: Model, limit: int = 3_000_000) -> Result:
             while len(edges) <= index:
                 edges.append([])
                 on_trial.append(False)
+                unsettled.append(None)
             edges[index] = out
-            on_trial[index] = world.env.get(TRIAL) == world.booted
-    violations += _graph_violations(on_trial, edges, parent)
+            on_trial[index] = model.on_trial(world)
+            unsettled[index] = None if on_trial[index] else model.unsettled(world)
+    violations += _graph_violations(on_trial, unsettled, edges, parent)
     return Result(len(worlds), sum(len(e) for e in edges), max(depth), model.runs,
                   time.monotonic() - started, violations)
 
@@ -423,9 +607,11 @@ def _path(parent: list[tuple[int, str] | None], index: int) -> str:
     return " → ".join(reversed(labels)) or "(the first state)"
 
 
-def _graph_violations(on_trial: list[bool], edges: list[list[Edge]],
+def _graph_violations(on_trial: list[bool], unsettled: list[str | None],
+                      edges: list[list[Edge]],
                       parent: list[tuple[int, str] | None]) -> list[str]:
-    """No reboot inside a cycle of free events; every bottom component has no trial booted."""
+    """No reboot inside a cycle of free events; every bottom component has no trial booted
+    and, where no person asked for anything, has converged."""
     free = [[e for e in out if e.free] for out in edges]
     component = _components(free)
     found = []
@@ -448,6 +634,12 @@ def _graph_violations(on_trial: list[bool], edges: list[list[Edge]],
             found.append(f"a trial that never ends: the booted slot stays on trial with "
                          f"nothing left to happen but passes and ticks\n  path: "
                          f"{_path(parent, index)}")
+    for index, why in enumerate(unsettled):
+        c = component[index]
+        if c in leaves and c not in reported and why is not None:
+            reported.add(c)
+            found.append(f"the device never converges: {why}, with nothing left to happen "
+                         f"but passes and ticks\n  path: {_path(parent, index)}")
     return found
 
 
@@ -520,7 +712,7 @@ def _components(graph: list[list[Edge]]) -> list[int]:
 
 def replay(model: Model, path: str) -> World:
     """The state a violation's path leads to (``"pass → boot → kill@3"``), to look at."""
-    world = initial(model.bounds)
+    world = model.initial()
     with _quiet():
         for label in path.split(" → "):
             world = next(after for name, after, *_ in model.successors(world) if name == label)
@@ -533,14 +725,28 @@ def model_device(directory: Path) -> Device:
     return load_device(directory / "device.yaml")
 
 
+def scratch_dir(name: str) -> Path:
+    """A directory for the ESP the ``bls`` model lays out before each pass: on a tmpfs where
+    there is one (tens of thousands of passes each write a few files and fsync them)."""
+    shm = Path("/dev/shm")
+    base = shm if shm.is_dir() and os.access(shm, os.W_OK) else None
+    return Path(tempfile.mkdtemp(prefix=f"kruxos-model-{name}-", dir=base))
+
+
 def run(directory: Path, healthy: dict[str, bool], bounds: Bounds,
-        report: Callable[[str], None] = print) -> Result:
-    """Explore one oracle and bound; print the counts."""
-    model = Model(model_device(directory), healthy, bounds)
-    result = explore(model)
+        report: Callable[[str], None] = print, loader: str = "grub/u-boot") -> Result:
+    """Explore one oracle and bound with one bootloader's rules; print the counts."""
+    scratch = scratch_dir("bls") if loader == "bls" else None
+    try:
+        rules: Loader = BlsLoader(scratch) if scratch else VariablesLoader()
+        model = Model(model_device(directory), healthy, bounds, rules)
+        result = explore(model)
+    finally:
+        if scratch is not None:
+            shutil.rmtree(scratch, ignore_errors=True)
     oracle = ", ".join(f"{v} {'good' if ok else 'bad'}" for v, ok in healthy.items())
-    report(f"model check ({oracle}; edits {bounds.edits}, cuts {bounds.cuts}, requests "
-           f"{bounds.requests}): {result.states} states, {result.edges} events, depth "
-           f"{result.depth}, {result.runs} passes run, {result.seconds:.1f} s, "
+    report(f"model check ({rules.name}; {oracle}; edits {bounds.edits}, cuts {bounds.cuts}, "
+           f"requests {bounds.requests}): {result.states} states, {result.edges} events, "
+           f"depth {result.depth}, {result.runs} passes run, {result.seconds:.1f} s, "
            f"{len(result.violations)} violation(s)")
     return result

@@ -1,10 +1,13 @@
 """The model check of the core (``tests/model_check.py``): every reachable state, no sample.
 
-The bounds of ``make test`` explore about 33,000 states in well under a minute;
-the deeper bound (two spec edits, two kills or cuts, one request, every
-oracle) runs in ``make torture``. Each run prints its states, events and
-depth, and asserts a floor on the states so the check cannot silently
-shrink. Two planted bugs prove the checker catches what it claims to.
+Under both kinds of boot state the product writes: GRUB's and U-Boot's
+``KRUXOS_*`` variables, and systemd-boot's entry names and loader.conf (the
+real ``bls`` backend on a real ESP directory, booted by the simulated
+systemd-boot). The bounds of ``make test`` explore about 40,000 states in
+about a minute; the deeper bound (two spec edits, two kills or cuts, one
+request, every oracle, both loaders) runs in ``make torture``. Each run prints
+its states, events and depth, and asserts a floor on the states so the check
+cannot silently shrink. Planted bugs prove the checker catches what it claims to.
 """
 
 from __future__ import annotations
@@ -16,9 +19,11 @@ from typing import Any
 import pytest
 
 from reconciler import reconcile
-from reconciler.actions import Action, Reboot, Rollback, Wait
+from reconciler.actions import Action, Reboot, Rollback, Stage, Wait
 from reconciler.executor import Executor
 from tests.model_check import Bounds, Model, Result, model_device, replay, run
+
+LOADERS = ["grub/u-boot", "bls"]
 
 ALL_GOOD = {"1.0.0": True, "1.0.1": True, "1.0.2": True}
 ONE_BAD = {"1.0.0": True, "1.0.1": False, "1.0.2": True}
@@ -31,25 +36,39 @@ def _checked(result: Result, floor: int) -> None:
 
 
 @pytest.mark.timeout(900)
-@pytest.mark.parametrize(("healthy", "bounds", "floor"), [
-    (ONE_BAD, Bounds(edits=1, cuts=2, requests=0), 3_800),
-    (ONE_BAD, Bounds(edits=1, cuts=1, requests=1), 24_000),
-    (ALL_GOOD, Bounds(edits=0, cuts=1, requests=1), 2_300),
-], ids=["bad-release-edits-and-cuts", "bad-release-requests", "good-releases-requests"])
+@pytest.mark.parametrize(("loader", "healthy", "bounds", "floor"), [
+    ("grub/u-boot", ONE_BAD, Bounds(edits=1, cuts=2, requests=0), 3_800),
+    ("grub/u-boot", ONE_BAD, Bounds(edits=1, cuts=1, requests=1), 24_000),
+    ("grub/u-boot", ALL_GOOD, Bounds(edits=0, cuts=1, requests=1), 2_300),
+    ("bls", ONE_BAD, Bounds(edits=1, cuts=2, requests=0), 4_300),
+    ("bls", ALL_GOOD, Bounds(edits=0, cuts=1, requests=1), 2_900),
+], ids=["bad-release-edits-and-cuts", "bad-release-requests", "good-releases-requests",
+        "bls-bad-release-edits-and-cuts", "bls-good-releases-requests"])
 def test_every_reachable_state_of_the_core_keeps_the_invariants(
-        tmp_path: Path, healthy: dict[str, bool], bounds: Bounds, floor: int) -> None:
-    _checked(run(tmp_path / "dev", healthy, bounds), floor)
+        tmp_path: Path, loader: str, healthy: dict[str, bool], bounds: Bounds,
+        floor: int) -> None:
+    _checked(run(tmp_path / "dev", healthy, bounds, loader=loader), floor)
 
 
 @pytest.mark.torture
+@pytest.mark.parametrize("loader", LOADERS)
 @pytest.mark.parametrize("healthy", [ALL_GOOD, ONE_BAD, TWO_BAD],
                          ids=["all-good", "1.0.1-bad", "1.0.1-and-1.0.2-bad"])
-def test_the_deeper_bound_keeps_the_invariants(tmp_path: Path, healthy: dict[str, bool]) -> None:
-    _checked(run(tmp_path / "dev", healthy, Bounds(edits=2, cuts=2, requests=1)), 20_000)
+def test_the_deeper_bound_keeps_the_invariants(tmp_path: Path, healthy: dict[str, bool],
+                                               loader: str) -> None:
+    _checked(run(tmp_path / "dev", healthy, Bounds(edits=2, cuts=2, requests=1),
+                 loader=loader), 20_000)
 
 
+@pytest.mark.torture
+def test_the_bls_rules_with_a_request_keep_the_invariants(tmp_path: Path) -> None:
+    _checked(run(tmp_path / "dev", ONE_BAD, Bounds(edits=1, cuts=1, requests=1),
+                 loader="bls"), 26_000)
+
+
+@pytest.mark.parametrize("loader", LOADERS)
 def test_a_decide_that_never_rolls_back_leaves_a_trial_that_never_ends(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, loader: str) -> None:
     real = reconcile.decide  # type: ignore[attr-defined]
 
     def never_rolls_back(policy: Any, observed: Any, now: Any) -> Action:
@@ -57,13 +76,14 @@ def test_a_decide_that_never_rolls_back_leaves_a_trial_that_never_ends(
         return Wait("planted: no rollback") if isinstance(action, Rollback) else action
 
     monkeypatch.setattr(reconcile, "decide", never_rolls_back)
-    result = run(tmp_path / "dev", ONE_BAD, Bounds(edits=0, cuts=0, requests=0))
+    result = run(tmp_path / "dev", ONE_BAD, Bounds(edits=0, cuts=0, requests=0), loader=loader)
     assert any(v.startswith("a trial that never ends") for v in result.violations), \
         result.violations
 
 
+@pytest.mark.parametrize("loader", LOADERS)
 def test_a_decide_that_forgets_failed_trials_is_caught_in_a_reboot_loop(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, loader: str) -> None:
     real = reconcile.decide  # type: ignore[attr-defined]
 
     def forgets(policy: Any, observed: Any, now: Any) -> Action:
@@ -72,9 +92,43 @@ def test_a_decide_that_forgets_failed_trials_is_caught_in_a_reboot_loop(
 
     monkeypatch.setattr(reconcile, "decide", forgets)
     monkeypatch.setattr(Executor, "_count_forward_reboot", lambda self: None)
-    result = run(tmp_path / "dev", ONE_BAD, Bounds(edits=0, cuts=0, requests=0))
+    result = run(tmp_path / "dev", ONE_BAD, Bounds(edits=0, cuts=0, requests=0), loader=loader)
     loops = [v for v in result.violations if v.startswith("a cycle of reboots")]
     assert loops and "boot" in loops[0], result.violations
+
+
+@pytest.mark.parametrize("loader", LOADERS)
+def test_a_decide_that_stops_staging_after_a_spec_edit_never_converges(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, loader: str) -> None:
+    real = reconcile.decide  # type: ignore[attr-defined]
+
+    def stalls(policy: Any, observed: Any, now: Any) -> Action:
+        action = real(policy, observed, now)
+        if isinstance(action, Stage) and action.version == "1.0.2":
+            return Wait("planted: staging of 1.0.2 waits for ever")
+        return action
+
+    monkeypatch.setattr(reconcile, "decide", stalls)
+    result = run(tmp_path / "dev", ONE_BAD, Bounds(edits=1, cuts=0, requests=0), loader=loader)
+    stuck = [v for v in result.violations if v.startswith("the device never converges")]
+    assert stuck and "the spec wants 1.0.2" in stuck[0], result.violations
+
+
+def test_the_bls_model_catches_a_trial_armed_before_its_entry_is_counted(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A trial armed on an entry with no boot counter: systemd-boot boots it as a good
+    entry, and a release that fails its probes becomes the default with no trial."""
+    from reconciler.boot import bls
+
+    def arm_first_target(self: Any, slot: Any, tries: int) -> None:
+        view, _ = self._load()
+        self._write_conf(replace(view, target=slot, fallback=None))
+        self._rename(view, slot, bls.entry_name(slot))  # planted: the counter forgotten
+
+    monkeypatch.setattr(bls.BlsBackend, "arm_trial", arm_first_target)
+    result = run(tmp_path / "dev", ONE_BAD, Bounds(edits=0, cuts=0, requests=0), loader="bls")
+    assert any(v.startswith("1.0.1, not healthy, is the default slot B") for v in
+               result.violations), result.violations
 
 
 # ---- the paths of what the model check found, replayed through the real reconciler ---------
