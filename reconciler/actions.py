@@ -213,6 +213,13 @@ def reboots(action: Action) -> bool:
     return isinstance(action, Rollback | Reboot)
 
 
+#: How an action ended, for scripts (``docs/audit.md``): it did what it was asked; it
+#: stopped on purpose and resumes where it stopped; what it needs (the channel, a server)
+#: did not answer, and it is tried again; a release was refused (signature, hash, size,
+#: requirements) and is not tried again as it is; anything else went wrong.
+OUTCOME_CODES = ("ok", "stopped", "unavailable", "refused", "failed")
+
+
 @dataclass(frozen=True)
 class Outcome:
     """What running an action did; the executor never raises for an action failure."""
@@ -221,6 +228,15 @@ class Outcome:
     detail: str
     duration_s: float = 0.0
     retry_after_s: float | None = None
+    #: What a script reads instead of the text (``details.code`` of the audit record): one
+    #: of :data:`OUTCOME_CODES`; by default ``ok`` or ``failed``.
+    code: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.code:
+            object.__setattr__(self, "code", "ok" if self.ok else "failed")
+        if self.code not in OUTCOME_CODES or (self.code == "ok") != self.ok:
+            raise ValueError(f"outcome code {self.code!r} with ok={self.ok}")
 
     @property
     def text(self) -> str:

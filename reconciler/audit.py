@@ -133,6 +133,19 @@ class AuditRecord:
         """``time`` as an aware UTC datetime, for filtering."""
         return _as_utc(datetime.fromisoformat(self.time))
 
+    @property
+    def code(self) -> str | None:
+        """An outcome's code for scripts (``ok``, ``stopped``, ``unavailable``, ``refused``,
+        ``failed``: ``reconciler.actions.OUTCOME_CODES``), kept in ``details``; for an
+        outcome written before codes, ``ok`` or ``failed`` from its text. ``None`` for
+        decisions and events."""
+        if self.kind != "outcome":
+            return None
+        code = self.details.get("code")
+        if isinstance(code, str):
+            return code
+        return "ok" if (self.outcome or "").startswith("ok") else "failed"
+
     def body(self) -> dict[str, Any]:
         """Every field but ``hash``: what the hash covers."""
         value = asdict(self)

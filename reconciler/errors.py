@@ -38,6 +38,11 @@ class TemporaryError(KruxosError):
         self.delay = delay
 
 
+class Stopped(TemporaryError):
+    """Work stopped on purpose (a person's stop, a cancel, a shutdown), to resume where it
+    stopped; not a failure of what it was doing."""
+
+
 class SpecError(PermanentError):
     """A desired-state file is invalid; the message names file, field path and line."""
 

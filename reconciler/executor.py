@@ -40,7 +40,7 @@ from reconciler.actions import (
 from reconciler.boot import Backend, BootState
 from reconciler.config import Device
 from reconciler.decide import count_probe
-from reconciler.errors import KruxosError, TemporaryError, short_error
+from reconciler.errors import KruxosError, ReleaseError, Stopped, TemporaryError, short_error
 from reconciler.failpoints import failpoint
 from reconciler.inbox import FileInbox, Inbox
 from reconciler.observed import SlotName
@@ -111,7 +111,10 @@ class Executor:
             detail = self._dispatch(action, policy)
             return Outcome(True, detail, time.monotonic() - started)
         except TemporaryError as exc:
-            return Outcome(False, str(exc), time.monotonic() - started, exc.delay)
+            code = "stopped" if isinstance(exc, Stopped) else "unavailable"
+            return Outcome(False, str(exc), time.monotonic() - started, exc.delay, code)
+        except ReleaseError as exc:
+            return Outcome(False, str(exc), time.monotonic() - started, code="refused")
         except (KruxosError, OSError, subprocess.SubprocessError) as exc:
             return Outcome(False, str(exc), time.monotonic() - started)
         except Exception as exc:  # noqa: BLE001 - an action failure is an outcome, never a crash

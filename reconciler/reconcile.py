@@ -300,9 +300,12 @@ class Reconciler:
         fields = {"spec_revision": spec.revision if spec else None,
                   "spec_file": str(spec.path) if spec else None,
                   "observed": observed.summary()}
+        request = {"details": {"request": action.request.id}} \
+            if isinstance(action, TakeRequest) else {}  # the command that asked follows it
         try:
             record, repeated = self.audit.decision(actor, action.kind, action.reason,
-                                                   dedupe=not _never_folded(action), **fields)
+                                                   dedupe=not _never_folded(action), **fields,
+                                                   **request)
         except AuditError as exc:
             if not isinstance(action, UNRECORDED_OK):
                 raise
@@ -316,7 +319,7 @@ class Reconciler:
         if isinstance(action, RestoreState) and outcome.ok:
             self._pending_restore = ()
         self.audit.outcome(record.seq, actor, action.kind, outcome.text, outcome.duration_s,
-                           **fields)
+                           details={"code": outcome.code}, **fields)
         if not outcome.ok:
             log(f"#{record.seq} {action.kind} failed: {outcome.detail}")
         if isinstance(action, TakeRequest) and action.request.kind == "pin" and spec:

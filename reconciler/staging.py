@@ -19,7 +19,12 @@ from pathlib import Path
 from reconciler.boot import Backend
 from reconciler.channelwatch import ChannelWatch
 from reconciler.config import Device
-from reconciler.errors import ChannelUnavailable, KruxosError, ReleaseError, TemporaryError
+from reconciler.errors import (
+    ChannelUnavailable,
+    KruxosError,
+    ReleaseError,
+    Stopped,
+)
 from reconciler.logline import log
 from reconciler.observed import SlotName
 from reconciler.release.identity import Origin
@@ -64,7 +69,7 @@ class InstallerStager:
             raise ChannelUnavailable(f"staging {version} into slot {slot} did not finish: "
                                      f"{exc}", exc.delay) from exc
         if not result.complete:
-            raise TemporaryError(f"staging of {version} stopped at block {result.next_block} of "
+            raise Stopped(f"staging of {version} stopped at block {result.next_block} of "
                                  f"{result.blocks}; it resumes there", delay=1.0)
         self.backend.set_mark(slot, "staged")
         clear_resume(self.device.data_dir / RESUME_FILE)  # only now: see installer._finish

@@ -22,7 +22,7 @@ from reconciler.audit import AuditRecord
 from reconciler.boot import BootState, Mark, SlotName, other
 from reconciler.boot.abvars import VariableBackend
 from reconciler.boot.bls import BlsBackend
-from reconciler.errors import TemporaryError
+from reconciler.errors import Stopped
 from reconciler.observed import ChannelView
 from reconciler.release.identity import SlotIdentity
 from reconciler.spec import UpdatePolicy
@@ -383,7 +383,7 @@ class FakeStager:
         progress(None, 4096)
         self.machine.write_identity(slot, None)  # destroyed before the first block
         if should_stop():
-            raise TemporaryError(f"staging of {version} stopped at block 1 of 1; it resumes "
+            raise Stopped(f"staging of {version} stopped at block 1 of 1; it resumes "
                                  "there", delay=1.0)
         self.machine.write_identity(slot, SlotIdentity(version=version))  # written last
         self.backend.set_mark(slot, "staged")

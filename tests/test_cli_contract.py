@@ -59,3 +59,11 @@ def test_the_error_schema_refuses_an_error_without_a_code() -> None:
         jsonschema.validate({"ok": False, "error": "a sentence"}, schema("error"))
     jsonschema.validate(json.loads('{"ok": false, "error": {"code": "refused", "message": "m"}}'),
                         schema("error"))
+
+
+def test_the_audit_record_schema_lists_every_outcome_code() -> None:
+    from reconciler.actions import OUTCOME_CODES
+    from tests.cli_contract import schema
+
+    details = schema("audit-record")["properties"]["details"]["properties"]
+    assert details["code"]["enum"] == list(OUTCOME_CODES)

@@ -6,8 +6,17 @@ import json
 from datetime import UTC, datetime
 from pathlib import Path
 
-from reconciler.actions import Reboot
+import pytest
+
+from reconciler.actions import Outcome, Reboot, Wait
 from reconciler.config import load_device
+from reconciler.errors import (
+    BootEnvError,
+    ChannelUnavailable,
+    ReleaseError,
+    Stopped,
+    TemporaryError,
+)
 from reconciler.inbox import submit
 from reconciler.observe import observe
 from reconciler.reconcile import Reconciler
@@ -103,3 +112,58 @@ def test_loop_breaker_is_cleared_by_a_persons_request(device_dir: Path) -> None:
     submit(device_dir / "data", "resume")
     assert reconciler.run_pass("cli").action.kind == "resume"  # type: ignore[union-attr]
     assert reconciler.run_pass("cli").action.kind == "reboot"  # type: ignore[union-attr]
+
+
+def _outcomes(device_dir: Path, action: str) -> list[dict[str, object]]:
+    out = []
+    for path in sorted((device_dir / "data" / "audit").glob("audit-*.jsonl")):
+        out += [json.loads(line) for line in path.read_text().splitlines()]
+    return [r for r in out if r["kind"] == "outcome" and r["action"] == action]
+
+
+def test_a_persons_request_is_named_by_its_decision_and_outcomes_carry_codes(
+        device_dir: Path) -> None:
+    """A command follows its own request by id, and reads how an action ended by its code,
+    never by the words of a reason or an outcome."""
+    reconciler = _reconciler(device_dir)
+    asked = submit(device_dir / "data", "rollback")
+    reconciler.run_pass("cli")  # refused: no good slot to roll back to
+    taken = _decisions(device_dir, "rollback-request")
+    assert [r["details"] for r in taken] == [{"request": asked.name}], taken
+    outcome = _outcomes(device_dir, "rollback-request")[-1]
+    assert outcome["details"] == {"code": str(outcome["outcome"]).split(":")[0]}, outcome
+
+
+@pytest.mark.parametrize(("error", "code", "ok"), [
+    (None, "ok", True),
+    (Stopped("staging of 1.0.1 stopped at block 3 of 9; it resumes there"), "stopped", False),
+    (ChannelUnavailable("channel: connection refused"), "unavailable", False),
+    (TemporaryError("the server said 503"), "unavailable", False),
+    (ReleaseError("block 3: sha256 mismatch"), "refused", False),
+    (BootEnvError("grubenv unreadable"), "failed", False),
+    (OSError(28, "No space left on device"), "failed", False),
+    (RuntimeError("a bug"), "failed", False),
+], ids=["done", "stopped", "channel-down", "temporary", "refused", "boot-env", "disk-full",
+        "bug"])
+def test_how_an_action_ended_is_one_code(device_dir: Path, error: Exception | None, code: str,
+                                         ok: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    reconciler = _reconciler(device_dir)
+    executor = reconciler.executor
+
+    def dispatch(action: object, policy: object) -> str:
+        if error is not None:
+            raise error
+        return "done"
+
+    monkeypatch.setattr(executor, "_dispatch", dispatch)
+    outcome = executor.run(Wait("a wait"), None)
+    assert (outcome.code, outcome.ok) == (code, ok), outcome
+
+
+def test_an_outcome_code_must_agree_with_ok() -> None:
+    with pytest.raises(ValueError, match="outcome code"):
+        Outcome(False, "it broke", code="ok")
+    with pytest.raises(ValueError, match="outcome code"):
+        Outcome(True, "done", code="refused")
+    with pytest.raises(ValueError, match="outcome code"):
+        Outcome(False, "it broke", code="oops")

@@ -175,15 +175,16 @@ def apply(ctx: click.Context, version: str | None, yes: bool, no_reboot: bool,
     reboot = "now" if yes else ("next-boot" if no_reboot or as_json else "ask")
     with connect(device) as link:
         start = link.head()
-        link.wait_taken(link.send("pin", version=release.version, reboot=reboot))
+        pin = link.send("pin", version=release.version, reboot=reboot)
+        link.wait_taken(pin)
         already = _slot_holds(view, release.version)
         if already and not as_json:  # no download happens: no bars for one
             click.echo(f"{release.version} is already staged in slot {target.label}; "
                        "nothing to download.")
         bars = _Bars(sys.stdout.isatty() and not as_json and not already, target.device,
                      release.size, release.image, quiet=as_json or already)
-        staged = _follow_staging(link, release.version, release.size, start, as_json, bars,
-                                 view_of(meta))
+        staged = _follow_staging(link, release.version, release.size, start, pin.name,
+                                 as_json, bars, view_of(meta))
         if not staged:
             return
         _after_staging(link, release.version, reboot, as_json, target.label, start)
@@ -195,23 +196,27 @@ def _refuse_downgrade(view: Any, version: str, running: str | None, as_json: boo
         _fail(refusal, 1, as_json)
 
 
-def _follow_staging(link: Link, version: str, size: int, start: int, as_json: bool,
-                    bars: _Bars, channel: ChannelView) -> bool:
-    """Draw the download and write bars from the reconciler's real progress."""
+def _follow_staging(link: Link, version: str, size: int, start: int, pin: str,
+                    as_json: bool, bars: _Bars, channel: ChannelView) -> bool:
+    """Draw the download and write bars from the reconciler's real progress (of the
+    staging this command's request ``pin`` asked for)."""
     bars.start()
     try:
         while True:
             view = inspect_device(link.device, _now(), channel=channel)  # verified once above
             records = list(link.records_after(start))  # read once for both questions
-            taken_over = _taken_over(records, version)
+            taken_over = _taken_over(records, pin, version)
             if taken_over is not None:  # the later request stands: no resume sent here
                 bars.finish(_progress(link, version, size), "✗ stopped")
                 _fail(taken_over, 1, as_json, why="taken-over")
             problem = _stage_problem(link, records, version, view)
+            if problem is not None and problem[1] == "unavailable":
+                bars.finish(_progress(link, version, size), "✗ not yet")
+                _fail(problem[0], 2, as_json, why="unavailable")
             if problem is not None:
                 bars.finish(_progress(link, version, size), "✗ refused")
                 link.wait_taken(link.send("resume"))
-                _fail(f"{problem}; the pin is dropped, the spec rules again", 1, as_json)
+                _fail(f"{problem[0]}; the pin is dropped, the spec rules again", 1, as_json)
             if _slot_holds(view, version):
                 bars.finish(size, "✓ (Ed25519)")
                 return True
@@ -268,8 +273,9 @@ def _after_staging(link: Link, version: str, reboot: str, as_json: bool, label: 
 _TAKES_OVER = frozenset({"cancel", "resume", "stop", "rollback-request"})
 
 
-def _taken_over(records: list[AuditRecord], version: str) -> str | None:
-    """A request taken after this command's pin that supersedes it, said as an error.
+def _taken_over(records: list[AuditRecord], pin: str, version: str) -> str | None:
+    """A request taken after this command's pin (request ``pin``) that supersedes it, said
+    as an error.
 
     Another person (or script) may cancel, stop, resume, roll back or pin
     another version while this command waits for its staging: the command then
@@ -279,7 +285,7 @@ def _taken_over(records: list[AuditRecord], version: str) -> str | None:
     for record in records:
         if record.kind != "decision":
             continue
-        if record.action == "pin" and record.reason.startswith(f"{version} pinned"):
+        if record.details.get("request") == pin:
             pinned = True
         elif pinned and (record.action in _TAKES_OVER or record.action == "pin"):
             return (f"{version} was not staged: a later request at the device took over "
@@ -288,19 +294,27 @@ def _taken_over(records: list[AuditRecord], version: str) -> str | None:
 
 
 def _stage_problem(link: Link, records: list[AuditRecord], version: str,
-                   view: Any) -> str | None:
-    """A refusal among the ``records`` since this command's pin (stage failed, or blocked)."""
+                   view: Any) -> tuple[str, str] | None:
+    """Why the staging since this command's pin will not finish now, and its error code:
+    ``refused`` (a refused release, or blocked), ``unavailable`` (the channel did not
+    answer; the device goes on by itself), or ``None``. A staging that ``stopped`` on
+    purpose resumes, so it is not a problem."""
     for record in records:
-        if record.action == "stage" and record.kind == "outcome" and record.outcome \
-                and record.outcome.startswith("failed") and "stopped at block" not in \
-                record.outcome:
-            return f"update refused: {record.outcome.removeprefix('failed: ')}"
+        if record.action == "stage" and record.kind == "outcome" \
+                and record.code not in ("ok", "stopped"):
+            detail = (record.outcome or "").removeprefix("failed: ")
+            if record.code == "unavailable":
+                return (f"{version} is not staged yet: {detail}; the pin holds and the device "
+                        "goes on when the channel answers ('kruxos update cancel' forgets "
+                        "it)", "unavailable")
+            return f"update refused: {detail}", "refused"
         if record.kind == "decision" and record.action == "blocked":
-            return f"update refused: {record.reason}"
+            return f"update refused: {record.reason}", "refused"
     if isinstance(view.action, Blocked):  # a repeated decision is not in the trail again
-        return f"update refused: {view.action.reason}"
+        return f"update refused: {view.action.reason}", "refused"
     if not link.busy() and link.pid is None and not _slot_holds(view, version):
-        return "the reconciler stopped before the update was staged (see kruxos audit list)"
+        return ("the reconciler stopped before the update was staged (see kruxos audit "
+                "list)", "refused")
     return None
 
 

@@ -68,6 +68,7 @@ def test_cancel_stops_a_slow_download_pins_the_running_version_and_resume_hands_
     stopped = device.wait_for(lambda: [o for _, o in decisions_with_outcomes(device, "stage")
                                        if o is not None], 10, "the download to stop")
     assert not stopped[-1]["outcome"].startswith("ok"), stopped
+    assert stopped[-1]["details"]["code"] == "stopped", stopped
     doc = device.status_json()
     assert doc["staging"] is None and doc["slots"]["B"]["mark"] not in ("staged", "good"), doc
     assert doc["override"]["version"] == "1.0.0", doc

@@ -189,6 +189,7 @@ def test_apply_of_a_tampered_image_is_refused_and_never_staged(device: SimDevice
     assert doc["slots"]["B"]["mark"] != "staged" and doc["booted"] == "A", doc
     stages = decisions_with_outcomes(device, "stage")
     assert stages and all(o and o["outcome"].startswith("failed") for _, o in stages), stages
+    assert all(o and o["details"]["code"] == "refused" for _, o in stages), stages
     assert len(device.boots()) == 1
 
 
