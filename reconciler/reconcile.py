@@ -300,7 +300,7 @@ class Reconciler:
         fields = {"spec_revision": spec.revision if spec else None,
                   "spec_file": str(spec.path) if spec else None,
                   "observed": observed.summary()}
-        request = {"details": {"request": action.request.id}} \
+        request = {"details": _request_details(action)} \
             if isinstance(action, TakeRequest) else {}  # the command that asked follows it
         try:
             record, repeated = self.audit.decision(actor, action.kind, action.reason,
@@ -412,6 +412,15 @@ class Reconciler:
         self.audit.event("daemon", refusal.action, refusal.reason,
                          details={**refusal.details, "channel": self.device.channel_name})
         log(f"{refusal.action.replace('-', ' ')}: {refusal.reason}")
+
+
+def _request_details(action: TakeRequest) -> dict[str, str]:
+    """What a command follows its request by: its id in the inbox, and the version a pin
+    asks for (a later pin of the same version asks for the same thing)."""
+    details = {"request": action.request.id}
+    if action.request.version is not None:
+        details["version"] = action.request.version
+    return details
 
 
 def _never_folded(action: Action) -> bool:

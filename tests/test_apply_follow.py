@@ -32,13 +32,19 @@ _VIEW = SimpleNamespace(action=Nothing("idle"))
 
 
 def test_its_own_pin_is_found_by_request_id_whatever_the_reason_says() -> None:
-    records = [_record(5, "decision", "pin", "pinned at the device", request=PIN),
-               _record(6, "decision", "cancel", "staging cancelled", request="other.json")]
+    records = [_record(5, "decision", "pin", "pinned at the device", request=PIN,
+                       version="1.0.1"),
+               _record(6, "decision", "pin", "pinned again", request="b.json", version="1.0.1"),
+               _record(7, "decision", "cancel", "staging cancelled", request="other.json")]
     assert _taken_over(records, PIN, "1.0.1") == (
-        "1.0.1 was not staged: a later request at the device took over (#6 cancel: staging "
+        "1.0.1 was not staged: a later request at the device took over (#7 cancel: staging "
         "cancelled)")
     # another command's pin with the same words is not this one's
     assert _taken_over(records, "another-pin.json", "1.0.1") is None
+    # a later pin of another version takes over
+    other = [records[0], _record(8, "decision", "pin", "pinned", request="c.json",
+                                 version="1.0.2")]
+    assert "#8 pin" in (_taken_over(other, PIN, "1.0.1") or "")
 
 
 def test_a_stopped_staging_is_followed_a_refused_one_ends_an_unavailable_one_keeps_the_pin(

@@ -130,6 +130,10 @@ def test_a_persons_request_is_named_by_its_decision_and_outcomes_carry_codes(
     reconciler.run_pass("cli")  # refused: no good slot to roll back to
     taken = _decisions(device_dir, "rollback-request")
     assert [r["details"] for r in taken] == [{"request": asked.name}], taken
+    pin = submit(device_dir / "data", "pin", version="1.0.0", reboot="next-boot")
+    reconciler.run_pass("cli")
+    assert _decisions(device_dir, "pin")[-1]["details"] == {"request": pin.name,
+                                                            "version": "1.0.0"}
     outcome = _outcomes(device_dir, "rollback-request")[-1]
     assert outcome["details"] == {"code": str(outcome["outcome"]).split(":")[0]}, outcome
 

@@ -287,6 +287,8 @@ def _taken_over(records: list[AuditRecord], pin: str, version: str) -> str | Non
             continue
         if record.details.get("request") == pin:
             pinned = True
+        elif record.action == "pin" and record.details.get("version") == version:
+            continue  # another apply of the same version asks for the same thing
         elif pinned and (record.action in _TAKES_OVER or record.action == "pin"):
             return (f"{version} was not staged: a later request at the device took over "
                     f"(#{record.seq} {record.action}: {printable(record.reason)})")
