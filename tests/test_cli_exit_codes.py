@@ -28,7 +28,7 @@ def _run(*args: str, config: Path) -> subprocess.CompletedProcess[str]:
 
 
 COMMANDS = [("update", "check"), ("update", "status"), ("update", "apply", "--yes"),
-            ("update", "cancel"), ("update", "rollback"), ("spec", "plan")]
+            ("update", "cancel"), ("update", "rollback"), ("spec", "plan"), ("slot", "verify")]
 
 
 @pytest.mark.parametrize("command", COMMANDS, ids=" ".join)
@@ -40,8 +40,7 @@ def test_a_missing_config_exits_2_naming_it(tmp_path: Path, command: tuple[str, 
     assert "Traceback" not in result.stderr and result.stdout == ""
 
 
-@pytest.mark.parametrize("command", [c for c in COMMANDS if c[:2] != ("spec", "plan")],
-                         ids=" ".join)
+@pytest.mark.parametrize("command", COMMANDS, ids=" ".join)
 def test_with_json_the_error_is_one_json_document_with_a_code(
         tmp_path: Path, command: tuple[str, ...]) -> None:
     missing = tmp_path / "nope.yaml"
@@ -110,3 +109,51 @@ def test_audit_show_of_a_decision_carries_its_outcome(device_dir: Path) -> None:
         decision["seq"] and shown["outcome_record"]["outcome"].startswith("ok"), shown
     outcome = json.loads(_run("audit", "show", str(decision["seq"] + 1), config=config).stdout)
     assert outcome["kind"] == "outcome" and "outcome_record" not in outcome
+
+
+def test_spec_validate_plan_and_slot_verify_speak_json(device_dir: Path) -> None:
+    """Their --json follows specs/cli/ (checked by ``_run``), and says what the text says."""
+    config = device_dir / "device.yaml"
+    spec = device_dir / "spec.yaml"
+    valid = _run("spec", "validate", str(spec), "--json", config=config)
+    assert valid.returncode == 0 and valid.stderr == "", valid
+    doc = json.loads(valid.stdout)
+    assert (doc["file"], doc["version"]) == (str(spec), "1.0.0"), doc
+
+    plan = _run("spec", "plan", "--json", config=config)
+    doc = json.loads(plan.stdout)
+    assert plan.returncode == (1 if doc["acts"] else 0), (plan, doc)
+    assert doc["observed"]["slot"] == "A" and doc["observed"]["version"] == "1.0.0", doc
+    text = _run("spec", "plan", config=config)
+    assert f"plan: {doc['action']['kind']}: {doc['action']['reason']}" in text.stdout, text
+
+    slots = _run("slot", "verify", "--json", config=config)
+    doc = json.loads(slots.stdout)
+    assert slots.returncode == 0 and doc["ok"] is True, slots
+    assert doc["slots"]["A"]["identity"]["version"] == "1.0.0", doc
+    assert doc["slots"]["B"]["state"] == "empty" and doc["slots"]["B"]["identity"] is None, doc
+
+
+def test_an_invalid_spec_under_json_is_an_error_document_naming_the_line(
+        device_dir: Path) -> None:
+    bad = device_dir / "bad.yaml"
+    bad.write_text((device_dir / "spec.yaml").read_text().replace("version: 1.0.0",
+                                                                  "version: [1"))
+    for command in (("spec", "validate", str(bad)), ("spec", "plan", str(bad))):
+        result = _run(*command, "--json", config=device_dir / "device.yaml")
+        doc = json.loads(result.stdout)
+        assert result.returncode == 2 and doc["error"]["code"] == "spec", (command, result)
+        assert str(bad) in doc["error"]["message"] and result.stderr == "", doc
+
+
+def test_a_slot_that_contradicts_its_identity_is_ok_false_exit_1(device_dir: Path) -> None:
+    slot = device_dir / "slots" / "sda2"
+    with slot.open("r+b") as f:  # one byte of the image the identity names
+        f.seek(100)
+        byte = f.read(1)
+        f.seek(100)
+        f.write(bytes([byte[0] ^ 0xFF]))
+    result = _run("slot", "verify", "A", "--json", config=device_dir / "device.yaml")
+    doc = json.loads(result.stdout)
+    assert result.returncode == 1 and doc["ok"] is False, result
+    assert list(doc["slots"]) == ["A"] and doc["slots"]["A"]["state"] == "mismatch", doc

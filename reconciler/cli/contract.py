@@ -49,10 +49,13 @@ COMMANDS: tuple[Command, ...] = (
     Command("audit list", ((0, "the records were listed"), (2, "error")), "audit-record"),
     Command("audit verify", ((0, "the trail verifies"), (1, "the trail is damaged"),
                              (2, "error")), "audit-verify"),
-    Command("spec validate", ((0, "the file is a valid spec"), (2, "it is not, or error")),
-            None),
+    Command("spec validate", ((0, "the file is a valid spec"), (2, "it is not (`spec`), or "
+                                                                  "error")), "spec-validate"),
     Command("spec plan", ((0, "nothing to do"), (1, "the reconciler would act"),
-                          (2, "error")), None),
+                          (2, "error")), "spec-plan"),
+    Command("slot verify", ((0, "every slot verified, or claims no release"),
+                            (1, "a slot's bytes do not match its identity, or it cannot be read "
+                                "(`ok: false`)"), (2, "error")), "slot-verify"),
 )
 
 
@@ -121,7 +124,9 @@ ERROR_CODES: tuple[tuple[str, str], ...] = (
     ("release", "a release or key file could not be read"),
     ("locked", "another command holds the device; run this one again when it has finished"),
     ("unavailable", "the reconciler did not do what the command waited for in time (the "
-                    "daemon is stuck or gone; the message names what and for how long)"),
+                    "daemon is stuck or gone; the message names what and for how long), or "
+                    "the channel stopped answering during `apply`'s staging (the pin holds; "
+                    "the device goes on when the channel answers)"),
     ("error", "another error of the device, named in the message"),
     ("internal", "a fault of the command itself (a bug: please report it)"),
 )

@@ -248,13 +248,20 @@ def spec() -> None:
 
 @spec.command("validate")
 @click.argument("file", type=click.Path(path_type=Path))
-def spec_validate(file: Path) -> None:
+@click.option("--json", "as_json", is_flag=True, help="The verdict as one JSON object.")
+def spec_validate(file: Path, as_json: bool) -> None:
     """Check a spec file; errors name the file, the field and the line."""
     from reconciler.specfile import load_spec
 
-    loaded = load_spec(file)
-    click.echo(f"{file}: valid UpdatePolicy {loaded.policy.metadata.name!r} "
-               f"(revision {loaded.revision}, version {loaded.policy.spec.version})")
+    loaded = load_spec(file)  # an invalid spec raises: exit 2 (code ``spec``)
+    policy = loaded.policy
+    if as_json:
+        click.echo(json.dumps({"ok": True, "file": str(file), "name": policy.metadata.name,
+                               "revision": loaded.revision, "version": policy.spec.version},
+                              ensure_ascii=False))
+        return
+    click.echo(f"{file}: valid UpdatePolicy {policy.metadata.name!r} "
+               f"(revision {loaded.revision}, version {policy.spec.version})")
 
 
 @spec.command("schema")
@@ -267,8 +274,9 @@ def spec_schema() -> None:
 
 @spec.command("plan")
 @click.argument("file", required=False, type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="The plan as one JSON object.")
 @click.pass_context
-def spec_plan(ctx: click.Context, file: Path | None) -> None:
+def spec_plan(ctx: click.Context, file: Path | None, as_json: bool) -> None:
     """What the reconciler would do now, and why; changes nothing.
 
     Exit 0: nothing to do; 1: it would act; 2: error.
@@ -277,28 +285,35 @@ def spec_plan(ctx: click.Context, file: Path | None) -> None:
     from reconciler.inspect import inspect_device
     from reconciler.specfile import load_spec
 
-    try:
-        candidate = load_spec(file) if file else None
-        view = inspect_device(device_of(ctx), _now(), candidate=candidate)
-    except KruxosError as exc:
-        click.echo(f"error: {exc}", err=True)
-        sys.exit(2)
+    candidate = load_spec(file) if file else None  # errors: exit 2, named (code ``spec``)
+    view = inspect_device(device_of(ctx), _now(), candidate=candidate)
     if view.action is None or view.policy is None:
-        click.echo(f"error: no valid spec ({view.spec_error})", err=True)
-        sys.exit(2)
+        raise SpecError(f"no valid spec ({view.spec_error})")
     source = file or view.spec_path
+    booted = view.observed.booted_slot
+    pin = view.observed.override
+    acts = not isinstance(view.action, Nothing)
+    if as_json:
+        click.echo(json.dumps({
+            "ok": True, "spec": str(source), "revision": view.revision,
+            "spec_error": view.spec_error,
+            "observed": {"slot": booted.name, "device": booted.device,
+                         "version": booted.version, "boot_status": view.observed.boot_status},
+            "pin": None if pin is None else {"version": pin.version},
+            "action": {"kind": view.action.kind, "reason": view.action.reason},
+            "acts": acts}, ensure_ascii=False))
+        sys.exit(1 if acts else 0)
     click.echo(f"spec: {source} (revision {view.revision})")
     if view.spec_error:
         click.echo(f"note: the spec file is invalid, planning with the last good spec: "
                    f"{view.spec_error}")
-    click.echo(f"observed: slot {view.observed.booted_slot.label} runs "
-               f"{view.observed.booted_slot.version}, {view.observed.boot_status}")
-    pin = view.observed.override
+    click.echo(f"observed: slot {booted.label} runs {booted.version}, "
+               f"{view.observed.boot_status}")
     if pin is not None:
         click.echo(f"pin: {pin.version} at this device overrides the spec until the spec's "
                    "version changes or 'kruxos update resume'")
     click.echo(f"plan: {view.action.kind}: {view.action.reason}")
-    sys.exit(0 if isinstance(view.action, Nothing) else 1)
+    sys.exit(1 if acts else 0)
 
 
 # ---- sim ------------------------------------------------------------------------------------
