@@ -109,6 +109,10 @@ def test_audit_show_of_a_decision_carries_its_outcome(device_dir: Path) -> None:
         decision["seq"] and shown["outcome_record"]["outcome"].startswith("ok"), shown
     outcome = json.loads(_run("audit", "show", str(decision["seq"] + 1), config=config).stdout)
     assert outcome["kind"] == "outcome" and "outcome_record" not in outcome
+    assert outcome["details"]["code"] == "ok", outcome
+    missing = _run("audit", "show", "9999", config=config)
+    assert missing.returncode == 1 and missing.stdout == "", missing
+    assert missing.stderr == "error: no audit record #9999\n", missing
 
 
 def test_spec_validate_plan_and_slot_verify_speak_json(device_dir: Path) -> None:

@@ -47,6 +47,9 @@ COMMANDS: tuple[Command, ...] = (
                               (1, "the device is held by another command"), (2, "error")),
             "update-cancel"),
     Command("audit list", ((0, "the records were listed"), (2, "error")), "audit-record"),
+    Command("audit show", ((0, "the record was shown (always JSON, with `outcome_record` on "
+                                "a decision)"), (1, "no record has that number"),
+                           (2, "error")), "audit-record"),
     Command("audit verify", ((0, "the trail verifies"), (1, "the trail is damaged"),
                              (2, "error")), "audit-verify"),
     Command("spec validate", ((0, "the file is a valid spec"), (2, "it is not (`spec`), or "

@@ -209,11 +209,12 @@ def audit_list(ctx: click.Context, since: str | None, action: str | None,
 @click.argument("seq", type=int)
 @click.pass_context
 def audit_show(ctx: click.Context, seq: int) -> None:
-    """One record in full."""
+    """One record in full, as JSON (exit 1: there is no record with that number)."""
     reader = _reader(ctx)
     record = reader.get(seq)
     if record is None:
-        raise click.ClickException(f"no audit record #{seq}")
+        click.echo(f"error: no audit record #{seq}", err=True)
+        sys.exit(1)
     doc = asdict(record)
     if record.kind == "decision":  # with how it ended: its outcome record, if written
         ended = next((r for r in reader.records(after=seq)
