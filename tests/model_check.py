@@ -492,16 +492,21 @@ class Model:
 
     @staticmethod
     def unsettled(w: World) -> str | None:
-        """Why the device, with no person's request ever made, has not done what the spec
-        asks: run its version, or have recorded that version as failed (and say so)."""
+        """Why the device, with no person's request ever made, has neither done what the
+        spec asks (run its version) nor said why not: that version recorded as failed, or
+        the last decision a block with its reason (a downgrade the spec does not allow)."""
         if w.requests:
             return None  # a person's pin or cancel decides what is wanted
         running = w.identities.get(w.booted)
         failed = (w.doc.get("failed") or {}).get("version")
         if running == w.spec or failed == w.spec:
             return None
+        last = next((r for r in reversed(w.records) if r["kind"] == "decision"), None)
+        if last is not None and last["action"] == "blocked":
+            return None
         return (f"it runs {running} from slot {w.booted}, the spec wants {w.spec} "
-                f"(recorded as failed: {failed})")
+                f"(recorded as failed: {failed}; last decision: "
+                f"{last['action'] if last else None})")
 
 
 def _bootable(w: World, loader: Loader) -> str | None:
