@@ -12,6 +12,7 @@ cannot silently shrink. Planted bugs prove the checker catches what it claims to
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -76,16 +77,19 @@ def test_the_bls_rules_with_a_request_keep_the_invariants(tmp_path: Path) -> Non
                  loader="bls"), 26_000)
 
 
+def _plant(monkeypatch: pytest.MonkeyPatch, change: Callable[[Action], Action]) -> None:
+    """The reconciler's ``decide`` with a bug: each action it decides passed through
+    ``change``."""
+    real = reconcile.decide  # type: ignore[attr-defined]
+    monkeypatch.setattr(reconcile, "decide",
+                        lambda policy, observed, now: change(real(policy, observed, now)))
+
+
 @pytest.mark.parametrize("loader", LOADERS)
 def test_a_decide_that_never_rolls_back_leaves_a_trial_that_never_ends(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, loader: str) -> None:
-    real = reconcile.decide  # type: ignore[attr-defined]
-
-    def never_rolls_back(policy: Any, observed: Any, now: Any) -> Action:
-        action = real(policy, observed, now)
-        return Wait("planted: no rollback") if isinstance(action, Rollback) else action
-
-    monkeypatch.setattr(reconcile, "decide", never_rolls_back)
+    _plant(monkeypatch, lambda action: Wait("planted: no rollback")
+           if isinstance(action, Rollback) else action)
     result = run(tmp_path / "dev", ONE_BAD, Bounds(edits=0, cuts=0, requests=0), loader=loader)
     assert any(v.startswith("a trial that never ends") for v in result.violations), \
         result.violations
@@ -110,15 +114,8 @@ def test_a_decide_that_forgets_failed_trials_is_caught_in_a_reboot_loop(
 @pytest.mark.parametrize("loader", LOADERS)
 def test_a_decide_that_stops_staging_after_a_spec_edit_never_converges(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, loader: str) -> None:
-    real = reconcile.decide  # type: ignore[attr-defined]
-
-    def stalls(policy: Any, observed: Any, now: Any) -> Action:
-        action = real(policy, observed, now)
-        if isinstance(action, Stage) and action.version == "1.0.2":
-            return Wait("planted: staging of 1.0.2 waits for ever")
-        return action
-
-    monkeypatch.setattr(reconcile, "decide", stalls)
+    _plant(monkeypatch, lambda action: Wait("planted: staging of 1.0.2 waits for ever")
+           if isinstance(action, Stage) and action.version == "1.0.2" else action)
     result = run(tmp_path / "dev", ONE_BAD, Bounds(edits=1, cuts=0, requests=0), loader=loader)
     stuck = [v for v in result.violations if v.startswith("the device never converges")]
     assert stuck and "the spec wants 1.0.2" in stuck[0], result.violations
