@@ -32,6 +32,20 @@ def test_every_command_of_the_table_exists_and_every_schema_is_valid() -> None:
     assert names == {c.schema for c in COMMANDS if c.schema} | {"error"}
 
 
+def test_every_command_with_json_has_a_row_and_a_schema() -> None:
+    """A ``--json`` the table does not know would be an output no schema holds."""
+    with_json = set()
+    for group_name, group in cli_main.cli.commands.items():
+        subcommands = group.commands.items() if isinstance(group, click.Group) else ()
+        for name, command in subcommands:
+            if any("--json" in option.opts for option in command.params
+                   if isinstance(option, click.Option)):
+                with_json.add(f"{group_name} {name}")
+    assert with_json, "no command with --json found"
+    assert with_json <= {c.name for c in COMMANDS if c.schema}, \
+        with_json - {c.name for c in COMMANDS if c.schema}
+
+
 def test_error_codes_are_the_same_in_the_table_the_schema_and_the_code() -> None:
     codes = [code for code, _ in ERROR_CODES]
     assert schema("error")["properties"]["error"]["properties"]["code"]["enum"] == codes
