@@ -60,7 +60,8 @@ def _tier_of(path: Path) -> str | None:
     relative = path.relative_to(TESTS).as_posix()
     if relative.startswith("boot/") and path.stem.endswith("_qemu"):
         return "qemu"
-    if relative.startswith(("e2e/", "e2e_update/")) or (
+    if relative.startswith(("e2e/", "e2e_update/")) or relative == "test_docs_executed.py" \
+            or (
             relative.startswith("boot/") and path.stem.endswith("_sim")):
         return "e2e"
     if relative.startswith("fuzz/"):
