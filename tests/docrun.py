@@ -228,6 +228,7 @@ class Session:
         self.env = dict(device.env, PYTHONPATH=os.pathsep.join(
             filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
         self.env["PATH"] = f"{self._shim()}{os.pathsep}{self.env.get('PATH', '')}"
+        self.env.pop("SSH_TTY", None)  # who asked is "on no terminal" unless a block types
         self.status = 0
         self.background: list[subprocess.Popen[bytes]] = []
 

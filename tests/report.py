@@ -27,6 +27,7 @@ AREAS = (
     ("power cuts (the power-cut filesystem)", lambda m: m.startswith("tests.powercut.")),
     ("crash matrix (a kill at each failpoint)", lambda m: m.startswith("tests.crash.")),
     ("model check of the core", lambda m: m == "tests.test_model_check"),
+    ("executed docs (the operator's contract)", lambda m: m == "tests.test_docs_executed"),
     ("unit and property", lambda m: True),
 )
 
