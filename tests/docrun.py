@@ -191,6 +191,7 @@ NORMALISE: tuple[tuple[re.Pattern[str], str], ...] = (
     (re.compile(r"\b\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?(Z|[+-]\d\d:\d\d)"), "<time>"),
     (re.compile(r"\b(\d+[dhms])+ ago\b"), "<age> ago"),
     (re.compile(r"\(\d+\.\ds\)"), "(<seconds>)"),  # an action's duration in an audit line
+    (re.compile(r'"duration_s": \d+(\.\d+)?(e-\d+)?'), '"duration_s": <seconds>'),
     (re.compile(r"\b(127\.0\.0\.1|localhost|\[::1\]):\d{5}\b"), r"\1:<port>"),
     (re.compile(r"\bpid \d+\b"), "pid <pid>"),
     (re.compile(r"/dev/pts/\d+\b"), "/dev/pts/<n>"),

@@ -131,6 +131,7 @@ def test_blocks_that_are_not_console_are_not_run() -> None:
     ("last pass 2026-12-02T15:10:52Z (13s ago)", "last pass 2026-12-03T01:00:00Z (1m5s ago)"),
     ("bad signature by key 611bfb9a4a7de32a", "bad signature by key 0123456789abcdef"),
     ("kruxos daemon (pid 42)", "kruxos daemon (pid 31337)"),
+    ('  "duration_s": 0.3747072850001132,', '  "duration_s": 2,'),
 ])
 def test_normalisation_hides_times_ports_pids_and_keys(line: str, same_as: str) -> None:
     assert normalise(line) == normalise(same_as)
