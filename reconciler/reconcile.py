@@ -400,7 +400,9 @@ class Reconciler:
         if self.keeper.rejected() == bad:
             return
         kept = self.keeper.copy_revision()
-        reason = f"{error} (keeping the last good spec {kept or '(none)'})"
+        reason = (f"{error} (keeping the last good spec {kept})" if kept else
+                  f"{error} (no good spec was read before it: nothing new starts until one "
+                  "is written)")
         self.audit.event("spec", "spec-rejected", reason, spec_revision=bad,
                          spec_file=str(self.device.spec_path))
         self.keeper.note_rejected(bad)

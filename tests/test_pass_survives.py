@@ -260,3 +260,16 @@ def test_what_a_crash_left_mid_write_is_removed_when_the_daemon_starts(
         assert "removed .state.json.tmp-999999, left by a write a crash cut off" in \
             log.read_text()
         assert request.exists()
+
+
+def test_a_first_spec_that_is_rejected_does_not_claim_a_last_good_spec(device_dir: Path) -> None:
+    (device_dir / "spec.yaml").write_text((device_dir / "spec.yaml").read_text().replace(
+        "interval: 1s", "interval: 5 seconds"))
+    reconciler = _reconciler(device_dir)
+    reconciler.run_pass("daemon")
+    rejected = [r for r in _records(device_dir) if r["action"] == "spec-rejected"]
+    assert len(rejected) == 1, rejected
+    reason = str(rejected[0]["reason"])
+    assert "keeping the last good spec" not in reason, reason
+    assert reason.endswith("(no good spec was read before it: nothing new starts until one is "
+                           "written)"), reason
