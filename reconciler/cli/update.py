@@ -122,8 +122,8 @@ def check(ctx: click.Context, as_json: bool) -> None:
         sys.exit(0)
     if failed is not None:
         click.echo(f"Note: {latest.version} failed on this device and was rolled back "
-                   f"({printable(failed.reason)}); the device does not retry it while the spec "
-                   "wants it.")
+                   f"({printable(failed.reason)}); the device does not retry it until the "
+                   "desired version changes.")
     click.echo(f"Changes in {latest.version}:")
     for line in latest.changes:
         click.echo(f"- {line}")
