@@ -14,8 +14,8 @@ The user documentation is a transcript of real commands; this module makes it on
   to 60 s: the device gets there on its own; only commands that change nothing may
   be re-run), ``exit N`` (each command of the block exits N; the default is 0; a
   command followed by ``$ echo $?`` is checked by that line instead), ``answer y``
-  (stdin is a terminal on which ``y`` and Enter are typed ahead; otherwise stdin is
-  not a terminal).
+  (stdin is a terminal on which ``y`` and Enter are typed ahead; ``answer ^D``: Ctrl-D,
+  the end of input; otherwise stdin is not a terminal).
 - One comment at the top of a document, ``<!-- docs-test: device /tmp/dev -->``,
   names the directory its commands call the device's; it is a fresh directory of the
   test. ``device /tmp/dev started`` makes and boots the device first (``kruxos sim
@@ -308,14 +308,15 @@ class Session:
 
 @contextlib.contextmanager
 def _stdin(answer: str | None) -> Iterator[int]:
-    """No terminal, or a pseudo-terminal with ``answer`` typed ahead."""
+    """No terminal, or a pseudo-terminal with ``answer`` and Enter typed ahead (``^D``:
+    Ctrl-D alone, the end of input)."""
     if answer is None:
         with open(os.devnull, "rb") as null:
             yield null.fileno()
         return
     main, child = pty.openpty()
     try:
-        os.write(main, f"{answer}\n".encode())
+        os.write(main, b"\x04" if answer == "^D" else f"{answer}\n".encode())
         yield child
     finally:
         os.close(child)
@@ -426,14 +427,15 @@ def rewrite(path: Path, workdir: Path) -> None:
     lines = text.splitlines()
     for block in reversed(doc.blocks):
         for command in reversed(block.commands):
-            if command.line not in record:
-                continue
+            if command.line not in record or mismatch(doc, command,
+                                                      record[command.line]) is None:
+                continue  # what the doc shows still holds: its example values stay
             indent = lines[command.line - 1][:len(lines[command.line - 1])
                                              - len(lines[command.line - 1].lstrip())]
             first = command.line
             last = command.expected[-1][0] if command.expected else command.line
             printed = record[command.line].output.splitlines()
-            lines[first:last] = [f"{indent}{line}" if line else "" for line in printed]
+            lines[first:last] = [f"{indent}{line}".rstrip() if line else "" for line in printed]
     path.write_text("\n".join(lines) + "\n")
 
 
