@@ -49,6 +49,15 @@ def test_every_console_block_prints_what_the_doc_shows(name: str, doc_device: Si
     _run(name, text, doc_device)
 
 
+def test_a_console_block_appears_only_in_a_doc_that_is_executed() -> None:
+    """A ``console`` block says "this is what the command prints"; only executed docs may
+    say so (the others show illustrations in ``text`` blocks)."""
+    docs = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
+    claiming = {str(p.relative_to(REPO)) for p in docs if "```console" in p.read_text()}
+    assert claiming <= set(DOCS), f"console blocks in docs that are not run: " \
+        f"{sorted(claiming - set(DOCS))}; add them to DOCS"
+
+
 # ---- the runner itself -------------------------------------------------------------------
 
 DRIFTED = """\
@@ -89,6 +98,18 @@ def test_a_wrong_exit_status_fails_and_echo_checks_it_as_the_shell_does(
     with pytest.raises(AssertionError, match=r"page.md:9: `\$ exit 2`.*exit status 2, the "
                                              r"doc says 3"):
         _run("page.md", shown, doc_device)
+
+
+def test_a_wait_that_never_matches_fails_with_the_last_difference(doc_device: SimDevice) -> None:
+    doc_device.dir.mkdir()
+    shown = ("<!-- docs-test: device /tmp/dev -->\n<!-- docs-test: wait 1s -->\n```console\n"
+             "$ ls /tmp/dev\nsomething that never comes\n```\n")
+    with pytest.raises(AssertionError) as caught:
+        _run("page.md", shown, doc_device)
+    message = str(caught.value)
+    assert message.startswith("after ") and "(wait 1s), still: page.md:4: `$ ls /tmp/dev`" \
+        in message, message
+    assert "page.md:5: doc:     something that never comes" in message, message
 
 
 def test_a_command_run_silently_failing_is_a_drift(doc_device: SimDevice) -> None:
