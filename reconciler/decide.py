@@ -615,6 +615,8 @@ def _person_gate(policy: UpdatePolicy, obs: ObservedState, version: str,
     if armed:
         return True, Wait(f"{version} is armed in slot {target.label}: it activates on the "
                           "next reboot")
+    # the pin says "next reboot", not how it was said (--no-reboot, --json, N or Ctrl-C)
     return True, ArmTrial(target.name, version, f"{version} activates on the next reboot, as "
-                          "the person asked (kruxos update apply --no-reboot)", reboot=False,
+                          "the person at the device asked (kruxos update apply, not rebooting "
+                          "now)", reboot=False,
                           policy=trial_policy_of(policy))

@@ -470,6 +470,8 @@ def test_person_saying_yes_reboots_outside_the_window_and_while_suspended() -> N
 def test_no_reboot_pin_arms_the_trial_for_the_next_reboot_without_rebooting() -> None:
     action = decide(policy("1.0.1"), staged_with_pin("next-boot"), NOW)
     assert isinstance(action, ArmTrial) and not action.reboot and action.kind == "arm"
+    # "not now" at the prompt, Ctrl-C and --json pin the same way: no flag is named
+    assert "--no-reboot" not in action.reason and "next reboot" in action.reason, action.reason
     armed = decide(policy("1.0.1"), staged_with_pin("next-boot", trial="B", tries_left=3), NOW)
     assert isinstance(armed, Wait) and "next reboot" in armed.reason
 
