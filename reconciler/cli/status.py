@@ -90,8 +90,8 @@ def _other_slot_lines(obs: ObservedState, wanted: str | None) -> list[str]:
                 f"({staging.done / 1e6:.1f} of {staging.total / 1e6:.1f} MB)"]
     rolled_back = obs.failed is not None and obs.failed.version == other.version
     if other.mark == "good" and other.version and rolled_back:
-        return [f"Other slot: {other.label} holds {other.version}, rolled back from "
-                f"('kruxos update apply {other.version}' tries it again)"]
+        return [f"Other slot: {other.label} holds {other.version}, the release rolled back "
+                f"from ('kruxos update apply {other.version}' tries it again)"]
     if other.mark == "good" and other.version and not obs.on_trial:
         return [f"Previous: {other.version} ({other.device}, available for rollback)"]
     if other.mark == "good" and obs.on_trial:
