@@ -4,12 +4,14 @@
 #   make quick    the development loop, <= 10 min on two idle cores
 #   make test     what CI runs, everything a change must not break, <= 40 min
 #   make torture  the long sweeps, outside CI; writes docs/torture-results.md
+#   make system-test  the whole device under QEMU (builds the disk first; not in
+#                 make test yet: docs/system-test.md)
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo quick test torture lint bench clean
+.PHONY: demo quick test torture lint bench clean image system-test
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -25,7 +27,7 @@ quick: $(STAMP)
 	$(BIN)/ruff check reconciler tests bench
 	$(BIN)/mypy
 	mkdir -p build
-	$(BIN)/pytest -q -m "not qemu and not slow and not torture" --junitxml=build/quick.xml; \
+	$(BIN)/pytest -q -m "not qemu and not slow and not torture and not system" --junitxml=build/quick.xml; \
 	status=$$?; $(BIN)/python -m tests.report areas build/quick.xml; exit $$status
 
 test: $(STAMP)
@@ -33,7 +35,7 @@ test: $(STAMP)
 	$(BIN)/ruff check reconciler tests bench
 	$(BIN)/mypy
 	mkdir -p build
-	$(BIN)/pytest -q -m "not torture" --junitxml=build/test.xml; status=$$?; \
+	$(BIN)/pytest -q -m "not torture and not system" --junitxml=build/test.xml; status=$$?; \
 	$(BIN)/python -m tests.report areas build/test.xml; exit $$status
 
 # Every fuzzer with 50,000 documents per parser, plus the tests marked torture;
@@ -46,6 +48,18 @@ torture: $(STAMP)
 	KRUXOS_FUZZ_EXAMPLES=$${KRUXOS_FUZZ_EXAMPLES:-50000} \
 		$(BIN)/python -m tests.report torture build/torture.xml docs/torture-results.md; \
 	exit $$status
+
+# The QEMU device's disk, from Debian packages and the product's own files
+# (deploy/image/, docs/system-test.md); as root, from nothing each time.
+image: $(STAMP)
+	bash tests/tools.sh
+	PY=$(BIN)/python bash deploy/image/build.sh build/image
+
+# Boot the disk of `make image` and check the real system (tests marked system).
+system-test: image
+	mkdir -p build
+	$(BIN)/pytest -q -m system --junitxml=build/system.xml; status=$$?; \
+	$(BIN)/python -m tests.report areas build/system.xml; exit $$status
 
 bench: $(STAMP)
 	bash bench/run.sh

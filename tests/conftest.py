@@ -12,7 +12,9 @@
   deadline (a loaded machine is slow, not wrong); figures belong in ``bench/``.
 - **Tiers come from where a test lives** (``docs/testing.md``): the real
   bootloader rigs are ``qemu``, the simulated-device flows ``e2e``, the parser
-  fuzzers ``fuzz``; ``torture`` tests run only in ``make torture``.
+  fuzzers ``fuzz``, the whole device booted from the disk of ``make image``
+  (``tests/system/``) ``system``, which only ``make system-test`` runs;
+  ``torture`` tests run only in ``make torture``.
 """
 
 from __future__ import annotations
@@ -67,6 +69,8 @@ def _tier_of(path: Path) -> str | None:
         return "e2e"  # the docs run on simulated devices
     if relative.startswith("fuzz/"):
         return "fuzz"
+    if relative.startswith("system/"):
+        return "system"  # boots the disk of `make image` under QEMU: make system-test only
     if relative.startswith("powercut/test_device_cuts"):
         return "slow"  # a device cut boots the device twice: make test, not make quick
     if relative.startswith("crash/test_crash_matrix"):

@@ -20,6 +20,7 @@ from pathlib import Path
 AREAS = (
     ("QEMU rigs (real GRUB, U-Boot, systemd-boot)", lambda m: m.startswith("tests.boot.")
      and m.endswith("_qemu")),
+    ("the whole device under QEMU", lambda m: m.startswith("tests.system.")),
     ("per-bootloader device flows", lambda m: m.startswith("tests.boot.") and m.endswith("_sim")),
     ("end-to-end: daemon and flows", lambda m: m.startswith("tests.e2e.")),
     ("end-to-end: update commands", lambda m: m.startswith("tests.e2e_update.")),
