@@ -191,7 +191,9 @@ class Guest:
         token = secrets.token_hex(4)
         since = self.mark()
         # The marker is printed joined, but typed split: its echo cannot match.
-        self.send(f"stty -echo; PS1=; PS2=; export PS1 PS2; echo KX''READY{token}\n")
+        self.send("stty -echo; PS1=; PS2=; export PS1 PS2; "
+                  "bind 'set enable-bracketed-paste off' 2>/dev/null; "
+                  f"echo KX''READY{token}\n")
         self.expect(f"KXREADY{token}\n".encode().replace(b"\n", b"\r?\n"), COMMAND_TIMEOUT,
                     "the shell to take its settings", since)
         self._shell = True
