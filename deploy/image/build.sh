@@ -52,6 +52,9 @@ step "kernel: $KPKG ($KVER)"
 step "initrd: busybox and the modules for $MODULES"
 I=$WORK/initrd
 mkdir -p "$I"/{bin,proc,sys,dev,newroot,lib/modules}
+if ldd /bin/busybox >/dev/null 2>&1; then  # the initrd has no libc
+    echo "build.sh: /bin/busybox is dynamically linked; install busybox-static" >&2; exit 1
+fi
 cp /bin/busybox "$I/bin/busybox"
 for applet in $(/bin/busybox --list); do
     [ "$applet" = busybox ] || ln -sf busybox "$I/bin/$applet"
