@@ -3,12 +3,16 @@ its own request and by outcome codes, never by the words of a reason or an outco
 
 from __future__ import annotations
 
+import json
+from collections.abc import Iterator
 from types import SimpleNamespace
 from typing import Any
 
+import pytest
+
 from reconciler.actions import Nothing
 from reconciler.audit import AuditRecord
-from reconciler.cli.update import _stage_problem, _taken_over
+from reconciler.cli.update import _stage_problem, _taken_over, _wait_for_action
 
 PIN = "00000001764590000000000000-pin.json"
 
@@ -67,3 +71,37 @@ def test_an_outcome_written_before_codes_is_read_from_its_text() -> None:
     assert old.code == "failed"
     assert _record(8, "outcome", "stage", outcome="ok: staged").code == "ok"
     assert _record(9, "decision", "stage", "Stage 1.0.1").code is None
+
+
+class _Trail:
+    """A trail as the command sees it: the records after a seq, asked for again and again."""
+
+    def __init__(self, records: list[AuditRecord]) -> None:
+        self.records = records
+        self.asked: list[int] = []
+
+    def records_after(self, seq: int) -> Iterator[AuditRecord]:
+        self.asked.append(seq)
+        return iter([r for r in self.records if r.seq > seq])
+
+
+def test_a_wait_that_sees_no_outcome_exits_2_unavailable_never_0(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    # The reboot decided before the command started, and its outcome, are not its own.
+    trail = _Trail([_record(3, "decision", "reboot"), _record(4, "outcome", "reboot",
+                                                              outcome="ok", code="ok"),
+                    _record(6, "decision", "reboot")])
+    with pytest.raises(SystemExit) as ended:
+        _wait_for_action(trail, 5, "reboot", as_json=True, timeout=0.3)  # type: ignore[arg-type]
+    assert ended.value.code == 2
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["ok"] is False and doc["error"]["code"] == "unavailable", doc
+    assert "recorded no reboot within 0.3s" in doc["error"]["message"], doc
+    assert trail.asked and set(trail.asked) == {5}  # always from its own start
+
+
+def test_a_wait_returns_at_the_outcome_after_its_start() -> None:
+    trail = _Trail([_record(6, "decision", "reboot"),
+                    _record(7, "outcome", "reboot", outcome="ok", code="ok")])
+    _wait_for_action(trail, 5, "reboot", timeout=30)  # type: ignore[arg-type]
+    assert trail.asked == [5]

@@ -805,3 +805,33 @@ def test_a_sealed_trail_is_pruned_like_any_other(store: StateStore, clock: Clock
 
 def _first(path: Path) -> AuditRecord:
     return AuditRecord.from_json(path.read_text().splitlines()[0])
+
+
+# --- a follower reads what is new, not the whole trail ------------------------------------
+
+
+def test_records_after_a_seq_parse_only_the_newer_lines(
+    store: StateStore, clock: Clock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What ``apply`` does while it waits: it asks for the records after the one it
+    started from, several times a second. Older files are skipped and older lines are
+    told by their last fields: only each file's first line (where it starts) and the
+    newer records are parsed, however long the trail."""
+    trail = open_trail(store, clock, max_bytes=4096)
+    fill(trail, clock, 400)
+    assert len(trail.files()) > 10
+    parsed: list[str] = []
+    real = AuditRecord.from_json
+
+    def counting(line: Any) -> AuditRecord:
+        parsed.append(line)
+        return real(line)
+
+    monkeypatch.setattr(AuditRecord, "from_json", staticmethod(counting))
+    head = trail.last()
+    assert head is not None
+    parsed.clear()
+    newer = list(AuditReader(store).records(after=head.seq - 3))
+    assert [r.seq for r in newer] == [head.seq - 2, head.seq - 1, head.seq]
+    files = len(trail.files())
+    assert len(parsed) <= files + 3, f"{len(parsed)} lines parsed for 3 new records"

@@ -115,6 +115,19 @@ def test_audit_show_of_a_decision_carries_its_outcome(device_dir: Path) -> None:
     assert missing.stderr == "error: no audit record #9999\n", missing
 
 
+def test_audit_list_since_takes_the_durations_specs_take(device_dir: Path) -> None:
+    config = device_dir / "device.yaml"
+    spec = device_dir / "spec.yaml"
+    spec.write_text(spec.read_text().replace("version: 1.0.0", "version: 1.0.1"))
+    assert _run("update", "cancel", config=config).returncode == 0  # passes run here
+    everything = _run("audit", "list", "--json", config=config).stdout.splitlines()
+    recent = _run("audit", "list", "--since", "1h30m", "--json", config=config)
+    assert recent.returncode == 0 and recent.stdout.splitlines() == everything, recent
+    assert everything
+    wrong = _run("audit", "list", "--since", "1h30", config=config)
+    assert wrong.returncode == 2 and "expected a time like" in wrong.stderr, wrong
+
+
 def test_spec_validate_plan_and_slot_verify_speak_json(device_dir: Path) -> None:
     """Their --json follows specs/cli/ (checked by ``_run``), and says what the text says."""
     config = device_dir / "device.yaml"

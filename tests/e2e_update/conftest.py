@@ -13,6 +13,7 @@ import os
 import pty
 import signal
 import subprocess
+import threading
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -20,7 +21,7 @@ from typing import Any
 
 from tests.cli_contract import check as contract_check
 from tests.device import KRUXOS, REPO, SimDevice, device, make_device
-from tests.waiting import holds_for
+from tests.waiting import holds_for, wait_for
 
 #: The seed's release notes of 1.0.1, as ``kruxos sim init`` publishes them.
 SEED_CHANGES = [
@@ -53,6 +54,48 @@ def run_at_terminal(dev: SimDevice, *args: str, typed: str,
         os.close(child)
         os.close(main)
     return result
+
+
+def interrupt_at_prompt(dev: SimDevice, *args: str, prompt: str,
+                        timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """``kruxos ARGS`` with a terminal on stdin; once ``prompt`` is on its stdout, Ctrl-C
+    (SIGINT) while it waits for the answer."""
+    main, child = pty.openpty()
+    try:
+        proc = subprocess.Popen([*KRUXOS, *args], cwd=REPO, env=dev.env, stdin=child,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                preexec_fn=_as_at_a_terminal)
+        out: list[bytes] = []
+        err: list[bytes] = []
+        readers = [threading.Thread(target=_read_into, args=(stream, into), daemon=True)
+                   for stream, into in ((proc.stdout, out), (proc.stderr, err))]
+        for reader in readers:
+            reader.start()
+        try:
+            wait_for(lambda: prompt.encode() in b"".join(out), timeout, f"the prompt {prompt!r}",
+                     context=lambda: b"".join(out + err).decode(errors="replace"))
+            proc.send_signal(signal.SIGINT)
+            proc.wait(timeout)
+        finally:
+            proc.kill()
+        for reader in readers:
+            reader.join(timeout)
+        for stream in (proc.stdout, proc.stderr):
+            if stream is not None:
+                stream.close()
+        result = subprocess.CompletedProcess([*KRUXOS, *args], proc.returncode,
+                                             b"".join(out).decode(), b"".join(err).decode())
+        contract_check(list(args), result)
+    finally:
+        os.close(child)
+        os.close(main)
+    return result
+
+
+def _read_into(stream: Any, chunks: list[bytes]) -> None:
+    """Each piece of a stream as it comes (a prompt ends with no newline)."""
+    while piece := os.read(stream.fileno(), 4096):
+        chunks.append(piece)
 
 
 def _as_at_a_terminal() -> None:

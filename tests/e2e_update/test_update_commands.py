@@ -21,6 +21,7 @@ from .conftest import (
     events,
     flip_byte,
     interrupt,
+    interrupt_at_prompt,
     json_of,
     run_at_terminal,
     run_cli,
@@ -167,6 +168,22 @@ def test_end_of_input_at_the_prompt_means_not_now_and_leaves_no_question_open(
         "Reboot now? [y/N]: ",
         "Not rebooting: 1.0.1 will activate on the next reboot ('kruxos update cancel' "
         "forgets it)."], result
+    answers = events(device, "reboot-answer")
+    assert len(answers) == 1 and "next" in answers[0]["reason"], answers
+    doc = device.wait_for(lambda: (d := device.status_json())["trial"] == "B" and d, 30,
+                          "the trial to be armed for the next boot")
+    assert doc["request"] is None and doc["booted"] == "A", doc
+    steady_for(device, 3, lambda: len(device.boots()) == 1)
+
+
+def test_ctrl_c_at_the_prompt_means_not_now_and_leaves_no_question_open(
+        device: SimDevice) -> None:
+    device.start()
+    result = interrupt_at_prompt(device, "update", "apply", prompt="Reboot now? [y/N]: ")
+    assert result.returncode == 130, result
+    assert result.stdout.splitlines()[-1] == (
+        "Not rebooting: 1.0.1 will activate on the next reboot ('kruxos update cancel' "
+        "forgets it)."), result
     answers = events(device, "reboot-answer")
     assert len(answers) == 1 and "next" in answers[0]["reason"], answers
     doc = device.wait_for(lambda: (d := device.status_json())["trial"] == "B" and d, 30,
