@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
 from collections.abc import Callable
 
 import pytest
@@ -159,10 +160,9 @@ def test_apply_without_a_terminal_refuses_before_staging_naming_the_flags(
     assert not events(device, "pin") and device.status_json()["slots"]["B"]["mark"] == "empty"
 
 
-def test_end_of_input_at_the_prompt_means_not_now_and_leaves_no_question_open(
-        device: SimDevice) -> None:
-    device.start()
-    result = run_at_terminal(device, "update", "apply", typed="\x04")  # Ctrl-D at the prompt
+def _not_now(device: SimDevice, result: subprocess.CompletedProcess[str]) -> None:
+    """What an interrupted prompt leaves: exit 130, the trial armed for the next boot, the
+    answer recorded, no question left open, no reboot."""
     assert result.returncode == 130, result
     assert result.stdout.splitlines()[-2:] == [
         "Reboot now? [y/N]: ",
@@ -176,20 +176,17 @@ def test_end_of_input_at_the_prompt_means_not_now_and_leaves_no_question_open(
     steady_for(device, 3, lambda: len(device.boots()) == 1)
 
 
+def test_end_of_input_at_the_prompt_means_not_now_and_leaves_no_question_open(
+        device: SimDevice) -> None:
+    device.start()
+    _not_now(device, run_at_terminal(device, "update", "apply", typed="\x04"))  # Ctrl-D
+
+
 def test_ctrl_c_at_the_prompt_means_not_now_and_leaves_no_question_open(
         device: SimDevice) -> None:
     device.start()
-    result = interrupt_at_prompt(device, "update", "apply", prompt="Reboot now? [y/N]: ")
-    assert result.returncode == 130, result
-    assert result.stdout.splitlines()[-1] == (
-        "Not rebooting: 1.0.1 will activate on the next reboot ('kruxos update cancel' "
-        "forgets it)."), result
-    answers = events(device, "reboot-answer")
-    assert len(answers) == 1 and "next" in answers[0]["reason"], answers
-    doc = device.wait_for(lambda: (d := device.status_json())["trial"] == "B" and d, 30,
-                          "the trial to be armed for the next boot")
-    assert doc["request"] is None and doc["booted"] == "A", doc
-    steady_for(device, 3, lambda: len(device.boots()) == 1)
+    _not_now(device, interrupt_at_prompt(device, "update", "apply",
+                                         prompt="Reboot now? [y/N]: "))
 
 
 def test_apply_of_a_tampered_image_is_refused_and_never_staged(device: SimDevice) -> None:
