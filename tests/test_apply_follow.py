@@ -12,7 +12,7 @@ import pytest
 
 from reconciler.actions import Nothing
 from reconciler.audit import AuditRecord
-from reconciler.cli.update import _stage_problem, _taken_over, _wait_for_action
+from reconciler.cli.update import _since_pin, _stage_problem, _taken_over, _wait_for_action
 
 PIN = "00000001764590000000000000-pin.json"
 
@@ -105,3 +105,21 @@ def test_a_wait_returns_at_the_outcome_after_its_start() -> None:
                     _record(7, "outcome", "reboot", outcome="ok", code="ok")])
     _wait_for_action(trail, 5, "reboot", timeout=30)  # type: ignore[arg-type]
     assert trail.asked == [5]
+
+
+def test_a_block_decided_before_the_pin_was_taken_is_not_this_stagings_refusal() -> None:
+    """After a rollback by hand the device blocks the version it left; a person's apply of
+    that version retries it. A pass that recorded the block after the command began but
+    before its pin was taken (a busy machine) must not read as the pin's refusal."""
+    records = [_record(5, "decision", "blocked", "1.0.1 rolled back (kruxos update rollback);"
+                       " not retried until the desired version changes"),
+               _record(6, "decision", "pin", "pinned at the device", request=PIN,
+                       version="1.0.1"),
+               _record(7, "decision", "stage", "stage 1.0.1")]
+    mine = _since_pin(records, PIN)
+    assert [r.seq for r in mine] == [7]
+    assert _stage_problem(_Link(), mine, "1.0.1", _VIEW) is None  # type: ignore[arg-type]
+    blocked_after = [*records, _record(8, "decision", "blocked", "a downgrade")]
+    assert _stage_problem(_Link(), _since_pin(blocked_after, PIN), "1.0.1",  # type: ignore[arg-type]
+                          _VIEW) == ("update refused: a downgrade", "refused")
+    assert _since_pin(records[:1], PIN) == []  # the pin not yet recorded: nothing is its

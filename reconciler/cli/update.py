@@ -209,7 +209,7 @@ def _follow_staging(link: Link, version: str, size: int, start: int, pin: str,
             if taken_over is not None:  # the later request stands: no resume sent here
                 bars.finish(_progress(link, version, size), "✗ stopped")
                 _fail(taken_over, 1, as_json, why="taken-over")
-            problem = _stage_problem(link, records, version, view)
+            problem = _stage_problem(link, _since_pin(records, pin), version, view)
             if problem is not None and problem[1] == "unavailable":
                 bars.finish(_progress(link, version, size), "✗ not yet")
                 _fail(problem[0], 2, as_json, why="unavailable")
@@ -295,9 +295,22 @@ def _taken_over(records: list[AuditRecord], pin: str, version: str) -> str | Non
     return None
 
 
+def _since_pin(records: list[AuditRecord], pin: str) -> list[AuditRecord]:
+    """The records after this command's pin was taken (its decision names request ``pin``).
+
+    Only they are about the staging it asked for: a pass that ran between the
+    command's start and the pin (a ``blocked`` decision for the version a person
+    rolled back, which the pin is there to retry) was decided without the pin."""
+    for index, record in enumerate(records):
+        if record.kind == "decision" and record.details.get("request") == pin:
+            return records[index + 1:]
+    return []
+
+
 def _stage_problem(link: Link, records: list[AuditRecord], version: str,
                    view: Any) -> tuple[str, str] | None:
-    """Why the staging since this command's pin will not finish now, and its error code:
+    """Why the staging will not finish now (``records``: those after this command's pin),
+    and its error code:
     ``refused`` (a refused release, or blocked), ``unavailable`` (the channel did not
     answer; the device goes on by itself), or ``None``. A staging that ``stopped`` on
     purpose resumes, so it is not a problem."""
