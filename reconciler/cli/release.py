@@ -2,6 +2,7 @@
 
     kruxos release keygen [--dir D] [--name N]
     kruxos release add CHANNEL IMAGE --version V --changes TEXT... [--requires FEATURE...]
+                       [--service NAME[@VERSION]=PATH...]
     kruxos release sign CHANNEL --key KEYFILE... [--expires 30d]
     kruxos release verify CHANNEL [--key PUBFILE...] [--revoked KEYID|PUBFILE...]
 """
@@ -18,6 +19,7 @@ from reconciler.errors import KruxosError
 from reconciler.release.channel import (
     DEFAULT_BLOCK_SIZE,
     DRAFT_FILE,
+    ServiceSource,
     add_release,
     init_channel,
     sign_channel,
@@ -25,10 +27,24 @@ from reconciler.release.channel import (
 )
 from reconciler.release.features import FEATURES
 from reconciler.release.keys import generate_keypair, keyid_of, load_public_key
-from reconciler.release.metadata import format_time
+from reconciler.release.metadata import SERVICE_FEATURE, format_time
 
 _DURATION = re.compile(r"^(\d+)([wdhm])$")
 _UNITS = {"w": "weeks", "d": "days", "h": "hours", "m": "minutes"}
+_SERVICE = re.compile(r"^([^=@]+)(?:@([^=]+))?=(.+)$")
+
+
+def _service_sources(values: tuple[str, ...], version: str) -> list[ServiceSource]:
+    """``--service NAME=PATH`` (the release's version) or ``NAME@VERSION=PATH``."""
+    sources = []
+    for value in values:
+        match = _SERVICE.match(value)
+        if match is None:
+            raise click.BadParameter(f"{value[:60]!r}: write NAME=PATH or NAME@VERSION=PATH",
+                                     param_hint="--service")
+        name, own, path = match.groups()
+        sources.append(ServiceSource(name, own or version, Path(path)))
+    return sources
 
 
 def _duration(value: str) -> timedelta:
@@ -71,9 +87,15 @@ def keygen(directory: Path, name: str) -> None:
 @click.option("--requires", multiple=True, metavar="FEATURE",
               help="A feature a device must implement to install this release (repeatable); "
                    "devices without it skip the release.")
+@click.option("--service", "services", multiple=True, metavar="NAME[@VERSION]=PATH",
+              help="A service artifact the release carries (repeatable; list every service "
+                   "of the release); VERSION defaults to the release's. The release then "
+                   f"requires {SERVICE_FEATURE}.")
 def add(channel: Path, image: Path, version: str, changes: tuple[str, ...], day: str | None,
-        channel_name: str | None, block_size: int, requires: tuple[str, ...]) -> None:
-    """Copy IMAGE into CHANNEL and list it (run `sign` to publish)."""
+        channel_name: str | None, block_size: int, requires: tuple[str, ...],
+        services: tuple[str, ...]) -> None:
+    """Copy IMAGE (and any service artifacts) into CHANNEL and list it (run `sign` to
+    publish)."""
     try:
         when = date.fromisoformat(day) if day else None
     except ValueError as exc:
@@ -82,15 +104,22 @@ def add(channel: Path, image: Path, version: str, changes: tuple[str, ...], day:
         if not (channel / DRAFT_FILE).exists():
             init_channel(channel, channel_name or channel.resolve().name)
         rel = add_release(channel, image, version, list(changes), when, block_size=block_size,
-                          requires=requires)
+                          requires=requires, services=_service_sources(services, version))
     except KruxosError as exc:
         raise click.ClickException(str(exc)) from exc
     click.echo(f"added {rel.version}: {channel / rel.image}, {rel.size} bytes, "
                f"{len(rel.blocks)} blocks, sha256 {rel.sha256}")
+    for svc in rel.services:
+        click.echo(f"  service {svc.name} {svc.version}: {channel / svc.file}, {svc.size} bytes, "
+                   f"{len(svc.blocks)} blocks, sha256 {svc.sha256}")
     if rel.requires:
         click.echo(f"requires {', '.join(rel.requires)}: devices that do not implement it "
                    "skip this release (the signed metadata becomes format 2)")
     unknown = [name for name in rel.requires if name not in FEATURES]
+    if rel.services and SERVICE_FEATURE in unknown:
+        unknown.remove(SERVICE_FEATURE)
+        click.echo(f"note: this kruxos does not implement {SERVICE_FEATURE} yet: devices "
+                   "running this version skip the release", err=True)
     if unknown:
         click.echo(f"note: this kruxos does not implement {', '.join(unknown)}; check the "
                    "spelling (devices running this version skip the release)", err=True)
@@ -140,6 +169,8 @@ def verify(channel: Path, keys: tuple[Path, ...], revoked: tuple[str, ...]) -> N
             mark = " (latest)" if rel is latest else ""
             needs = f", requires {', '.join(rel.requires)}" if rel.requires else ""
             click.echo(f"  {rel.version}{mark}: {rel.image}, {rel.size} bytes, {rel.date}{needs}")
+            for svc in rel.services:
+                click.echo(f"    service {svc.name} {svc.version}: {svc.file}, {svc.size} bytes")
     for problem in report.problems:
         click.echo(f"REFUSED: {problem}", err=True)
     if not report.accepted:

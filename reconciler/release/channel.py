@@ -5,6 +5,7 @@ mode 0644 whatever the umask, so any web server user can serve them::
 
     metadata.json          signed; the only file devices believe
     kruxos-VERSION.img     the images, named by version
+    NAME-VERSION.svc       service artifacts, named by service and its version
     draft.json             the publisher's unsigned working list (devices ignore it)
 
 ``add`` copies the image in and records it in ``draft.json``; ``sign`` turns
@@ -29,13 +30,18 @@ from reconciler.errors import ConfigError, KruxosError, ReleaseError
 from reconciler.release.identity import LEGACY_MAGIC
 from reconciler.release.keys import keyid_of, load_revoked, load_signing_key, load_trusted_keys
 from reconciler.release.metadata import (
+    MAX_SERVICE_NAME,
     RELEASE_FIELDS,
+    SERVICE_FEATURE,
+    SERVICE_NAME,
     ChannelMetadata,
     Release,
+    ServiceArtifact,
     canonical_json,
     format_for,
     format_time,
     parse_requires,
+    parse_services,
     semver_key,
     verify_metadata,
 )
@@ -51,6 +57,24 @@ DEFAULT_BLOCK_SIZE = 1 << 20
 def image_name(version: str) -> str:
     """The file name of ``version``'s image inside a channel."""
     return f"kruxos-{version}.img"
+
+
+def service_file_name(name: str, version: str) -> str:
+    """The file name of service ``name``'s artifact ``version`` inside a channel.
+
+    Named by content's label, not by release: releases that ship the same
+    artifact share one file (each release lists every service it carries).
+    """
+    return f"{name}-{version}.svc"
+
+
+@dataclass(frozen=True)
+class ServiceSource:
+    """A service artifact to publish: the service's name, its version, the file to copy."""
+
+    name: str
+    version: str
+    path: Path
 
 
 def _load_draft(channel_dir: Path) -> dict[str, Any]:
@@ -103,28 +127,83 @@ def _check_layout(image_path: Path) -> None:
         raise ReleaseError(f"{image_path}: {_OLD_LAYOUT}")
 
 
+def _hash_file(path: Path, block_size: int) -> tuple[int, str, list[str]]:
+    """Size, SHA-256 and block hashes of ``path``, read once."""
+    whole, blocks, size = hashlib.sha256(), [], 0
+    with open(path, "rb") as f:
+        while block := f.read(block_size):
+            whole.update(block)
+            blocks.append(hashlib.sha256(block).hexdigest())
+            size += len(block)
+    return size, whole.hexdigest(), blocks
+
+
+def _check_service_source(source: ServiceSource) -> None:
+    """Refuse a name or version a device would refuse, before anything is copied."""
+    if len(source.name) > MAX_SERVICE_NAME or not SERVICE_NAME.match(source.name):
+        raise ReleaseError(f"--service {source.name[:40]!r}: not a service name (lowercase "
+                           "letters and digits joined by '-' or '_', at most "
+                           f"{MAX_SERVICE_NAME} characters)")
+    semver_key(source.version)
+    if not source.path.is_file() or source.path.stat().st_size == 0:
+        raise ReleaseError(f"--service {source.name}: {source.path} is not a non-empty file")
+
+
+def _add_service(channel_dir: Path, source: ServiceSource, block_size: int) -> ServiceArtifact:
+    """Copy one service artifact in (or reuse the same bytes already there) and hash it.
+
+    A file of that name with other bytes is refused: a published artifact is
+    never replaced under the releases that name it.
+    """
+    file = service_file_name(source.name, source.version)
+    target = channel_dir / file
+    if target.exists():
+        size, sha, blocks = _hash_file(target, block_size)
+        if _hash_file(source.path, block_size)[1] != sha:
+            raise ReleaseError(f"{target}: service {source.name} {source.version} is already "
+                               "in the channel with other bytes; give the new artifact a new "
+                               "version")
+    else:
+        size, sha, blocks = _copy_hashing(source.path, target, block_size)
+    return ServiceArtifact(source.name, source.version, file, size, sha, block_size,
+                           tuple(blocks))
+
+
 def add_release(channel_dir: Path, image_path: Path, version: str, changes: Sequence[str],
                 date_: date | None = None, *, block_size: int = DEFAULT_BLOCK_SIZE,
-                requires: Sequence[str] = ()) -> Release:
-    """Copy an image into the channel and list it in the draft (sign to publish).
+                requires: Sequence[str] = (), services: Sequence[ServiceSource] = ()) -> Release:
+    """Copy an image (and service artifacts) into the channel and list the release in the
+    draft (sign to publish).
 
     ``requires`` names the features a device must implement to install this
-    release (``docs/channel.md``); devices without one of them skip it.
+    release (``docs/channel.md``); devices without one of them skip it. A
+    release with ``services`` requires :data:`SERVICE_FEATURE` too (added here),
+    and lists every service it carries: a device derives from two releases'
+    lists what changed.
     """
     semver_key(version)
+    wanted = [*requires, *([SERVICE_FEATURE] if services and SERVICE_FEATURE not in requires
+                           else [])]
     try:
-        needs = parse_requires(list(requires), "--requires")
+        needs = parse_requires(wanted, "--requires")
     except ReleaseError as exc:
         raise ReleaseError(str(exc).removeprefix("channel metadata: ")) from exc
     draft = _load_draft(channel_dir)
     if any(r.get("version") == version for r in draft["releases"]):
         raise ReleaseError(f"{channel_dir}: version {version} is already in the channel")
     _check_layout(image_path)
+    for source in services:
+        _check_service_source(source)
+    artifacts = tuple(_add_service(channel_dir, source, block_size) for source in services)
+    try:
+        parse_services([a.to_json() for a in artifacts], "--service", needs)
+    except ReleaseError as exc:
+        raise ReleaseError(str(exc).removeprefix("channel metadata: ")) from exc
     name = image_name(version)
     size, sha, blocks = _copy_hashing(image_path, channel_dir / name, block_size)
     day = (date_ or datetime.now(UTC).date()).isoformat()
     release = Release(version, day, tuple(changes), name, size, sha, block_size, tuple(blocks),
-                      needs)
+                      needs, artifacts)
     draft["releases"].append(release.to_json())
     atomic_write_json(channel_dir / DRAFT_FILE, draft, PUBLIC_MODE)
     return release
@@ -157,10 +236,24 @@ def _check_fields(channel_dir: Path, releases: Iterable[dict[str, Any]]) -> None
 
 def _check_images_present(channel_dir: Path, releases: Iterable[dict[str, Any]]) -> None:
     for rel in releases:
-        path = channel_dir / str(rel.get("image"))
-        if not path.is_file() or path.stat().st_size != rel.get("size"):
-            raise ReleaseError(f"{path}: missing or not {rel.get('size')} bytes; "
-                               "refusing to sign metadata that names it")
+        services = rel.get("services", [])
+        for entry in [rel, *(services if isinstance(services, list) else [])]:
+            name = entry.get("image", entry.get("file")) if isinstance(entry, dict) else None
+            path = channel_dir / str(name)
+            if not path.is_file() or path.stat().st_size != entry.get("size"):
+                raise ReleaseError(f"{path}: missing or not {entry.get('size')} bytes; "
+                                   "refusing to sign metadata that names it")
+
+
+def _check_services(channel_dir: Path, releases: Iterable[dict[str, Any]]) -> None:
+    """Sign no service list a device would refuse (a hand-edited draft included)."""
+    for i, rel in enumerate(releases):
+        try:
+            parse_services(rel.get("services", []), f"releases[{i}].services",
+                           parse_requires(rel.get("requires", []), f"releases[{i}].requires"))
+        except ReleaseError as exc:
+            raise ReleaseError(f"{channel_dir / DRAFT_FILE}: "
+                               f"{str(exc).removeprefix('channel metadata: ')}") from exc
 
 
 def sign_channel(channel_dir: Path, key_paths: Sequence[Path],
@@ -176,6 +269,7 @@ def sign_channel(channel_dir: Path, key_paths: Sequence[Path],
     keys = [load_signing_key(Path(p)) for p in key_paths]
     draft = _load_draft(channel_dir)
     _check_fields(channel_dir, draft["releases"])
+    _check_services(channel_dir, draft["releases"])
     _check_images_present(channel_dir, draft["releases"])
     moment = now or datetime.now(UTC)
     signed = {
@@ -214,23 +308,36 @@ class ChannelReport:
 
 def _check_image(channel_dir: Path, rel: Release) -> str | None:
     """Why a device would refuse this release's image file, or ``None``."""
-    path = channel_dir / rel.image
+    return _check_file(channel_dir / rel.image, rel.version, rel, legacy=True)
+
+
+def _check_file(path: Path, label: str, signed: Release | ServiceArtifact,
+                legacy: bool = False) -> str | None:
+    """Why ``path`` does not hold the signed bytes (size, each block, the whole), or ``None``."""
     if not path.is_file():
-        return f"{rel.version}: {path} is missing"
-    if path.stat().st_size != rel.size:
-        return f"{rel.version}: {path} is {path.stat().st_size} bytes, signed size {rel.size}"
+        return f"{label}: {path} is missing"
+    if path.stat().st_size != signed.size:
+        return f"{label}: {path} is {path.stat().st_size} bytes, signed size {signed.size}"
     whole = hashlib.sha256()
     with open(path, "rb") as f:
-        for index, expected in enumerate(rel.blocks):
-            block = f.read(rel.block_size)
+        for index, expected in enumerate(signed.blocks):
+            block = f.read(signed.block_size)
             whole.update(block)
             if hashlib.sha256(block).hexdigest() != expected:
-                return f"{rel.version}: {path} block {index} does not match its signed hash"
-            if index == 0 and block.startswith(LEGACY_MAGIC):
-                return f"{rel.version}: {path} {_OLD_LAYOUT}"
-    if whole.hexdigest() != rel.sha256:
-        return f"{rel.version}: {path} does not match its signed SHA-256"
+                return f"{label}: {path} block {index} does not match its signed hash"
+            if legacy and index == 0 and block.startswith(LEGACY_MAGIC):
+                return f"{label}: {path} {_OLD_LAYOUT}"
+    if whole.hexdigest() != signed.sha256:
+        return f"{label}: {path} does not match its signed SHA-256"
     return None
+
+
+def _check_release_files(channel_dir: Path, rel: Release) -> list[str]:
+    """Every reason a device would refuse a file of ``rel``: its image, each service's."""
+    problems = [_check_image(channel_dir, rel)]
+    problems += [_check_file(channel_dir / s.file, f"{rel.version} service {s.name}", s)
+                 for s in rel.services]
+    return [p for p in problems if p is not None]
 
 
 def verify_channel(channel_dir: Path, trusted_pub_paths: Sequence[Path], now: datetime,
@@ -251,10 +358,10 @@ def verify_channel(channel_dir: Path, trusted_pub_paths: Sequence[Path], now: da
                         f"signed by {', '.join(meta.signed_by)}, expires "
                         f"{format_time(meta.expires)}")
     for rel in meta.releases:
-        problem = _check_image(channel_dir, rel)
-        if problem:
+        problems = _check_release_files(channel_dir, rel)
+        if problems:
             report.accepted = False
-            report.problems.append(problem)
+            report.problems.extend(problems)
     if _draft_differs(channel_dir, meta):
         report.notes.append(f"{channel_dir / DRAFT_FILE} has changes not yet signed")
     return report

@@ -63,6 +63,14 @@ _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 _IMAGE_NAME = re.compile(r"^[A-Za-z0-9._+-]{1,255}$")
 _DAY = re.compile(r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$")
 _KEYID = re.compile(r"^[0-9a-fA-F]{1,64}$")
+#: The feature a release with service artifacts requires (``docs/channel.md``).
+SERVICE_FEATURE = "service-artifacts"
+#: At most this many service artifacts per release, each named by at most this many characters.
+MAX_SERVICES = 32
+MAX_SERVICE_NAME = 64
+#: A service name: it becomes a directory of the device's service store and a unit's name,
+#: so lowercase letters and digits joined by single ``-`` or ``_``, nothing else.
+SERVICE_NAME = re.compile(r"^[a-z][a-z0-9]*(?:[-_][a-z0-9]+)*$")
 
 
 def canonical_json(signed: Mapping[str, Any]) -> bytes:
@@ -109,6 +117,35 @@ def semver_key(version: str) -> Version:
 
 
 @dataclass(frozen=True)
+class ServiceArtifact:
+    """One service's artifact in a release: a file of the channel, hashed like the root image.
+
+    ``version`` is the service's own version (shown to people); what the device
+    compares is the content (``sha256``), and what it installs is verified
+    block by block against ``blocks`` before it is written.
+    """
+
+    name: str
+    version: str
+    file: str
+    size: int
+    sha256: str
+    block_size: int
+    blocks: tuple[str, ...]
+
+    def block_range(self, index: int) -> tuple[int, int]:
+        """Byte offsets ``[start, end)`` of block ``index``."""
+        start = min(index * self.block_size, self.size)
+        return start, min(start + self.block_size, self.size)
+
+    def to_json(self) -> dict[str, Any]:
+        """The artifact as it appears in ``signed.releases[].services``."""
+        return {"name": self.name, "version": self.version, "file": self.file,
+                "size": self.size, "sha256": self.sha256, "block_size": self.block_size,
+                "blocks": list(self.blocks)}
+
+
+@dataclass(frozen=True)
 class Release:
     """One release as the signed metadata describes it."""
 
@@ -121,6 +158,7 @@ class Release:
     block_size: int
     blocks: tuple[str, ...]
     requires: tuple[str, ...] = ()
+    services: tuple[ServiceArtifact, ...] = ()
 
     def block_range(self, index: int) -> tuple[int, int]:
         """Byte offsets ``[start, end)`` of block ``index``."""
@@ -128,7 +166,8 @@ class Release:
         return start, min(start + self.block_size, self.size)
 
     def to_json(self) -> dict[str, Any]:
-        """The release as it appears in ``signed.releases`` (``requires`` only when set)."""
+        """The release as it appears in ``signed.releases`` (``requires`` and ``services``
+        only when set)."""
         doc: dict[str, Any] = {
             "version": self.version, "date": self.date, "changes": list(self.changes),
             "image": self.image, "size": self.size, "sha256": self.sha256,
@@ -136,12 +175,14 @@ class Release:
         }
         if self.requires:
             doc["requires"] = list(self.requires)
+        if self.services:
+            doc["services"] = [service.to_json() for service in self.services]
         return doc
 
 
 #: The fields of a release this version writes and reads; a publisher signs no other.
 RELEASE_FIELDS = frozenset({"version", "date", "changes", "image", "size", "sha256",
-                            "block_size", "blocks", "requires"})
+                            "block_size", "blocks", "requires", "services"})
 
 
 def format_for(requires: Iterable[Sequence[str]]) -> int:
@@ -348,8 +389,10 @@ def _parse_release(obj: Any, index: int) -> Release:
     size = _count(obj, "size", where, 1)
     block_size = _count(obj, "block_size", where, 1, MAX_BLOCK_SIZE)
     whole, blocks = _digests(obj, where, size, block_size)
+    requires = parse_requires(obj.get("requires", []), f"{where}requires")
+    services = parse_services(obj.get("services", []), f"{where}services", requires)
     return Release(version, day, tuple(changes), image, size, whole, block_size, blocks,
-                   parse_requires(obj.get("requires", []), f"{where}requires"))
+                   requires, services)
 
 
 def parse_requires(value: Any, where: str) -> tuple[str, ...]:
@@ -370,6 +413,51 @@ def parse_requires(value: Any, where: str) -> tuple[str, ...]:
     if len(set(value)) != len(value):
         raise _fail(f"{where}: a feature is listed twice")
     return tuple(value)
+
+
+def parse_services(value: Any, where: str,
+                   requires: Sequence[str]) -> tuple[ServiceArtifact, ...]:
+    """``services``: at most :data:`MAX_SERVICES` artifacts of distinct names and files.
+
+    A release that lists any must also require :data:`SERVICE_FEATURE`: a device
+    that reads format 2 but cannot update services must skip the release, not
+    install its root image as if the list were not there. Shared with the
+    publisher, so what ``kruxos release sign`` signs is what every device parses.
+    """
+    if not isinstance(value, list):
+        raise _fail(f"{where}: expected a list of service artifacts, got {quote(value)}")
+    if len(value) > MAX_SERVICES:
+        raise _fail(f"{where}: {len(value)} services, more than the {MAX_SERVICES} accepted")
+    if value and SERVICE_FEATURE not in requires:
+        raise _fail(f"{where}: a release with service artifacts must require "
+                    f"{SERVICE_FEATURE!r} (devices that cannot update services skip it)")
+    services = tuple(_parse_service(obj, f"{where}[{i}].") for i, obj in enumerate(value))
+    if len({s.name for s in services}) != len(services):
+        raise _fail(f"{where}: a service is listed twice")
+    if len({s.file for s in services}) != len(services):
+        raise _fail(f"{where}: two services name the same file")
+    return services
+
+
+def _parse_service(obj: Any, where: str) -> ServiceArtifact:
+    if not isinstance(obj, dict):
+        raise _fail(f"{where.rstrip('.')}: expected an object")
+    name = _field(obj, "name", str, where)
+    if len(name) > MAX_SERVICE_NAME or not SERVICE_NAME.match(name):
+        raise _fail(f"{where}name: {quote(name)} is not a service name (lowercase letters and "
+                    f"digits joined by '-' or '_', at most {MAX_SERVICE_NAME} characters)")
+    version = _field(obj, "version", str, where)
+    try:
+        semver_key(version)
+    except ReleaseError as exc:
+        raise _fail(f"{where}{exc}") from exc
+    file = _field(obj, "file", str, where)
+    if not _IMAGE_NAME.match(file) or file.startswith("."):
+        raise _fail(f"{where}file: {quote(file)} must be a plain file name")
+    size = _count(obj, "size", where, 1)
+    block_size = _count(obj, "block_size", where, 1, MAX_BLOCK_SIZE)
+    whole, blocks = _digests(obj, where, size, block_size)
+    return ServiceArtifact(name, version, file, size, whole, block_size, blocks)
 
 
 def _digests(obj: Mapping[str, Any], where: str, size: int,

@@ -1,8 +1,9 @@
 """Channel metadata, fuzzed: any document is believed or refused with a short ``ReleaseError``.
 
 Documents start as valid signed metadata (formats 1 and 2, releases with and
-without ``requires``); some have a field replaced by a hostile value (for
-``format`` and ``requires`` often one just past what is accepted) and are
+without ``requires`` and ``services``); some have a field replaced by a hostile
+value (for ``format``, ``requires`` and ``services`` often one just past what is
+accepted, and sometimes a field of one service artifact) and are
 signed again (so the attack reaches the parsing of the signed content, as from
 a compromised or buggy publisher), then bytes are mutated (so the envelope and
 the JSON themselves are attacked). For a believed document the target also
@@ -21,6 +22,7 @@ from typing import Any
 from hypothesis import strategies as st
 from nacl.signing import SigningKey
 
+from reconciler.errors import ReleaseError
 from reconciler.release import features
 from reconciler.release.keys import keyid_of
 from reconciler.release.metadata import canonical_json, verify_metadata
@@ -35,6 +37,8 @@ NOW = datetime(2030, 5, 10, tzinfo=UTC)
 #: Feature names a publisher may list: the reserved ones and made-up valid names.
 FEATURE_NAMES = ["service-artifacts", "container-image", "phased-rollout", "block-index-64k",
                  "a", "x9", "v2.delta", "z" * 64]
+#: Service names a publisher may list.
+SERVICE_NAMES = ["gateway", "db", "metrics-agent", "a_b", "x" * 64]
 #: What a later device might implement (the fuzz target asks with and without it).
 IMPLEMENTED = frozenset(FEATURE_NAMES[:2])
 
@@ -62,14 +66,26 @@ def _blocks(size: int, block_size: int) -> list[str]:
     return [hashlib.sha256(str(i).encode()).hexdigest() for i in range(-(-size // block_size))]
 
 
+def _service(rnd: random.Random, name: str) -> dict[str, Any]:
+    size, block_size = rnd.randint(1, 10_000), rnd.choice([512, 1024, 4096, 1 << 20])
+    return {"name": name, "version": rnd.choice(["1.0.0", "2.0.1-rc.1"]),
+            "file": f"{name}.svc", "size": size, "sha256": rnd.randbytes(32).hex(),
+            "block_size": block_size, "blocks": _blocks(size, block_size)}
+
+
 def _release(rnd: random.Random, version: str) -> dict[str, Any]:
     size, block_size = rnd.randint(1, 10_000), rnd.choice([512, 1024, 4096, 1 << 20])
-    release = {"version": version, "date": "2030-05-01",
+    release: dict[str, Any] = {"version": version, "date": "2030-05-01",
                "changes": ["line"] * rnd.randint(0, 2), "image": "kruxos.img", "size": size,
                "sha256": rnd.randbytes(32).hex(), "block_size": block_size,
                "blocks": _blocks(size, block_size)}
     if rnd.random() < 0.5:
         release["requires"] = rnd.sample(FEATURE_NAMES, rnd.randint(0, 3))
+    if rnd.random() < 0.4:
+        release["requires"] = [*release.get("requires", []), "service-artifacts"]
+        release["requires"] = list(dict.fromkeys(release["requires"]))
+        names = rnd.sample(SERVICE_NAMES, rnd.randint(1, 3))
+        release["services"] = [_service(rnd, name) for name in names]
     return release
 
 
@@ -105,10 +121,44 @@ HOSTILE_REQUIRES: list[Any] = [
     ["-a"], ["a-"], ["a..b"], ["z" * 65], ["a"] * 33, [f"f{i}" for i in range(32)],
     ["é"], ["a\x00"], ["\x1b[2J"], [None], [["a"]], [{"name": "a"}], [1], {"a": True},
 ]
+#: Values near what ``services`` accepts: just past each limit, or mistyped.
+HOSTILE_SERVICES: list[Any] = [
+    "gateway", {"gateway": {}}, [None], ["gateway"], [[]], [{}],
+    [{"name": f"s{i}", "version": "1.0.0", "file": f"s{i}.svc", "size": 1, "sha256": "a" * 64,
+      "block_size": 1, "blocks": ["b" * 64]} for i in range(33)],
+]
+#: Values near what one service artifact's fields accept.
+HOSTILE_SERVICE_FIELDS: dict[str, list[Any]] = {
+    "name": ["Gateway", "../etc", "", "a-", "-a", "a--b", "x" * 65, "gate way", "é", 7],
+    "version": ["1.0", "v1.0.0", "1.0.0" + "-a" * 100, ""],
+    "file": ["../x.svc", ".hidden", "a/b", "", "x" * 256],
+    "size": [0, -1, 2**63, True, 1.0, "1"],
+    "block_size": [0, (64 << 20) + 1, 2**63],
+    "blocks": [[], ["A" * 64], ["a" * 63], "a" * 64],
+    "sha256": ["A" * 64, "a" * 63, None],
+}
 RELEASE_FIELDS = ["version", "date", "changes", "image", "size", "sha256", "block_size",
-                  "blocks", "requires", "unknown"]
+                  "blocks", "requires", "services", "unknown"]
 TOP_FIELDS = ["format", "channel", "serial", "issued", "expires", "releases", "unknown"]
-_NEAR = {"format": HOSTILE_FORMATS, "requires": HOSTILE_REQUIRES}
+_NEAR = {"format": HOSTILE_FORMATS, "requires": HOSTILE_REQUIRES,
+         "services": HOSTILE_SERVICES}
+
+
+def _hostile_service(rnd: random.Random, release: dict[str, Any]) -> None:
+    """One field of one service artifact made hostile, removed, or a service duplicated."""
+    release["requires"] = list(dict.fromkeys([*release.get("requires", []),
+                                              "service-artifacts"]))
+    services = release.setdefault("services", [_service(rnd, "gateway")])
+    target = rnd.choice(services)
+    choice = rnd.choice([*HOSTILE_SERVICE_FIELDS, "delete", "duplicate", "unknown"])
+    if choice == "delete":
+        del target[rnd.choice(sorted(target))]
+    elif choice == "duplicate":
+        services.append(dict(target))
+    elif choice == "unknown":
+        target["unknown"] = rnd.choice(HOSTILE_VALUES)
+    else:
+        target[choice] = rnd.choice(HOSTILE_SERVICE_FIELDS[choice])
 
 
 def _hostile_signed(rnd: random.Random) -> Any:
@@ -119,6 +169,9 @@ def _hostile_signed(rnd: random.Random) -> Any:
         return rnd.choice(HOSTILE_VALUES)
     if where == "release":
         signed["releases"] = signed["releases"] or [_release(rnd, "1.0.0")]
+        if rnd.random() < 0.25:
+            _hostile_service(rnd, signed["releases"][0])
+            return signed
         target, field = signed["releases"][0], rnd.choice(RELEASE_FIELDS)
     else:
         target, field = signed, rnd.choice(TOP_FIELDS)
@@ -155,3 +208,18 @@ def test_any_metadata_document_is_believed_or_refused_with_a_short_reason() -> N
     print(report("channel metadata", findings))
     findings.assert_clean()
     assert findings.answers.get("ok", 0) > 0, "no document reached the end of the checks"
+
+
+def test_the_generators_reach_service_artifacts_believed_and_refused() -> None:
+    """The documents fed above carry service lists a device believes, and hostile ones that
+    its service parsing (not an earlier check) refuses: the new fields are really fuzzed."""
+    believed, refused = 0, 0
+    for seed in range(600):
+        try:
+            meta = verify_metadata(envelope(seed), {KEYID: KEY.verify_key}, frozenset(), NOW,
+                                   3, None, channel="stable")
+        except ReleaseError as exc:
+            refused += ".services" in str(exc)
+            continue
+        believed += any(release.services for release in meta.releases)
+    assert believed >= 20 and refused >= 10, (believed, refused)
