@@ -29,6 +29,7 @@ from typing import Any
 from nacl.exceptions import BadSignatureError
 from nacl.signing import VerifyKey
 
+from reconciler.components import Components, ServicePart
 from reconciler.errors import ReleaseError
 from reconciler.quoting import excerpt
 from reconciler.semver import Version
@@ -164,6 +165,13 @@ class Release:
         """Byte offsets ``[start, end)`` of block ``index``."""
         start = min(index * self.block_size, self.size)
         return start, min(start + self.block_size, self.size)
+
+    def components(self) -> Components:
+        """What the release is made of, as the core compares it
+        (:func:`reconciler.components.update_needed`)."""
+        return Components(self.version, self.sha256, self.size,
+                          {s.name: ServicePart(s.version, s.sha256, s.size)
+                           for s in self.services})
 
     def to_json(self) -> dict[str, Any]:
         """The release as it appears in ``signed.releases`` (``requires`` and ``services``
