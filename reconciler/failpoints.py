@@ -54,6 +54,17 @@ point                              the moment (where)
                                    default the good one); no reboot yet
 ``request.applied``                a person's request is written to the state; it is still
                                    in the inbox
+``service.block-written``          a verified block of a service artifact is written to its
+                                   partial file, not synced (``services.py``; ``kill@N``)
+``service.staged``                 a service artifact is whole, verified and renamed into the
+                                   store's objects; no record names it yet
+``service-record.temp-written``    a service's record (current, previous, uncommitted) is
+                                   fsynced to its temp file, not renamed (``services.py``
+                                   through ``durable.atomic_write``): switch, commit, restore
+``service-record.renamed``         the record renamed, its directory not fsynced; the
+                                   ``current`` link not yet changed to agree with it
+``service-link.temp-written``      the new ``current`` link made under a temporary name
+``service-link.renamed``           the ``current`` link renamed into place, dir not fsynced
 ``grubenv.temp-written``           GRUB: the env's temp file written, not renamed (``grub.py``)
 ``grubenv.renamed``                GRUB: the env renamed over ``grubenv``, dir not fsynced
 ``grub.env-written``               GRUB: the env written; its backup (``grubenv.bak``) not

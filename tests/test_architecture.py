@@ -33,7 +33,8 @@ FORBIDDEN_CALLS = ("open", "input", "time.time", "time.monotonic", "time.time_ns
 CLOCK_METHODS = ("now", "utcnow", "today")
 FORBIDDEN_ROOTS = ("os", "sys", "subprocess", "time", "random", "socket", "pathlib", "io")
 
-ADAPTERS = ("boot/*.py", "release/*.py", "health.py", "store.py", "durable.py", "audit.py")
+ADAPTERS = ("boot/*.py", "release/*.py", "health.py", "store.py", "durable.py", "audit.py",
+            "services.py")
 FRONT = ("reconciler.daemon", "reconciler.reconcile", "reconciler.cli")
 BACKEND_HELPERS = {"grub": {"grubenv", "abvars"}, "uboot": {"ubootenv", "abvars"},
                    "bls": {"blsentry"}}
