@@ -143,6 +143,74 @@ class RepairBootEnv:
     kind: ClassVar[str] = "repair-boot-env"
 
 
+@dataclass(frozen=True)
+class StageServices:
+    """Download and verify ``version``'s artifacts of ``services`` into the service store;
+    nothing is switched (``()``: the release's services are the running ones)."""
+
+    version: str
+    services: tuple[str, ...]
+    reason: str
+    kind: ClassVar[str] = "stage-services"
+
+
+@dataclass(frozen=True)
+class SwitchServices:
+    """Make the staged artifacts current in the store (uncommitted), capturing the health
+    policy the update will be judged by."""
+
+    version: str
+    services: tuple[str, ...]
+    reason: str
+    policy: TrialPolicy = TrialPolicy()
+    kind: ClassVar[str] = "switch-services"
+
+
+@dataclass(frozen=True)
+class RestartServices:
+    """Restart the switched services (stop the removed ones) so the new artifacts run."""
+
+    version: str
+    services: tuple[str, ...]
+    reason: str
+    kind: ClassVar[str] = "restart-services"
+
+
+@dataclass(frozen=True)
+class ProbeServices:
+    """Ask the health endpoint once; only ``services`` count in its answer."""
+
+    version: str
+    services: tuple[str, ...]
+    reason: str
+    url: str = TrialPolicy.url
+    timeout_s: float = 5.0
+    progress: HealthProgress | None = None
+    kind: ClassVar[str] = "probe-services"
+
+
+@dataclass(frozen=True)
+class ConfirmServices:
+    """The restarted services are healthy: commit the switch; ``version`` is what runs."""
+
+    version: str
+    services: tuple[str, ...]
+    reason: str
+    kind: ClassVar[str] = "confirm-services"
+
+
+@dataclass(frozen=True)
+class RestoreServices:
+    """The update failed: restore the previous artifacts (and data copies), restart them,
+    and keep ``version`` as failed so it is not tried again."""
+
+    version: str
+    from_version: str | None
+    services: tuple[str, ...]
+    reason: str
+    kind: ClassVar[str] = "restore-services"
+
+
 #: Audit action names of requests whose kind would read like a step that ran.
 REQUEST_ACTIONS = {"reboot": "reboot-answer", "rollback": "rollback-request",
                    "confirm": "confirm-request"}
@@ -202,7 +270,8 @@ class RestoreState:
 Action = (
     Nothing | Wait | Blocked | Stage | ArmTrial | ProbeHealth | Confirm | Rollback | Reboot
     | Disarm | NoteFallback | RepairBootEnv | TakeRequest | EndOverride | LiftBlock
-    | RestoreState
+    | RestoreState | StageServices | SwitchServices | RestartServices | ProbeServices
+    | ConfirmServices | RestoreServices
 )
 
 

@@ -16,6 +16,9 @@ action. The rules, in the order they are asked (the first that applies wins):
 5. ``suspend`` starts no new step.
 6. Use the other slot when it already holds the desired version verified;
    otherwise stage it there. Reboots wait for a window and ``autoReboot``.
+   A move whose root image is unchanged is a service update instead, no reboot
+   (:mod:`reconciler.service_rules`); once switched, it is finished (restart,
+   probe, confirm or restore) before anything else, and nothing holds a restore.
 """
 
 from __future__ import annotations
@@ -52,6 +55,12 @@ from reconciler.observed import (
     other,
 )
 from reconciler.semver import Version, is_semver
+from reconciler.service_rules import (
+    converge_services,
+    judge_services,
+    overdue_services,
+    service_need,
+)
 from reconciler.spec import UpdatePolicy
 from reconciler.windows import Window, closes_at, describe, is_open, next_open
 
@@ -68,7 +77,8 @@ def decide(policy: UpdatePolicy | None, observed: ObservedState, now: datetime) 
     finishes; nothing new starts.
     """
     for rule in (_restore_state, _repair_boot_env, _decided_rollback, _overdue_trial,
-                 _take_request, _end_override, _lift_block, _judge_trial, _finish_pending):
+                 _overdue_services, _take_request, _end_override, _lift_block, _judge_trial,
+                 _judge_services, _finish_pending):
         action = rule(policy, observed, now)
         if action is not None:
             return action
@@ -165,6 +175,18 @@ def _overdue_trial(policy: UpdatePolicy | None, obs: ObservedState,
         return None
     action = _health_step(tp, obs, now, obs.booted_slot.version or "?")
     return action if isinstance(action, Rollback) else None
+
+
+def _overdue_services(policy: UpdatePolicy | None, obs: ObservedState,
+                      now: datetime) -> Action | None:
+    """A service update past its health deadline is restored before any request."""
+    return overdue_services(obs, trial_policy_of(policy), now)
+
+
+def _judge_services(policy: UpdatePolicy | None, obs: ObservedState,
+                    now: datetime) -> Action | None:
+    """A switched service update is restarted, probed, confirmed or restored (any spec)."""
+    return judge_services(obs, trial_policy_of(policy), now)
 
 
 # ---- a person's requests, the end of a pin, the lifting of a block -------------------------
@@ -420,7 +442,7 @@ def _converge(policy: UpdatePolicy, obs: ObservedState, now: datetime) -> Action
 
 def _converge_to(policy: UpdatePolicy, obs: ObservedState, now: datetime) -> Action:
     desired, source = _desired(policy, obs)
-    booted = obs.booted_slot
+    booted, running = obs.booted_slot, obs.running_version
     if desired is None:
         none = "channel lists no release" + (" this device can install" if obs.channel.refused
                                              else "")
@@ -429,13 +451,13 @@ def _converge_to(policy: UpdatePolicy, obs: ObservedState, now: datetime) -> Act
     if obs.failed is not None and obs.failed.version == desired:
         return Blocked(f"{desired} was rolled back ({obs.failed.reason}); not retried until "
                        "the desired version changes")
-    if desired == booted.version:
+    if desired == running:
         return Nothing(f"slot {booted.label} runs {desired}, {_as_wanted(source)}")
     unsupported = obs.channel.refused.get(desired)
     if unsupported is not None:
         return Blocked(f"{desired} cannot be installed on this device: it {unsupported} "
                        f"({source} {desired})")
-    refusal = _refuse_downgrade(policy, booted.version, desired)
+    refusal = _refuse_downgrade(policy, running, desired)
     if refusal is not None:
         return refusal
     if obs.override is not None and obs.override.paused:
@@ -443,6 +465,9 @@ def _converge_to(policy: UpdatePolicy, obs: ObservedState, now: datetime) -> Act
                     "'kruxos update apply' resumes it")
     if policy.spec.suspend and not _person_reboots_now(obs):
         return Wait(f"suspended by the spec: {source} {desired}, no new step starts")
+    need = service_need(obs, desired)
+    if need is not None:
+        return converge_services(policy, obs, now, desired, need, trial_policy_of(policy))
     return _switch_or_stage(policy, obs, now, desired, source)
 
 

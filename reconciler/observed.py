@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
+from reconciler.components import Components
+
 SlotName = Literal["A", "B"]
 SLOTS: tuple[SlotName, SlotName] = ("A", "B")
 Mark = Literal["good", "staged", "bad", "empty"]
@@ -105,6 +107,33 @@ class ChannelView:
     error: str | None = None
     retry_after: timedelta = timedelta(seconds=30)
     refused: Mapping[str, str] = field(default_factory=dict)
+    #: What each listed release is made of (root image, services), by version: from it the
+    #: core derives whether a move needs a slot update or only a service update. Empty:
+    #: unknown, and every move is a slot update, as before service updates existed.
+    components: Mapping[str, Components] = field(default_factory=dict)
+
+
+ServiceStep = Literal["staged", "switched", "restarted"]
+
+
+@dataclass(frozen=True)
+class ServiceUpdate:
+    """A service update on its way, as the state file and the service store show it.
+
+    ``staged``: every artifact of ``version`` is verified in the store, nothing
+    switched; ``switched``: the store's records name the new artifacts
+    (uncommitted), the old processes may still run; ``restarted``: the affected
+    services run the new artifacts and are judged by ``policy``, the health
+    policy captured at the switch (as a trial's is at arming). ``services`` are
+    the services it touches; ``from_version`` is the release restored on failure.
+    """
+
+    version: str
+    from_version: str | None
+    services: tuple[str, ...]
+    step: ServiceStep
+    health: HealthProgress | None = None
+    policy: TrialPolicy | None = None
 
 
 RebootPolicy = Literal["rules", "ask", "now", "next-boot"]
@@ -176,6 +205,15 @@ class ObservedState:
     state_problem: str | None = None
     #: Facts of a lost state file that came back from the audit trail, not yet written.
     recovered: tuple[tuple[str, Mapping[str, Any]], ...] = ()
+    #: The release whose services run on the booted root image after a committed service
+    #: update; ``None``: the booted slot's own release.
+    service_release: str | None = None
+    service_update: ServiceUpdate | None = None
+
+    @property
+    def running_version(self) -> str | None:
+        """The release the device runs: the booted slot's, or a service update's on it."""
+        return self.service_release or self.booted_slot.version
 
     @property
     def booted_slot(self) -> Slot:

@@ -214,6 +214,10 @@ class Rollout(_Model):
     windows: list[WindowSpec] = Field(default_factory=list)
     stage: Literal["immediate", "in-window"] = "immediate"
     auto_reboot: StrictBool = Field(default=True, alias="autoReboot")
+    service_restarts: Literal["in-window", "any-time"] = Field(
+        default="in-window", alias="serviceRestarts",
+        description="When a service update may restart services: in a maintenance window "
+                    "like a reboot, or at any time (a restore is never held)")
 
     def window_values(self) -> tuple[Window, ...]:
         """The windows as pure values (empty: any time)."""

@@ -1,8 +1,8 @@
 """The core's purity and the adapters' boundaries, checked on the source (AST).
 
 The decision core (``decide``, ``windows``, ``spec``, ``observed``, ``actions``,
-``components``, ``semver``, the ``urls`` and ``quoting`` helpers ``spec`` validates with, and
-``errors``)
+``components``, ``service_rules``, ``semver``, the ``urls`` and ``quoting`` helpers
+``spec`` validates with, and ``errors``)
 imports only the standard library modules below, pydantic (``spec`` only),
 ``urllib.parse`` and ``ipaddress`` (``urls`` only), ``unicodedata``
 (``quoting`` only) and other core modules, and never reads the clock, a file or the
@@ -22,7 +22,7 @@ import pytest
 PACKAGE = Path(__file__).resolve().parent.parent / "reconciler"
 
 CORE = ("decide", "windows", "spec", "observed", "actions", "semver", "urls", "quoting",
-        "errors", "components")
+        "errors", "components", "service_rules")
 STDLIB_ALLOWED = frozenset({"datetime", "zoneinfo", "dataclasses", "typing", "collections.abc",
                             "re", "hashlib", "functools", "enum", "__future__"})
 EXTRA_ALLOWED = {"spec": frozenset({"pydantic"}), "urls": frozenset({"urllib", "ipaddress"}),
