@@ -21,7 +21,9 @@ from reconciler.sim.os import (
     health_at,
     launch,
     load_profile,
+    load_release_file,
 )
+from tests.waiting import wait_for
 
 
 def write_slot(path: Path, version: str, **fields: str) -> Path:
@@ -183,3 +185,34 @@ def test_behaviours_have_their_default_failing_services(tmp_path: Path) -> None:
 def test_nonsense_tuning_fields_refuse_to_boot(tmp_path: Path, fields: dict[str, str]) -> None:
     with pytest.raises(BootRefused, match="etc/kruxos/release"):
         load_profile(write_slot(tmp_path / "sda3", "1.0.1", **fields))
+
+
+def test_a_booted_roots_release_file_gives_the_same_profile(tmp_path: Path) -> None:
+    """The QEMU device's OS reads /etc/kruxos/release of its mounted root, not a slot file."""
+    release = tmp_path / "release"
+    release.write_text("VERSION=1.0.2\nNAME=KruxOS\nBEHAVIOUR=gateway-fails\n")
+    profile = load_release_file(release)
+    assert (profile.version, profile.behaviour) == ("1.0.2", "gateway-fails")
+    assert health_at(profile, 10.0)[0] == 503
+    release.write_text("KRUXOS_RELEASE=1.0.0\n")
+    with pytest.raises(BootRefused, match="names no VERSION"):
+        load_release_file(release)
+    with pytest.raises(BootRefused, match="cannot read"):
+        load_release_file(tmp_path / "missing")
+
+
+def test_the_os_serves_a_release_file_given_on_the_command_line(tmp_path: Path) -> None:
+    release = tmp_path / "release"
+    release.write_text("VERSION=1.0.1\nBEHAVIOUR=healthy\nSTARTUP_SECONDS=0\n")
+    ready = tmp_path / "ready.json"
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "reconciler.sim.os", "--release-file",
+                             str(release), "--port", str(port), "--ready-file", str(ready)])
+    try:
+        wait_for(ready.exists, 20, "the sim OS to listen")
+        answer = httpx.get(f"http://127.0.0.1:{port}/health/ready", timeout=5)
+        assert answer.status_code == 200
+        assert answer.json()["version"] == "1.0.1"
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=10) == 0

@@ -1,6 +1,8 @@
 """The simulated OS: what runs after the simulated device boots a slot.
 
-Run as ``python -m reconciler.sim.os --slot-file PATH --port N``. Like a real
+Run as ``python -m reconciler.sim.os --slot-file PATH --port N`` (or, on the
+QEMU device whose slot is mounted as ``/``, ``--release-file
+/etc/kruxos/release``). Like a real
 KruxOS it knows nothing but the image it booted: its version and how it behaves
 come only from the ``etc/kruxos/release`` file of the filesystem image at the
 start of the slot (``VERSION``, ``BEHAVIOUR`` and the optional tuning fields
@@ -42,10 +44,10 @@ from types import FrameType
 from typing import Any
 
 from reconciler.durable import atomic_write_json
-from reconciler.sim.image import RELEASE_FILE, MountError, read_root
+from reconciler.sim.image import RELEASE_FILE, MountError, SimRoot, read_root
 
 __all__ = ["OsProfile", "BootRefused", "load_profile", "health_at", "serve", "main",
-           "SimOsProcess", "launch"]
+           "SimOsProcess", "launch", "load_release_file"]
 
 log = logging.getLogger("reconciler.sim.os")
 
@@ -96,13 +98,32 @@ def load_profile(slot_file: Path) -> OsProfile:
         raise BootRefused(f"slot {slot_file} holds no image that boots: {exc}") from exc
     except OSError as exc:
         raise BootRefused(f"slot {slot_file} cannot be read ({exc.strerror})") from exc
+    return _profile(release, str(slot_file))
+
+
+def load_release_file(path: Path) -> OsProfile:
+    """The profile of a booted root's own release file (``/etc/kruxos/release``).
+
+    The QEMU device (``deploy/image/``) mounts its slot as ``/``: there the OS
+    reads the file, not a slot file. Same ``KEY=value`` format, same checks.
+    """
+    try:
+        release = SimRoot({RELEASE_FILE: path.read_bytes()}).release()
+    except MountError as exc:
+        raise BootRefused(f"{path}: {exc}") from exc
+    except OSError as exc:
+        raise BootRefused(f"cannot read the release file {path} ({exc.strerror})") from exc
+    return _profile(release, "")
+
+
+def _profile(release: dict[str, str], slot_file: str) -> OsProfile:
     behaviour = release.get("BEHAVIOUR", "healthy") or "healthy"
     if behaviour not in BEHAVIOURS:
-        log.warning("slot %s: unknown BEHAVIOUR %r, running healthy", slot_file, behaviour)
+        log.warning("unknown BEHAVIOUR %r, running healthy", behaviour)
     return OsProfile(
         version=release["VERSION"],
         behaviour=behaviour,
-        slot_file=str(slot_file),
+        slot_file=slot_file,
         startup_seconds=_seconds(release, "STARTUP_SECONDS", 0.5),
         fails_after_seconds=_seconds(release, "FAILS_AFTER_SECONDS", 4.0),
         failing_services=_services(release, _DEFAULT_FAILING.get(behaviour, "")),
@@ -203,14 +224,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     booted_at = time.monotonic()
     parser = argparse.ArgumentParser(prog="python -m reconciler.sim.os", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--slot-file", type=Path, required=True)
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--slot-file", type=Path, help="boot this slot file's image")
+    source.add_argument("--release-file", type=Path,
+                        help="a booted root's own etc/kruxos/release (a real device's OS)")
     parser.add_argument("--port", type=int, required=True, help="0 picks a free port")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--ready-file", type=Path, help="written as JSON {port, pid} once up")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="sim os: %(levelname)s %(message)s")
     try:
-        profile = load_profile(args.slot_file)
+        profile = (load_release_file(args.release_file) if args.release_file is not None
+                   else load_profile(args.slot_file))
     except BootRefused as exc:
         print(f"sim os: cannot boot: {exc}", file=sys.stderr)
         return 1

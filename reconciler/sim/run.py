@@ -30,24 +30,22 @@ from __future__ import annotations
 
 import base64
 import fcntl
-import functools
 import json
 import os
-import re
 import signal
 import subprocess
 import sys
 import threading
 import time
 import uuid
-from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
 
 from reconciler.config import load_device
 from reconciler.durable import atomic_write, atomic_write_json
 from reconciler.errors import ConfigError
 from reconciler.sim.bootloader import emulator_for
+from reconciler.sim.channel import channel_server
 from reconciler.sim.device import CHANNEL_PORT, OS_PORT
 from reconciler.sim.image import MountError, mount
 from reconciler.sim.os import DIE_WITH_PARENT, BootRefused, SimOsProcess, launch
@@ -61,64 +59,6 @@ HALTED_AT_FAILPOINT = 3
 def say(message: str) -> None:
     """The device's console."""
     print(f"[sim] {message}", flush=True)
-
-
-class _ChannelHandler(SimpleHTTPRequestHandler):
-    """Serves the channel like a plain web server: files, ``Range`` requests, a rate cap.
-
-    ``rate`` (bytes per second, 0 = unlimited) simulates a slow link so a
-    download can be watched, interrupted and resumed.
-    """
-
-    rate = 0
-    #: The ``Authorization`` value every request must carry (``None``: an open channel).
-    authorization: str | None = None
-    #: Where each response is logged (one JSON line: path, start, bytes).
-    served_log: Path | None = None
-
-    def log_message(self, format: str, *args: Any) -> None:
-        return
-
-    def send_head(self) -> Any:
-        if self.authorization is not None and \
-                self.headers.get("Authorization") != self.authorization:
-            self.send_error(401, "Unauthorized")
-            return None
-        match = re.match(r"^bytes=(\d+)-$", self.headers.get("Range", ""))
-        path = Path(self.translate_path(self.path))
-        if match is None or not path.is_file():
-            return super().send_head()
-        size, start = path.stat().st_size, int(match.group(1))
-        if start >= size:
-            self.send_error(416, "Range Not Satisfiable")
-            return None
-        f = open(path, "rb")
-        f.seek(start)
-        self.send_response(206)
-        self.send_header("Content-Type", self.guess_type(str(path)))
-        self.send_header("Content-Range", f"bytes {start}-{size - 1}/{size}")
-        self.send_header("Content-Length", str(size - start))
-        self.end_headers()
-        return f
-
-    def copyfile(self, source: Any, outputfile: Any) -> None:
-        start, sent = source.tell(), 0
-        chunk = max(1024, self.rate // 20) if self.rate else 64 * 1024
-        try:
-            while data := source.read(chunk):
-                outputfile.write(data)
-                sent += len(data)
-                if self.rate:
-                    time.sleep(len(data) / self.rate)
-        finally:
-            self._log_served(start, sent)
-
-    def _log_served(self, start: int, sent: int) -> None:
-        if self.served_log is None:
-            return
-        line = json.dumps({"path": self.path, "start": start, "bytes": sent}) + "\n"
-        with open(self.served_log, "a") as log:
-            log.write(line)
 
 
 class Supervisor:
@@ -187,12 +127,9 @@ class Supervisor:
         self.reboot_requested.set()
 
     def _serve_channel(self) -> ThreadingHTTPServer:
-        handler_class = type("RatedChannelHandler", (_ChannelHandler,),
-                             {"rate": self.channel_rate,
-                              "authorization": self.channel_auth,
-                              "served_log": self.run_dir / "served.jsonl"})
-        handler = functools.partial(handler_class, directory=str(self.dir / "channel"))
-        server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        server = channel_server(self.dir / "channel", "127.0.0.1", 0, rate=self.channel_rate,
+                                authorization=self.channel_auth,
+                                served_log=self.run_dir / "served.jsonl")
         threading.Thread(target=server.serve_forever, daemon=True).start()
         return server
 
