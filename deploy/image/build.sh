@@ -4,13 +4,18 @@
 # root: `make image`, or `deploy/image/build.sh [OUT]` (default build/image).
 #
 # Everything is built from nothing on each run: OUT/work is removed first and
-# nothing is cached between runs. The result is OUT/disk.img (sparse) and
-# OUT/publisher.key/.pub (the key the image trusts).
+# nothing is cached between runs. The result is OUT/disk.img (sparse), with
+# release 1.0.0 in slot A; OUT/channel.img, a read-only disk holding the signed
+# channel (1.0.0, 1.0.1 healthy, 1.0.2 gateway-fails) whose artifacts are the
+# release images; OUT/releases/ (the three images, for inspection); and
+# OUT/publisher.key/.pub (the key the images trust).
 set -euo pipefail
 
 OUT=$(realpath -m "${1:-build/image}")
 PY=${PY:-.venv/bin/python}
-RELEASE=${RELEASE:-1.0.0}
+# version:behaviour of the sim OS (reconciler/sim/os.py). The first is the factory
+# image in slot A; all are on the channel.
+RELEASES=${RELEASES:-1.0.0:healthy 1.0.1:healthy 1.0.2:gateway-fails}
 SUITE=${SUITE:-bookworm}
 MIRROR=${MIRROR:-http://deb.debian.org/debian}
 HERE=$(dirname "$(realpath "$0")")
@@ -22,8 +27,9 @@ MIB=$((1024 * 1024))
 # sda2/sda3 on virtio-scsi; the BIOS boot partition comes last so it does not
 # shift them. Sizes are of the sparse disk, not of what is written.
 BOOT_MIB=64 SLOT_MIB=1024 DEVICE_MIB=16 DATA_MIB=512 BIOS_MIB=1
-# The modules the initrd loads to reach an ext4 root on virtio-scsi.
-MODULES="virtio_pci virtio_scsi sd_mod ext4 crc32c_generic"
+# The modules the initrd loads to reach a squashfs (or ext4) root on virtio-scsi.
+MODULES="virtio_pci virtio_scsi sd_mod squashfs ext4 crc32c_generic"
+# Release images: squashfs with xz, which GRUB's squash4 reads (it has no zstd).
 
 step() { printf '%s  %s\n' "$(date -u +%H:%M:%S)" "$*"; }
 [ "$(id -u)" = 0 ] || { echo "build.sh: needs root (mmdebstrap, losetup, mount)" >&2; exit 1; }
@@ -36,7 +42,7 @@ cleanup() {
 trap cleanup EXIT
 LOOPS=
 
-rm -rf "$WORK" "$OUT/disk.img"
+rm -rf "$WORK" "$OUT/disk.img" "$OUT/channel.img" "$OUT/releases"
 mkdir -p "$OUT"
 mkdir -p "$WORK"/{deb,kernel,initrd,wheels,mnt,empty}
 
@@ -81,40 +87,67 @@ step "wheels: the product and its dependencies for the guest's Python 3.11"
     "$WORK"/wheels/kruxos_reconciler-*.whl
 rm -rf "$WORK/python/bin"  # the host's console scripts; the image has its own
 
-step "root filesystem $RELEASE: mmdebstrap $SUITE"
+step "root filesystem: mmdebstrap $SUITE (one tree for every release)"
 ROOT=$WORK/root
 mmdebstrap --quiet --variant=essential --hook-dir=/usr/share/mmdebstrap/hooks/merged-usr \
     --include=systemd-sysv,udev,kmod,python3,e2fsprogs,login \
     "$SUITE" "$ROOT" "$MIRROR"
 
-step "root filesystem $RELEASE: the product's files"
+step "root filesystem: the product's files"
 cp -a "$HERE/rootfs/." "$ROOT/"
 mkdir -p "$ROOT/usr/lib/kruxos"
 cp -a "$WORK/python" "$ROOT/usr/lib/kruxos/python"
 install -m 0644 "$REPO/deploy/systemd/kruxos-daemon.service" "$ROOT/etc/systemd/system/"
 mkdir -p "$ROOT/etc/systemd/system/multi-user.target.wants" \
     "$ROOT/etc/systemd/system/getty.target.wants" "$ROOT/etc/kruxos/keys" \
-    "$ROOT/boot" "$ROOT/data" "$ROOT/device"
-ln -sf /etc/systemd/system/kruxos-daemon.service \
-    "$ROOT/etc/systemd/system/multi-user.target.wants/kruxos-daemon.service"
+    "$ROOT/boot" "$ROOT/data" "$ROOT/device" "$ROOT/channel"
+for unit in kruxos-daemon kruxos-os kruxos-channel; do
+    ln -sf "/etc/systemd/system/$unit.service" \
+        "$ROOT/etc/systemd/system/multi-user.target.wants/$unit.service"
+done
 ln -sf /lib/systemd/system/serial-getty@.service \
     "$ROOT/etc/systemd/system/getty.target.wants/serial-getty@ttyS0.service"
 # A read-only root: no first-boot questions on a console nobody watches.
 ln -sf /dev/null "$ROOT/etc/systemd/system/systemd-firstboot.service"
 : > "$ROOT/etc/machine-id"
-echo "KRUXOS_RELEASE=$RELEASE" > "$ROOT/etc/kruxos/release"
 PYTHONPATH="$REPO" "$PY" -c 'from reconciler.cli.main import main; main()' \
     release keygen --dir "$WORK" --name publisher >/dev/null
 cp "$WORK/publisher.pub" "$ROOT/etc/kruxos/keys/publisher.pub"
 cp "$WORK/kernel/boot/vmlinuz-$KVER" "$ROOT/boot/vmlinuz"
 cp "$WORK/initrd.img" "$ROOT/boot/initrd.img"
 
+# One image per release from the same tree: only etc/kruxos/release differs
+# (what the sim OS of kruxos-os.service reads). A release image is the same
+# bytes in either slot, so it carries no slot name (squashfs has no label;
+# GRUB finds a slot by partition, deploy/image/grub-serial.cfg).
+mkdir -p "$OUT/releases"
+for release in $RELEASES; do
+    version=${release%%:*} behaviour=${release#*:}
+    step "release image $version ($behaviour): squashfs xz"
+    printf 'VERSION=%s\nNAME=KruxOS\nBEHAVIOUR=%s\n' "$version" "$behaviour" \
+        > "$ROOT/etc/kruxos/release"
+    mksquashfs "$ROOT" "$OUT/releases/kruxos-$version.img" -comp xz -no-xattrs -noappend -quiet \
+        -no-progress >/dev/null
+done
+FACTORY=${RELEASES%% *} FACTORY=${FACTORY%%:*}
+
+step "channel: signed with $RELEASES"
+kruxos() { PYTHONPATH="$REPO" "$PY" -c 'from reconciler.cli.main import main; main()' "$@"; }
+mkdir -p "$WORK/channel"
+for release in $RELEASES; do
+    version=${release%%:*}
+    kruxos release add "$WORK/channel" "$OUT/releases/kruxos-$version.img" \
+        --version "$version" --channel-name stable --changes "Release $version" >/dev/null
+done
+kruxos release sign "$WORK/channel" --key "$WORK/publisher.key" --expires 365d >/dev/null
+CHANNEL_MIB=$(( $(du -sm "$WORK/channel" | cut -f1) * 11 / 10 + 16 ))
+mkfs.ext4 -q -F -L KRUXOS_CHANNEL -O ^orphan_file,^has_journal -E root_owner=0:0 \
+    -d "$WORK/channel" "$WORK/channel.img" "${CHANNEL_MIB}M"
+
 step "filesystems"
 mkfs() {  # mkfs LABEL SIZE_MIB DIR FILE
     mkfs.ext4 -q -F -L "$1" -O ^orphan_file -E root_owner=0:0 -d "$3" "$4" "$2M"
 }
-ROOT_MIB=$(( $(du -sm "$ROOT" | cut -f1) * 5 / 4 + 64 ))
-mkfs KRUXOS_ROOT_A "$ROOT_MIB" "$ROOT" "$WORK/root_a.ext4"
 mkfs KRUXOS_BOOT "$BOOT_MIB" "$WORK/empty" "$WORK/boot.ext4"
 mkdir -p "$WORK/device/kruxos/spec" "$WORK/data/kruxos"
 echo "deviceId: qemu-0001" > "$WORK/device/kruxos/device.yaml"
@@ -138,12 +171,13 @@ put() {  # put PARTITION FILE
     dd if="$2" of="$DISK" bs=1M seek="$(start_mib "$1")" conv=sparse,notrunc status=none
 }
 put 1 "$WORK/boot.ext4"
-put 2 "$WORK/root_a.ext4"
+put 2 "$OUT/releases/kruxos-$FACTORY.img"
 put 4 "$WORK/device.ext4"
 put 5 "$WORK/data.ext4"
 # Slot A's identity record in its last 4 KiB, as a device writes it after an install.
 dd if="$DISK" of="$WORK/slot_a" bs=1M skip="$(start_mib 2)" count="$SLOT_MIB" conv=sparse status=none
-PYTHONPATH="$REPO" "$PY" "$HERE/factory.py" identity "$WORK/slot_a" "$WORK/root_a.ext4" "$RELEASE"
+PYTHONPATH="$REPO" "$PY" "$HERE/factory.py" identity "$WORK/slot_a" \
+    "$OUT/releases/kruxos-$FACTORY.img" "$FACTORY"
 dd if="$WORK/slot_a" of="$DISK" bs=1M seek="$(start_mib 2)" conv=sparse,notrunc status=none
 rm "$WORK/slot_a"
 
@@ -161,7 +195,11 @@ umount "$WORK/mnt"
 cleanup; LOOPS=
 
 mv "$DISK" "$OUT/disk.img"
+mv "$WORK/channel.img" "$OUT/channel.img"
 cp "$WORK/publisher.key" "$WORK/publisher.pub" "$OUT/"
 echo "$KPKG" > "$OUT/kernel"
 rm -rf "$WORK"
 step "done: $OUT/disk.img ($(du -m "$OUT/disk.img" | cut -f1) MiB allocated of ${TOTAL} MiB; kernel $KPKG)"
+for image in "$OUT"/releases/*.img "$OUT/channel.img"; do
+    step "  $(basename "$image"): $(du -m --apparent-size "$image" | cut -f1) MiB"
+done

@@ -35,6 +35,8 @@ from tests.waiting import wait_for
 REPO = Path(__file__).resolve().parents[2]
 #: What ``make image`` builds; ``KRUXOS_IMAGE`` points a run at another disk.
 IMAGE = Path(os.environ.get("KRUXOS_IMAGE", REPO / "build" / "image" / "disk.img"))
+#: The read-only channel disk built beside it (``/channel`` in the guest).
+CHANNEL = IMAGE.with_name("channel.img")
 TOOLS = ("qemu-system-x86_64", "qemu-img")
 
 #: Deadlines (limits, not expectations): an idle boot to the shell takes ~20-30 s
@@ -69,9 +71,11 @@ class Result:
 class Guest:
     """One boot of the device's disk (``with Guest(workdir) as guest:``)."""
 
-    def __init__(self, workdir: Path, image: Path = IMAGE, memory_mib: int = 1024) -> None:
+    def __init__(self, workdir: Path, image: Path = IMAGE, memory_mib: int = 1024,
+                 channel: Path | None = CHANNEL) -> None:
         self.workdir = workdir
         self.image = image
+        self.channel = channel if channel is not None and channel.exists() else None
         self.memory_mib = memory_mib
         self.overlay = workdir / "disk.qcow2"
         self.console_log = workdir / "console.log"
@@ -80,6 +84,8 @@ class Guest:
         self._proc: subprocess.Popen[bytes] | None = None
         self._reader: threading.Thread | None = None
         self._shell = False
+        #: How many times QEMU was started on this overlay (a reset ends QEMU).
+        self.boots = 0
 
     # -- the machine ------------------------------------------------------------------
 
@@ -93,18 +99,41 @@ class Guest:
                             "-b", str(self.image), str(self.overlay)], check=True, timeout=60)
         self._console.clear()
         self._shell = False
+        self.boots += 1
         self._proc = subprocess.Popen(
             ["qemu-system-x86_64", "-accel", "tcg", "-cpu", "max", "-machine", "q35",
              "-smp", "1", "-m", str(self.memory_mib), "-display", "none", "-monitor", "none",
              "-no-reboot", "-nic", "none",
              "-device", "virtio-scsi-pci,id=scsi0",
              "-drive", f"file={self.overlay},format=qcow2,if=none,id=disk0,cache=writeback",
-             "-device", "scsi-hd,drive=disk0,bus=scsi0.0",
+             "-device", "scsi-hd,drive=disk0,bus=scsi0.0,scsi-id=0",
+             *self._channel_disk(),
              "-serial", "stdio"],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
             start_new_session=True)
         self._reader = threading.Thread(target=self._read, args=(self._proc,), daemon=True)
         self._reader.start()
+
+    def _channel_disk(self) -> list[str]:
+        """The channel disk as a second, read-only disk (``sdb``), when there is one."""
+        if self.channel is None:
+            return []
+        return ["-drive", f"file={self.channel},format=raw,if=none,id=disk1,readonly=on",
+                "-device", "scsi-hd,drive=disk1,bus=scsi0.0,scsi-id=1"]
+
+    def restart_after_reset(self, timeout: float) -> None:
+        """Wait for the guest's reset to end QEMU (``-no-reboot``), then boot it again.
+
+        The same overlay stays attached, so this is the device's own reboot:
+        the disk keeps everything the guest wrote before the reset.
+        """
+        try:
+            wait_for(self.exited, timeout, "the guest to reset (QEMU to exit)", every=0.2,
+                     context=self.tail)
+        except AssertionError as exc:
+            raise GuestError(str(exc)) from None
+        self.kill()
+        self.start()
 
     def _read(self, proc: subprocess.Popen[bytes]) -> None:
         assert proc.stdout is not None
