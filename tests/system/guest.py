@@ -4,7 +4,10 @@ A :class:`Guest` boots ``build/image/disk.img`` (through a copy-on-write
 overlay, so the built disk stays as built) with the settings measured in
 ``../shared/notes/fullsystem-rig.md``: TCG (KVM does not work on these
 machines), one vCPU, the disk on virtio-scsi (slots ``sda2``/``sda3``), no NIC,
-``-no-reboot`` (a reset ends QEMU; a test starts it again). The first serial
+``-no-reboot`` (a reset ends QEMU; :meth:`Guest.restart_after_reset` powers it
+on again on the same overlay, as the device's own reboot). The channel disk
+``make image`` builds beside it (``channel.img``) is a second, read-only disk
+(``sdb``, mounted at ``/channel`` in the guest). The first serial
 port is the console: GRUB, the initrd, then a root shell that the image's
 ``serial-getty@ttyS0`` autologin drop-in opens.
 
