@@ -149,7 +149,7 @@ mkfs() {  # mkfs LABEL SIZE_MIB DIR FILE
     mkfs.ext4 -q -F -L "$1" -O ^orphan_file -E root_owner=0:0 -d "$3" "$4" "$2M"
 }
 mkfs KRUXOS_BOOT "$BOOT_MIB" "$WORK/empty" "$WORK/boot.ext4"
-mkdir -p "$WORK/device/kruxos/spec" "$WORK/data/kruxos"
+mkdir -p "$WORK/device/kruxos/spec"  # /data starts empty: the daemon makes its dir
 echo "deviceId: qemu-0001" > "$WORK/device/kruxos/device.yaml"
 mkfs KRUXOS_DEVICE "$DEVICE_MIB" "$WORK/device" "$WORK/device.ext4"
 mkfs KRUXOS_DATA "$DATA_MIB" "$WORK/empty" "$WORK/data.ext4"

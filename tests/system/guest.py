@@ -23,6 +23,7 @@ QEMU is killed when the ``with`` block ends, however it ends.
 from __future__ import annotations
 
 import base64
+import json
 import os
 import re
 import secrets
@@ -251,3 +252,27 @@ class Guest:
             raw = bytes(self._console[begin.end():end.start()])
         output = raw.replace(b"\r\n", b"\n").decode("utf-8", "replace")
         return Result(command, output, int(end.group(1)))
+
+
+def wait_for_daemon(guest: Guest, timeout: float) -> dict[str, object]:
+    """Wait until ``kruxos daemon`` holds its data dir; its ``update status --json``.
+
+    systemd calls the unit ``active`` once the process is started
+    (``Type=exec``), which under TCG is many seconds before the daemon has
+    imported, made its data dir and taken its lock: a check of what the
+    daemon does must wait for this, not for the unit.
+    """
+    def running() -> dict[str, object] | None:
+        answer = guest.run("kruxos update status --json")
+        try:
+            doc = json.loads(answer.output)
+        except ValueError:
+            return None
+        daemon = doc.get("daemon") if isinstance(doc, dict) else None
+        return doc if isinstance(daemon, dict) and daemon.get("running") else None
+
+    try:
+        return wait_for(running, timeout, "kruxos daemon to hold its data dir", every=2.0,
+                        context=guest.tail)
+    except AssertionError as exc:
+        raise GuestError(str(exc)) from None

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.system.guest import TOOLS, Guest
+from tests.system.guest import TOOLS, Guest, wait_for_daemon
 from tests.waiting import wait_for
 
 pytestmark = [pytest.mark.needs_tool(*TOOLS), pytest.mark.timeout(600)]
@@ -32,6 +32,8 @@ def booted(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Guest]:
 
         wait_for(settled, 120, "kruxos-daemon to become active or fail", every=1.0,
                  context=guest.tail)
+        if settled() == "active":
+            wait_for_daemon(guest, 120)
         yield guest
 
 

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.system.guest import CHANNEL, TOOLS, Guest, GuestError
+from tests.system.guest import CHANNEL, TOOLS, Guest, GuestError, wait_for_daemon
 from tests.waiting import wait_for
 
 pytestmark = [pytest.mark.needs_tool(*TOOLS), pytest.mark.timeout(2400)]
@@ -82,6 +82,8 @@ class Device:
                           context=self.guest.tail)
         self.note("units up", states)
         assert states == "active active active", self.journal()
+        wait_for_daemon(self.guest, SETTLE)
+        self.note("daemon holds its data dir")
 
     def status(self) -> str:
         return self.guest.run("kruxos update status").output
