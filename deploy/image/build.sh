@@ -28,7 +28,8 @@ MIB=$((1024 * 1024))
 # shift them. Sizes are of the sparse disk, not of what is written.
 BOOT_MIB=64 SLOT_MIB=1024 DEVICE_MIB=16 DATA_MIB=512 BIOS_MIB=1
 # The modules the initrd loads to reach a squashfs (or ext4) root on virtio-scsi.
-MODULES="virtio_pci virtio_scsi sd_mod squashfs ext4 crc32c_generic"
+# virtio_blk is for the channel disk the system tests attach (mounted later by systemd).
+MODULES="virtio_pci virtio_scsi sd_mod squashfs ext4 crc32c_generic virtio_blk"
 # Release images: squashfs with xz, which GRUB's squash4 reads (it has no zstd).
 
 step() { printf '%s  %s\n' "$(date -u +%H:%M:%S)" "$*"; }

@@ -7,7 +7,7 @@ machines), one vCPU, the disk on virtio-scsi (slots ``sda2``/``sda3``), no NIC,
 ``-no-reboot`` (a reset ends QEMU; :meth:`Guest.restart_after_reset` powers it
 on again on the same overlay, as the device's own reboot). The channel disk
 ``make image`` builds beside it (``channel.img``) is a second, read-only disk
-(``sdb``, mounted at ``/channel`` in the guest). The first serial
+(virtio-blk, ``vda``, mounted at ``/channel`` in the guest). The first serial
 port is the console: GRUB, the initrd, then a root shell that the image's
 ``serial-getty@ttyS0`` autologin drop-in opens.
 
@@ -119,11 +119,16 @@ class Guest:
         self._reader.start()
 
     def _channel_disk(self) -> list[str]:
-        """The channel disk as a second, read-only disk (``sdb``), when there is one."""
+        """The channel disk, read-only, on virtio-blk (``vda``), when there is one.
+
+        Not a second SCSI disk: the kernel names SCSI disks in the order their
+        probes finish, and with two of them the device's disk came up as
+        ``sdb`` on one boot in four, so ``/dev/sda2`` named no slot.
+        """
         if self.channel is None:
             return []
         return ["-drive", f"file={self.channel},format=raw,if=none,id=disk1,readonly=on",
-                "-device", "scsi-hd,drive=disk1,bus=scsi0.0,scsi-id=1"]
+                "-device", "virtio-blk-pci,drive=disk1"]
 
     def restart_after_reset(self, timeout: float) -> None:
         """Wait for the guest's reset to end QEMU (``-no-reboot``), then boot it again.

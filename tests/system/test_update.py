@@ -72,6 +72,10 @@ class Device:
                           f"GRUB's boot script choosing slot {slot}")
         self.note(f"GRUB: booting slot {slot} (QEMU start {self.guest.boots})")
         self.guest.wait_for_shell(BOOT)
+        # The slots are kernel names (sda2/sda3): they hold only while the
+        # device's disk is the one SCSI disk, so every boot checks it.
+        root = self.guest.run("findmnt -n -o SOURCE /").check().output.strip()
+        assert root == f"/dev/sda{2 if slot == 'A' else 3}", root
 
         def settled() -> str | None:
             states = self.guest.run("systemctl is-active " + " ".join(UNITS)).output.split()
