@@ -75,7 +75,8 @@ def view_of(meta: ChannelMetadata, error: str | None = None,
     latest = newest_installable(meta)
     return ChannelView(versions=frozenset(r.version for r in meta.releases),
                        latest=latest.version if latest else None, error=error,
-                       retry_after=retry, refused=refused)
+                       retry_after=retry, refused=refused,
+                       components={r.version: r.components() for r in meta.releases})
 
 
 def release_refusal(meta: ChannelMetadata) -> Refusal | None:

@@ -123,6 +123,9 @@ class DeviceConfig(_Model):
     spec: str = "/data/kruxos/spec/update.yaml"
     reboot_command: list[str] = Field(default=["systemctl", "reboot"], alias="rebootCommand",
                                       min_length=1)
+    services_dir: str = Field(default="/var/lib/kruxos/services", alias="servicesDir")
+    restart_command: list[str] = Field(default=["systemctl", "restart"], alias="restartCommand",
+                                       min_length=1)
     cmdline: str = "/proc/cmdline"
     boot_id: str = Field(default="/proc/sys/kernel/random/boot_id", alias="bootId")
     trial_tries: Annotated[int, Field(ge=1, le=9)] = Field(default=3, alias="trialTries")
@@ -191,6 +194,10 @@ class Device:
     device_id: str | None = None
     #: The files the config was read from: the image layer, then the device layer if any.
     layers: tuple[Path, ...] = ()
+    #: The service store: the updater's own directory, never inside the data dir.
+    services_dir: Path = Path("/var/lib/kruxos/services")
+    #: Restarts one service; the service's name is appended (``systemctl restart gateway``).
+    restart_command: tuple[str, ...] = ("systemctl", "restart")
 
     def slot_device(self, slot: SlotName) -> str:
         """``sda3``: the short device name status lines show."""
@@ -396,6 +403,8 @@ def _resolve(cfg: DeviceConfig, source: Path, overlay: Path | None = None) -> De
         data_dir=at(cfg.data_dir),
         spec_path=at(cfg.spec),
         reboot_command=tuple(cfg.reboot_command),
+        services_dir=at(cfg.services_dir),
+        restart_command=tuple(cfg.restart_command),
         cmdline=at(cfg.cmdline),
         boot_id=at(cfg.boot_id),
         trial_tries=cfg.trial_tries,

@@ -25,11 +25,14 @@ from reconciler.observed import (
     ObservedState,
     Override,
     Request,
+    ServiceStep,
+    ServiceUpdate,
     Slot,
     Staging,
     TrialPolicy,
 )
 from reconciler.semver import is_semver
+from reconciler.services import read_overlays
 from reconciler.store import StateStore
 
 
@@ -67,6 +70,8 @@ def observe(device: Device, store: StateStore, backend: Backend,
     boot_id = machine.boot_id()
     doc, state_problem = _load_state(store)
     slots = {name: _slot(device, machine, boot, name) for name in SLOTS}
+    root = _root_of(machine, booted)
+    failed = _failed(doc.get("failed"))
     return ObservedState(
         booted=booted,
         slots=slots,
@@ -78,7 +83,7 @@ def observe(device: Device, store: StateStore, backend: Backend,
         rolled_back_from=_get(doc, "rollback", "from_version"),
         rollback_reason=_get(doc, "rollback", "reason"),
         staging=_staging(doc.get("staging")),
-        failed=_failed(doc.get("failed")),
+        failed=failed,
         channel=channel or ChannelView(error="channel not fetched yet"),
         override=_override(doc.get("override")),
         request=_request(doc.get("request"), boot_id, booted, slots[booted].version),
@@ -90,6 +95,88 @@ def observe(device: Device, store: StateStore, backend: Backend,
         boot_env_problem=boot_problem,
         state_problem=state_problem,
         recovered=recovered,
+        service_release=_service_release(doc.get("service_releases"), root),
+        service_update=_service_update(doc.get("service_update"), root, device),
+    )
+
+
+def _root_of(machine: Machine, booted: Any) -> str | None:
+    """The SHA-256 of the booted slot's root image, as its own identity names it."""
+    try:
+        identity, _ = machine.slot_identity(booted)
+    except OSError:
+        return None
+    return identity.sha256 if identity is not None and identity.sha256 else None
+
+
+def _service_release(value: Any, root: str | None) -> str | None:
+    """The release whose services run on the booted root image (overlays belong to a root:
+    another root's service update does not apply to this one)."""
+    if not isinstance(value, dict) or root is None:
+        return None
+    version = value.get(root)
+    return version if isinstance(version, str) and version else None
+
+
+#: What a restore that began looks like to ``decide``: past any deadline, so the restore
+#: runs again (it is idempotent) and nothing else happens first.
+_LONG_AGO = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def _service_update(value: Any, root: str | None, device: Device) -> ServiceUpdate | None:
+    """The service update on its way on the booted root image, its step as the service
+    store shows it: a switch the store made and the state file had not recorded yet
+    (a crash between the two) is ``switched``; a restore that began is finished."""
+    if not isinstance(value, dict) or root is None or value.get("root_sha256") != root:
+        return None
+    services = tuple(str(n) for n in value.get("services") or ())
+    step: ServiceStep = "staged"
+    if value.get("step") in ("switched", "restarted"):
+        step = "switched" if value["step"] == "switched" else "restarted"
+    policy = _service_policy(value.get("policy"))
+    health = _service_health(value.get("health"))
+    if isinstance(value.get("restoring"), str):
+        reason = value["restoring"]
+        return ServiceUpdate(value["version"], value.get("from_version"), services,
+                             "restarted", HealthProgress(first_probe_at=_LONG_AGO,
+                                                         timeout_reason=reason),
+                             TrialPolicy(timeout=timedelta(0)))
+    if step == "staged" and _any_uncommitted(device, root, services):
+        step = "switched"
+    return ServiceUpdate(value["version"], value.get("from_version"), services, step,
+                         health, policy)
+
+
+def _any_uncommitted(device: Device, root: str, services: tuple[str, ...]) -> bool:
+    try:
+        overlays = read_overlays(device.services_dir, root)
+    except KruxosError:
+        return False
+    return any(overlays[n].uncommitted for n in services if n in overlays)
+
+
+def _service_policy(value: Any) -> TrialPolicy | None:
+    """The health policy captured at the switch (as a trial's at arming)."""
+    if not isinstance(value, dict):
+        return None
+    try:
+        return TrialPolicy(str(value["url"]), timedelta(seconds=float(value["interval_s"])),
+                           timedelta(seconds=float(value["timeout_s"])),
+                           max(1, int(value["success_threshold"])), bool(value["automatic"]))
+    except (KeyError, TypeError, ValueError, OverflowError):
+        return None
+
+
+def _service_health(value: Any) -> HealthProgress | None:
+    if not isinstance(value, dict):
+        return None
+    return HealthProgress(
+        first_probe_at=_time(value.get("first_probe_at")),
+        last_probe_at=_time(value.get("last_probe_at")),
+        consecutive_ok=int(value.get("consecutive_ok", 0)),
+        probes=int(value.get("probes", 0)),
+        last_summary=value.get("last_summary"),
+        timeout_reason=value.get("timeout_reason") or HealthProgress().timeout_reason,
     )
 
 

@@ -139,6 +139,23 @@ def _read_record(path: Path, name: str) -> Record | None:
     return Record(name, _entry(name, current, path), _entry(name, previous, path), uncommitted)
 
 
+def read_overlays(directory: Path, root_sha256: str) -> dict[str, Record]:
+    """The records of the overlays made on that root image, without opening the store.
+
+    For readers (``observe``, status): nothing is created or repaired, so a
+    reader never races the daemon's staging; the records are the truth, links
+    follow them. An absent store has no overlays.
+    """
+    if not _HEX64.match(root_sha256):
+        return {}
+    found = {}
+    for service_dir in sorted((Path(directory) / "roots" / root_sha256).glob("*")):
+        record = _read_record(service_dir / RECORD, service_dir.name)
+        if record is not None:
+            found[service_dir.name] = record
+    return found
+
+
 def _check_name(name: str) -> None:
     if not SERVICE_NAME.match(name) or len(name) > 64:
         raise ReleaseError(f"service store: {name[:40]!r} is not a service name")

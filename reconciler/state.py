@@ -137,6 +137,22 @@ class SpecRecord(_Section):
     rejected: str | None = None
 
 
+class ServiceUpdateRecord(_Section):
+    """A service update on its way (``reconciler.service_rules``): its step, the root image
+    it applies on, the health policy captured at the switch, this update's probes, and,
+    once a restore began, its reason (the restore is then finished by the next pass)."""
+
+    version: str
+    from_version: str | None = None
+    services: list[str] = Field(default_factory=list)
+    step: Literal["staged", "switched", "restarted"] = "staged"
+    root_sha256: str
+    artifacts: dict[str, dict[str, Any] | None] = Field(default_factory=dict)
+    policy: dict[str, Any] | None = None
+    health: dict[str, Any] | None = None
+    restoring: str | None = None
+
+
 class DeviceState(BaseModel):
     """The whole state file."""
 
@@ -153,6 +169,10 @@ class DeviceState(BaseModel):
     request: RequestRecord | None = None
     spec: SpecRecord | None = None
     reboots: ForwardReboots | None = None
+    service_update: ServiceUpdateRecord | None = None
+    #: The release whose services run on a root image after a committed service update,
+    #: by the root image's SHA-256 (overlays belong to a root release).
+    service_releases: dict[str, str] | None = None
 
 
 SECTIONS = tuple(name for name in DeviceState.model_fields if name != "schema_version")
