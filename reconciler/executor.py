@@ -22,6 +22,7 @@ from reconciler.actions import (
     ArmTrial,
     Blocked,
     Confirm,
+    ConfirmServices,
     Disarm,
     EndOverride,
     LiftBlock,
@@ -29,11 +30,16 @@ from reconciler.actions import (
     Nothing,
     Outcome,
     ProbeHealth,
+    ProbeServices,
     Reboot,
     RepairBootEnv,
+    RestartServices,
+    RestoreServices,
     RestoreState,
     Rollback,
     Stage,
+    StageServices,
+    SwitchServices,
     TakeRequest,
     Wait,
 )
@@ -45,6 +51,8 @@ from reconciler.failpoints import failpoint
 from reconciler.inbox import FileInbox, Inbox
 from reconciler.observed import SlotName
 from reconciler.overrides import RESUME_FILE, apply_request
+from reconciler.release.metadata import ServiceArtifact
+from reconciler.service_runtime import ServiceRuntime
 from reconciler.spec import UpdatePolicy
 from reconciler.store import StateStore
 
@@ -95,6 +103,7 @@ class Executor:
     spec_revision: str | None = None
     boot_id: Callable[[], str] | None = None
     inbox: Inbox | None = None
+    services: ServiceRuntime | None = None
 
     def _boot_id(self) -> str:
         return self.boot_id() if self.boot_id is not None else self.device.current_boot_id()
@@ -129,6 +138,9 @@ class Executor:
             RepairBootEnv: self._repair, TakeRequest: self._take_request,
             EndOverride: self._end_override, LiftBlock: self._lift_block,
             RestoreState: self._restore,
+            StageServices: self._stage_services, SwitchServices: self._switch_services,
+            RestartServices: self._restart_services, ProbeServices: self._probe_services,
+            ConfirmServices: self._confirm_services, RestoreServices: self._restore_services,
         }
         return handlers[type(action)](action, policy)
 
@@ -212,7 +224,28 @@ class Executor:
                 doc.pop(key, None)
 
         self.store.update(clear)
-        return f"slot {action.slot} marked good with {action.version}"
+        return f"slot {action.slot} marked good with {action.version}{self._retire_overlays()}"
+
+    def _retire_overlays(self) -> str:
+        """After a slot update: drop the service overlays of root images no slot holds (the
+        new image carries its own services). A failure here does not undo the confirm."""
+        runtime = self.services
+        if runtime is None or not runtime.exists():
+            return ""
+        try:
+            keep = runtime.slot_roots()
+            removed = runtime.store.retire(keep)
+
+            def prune(doc: dict[str, Any]) -> None:
+                kept = {r: v for r, v in (doc.get("service_releases") or {}).items()
+                        if r in keep}
+                doc["service_releases"] = kept or None
+
+            self.store.update(prune)
+        except (OSError, KruxosError) as exc:
+            return f"; old service overlays not retired ({short_error(exc)})"
+        roots = sum(1 for name in removed if name.startswith("roots/"))
+        return f"; {roots} old root image(s)' service overlays retired" if roots else ""
 
     def _rollback(self, action: Rollback, policy: UpdatePolicy | None) -> str:
         """Keep the failure on the data disk, then roll back: a data disk that cannot be
@@ -273,6 +306,133 @@ class Executor:
         self.store.update(lambda doc: doc.update(sections))
         return "written back: " + ", ".join(sections)
 
+    # ---- service updates (reconciler.service_rules): no reboot -------------------------
+
+    def _runtime(self) -> ServiceRuntime:
+        if self.services is None:
+            raise KruxosError("this device has no service runtime: no service update")
+        return self.services
+
+    def _update_doc(self) -> dict[str, Any]:
+        update = self.store.section("service_update")
+        if not update:
+            raise KruxosError("no service update is recorded in the state file")
+        return dict(update)
+
+    def _put_update(self, change: Callable[[dict[str, Any]], None]) -> None:
+        def apply(doc: dict[str, Any]) -> None:
+            update = dict(doc.get("service_update") or {})
+            change(update)
+            doc["service_update"] = update
+        self.store.update(apply)
+
+    def _stage_services(self, action: StageServices, policy: UpdatePolicy | None) -> str:
+        """Fetch and verify the artifacts into the store, then record the staged update."""
+        if policy is None:
+            raise KruxosError("no valid spec: nothing is staged")
+        runtime = self._runtime()
+        root, root_version = runtime.root()
+        release = runtime.release(policy, action.version)
+        summary = runtime.stage(policy, release, action.services)
+        failpoint("services.staged")
+        by_name = {a.name: a for a in release.services}
+        running = (self.store.section("service_releases") or {}).get(root) or root_version
+        self.store.put("service_update", {
+            "version": action.version, "from_version": running,
+            "services": list(action.services), "step": "staged", "root_sha256": root,
+            "artifacts": {n: _artifact_json(by_name.get(n)) for n in action.services}})
+        return f"staged the services of {action.version}: {summary}"
+
+    def _switch_services(self, action: SwitchServices, policy: UpdatePolicy | None) -> str:
+        """Capture the health policy, switch each service in the store (uncommitted), then
+        record the step; a crash between is read back from the store by ``observe``."""
+        runtime = self._runtime()
+        tp = action.policy
+        captured = {"url": tp.url, "interval_s": tp.interval.total_seconds(),
+                    "timeout_s": tp.timeout.total_seconds(),
+                    "success_threshold": tp.success_threshold, "automatic": tp.automatic,
+                    "switched_at": self._now()}
+        self._put_update(lambda u: u.update(policy=captured))
+        update = self._update_doc()
+        root, root_version = update["root_sha256"], runtime.root()[1]
+        artifacts = update.get("artifacts") or {}
+        for name in action.services:
+            target = _artifact(name, artifacts.get(name))
+            record = runtime.store.record(root, name)
+            if record is not None and record.uncommitted:
+                continue  # switched before a crash: the record is the truth
+            runtime.store.switch(root, root_version, name, target)
+        failpoint("services.switched")
+        self._put_update(lambda u: u.update(step="switched"))
+        return f"switched {', '.join(action.services)} to {action.version} (uncommitted)"
+
+    def _restart_services(self, action: RestartServices, policy: UpdatePolicy | None) -> str:
+        done = self._runtime().restart(action.services)
+        failpoint("services.restarted")
+        self._put_update(lambda u: u.update(step="restarted"))
+        return done
+
+    def _probe_services(self, action: ProbeServices, policy: UpdatePolicy | None) -> str:
+        """Ask once; only the affected services count (the health JSON's ``services``)."""
+        raw = self.prober(self.device.map_url(action.url), action.timeout_s)
+        answer = affected_answer(raw, action.services)
+        progress = count_probe(action.progress, answer.healthy, answer.summary(),
+                               health.rollback_reason(answer, timed_out=True), self.clock())
+        record = {"first_probe_at": _iso(progress.first_probe_at),
+                  "last_probe_at": _iso(progress.last_probe_at),
+                  "consecutive_ok": progress.consecutive_ok, "probes": progress.probes,
+                  "last_summary": progress.last_summary, "last_answer": raw.to_dict(),
+                  "timeout_reason": progress.timeout_reason}
+        self._put_update(lambda u: u.update(health=record))
+        return answer.summary()
+
+    def _confirm_services(self, action: ConfirmServices,
+                          policy: UpdatePolicy | None) -> str:
+        """Commit each switch in the store, then record the release that runs."""
+        runtime = self._runtime()
+        root = self._update_doc()["root_sha256"]
+        for name in action.services:
+            record = runtime.store.record(root, name)
+            if record is not None and record.uncommitted:
+                runtime.store.commit(root, name)
+        failpoint("services.committed")
+
+        def done(doc: dict[str, Any]) -> None:
+            releases = dict(doc.get("service_releases") or {})
+            releases[root] = action.version
+            doc["service_releases"] = releases
+            doc.pop("service_update", None)
+
+        self.store.update(done)
+        return f"{action.version} confirmed: {', '.join(action.services) or 'no service'} " \
+               "committed, no reboot"
+
+    def _restore_services(self, action: RestoreServices,
+                          policy: UpdatePolicy | None) -> str:
+        """Keep the failure first (so a crash finishes the restore, never confirms it), then
+        restore each switched service, restart them, and end the update. Never gated."""
+        runtime = self._runtime()
+        now = self._now()
+
+        def begin(doc: dict[str, Any]) -> None:
+            update = dict(doc.get("service_update") or {})
+            update["restoring"] = action.reason
+            doc["service_update"] = update
+            doc["failed"] = {"version": action.version, "reason": action.reason, "at": now}
+
+        self.store.update(begin)
+        failpoint("services.restoring")
+        root = self._update_doc()["root_sha256"]
+        for name in action.services:
+            record = runtime.store.record(root, name)
+            if record is not None and record.uncommitted:
+                runtime.store.restore(root, name)
+        restarted = runtime.restart(action.services)
+        self.store.put("service_update", None)
+        back = action.from_version or "the previous services"
+        return (f"restored {back} ({restarted}), no reboot; {action.version} blocked: "
+                f"{action.reason}")
+
     def _disarm(self, action: Disarm, policy: UpdatePolicy | None) -> str:
         self.backend.set_mark(action.slot, "staged")
         return f"slot {action.slot} disarmed; it keeps {action.version} staged"
@@ -306,6 +466,33 @@ class Executor:
                 doc.pop("request", None)
 
         self.store.update(change)
+
+
+def _artifact_json(artifact: ServiceArtifact | None) -> dict[str, Any] | None:
+    if artifact is None:
+        return None
+    return {"version": artifact.version, "sha256": artifact.sha256, "size": artifact.size}
+
+
+def _artifact(name: str, value: Any) -> ServiceArtifact | None:
+    """The artifact a staged update recorded (what the store switches to; ``None``: removed)."""
+    if not isinstance(value, dict):
+        return None
+    return ServiceArtifact(name, str(value["version"]), "", int(value["size"]),
+                           str(value["sha256"]), 1, ())
+
+
+def affected_answer(answer: health.HealthAnswer,
+                    services: tuple[str, ...]) -> health.HealthAnswer:
+    """The answer as a service update judges it: only ``services`` count.
+
+    A 200 is healthy; no answer, or a failure that names no service, is not
+    (it cannot say the affected ones are well); otherwise it is healthy unless
+    an affected service is named failing (or too many were named to tell)."""
+    if answer.healthy or answer.status is None or not answer.failing:
+        return answer
+    failing = {n: w for n, w in answer.failing.items() if n in services or n == "..."}
+    return health.HealthAnswer(not failing, answer.status, failing, answer.error)
 
 
 def _iso(moment: datetime | None) -> str | None:

@@ -65,6 +65,13 @@ point                              the moment (where)
                                    ``current`` link not yet changed to agree with it
 ``service-link.temp-written``      the new ``current`` link made under a temporary name
 ``service-link.renamed``           the ``current`` link renamed into place, dir not fsynced
+``services.staged``                a service update's artifacts are in the store, the state
+                                   file does not record it staged yet (``executor.py``)
+``services.switched``              the store switched (uncommitted), the state file still says
+                                   staged (``observe`` reads the switch from the store)
+``services.restarted``             the services restarted, the step not recorded
+``services.committed``             the store committed, the state file not yet told
+``services.restoring``             the failure kept in the state file, the store not restored
 ``grubenv.temp-written``           GRUB: the env's temp file written, not renamed (``grub.py``)
 ``grubenv.renamed``                GRUB: the env renamed over ``grubenv``, dir not fsynced
 ``grub.env-written``               GRUB: the env written; its backup (``grubenv.bak``) not

@@ -44,6 +44,7 @@ from reconciler.machine import DeviceMachine, Machine
 from reconciler.observe import backend_for, observe
 from reconciler.observed import ChannelView, ObservedState
 from reconciler.overrides import STOPPING_REQUESTS
+from reconciler.service_runtime import ServiceRuntime
 from reconciler.specfile import LoadedSpec, SpecKeeper
 from reconciler.staging import InstallerStager
 from reconciler.store import StateStore
@@ -84,6 +85,7 @@ class Parts:
     machine: Machine
     keeper: SpecKeeper
     inbox: Inbox | None = None  # None: the device's inbox of request files
+    services: ServiceRuntime | None = None  # None: no service updates (fakes of old tests)
 
     @classmethod
     def real(cls, device: Device, clock: Callable[[], datetime],
@@ -101,7 +103,8 @@ class Parts:
         return cls(store, audit, backend, channel,
                    InstallerStager(device, backend, channel), probe_health,
                    rebooter or command_rebooter(device), DeviceMachine(device),
-                   SpecKeeper(device.spec_path, device.data_dir), FileInbox(device.data_dir))
+                   SpecKeeper(device.spec_path, device.data_dir), FileInbox(device.data_dir),
+                   ServiceRuntime(device, channel))
 
 
 @dataclass
@@ -136,7 +139,8 @@ class Reconciler:
         self.stopping = False
         self.executor = Executor(device, self.store, self.backend, parts.stager, parts.rebooter,
                                  clock, should_stop=self._should_stop, prober=parts.prober,
-                                 boot_id=parts.machine.boot_id, inbox=self.inbox)
+                                 boot_id=parts.machine.boot_id, inbox=self.inbox,
+                                 services=parts.services)
         self._suspend_checked = 0.0
         self.spec: LoadedSpec | None = None
         self.on_trial = False
