@@ -354,11 +354,21 @@ def sim_init(directory: Path, bootloader: str) -> None:
 @click.option("--sign-key", "sign_keys", multiple=True,
               type=click.Path(path_type=Path, exists=True, dir_okay=False),
               help="A key that signs the channel (repeatable; default keys/release.key).")
+@click.option("--service", default=None, metavar="NAME",
+              help="Publish a service-only release: the root image of the release before, "
+                   "a new artifact of this service (behaving as --behaviour says).")
 def sim_publish(directory: Path, version: str, behaviour: str, changes: tuple[str, ...],
-                size_mb: int, image_keys: tuple[Path, ...], sign_keys: tuple[Path, ...]) -> None:
+                size_mb: int, image_keys: tuple[Path, ...], sign_keys: tuple[Path, ...],
+                service: str | None) -> None:
     """Build a simulated release and publish it, signed, on the device's channel."""
-    from reconciler.sim.device import publish
+    from reconciler.sim.device import publish, publish_service
 
+    if service is not None:
+        publish_service(directory.resolve(), version, service, behaviour=behaviour,
+                        changes=changes)
+        click.echo(f"published {version} ({service} {version}, {behaviour}; service update, "
+                   f"no reboot) on {directory.resolve() / 'channel'}")
+        return
     publish(directory.resolve(), version, behaviour=behaviour, changes=changes,
             size=-(-size_mb * 10**6 // (1 << 20)) << 20,
             image_keys=list(image_keys) or None, sign_keys=list(sign_keys) or None)

@@ -16,6 +16,9 @@ Forms (the first four lines are always there)::
     Boot status: PENDING
     Trial: 2 tries left; health check 0 of 1 healthy answers, 1m52s left (last: ...)
 
+    Services: 1.0.2 (service update on 1.0.1, no reboot)
+    Service update: 1.0.3 (gateway) restarted
+
     Staging: 1.0.1 into B (sda3), 45% (1.3 of 3.1 MB)
     Staged: 1.0.1 in B (sda3)
     Not installable: 1.2.0 (requires service-artifacts, which this device does not implement)
@@ -40,6 +43,13 @@ def status_lines(obs: ObservedState, policy: UpdatePolicy | None, action: Action
     booted = obs.booted_slot
     lines = [f"Boot slot: {booted.label}", f"Version: {booted.version or 'unknown'}",
              f"Boot status: {obs.boot_status}"]
+    if obs.service_release is not None:
+        lines.append(f"Services: {obs.service_release} (service update on "
+                     f"{booted.version or 'unknown'}, no reboot)")
+    update = obs.service_update
+    if update is not None:
+        names = ", ".join(update.services) or "no service"
+        lines.append(f"Service update: {update.version} ({names}) {update.step}")
     if obs.on_trial:
         lines.append(_trial_line(obs, policy, now))
     if obs.rolled_back_from and obs.rollback_reason and not obs.on_trial:

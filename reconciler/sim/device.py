@@ -31,11 +31,12 @@ from pathlib import Path
 from reconciler.boot import open_backend
 from reconciler.durable import atomic_write, read_json
 from reconciler.errors import ConfigError
-from reconciler.release.channel import add_release, init_channel, sign_channel
+from reconciler.release.channel import ServiceSource, add_release, init_channel, sign_channel
 from reconciler.release.identity import RECORD_SIZE, SlotIdentity, write_identity
 from reconciler.release.keys import generate_keypair
-from reconciler.release.metadata import format_time
+from reconciler.release.metadata import format_time, semver_key
 from reconciler.sim.image import build_sim_image, mount
+from reconciler.sim.service import artifact_text
 
 SLOT_SIZE = 64 << 20
 IMAGE_SIZE = 3 << 20
@@ -77,6 +78,8 @@ trustedKeys: [run/root/etc/kruxos/keys/]   # the booted image's keys: its trust 
 dataDir: data
 spec: spec.yaml
 rebootCommand: [{python}, -m, reconciler.sim.reboot, {dir}]
+servicesDir: services      # the service store, beside the data dir (never inside it)
+restartCommand: [{python}, -m, reconciler.sim.restart, {dir}]
 cmdline: run/cmdline
 bootId: run/boot_id
 trialTries: 3
@@ -188,6 +191,38 @@ def publish(directory: Path, version: str, *, behaviour: str = "healthy",
     if sign:
         _sign(directory, sign_keys)
     return directory / "channel"
+
+
+def publish_service(directory: Path, version: str, service: str, *,
+                    behaviour: str = "healthy", changes: Sequence[str] = (),
+                    sign: bool = True) -> Path:
+    """Publish a service-only release: the root image of the newest release before it,
+    the services it carried, and a new artifact of ``service`` (its version ``version``,
+    its behaviour from its own bytes: :mod:`reconciler.sim.service`).
+
+    A device on the release before moves to it without a reboot (same root image).
+    """
+    channel = directory / "channel"
+    draft = read_json(channel / "draft.json")
+    before = [r for r in draft.get("releases", []) if semver_key(r["version"])
+              < semver_key(version)]
+    if not before:
+        raise ConfigError(f"{channel}: no release before {version} to take the root image of")
+    base = max(before, key=lambda r: semver_key(r["version"]))
+    build = directory / "run" / "build"
+    build.mkdir(parents=True, exist_ok=True)
+    artifact = build / f"{service}-{version}.svc"
+    artifact.write_bytes(artifact_text(service, version, behaviour))
+    sources = [ServiceSource(s["name"], s["version"], channel / s["file"])
+               for s in base.get("services", []) if s["name"] != service]
+    sources.append(ServiceSource(service, version, artifact))
+    add_release(channel, channel / base["image"], version,
+                list(changes) or [f"{service} {version} (service update of {base['version']})"],
+                services=sources)
+    artifact.unlink()
+    if sign:
+        _sign(directory)
+    return channel
 
 
 def _sign(directory: Path, keys: Sequence[Path] | None = None) -> None:

@@ -23,6 +23,14 @@ Tuning fields: ``STARTUP_SECONDS`` (0.5; services answer ``starting`` with a
 
 Endpoints: ``GET /health/ready`` and ``GET /version``. An empty slot does not
 boot: the process exits non-zero, as a real machine would not start.
+
+Service overlays (``--services-root``, the service store's directory of the
+booted root image): each service with a ``current`` artifact there runs as its
+own process (:mod:`reconciler.sim.service`), whose behaviour comes from the
+artifact's bytes, and its entry in the health JSON's ``services`` map comes
+from that process; ``POST /services/NAME/restart`` (what the device's restart
+command asks) restarts just that process, from the artifact ``current`` names
+then, or gives the service back to the image when there is no overlay any more.
 """
 
 from __future__ import annotations
@@ -166,16 +174,120 @@ def health_at(profile: OsProfile, elapsed: float) -> tuple[int, dict[str, Any]]:
                                        "services": services}
 
 
-def _handler_for(profile: OsProfile, booted_at: float) -> type[BaseHTTPRequestHandler]:
+class ServiceSet:
+    """The services that run from overlays, each its own process (module docstring)."""
+
+    def __init__(self, root: Path | None, status_dir: Path) -> None:
+        self.root = root
+        self.status_dir = status_dir
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        self._lock = threading.Lock()
+
+    def start_all(self) -> None:
+        """Start every service that has an overlay on this root image."""
+        if self.root is None or not self.root.is_dir():
+            return
+        for service_dir in sorted(self.root.iterdir()):
+            if (service_dir / "current").exists():
+                self.restart(service_dir.name)
+
+    def restart(self, name: str) -> int | None:
+        """Stop the service's process, start it again from ``current``; its new pid
+        (``None``: no overlay, the image's own service answers for it)."""
+        with self._lock:
+            old = self.procs.pop(name, None)
+            if old is not None:
+                _stop(old)
+            status = self.status_dir / f"{name}.json"
+            status.unlink(missing_ok=True)
+            link = None if self.root is None else self.root / name / "current"
+            if link is None or not link.exists():
+                log.info("service %s: no overlay, the image's own runs", name)
+                return None
+            self.status_dir.mkdir(parents=True, exist_ok=True)
+            with open(self.status_dir / f"{name}.log", "ab") as out:
+                proc = subprocess.Popen(  # it watches its parent (reconciler.sim.service)
+                    [sys.executable, "-m", "reconciler.sim.service",
+                     "--artifact", str(link.resolve()), "--status-file", str(status)],
+                    stdout=out, stderr=subprocess.STDOUT)
+            self.procs[name] = proc
+            log.info("service %s started from %s (pid %d)", name, link.resolve().name[:12],
+                     proc.pid)
+            return proc.pid
+
+    def states(self) -> dict[str, str]:
+        """Each overlay service's health entry: ``ok``, ``starting`` or what it said."""
+        out = {}
+        for name, proc in list(self.procs.items()):
+            try:
+                said = json.loads((self.status_dir / f"{name}.json").read_text())["state"]
+            except (OSError, ValueError, KeyError, TypeError):
+                said = None
+            if proc.poll() is not None:
+                out[name] = said if said and said != "ok" else "failed to start"
+            else:
+                out[name] = said or "starting"
+        return out
+
+    def pids(self) -> dict[str, int]:
+        return {name: proc.pid for name, proc in self.procs.items() if proc.poll() is None}
+
+    def stop_all(self) -> None:
+        with self._lock:
+            for proc in self.procs.values():
+                _stop(proc)
+            self.procs.clear()
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def with_services(answer: tuple[int, dict[str, Any]],
+                  states: dict[str, str]) -> tuple[int, dict[str, Any]]:
+    """The image's answer with the overlay services' own entries in its ``services`` map."""
+    status, body = answer
+    if not states:
+        return status, body
+    services = {**body["services"], **states}
+    if all(v == "ok" for v in services.values()):
+        return 200, {**body, "status": "ok", "services": services}
+    word = "starting" if all(v in ("ok", "starting") for v in services.values()) \
+        else "unhealthy"
+    return 503, {**body, "status": word, "services": services}
+
+
+def _handler_for(profile: OsProfile, booted_at: float,
+                 services: ServiceSet | None = None) -> type[BaseHTTPRequestHandler]:
     """A request handler class bound to this boot's profile and start time."""
+    overlays = services or ServiceSet(None, Path("."))
 
     class Handler(BaseHTTPRequestHandler):
         server_version = "KruxOS-sim"
 
+        def do_POST(self) -> None:  # noqa: N802 (the http.server naming)
+            parts = self.path.split("?", 1)[0].strip("/").split("/")
+            if len(parts) == 3 and parts[0] == "services" and parts[2] == "restart" \
+                    and parts[1].replace("-", "").isalnum():
+                pid = overlays.restart(parts[1])
+                self._send(200, {"service": parts[1], "pid": pid,
+                                 "from": "overlay" if pid else "image"})
+            else:
+                self._send(404, {"error": "no such endpoint"})
+
         def do_GET(self) -> None:  # noqa: N802 (the http.server naming)
             path = self.path.split("?", 1)[0]
             if path == "/health/ready":
-                self._send(*health_at(profile, time.monotonic() - booted_at))
+                self._send(*with_services(health_at(profile, time.monotonic() - booted_at),
+                                          overlays.states()))
+            elif path == "/services":
+                self._send(200, {"pids": overlays.pids(), "os_pid": os.getpid()})
             elif path == "/version":
                 self._send(200, {"version": profile.version, "behaviour": profile.behaviour,
                                  "slot_file": profile.slot_file})
@@ -197,9 +309,9 @@ def _handler_for(profile: OsProfile, booted_at: float) -> type[BaseHTTPRequestHa
 
 
 def serve(profile: OsProfile, host: str, port: int, ready_file: Path | None,
-          booted_at: float) -> None:
+          booted_at: float, services: ServiceSet | None = None) -> None:
     """Serve until SIGTERM or SIGINT; write ``ready_file`` once listening."""
-    server = ThreadingHTTPServer((host, port), _handler_for(profile, booted_at))
+    server = ThreadingHTTPServer((host, port), _handler_for(profile, booted_at, services))
     server.daemon_threads = True
 
     def stop(signum: int, frame: FrameType | None) -> None:
@@ -217,6 +329,8 @@ def serve(profile: OsProfile, host: str, port: int, ready_file: Path | None,
         server.serve_forever(poll_interval=0.1)
     finally:
         server.server_close()
+        if services is not None:
+            services.stop_all()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -231,6 +345,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--port", type=int, required=True, help="0 picks a free port")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--ready-file", type=Path, help="written as JSON {port, pid} once up")
+    parser.add_argument("--services-root", type=Path,
+                        help="the service store's directory of the booted root image")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="sim os: %(levelname)s %(message)s")
     try:
@@ -239,7 +355,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BootRefused as exc:
         print(f"sim os: cannot boot: {exc}", file=sys.stderr)
         return 1
-    serve(profile, args.host, args.port, args.ready_file, booted_at)
+    status_dir = (args.ready_file or Path("os.ready")).with_name("services")
+    services = ServiceSet(args.services_root, status_dir)
+    services.start_all()
+    serve(profile, args.host, args.port, args.ready_file, booted_at, services)
     return 0
 
 
@@ -274,7 +393,7 @@ DIE_WITH_PARENT = ("setpriv", "--pdeathsig", "KILL", "--")
 
 
 def launch(slot_file: Path, ready_file: Path, port: int = 0, host: str = "127.0.0.1",
-           wait: float = 10.0) -> SimOsProcess:
+           wait: float = 10.0, services_root: Path | None = None) -> SimOsProcess:
     """Boot ``slot_file`` in a new process and return once it listens.
 
     The OS's own log goes to ``READY_FILE.log``. Raises :class:`BootRefused`
@@ -285,6 +404,8 @@ def launch(slot_file: Path, ready_file: Path, port: int = 0, host: str = "127.0.
     command = [*DIE_WITH_PARENT, sys.executable, "-m", "reconciler.sim.os",
                "--slot-file", str(slot_file), "--port", str(port), "--host", host,
                "--ready-file", str(ready_file)]
+    if services_root is not None:
+        command += ["--services-root", str(services_root)]
     with open(log_file, "wb") as log_out:
         process = subprocess.Popen(command, stdout=log_out, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + wait

@@ -44,6 +44,7 @@ from pathlib import Path
 from reconciler.config import load_device
 from reconciler.durable import atomic_write, atomic_write_json
 from reconciler.errors import ConfigError
+from reconciler.release.identity import read_identity
 from reconciler.sim.bootloader import emulator_for
 from reconciler.sim.channel import channel_server
 from reconciler.sim.device import CHANNEL_PORT, OS_PORT
@@ -151,7 +152,8 @@ class Supervisor:
         if release.get("BEHAVIOUR") == "hangs":
             return self._hang(slot)
         try:
-            self.os_proc = launch(path, self.run_dir / "os.ready")
+            self.os_proc = launch(path, self.run_dir / "os.ready",
+                                  services_root=self._services_root(path))
         except BootRefused as exc:
             say(f"slot {slot} did not boot: {exc}")
             return self._hang(slot)
@@ -161,6 +163,17 @@ class Supervisor:
         say(f"KruxOS {release['VERSION']} up (health on 127.0.0.1:{self.os_proc.port}); "
             "starting kruxos daemon")
         self._start_daemon()
+
+    def _services_root(self, slot_path: Path) -> Path | None:
+        """The service store's directory of the root image the slot holds (its identity's
+        SHA-256): the overlays that apply on this boot (none for another root's)."""
+        try:
+            identity, _ = read_identity(slot_path)
+        except OSError:
+            return None
+        if identity is None or not identity.sha256:
+            return None
+        return self.device.services_dir / "roots" / identity.sha256
 
     def _hang(self, slot: str) -> None:
         """A boot that never reaches user space: only the watchdog gets us out."""
