@@ -19,10 +19,10 @@ from collections.abc import Iterable
 
 from reconciler.release.metadata import ChannelMetadata, Release, semver_key
 
-#: The features this build of KruxOS implements. None is defined yet: the names
-#: reserved for the coming ones are ``service-artifacts``, ``container-image``,
+#: The features this build of KruxOS implements: ``service-artifacts`` (service updates,
+#: no reboot). The names reserved for the coming ones are ``container-image``,
 #: ``phased-rollout`` and ``block-index-64k`` (``docs/channel.md``).
-FEATURES: frozenset[str] = frozenset()
+FEATURES: frozenset[str] = frozenset({"service-artifacts"})
 #: Releases a refusal names one by one; the rest are counted.
 NAMED_REFUSALS = 4
 
