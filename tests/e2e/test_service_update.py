@@ -11,13 +11,14 @@ restart, the OS and the boot count untouched, and the health answer's
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from typing import Any
 
 import httpx
 
 from reconciler.sim.device import OS_PORT
-from reconciler.sim.run import ports
+from reconciler.sim.run import HALTED_AT_FAILPOINT, ports
 from tests.device import SimDevice
 
 
@@ -49,6 +50,9 @@ def test_a_service_only_release_restarts_the_gateway_without_a_reboot(
 
     published = device.cli("sim", "publish", str(device.dir), "1.0.2", "--service", "gateway")
     assert "service update, no reboot" in published.stdout
+    check = device.cli("update", "check", check=False)
+    assert check.returncode == 1, check.stdout + check.stderr
+    assert "Latest version: 1.0.2 (service update, no reboot)" in check.stdout, check.stdout
     device.edit_spec(version="1.0.2")
     confirmed = device.wait_for(lambda: _outcome(device, "confirm-services"), 60,
                                 "the service update to be confirmed")
@@ -67,6 +71,8 @@ def test_a_service_only_release_restarts_the_gateway_without_a_reboot(
     status = device.cli("update", "status").stdout
     assert "Services: 1.0.2 (service update on 1.0.1, no reboot)" in status, status
     assert device.status_json()["service_release"] == "1.0.2"
+    check = device.cli("update", "check", check=False)
+    assert check.returncode == 0 and "Current version: 1.0.2" in check.stdout, check.stdout
     assert device.cli("audit", "verify").returncode == 0
 
 
@@ -99,4 +105,67 @@ def test_a_broken_service_release_is_restored_without_a_reboot_and_blocked(
     assert not [r for r in device.decisions() if r["action"] == "confirm-services"]
     status = device.cli("update", "status").stdout
     assert "Version: 1.0.1" in status and "1.0.2 was rolled back" in status, status
+    assert device.cli("audit", "verify").returncode == 0
+
+
+def _killed_at(device: SimDevice, point: str, behaviour: str) -> None:
+    """Bring the device to 1.0.1 with ``point`` armed, then edit the spec to a service-only
+    1.0.2 and wait for the daemon to die there (the device halts as the crash left it)."""
+    device.env["KRUXOS_FAILPOINTS"] = f"{point}=kill"
+    _on_101(device)
+    device.cli("sim", "publish", str(device.dir), "1.0.2", "--service", "gateway",
+               "--behaviour", behaviour)
+    device.edit_spec(version="1.0.2")
+    proc = device.proc
+    assert proc is not None
+    code = device.wait_for(lambda: proc.poll() is not None and [proc.returncode], 90,
+                           f"the daemon to be killed at {point}")
+    assert code == [HALTED_AT_FAILPOINT], code
+    device.proc = None
+    del device.env["KRUXOS_FAILPOINTS"]
+
+
+def test_a_kill_right_after_the_store_switched_is_resolved_by_the_next_pass(
+        make_device: Callable[..., SimDevice]) -> None:
+    device = make_device()
+    _killed_at(device, "services.switched", "healthy")
+    record = json.loads(next((device.dir / "services" / "roots").glob("*/gateway/record.json"))
+                        .read_text())
+    assert record["uncommitted"] and record["current"]["version"] == "1.0.2", record
+    assert device.state()["service_update"]["step"] == "staged"  # the state file lags
+
+    device.start()  # power on: the store says switched, so the update goes on from there
+    confirmed = device.wait_for(lambda: _outcome(device, "confirm-services"), 60,
+                                "the service update to be confirmed after the crash")
+    assert confirmed["details"]["code"] == "ok", confirmed
+    after = [r["action"] for r in device.decisions()]
+    resumed = after[len(after) - after[::-1].index("restart-services") - 1:]
+    assert "stage-services" not in resumed and "switch-services" not in resumed, after
+    record = json.loads(next((device.dir / "services" / "roots").glob("*/gateway/record.json"))
+                        .read_text())
+    assert not record["uncommitted"] and record["current"]["version"] == "1.0.2", record
+    assert device.cli("audit", "verify").returncode == 0
+
+
+def test_a_kill_as_a_restore_begins_is_finished_by_the_next_pass_never_confirmed(
+        make_device: Callable[..., SimDevice]) -> None:
+    device = make_device()
+    _killed_at(device, "services.restoring", "gateway-fails")
+    assert device.state()["failed"]["version"] == "1.0.2"
+    assert device.state()["service_update"]["restoring"], device.state()
+
+    device.start()  # the broken gateway runs again at power-on: the restore must finish
+    restored = device.wait_for(lambda: [r for r in device.audit_records()
+                                        if r["kind"] == "outcome"
+                                        and r["action"] == "restore-services"
+                                        and r["details"].get("code") == "ok"], 60,
+                               "the restore to be finished after the crash")
+    assert "no reboot" in restored[-1]["outcome"], restored
+    assert not [r for r in device.decisions() if r["action"] == "confirm-services"]
+    record = json.loads(next((device.dir / "services" / "roots").glob("*/gateway/record.json"))
+                        .read_text())
+    assert record["current"] is None and not record["uncommitted"], record
+    assert "service_update" not in device.state()
+    health = _os(device, "/health/ready")
+    assert health["services"]["gateway"] == "ok", health  # the image's own gateway
     assert device.cli("audit", "verify").returncode == 0
