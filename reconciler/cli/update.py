@@ -46,6 +46,7 @@ from reconciler.observed import ChannelView
 from reconciler.quoting import printable
 from reconciler.release.features import newest_installable, skipped, why_not
 from reconciler.release.metadata import ChannelMetadata
+from reconciler.service_rules import service_need
 from reconciler.store import StateStore
 
 BAR_WIDTH = 20
@@ -94,7 +95,7 @@ def check(ctx: click.Context, as_json: bool) -> None:
     except KruxosError as exc:
         _fail(f"cannot check for updates: {exc}", 2, as_json, why="channel")
     observed = inspect_device(device, _now(), channel=view_of(meta)).observed
-    current = observed.booted_slot.version
+    current = observed.running_version
     latest = newest_installable(meta)
     newer = latest is not None and is_newer(latest.version, current)
     passed = skipped(meta)
@@ -112,9 +113,12 @@ def check(ctx: click.Context, as_json: bool) -> None:
                                "channel": meta.channel, "serial": meta.serial}))
         sys.exit(1 if newer else 0)
     click.echo(f"Current version: {current or 'unknown'}")
+    kind = ""
+    if latest is not None and newer and service_need(observed, latest.version) is not None:
+        kind = " (service update, no reboot)"
     click.echo(f"Latest version: {latest.version if latest else 'none this device can install'}"
-               if passed else
-               f"Latest version: {latest.version if latest else 'none published'}")
+               f"{kind}" if passed else
+               f"Latest version: {latest.version if latest else 'none published'}{kind}")
     for rel, why in passed:
         click.echo(f"Skipped {rel.version}: it {why}.")
     if not newer or latest is None:
