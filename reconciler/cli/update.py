@@ -169,12 +169,19 @@ def apply(ctx: click.Context, version: str | None, yes: bool, no_reboot: bool,
     if unsupported is not None:
         _fail(f"update refused: {release.version} cannot be installed on this device: it "
               f"{unsupported}", 1, as_json)
-    running = view.observed.booted_slot.version
+    running = view.observed.running_version
     _refuse_downgrade(view, release.version, running, as_json)
     target = view.observed.other_slot
     if running == release.version:
         _done_json_or(as_json, {"version": running, "staged": False, "running": True},
                       f"KruxOS {running} is already running.")
+        return
+    need = service_need(view.observed, release.version)
+    if need is not None:  # the same root image: no reboot, --yes/--no-reboot do not apply
+        with connect(device) as link:
+            start = link.head()
+            link.wait_taken(link.send("pin", version=release.version, reboot="rules"))
+            _follow_service_update(link, release.version, need.services, start, as_json)
         return
     reboot = "now" if yes else ("next-boot" if no_reboot or as_json else "ask")
     with connect(device) as link:
@@ -192,6 +199,55 @@ def apply(ctx: click.Context, version: str | None, yes: bool, no_reboot: bool,
         if not staged:
             return
         _after_staging(link, release.version, reboot, as_json, target.label, start)
+
+
+#: How long ``apply`` follows a service update before it leaves it to the daemon.
+SERVICE_FOLLOW_S = 600.0
+
+
+def _follow_service_update(link: Link, version: str, services: tuple[str, ...], start: int,
+                           as_json: bool) -> None:
+    """Follow a service update through the trail: download and verify, then
+    ``Restarting gateway... ✓`` (confirmed, exit 0) or ``✗`` (restored, exit 1); a restart
+    that waits for a maintenance window is said, and left to the daemon (exit 0)."""
+    names = ", ".join(services) or "no service"
+    if not as_json:
+        click.echo(f"{version} is a service update: no reboot.")
+    said: set[str] = set()
+    deadline = time.monotonic() + SERVICE_FOLLOW_S
+    while time.monotonic() < deadline:
+        for record in link.records_after(start):
+            done = record.kind == "outcome"
+            code = record.details.get("code")
+            if done and record.action == "stage-services" and code == "ok" \
+                    and "staged" not in said and not as_json:
+                said.add("staged")
+                click.echo(f"Downloading and verifying {names}... ✓ (Ed25519, block by block)")
+            elif done and record.action == "stage-services" and code == "refused":
+                _fail(f"update refused: {record.outcome}", 1, as_json)
+            elif done and record.action == "confirm-services":
+                _done_json_or(as_json, {"version": version, "service_update": True,
+                                        "services": list(services), "confirmed": True},
+                              f"Restarting {names}... ✓\nKruxOS {version} runs: {names} "
+                              "healthy, confirmed without a reboot.")
+                return
+            elif done and record.action == "restore-services":
+                if not as_json:
+                    click.echo(f"Restarting {names}... ✗")
+                _fail(f"{version} was restored without a reboot: "
+                      f"{printable(record.outcome or '')}", 1, as_json)
+            elif record.kind == "decision" and record.action == "blocked" \
+                    and version in record.reason:
+                _fail(printable(record.reason), 1, as_json)
+            elif record.kind == "decision" and record.action == "wait" \
+                    and "waits for the maintenance window" in record.reason:
+                _done_json_or(as_json, {"version": version, "service_update": True,
+                                        "services": list(services), "confirmed": False},
+                              f"Staged. {printable(record.reason)}")
+                return
+        time.sleep(0.2)
+    _fail(f"the service update to {version} did not finish within {SERVICE_FOLLOW_S:g}s; "
+          "the daemon goes on with it ('kruxos update status')", 2, as_json, why="unavailable")
 
 
 def _refuse_downgrade(view: Any, version: str, running: str | None, as_json: bool) -> None:

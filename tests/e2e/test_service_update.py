@@ -169,3 +169,30 @@ def test_a_kill_as_a_restore_begins_is_finished_by_the_next_pass_never_confirmed
     health = _os(device, "/health/ready")
     assert health["services"]["gateway"] == "ok", health  # the image's own gateway
     assert device.cli("audit", "verify").returncode == 0
+
+
+def test_update_apply_restarts_the_gateway_instead_of_asking_to_reboot(
+        make_device: Callable[..., SimDevice]) -> None:
+    device = make_device()
+    _on_101(device)
+    boots = len(device.boots())
+    device.cli("sim", "publish", str(device.dir), "1.0.2", "--service", "gateway")
+    device.cli("sim", "publish", str(device.dir), "1.0.3", "--service", "gateway",
+               "--behaviour", "gateway-fails")
+
+    applied = device.cli("update", "apply", "1.0.2", "--yes", check=False)
+    assert applied.returncode == 0, applied.stdout + applied.stderr
+    lines = applied.stdout.splitlines()
+    assert lines[0] == "1.0.2 is a service update: no reboot.", lines
+    assert "Downloading and verifying gateway... ✓ (Ed25519, block by block)" in lines, lines
+    assert "Restarting gateway... ✓" in lines and "Reboot now" not in applied.stdout, lines
+    assert "Services: 1.0.2" in device.cli("update", "status").stdout
+
+    broken = device.cli("update", "apply", "1.0.3", "--yes", check=False)
+    assert broken.returncode == 1, broken.stdout + broken.stderr
+    assert "Restarting gateway... ✗" in broken.stdout, broken.stdout
+    assert "1.0.3 was restored without a reboot" in broken.stderr, broken.stderr
+    assert "gateway failed to start" in broken.stderr, broken.stderr
+    assert len(device.boots()) == boots
+    assert "Services: 1.0.2" in device.cli("update", "status").stdout  # 1.0.2 runs again
+    assert device.cli("audit", "verify").returncode == 0
