@@ -97,7 +97,23 @@ def observe(device: Device, store: StateStore, backend: Backend,
         recovered=recovered,
         service_release=_service_release(doc.get("service_releases"), root),
         service_update=_service_update(doc.get("service_update"), root, device),
+        overlays=_overlays(device, root),
     )
+
+
+def _overlays(device: Device, root: str | None) -> tuple[tuple[str, str | None, str | None],
+                                                         ...]:
+    """The booted root image's service overlays as people read them (versions only)."""
+    if root is None:
+        return ()
+    try:
+        records = read_overlays(device.services_dir, root)
+    except KruxosError:
+        return ()
+    return tuple((name, r.current.version if r.current else None,
+                  r.previous.version if r.previous else None)
+                 for name, r in sorted(records.items())
+                 if r.current is not None or r.previous is not None)  # not: restored to none
 
 
 def _root_of(machine: Machine, booted: Any) -> str | None:

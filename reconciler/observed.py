@@ -209,6 +209,10 @@ class ObservedState:
     #: update; ``None``: the booted slot's own release.
     service_release: str | None = None
     service_update: ServiceUpdate | None = None
+    #: The service overlays on the booted root image, for people (decide does not read
+    #: them): ``(name, current version, previous version)``, ``None`` for none (a removed
+    #: service, or the image's own before).
+    overlays: tuple[tuple[str, str | None, str | None], ...] = ()
 
     @property
     def running_version(self) -> str | None:

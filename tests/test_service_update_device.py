@@ -152,6 +152,7 @@ def test_switch_restart_probe_confirm_commits_the_store_and_records_what_runs(
     assert state.section("service_releases") == {root: "1.0.2"}
     assert not state.section("service_update")
     assert _look(device).running_version == "1.0.2"
+    assert _look(device).overlays == (("gateway", "1.0.2", None),)
 
 
 def test_a_restart_that_fails_is_a_failed_outcome_and_the_step_stays(device_dir: Path) -> None:
@@ -185,6 +186,7 @@ def test_a_restore_that_began_is_finished_by_the_next_pass_never_confirmed(
     assert not (services.path_of(root, "gateway")).exists()  # the image's own runs again
     assert state.section("failed")["version"] == "1.0.2"
     assert not state.section("service_update")
+    assert _look(device).overlays == ()  # restored to the image's own: nothing to show
     after = _look(device, ChannelView(versions=frozenset({"1.0.0", "1.0.2"})))
     assert "not retried" in decide(policy("1.0.2"), after, NOW).reason
 

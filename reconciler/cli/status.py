@@ -17,6 +17,7 @@ Forms (the first four lines are always there)::
     Trial: 2 tries left; health check 0 of 1 healthy answers, 1m52s left (last: ...)
 
     Services: 1.0.2 (service update on 1.0.1, no reboot)
+      gateway 1.0.3 (service update, previous 1.0.2)
     Service update: 1.0.3 (gateway) restarted
 
     Staging: 1.0.1 into B (sda3), 45% (1.3 of 3.1 MB)
@@ -46,6 +47,9 @@ def status_lines(obs: ObservedState, policy: UpdatePolicy | None, action: Action
     if obs.service_release is not None:
         lines.append(f"Services: {obs.service_release} (service update on "
                      f"{booted.version or 'unknown'}, no reboot)")
+    for name, current, previous in obs.overlays:
+        before = f"previous {previous}" if previous else "previous: the image's own"
+        lines.append(f"  {name} {current or 'removed'} (service update, {before})")
     update = obs.service_update
     if update is not None:
         names = ", ".join(update.services) or "no service"

@@ -70,6 +70,7 @@ def test_a_service_only_release_restarts_the_gateway_without_a_reboot(
     assert "reboot" not in actions[actions.index("stage-services"):], actions
     status = device.cli("update", "status").stdout
     assert "Services: 1.0.2 (service update on 1.0.1, no reboot)" in status, status
+    assert "  gateway 1.0.2 (service update, previous: the image's own)" in status, status
     assert device.status_json()["service_release"] == "1.0.2"
     check = device.cli("update", "check", check=False)
     assert check.returncode == 0 and "Current version: 1.0.2" in check.stdout, check.stdout
@@ -194,5 +195,7 @@ def test_update_apply_restarts_the_gateway_instead_of_asking_to_reboot(
     assert "1.0.3 was restored without a reboot" in broken.stderr, broken.stderr
     assert "gateway failed to start" in broken.stderr, broken.stderr
     assert len(device.boots()) == boots
-    assert "Services: 1.0.2" in device.cli("update", "status").stdout  # 1.0.2 runs again
+    status = device.cli("update", "status").stdout
+    assert "Services: 1.0.2" in status, status  # 1.0.2 runs again, its gateway restored
+    assert "  gateway 1.0.2 (service update, previous: the image's own)" in status, status
     assert device.cli("audit", "verify").returncode == 0
