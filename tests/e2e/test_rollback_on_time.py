@@ -19,6 +19,7 @@ from datetime import datetime
 import pytest
 
 from tests.device import SimDevice
+from tests.waiting import wait_for
 
 TIMEOUT_S = 4
 INTERVAL_S = 1
@@ -157,7 +158,12 @@ def test_failing_trial_is_rolled_back_when_the_data_disk_turns_read_only(
     data = str(device.dir / "data")
     subprocess.run(["mount", "--bind", data, data], check=True)
     try:
-        subprocess.run(["mount", "-o", "remount,bind,ro", data], check=True)
+        # A file the daemon opens for writing through the new bind mount before this
+        # remount makes it fail with "mount point is busy" (EBUSY): ext4's own
+        # remount-ro does not wait for writers, this stand-in must try again.
+        wait_for(lambda: subprocess.run(["mount", "-o", "remount,bind,ro", data],
+                                        capture_output=True).returncode == 0,
+                 10, "the data disk remounted read-only", every=0.1)
         log = device.dir / "run" / "daemon.log"
         device.wait_for(lambda: "rollback runs anyway" in log.read_text(errors="replace"),
                         TIMEOUT_S + INTERVAL_S + SLACK_S + 10, "the unrecorded rollback")

@@ -178,11 +178,17 @@ def test_a_cancel_while_apply_waits_for_its_staging_ends_the_apply_saying_so(
     # 24 MB at 2 MB/s: the cancel lands while the staging runs, with seconds to spare.
     device.cli("sim", "publish", str(device.dir), "1.0.2", "--size-mb", "24")
     device.start("--channel-rate", "2000")
+    # With no daemon yet the apply would hold the device itself, and refuse the cancel.
+    device.wait_for(lambda: daemon_pid(device.dir / "data"), 60, "the daemon to hold the lock")
     apply = start_cli(device, "update", "apply", "1.0.2", "--yes")
-    wait_staging_started(device, "1.0.2", blocks=2)
-    cancel = run_cli(device, "update", "cancel")
-    assert cancel.returncode == 0, cancel
-    out, err = apply.communicate(timeout=60)
+    try:
+        wait_staging_started(device, "1.0.2", blocks=2)
+        cancel = run_cli(device, "update", "cancel")
+        assert cancel.returncode == 0, cancel
+        out, err = apply.communicate(timeout=60)
+    finally:
+        apply.kill()
+        apply.communicate()
     assert apply.returncode == 1, (out, err)
     seq = events(device, "cancel")[0]["seq"]
     assert err.startswith(f"error: 1.0.2 was not staged: a later request at the device took "
