@@ -72,8 +72,11 @@ point                              the moment (where)
 ``services.restarted``             the services restarted, the step not recorded
 ``services.committed``             the store committed, the state file not yet told
 ``services.restoring``             the failure kept in the state file, the store not restored
-``grubenv.temp-written``           GRUB: the env's temp file written, not renamed (``grub.py``)
-``grubenv.renamed``                GRUB: the env renamed over ``grubenv``, dir not fsynced
+``grubenv.overwritten``            GRUB: the env block overwritten in place, not fsynced
+                                   (``grubenv.py``: GRUB reads the sectors, not the journal)
+``grubenv.temp-written``           GRUB: a new env's temp file written, not renamed (only
+                                   when ``grubenv`` is missing or not one block)
+``grubenv.renamed``                GRUB: a new env renamed over ``grubenv``, dir not fsynced
 ``grub.env-written``               GRUB: the env written; its backup (``grubenv.bak``) not
 ``grubenv-backup.temp-written``    GRUB: the backup's temp file written, not renamed
 ``grubenv-backup.renamed``         GRUB: the backup renamed into place, dir not fsynced

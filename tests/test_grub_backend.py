@@ -165,10 +165,12 @@ def test_power_loss_while_arming_leaves_the_env_as_before(
     staged_b(grub)
     before = env_path.read_bytes()
 
-    def cut_power(src: object, dst: object) -> None:
+    def cut_power(fd: int, data: object, offset: int) -> int:
         raise OSError(5, "Input/output error")
 
-    monkeypatch.setattr("reconciler.durable.os.replace", cut_power)
+    # The block is overwritten in place (GRUB reads its sectors, not the journal):
+    # the power goes before the write reaches them.
+    monkeypatch.setattr("reconciler.boot.grubenv.os.pwrite", cut_power)
     with pytest.raises(OSError):
         grub.arm_trial("B", 2)
     monkeypatch.undo()

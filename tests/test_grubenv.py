@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import random
 import shutil
 import subprocess
@@ -229,3 +230,58 @@ def test_an_env_cut_short_reads_as_grub_editenv_reads_it(tmp_path: Path, cut: in
 def test_a_last_line_cut_short_is_ignored_and_any_size_is_read(
         raw: bytes, expected: dict[str, str]) -> None:
     assert grubenv.parse(raw) == expected
+
+
+# -- where the block is written: GRUB reads the file's sectors, never the ext4 journal ------
+
+
+def test_an_existing_block_is_overwritten_in_place_and_fsynced_before_the_write_returns(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Same inode, no temporary file, an fsync of that inode: GRUB (which never replays
+    the journal of /boot) reads the new block from the sectors it always read.
+
+    A rename would give GRUB, after a power cut, the old directory entry and the
+    old block until the kernel checkpoints the journal."""
+    path = tmp_path / "grubenv"
+    grubenv.write_env(path, {"KRUXOS_DEFAULT": "A"})
+    inode = path.stat().st_ino
+    synced: list[int] = []
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:
+        synced.append(os.fstat(fd).st_ino)
+        real_fsync(fd)
+
+    monkeypatch.setattr("reconciler.boot.grubenv.os.fsync", fsync)
+    monkeypatch.setattr("reconciler.durable.os.replace",
+                        lambda *a: pytest.fail("renamed, not in place"))
+    grubenv.write_env(path, {"KRUXOS_DEFAULT": "B", "KRUXOS_TRIAL": ""})
+    assert path.stat().st_ino == inode
+    assert synced == [inode]
+    assert grubenv.read_env(path) == {"KRUXOS_DEFAULT": "B", "KRUXOS_TRIAL": ""}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["grubenv"]
+
+
+@pytest.mark.parametrize("content", [None, b"# GRUB Environment Block\n", b"x" * 2048],
+                         ids=["missing", "shorter than a block", "longer than a block"])
+def test_a_missing_env_or_one_not_a_block_long_is_replaced_whole(
+        tmp_path: Path, content: bytes | None) -> None:
+    """Only a whole 1024-byte block is overwritten in place; anything else would leave
+    part of the old file behind, so it is replaced by an atomic rename."""
+    path = tmp_path / "grubenv"
+    if content is not None:
+        path.write_bytes(content)
+    grubenv.write_env(path, {"KRUXOS_DEFAULT": "B"})
+    assert path.stat().st_size == grubenv.BLOCK_SIZE
+    assert grubenv.read_env(path) == {"KRUXOS_DEFAULT": "B"}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["grubenv"]
+
+
+def test_a_symlinked_env_is_replaced_not_written_through(tmp_path: Path) -> None:
+    target = tmp_path / "elsewhere"
+    target.write_bytes(grubenv.render({"KRUXOS_DEFAULT": "A"}))
+    path = tmp_path / "grubenv"
+    path.symlink_to(target)
+    grubenv.write_env(path, {"KRUXOS_DEFAULT": "B"})
+    assert not path.is_symlink()
+    assert grubenv.read_env(target) == {"KRUXOS_DEFAULT": "A"}

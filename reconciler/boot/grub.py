@@ -32,7 +32,8 @@ __all__ = ["GrubBackend", "MAX_TRIES", "exhausted_reason", "mark_var"]
 
 @register("grub")
 class GrubBackend(VariableBackend):
-    """A/B boot state kept in one GRUB env file; all writes atomic, foreign variables kept."""
+    """A/B boot state kept in one GRUB env file, written where GRUB reads it; foreign
+    variables kept."""
 
     name = "grub"
     loader = "GRUB"
@@ -48,12 +49,13 @@ class GrubBackend(VariableBackend):
             return {}
 
     def _store(self, env: dict[str, str]) -> None:
-        """Write the block in place, then the same bytes to the backup copy."""
+        """Write the block in place (:func:`grubenv.write_block`: GRUB reads its sectors,
+        not the journal), then the same bytes to the backup copy (read only by us)."""
         try:
             block = grubenv.render(env)
         except BootEnvError as exc:
             raise BootEnvError(f"{self._prefix}{self.env_path}: {exc}") from exc
-        atomic_write(self.env_path, block, label="grubenv")
+        grubenv.write_block(self.env_path, block, label="grubenv")
         failpoint("grub.env-written")
         atomic_write(self.backup_path, block, label="grubenv-backup")
 

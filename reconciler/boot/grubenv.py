@@ -9,7 +9,19 @@ with the signature line, each complete line, and a last line cut short
 (no newline) ignored — a 600-byte block cut from a 1024-byte one still holds
 every variable before the cut, and GRUB boots by them. In values a backslash is
 written ``\\\\`` and a newline ``\\`` + newline; readers skip lines starting
-with ``#``. There is no checksum, which is why every write here is atomic.
+with ``#``. There is no checksum.
+
+How a block is written is set by what reads it. GRUB reads the file's sectors
+through its own filesystem driver, which does **not** replay an ext4 journal:
+after a power cut it sees the file as the filesystem's home blocks hold it,
+and a rename (new inode, new directory entry) lives in the journal until the
+kernel checkpoints it, seconds or minutes later. A block renamed into place
+and fsynced may therefore be read stale by GRUB after a cut (the QEMU device
+showed it: ``docs/system-test.md``). :func:`write_block` overwrites the
+existing block in place and fsyncs it, as GRUB's own ``save_env`` does: on
+ext4 (``data=ordered``) the data goes to the file's own sectors, where GRUB
+reads it. Only a missing file, or one that is not exactly one block, is
+created by an atomic rename (then its directory is fsynced as well).
 
 Rendering from an ordered mapping gives the same bytes as the same sequence of
 ``grub-editenv set``/``unset`` calls: ``set`` of a known name replaces it in
@@ -24,9 +36,11 @@ Text is UTF-8; bytes that are not (a foreign tool's) are carried through with
 from __future__ import annotations
 
 import os
+import stat
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
+from reconciler import failpoints
 from reconciler.durable import atomic_write
 from reconciler.errors import BootEnvError
 
@@ -44,7 +58,7 @@ _PAD = b"#"
 _TEXT = ("utf-8", "surrogateescape")
 
 __all__ = ["BLOCK_SIZE", "MAX_READ", "SIGNATURE", "HEADER", "parse", "render", "read_env",
-           "write_env", "edit"]
+           "write_env", "write_block", "edit"]
 
 
 def parse(raw: bytes, name: str = "<bytes>") -> dict[str, str]:
@@ -153,8 +167,47 @@ def read_env(path: Path) -> dict[str, str]:
 
 
 def write_env(path: Path, env: Mapping[str, str]) -> None:
-    """Replace the env file with ``env``, atomically (GRUB sees old or new, never half)."""
-    atomic_write(path, render(env))
+    """Replace the env file with ``env`` durably, where GRUB reads it (:func:`write_block`)."""
+    write_block(path, render(env))
+
+
+def write_block(path: Path, block: bytes, label: str | None = None) -> None:
+    """Write one rendered block so that GRUB, which never replays a journal, reads it.
+
+    An existing regular file of exactly :data:`BLOCK_SIZE` bytes is overwritten
+    in place with one ``pwrite`` and fsynced: its sectors, the ones GRUB reads,
+    hold the new block when this returns. Anything else (no file, a damaged
+    one of another size) is replaced by an atomic rename, ``label`` naming its
+    failpoints. A 1024-byte write that a cut tears is GRUB's own risk with
+    ``save_env`` too; :func:`parse` refuses a block whose header is torn.
+    """
+    if len(block) != BLOCK_SIZE:
+        raise BootEnvError(f"grub env {path}: a block is {BLOCK_SIZE} bytes, not {len(block)}")
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except FileNotFoundError:
+        atomic_write(path, block, label=label)
+        return
+    except OSError:  # a symlink or no permission: not a block to overwrite
+        atomic_write(path, block, label=label)
+        return
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode) or info.st_size != BLOCK_SIZE:
+            os.close(fd)
+            fd = -1
+            atomic_write(path, block, label=label)
+            return
+        view = memoryview(block)
+        offset = 0
+        while offset < len(block):
+            offset += os.pwrite(fd, view[offset:], offset)
+        if failpoints.ARMED:
+            failpoints.failpoint("grubenv.overwritten")
+        os.fsync(fd)
+    finally:
+        if fd >= 0:
+            os.close(fd)
 
 
 def edit(

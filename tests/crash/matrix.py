@@ -449,9 +449,8 @@ POINTS: tuple[Point, ...] = (
     Point("request.applied", ("manual-rollback", "cancel", "pin-resume"), "the request's "
           "state is written, the request still in the inbox: taking it again writes the "
           "same state"),
-    Point("grubenv.temp-written", ALL_FLOWS, "grubenv is the old block", ("grub",),
-          boot_env=True),
-    Point("grubenv.renamed", ALL_FLOWS, "grubenv is the new block", ("grub",), boot_env=True),
+    Point("grubenv.overwritten", ALL_FLOWS, "grubenv is the new block (overwritten in "
+          "place; a kill keeps the page cache)", ("grub",), boot_env=True),
     Point("grub.env-written", ALL_FLOWS, "grubenv new, grubenv.bak old: the backup is only "
           "read when grubenv is lost", ("grub",), boot_env=True),
     Point("grubenv-backup.temp-written", ALL_FLOWS, "as grub.env-written", ("grub",),
@@ -503,7 +502,7 @@ WHERE = {
     "confirm": "executor.py: after mark_good, before the state and the outcome",
     "rollback": "executor.py: after the backend's rollback, before the reboot",
     "request": "executor.py: after the request's state, before the inbox file goes",
-    "grubenv": "boot/grub.py: grubenv through durable.atomic_write",
+    "grubenv": "boot/grubenv.py: the block overwritten in place (a new file: atomic_write)",
     "grub": "boot/grub.py: between grubenv and grubenv.bak",
     "grubenv-backup": "boot/grub.py: grubenv.bak through durable.atomic_write",
     "ubootenv": "boot/ubootenv.py: a copy pwritten, before its fsync",
