@@ -6,7 +6,7 @@
 # Everything is built from nothing on each run: OUT/work is removed first and
 # nothing is cached between runs. The result is OUT/disk.img (sparse), with
 # release 1.0.0 in slot A; OUT/channel.img, a read-only disk holding the signed
-# channel (1.0.0, 1.0.1 healthy, 1.0.2 gateway-fails) whose artifacts are the
+# channel (1.0.0, 1.0.1 healthy, 1.0.2 gateway-fails, 1.0.3 hangs) whose artifacts are the
 # release images; OUT/releases/ (the three images, for inspection); and
 # OUT/publisher.key/.pub (the key the images trust).
 set -euo pipefail
@@ -15,7 +15,9 @@ OUT=$(realpath -m "${1:-build/image}")
 PY=${PY:-.venv/bin/python}
 # version:behaviour of the sim OS (reconciler/sim/os.py). The first is the factory
 # image in slot A; all are on the channel.
-RELEASES=${RELEASES:-1.0.0:healthy 1.0.1:healthy 1.0.2:gateway-fails}
+# `hangs`: the kernel stops early in the boot, before the daemon
+# (kruxos-hang.service); only the watchdog and GRUB's tries counter bring it back.
+RELEASES=${RELEASES:-1.0.0:healthy 1.0.1:healthy 1.0.2:gateway-fails 1.0.3:hangs}
 SUITE=${SUITE:-bookworm}
 MIRROR=${MIRROR:-http://deb.debian.org/debian}
 HERE=$(dirname "$(realpath "$0")")
@@ -28,8 +30,10 @@ MIB=$((1024 * 1024))
 # shift them. Sizes are of the sparse disk, not of what is written.
 BOOT_MIB=64 SLOT_MIB=1024 DEVICE_MIB=16 DATA_MIB=512 BIOS_MIB=1
 # The modules the initrd loads to reach a squashfs (or ext4) root on virtio-scsi.
-# virtio_blk is for the channel disk the system tests attach (mounted later by systemd).
-MODULES="virtio_pci virtio_scsi sd_mod squashfs ext4 crc32c_generic virtio_blk"
+# virtio_blk is for the channel disk the system tests attach (mounted later by systemd);
+# i6300esb is the machine's watchdog, there before systemd starts so that PID 1 arms it
+# (RuntimeWatchdogSec=, deploy/systemd/watchdog.conf): the root carries no modules.
+MODULES="virtio_pci virtio_scsi sd_mod squashfs ext4 crc32c_generic virtio_blk i6300esb"
 # Release images: squashfs with xz, which GRUB's squash4 reads (it has no zstd).
 
 step() { printf '%s  %s\n' "$(date -u +%H:%M:%S)" "$*"; }
@@ -99,13 +103,18 @@ cp -a "$HERE/rootfs/." "$ROOT/"
 mkdir -p "$ROOT/usr/lib/kruxos"
 cp -a "$WORK/python" "$ROOT/usr/lib/kruxos/python"
 install -m 0644 "$REPO/deploy/systemd/kruxos-daemon.service" "$ROOT/etc/systemd/system/"
+install -D -m 0644 "$REPO/deploy/systemd/watchdog.conf" \
+    "$ROOT/etc/systemd/system.conf.d/kruxos-watchdog.conf"
 mkdir -p "$ROOT/etc/systemd/system/multi-user.target.wants" \
     "$ROOT/etc/systemd/system/getty.target.wants" "$ROOT/etc/kruxos/keys" \
+    "$ROOT/etc/systemd/system/sysinit.target.wants" \
     "$ROOT/boot" "$ROOT/data" "$ROOT/device" "$ROOT/channel"
 for unit in kruxos-daemon kruxos-os kruxos-channel; do
     ln -sf "/etc/systemd/system/$unit.service" \
         "$ROOT/etc/systemd/system/multi-user.target.wants/$unit.service"
 done
+ln -sf /etc/systemd/system/kruxos-hang.service \
+    "$ROOT/etc/systemd/system/sysinit.target.wants/kruxos-hang.service"
 ln -sf /lib/systemd/system/serial-getty@.service \
     "$ROOT/etc/systemd/system/getty.target.wants/serial-getty@ttyS0.service"
 # A read-only root: no first-boot questions on a console nobody watches.

@@ -108,6 +108,9 @@ class Guest:
             ["qemu-system-x86_64", "-accel", "tcg", "-cpu", "max", "-machine", "q35",
              "-smp", "1", "-m", str(self.memory_mib), "-display", "none", "-monitor", "none",
              "-no-reboot", "-nic", "none",
+             # The machine's watchdog: PID 1 arms it (RuntimeWatchdogSec=); a
+             # hung guest is reset, which -no-reboot turns into QEMU exiting.
+             "-device", "i6300esb", "-action", "watchdog=reset",
              "-device", "virtio-scsi-pci,id=scsi0",
              "-drive", f"file={self.overlay},format=qcow2,if=none,id=disk0,cache=writeback",
              "-device", "scsi-hd,drive=disk0,bus=scsi0.0,scsi-id=0",
