@@ -45,7 +45,7 @@ spec:
   health:
     url: http://127.0.0.1:7800/health/ready
     interval: 5s
-    timeout: 90s
+    timeout: 45s
     successThreshold: 2
 """
 
