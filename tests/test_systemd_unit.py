@@ -3,7 +3,7 @@
 ``deploy/systemd/kruxos-daemon.service`` sandboxes the daemon; a sandbox that
 makes the boot env read-only passes every simulated test (the simulator runs
 no unit) and fails on the first real update. The whole-device test checks it
-inside the unit's mount namespace (``tests/system/test_boot.py``); this checks
+inside the unit's mount namespace (``tests/system/test_update.py``); this checks
 the unit's settings against systemd's documented rules, in every tier.
 """
 

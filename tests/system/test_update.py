@@ -10,8 +10,12 @@ the guest, the daemon stages into ``/dev/sda3`` and runs ``systemctl reboot``,
 the reset ends QEMU (``-no-reboot``) and the harness powers it on again on the
 same disk, and GRUB's script picks the trial slot.
 
-The tests of this module run in order on one device: 1.0.1 confirmed on B,
-then 1.0.2 staged into A, failing its health check, rolled back to B.
+The tests of this module run in order on one device: first the checks that
+the factory disk boots right (GRUB picks A, a real kernel mounts it
+read-only, systemd runs the daemon, whose sandbox can write what an update
+writes; the first slice's ``test_boot.py``, now on this module's first boot
+so the suite boots once less), then 1.0.1 confirmed on B, then 1.0.2 staged
+into A, failing its health check, rolled back to B.
 """
 
 from __future__ import annotations
@@ -130,6 +134,53 @@ def device(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Device]:
         dev.note("factory status", dev.status())
         yield dev
         dev.note("audit list", guest.run("kruxos audit list").output)
+
+
+# -- the factory boot (one boot for these checks and the update: a boot is ~60-100 s
+# under TCG, so the checks that a fresh device boots right share the update's first).
+
+
+def test_grub_boots_slot_a_read_only(device: Device) -> None:
+    assert "KruxOS: booting slot A" in device.guest.console()
+    assert "kruxos.slot=A" in device.guest.run("cat /proc/cmdline").check().output
+    root = device.guest.run("findmnt -n -o SOURCE,OPTIONS /").check().output
+    assert root.startswith("/dev/sda2 ro"), root
+
+
+def test_the_daemon_runs_as_a_systemd_service(device: Device) -> None:
+    state = device.guest.run("systemctl is-active kruxos-daemon").output.strip()
+    assert state == "active", device.journal()
+    restarts = device.guest.run("systemctl show -p NRestarts --value kruxos-daemon").check()
+    assert restarts.output.strip() == "0", device.journal()
+
+
+def test_update_status_names_slot_a_and_its_release(device: Device) -> None:
+    status = device.guest.run("kruxos update status")
+    assert status.status == 0, status.output
+    lines = status.output.splitlines()
+    assert lines[0] == "Boot slot: A (sda2)", status.output
+    assert lines[1] == "Version: 1.0.0", status.output
+    assert "Other slot: B (sda3) empty" in lines, status.output
+
+
+def test_the_daemon_can_write_what_an_update_writes(device: Device) -> None:
+    """Inside the unit's sandbox: the boot env, the data dir and the other slot are writable.
+
+    Checked in the daemon's own mount namespace, so a unit setting such as
+    ``ProtectSystem=`` that hides them shows here, not at the first update.
+    """
+    guest = device.guest
+    pid = guest.run("systemctl show -p MainPID --value kruxos-daemon").check().output.strip()
+    assert pid.isdigit() and pid != "0", device.journal()
+    probe = guest.run(
+        f"nsenter --target {pid} --mount -- sh -c '"
+        "for dir in /boot/grub /data/kruxos; do "
+        "touch $dir/.kruxos-probe && rm $dir/.kruxos-probe || exit 1; done; "
+        ": 1<>/dev/sda3'")
+    assert probe.status == 0, probe.output
+
+
+# -- the update and the rollback
 
 
 def test_a_spec_edit_updates_the_device_to_1_0_1_confirmed_on_slot_b(device: Device) -> None:
