@@ -4,7 +4,7 @@
 #   make quick    the development loop, <= 10 min on two idle cores
 #   make test     what CI runs, everything a change must not break, <= 40 min
 #   make torture  the long sweeps, outside CI; writes docs/torture-results.md
-#   make system-test  the whole device under QEMU: boot, update, rollback (builds the disks first; not in
+#   make system-test  the whole device under QEMU: boot, update, rollback, power cuts, a hang (builds the disks first; not in
 #                 make test yet: docs/system-test.md)
 PY ?= python3
 VENV := .venv
