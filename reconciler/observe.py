@@ -184,8 +184,11 @@ def _service_policy(value: Any) -> TrialPolicy | None:
 
 
 def _service_health(value: Any) -> HealthProgress | None:
-    if not isinstance(value, dict):
-        return None
+    return _progress(value) if isinstance(value, dict) else None
+
+
+def _progress(value: dict[str, Any]) -> HealthProgress:
+    """The health progress a trial's or a service update's record holds."""
     return HealthProgress(
         first_probe_at=_time(value.get("first_probe_at")),
         last_probe_at=_time(value.get("last_probe_at")),
@@ -278,14 +281,7 @@ def _health(trial: Any, boot_id: str, booted: str) -> HealthProgress | None:
         return None
     if trial.get("slot") != booted:
         return None
-    return HealthProgress(
-        first_probe_at=_time(trial.get("first_probe_at")),
-        last_probe_at=_time(trial.get("last_probe_at")),
-        consecutive_ok=int(trial.get("consecutive_ok", 0)),
-        probes=int(trial.get("probes", 0)),
-        last_summary=trial.get("last_summary"),
-        timeout_reason=trial.get("timeout_reason") or HealthProgress().timeout_reason,
-    )
+    return _progress(trial)
 
 
 def _staging(value: Any) -> Staging | None:
