@@ -173,8 +173,11 @@ def _any_uncommitted(device: Device, root: str, services: tuple[str, ...]) -> bo
 
 def _service_policy(value: Any) -> TrialPolicy | None:
     """The health policy captured at the switch (as a trial's at arming)."""
-    if not isinstance(value, dict):
-        return None
+    return _policy(value) if isinstance(value, dict) else None
+
+
+def _policy(value: dict[str, Any]) -> TrialPolicy | None:
+    """A captured health policy, or ``None`` when the record is not one."""
     try:
         return TrialPolicy(str(value["url"]), timedelta(seconds=float(value["interval_s"])),
                            timedelta(seconds=float(value["timeout_s"])),
@@ -267,12 +270,7 @@ def _trial_policy(value: Any, booted: str) -> TrialPolicy | None:
     """The health policy captured when the trial of the booted slot was armed."""
     if not isinstance(value, dict) or value.get("slot") != booted:
         return None
-    try:
-        return TrialPolicy(str(value["url"]), timedelta(seconds=float(value["interval_s"])),
-                           timedelta(seconds=float(value["timeout_s"])),
-                           max(1, int(value["success_threshold"])), bool(value["automatic"]))
-    except (KeyError, TypeError, ValueError, OverflowError):
-        return None
+    return _policy(value)
 
 
 def _health(trial: Any, boot_id: str, booted: str) -> HealthProgress | None:
