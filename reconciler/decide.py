@@ -25,7 +25,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import replace
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from reconciler.actions import (
     Action,
@@ -67,6 +67,8 @@ from reconciler.windows import Window, closes_at, describe, is_open, next_open
 MANUAL_ROLLBACK = "manual (kruxos update rollback)"
 #: More forward reboots than this in a row without a confirm stop forward reboots.
 LOOP_LIMIT = 2
+#: How soon a pass looks again for a slot device that does not exist.
+MISSING_SLOT_RETRY = timedelta(minutes=1)
 
 
 def decide(policy: UpdatePolicy | None, observed: ObservedState, now: datetime) -> Action:
@@ -563,6 +565,10 @@ def _switch_or_stage(policy: UpdatePolicy, obs: ObservedState, now: datetime,
                                 f"{desired} is staged in slot {target.label}: {why}"
                                 f"{_in_window(policy, now)}",
                                 policy=trial_policy_of(policy))
+    if target.missing:
+        return Wait(f"cannot stage {desired}: slot {target.label}: {target.problem} (the "
+                    "image layer's slots name a device this machine does not have)",
+                    until=now + MISSING_SLOT_RETRY)
     if obs.channel.error is not None and desired not in obs.channel.versions:
         note = f" ({why})" if obs.booted_slot.problem else ""
         return Wait(f"cannot stage {desired}: {obs.channel.error}{note}",

@@ -8,6 +8,8 @@ one reads the kernel command line, the boot id and the slots of the device.
 
 from __future__ import annotations
 
+import errno
+import os
 from typing import Protocol
 
 from reconciler.config import Device
@@ -25,7 +27,8 @@ class Machine(Protocol):
         """An id that changes on every boot (``unknown`` when it cannot be read)."""
 
     def slot_identity(self, slot: SlotName) -> tuple[SlotIdentity | None, str | None]:
-        """The release ``slot``'s own bytes name, or why they name none; raises OSError."""
+        """The release ``slot``'s own bytes name, or why they name none; raises OSError
+        (``FileNotFoundError`` when the slot's device does not exist)."""
 
 
 class DeviceMachine:
@@ -41,4 +44,9 @@ class DeviceMachine:
         return self.device.current_boot_id()
 
     def slot_identity(self, slot: SlotName) -> tuple[SlotIdentity | None, str | None]:
-        return read_identity(self.device.slot_paths[slot])
+        path = self.device.slot_paths[slot]
+        # A slot whose device is missing is not an empty slot: a disk that came up
+        # under another name, or an image layer naming the wrong partition.
+        if not os.path.exists(path):
+            raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), str(path))
+        return read_identity(path)

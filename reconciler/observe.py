@@ -237,8 +237,12 @@ def _load_state(store: StateStore) -> tuple[dict[str, Any], str | None]:
 
 def _slot(device: Device, machine: Machine, boot: BootState, name: Any) -> Slot:
     """A slot as its own bytes name it; a foreign or non-semver identity is a named problem."""
+    missing = False
     try:
         identity, problem = machine.slot_identity(name)
+    except FileNotFoundError as exc:
+        identity, missing = None, True
+        problem = f"its device {exc.filename or device.slot_device(name)} does not exist"
     except OSError as exc:
         identity, problem = None, f"cannot read the slot's identity: {exc.strerror or exc}"
     mark = boot.marks.get(name, "empty")
@@ -247,7 +251,7 @@ def _slot(device: Device, machine: Machine, boot: BootState, name: Any) -> Slot:
     version = identity.version if identity else None
     if version is not None and not is_semver(version):
         problem = f"its identity names version {version[:40]!r}, not a semantic version"
-    return Slot(name, device.slot_device(name), version, mark, problem)
+    return Slot(name, device.slot_device(name), version, mark, problem, missing)
 
 
 def _get(doc: dict[str, Any], section: str, key: str) -> Any:

@@ -34,6 +34,8 @@ class Slot:
     version: str | None
     mark: Mark
     problem: str | None = None
+    #: The slot's device does not exist (``problem`` says which path).
+    missing: bool = False
 
     @property
     def sound(self) -> bool:

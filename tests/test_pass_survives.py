@@ -273,3 +273,27 @@ def test_a_first_spec_that_is_rejected_does_not_claim_a_last_good_spec(device_di
     assert "keeping the last good spec" not in reason, reason
     assert reason.endswith("(no good spec was read before it: nothing new starts until one is "
                            "written)"), reason
+
+
+def test_a_slot_device_that_does_not_exist_is_named_and_nothing_is_staged(
+        device_dir: Path) -> None:
+    """Not read as an empty slot: a disk that came up under another name names no slot."""
+    (device_dir / "slots" / "sda3").unlink()
+    _set_spec(device_dir, "version: 1.0.0", "version: 1.0.1")
+    reconciler = _reconciler(device_dir)
+    from reconciler.cli.status import _other_slot_lines
+    from reconciler.observe import observe
+
+    seen = observe(reconciler.device, reconciler.store, reconciler.backend)
+    assert seen.other_slot.missing and seen.other_slot.version is None
+    path = str(device_dir / "slots" / "sda3")
+    assert seen.other_slot.problem == f"its device {path} does not exist"
+    assert _other_slot_lines(seen, "1.0.1") == [
+        f"Other slot: B (sda3) missing: its device {path} does not exist"]
+    result = reconciler.run_pass("daemon")
+    assert isinstance(result.action, Wait), result
+    assert result.action.reason.startswith(
+        f"cannot stage 1.0.1: slot B (sda3): its device {path} does not exist")
+    assert result.action.until == NOW + timedelta(minutes=1)
+    assert not (device_dir / "slots" / "sda3").exists()  # nothing created in its place
+    assert not [r for r in _records(device_dir) if r["action"] in ("stage", "pass-failed")]

@@ -102,6 +102,8 @@ def _other_slot_lines(obs: ObservedState, wanted: str | None) -> list[str]:
                     "marked bad"]
         return [f"Staging: {staging.version} into {other.label}, {pct}% "
                 f"({staging.done / 1e6:.1f} of {staging.total / 1e6:.1f} MB)"]
+    if other.missing:
+        return [f"Other slot: {other.label} missing: {other.problem}"]
     rolled_back = obs.failed is not None and obs.failed.version == other.version
     if other.mark == "good" and other.version and rolled_back:
         return [f"Other slot: {other.label} holds {other.version}, the release rolled back "
