@@ -3,7 +3,10 @@
 ``KRUXOS_FAILPOINTS=install.invalidated=kill,install.block-written=kill@3``
 makes the process kill itself with SIGKILL (no cleanup, no ``finally``, no
 flush: what a crash or the OOM killer does) the Nth time it passes the named
-point (``kill`` is ``kill@1``). The variable is read once, when this module is
+point (``kill`` is ``kill@1``). ``stop`` (``stop@N``) stops the process there
+with SIGSTOP instead, holding it at that line with everything it wrote still
+in the page cache: the QEMU device's power cuts (``tests/system/``) wait for
+the stopped process, then cut the machine's power at exactly that moment. The variable is read once, when this module is
 imported. Unset, :func:`failpoint` *is* an empty function: a call costs what
 calling ``lambda name: None`` costs (``bench/failpoint_bench.py`` measures it),
 and the points that would build their name first check :data:`ARMED`.
@@ -104,18 +107,21 @@ import re
 import signal
 
 ENV = "KRUXOS_FAILPOINTS"
-_ITEM = re.compile(r"^([a-z][a-z0-9.-]{0,63})=kill(?:@([1-9][0-9]{0,8}))?$")
+_ITEM = re.compile(r"^([a-z][a-z0-9.-]{0,63})=(kill|stop)(?:@([1-9][0-9]{0,8}))?$")
+_SIGNALS = {"kill": signal.SIGKILL, "stop": signal.SIGSTOP}
 
 
-def parse(text: str) -> dict[str, int]:
-    """``name=kill`` or ``name=kill@N`` items, comma-separated, as ``{name: N}`` (``kill``
-    is ``kill@1``); ``ValueError`` names a bad one."""
-    plan: dict[str, int] = {}
+def parse(text: str) -> dict[str, tuple[int, str]]:
+    """``name=kill``, ``name=kill@N``, ``name=stop`` or ``name=stop@N`` items,
+    comma-separated, as ``{name: (N, action)}`` (no ``@N`` is ``@1``); ``ValueError``
+    names a bad one."""
+    plan: dict[str, tuple[int, str]] = {}
     for item in filter(None, (part.strip() for part in text.split(","))):
         match = _ITEM.match(item)
         if match is None:
-            raise ValueError(f"{ENV}: {item[:60]!r} is not name=kill or name=kill@N (N from 1)")
-        plan[match.group(1)] = int(match.group(2) or 1)
+            raise ValueError(f"{ENV}: {item[:60]!r} is not name=kill, name=stop, "
+                             "name=kill@N or name=stop@N (N from 1)")
+        plan[match.group(1)] = (int(match.group(3) or 1), match.group(2))
     return plan
 
 
@@ -126,12 +132,14 @@ ARMED = bool(_PLAN)
 
 
 def _armed(name: str) -> None:
-    """Pass the point ``name``; die here by SIGKILL if the environment armed it for this hit."""
+    """Pass the point ``name``; die (SIGKILL) or stop (SIGSTOP) here if the environment
+    armed it for this hit."""
     if name not in _PLAN:
         return
     _HITS[name] = _HITS.get(name, 0) + 1
-    if _HITS[name] == _PLAN[name]:
-        os.kill(os.getpid(), signal.SIGKILL)
+    nth, action = _PLAN[name]
+    if _HITS[name] == nth:
+        os.kill(os.getpid(), _SIGNALS[action])
 
 
 def _unarmed(name: str) -> None:

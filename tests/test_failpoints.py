@@ -30,13 +30,14 @@ def _child(code: str, armed: str | None) -> subprocess.CompletedProcess[str]:
 
 
 def test_plain_kill_is_the_first_hit_and_kill_at_n_the_nth() -> None:
-    assert failpoints.parse("a.b=kill, c-d.e=kill@7") == {"a.b": 1, "c-d.e": 7}
+    assert failpoints.parse("a.b=kill, c-d.e=kill@7, f.g=stop, h.i=stop@2") == {
+        "a.b": (1, "kill"), "c-d.e": (7, "kill"), "f.g": (1, "stop"), "h.i": (2, "stop")}
 
 
 @pytest.mark.parametrize("item", ["a.b=kill@0", "a.b=crash", "A.b=kill", "a.b", "=kill",
-                                  "a.b=kill@", "a.b=kill@1x"])
+                                  "a.b=kill@", "a.b=kill@1x", "a.b=stop@0", "a.b=stopped"])
 def test_a_bad_item_is_refused_naming_it(item: str) -> None:
-    with pytest.raises(ValueError, match=r"is not name=kill or name=kill@N"):
+    with pytest.raises(ValueError, match=r"is not name=kill, name=stop, name=kill@N"):
         failpoints.parse(f"ok.point=kill, {item}")
 
 
@@ -59,6 +60,25 @@ def test_an_armed_point_kills_the_process_by_sigkill_at_the_nth_hit_only() -> No
     assert result.stdout.split() == ["1", "2"]
     result = _child(code, "x.y=kill")
     assert result.returncode == -signal.SIGKILL and result.stdout == "", result
+
+
+def test_a_stop_point_holds_the_process_stopped_at_the_nth_hit() -> None:
+    """What the QEMU device's power cuts wait for: the process stopped at that line."""
+    code = ("from reconciler.failpoints import failpoint\n"
+            "for n in range(1, 6):\n"
+            "    failpoint('x.y')\n"
+            "    print(n, flush=True)\n")
+    env = dict(os.environ, **{failpoints.ENV: "x.y=stop@3"})
+    child = subprocess.Popen([sys.executable, "-c", code], cwd=REPO, env=env,
+                             stdout=subprocess.PIPE, text=True)
+    try:
+        waited = os.waitpid(child.pid, os.WUNTRACED)[1]
+        assert os.WIFSTOPPED(waited) and os.WSTOPSIG(waited) == signal.SIGSTOP, waited
+        child.send_signal(signal.SIGCONT)
+        out, _ = child.communicate(timeout=60)
+    finally:
+        child.kill()
+    assert out.split() == ["1", "2", "3", "4", "5"]  # stopped before the 3rd print only
 
 
 def test_a_bad_variable_stops_the_process_at_import_naming_the_item() -> None:

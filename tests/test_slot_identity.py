@@ -204,7 +204,7 @@ def test_verify_of_a_slot_that_cannot_be_read_is_a_problem_not_an_exception(
 
 def test_failpoints_parse_name_kill_at_n_and_name_a_bad_item() -> None:
     assert failpoints.parse("install.invalidated=kill@1, install.block-written=kill@18") == {
-        "install.invalidated": 1, "install.block-written": 18}
+        "install.invalidated": (1, "kill"), "install.block-written": (18, "kill")}
     assert failpoints.parse("") == {}
     with pytest.raises(ValueError, match=r"KRUXOS_FAILPOINTS: 'install.x=kill@0' is not"):
         failpoints.parse("install.x=kill@0")

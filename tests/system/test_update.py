@@ -15,7 +15,12 @@ the factory disk boots right (GRUB picks A, a real kernel mounts it
 read-only, systemd runs the daemon, whose sandbox can write what an update
 writes; the first slice's ``test_boot.py``, now on this module's first boot
 so the suite boots once less), then 1.0.1 confirmed on B, then 1.0.2 staged
-into A, failing its health check, rolled back to B.
+into A, failing its health check, rolled back to B, then 1.0.3, a release that
+hangs, staged into A: each of its trial boots stops the kernel after PID 1
+armed the machine's watchdog, the watchdog resets it, and when GRUB's tries
+are used up its script marks A bad and boots B again (until the fourth slice,
+``test_watchdog.py`` on a device of its own: sharing this one saves its
+factory boot).
 """
 
 from __future__ import annotations
@@ -30,6 +35,12 @@ from tests.system.guest import CHANNEL, TOOLS, Guest, GuestError, wait_for_daemo
 from tests.waiting import wait_for
 
 pytestmark = [pytest.mark.needs_tool(*TOOLS), pytest.mark.timeout(2400)]
+
+#: The image's trialTries (deploy/image/rootfs/etc/kruxos/device.yaml).
+TRIES = 3
+#: A hung boot's reset: ~20-40 s to PID 1, then RuntimeWatchdogSec=30s (a limit).
+HANG_RESET = 300.0
+HANG_LINE = b"KruxOS: this release hangs: stopping the kernel"
 
 #: Deadlines under TCG on a loaded two-core machine (limits, not expectations).
 BOOT = 300.0
@@ -163,6 +174,15 @@ def test_update_status_names_slot_a_and_its_release(device: Device) -> None:
     assert "Other slot: B (sda3) empty" in lines, status.output
 
 
+def test_pid_1_armed_the_machine_watchdog(device: Device) -> None:
+    """systemd pets the i6300esb from the image's RuntimeWatchdogSec=30s: a hung
+    kernel is reset (the last test of this module)."""
+    watchdog = device.guest.run("cat /sys/class/watchdog/watchdog0/identity; "
+                                "systemctl show -p RuntimeWatchdogUSec --value").check().output
+    device.note("the watchdog PID 1 armed", watchdog)
+    assert watchdog.splitlines()[:2] == ["i6300ESB timer", "30s"], watchdog
+
+
 def test_the_daemon_can_write_what_an_update_writes(device: Device) -> None:
     """Inside the unit's sandbox: the boot env, the data dir and the other slot are writable.
 
@@ -234,6 +254,46 @@ def test_a_broken_release_fails_its_trial_and_the_device_rolls_back(device: Devi
                          "Boot status: CONFIRMED (rolled back from 1.0.2)"], status
     assert any(line.startswith("Rollback reason: ") and "gateway" in line for line in lines), \
         status
+
+
+def test_a_hung_release_is_reset_by_the_watchdog_until_grub_falls_back(device: Device) -> None:
+    """Release 1.0.3 hangs (``kruxos-hang.service``): the kernel stops early in each
+    boot, after PID 1 armed the watchdog. No daemon runs on it, so nothing in the
+    guest can roll back: the watchdog resets the machine (``-action
+    watchdog=reset``; ``-no-reboot`` makes that QEMU exiting, and the harness
+    powers it on again), GRUB counts a try on each boot, and when the tries are
+    used up its script marks A bad, leaves ``A: trial tries exhausted`` in the env
+    and boots B."""
+    guest = device.guest
+    status = device.status()
+    if "rolled back from 1.0.2" not in status or "Boot slot: B" not in status:
+        pytest.fail(f"needs the device rolled back to 1.0.1 on B first:\n{status}")
+    device.write_spec("1.0.3")
+    guest.restart_after_reset(STAGE_AND_REBOOT)  # staged into A, armed, systemctl reboot
+    for attempt in range(1, TRIES + 1):
+        guest.expect(b"KruxOS: booting slot A", BOOT, f"GRUB's trial boot {attempt} of A")
+        guest.expect(HANG_LINE, BOOT, f"1.0.3 stopping the kernel (trial boot {attempt})")
+        hung = time.monotonic()
+        guest.restart_after_reset(HANG_RESET)  # nothing but the watchdog ends this boot
+        device.note(f"trial boot {attempt} of A hung; the watchdog reset the machine "
+                    f"{time.monotonic() - hung:.0f} s after the kernel stopped")
+
+    device.boot("B")  # tries used up: GRUB's script gave up on A
+    env = guest.run("grep ^KRUXOS_ /boot/grub/grubenv").check().output
+    device.note("env after the fallback", env)
+    assert "KRUXOS_A=bad" in env.splitlines() and "KRUXOS_TRIAL=" in env.splitlines(), env
+    assert "KRUXOS_FALLBACK=A: trial tries exhausted" in env.splitlines(), env
+
+
+def test_the_daemon_reports_the_hung_release_rolled_back_with_the_reason(
+        device: Device) -> None:
+    status = device.wait_status("the rollback from 1.0.3 reported", "rolled back from 1.0.3",
+                                VERDICT)
+    lines = status.splitlines()
+    assert lines[:3] == ["Boot slot: B (sda3)", "Version: 1.0.1",
+                         "Boot status: CONFIRMED (rolled back from 1.0.3)"], status
+    assert any(line.startswith("Rollback reason: ") and "trial tries exhausted" in line
+               for line in lines), status
 
 
 def test_the_audit_trail_verifies_in_the_guest(device: Device) -> None:
