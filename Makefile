@@ -4,8 +4,9 @@
 #   make quick    the development loop, <= 10 min on two idle cores
 #   make test     what CI runs, everything a change must not break, <= 40 min
 #   make torture  the long sweeps, outside CI; writes docs/torture-results.md
-#   make system-test  the whole device under QEMU: boot, update, rollback, power cuts, a hang (builds the disks first; not in
-#                 make test yet: docs/system-test.md)
+#   make system-test  the whole device under QEMU alone: boot, update, rollback, power cuts,
+#                 a hang (builds the disks first; docs/system-test.md). make test runs it too,
+#                 beside the rest of the suite.
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -30,17 +31,30 @@ quick: $(STAMP)
 	$(BIN)/pytest -q -m "not qemu and not slow and not torture and not system" --junitxml=build/quick.xml; \
 	status=$$?; $(BIN)/python -m tests.report areas build/quick.xml; exit $$status
 
+# Two lanes at once: the whole device under QEMU (build the disks, then the system
+# tests: one TCG guest at a time, about one core) beside the rest of the suite,
+# which waits on real processes much of its time. The system lane's output is
+# printed when both have ended; either failing fails the target.
 test: $(STAMP)
 	bash tests/tools.sh
 	$(BIN)/ruff check reconciler tests bench
 	$(BIN)/mypy
 	mkdir -p build
+	rm -f build/system.rc build/system.xml
+	( { $(MAKE) --no-print-directory image && \
+	    $(BIN)/pytest -q -p no:cacheprovider -m "system and not torture" \
+	        --junitxml=build/system.xml; } > build/system-lane.log 2>&1; \
+	  echo $$? > build/system.rc ) & \
 	$(BIN)/pytest -q -m "not torture and not system" --junitxml=build/test.xml; status=$$?; \
-	$(BIN)/python -m tests.report areas build/test.xml; exit $$status
+	wait; echo "--- the whole device under QEMU (build/system-lane.log) ---"; \
+	tail -n 60 build/system-lane.log; system=$$(cat build/system.rc 2>/dev/null || echo 1); \
+	$(BIN)/python -m tests.report areas build/test.xml build/system.xml; \
+	echo "make test: suite exit $$status, whole device exit $$system"; \
+	[ $$status = 0 ] && [ $$system = 0 ]
 
 # Every fuzzer with 50,000 documents per parser, plus the tests marked torture;
 # the dated results go to docs/torture-results.md, to be committed.
-torture: $(STAMP)
+torture: image
 	bash tests/tools.sh
 	mkdir -p build
 	KRUXOS_FUZZ_EXAMPLES=$${KRUXOS_FUZZ_EXAMPLES:-50000} $(BIN)/pytest -q -m "fuzz or torture" \
@@ -58,7 +72,7 @@ image: $(STAMP)
 # Boot the disk of `make image` and check the real system (tests marked system).
 system-test: image
 	mkdir -p build
-	$(BIN)/pytest -q -m system --junitxml=build/system.xml; status=$$?; \
+	$(BIN)/pytest -q -m "system and not torture" --junitxml=build/system.xml; status=$$?; \
 	$(BIN)/python -m tests.report areas build/system.xml; exit $$status
 
 bench: $(STAMP)

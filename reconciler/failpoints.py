@@ -6,10 +6,11 @@ flush: what a crash or the OOM killer does) the Nth time it passes the named
 point (``kill`` is ``kill@1``). ``stop`` (``stop@N``) stops the process there
 with SIGSTOP instead, holding it at that line with everything it wrote still
 in the page cache: the QEMU device's power cuts (``tests/system/``) wait for
-the stopped process, then cut the machine's power at exactly that moment. The variable is read once, when this module is
-imported. Unset, :func:`failpoint` *is* an empty function: a call costs what
-calling ``lambda name: None`` costs (``bench/failpoint_bench.py`` measures it),
-and the points that would build their name first check :data:`ARMED`.
+the stopped process, then cut the machine's power at exactly that moment.
+The variable is read once, when this module is imported. Unset,
+:func:`failpoint` *is* an empty function: a call costs what calling
+``lambda name: None`` costs (``bench/failpoint_bench.py`` measures it), and
+the points that would build their name first check :data:`ARMED`.
 
 A kill keeps the page cache, so a point between a write and its fsync tests
 what a crashed process leaves, not what a power cut leaves (that is

@@ -1,7 +1,9 @@
 """Figures of a test run, from pytest's JUnit XML: time per area, and the torture record.
 
-``python -m tests.report areas RUN.xml`` prints the wall time each area of the
-suite took (the areas of the budget table in ``docs/testing.md``).
+``python -m tests.report areas RUN.xml [MORE.xml ...]`` prints the time each
+area of the suite took (the areas of the budget table in ``docs/testing.md``),
+over every file given that exists (``make test`` writes two: the suite and,
+beside it, the whole device under QEMU).
 ``python -m tests.report torture RUN.xml OUT.md`` writes the dated results of
 ``make torture`` (each test, its outcome and time), to be committed.
 """
@@ -60,10 +62,10 @@ def area_of(module: str) -> str:
     return next(name for name, matches in AREAS if matches(module))
 
 
-def areas(xml: Path) -> str:
-    """A markdown table: area, tests, seconds."""
+def areas(*xmls: Path) -> str:
+    """A markdown table: area, tests, seconds (a file that does not exist adds nothing)."""
     totals: dict[str, tuple[int, float]] = {}
-    for case in cases(xml):
+    for case in (case for xml in xmls if xml.exists() for case in cases(xml)):
         count, seconds = totals.get(area_of(case.module), (0, 0.0))
         totals[area_of(case.module)] = (count + 1, seconds + case.seconds)
     lines = ["| area | tests | seconds |", "|---|---:|---:|"]
@@ -100,8 +102,8 @@ def torture(xml: Path, out: Path) -> None:
 
 
 def main(argv: list[str]) -> int:
-    if len(argv) == 2 and argv[0] == "areas":
-        print(areas(Path(argv[1])))
+    if len(argv) >= 2 and argv[0] == "areas":
+        print(areas(*map(Path, argv[1:])))
         return 0
     if len(argv) == 3 and argv[0] == "torture":
         torture(Path(argv[1]), Path(argv[2]))
