@@ -63,7 +63,8 @@ PER_ROUND = 9
 ROUNDS = max(1, math.ceil(CUTS / PER_ROUND))
 SEED = int(os.environ.get("KRUXOS_CUT_SEED") or secrets.randbelow(1_000_000))
 RIG = "/device/kruxos/rig/failpoints.env"
-LOG = Path(__file__).resolve().parents[2] / "build" / "system-power-sweep.log"
+LOG = Path(os.environ.get("KRUXOS_SWEEP_LOG")
+           or Path(__file__).resolve().parents[2] / "build" / "system-power-sweep.log")
 
 pytestmark = [pytest.mark.torture, pytest.mark.needs_tool(*TOOLS), pytest.mark.timeout(5400)]
 
