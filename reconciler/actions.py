@@ -211,6 +211,20 @@ class RestoreServices:
     kind: ClassVar[str] = "restore-services"
 
 
+@dataclass(frozen=True)
+class KeepServices:
+    """The update failed its health check, but a service it started migrated data that no
+    copy can give back (``migrates_data`` without ``data_dir``): a restore would run the old
+    version on data it cannot read. The switch is committed as it is, the version stays,
+    blocked from any rollback, and the reason is audited; a fixed release moves it on."""
+
+    version: str
+    from_version: str | None
+    services: tuple[str, ...]
+    reason: str
+    kind: ClassVar[str] = "keep-services"
+
+
 #: Audit action names of requests whose kind would read like a step that ran.
 REQUEST_ACTIONS = {"reboot": "reboot-answer", "rollback": "rollback-request",
                    "confirm": "confirm-request"}
@@ -271,7 +285,7 @@ Action = (
     Nothing | Wait | Blocked | Stage | ArmTrial | ProbeHealth | Confirm | Rollback | Reboot
     | Disarm | NoteFallback | RepairBootEnv | TakeRequest | EndOverride | LiftBlock
     | RestoreState | StageServices | SwitchServices | RestartServices | ProbeServices
-    | ConfirmServices | RestoreServices
+    | ConfirmServices | RestoreServices | KeepServices
 )
 
 

@@ -124,6 +124,8 @@ class DeviceConfig(_Model):
     reboot_command: list[str] = Field(default=["systemctl", "reboot"], alias="rebootCommand",
                                       min_length=1)
     services_dir: str = Field(default="/var/lib/kruxos/services", alias="servicesDir")
+    service_data_dir: str = Field(default="/var/lib/kruxos/service-data",
+                                  alias="serviceDataDir")
     restart_command: list[str] = Field(default=["systemctl", "restart"], alias="restartCommand",
                                        min_length=1)
     cmdline: str = "/proc/cmdline"
@@ -196,6 +198,9 @@ class Device:
     layers: tuple[Path, ...] = ()
     #: The service store: the updater's own directory, never inside the data dir.
     services_dir: Path = Path("/var/lib/kruxos/services")
+    #: The services' own data, each in the directory its artifact declares (``data_dir``):
+    #: on the store's filesystem (a restore renames a copy back), never inside the data dir.
+    service_data_dir: Path = Path("/var/lib/kruxos/service-data")
     #: Restarts one service; the service's name is appended (``systemctl restart gateway``).
     restart_command: tuple[str, ...] = ("systemctl", "restart")
 
@@ -404,6 +409,7 @@ def _resolve(cfg: DeviceConfig, source: Path, overlay: Path | None = None) -> De
         spec_path=at(cfg.spec),
         reboot_command=tuple(cfg.reboot_command),
         services_dir=at(cfg.services_dir),
+        service_data_dir=at(cfg.service_data_dir),
         restart_command=tuple(cfg.restart_command),
         cmdline=at(cfg.cmdline),
         boot_id=at(cfg.boot_id),

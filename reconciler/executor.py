@@ -25,6 +25,7 @@ from reconciler.actions import (
     ConfirmServices,
     Disarm,
     EndOverride,
+    KeepServices,
     LiftBlock,
     NoteFallback,
     Nothing,
@@ -141,6 +142,7 @@ class Executor:
             StageServices: self._stage_services, SwitchServices: self._switch_services,
             RestartServices: self._restart_services, ProbeServices: self._probe_services,
             ConfirmServices: self._confirm_services, RestoreServices: self._restore_services,
+            KeepServices: self._confirm_services,
         }
         return handlers[type(action)](action, policy)
 
@@ -237,9 +239,9 @@ class Executor:
             removed = runtime.store.retire(keep)
 
             def prune(doc: dict[str, Any]) -> None:
-                kept = {r: v for r, v in (doc.get("service_releases") or {}).items()
-                        if r in keep}
-                doc["service_releases"] = kept or None
+                for section in ("service_releases", "service_last"):
+                    kept = {r: v for r, v in (doc.get(section) or {}).items() if r in keep}
+                    doc[section] = kept or None
 
             self.store.update(prune)
         except (OSError, KruxosError) as exc:
@@ -356,15 +358,19 @@ class Executor:
         update = self._update_doc()
         root, root_version = update["root_sha256"], runtime.root()[1]
         artifacts = update.get("artifacts") or {}
+        copied = []
         for name in action.services:
             target = _artifact(name, artifacts.get(name))
             record = runtime.store.record(root, name)
             if record is not None and record.uncommitted:
                 continue  # switched before a crash: the record is the truth
+            if target is not None and target.data_dir is not None:
+                copied.append(runtime.copy_data(name, update["from_version"], target.data_dir))
             runtime.store.switch(root, root_version, name, target)
         failpoint("services.switched")
         self._put_update(lambda u: u.update(step="switched"))
-        return f"switched {', '.join(action.services)} to {action.version} (uncommitted)"
+        said = f"; {', '.join(copied)} first" if copied else ""
+        return f"switched {', '.join(action.services)} to {action.version} (uncommitted){said}"
 
     def _restart_services(self, action: RestartServices, policy: UpdatePolicy | None) -> str:
         done = self._runtime().restart(action.services)
@@ -386,26 +392,38 @@ class Executor:
         self._put_update(lambda u: u.update(health=record))
         return answer.summary()
 
-    def _confirm_services(self, action: ConfirmServices,
+    def _confirm_services(self, action: ConfirmServices | KeepServices,
                           policy: UpdatePolicy | None) -> str:
-        """Commit each switch in the store, then record the release that runs."""
+        """Commit each switch in the store, then record the release that runs and what a
+        hand rollback would undo."""
         runtime = self._runtime()
-        root = self._update_doc()["root_sha256"]
+        update = self._update_doc()
+        root = update["root_sha256"]
         for name in action.services:
             record = runtime.store.record(root, name)
             if record is not None and record.uncommitted:
                 runtime.store.commit(root, name)
+            if update.get("from_version"):  # the copy a hand rollback puts back is kept
+                runtime.store.copies.prune(name, {update["from_version"]})
         failpoint("services.committed")
+
+        last = {"version": action.version, "from_version": update.get("from_version"),
+                "services": list(action.services), "artifacts": update.get("artifacts") or {}}
+        if isinstance(action, KeepServices):
+            last["kept"] = action.reason
 
         def done(doc: dict[str, Any]) -> None:
             releases = dict(doc.get("service_releases") or {})
             releases[root] = action.version
             doc["service_releases"] = releases
+            doc["service_last"] = {**(doc.get("service_last") or {}), root: last}
             doc.pop("service_update", None)
 
         self.store.update(done)
-        return f"{action.version} confirmed: {', '.join(action.services) or 'no service'} " \
-               "committed, no reboot"
+        names = ', '.join(action.services) or 'no service'
+        if isinstance(action, KeepServices):
+            return f"{action.version} kept: {names} committed as they are, never rolled back"
+        return f"{action.version} confirmed: {names} committed, no reboot"
 
     def _restore_services(self, action: RestoreServices,
                           policy: UpdatePolicy | None) -> str:
@@ -422,15 +440,21 @@ class Executor:
 
         self.store.update(begin)
         failpoint("services.restoring")
-        root = self._update_doc()["root_sha256"]
+        update = self._update_doc()
+        root, artifacts = update["root_sha256"], update.get("artifacts") or {}
+        data = []
         for name in action.services:
             record = runtime.store.record(root, name)
             if record is not None and record.uncommitted:
                 runtime.store.restore(root, name)
+            target = _artifact(name, artifacts.get(name))
+            if target is not None and target.data_dir is not None and update.get("from_version"):
+                data.append(runtime.put_back_data(name, update["from_version"], target.data_dir))
         restarted = runtime.restart(action.services)
         self.store.put("service_update", None)
         back = action.from_version or "the previous services"
-        return (f"restored {back} ({restarted}), no reboot; {action.version} blocked: "
+        said = f"; {'; '.join(data)}" if data else ""
+        return (f"restored {back} ({restarted}){said}, no reboot; {action.version} blocked: "
                 f"{action.reason}")
 
     def _disarm(self, action: Disarm, policy: UpdatePolicy | None) -> str:
@@ -471,15 +495,24 @@ class Executor:
 def _artifact_json(artifact: ServiceArtifact | None) -> dict[str, Any] | None:
     if artifact is None:
         return None
-    return {"version": artifact.version, "sha256": artifact.sha256, "size": artifact.size}
+    doc: dict[str, Any] = {"version": artifact.version, "sha256": artifact.sha256,
+                           "size": artifact.size}
+    if artifact.data_dir is not None:
+        doc["data_dir"] = artifact.data_dir
+    if artifact.migrates_data:
+        doc["migrates_data"] = True
+    return doc
 
 
 def _artifact(name: str, value: Any) -> ServiceArtifact | None:
     """The artifact a staged update recorded (what the store switches to; ``None``: removed)."""
     if not isinstance(value, dict):
         return None
+    data_dir = value.get("data_dir")
     return ServiceArtifact(name, str(value["version"]), "", int(value["size"]),
-                           str(value["sha256"]), 1, ())
+                           str(value["sha256"]), 1, (),
+                           str(data_dir) if data_dir is not None else None,
+                           value.get("migrates_data") is True)
 
 
 def affected_answer(answer: health.HealthAnswer,

@@ -69,6 +69,15 @@ point                              the moment (where)
                                    ``current`` link not yet changed to agree with it
 ``service-link.temp-written``      the new ``current`` link made under a temporary name
 ``service-link.renamed``           the ``current`` link renamed into place, dir not fsynced
+``service-data.copied``            a service's data is copied into a temporary directory,
+                                   every file and directory fsynced; not renamed
+                                   (``service_data.py``); no switch yet
+``service-data.renamed``           the copy renamed to ``copies/NAME/VERSION``, its directory
+                                   not fsynced; the store not switched
+``service-data.moved-aside``       a put-back: the migrated data renamed aside; the copy not
+                                   yet renamed into its place (no data dir at all)
+``service-data.put-back``          the copy renamed into the data dir's place, both parents
+                                   fsynced; the migrated data still aside
 ``services.staged``                a service update's artifacts are in the store, the state
                                    file does not record it staged yet (``executor.py``)
 ``services.switched``              the store switched (uncommitted), the state file still says

@@ -160,7 +160,16 @@ def _service_update(value: Any, root: str | None, device: Device) -> ServiceUpda
     if step == "staged" and _any_uncommitted(device, root, services):
         step = "switched"
     return ServiceUpdate(value["version"], value.get("from_version"), services, step,
-                         health, policy)
+                         health, policy, _irreversible(value.get("artifacts"), services))
+
+
+def _irreversible(artifacts: Any, services: tuple[str, ...]) -> tuple[str, ...]:
+    """The services whose new artifact migrates data and declares no data dir to copy."""
+    if not isinstance(artifacts, dict):
+        return ()
+    return tuple(n for n in services if isinstance(artifacts.get(n), dict)
+                 and artifacts[n].get("migrates_data") is True
+                 and artifacts[n].get("data_dir") is None)
 
 
 def _any_uncommitted(device: Device, root: str, services: tuple[str, ...]) -> bool:

@@ -128,6 +128,9 @@ class ServiceUpdate:
     services run the new artifacts and are judged by ``policy``, the health
     policy captured at the switch (as a trial's is at arming). ``services`` are
     the services it touches; ``from_version`` is the release restored on failure.
+    ``irreversible`` names the services whose new version migrates data that no
+    copy can give back (``migrates_data`` without ``data_dir``): once they have
+    started, a failed health check keeps them rather than restoring.
     """
 
     version: str
@@ -136,6 +139,7 @@ class ServiceUpdate:
     step: ServiceStep
     health: HealthProgress | None = None
     policy: TrialPolicy | None = None
+    irreversible: tuple[str, ...] = ()
 
 
 RebootPolicy = Literal["rules", "ask", "now", "next-boot"]

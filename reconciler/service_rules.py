@@ -7,7 +7,9 @@ previous artifacts restored and the version kept as failed::
 
     (desired differs, same root) ─► StageServices ─► staged ─► [restart gate] ─► SwitchServices
       ─► switched ─► RestartServices ─► restarted ─► ProbeServices … ─► ConfirmServices
-                                                                   └─► RestoreServices (deadline)
+                                                                   ├─► RestoreServices (deadline)
+                                                                   └─► KeepServices (deadline,
+                                                 a service migrated data irreversibly)
 
 Like a trial: the health policy is captured at the switch and judges the
 update whatever the spec says later; once switched, the update is finished
@@ -23,6 +25,7 @@ from datetime import datetime
 from reconciler.actions import (
     Action,
     ConfirmServices,
+    KeepServices,
     ProbeServices,
     RestartServices,
     RestoreServices,
@@ -120,7 +123,7 @@ def overdue_services(obs: ObservedState, fallback: TrialPolicy,
         return None
     policy = update.policy or fallback
     action = _health_step(update, policy, now) if policy.automatic else None
-    return action if isinstance(action, RestoreServices) else None
+    return action if isinstance(action, RestoreServices | KeepServices) else None
 
 
 def _health_step(update: ServiceUpdate, policy: TrialPolicy, now: datetime) -> Action:
@@ -135,6 +138,12 @@ def _health_step(update: ServiceUpdate, policy: TrialPolicy, now: datetime) -> A
                                f"({health.consecutive_ok} healthy answer(s) of "
                                f"{policy.success_threshold} needed)")
     deadline = health.first_probe_at + policy.timeout
+    if now >= deadline and update.irreversible:
+        return KeepServices(update.version, update.from_version, update.services,
+                            f"{health.timeout_reason}; but {update.version} says "
+                            f"{_names(update.irreversible)} migrates data irreversibly (no "
+                            "data copy) and it has started: it stays, not rolled back; "
+                            "publish a fixed release to move on")
     if now >= deadline:
         return RestoreServices(update.version, update.from_version, update.services,
                                health.timeout_reason)

@@ -11,6 +11,7 @@ simulated OS to restart just that service's process).
 
 from __future__ import annotations
 
+import os
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -110,6 +111,30 @@ class ServiceRuntime:
         except httpx.HTTPError as exc:
             raise ChannelUnavailable(f"service {artifact.name} {artifact.version}: "
                                      f"{short_error(exc)}", 30.0) from exc
+
+    def data_path(self, data_dir: str) -> Path:
+        """A service's data directory under the service data root; refused inside the data
+        dir (updates never touch it) or outside the root."""
+        root = Path(os.path.abspath(self.device.service_data_dir))
+        data = Path(os.path.abspath(self.device.data_dir))
+        if root.is_relative_to(data) or data.is_relative_to(root):
+            raise KruxosError(f"the service data root {root} overlaps the data dir {data}, "
+                              "which updates never touch: no service data is copied")
+        path = Path(os.path.normpath(root / data_dir))
+        if not path.is_relative_to(root) or path == root:
+            raise KruxosError(f"service data {data_dir[:40]!r} is not under {root}")
+        return path
+
+    def copy_data(self, name: str, version: str, data_dir: str) -> str:
+        """Copy the service's data as it is while ``version`` runs (before the switch)."""
+        self.store.copies.copy(name, version, self.data_path(data_dir))
+        return f"{name}'s data ({data_dir}) copied"
+
+    def put_back_data(self, name: str, version: str, data_dir: str) -> str:
+        """Put the copy of the service's data from ``version`` back (before its restart)."""
+        if self.store.copies.put_back(name, version, self.data_path(data_dir)):
+            return f"{name}'s data ({data_dir}) put back as it was under {version}"
+        return f"{name}'s data ({data_dir}): no copy from {version} left (already put back)"
 
     def restart(self, names: tuple[str, ...]) -> str:
         """Restart each service by the device's restart command; fails at the first that

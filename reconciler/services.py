@@ -11,6 +11,8 @@ updates never touch, and never in a slot, which is read-only::
       objects/.SHA256.partial              an artifact being written (removed by the next open)
       roots/ROOT_SHA256/NAME/record.json   the service's record on that root image (the truth)
       roots/ROOT_SHA256/NAME/current       symlink to ../../../objects/SHA256: what runs
+      copies/NAME/VERSION                  a service's data before a switch away from VERSION
+                                           (:mod:`reconciler.service_data`)
 
 **Overlays belong to a root release** (issue 14): the records live under the
 SHA-256 of the root image they were made on, so a slot sees only the overlays
@@ -60,6 +62,7 @@ from reconciler.durable import (
 from reconciler.errors import ReleaseError, StateError
 from reconciler.failpoints import failpoint
 from reconciler.release.metadata import SERVICE_NAME, ServiceArtifact
+from reconciler.service_data import DataCopies
 
 #: Where the store lives on a real device: the updater's own partition.
 DEVICE_DIR = Path("/var/lib/kruxos/services")
@@ -180,6 +183,7 @@ class ServiceStore:
                              f"{data_dir}; it needs a directory of its own")
         self.objects = self.directory / "objects"
         self.roots = self.directory / "roots"
+        self.copies = DataCopies(self.directory)
         make_dirs(self.objects)
         make_dirs(self.roots)
         self.recovered: list[str] = self._recover()
@@ -198,7 +202,9 @@ class ServiceStore:
             if link.is_symlink():  # a temporary link, dangling or not
                 link.unlink()
                 done.append(f"removed {link.relative_to(self.directory)}")
-        done += [f"removed {name}" for name in sweep_temporaries(self.directory)]
+        for part in (self.objects, self.roots):  # never inside copies: a service's own files
+            done += [f"removed {part.name}/{name}" for name in sweep_temporaries(part)]
+        done += self.copies.recover()
         for service_dir in sorted(self.roots.glob("*/*")):
             if self._repair_link(service_dir):
                 done.append(f"{service_dir.relative_to(self.directory)}: {LINK} made to "

@@ -173,6 +173,10 @@ class DeviceState(BaseModel):
     #: The release whose services run on a root image after a committed service update,
     #: by the root image's SHA-256 (overlays belong to a root release).
     service_releases: dict[str, str] | None = None
+    #: The last committed service update on a root image, by its SHA-256: what a hand
+    #: rollback undoes (version, from_version, services, artifacts; ``kept`` when it stayed
+    #: after a failed health check because it migrated data irreversibly).
+    service_last: dict[str, dict[str, Any]] | None = None
 
 
 SECTIONS = tuple(name for name in DeviceState.model_fields if name != "schema_version")

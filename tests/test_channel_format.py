@@ -189,7 +189,7 @@ def test_a_release_requiring_an_unknown_feature_is_not_installable_a_known_one_i
     meta = _verify(_document(_signed(releases=[
         _release("1.0.0"), _release("1.1.0", requires=["container-image", "phased-rollout"]),
         _release("1.2.0", requires=["container-image"])])))
-    assert features.FEATURES == frozenset({"service-artifacts"})  # implemented so far
+    assert features.FEATURES == frozenset({"service-artifacts", "service-data"})  # so far
     newer = meta.find("1.1.0")
     assert newer is not None
     assert features.why_not(newer) == ("requires container-image, phased-rollout, which "

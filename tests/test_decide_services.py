@@ -21,6 +21,7 @@ from hypothesis import strategies as st
 from reconciler.actions import (
     Blocked,
     ConfirmServices,
+    KeepServices,
     Nothing,
     ProbeServices,
     RestartServices,
@@ -232,6 +233,39 @@ def test_nothing_holds_a_service_restore(spec: Any) -> None:
     assert isinstance(decide(spec, obs, NOW), RestoreServices)
 
 
+# ---- a service that migrates data with no copy to put back ---------------------------------
+
+def test_a_failed_service_that_migrated_data_irreversibly_is_kept_with_the_reason() -> None:
+    kept = replace(update("restarted", health=probed(ago=timedelta(minutes=2))),
+                   irreversible=("gateway",))
+    action = decide(policy("1.0.1"), device(service_update=kept), NOW)
+    assert isinstance(action, KeepServices), action
+    assert (action.version, action.from_version, action.services) == \
+        ("1.0.1", "1.0.0", ("gateway",))
+    assert action.reason.startswith("Health check timeout — gateway: failed to start; but "
+                                     "1.0.1 says gateway migrates data irreversibly"), action
+    assert "it stays, not rolled back" in action.reason
+
+
+@pytest.mark.parametrize("spec", [policy("1.0.1", suspend=True), policy("1.0.2"), None])
+def test_a_service_that_migrated_irreversibly_is_kept_whatever_the_spec(spec: Any) -> None:
+    kept = replace(update("restarted", health=probed(ago=timedelta(minutes=3))),
+                   irreversible=("gateway",))
+    assert isinstance(decide(spec, device(service_update=kept), NOW), KeepServices)
+
+
+def test_an_irreversible_update_is_still_judged_by_health_before_its_deadline() -> None:
+    healthy = replace(update("restarted", health=probed(ok=1)), irreversible=("gateway",))
+    assert isinstance(decide(policy("1.0.1"), device(service_update=healthy), NOW),
+                      ConfirmServices)
+    early = replace(update("restarted", health=probed()), irreversible=("gateway",))
+    assert isinstance(decide(policy("1.0.1"), device(service_update=early), NOW),
+                      ProbeServices | Wait)
+    switched = replace(update("switched"), irreversible=("gateway",))  # not started yet
+    assert isinstance(decide(policy("1.0.1"), device(service_update=switched), NOW),
+                      RestartServices)
+
+
 def test_the_policy_captured_at_the_switch_judges_not_the_spec_of_now() -> None:
     manual = update("restarted", health=probed(ago=timedelta(minutes=3)),
                     captured=TrialPolicy(automatic=False))
@@ -272,7 +306,7 @@ def test_a_switched_service_update_is_never_left_for_a_slot_update(
     assert action.reason
     if step != "staged":  # switched: the service update finishes before anything else
         assert isinstance(action, RestartServices | ProbeServices | ConfirmServices
-                          | RestoreServices | Wait), action
+                          | RestoreServices | KeepServices | Wait), action
     timed_out = health is not None and health.first_probe_at is not None \
         and health.consecutive_ok == 0 and NOW - health.first_probe_at >= timedelta(minutes=2)
     if step == "restarted" and timed_out and automatic:

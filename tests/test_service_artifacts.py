@@ -33,6 +33,7 @@ from reconciler.release.channel import (
 from reconciler.release.keys import keyid_of, load_public_key
 from reconciler.release.metadata import (
     MAX_SERVICES,
+    SERVICE_DATA_FEATURE,
     SERVICE_FEATURE,
     ChannelMetadata,
     canonical_json,
@@ -122,6 +123,45 @@ def test_services_without_requiring_the_feature_are_refused_so_no_device_ignores
     assert message == ("channel metadata: releases[0].services: a release with service "
                        "artifacts must require 'service-artifacts' (devices that cannot update "
                        "services skip it)")
+
+
+# ---- what a service says of its data --------------------------------------------------------
+
+def test_a_service_declares_its_data_dir_or_an_irreversible_migration_signed() -> None:
+    release = _release(requires=[SERVICE_FEATURE, SERVICE_DATA_FEATURE], services=[
+        _service("gateway", data_dir="gateway", migrates_data=True),
+        _service("db", file="db-1.0.2.svc", migrates_data=True)])
+    parsed = _verify(_document(release)).releases[0]
+    gateway, db = parsed.services
+    assert (gateway.data_dir, gateway.migrates_data, gateway.irreversible) == \
+        ("gateway", True, False)  # a copy can give it back
+    assert (db.data_dir, db.migrates_data, db.irreversible) == (None, True, True)
+    assert parsed.to_json() == release
+    assert "data_dir" not in _verify(_document(_release())).releases[0].services[0].to_json()
+
+
+def test_data_fields_without_requiring_service_data_are_refused_so_no_device_ignores_them(
+        ) -> None:
+    message = _refusal(_document(_release(services=[_service(migrates_data=True)])))
+    assert message == ("channel metadata: releases[0].services: a release whose services "
+                       "declare data_dir or migrates_data must require 'service-data' "
+                       "(devices that would ignore them skip it)")
+    older = frozenset({SERVICE_FEATURE})  # a device with service updates, no data copies
+    meta = _verify(_document(_release(requires=[SERVICE_FEATURE, SERVICE_DATA_FEATURE],
+                                      services=[_service(data_dir="gw")])))
+    assert features.why_not(meta.releases[0], older) == ("requires service-data, which this "
+                                                         "device does not implement")
+
+
+@pytest.mark.parametrize("field, value", [
+    ("data_dir", "/var/lib/gateway"), ("data_dir", "../data"), ("data_dir", "gw/../../x"),
+    ("data_dir", ""), ("data_dir", 7), ("data_dir", ".hidden"), ("data_dir", "a/b/c/d/e"),
+    ("migrates_data", "yes"), ("migrates_data", 1),
+])
+def test_a_hostile_data_field_is_refused(field: str, value: Any) -> None:
+    release = _release(requires=[SERVICE_FEATURE, SERVICE_DATA_FEATURE],
+                       services=[_service(**{field: value})])
+    assert f"releases[0].services[0].{field}: " in _refusal(_document(release))
 
 
 @pytest.mark.parametrize("services, reason", [
@@ -335,3 +375,29 @@ def test_cli_add_takes_services_and_verify_lists_them(tmp_path: Path) -> None:
     bad = run(release_group, ["add", chan, str(image), "--version", "1.2.4",
                               "--service", "gateway"])
     assert bad.exit_code == 2 and "write NAME=PATH or NAME@VERSION=PATH" in bad.output
+
+
+def test_cli_add_signs_a_data_dir_and_an_irreversible_migration(tmp_path: Path) -> None:
+    run = CliRunner().invoke
+    chan = str(tmp_path / "stable")
+    image = build_sim_image(tmp_path / "img", "1.2.3", size=50_000)
+    _artifact(tmp_path, "gw", b"gw" * 1000)
+    _artifact(tmp_path, "db", b"db" * 10)
+    added = run(release_group, ["add", chan, str(image), "--version", "1.2.3",
+                                "--service", f"gateway={tmp_path / 'gw'}",
+                                "--service", f"db={tmp_path / 'db'}",
+                                "--data-dir", "gateway=gateway", "--migrates-data", "db"])
+    assert added.exit_code == 0, added.output
+    assert "    data: gateway (copied before the switch, put back on a rollback)" \
+        in added.output
+    assert "    migrates data irreversibly: no rollback past this version once it has " \
+        "started" in added.output
+    assert "requires service-artifacts, service-data" in added.output
+    draft = json.loads((tmp_path / "stable" / "draft.json").read_text())
+    gateway, db = draft["releases"][0]["services"]
+    assert gateway["data_dir"] == "gateway" and "migrates_data" not in gateway
+    assert db["migrates_data"] is True and "data_dir" not in db
+    bad = run(release_group, ["add", chan, str(image), "--version", "1.2.4",
+                              "--service", f"gateway={tmp_path / 'gw'}",
+                              "--migrates-data", "gatway"])
+    assert bad.exit_code == 2 and "'gatway' is not a --service of this release" in bad.output

@@ -357,15 +357,21 @@ def sim_init(directory: Path, bootloader: str) -> None:
 @click.option("--service", default=None, metavar="NAME",
               help="Publish a service-only release: the root image of the release before, "
                    "a new artifact of this service (behaving as --behaviour says).")
+@click.option("--data-dir", default=None, metavar="DIR",
+              help="With --service: the service's data directory (under the device's "
+                   "service-data/); the new version migrates it on start.")
+@click.option("--migrates-data", is_flag=True,
+              help="With --service: the version migrates data (irreversibly, without "
+                   "--data-dir).")
 def sim_publish(directory: Path, version: str, behaviour: str, changes: tuple[str, ...],
                 size_mb: int, image_keys: tuple[Path, ...], sign_keys: tuple[Path, ...],
-                service: str | None) -> None:
+                service: str | None, data_dir: str | None, migrates_data: bool) -> None:
     """Build a simulated release and publish it, signed, on the device's channel."""
     from reconciler.sim.device import publish, publish_service
 
     if service is not None:
         publish_service(directory.resolve(), version, service, behaviour=behaviour,
-                        changes=changes)
+                        changes=changes, data_dir=data_dir, migrates_data=migrates_data)
         click.echo(f"published {version} ({service} {version}, {behaviour}; service update, "
                    f"no reboot) on {directory.resolve() / 'channel'}")
         return

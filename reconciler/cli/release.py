@@ -2,7 +2,8 @@
 
     kruxos release keygen [--dir D] [--name N]
     kruxos release add CHANNEL IMAGE --version V --changes TEXT... [--requires FEATURE...]
-                       [--service NAME[@VERSION]=PATH...]
+                       [--service NAME[@VERSION]=PATH...] [--data-dir NAME=DIR...]
+                       [--migrates-data NAME...]
     kruxos release sign CHANNEL --key KEYFILE... [--expires 30d]
     kruxos release verify CHANNEL [--key PUBFILE...] [--revoked KEYID|PUBFILE...]
 """
@@ -27,15 +28,23 @@ from reconciler.release.channel import (
 )
 from reconciler.release.features import FEATURES
 from reconciler.release.keys import generate_keypair, keyid_of, load_public_key
-from reconciler.release.metadata import SERVICE_FEATURE, format_time
+from reconciler.release.metadata import SERVICE_DATA_FEATURE, SERVICE_FEATURE, format_time
 
 _DURATION = re.compile(r"^(\d+)([wdhm])$")
 _UNITS = {"w": "weeks", "d": "days", "h": "hours", "m": "minutes"}
 _SERVICE = re.compile(r"^([^=@]+)(?:@([^=]+))?=(.+)$")
 
 
-def _service_sources(values: tuple[str, ...], version: str) -> list[ServiceSource]:
-    """``--service NAME=PATH`` (the release's version) or ``NAME@VERSION=PATH``."""
+def _service_sources(values: tuple[str, ...], version: str, data_dirs: tuple[str, ...] = (),
+                     migrates: tuple[str, ...] = ()) -> list[ServiceSource]:
+    """``--service NAME=PATH`` (the release's version) or ``NAME@VERSION=PATH``, with what
+    ``--data-dir NAME=DIR`` and ``--migrates-data NAME`` say of each service's data."""
+    dirs = {}
+    for value in data_dirs:
+        name, sep, directory = value.partition("=")
+        if not sep or not name or not directory:
+            raise click.BadParameter(f"{value[:60]!r}: write NAME=DIR", param_hint="--data-dir")
+        dirs[name] = directory
     sources = []
     for value in values:
         match = _SERVICE.match(value)
@@ -43,7 +52,14 @@ def _service_sources(values: tuple[str, ...], version: str) -> list[ServiceSourc
             raise click.BadParameter(f"{value[:60]!r}: write NAME=PATH or NAME@VERSION=PATH",
                                      param_hint="--service")
         name, own, path = match.groups()
-        sources.append(ServiceSource(name, own or version, Path(path)))
+        sources.append(ServiceSource(name, own or version, Path(path), dirs.pop(name, None),
+                                     name in migrates))
+    named = {s.name for s in sources}
+    for hint, extra in (("--data-dir", sorted(dirs)),
+                        ("--migrates-data", sorted(set(migrates) - named))):
+        if extra:
+            raise click.BadParameter(f"{extra[0][:40]!r} is not a --service of this release",
+                                     param_hint=hint)
     return sources
 
 
@@ -91,9 +107,18 @@ def keygen(directory: Path, name: str) -> None:
               help="A service artifact the release carries (repeatable; list every service "
                    "of the release); VERSION defaults to the release's. The release then "
                    f"requires {SERVICE_FEATURE}.")
+@click.option("--data-dir", "data_dirs", multiple=True, metavar="NAME=DIR",
+              help="The service's data directory, relative to the device's service data root "
+                   "(/var/lib/kruxos/service-data): copied before its switch, put back if "
+                   f"it is rolled back (repeatable; the release then requires "
+                   f"{SERVICE_DATA_FEATURE}).")
+@click.option("--migrates-data", "migrates", multiple=True, metavar="NAME",
+              help="This version of the service migrates its data: without --data-dir, no "
+                   "rollback goes past it once it has started (repeatable).")
 def add(channel: Path, image: Path, version: str, changes: tuple[str, ...], day: str | None,
         channel_name: str | None, block_size: int, requires: tuple[str, ...],
-        services: tuple[str, ...]) -> None:
+        services: tuple[str, ...], data_dirs: tuple[str, ...],
+        migrates: tuple[str, ...]) -> None:
     """Copy IMAGE (and any service artifacts) into CHANNEL and list it (run `sign` to
     publish)."""
     try:
@@ -104,7 +129,8 @@ def add(channel: Path, image: Path, version: str, changes: tuple[str, ...], day:
         if not (channel / DRAFT_FILE).exists():
             init_channel(channel, channel_name or channel.resolve().name)
         rel = add_release(channel, image, version, list(changes), when, block_size=block_size,
-                          requires=requires, services=_service_sources(services, version))
+                          requires=requires,
+                          services=_service_sources(services, version, data_dirs, migrates))
     except KruxosError as exc:
         raise click.ClickException(str(exc)) from exc
     click.echo(f"added {rel.version}: {channel / rel.image}, {rel.size} bytes, "
@@ -112,6 +138,12 @@ def add(channel: Path, image: Path, version: str, changes: tuple[str, ...], day:
     for svc in rel.services:
         click.echo(f"  service {svc.name} {svc.version}: {channel / svc.file}, {svc.size} bytes, "
                    f"{len(svc.blocks)} blocks, sha256 {svc.sha256}")
+        if svc.data_dir is not None:
+            click.echo(f"    data: {svc.data_dir} (copied before the switch, put back on a "
+                       "rollback)")
+        if svc.irreversible:
+            click.echo("    migrates data irreversibly: no rollback past this version once it "
+                       "has started")
     if rel.requires:
         click.echo(f"requires {', '.join(rel.requires)}: devices that do not implement it "
                    "skip this release (the signed metadata becomes format 2)")

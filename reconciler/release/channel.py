@@ -32,6 +32,7 @@ from reconciler.release.keys import keyid_of, load_revoked, load_signing_key, lo
 from reconciler.release.metadata import (
     MAX_SERVICE_NAME,
     RELEASE_FIELDS,
+    SERVICE_DATA_FEATURE,
     SERVICE_FEATURE,
     SERVICE_NAME,
     ChannelMetadata,
@@ -70,11 +71,14 @@ def service_file_name(name: str, version: str) -> str:
 
 @dataclass(frozen=True)
 class ServiceSource:
-    """A service artifact to publish: the service's name, its version, the file to copy."""
+    """A service artifact to publish: the service's name, its version, the file to copy, and
+    what it says of its data (``data_dir``, ``migrates_data``: ``docs/channel.md``)."""
 
     name: str
     version: str
     path: Path
+    data_dir: str | None = None
+    migrates_data: bool = False
 
 
 def _load_draft(channel_dir: Path) -> dict[str, Any]:
@@ -166,7 +170,7 @@ def _add_service(channel_dir: Path, source: ServiceSource, block_size: int) -> S
     else:
         size, sha, blocks = _copy_hashing(source.path, target, block_size)
     return ServiceArtifact(source.name, source.version, file, size, sha, block_size,
-                           tuple(blocks))
+                           tuple(blocks), source.data_dir, source.migrates_data)
 
 
 def add_release(channel_dir: Path, image_path: Path, version: str, changes: Sequence[str],
@@ -177,13 +181,17 @@ def add_release(channel_dir: Path, image_path: Path, version: str, changes: Sequ
 
     ``requires`` names the features a device must implement to install this
     release (``docs/channel.md``); devices without one of them skip it. A
-    release with ``services`` requires :data:`SERVICE_FEATURE` too (added here),
+    release with ``services`` requires :data:`SERVICE_FEATURE` too (added here), and
+    :data:`SERVICE_DATA_FEATURE` when one of them declares its data,
     and lists every service it carries: a device derives from two releases'
     lists what changed.
     """
     semver_key(version)
     wanted = [*requires, *([SERVICE_FEATURE] if services and SERVICE_FEATURE not in requires
                            else [])]
+    if any(s.data_dir is not None or s.migrates_data for s in services) \
+            and SERVICE_DATA_FEATURE not in wanted:
+        wanted.append(SERVICE_DATA_FEATURE)
     try:
         needs = parse_requires(wanted, "--requires")
     except ReleaseError as exc:

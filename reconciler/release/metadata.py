@@ -72,6 +72,13 @@ MAX_SERVICE_NAME = 64
 #: A service name: it becomes a directory of the device's service store and a unit's name,
 #: so lowercase letters and digits joined by single ``-`` or ``_``, nothing else.
 SERVICE_NAME = re.compile(r"^[a-z][a-z0-9]*(?:[-_][a-z0-9]+)*$")
+#: The feature a release requires once a service declares its data (``data_dir``) or says
+#: it migrates data (``migrates_data``): a device that would ignore either must skip it.
+SERVICE_DATA_FEATURE = "service-data"
+#: A service's data directory, relative to the device's service data root: one to four
+#: plain names joined by ``/`` (no ``..``, no leading ``/`` or ``.``).
+_DATA_NAME = r"[A-Za-z0-9_][A-Za-z0-9._-]{0,63}"
+DATA_DIR = re.compile(rf"^{_DATA_NAME}(?:/{_DATA_NAME}){{0,3}}$")
 
 
 def canonical_json(signed: Mapping[str, Any]) -> bytes:
@@ -133,17 +140,35 @@ class ServiceArtifact:
     sha256: str
     block_size: int
     blocks: tuple[str, ...]
+    #: The service's data directory, relative to the device's service data root: copied
+    #: before the switch, put back on a restore (``docs/channel.md``, "Service data").
+    data_dir: str | None = None
+    #: The version migrates data it cannot give back: without ``data_dir`` no rollback
+    #: goes past it once it has started.
+    migrates_data: bool = False
 
     def block_range(self, index: int) -> tuple[int, int]:
         """Byte offsets ``[start, end)`` of block ``index``."""
         start = min(index * self.block_size, self.size)
         return start, min(start + self.block_size, self.size)
 
+    @property
+    def irreversible(self) -> bool:
+        """It migrates data and declares no data directory to copy: no way back once run."""
+        return self.migrates_data and self.data_dir is None
+
     def to_json(self) -> dict[str, Any]:
-        """The artifact as it appears in ``signed.releases[].services``."""
-        return {"name": self.name, "version": self.version, "file": self.file,
-                "size": self.size, "sha256": self.sha256, "block_size": self.block_size,
-                "blocks": list(self.blocks)}
+        """The artifact as it appears in ``signed.releases[].services`` (``data_dir`` and
+        ``migrates_data`` only when set)."""
+        doc: dict[str, Any] = {
+            "name": self.name, "version": self.version, "file": self.file,
+            "size": self.size, "sha256": self.sha256, "block_size": self.block_size,
+            "blocks": list(self.blocks)}
+        if self.data_dir is not None:
+            doc["data_dir"] = self.data_dir
+        if self.migrates_data:
+            doc["migrates_data"] = True
+        return doc
 
 
 @dataclass(frozen=True)
@@ -440,6 +465,11 @@ def parse_services(value: Any, where: str,
         raise _fail(f"{where}: a release with service artifacts must require "
                     f"{SERVICE_FEATURE!r} (devices that cannot update services skip it)")
     services = tuple(_parse_service(obj, f"{where}[{i}].") for i, obj in enumerate(value))
+    if any(s.data_dir is not None or s.migrates_data for s in services) \
+            and SERVICE_DATA_FEATURE not in requires:
+        raise _fail(f"{where}: a release whose services declare data_dir or migrates_data "
+                    f"must require {SERVICE_DATA_FEATURE!r} (devices that would ignore them "
+                    "skip it)")
     if len({s.name for s in services}) != len(services):
         raise _fail(f"{where}: a service is listed twice")
     if len({s.file for s in services}) != len(services):
@@ -465,7 +495,16 @@ def _parse_service(obj: Any, where: str) -> ServiceArtifact:
     size = _count(obj, "size", where, 1)
     block_size = _count(obj, "block_size", where, 1, MAX_BLOCK_SIZE)
     whole, blocks = _digests(obj, where, size, block_size)
-    return ServiceArtifact(name, version, file, size, whole, block_size, blocks)
+    data_dir = obj.get("data_dir")
+    if data_dir is not None and not (isinstance(data_dir, str) and DATA_DIR.match(data_dir)
+                                     and ".." not in data_dir.split("/")):
+        raise _fail(f"{where}data_dir: {quote(data_dir)} must be a relative path of plain "
+                    "names (the service's directory under the device's service data root)")
+    migrates = obj.get("migrates_data", False)
+    if not isinstance(migrates, bool):
+        raise _fail(f"{where}migrates_data: expected true or false, got {quote(migrates)}")
+    return ServiceArtifact(name, version, file, size, whole, block_size, blocks, data_dir,
+                           migrates)
 
 
 def _digests(obj: Mapping[str, Any], where: str, size: int,

@@ -79,6 +79,7 @@ dataDir: data
 spec: spec.yaml
 rebootCommand: [{python}, -m, reconciler.sim.reboot, {dir}]
 servicesDir: services      # the service store, beside the data dir (never inside it)
+serviceDataDir: service-data   # the services' own data, beside the store (never in data/)
 restartCommand: [{python}, -m, reconciler.sim.restart, {dir}]
 cmdline: run/cmdline
 bootId: run/boot_id
@@ -195,12 +196,16 @@ def publish(directory: Path, version: str, *, behaviour: str = "healthy",
 
 def publish_service(directory: Path, version: str, service: str, *,
                     behaviour: str = "healthy", changes: Sequence[str] = (),
-                    sign: bool = True) -> Path:
+                    sign: bool = True, data_dir: str | None = None,
+                    migrates_data: bool = False) -> Path:
     """Publish a service-only release: the root image of the newest release before it,
     the services it carried, and a new artifact of ``service`` (its version ``version``,
     its behaviour from its own bytes: :mod:`reconciler.sim.service`).
 
     A device on the release before moves to it without a reboot (same root image).
+    ``data_dir`` declares the service's data directory (the artifact migrates it on
+    start); ``migrates_data`` says the version migrates data (irreversibly, without
+    ``data_dir``).
     """
     channel = directory / "channel"
     draft = read_json(channel / "draft.json")
@@ -212,10 +217,10 @@ def publish_service(directory: Path, version: str, service: str, *,
     build = directory / "run" / "build"
     build.mkdir(parents=True, exist_ok=True)
     artifact = build / f"{service}-{version}.svc"
-    artifact.write_bytes(artifact_text(service, version, behaviour))
+    artifact.write_bytes(artifact_text(service, version, behaviour, data_dir))
     sources = [ServiceSource(s["name"], s["version"], channel / s["file"])
                for s in base.get("services", []) if s["name"] != service]
-    sources.append(ServiceSource(service, version, artifact))
+    sources.append(ServiceSource(service, version, artifact, data_dir, migrates_data))
     add_release(channel, channel / base["image"], version,
                 list(changes) or [f"{service} {version} (service update of {base['version']})"],
                 services=sources)

@@ -28,7 +28,8 @@ Service overlays (``--services-root``, the service store's directory of the
 booted root image): each service with a ``current`` artifact there runs as its
 own process (:mod:`reconciler.sim.service`), whose behaviour comes from the
 artifact's bytes, and its entry in the health JSON's ``services`` map comes
-from that process; ``POST /services/NAME/restart`` (what the device's restart
+from that process (a service whose artifact declares ``DATA_DIR`` gets its
+directory under ``--service-data-root``); ``POST /services/NAME/restart`` (what the device's restart
 command asks) restarts just that process, from the artifact ``current`` names
 then, or gives the service back to the image when there is no overlay any more.
 """
@@ -177,9 +178,11 @@ def health_at(profile: OsProfile, elapsed: float) -> tuple[int, dict[str, Any]]:
 class ServiceSet:
     """The services that run from overlays, each its own process (module docstring)."""
 
-    def __init__(self, root: Path | None, status_dir: Path) -> None:
+    def __init__(self, root: Path | None, status_dir: Path,
+                 data_root: Path | None = None) -> None:
         self.root = root
         self.status_dir = status_dir
+        self.data_root = data_root
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self._lock = threading.Lock()
 
@@ -205,11 +208,13 @@ class ServiceSet:
                 log.info("service %s: no overlay, the image's own runs", name)
                 return None
             self.status_dir.mkdir(parents=True, exist_ok=True)
+            command = [sys.executable, "-m", "reconciler.sim.service",
+                       "--artifact", str(link.resolve()), "--status-file", str(status)]
+            if self.data_root is not None:
+                command += ["--data-root", str(self.data_root)]
             with open(self.status_dir / f"{name}.log", "ab") as out:
                 proc = subprocess.Popen(  # it watches its parent (reconciler.sim.service)
-                    [sys.executable, "-m", "reconciler.sim.service",
-                     "--artifact", str(link.resolve()), "--status-file", str(status)],
-                    stdout=out, stderr=subprocess.STDOUT)
+                    command, stdout=out, stderr=subprocess.STDOUT)
             self.procs[name] = proc
             log.info("service %s started from %s (pid %d)", name, link.resolve().name[:12],
                      proc.pid)
@@ -347,6 +352,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--ready-file", type=Path, help="written as JSON {port, pid} once up")
     parser.add_argument("--services-root", type=Path,
                         help="the service store's directory of the booted root image")
+    parser.add_argument("--service-data-root", type=Path,
+                        help="where services keep their data (each in its DATA_DIR)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="sim os: %(levelname)s %(message)s")
     try:
@@ -356,7 +363,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"sim os: cannot boot: {exc}", file=sys.stderr)
         return 1
     status_dir = (args.ready_file or Path("os.ready")).with_name("services")
-    services = ServiceSet(args.services_root, status_dir)
+    services = ServiceSet(args.services_root, status_dir, args.service_data_root)
     services.start_all()
     serve(profile, args.host, args.port, args.ready_file, booted_at, services)
     return 0
@@ -393,7 +400,8 @@ DIE_WITH_PARENT = ("setpriv", "--pdeathsig", "KILL", "--")
 
 
 def launch(slot_file: Path, ready_file: Path, port: int = 0, host: str = "127.0.0.1",
-           wait: float = 10.0, services_root: Path | None = None) -> SimOsProcess:
+           wait: float = 10.0, services_root: Path | None = None,
+           data_root: Path | None = None) -> SimOsProcess:
     """Boot ``slot_file`` in a new process and return once it listens.
 
     The OS's own log goes to ``READY_FILE.log``. Raises :class:`BootRefused`
@@ -406,6 +414,8 @@ def launch(slot_file: Path, ready_file: Path, port: int = 0, host: str = "127.0.
                "--ready-file", str(ready_file)]
     if services_root is not None:
         command += ["--services-root", str(services_root)]
+    if data_root is not None:
+        command += ["--service-data-root", str(data_root)]
     with open(log_file, "wb") as log_out:
         process = subprocess.Popen(command, stdout=log_out, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + wait

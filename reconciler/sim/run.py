@@ -153,7 +153,8 @@ class Supervisor:
             return self._hang(slot)
         try:
             self.os_proc = launch(path, self.run_dir / "os.ready",
-                                  services_root=self._services_root(path))
+                                  services_root=self._services_root(path),
+                                  data_root=self.device.service_data_dir)
         except BootRefused as exc:
             say(f"slot {slot} did not boot: {exc}")
             return self._hang(slot)

@@ -12,7 +12,9 @@ restart, the OS and the boot count untouched, and the health answer's
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -174,12 +176,17 @@ def test_a_kill_as_a_restore_begins_is_finished_by_the_next_pass_never_confirmed
 
 def test_update_apply_restarts_the_gateway_instead_of_asking_to_reboot(
         make_device: Callable[..., SimDevice]) -> None:
+    """Also the data copy: both versions declare the gateway's data dir; 1.0.3 migrates it on
+    start and fails, and the restore puts 1.0.2's data back byte for byte before 1.0.2's
+    gateway starts again (which would otherwise find 1.0.3's schema and migrate it)."""
     device = make_device()
     _on_101(device)
     boots = len(device.boots())
-    device.cli("sim", "publish", str(device.dir), "1.0.2", "--service", "gateway")
+    data = device.dir / "service-data" / "gateway"
+    device.cli("sim", "publish", str(device.dir), "1.0.2", "--service", "gateway",
+               "--data-dir", "gateway")
     device.cli("sim", "publish", str(device.dir), "1.0.3", "--service", "gateway",
-               "--behaviour", "gateway-fails")
+               "--behaviour", "gateway-fails", "--data-dir", "gateway")
 
     applied = device.cli("update", "apply", "1.0.2", "--yes", check=False)
     assert applied.returncode == 0, applied.stdout + applied.stderr
@@ -188,6 +195,9 @@ def test_update_apply_restarts_the_gateway_instead_of_asking_to_reboot(
     assert "Downloading and verifying gateway... ✓ (Ed25519, block by block)" in lines, lines
     assert "Restarting gateway... ✓" in lines and "Reboot now" not in applied.stdout, lines
     assert "Services: 1.0.2" in device.cli("update", "status").stdout
+    assert (data / "schema").read_bytes() == b"1.0.2\n"  # 1.0.2 migrated it on start
+    (data / "rows.bin").write_bytes(os.urandom(50_000))  # what the gateway keeps
+    before = _tree(data)
 
     broken = device.cli("update", "apply", "1.0.3", "--yes", check=False)
     assert broken.returncode == 1, broken.stdout + broken.stderr
@@ -198,4 +208,18 @@ def test_update_apply_restarts_the_gateway_instead_of_asking_to_reboot(
     status = device.cli("update", "status").stdout
     assert "Services: 1.0.2" in status, status  # 1.0.2 runs again, its gateway restored
     assert "  gateway 1.0.2 (service update, previous: the image's own)" in status, status
+    log = (device.dir / "run" / "services" / "gateway.log").read_text()
+    assert "migrated gateway to 1.0.3" in log, log  # 1.0.3 did change the data
+    assert _tree(data) == before  # byte for byte, and 1.0.2 found its own schema
+    restored = _outcome(device, "restore-services")
+    assert restored is not None, device.audit_records()[-5:]
+    assert "gateway's data (gateway) put back as it was under 1.0.2" in restored["outcome"]
+    copies = device.dir / "services" / "copies" / "gateway"
+    assert sorted(p.name for p in copies.iterdir()) == ["1.0.1"]  # 1.0.2's was put back
+    assert not (device.dir / "data" / "gateway").exists()  # never inside the data dir
     assert device.cli("audit", "verify").returncode == 0
+
+
+def _tree(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*"))
+            if p.is_file()}
