@@ -225,6 +225,29 @@ class KeepServices:
     kind: ClassVar[str] = "keep-services"
 
 
+@dataclass(frozen=True)
+class RollbackServices:
+    """A person's rollback when a committed service update is what changed last: the
+    previous artifacts (and data copies) back, the services restarted, ``version`` blocked
+    as a hand rollback of a slot blocks its release; no reboot."""
+
+    version: str
+    from_version: str | None
+    services: tuple[str, ...]
+    reason: str
+    kind: ClassVar[str] = "rollback-services"
+
+
+@dataclass(frozen=True)
+class RefuseRequest:
+    """A person's request that cannot be carried out now: forget it, with why, so it never
+    acts later on something else (a rollback past a data migration)."""
+
+    request: str
+    reason: str
+    kind: ClassVar[str] = "request-refused"
+
+
 #: Audit action names of requests whose kind would read like a step that ran.
 REQUEST_ACTIONS = {"reboot": "reboot-answer", "rollback": "rollback-request",
                    "confirm": "confirm-request"}
@@ -285,7 +308,7 @@ Action = (
     Nothing | Wait | Blocked | Stage | ArmTrial | ProbeHealth | Confirm | Rollback | Reboot
     | Disarm | NoteFallback | RepairBootEnv | TakeRequest | EndOverride | LiftBlock
     | RestoreState | StageServices | SwitchServices | RestartServices | ProbeServices
-    | ConfirmServices | RestoreServices | KeepServices
+    | ConfirmServices | RestoreServices | KeepServices | RollbackServices | RefuseRequest
 )
 
 

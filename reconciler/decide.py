@@ -56,10 +56,12 @@ from reconciler.observed import (
 )
 from reconciler.semver import Version, is_semver
 from reconciler.service_rules import (
+    ServiceRollback,
     converge_services,
     judge_services,
     overdue_services,
     service_need,
+    service_rollback,
 )
 from reconciler.spec import UpdatePolicy
 from reconciler.windows import Window, closes_at, describe, is_open, next_open
@@ -187,7 +189,8 @@ def _overdue_services(policy: UpdatePolicy | None, obs: ObservedState,
 
 def _judge_services(policy: UpdatePolicy | None, obs: ObservedState,
                     now: datetime) -> Action | None:
-    """A switched service update is restarted, probed, confirmed or restored (any spec)."""
+    """A switched service update is restarted, probed, confirmed or restored (any spec); a
+    person's rollback when a service update changed last undoes it, no reboot."""
     return judge_services(obs, trial_policy_of(policy), now)
 
 
@@ -506,6 +509,12 @@ def _as_wanted(source: str) -> str:
     if "channel" in source:
         return "the latest release on the channel"
     return "as pinned at the device (kruxos update resume hands back to the spec)"
+
+
+def service_rollback_plan(obs: ObservedState) -> ServiceRollback | None:
+    """What ``kruxos update rollback`` does when a service update is what changed last
+    (``None``: the slot rollback): :func:`reconciler.service_rules.service_rollback`."""
+    return service_rollback(obs)
 
 
 def rollback_refusal(obs: ObservedState) -> str | None:

@@ -33,11 +33,13 @@ from reconciler.actions import (
     ProbeHealth,
     ProbeServices,
     Reboot,
+    RefuseRequest,
     RepairBootEnv,
     RestartServices,
     RestoreServices,
     RestoreState,
     Rollback,
+    RollbackServices,
     Stage,
     StageServices,
     SwitchServices,
@@ -54,6 +56,7 @@ from reconciler.observed import SlotName
 from reconciler.overrides import RESUME_FILE, apply_request
 from reconciler.release.metadata import ServiceArtifact
 from reconciler.service_runtime import ServiceRuntime
+from reconciler.services import Record
 from reconciler.spec import UpdatePolicy
 from reconciler.store import StateStore
 
@@ -142,7 +145,8 @@ class Executor:
             StageServices: self._stage_services, SwitchServices: self._switch_services,
             RestartServices: self._restart_services, ProbeServices: self._probe_services,
             ConfirmServices: self._confirm_services, RestoreServices: self._restore_services,
-            KeepServices: self._confirm_services,
+            KeepServices: self._confirm_services, RollbackServices: self._rollback_services,
+            RefuseRequest: self._refuse_request,
         }
         return handlers[type(action)](action, policy)
 
@@ -437,25 +441,81 @@ class Executor:
             update["restoring"] = action.reason
             doc["service_update"] = update
             doc["failed"] = {"version": action.version, "reason": action.reason, "at": now}
+            _drop_rollback_request(doc)
 
         self.store.update(begin)
         failpoint("services.restoring")
+        return self._finish_restore(runtime, action.version, action.from_version,
+                                    action.services, action.reason)
+
+    def _rollback_services(self, action: RollbackServices,
+                           policy: UpdatePolicy | None) -> str:
+        """A person's rollback of the last committed service update: written as a restore
+        that began (the version blocked, the request gone), so a crash anywhere after is
+        finished by the next pass as any restore is; then the same restore."""
+        runtime = self._runtime()
+        root = runtime.root()[0]
+        last = (self.store.section("service_last") or {}).get(root) or {}
+        if last.get("version") != action.version:
+            raise KruxosError(f"no committed service update of {action.version} on the booted "
+                              "root image to roll back")
+        now = self._now()
+
+        def begin(doc: dict[str, Any]) -> None:
+            doc["service_update"] = {
+                "version": action.version, "from_version": last.get("from_version"),
+                "services": list(action.services), "step": "restarted", "root_sha256": root,
+                "artifacts": last.get("artifacts") or {}, "restoring": action.reason}
+            doc["failed"] = {"version": action.version, "reason": action.reason, "at": now}
+            _drop_rollback_request(doc)
+
+        self.store.update(begin)
+        failpoint("services.restoring")
+        return self._finish_restore(runtime, action.version, action.from_version,
+                                    action.services, action.reason)
+
+    def _finish_restore(self, runtime: ServiceRuntime, version: str, from_version: str | None,
+                        services: tuple[str, ...], reason: str) -> str:
+        """Each service's previous artifact current again (an uncommitted switch restored, a
+        committed one reverted; each idempotent), its data copy put back, then the restart;
+        the update ends, and a rolled back committed one is no longer what runs."""
         update = self._update_doc()
         root, artifacts = update["root_sha256"], update.get("artifacts") or {}
         data = []
-        for name in action.services:
+        for name in services:
             record = runtime.store.record(root, name)
             if record is not None and record.uncommitted:
                 runtime.store.restore(root, name)
+            elif record is not None and _runs(record, artifacts.get(name)):
+                runtime.store.revert(root, name)
             target = _artifact(name, artifacts.get(name))
-            if target is not None and target.data_dir is not None and update.get("from_version"):
-                data.append(runtime.put_back_data(name, update["from_version"], target.data_dir))
-        restarted = runtime.restart(action.services)
-        self.store.put("service_update", None)
-        back = action.from_version or "the previous services"
+            if target is not None and target.data_dir is not None and from_version:
+                data.append(runtime.put_back_data(name, from_version, target.data_dir))
+        restarted = runtime.restart(services)
+        booted_version = runtime.root()[1]
+
+        def done(doc: dict[str, Any]) -> None:
+            doc.pop("service_update", None)
+            last = dict(doc.get("service_last") or {})
+            if (last.get(root) or {}).get("version") != version:
+                return  # an update never committed: what runs did not change
+            del last[root]
+            doc["service_last"] = last or None
+            releases = dict(doc.get("service_releases") or {})
+            releases.pop(root, None)
+            if from_version and from_version != booted_version:
+                releases[root] = from_version
+            doc["service_releases"] = releases or None
+
+        self.store.update(done)
+        back = from_version or "the previous services"
         said = f"; {'; '.join(data)}" if data else ""
-        return (f"restored {back} ({restarted}){said}, no reboot; {action.version} blocked: "
-                f"{action.reason}")
+        return (f"restored {back} ({restarted}){said}, no reboot; {version} blocked: "
+                f"{reason}")
+
+    def _refuse_request(self, action: RefuseRequest, policy: UpdatePolicy | None) -> str:
+        self.store.update(_drop_rollback_request)
+        return f"the {action.request} request is forgotten: {action.reason}"
 
     def _disarm(self, action: Disarm, policy: UpdatePolicy | None) -> str:
         self.backend.set_mark(action.slot, "staged")
@@ -490,6 +550,19 @@ class Executor:
                 doc.pop("request", None)
 
         self.store.update(change)
+
+
+def _drop_rollback_request(doc: dict[str, Any]) -> None:
+    """A person's rollback request is done with once its rollback (or refusal) is written."""
+    if (doc.get("request") or {}).get("kind") == "rollback":
+        doc.pop("request", None)
+
+
+def _runs(record: Record, artifact: Any) -> bool:
+    """Whether a committed record still runs what the update switched to (not reverted)."""
+    if not isinstance(artifact, dict):
+        return record.current is None and record.previous is not None
+    return record.current is not None and record.current.sha256 == artifact.get("sha256")
 
 
 def _artifact_json(artifact: ServiceArtifact | None) -> dict[str, Any] | None:

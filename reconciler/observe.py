@@ -25,6 +25,7 @@ from reconciler.observed import (
     ObservedState,
     Override,
     Request,
+    ServiceLast,
     ServiceStep,
     ServiceUpdate,
     Slot,
@@ -97,6 +98,7 @@ def observe(device: Device, store: StateStore, backend: Backend,
         recovered=recovered,
         service_release=_service_release(doc.get("service_releases"), root),
         service_update=_service_update(doc.get("service_update"), root, device),
+        service_last=_service_last(doc.get("service_last"), root),
         overlays=_overlays(device, root),
     )
 
@@ -161,6 +163,19 @@ def _service_update(value: Any, root: str | None, device: Device) -> ServiceUpda
         step = "switched"
     return ServiceUpdate(value["version"], value.get("from_version"), services, step,
                          health, policy, _irreversible(value.get("artifacts"), services))
+
+
+def _service_last(value: Any, root: str | None) -> ServiceLast | None:
+    """The last service update committed on the booted root image (another root's does not
+    apply: overlays belong to a root release)."""
+    if not isinstance(value, dict) or root is None or not isinstance(value.get(root), dict):
+        return None
+    last = value[root]
+    if not isinstance(last.get("version"), str):
+        return None
+    services = tuple(str(n) for n in last.get("services") or ())
+    return ServiceLast(last["version"], last.get("from_version"), services,
+                       _irreversible(last.get("artifacts"), services))
 
 
 def _irreversible(artifacts: Any, services: tuple[str, ...]) -> tuple[str, ...]:

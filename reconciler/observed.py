@@ -142,6 +142,22 @@ class ServiceUpdate:
     irreversible: tuple[str, ...] = ()
 
 
+@dataclass(frozen=True)
+class ServiceLast:
+    """The last service update committed on the booted root image: what a person's
+    ``kruxos update rollback`` undoes when it is what changed last.
+
+    ``from_version`` is the release it moved from (its artifacts are the store's
+    ``previous``, its data the copy kept at the confirm); ``irreversible`` names
+    the services that migrated data no copy can give back (no rollback past them).
+    """
+
+    version: str
+    from_version: str | None
+    services: tuple[str, ...]
+    irreversible: tuple[str, ...] = ()
+
+
 RebootPolicy = Literal["rules", "ask", "now", "next-boot"]
 
 
@@ -215,6 +231,9 @@ class ObservedState:
     #: update; ``None``: the booted slot's own release.
     service_release: str | None = None
     service_update: ServiceUpdate | None = None
+    #: The last service update committed on the booted root image (``None``: none since
+    #: the image's own services, or it was rolled back).
+    service_last: ServiceLast | None = None
     #: The service overlays on the booted root image, for people (decide does not read
     #: them): ``(name, current version, previous version)``, ``None`` for none (a removed
     #: service, or the image's own before).

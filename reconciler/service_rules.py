@@ -20,6 +20,7 @@ window unless the spec says ``rollout.serviceRestarts: any-time``.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime
 
 from reconciler.actions import (
@@ -27,8 +28,10 @@ from reconciler.actions import (
     ConfirmServices,
     KeepServices,
     ProbeServices,
+    RefuseRequest,
     RestartServices,
     RestoreServices,
+    RollbackServices,
     StageServices,
     SwitchServices,
     Wait,
@@ -95,9 +98,72 @@ def _restart_gate(policy: UpdatePolicy, now: datetime, staged: ServiceUpdate) ->
                 "any-time does not wait)", until=opens)
 
 
+#: The reason of a person's rollback (as ``decide.MANUAL_ROLLBACK`` words a slot's).
+MANUAL = "manual (kruxos update rollback)"
+
+
+@dataclass(frozen=True)
+class ServiceRollback:
+    """What a person's ``kruxos update rollback`` does when a service update is what changed
+    last: ``version`` undone, back to ``to_version``, ``services`` restarted, no reboot;
+    ``refusal`` says why it cannot be done."""
+
+    version: str
+    to_version: str | None
+    services: tuple[str, ...]
+    action: str
+    refusal: str | None = None
+
+
+def service_rollback(obs: ObservedState) -> ServiceRollback | None:
+    """The service update a person's rollback undoes now, or ``None``: a slot rollback.
+
+    A service update on its way (switched, not confirmed) is restored; else the last one
+    committed on the booted root image is rolled back. One whose release says a service
+    migrates data irreversibly cannot be undone once it has started."""
+    update, last = obs.service_update, obs.service_last
+    if update is not None and update.step != "staged":
+        started = update.irreversible if update.step == "restarted" else ()
+        return ServiceRollback(update.version, update.from_version, update.services,
+                               "restore-services", _past_migration(update.version, started))
+    if last is None:
+        return None
+    return ServiceRollback(last.version, last.from_version, last.services, "rollback-services",
+                           _past_migration(last.version, last.irreversible))
+
+
+def _past_migration(version: str, irreversible: tuple[str, ...]) -> str | None:
+    if not irreversible:
+        return None
+    return (f"cannot roll back {version}: its release says {_names(irreversible)} migrates "
+            "data irreversibly (no data copy), and it has run; publish a fixed release "
+            "instead")
+
+
+def undo_services(obs: ObservedState) -> Action | None:
+    """A person's rollback request when a service update is what changed last (never
+    gated: nothing holds a rollback); a refused one is forgotten with its reason."""
+    if obs.request != "rollback":
+        return None
+    plan = service_rollback(obs)
+    if plan is None:
+        return None
+    if plan.refusal is not None:
+        return RefuseRequest("rollback", plan.refusal)
+    if plan.action == "restore-services":
+        return RestoreServices(plan.version, plan.to_version, plan.services, MANUAL)
+    return RollbackServices(plan.version, plan.to_version, plan.services,
+                            f"{MANUAL}: the last change was the service update "
+                            f"{plan.to_version} → {plan.version}")
+
+
 def judge_services(obs: ObservedState, fallback: TrialPolicy, now: datetime) -> Action | None:
-    """Restart, probe, confirm or restore a switched service update; ``None`` when there is
-    none (a staged one waits for :func:`converge_services`)."""
+    """Restart, probe, confirm or restore a switched service update, or undo the last one at
+    a person's request; ``None`` when there is none (a staged one waits for
+    :func:`converge_services`)."""
+    undo = undo_services(obs)
+    if undo is not None:
+        return undo
     update = obs.service_update
     if update is None or update.step == "staged":
         return None

@@ -370,6 +370,16 @@ class ServiceStore:
         self._apply(root_sha256, record)
         return record
 
+    def revert(self, root_sha256: str, name: str) -> Record:
+        """A person undoes the committed switch: the previous artifact is current again (the
+        service removed if there was none), committed, with no previous left."""
+        old = self.record(root_sha256, name)
+        if old is None or old.uncommitted:
+            raise StateError(f"service store: {name} has no committed switch to revert")
+        record = Record(name, old.previous, None, False)
+        self._apply(root_sha256, record)
+        return record
+
     def _uncommitted(self, root_sha256: str, name: str) -> Record:
         old = self.record(root_sha256, name)
         if old is None or not old.uncommitted:

@@ -24,20 +24,24 @@ from reconciler.actions import (
     KeepServices,
     Nothing,
     ProbeServices,
+    RefuseRequest,
     RestartServices,
     RestoreServices,
+    Rollback,
+    RollbackServices,
     Stage,
     StageServices,
     SwitchServices,
     Wait,
 )
 from reconciler.components import Components, ServicePart
-from reconciler.decide import decide
+from reconciler.decide import decide, service_rollback_plan
 from reconciler.observed import (
     ChannelView,
     FailedVersion,
     HealthProgress,
     ObservedState,
+    ServiceLast,
     ServiceUpdate,
     TrialPolicy,
 )
@@ -264,6 +268,73 @@ def test_an_irreversible_update_is_still_judged_by_health_before_its_deadline() 
     switched = replace(update("switched"), irreversible=("gateway",))  # not started yet
     assert isinstance(decide(policy("1.0.1"), device(service_update=switched), NOW),
                       RestartServices)
+
+
+# ---- a person's rollback: the last change a service update, or a slot update ----------------
+
+LAST = ServiceLast("1.0.1", "1.0.0", ("gateway",))
+
+
+def rolled(**fields: Any) -> ObservedState:
+    """1.0.1's gateway committed on the booted root over 1.0.0; B holds 0.9.0 good."""
+    fields.setdefault("service_release", "1.0.1")
+    fields.setdefault("service_last", LAST)
+    fields.setdefault("channel", CHANNEL)
+    return observed("A", "1.0.0", "0.9.0", "good", **fields)
+
+
+def test_a_rollback_after_a_committed_service_update_undoes_it_without_a_reboot() -> None:
+    action = decide(policy("1.0.1"), rolled(request="rollback"), NOW)
+    assert action == RollbackServices("1.0.1", "1.0.0", ("gateway",), action.reason)
+    assert action.reason == ("manual (kruxos update rollback): the last change was the "
+                             "service update 1.0.0 → 1.0.1")
+    plan = service_rollback_plan(rolled())
+    assert plan is not None and (plan.version, plan.to_version, plan.action,
+                                 plan.refusal) == ("1.0.1", "1.0.0", "rollback-services", None)
+
+
+def test_a_rollback_when_a_slot_update_changed_last_rolls_the_slot_back_as_before() -> None:
+    slot_last = rolled(request="rollback", service_release=None, service_last=None)
+    assert decide(policy("1.0.1"), slot_last, NOW) == Rollback("A", "B", "1.0.0",
+                                                               "manual (kruxos update rollback)")
+    assert service_rollback_plan(slot_last) is None
+
+
+@pytest.mark.parametrize("spec", [
+    policy("1.0.1", suspend=True), policy("1.0.1", rollout={"windows": [CLOSED]}),
+    policy("1.0.1", rollout={"windows": [OPEN]}), None,
+])
+def test_nothing_holds_a_persons_service_rollback(spec: Any) -> None:
+    assert isinstance(decide(spec, rolled(request="rollback"), NOW), RollbackServices)
+
+
+def test_no_request_no_rollback_the_committed_update_simply_runs() -> None:
+    assert isinstance(decide(policy("1.0.1"), rolled(), NOW), Nothing)
+
+
+def test_a_rollback_during_a_service_update_restores_it_by_hand() -> None:
+    for step in ("switched", "restarted"):
+        obs = rolled(request="rollback", service_release=None, service_last=None,
+                     service_update=update(step, health=probed()))
+        action = decide(policy("1.0.1"), obs, NOW)
+        assert action == RestoreServices("1.0.1", "1.0.0", ("gateway",),
+                                         "manual (kruxos update rollback)"), step
+
+
+def test_a_rollback_past_an_irreversible_migration_is_refused_naming_the_release() -> None:
+    obs = rolled(request="rollback", service_last=replace(LAST, irreversible=("gateway",)))
+    action = decide(policy("1.0.1"), obs, NOW)
+    assert action == RefuseRequest("rollback", "cannot roll back 1.0.1: its release says "
+                                   "gateway migrates data irreversibly (no data copy), and it "
+                                   "has run; publish a fixed release instead")
+    plan = service_rollback_plan(obs)
+    assert plan is not None and plan.refusal == action.reason
+    started = rolled(request="rollback", service_last=None, service_update=replace(
+        update("restarted", health=probed()), irreversible=("gateway",)))
+    assert isinstance(decide(policy("1.0.1"), started, NOW), RefuseRequest)
+    not_yet = rolled(request="rollback", service_last=None, service_update=replace(
+        update("switched"), irreversible=("gateway",)))  # switched, never started: undone
+    assert isinstance(decide(policy("1.0.1"), not_yet, NOW), RestoreServices)
 
 
 def test_the_policy_captured_at_the_switch_judges_not_the_spec_of_now() -> None:

@@ -16,10 +16,13 @@ from pathlib import Path
 from typing import Any
 
 from reconciler.actions import (
+    Blocked,
     Confirm,
     ConfirmServices,
+    KeepServices,
     RestartServices,
     RestoreServices,
+    RollbackServices,
     SwitchServices,
 )
 from reconciler.channelwatch import view_of
@@ -215,3 +218,106 @@ def test_confirming_a_slot_update_retires_the_overlays_of_roots_no_slot_holds(
         in outcome.detail, outcome
     assert not (services.roots / ("c" * 64)).exists()
     assert state.section("service_releases") == {root: "1.0.2"}
+
+
+# ---- data copies, an irreversible migration, a person's rollback of a committed update -------
+
+def _confirmed(device: Device, artifact: dict[str, Any] | None = None) -> tuple[StateStore,
+                                                                               ServiceStore, str]:
+    """``gateway 1.0.2`` switched, restarted and confirmed over 1.0.0 (the image's own)."""
+    state, services, root = _staged(device)
+    if artifact:
+        state.update(lambda doc: doc["service_update"]["artifacts"]["gateway"].update(artifact))
+    executor = _executor(device)
+    for step in (SwitchServices, RestartServices, ConfirmServices):
+        assert executor.run(step("1.0.2", ("gateway",), "test"), policy("1.0.2")).ok
+    return state, services, root
+
+
+def _request_rollback(state: StateStore) -> None:
+    """A person's rollback, as the take of the request writes it (bound to this boot)."""
+    state.put("request", {"kind": "rollback", "boot_id": "boot-1", "slot": "A",
+                          "version": "1.0.0"})
+
+
+def test_a_persons_rollback_of_a_committed_update_reverts_the_store_and_blocks_it(
+        device_dir: Path) -> None:
+    device = _device(device_dir)
+    data = device.service_data_dir / "gateway"
+    data.mkdir(parents=True)
+    (data / "rows").write_bytes(b"as 1.0.0 keeps them")
+    state, services, root = _confirmed(device, {"data_dir": "gateway"})
+    (data / "rows").write_bytes(b"migrated by 1.0.2")  # 1.0.2 ran and changed its data
+    assert state.section("service_last")[root]["from_version"] == "1.0.0"
+    _request_rollback(state)
+    seen = _look(device, ChannelView(versions=frozenset({"1.0.0", "1.0.2"})))
+    action = decide(policy("1.0.2"), seen, NOW)
+    assert isinstance(action, RollbackServices) and action.version == "1.0.2", action
+
+    outcome = _executor(device).run(action, policy("1.0.2"))
+    assert outcome.code == "ok", outcome
+    assert "gateway's data (gateway) put back as it was under 1.0.0" in outcome.detail
+    assert (data / "rows").read_bytes() == b"as 1.0.0 keeps them"
+    record = services.record(root, "gateway")
+    assert record is not None and record.current is None and not record.uncommitted
+    assert not services.path_of(root, "gateway").exists()  # the image's own runs again
+    assert state.section("failed")["version"] == "1.0.2"
+    for gone in ("request", "service_update", "service_last", "service_releases"):
+        assert not state.section(gone), gone
+    after = _look(device, ChannelView(versions=frozenset({"1.0.0", "1.0.2"})))
+    assert after.running_version == "1.0.0" and after.service_last is None
+    blocked = decide(policy("1.0.2"), after, NOW)
+    assert isinstance(blocked, Blocked) and "1.0.2 was rolled back" in blocked.reason
+
+
+def test_a_crash_in_a_persons_service_rollback_is_finished_by_the_next_pass(
+        device_dir: Path) -> None:
+    device = _device(device_dir)
+    state, services, root = _confirmed(device)
+    last = state.section("service_last")[root]
+    # The rollback wrote its start (as RollbackServices does), then the power went: the
+    # store still runs 1.0.2, committed.
+    state.put("service_update", {"version": "1.0.2", "from_version": "1.0.0",
+                                 "services": ["gateway"], "step": "restarted",
+                                 "root_sha256": root, "restoring": "manual",
+                                 "artifacts": last["artifacts"]})
+    state.put("failed", {"version": "1.0.2", "reason": "manual", "at": NOW.isoformat()})
+    action = decide(policy("1.0.2"), _look(device), NOW)
+    assert isinstance(action, RestoreServices) and action.reason == "manual", action
+    executor = _executor(device)
+    assert executor.run(action, policy("1.0.2")).ok
+    record = services.record(root, "gateway")
+    assert record is not None and record.current is None and not record.uncommitted
+    for gone in ("service_update", "service_last", "service_releases"):
+        assert not state.section(gone), gone
+    assert _look(device).running_version == "1.0.0"
+
+
+def test_a_failed_update_that_migrated_irreversibly_is_kept_and_never_rolled_back(
+        device_dir: Path) -> None:
+    device = _device(device_dir)
+    state, services, root = _staged(device)
+    state.update(lambda doc: doc["service_update"]["artifacts"]["gateway"].update(
+        migrates_data=True))
+    executor = _executor(device)
+    for step in (SwitchServices, RestartServices):
+        assert executor.run(step("1.0.2", ("gateway",), "test"), policy("1.0.2")).ok
+    state.update(lambda doc: doc["service_update"].update(health={
+        "first_probe_at": "2026-12-01T11:50:00+00:00", "consecutive_ok": 0, "probes": 3,
+        "timeout_reason": "Health check timeout — gateway: failed to start"}))
+    seen = _look(device)
+    assert seen.service_update.irreversible == ("gateway",)
+    action = decide(policy("1.0.2"), seen, NOW)
+    assert isinstance(action, KeepServices), action
+    outcome = executor.run(action, policy("1.0.2"))
+    assert outcome.ok and "1.0.2 kept" in outcome.detail, outcome
+    record = services.record(root, "gateway")
+    assert record is not None and not record.uncommitted and record.current is not None
+    assert state.section("service_last")[root]["kept"] == action.reason
+    assert not state.section("failed")
+    _request_rollback(state)
+    refused = decide(policy("1.0.2"), _look(device), NOW)
+    assert refused.kind == "request-refused" and "cannot roll back 1.0.2" in refused.reason
+    assert executor.run(refused, policy("1.0.2")).ok
+    assert not state.section("request")  # forgotten: it never rolls a slot back later
+

@@ -36,8 +36,11 @@ COMMANDS: tuple[Command, ...] = (
                                  "(`usage`)"),
                              (130, "stopped by Ctrl-C (the download resumes on the next apply; "
                                    "at the prompt: not now)")), "update-apply"),
-    Command("update rollback", ((0, "rolling back"), (1, "refused: nothing good to go back "
-                                                         "to"), (2, "error")), "update-rollback"),
+    Command("update rollback", ((0, "rolling back (after a service update: rolled back, no "
+                                    "reboot)"),
+                                (1, "refused: nothing good to go back to, or past a data "
+                                    "migration; or the service rollback failed"),
+                                (2, "error")), "update-rollback"),
     Command("update confirm", ((0, "confirmed"), (1, "refused: nothing on trial"),
                                (2, "error")), "update-confirm"),
     Command("update resume", ((0, "the spec rules again"), (1, "the device is held by "

@@ -9,7 +9,8 @@ command    exit codes
 =========  =====================================================================
 check      0 up to date · 1 an update is available · 2 error (channel refused...)
 apply      0 staged (and rebooting or armed) · 1 refused or failed · 130 stopped
-rollback   0 rolling back · 1 refused (nothing good to go back to)
+rollback   0 rolling back (a service update: rolled back) · 1 refused (nothing good to
+           go back to, or past a data migration) or the service rollback failed
 confirm    0 confirmed · 1 nothing on trial
 resume     0 the spec rules again
 cancel     0 nothing staged any more
@@ -39,6 +40,7 @@ from reconciler.decide import (
     downgrade_refusal,
     is_newer,
     rollback_refusal,
+    service_rollback_plan,
 )
 from reconciler.errors import KruxosError
 from reconciler.inspect import inspect_device, spec_in_force
@@ -46,7 +48,7 @@ from reconciler.observed import ChannelView
 from reconciler.quoting import printable
 from reconciler.release.features import newest_installable, skipped, why_not
 from reconciler.release.metadata import ChannelMetadata
-from reconciler.service_rules import service_need
+from reconciler.service_rules import ServiceRollback, service_need
 from reconciler.store import StateStore
 
 BAR_WIDTH = 20
@@ -490,9 +492,14 @@ def _device(ctx: click.Context) -> Device:
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.pass_context
 def rollback(ctx: click.Context, as_json: bool) -> None:
-    """Go back to the previous good slot now (this reboots into the previous partition)."""
+    """Undo the last update now: a service update without a reboot, else go back to the
+    previous good slot (this reboots into the previous partition)."""
     device = _device(ctx)
     obs = inspect_device(device, _now()).observed
+    plan = service_rollback_plan(obs)
+    if plan is not None:
+        _rollback_services(device, plan, as_json)
+        return
     target = obs.other_slot
     if not obs.on_trial:
         refusal = rollback_refusal(obs)
@@ -504,6 +511,35 @@ def rollback(ctx: click.Context, as_json: bool) -> None:
     _ask(device, "rollback", until="rollback")
     _done_json_or(as_json, {"rolling_back_to": target.version, "slot": target.label},
                   "Rebooting...")
+
+
+def _rollback_services(device: Device, plan: ServiceRollback, as_json: bool) -> None:
+    """Undo a service update (the core chose it: ``service_rollback_plan``); say what the
+    reconciler recorded: the services restarted, the version blocked, no reboot."""
+    if plan.refusal is not None:
+        _fail(plan.refusal, 1, as_json)
+    names = ", ".join(plan.services) or "no service"
+    back = plan.to_version or "the image's own services"
+    if not as_json:
+        click.echo(f"Rolling back the service update {plan.version}: {names} back to {back}. "
+                   "No reboot.")
+    with connect(device) as link:
+        start = link.head()
+        link.wait_taken(link.send("rollback"))
+        _wait_for_action(link, start, plan.action, as_json)
+        done = [r for r in link.records_after(start)
+                if r.kind == "outcome" and r.action == plan.action]
+    outcome = done[-1]
+    if outcome.details.get("code") != "ok":
+        if not as_json:
+            click.echo(f"Restarting {names}... ✗")
+        _fail(f"the rollback of {plan.version} failed: {printable(outcome.outcome or '')}", 1,
+              as_json)
+    _done_json_or(as_json, {"service_rollback": True, "rolled_back": plan.version,
+                            "runs": plan.to_version, "services": list(plan.services),
+                            "reboot": False, "blocked": plan.version},
+                  f"Restarting {names}... ✓\nKruxOS {back} runs again, no reboot; "
+                  f"{plan.version} is blocked until the desired version changes.")
 
 
 def _ask(device: Device, kind: str, until: str | None = None) -> None:

@@ -78,6 +78,26 @@ def test_a_service_only_release_restarts_the_gateway_without_a_reboot(
     assert check.returncode == 0 and "Current version: 1.0.2" in check.stdout, check.stdout
     assert device.cli("audit", "verify").returncode == 0
 
+    # The service update is what changed last: a person's rollback undoes it, no reboot.
+    rolled = device.cli("update", "rollback", "--json", check=False)
+    assert rolled.returncode == 0, rolled.stdout + rolled.stderr
+    assert json.loads(rolled.stdout) == {"ok": True, "service_rollback": True,
+                                         "rolled_back": "1.0.2", "runs": "1.0.1",
+                                         "services": ["gateway"], "reboot": False,
+                                         "blocked": "1.0.2"}
+    assert len(device.boots()) == boots and _os(device, "/services")["os_pid"] == os_pid
+    assert _os(device, "/services")["pids"] == {}  # the image's own gateway again
+    undone = _outcome(device, "rollback-services")
+    assert undone is not None and undone["details"]["code"] == "ok", undone
+    decision = [r for r in device.decisions("rollback-services")
+                if r["seq"] == undone["decision"]]
+    assert "the last change was the service update 1.0.1 → 1.0.2" in decision[0]["reason"]
+    device.wait_for(lambda: [r for r in device.decisions("blocked")
+                             if "1.0.2 was rolled back" in r["reason"]], 30, "1.0.2 blocked")
+    status = device.cli("update", "status").stdout
+    assert "Version: 1.0.1" in status and "Services: 1.0.2" not in status, status
+    assert device.cli("audit", "verify").returncode == 0
+
 
 def test_a_broken_service_release_is_restored_without_a_reboot_and_blocked(
         make_device: Callable[..., SimDevice]) -> None:
