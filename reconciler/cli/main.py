@@ -363,15 +363,20 @@ def sim_init(directory: Path, bootloader: str) -> None:
 @click.option("--migrates-data", is_flag=True,
               help="With --service: the version migrates data (irreversibly, without "
                    "--data-dir).")
+@click.option("--base", default=None, metavar="VERSION",
+              help="With --service: the release whose root image it keeps (default: the "
+                   "newest before VERSION).")
 def sim_publish(directory: Path, version: str, behaviour: str, changes: tuple[str, ...],
                 size_mb: int, image_keys: tuple[Path, ...], sign_keys: tuple[Path, ...],
-                service: str | None, data_dir: str | None, migrates_data: bool) -> None:
+                service: str | None, data_dir: str | None, migrates_data: bool,
+                base: str | None) -> None:
     """Build a simulated release and publish it, signed, on the device's channel."""
     from reconciler.sim.device import publish, publish_service
 
     if service is not None:
         publish_service(directory.resolve(), version, service, behaviour=behaviour,
-                        changes=changes, data_dir=data_dir, migrates_data=migrates_data)
+                        changes=changes, data_dir=data_dir, migrates_data=migrates_data,
+                        base=base)
         click.echo(f"published {version} ({service} {version}, {behaviour}; service update, "
                    f"no reboot) on {directory.resolve() / 'channel'}")
         return

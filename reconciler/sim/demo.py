@@ -6,8 +6,14 @@
    the health check passes, B is confirmed;
 4. publish a broken 1.0.2 (its gateway never starts) and edit the spec to it:
    staged into A, trial boot, the health check times out, automatic rollback;
-5. after each step print ``kruxos update status`` and ``kruxos audit list``,
-   then ``kruxos audit verify``.
+5. publish 1.0.3, a service-only release on 1.0.1's root image (a new gateway
+   that keeps its data in ``service-data/gateway``), and edit the spec to it:
+   the gateway alone is switched, restarted and confirmed, no reboot;
+6. ``kruxos update rollback``: the service update is what changed last, so it is
+   undone without a reboot (the gateway's data put back, 1.0.3 blocked);
+7. after each step print ``kruxos update status`` (and, for the slot updates,
+   ``kruxos audit list``); at the end the switch and the rollback of the service
+   update from the audit trail, and ``kruxos audit verify``.
 
 Every command shown is run for real, as a user would type it.
 """
@@ -103,6 +109,8 @@ def main() -> int:
         show_state()
         _good_update(device)
         _broken_update(device)
+        _service_update(device)
+        _service_rollback(device)
         banner("The audit trail is hash-chained; verify it")
         kruxos("audit", "verify")
     finally:
@@ -135,6 +143,26 @@ def _broken_update(device: subprocess.Popen[Any]) -> None:
     wait_for("automatic rollback from 1.0.2", lambda s: s["booted"] == "B"
              and s["boot_status"].startswith("CONFIRMED (rolled back"), device)
     show_state()
+
+
+
+def _service_update(device: subprocess.Popen[Any]) -> None:
+    banner("1.0.3 changes only the gateway (1.0.1's root image): a service update, no reboot")
+    kruxos("sim", "publish", str(DEVICE_DIR), "1.0.3", "--service", "gateway", "--base",
+           "1.0.1", "--data-dir", "gateway", "--changes", "Gateway 1.0.3 (new data schema)")
+    kruxos("update", "check")
+    set_version("1.0.3")
+    wait_for("the gateway of 1.0.3 confirmed", lambda s: s.get("service_release") == "1.0.3",
+             device)
+    kruxos("update", "status")
+
+
+def _service_rollback(device: subprocess.Popen[Any]) -> None:
+    banner("A person rolls the last change back: the service update, without a reboot")
+    kruxos("update", "rollback")  # it returns once the daemon recorded the rollback's outcome
+    kruxos("update", "status")
+    for action in ("switch-services", "rollback-services"):  # the data copy and its return
+        kruxos("audit", "list", "--action", action)
 
 
 if __name__ == "__main__":

@@ -197,32 +197,36 @@ def publish(directory: Path, version: str, *, behaviour: str = "healthy",
 def publish_service(directory: Path, version: str, service: str, *,
                     behaviour: str = "healthy", changes: Sequence[str] = (),
                     sign: bool = True, data_dir: str | None = None,
-                    migrates_data: bool = False) -> Path:
+                    migrates_data: bool = False, base: str | None = None) -> Path:
     """Publish a service-only release: the root image of the newest release before it,
     the services it carried, and a new artifact of ``service`` (its version ``version``,
     its behaviour from its own bytes: :mod:`reconciler.sim.service`).
 
     A device on the release before moves to it without a reboot (same root image).
-    ``data_dir`` declares the service's data directory (the artifact migrates it on
-    start); ``migrates_data`` says the version migrates data (irreversibly, without
-    ``data_dir``).
+    ``base`` names the release whose root image and services it keeps (default: the
+    newest before it). ``data_dir`` declares the service's data directory (the artifact
+    migrates it on start); ``migrates_data`` says the version migrates data
+    (irreversibly, without ``data_dir``).
     """
     channel = directory / "channel"
     draft = read_json(channel / "draft.json")
     before = [r for r in draft.get("releases", []) if semver_key(r["version"])
-              < semver_key(version)]
+              < semver_key(version) and base in (None, r["version"])]
     if not before:
-        raise ConfigError(f"{channel}: no release before {version} to take the root image of")
-    base = max(before, key=lambda r: semver_key(r["version"]))
+        raise ConfigError(f"{channel}: no release {base or 'before ' + version} to take the "
+                          "root image of")
+    base_release = max(before, key=lambda r: semver_key(r["version"]))
     build = directory / "run" / "build"
     build.mkdir(parents=True, exist_ok=True)
     artifact = build / f"{service}-{version}.svc"
     artifact.write_bytes(artifact_text(service, version, behaviour, data_dir))
-    sources = [ServiceSource(s["name"], s["version"], channel / s["file"])
-               for s in base.get("services", []) if s["name"] != service]
+    sources = [ServiceSource(s["name"], s["version"], channel / s["file"],
+                             s.get("data_dir"), s.get("migrates_data", False))
+               for s in base_release.get("services", []) if s["name"] != service]
     sources.append(ServiceSource(service, version, artifact, data_dir, migrates_data))
-    add_release(channel, channel / base["image"], version,
-                list(changes) or [f"{service} {version} (service update of {base['version']})"],
+    add_release(channel, channel / base_release["image"], version,
+                list(changes) or [f"{service} {version} (service update of "
+                                  f"{base_release['version']})"],
                 services=sources)
     artifact.unlink()
     if sign:
