@@ -138,7 +138,13 @@ class ServiceRuntime:
 
     def restart(self, names: tuple[str, ...]) -> str:
         """Restart each service by the device's restart command; fails at the first that
-        does not restart (its output quoted)."""
+        does not restart (its output quoted).
+
+        The store is opened first: a crash between a record and its ``current`` link is
+        resolved (the link made to agree) before a service starts from the link, so what
+        runs, and is then probed, is what the record says (the crash matrix found a restart
+        from a stale link: the old service probed and the new one confirmed unrun)."""
+        _ = self.store
         for name in names:
             result = subprocess.run([*self.device.restart_command, name], capture_output=True,
                                     text=True, timeout=RESTART_TIMEOUT, check=False)

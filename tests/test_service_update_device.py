@@ -168,6 +168,22 @@ def test_a_restart_that_fails_is_a_failed_outcome_and_the_step_stays(device_dir:
     assert _look(device).service_update.step == "switched"
 
 
+def test_a_restart_after_a_crash_between_record_and_link_starts_what_the_record_says(
+        device_dir: Path) -> None:
+    """A kill after the record's rename leaves the old ``current`` link; the restart (a new
+    daemon: the store not opened yet) must not start the service from it."""
+    device = _device(device_dir)
+    _, services, root = _staged(device)
+    services.switch(root, "1.0.0", "gateway", GW)
+    link = services.path_of(root, "gateway")
+    link.unlink()  # as service-record.renamed=kill leaves it: the record new, no link yet
+    checking = _device(device_dir, restart=("sh", "-c", f'test "$(readlink -f {link})" = '
+                                            f'"{services.objects / GW.sha256}"', "sh"))
+    outcome = _executor(checking).run(RestartServices("1.0.2", ("gateway",), "test"),
+                                      policy("1.0.2"))
+    assert outcome.code == "ok", outcome  # the link agreed with the record before the restart
+
+
 def test_a_restore_that_began_is_finished_by_the_next_pass_never_confirmed(
         device_dir: Path) -> None:
     device = _device(device_dir)
