@@ -163,6 +163,43 @@ def _setup_pin(dev: SimDevice) -> None:
     submit(dev.dir / "data", "pin", version=TARGET, reboot="now")
 
 
+#: The service flows' release: 1.0.0's root image with a new gateway that keeps its data.
+SERVICE_TARGET = "1.0.2"
+
+
+def _setup_service(behaviour: str) -> Callable[[SimDevice], None]:
+    """A service-only release on the booted 1.0.0's root image, asked for by the spec: a
+    service update from the first pass, no slot update first."""
+    def setup(dev: SimDevice) -> None:
+        _short_trials(dev)
+        dev.cli("sim", "publish", str(dev.dir), SERVICE_TARGET, "--service", "gateway",
+                "--base", "1.0.0", "--data-dir", "gateway", "--behaviour", behaviour)
+        dev.edit_spec(version=SERVICE_TARGET)
+    return setup
+
+
+def _service_end(dev: SimDevice, confirmed: bool) -> bool:
+    """The service update finished one way, never both, its record committed, the gateway's
+    data what that way leaves (migrated by 1.0.2, or put back: empty as before)."""
+    doc = _status(dev)
+    if not doc or doc.get("service_update") is not None or doc["booted"] != "A" \
+            or doc["boot_status"] != "CONFIRMED":
+        return False
+    failed = (doc.get("failed") or {}).get("version")
+    if confirmed != (doc.get("service_release") == SERVICE_TARGET) or \
+            (failed == SERVICE_TARGET) == confirmed:
+        return False
+    other = "restore-services" if confirmed else "confirm-services"
+    if dev.decisions(other):
+        raise AssertionError(f"the service update was both confirmed and restored: {other}")
+    records = list((dev.dir / "services" / "roots").glob("*/gateway/record.json"))
+    if len(records) != 1 or json.loads(records[0].read_text())["uncommitted"]:
+        return False
+    schema = dev.dir / "service-data" / "gateway" / "schema"
+    return schema.exists() == confirmed and (not confirmed
+                                             or schema.read_text() == f"{SERVICE_TARGET}\n")
+
+
 FLOWS: dict[str, Flow] = {flow.name: flow for flow in (
     Flow("confirmed", _setup_confirmed, (),
          lambda d: _running(d, TARGET, "CONFIRMED", None, "B", {"A": "good", "B": "good"}),
@@ -186,6 +223,14 @@ FLOWS: dict[str, Flow] = {flow.name: flow for flow in (
                _request("resume")),),
          lambda d: _running(d, TARGET, "CONFIRMED", None, "B", {"B": "good"}),
          f"the pin dropped, {TARGET} kept (the spec's 1.0.0 is older: blocked)"),
+    Flow("service-confirmed", _setup_service("healthy"), (),
+         lambda d: _service_end(d, confirmed=True),
+         f"the service update to {SERVICE_TARGET} confirmed on 1.0.0's slot A, no reboot, "
+         "its data migrated"),
+    Flow("service-restored", _setup_service("gateway-fails"), (),
+         lambda d: _service_end(d, confirmed=False),
+         f"the service update to {SERVICE_TARGET} restored and blocked, the gateway's data "
+         "put back"),
 )}
 
 # ---- one crash ------------------------------------------------------------------------------
@@ -379,6 +424,11 @@ def _boots(records: list[dict[str, Any]], boots: list[str]) -> list[str]:
 
 ALL_FLOWS = ("confirmed", "rolled-back", "manual-rollback", "cancel", "pin-resume")
 STAGING = ("confirmed", "rolled-back", "pin-resume")
+SERVICES = ("service-confirmed", "service-restored")
+#: The service points ``make test`` runs (on their first flow): the switch read back from
+#: the store, a record renamed before its link (what a restart must not start from), the
+#: data put back after the migrated dir was moved aside.
+SERVICE_SLICE = ("services.switched", "service-record.renamed", "service-data.moved-aside")
 
 
 @dataclass(frozen=True)
@@ -392,6 +442,7 @@ class Point:
     hit: int = 1
     boot_env: bool = False  # on the way of a boot env write: run on every backend in the slice
     downloaded: bool = False  # after the last block: a kill there costs no download
+    in_slice: bool = True  # in ``make test``'s slice (on its first flow); else torture only
 
 
 POINTS: tuple[Point, ...] = (
@@ -449,6 +500,33 @@ POINTS: tuple[Point, ...] = (
     Point("request.applied", ("manual-rollback", "cancel", "pin-resume"), "the request's "
           "state is written, the request still in the inbox: taking it again writes the "
           "same state"),
+    *(Point(name, flows, safe, ("grub",), in_slice=name in SERVICE_SLICE) for name, flows, safe in (
+        ("services.staged", SERVICES, "the artifacts are whole in the store, the state does "
+         "not say staged: the next pass stages again and finds them there (no fetch)"),
+        ("services.switched", SERVICES, "the store switched, the state says staged: observe "
+         "reads the switch from the store, and the update goes on from the restart"),
+        ("services.restarted", SERVICES, "the new gateway runs, the step not recorded: it is "
+         "restarted again, then probed"),
+        ("services.committed", ("service-confirmed",), "the store committed, the state still "
+         "holds the update: the next pass confirms again (committing nothing twice)"),
+        ("services.restoring", ("service-restored",), "the failure is kept first: the next "
+         "pass finishes the restore, never confirms"),
+        ("service-record.temp-written", SERVICES, "the old record holds (the switch not "
+         "made); the temp file is swept when the store opens"),
+        ("service-record.renamed", SERVICES, "the new record holds, its link old: the store's "
+         "open makes the link agree (rolled forward)"),
+        ("service-link.temp-written", SERVICES, "the record is new, the link old: the temp "
+         "link is removed and the link made to agree when the store opens"),
+        ("service-link.renamed", SERVICES, "record and link agree (new)"),
+        ("service-data.copied", SERVICES, "the copy is a temporary directory, nothing "
+         "switched: the store's open removes it, the switch copies again"),
+        ("service-data.renamed", SERVICES, "the copy is whole, nothing switched: the switch "
+         "copies again over it"),
+        ("service-data.moved-aside", ("service-restored",), "the data dir is gone, the copy "
+         "whole: the restore runs again and renames the copy into place"),
+        ("service-data.put-back", ("service-restored",), "the data is back, the migrated "
+         "one aside: the restore runs again and removes what is aside"),
+    )),
     Point("grubenv.overwritten", ALL_FLOWS, "grubenv is the new block (overwritten in "
           "place; a kill keeps the page cache)", ("grub",), boot_env=True),
     Point("grub.env-written", ALL_FLOWS, "grubenv new, grubenv.bak old: the backup is only "
@@ -480,9 +558,12 @@ def matrix() -> list[tuple[Point, str, str]]:
 
 def slice_() -> list[tuple[Point, str, str]]:
     """``make test``: every point once on its first flow with GRUB (a backend's own
-    points: on its backend), and every boot-env point on all three backends."""
+    points: on its backend), and every boot-env point on all three backends; of the service
+    update's points only :data:`SERVICE_SLICE`."""
     runs = []
     for point in POINTS:
+        if not point.in_slice:
+            continue
         backends = point.backends if point.boot_env else point.backends[:1]
         runs += [(point, point.flows[0], backend) for backend in backends]
     return runs
@@ -502,6 +583,12 @@ WHERE = {
     "confirm": "executor.py: after mark_good, before the state and the outcome",
     "rollback": "executor.py: after the backend's rollback, before the reboot",
     "request": "executor.py: after the request's state, before the inbox file goes",
+    "services": "executor.py: a service update's step done in the store, not yet in the "
+                "state file",
+    "service-record": "services.py: a service's record.json through durable.atomic_write",
+    "service-link": "services.py: the `current` link (temp symlink, rename)",
+    "service-data": "service_data.py: a data copy (temp dir, rename) or its put-back "
+                    "(renames)",
     "grubenv": "boot/grubenv.py: the block overwritten in place (a new file: atomic_write)",
     "grub": "boot/grub.py: between grubenv and grubenv.bak",
     "grubenv-backup": "boot/grub.py: grubenv.bak through durable.atomic_write",

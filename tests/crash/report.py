@@ -4,7 +4,7 @@
 per failpoint: where it is, what makes a kill there safe, and per backend the
 flows it was killed on and passed (``✓``), failed (``✗``), or did not run
 (``·``). Flows: C confirmed update, R rolled-back update, M manual rollback,
-X cancel, P pin and resume.
+X cancel, P pin and resume, S service update confirmed, U service update restored.
 """
 
 from __future__ import annotations
@@ -17,9 +17,9 @@ from pathlib import Path
 from tests.crash.matrix import BACKENDS, POINTS, where
 
 LETTERS = {"confirmed": "C", "rolled-back": "R", "manual-rollback": "M", "cancel": "X",
-           "pin-resume": "P"}
-_ID = re.compile(r"\[(grub|uboot|bls)-(confirmed|rolled-back|manual-rollback|cancel|pin-resume)-"
-                 r"([a-z][^\]]*)\]$")
+           "pin-resume": "P", "service-confirmed": "S", "service-restored": "U"}
+_ID = re.compile(r"\[(grub|uboot|bls)-(confirmed|rolled-back|manual-rollback|cancel|pin-resume"
+                 r"|service-confirmed|service-restored)-([a-z][^\]]*)\]$")
 
 
 def outcomes(files: list[Path]) -> dict[tuple[str, str, str], bool]:
