@@ -1,8 +1,8 @@
 """A service update end to end on the simulated device: no reboot, one service restarted.
 
-Each test boots a device with ``kruxos sim run``, moves it to 1.0.1 by a slot
-update, publishes a service-only release (``kruxos sim publish DIR VERSION
---service gateway``: 1.0.1's root image, a new gateway artifact) and edits the
+Each test boots a device with ``kruxos sim run`` on 1.0.0, publishes a service-only
+release (``kruxos sim publish DIR VERSION --service gateway --base 1.0.0``: 1.0.0's
+root image, a new gateway artifact) and edits the
 spec to it. The simulated OS runs the gateway from its artifact as a process of
 its own (``GET /services`` lists the pids), so the test sees the one service
 restart, the OS and the boot count untouched, and the health answer's
@@ -24,12 +24,10 @@ from reconciler.sim.run import HALTED_AT_FAILPOINT, ports
 from tests.device import SimDevice
 
 
-def _on_101(device: SimDevice) -> None:
+def _on_100(device: SimDevice) -> None:
     device.start()
-    device.edit_spec(version="1.0.1")
-    device.wait_status("1.0.1", "CONFIRMED", timeout=90)
-    device.wait_for(lambda: device.decisions("nothing") and "runs 1.0.1" in
-                    device.decisions("nothing")[-1]["reason"], 60, "1.0.1 settled")
+    device.wait_for(lambda: device.decisions("nothing") and "runs 1.0.0" in
+                    device.decisions("nothing")[-1]["reason"], 60, "1.0.0 settled")
 
 
 def _os(device: SimDevice, path: str) -> Any:
@@ -46,11 +44,12 @@ def _outcome(device: SimDevice, action: str) -> dict[str, Any] | None:
 def test_a_service_only_release_restarts_the_gateway_without_a_reboot(
         make_device: Callable[..., SimDevice]) -> None:
     device = make_device()
-    _on_101(device)
+    _on_100(device)
     boots, os_pid = len(device.boots()), _os(device, "/services")["os_pid"]
     assert _os(device, "/services")["pids"] == {}  # the image's own gateway runs
 
-    published = device.cli("sim", "publish", str(device.dir), "1.0.2", "--service", "gateway")
+    published = device.cli("sim", "publish", str(device.dir), "1.0.2", "--service", "gateway",
+               "--base", "1.0.0")
     assert "service update, no reboot" in published.stdout
     check = device.cli("update", "check", check=False)
     assert check.returncode == 1, check.stdout + check.stderr
@@ -71,7 +70,7 @@ def test_a_service_only_release_restarts_the_gateway_without_a_reboot(
         assert step in actions, actions
     assert "reboot" not in actions[actions.index("stage-services"):], actions
     status = device.cli("update", "status").stdout
-    assert "Services: 1.0.2 (service update on 1.0.1, no reboot)" in status, status
+    assert "Services: 1.0.2 (service update on 1.0.0, no reboot)" in status, status
     assert "  gateway 1.0.2 (service update, previous: the image's own)" in status, status
     assert device.status_json()["service_release"] == "1.0.2"
     check = device.cli("update", "check", check=False)
@@ -82,7 +81,7 @@ def test_a_service_only_release_restarts_the_gateway_without_a_reboot(
     rolled = device.cli("update", "rollback", "--json", check=False)
     assert rolled.returncode == 0, rolled.stdout + rolled.stderr
     assert json.loads(rolled.stdout) == {"ok": True, "service_rollback": True,
-                                         "rolled_back": "1.0.2", "runs": "1.0.1",
+                                         "rolled_back": "1.0.2", "runs": "1.0.0",
                                          "services": ["gateway"], "reboot": False,
                                          "blocked": "1.0.2"}
     assert len(device.boots()) == boots and _os(device, "/services")["os_pid"] == os_pid
@@ -91,21 +90,21 @@ def test_a_service_only_release_restarts_the_gateway_without_a_reboot(
     assert undone is not None and undone["details"]["code"] == "ok", undone
     decision = [r for r in device.decisions("rollback-services")
                 if r["seq"] == undone["decision"]]
-    assert "the last change was the service update 1.0.1 → 1.0.2" in decision[0]["reason"]
+    assert "the last change was the service update 1.0.0 → 1.0.2" in decision[0]["reason"]
     device.wait_for(lambda: [r for r in device.decisions("blocked")
                              if "1.0.2 was rolled back" in r["reason"]], 30, "1.0.2 blocked")
     status = device.cli("update", "status").stdout
-    assert "Version: 1.0.1" in status and "Services: 1.0.2" not in status, status
+    assert "Version: 1.0.0" in status and "Services: 1.0.2" not in status, status
     assert device.cli("audit", "verify").returncode == 0
 
 
 def test_a_broken_service_release_is_restored_without_a_reboot_and_blocked(
         make_device: Callable[..., SimDevice]) -> None:
     device = make_device()
-    _on_101(device)
+    _on_100(device)
     boots = len(device.boots())
     device.cli("sim", "publish", str(device.dir), "1.0.2", "--service", "gateway",
-               "--behaviour", "gateway-fails")
+               "--base", "1.0.0", "--behaviour", "gateway-fails")
     device.edit_spec(version="1.0.2")
     restored = device.wait_for(lambda: _outcome(device, "restore-services"), 60,
                                "the service update to be restored")
@@ -127,17 +126,17 @@ def test_a_broken_service_release_is_restored_without_a_reboot_and_blocked(
     assert state["failed"]["version"] == "1.0.2" and "service_update" not in state, state
     assert not [r for r in device.decisions() if r["action"] == "confirm-services"]
     status = device.cli("update", "status").stdout
-    assert "Version: 1.0.1" in status and "1.0.2 was rolled back" in status, status
+    assert "Version: 1.0.0" in status and "1.0.2 was rolled back" in status, status
     assert device.cli("audit", "verify").returncode == 0
 
 
 def _killed_at(device: SimDevice, point: str, behaviour: str) -> None:
-    """Bring the device to 1.0.1 with ``point`` armed, then edit the spec to a service-only
+    """Boot the device on 1.0.0 with ``point`` armed, then edit the spec to a service-only
     1.0.2 and wait for the daemon to die there (the device halts as the crash left it)."""
     device.env["KRUXOS_FAILPOINTS"] = f"{point}=kill"
-    _on_101(device)
+    _on_100(device)
     device.cli("sim", "publish", str(device.dir), "1.0.2", "--service", "gateway",
-               "--behaviour", behaviour)
+               "--base", "1.0.0", "--behaviour", behaviour)
     device.edit_spec(version="1.0.2")
     proc = device.proc
     assert proc is not None
@@ -200,11 +199,11 @@ def test_update_apply_restarts_the_gateway_instead_of_asking_to_reboot(
     start and fails, and the restore puts 1.0.2's data back byte for byte before 1.0.2's
     gateway starts again (which would otherwise find 1.0.3's schema and migrate it)."""
     device = make_device()
-    _on_101(device)
+    _on_100(device)
     boots = len(device.boots())
     data = device.dir / "service-data" / "gateway"
     device.cli("sim", "publish", str(device.dir), "1.0.2", "--service", "gateway",
-               "--data-dir", "gateway")
+               "--base", "1.0.0", "--data-dir", "gateway")
     device.cli("sim", "publish", str(device.dir), "1.0.3", "--service", "gateway",
                "--behaviour", "gateway-fails", "--data-dir", "gateway")
 
@@ -235,7 +234,7 @@ def test_update_apply_restarts_the_gateway_instead_of_asking_to_reboot(
     assert restored is not None, device.audit_records()[-5:]
     assert "gateway's data (gateway) put back as it was under 1.0.2" in restored["outcome"]
     copies = device.dir / "services" / "copies" / "gateway"
-    assert sorted(p.name for p in copies.iterdir()) == ["1.0.1"]  # 1.0.2's was put back
+    assert sorted(p.name for p in copies.iterdir()) == ["1.0.0"]  # 1.0.2's was put back
     assert not (device.dir / "data" / "gateway").exists()  # never inside the data dir
     assert device.cli("audit", "verify").returncode == 0
 
