@@ -15,7 +15,10 @@ The user documentation is a transcript of real commands; this module makes it on
   be re-run), ``exit N`` (each command of the block exits N; the default is 0; a
   command followed by ``$ echo $?`` is checked by that line instead), ``answer y``
   (stdin is a terminal on which ``y`` and Enter are typed ahead; ``answer ^D``: Ctrl-D,
-  the end of input; otherwise stdin is not a terminal).
+  the end of input; otherwise stdin is not a terminal), ``any-seq`` (the audit record
+  numbers that start ``kruxos audit list`` lines may differ: how many records the
+  daemon's passes wrote before depends on when they ran; only for a block that shows
+  no sequence on purpose).
 - One comment at the top of a document, ``<!-- docs-test: device /tmp/dev -->``,
   names the directory its commands call the device's; it is a fresh directory of the
   test. ``device /tmp/dev started`` makes and boots the device first (``kruxos sim
@@ -72,6 +75,7 @@ class Command:
     expected: list[tuple[int, str]] = field(default_factory=list)  # (line, text)
     exit: int = 0
     checked_by_echo: bool = False
+    any_seq: bool = False
 
 
 @dataclass
@@ -175,9 +179,12 @@ def _apply(name: str, pending: tuple[int, str], block: Block) -> None:
                 command.exit = int(value)
         elif word == "answer" and value:
             block.answer = value
+        elif word == "any-seq" and not value:
+            for command in block.commands:
+                command.any_seq = True
         else:
             raise DocError(f"{name}:{line}: unknown docs-test directive {item!r} "
-                           "(wait Ns, exit N, answer TEXT)")
+                           "(wait Ns, exit N, answer TEXT, any-seq)")
     for command in block.commands:
         if command.text == "echo $?":
             command.exit = 0
@@ -199,6 +206,10 @@ NORMALISE: tuple[tuple[re.Pattern[str], str], ...] = (
     (re.compile(r"\b[0-9a-f]{64}\b"), "<sha256>"),
     (re.compile(r"\b[0-9a-f]{16}…"), "<hash>…"),
 )
+
+
+#: The record number that starts an ``audit list`` line (``any-seq`` blocks only).
+_AUDIT_SEQ = re.compile(r"^#\d+\s+(?=<time>)")
 
 
 def normalise(line: str, user: str = getpass.getuser()) -> str:
@@ -329,6 +340,8 @@ def mismatch(doc: Doc, command: Command, result: Result) -> str | None:
     """Why ``result`` is not what the document shows for ``command`` (``None``: it is)."""
     want = [normalise(text) for _, text in command.expected]
     got = [normalise(text) for text in result.output.splitlines()]
+    if command.any_seq:  # an audit list line's record number, as in ``#9  <time>``
+        want, got = ([_AUDIT_SEQ.sub("#<seq> ", line) for line in lines] for lines in (want, got))
     while want and not want[-1]:
         want.pop()
     while got and not got[-1]:

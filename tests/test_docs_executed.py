@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.device import REPO, SimDevice
-from tests.docrun import DocError, normalise, parse, run_doc
+from tests.docrun import DocError, Result, mismatch, normalise, parse, run_doc
 
 #: The documents that are executed, each on a device of its own.
 DOCS = ("docs/updating.md", "docs/audit.md", "docs/spec.md", "README.md")
@@ -168,3 +168,22 @@ def test_normalisation_hides_times_ports_pids_and_keys(line: str, same_as: str) 
 ])
 def test_normalisation_keeps_what_a_reader_relies_on(line: str, differs_from: str) -> None:
     assert normalise(line) != normalise(differs_from)
+
+
+def test_any_seq_loosens_only_the_record_number_of_an_audit_list_line() -> None:
+    head = "<!-- docs-test: device /tmp/dev -->\n"
+    doc = parse("t.md", head + "<!-- docs-test: any-seq -->\n```console\n$ kruxos audit list\n"
+                        "#9  2026-12-02T19:04:44Z  cli  reboot-answer  → ok (0.0s)\n```\n")
+    command = doc.blocks[0].commands[0]
+
+    def printed(text: str) -> str | None:
+        return mismatch(doc, command, Result(0, text))
+
+    assert printed("#7  2026-12-03T08:00:00Z  cli  reboot-answer  → ok (0.1s)\n") is None
+    assert printed("#12 2026-12-03T08:00:00Z  cli  reboot-answer  → ok (0.1s)\n") is None
+    assert printed("#7  2026-12-03T08:00:00Z  cli  pin  → ok (0.1s)\n") is not None
+    assert printed("7  2026-12-03T08:00:00Z  cli  reboot-answer  → ok (0.1s)\n") is not None
+    plain = parse("t.md", head + "```console\n$ kruxos audit list\n"
+                          "#9  2026-12-02T19:04:44Z  cli  reboot-answer  → ok (0.0s)\n```\n")
+    assert mismatch(plain, plain.blocks[0].commands[0], Result(
+        0, "#7  2026-12-03T08:00:00Z  cli  reboot-answer  → ok (0.1s)\n")) is not None
