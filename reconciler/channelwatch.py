@@ -76,7 +76,9 @@ def view_of(meta: ChannelMetadata, error: str | None = None,
     return ChannelView(versions=frozenset(r.version for r in meta.releases),
                        latest=latest.version if latest else None, error=error,
                        retry_after=retry, refused=refused,
-                       components={r.version: r.components() for r in meta.releases})
+                       components={r.version: r.components() for r in meta.releases},
+                       images={r.version: r.container_image for r in meta.releases
+                               if r.container_image})
 
 
 def release_refusal(meta: ChannelMetadata) -> Refusal | None:

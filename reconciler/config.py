@@ -28,7 +28,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import timedelta
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from ruamel.yaml import YAML
@@ -44,7 +44,7 @@ from reconciler.urls import parse_url
 DEFAULT_PATH = Path("/etc/kruxos/device.yaml")
 #: What the device layer may set; everything else belongs to the image.
 OVERLAY_KEYS = frozenset({"deviceId", "channel", "group", "audit", "resync", "spec",
-                          "revokedKeys", "portMap"})
+                          "revokedKeys", "portMap", "runtime", "container"})
 #: A revoked key may be named by its keyid (16 hex digits) instead of a .pub path.
 _KEYID = re.compile(r"^[0-9a-fA-F]{16}$")
 
@@ -109,10 +109,64 @@ class AuditConfig(_Model):
                                                                      alias="keepMiB")
 
 
+#: A container or volume name as the engine accepts it.
+_ENGINE_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$"
+#: An image repository without tag or digest: ``registry[:port]/path`` (lowercase path).
+_REPOSITORY = r"^(?:[A-Za-z0-9.-]+(?::[0-9]{1,5})?/)?[a-z0-9]+(?:[._/-][a-z0-9]+)*$"
+#: A published port: ``[IP:]HOST:CONTAINER`` (``/tcp`` or ``/udp`` optional).
+_PORT = r"^(?:[0-9.]+:)?[0-9]{1,5}:[0-9]{1,5}(?:/(?:tcp|udp))?$"
+_CAPABILITY = r"^(?:ALL|[A-Z][A-Z_]{1,31})$"
+_ENV_NAME = r"^[A-Za-z_][A-Za-z0-9_]{0,127}$"
+
+
+class CapabilitiesConfig(_Model):
+    """Linux capabilities added to and dropped from the engine's default set."""
+
+    add: list[Annotated[str, Field(pattern=_CAPABILITY)]] = Field(default_factory=list)
+    drop: list[Annotated[str, Field(pattern=_CAPABILITY)]] = Field(default_factory=list)
+
+
+class ContainerConfig(_Model):
+    """How the product runs on a container engine (``runtime: docker``,
+    ``docs/containers.md``): what ``docker run`` would be told, as data.
+
+    Secrets (``KRUXOS_VAULT_PASSPHRASE``) are never written here: ``secretsFile``
+    names a file of ``NAME=VALUE`` lines, mode 0600, read when a container is made.
+    """
+
+    engine: str = "unix:///run/docker.sock"
+    name: Annotated[str, Field(pattern=_ENGINE_NAME)] = "kruxos"
+    repository: Annotated[str, Field(pattern=_REPOSITORY, max_length=255)]
+    volumes: dict[Annotated[str, Field(pattern=_ENGINE_NAME)],
+                  Annotated[str, Field(pattern=r"^/")]] = Field(default_factory=dict)
+    network: Literal["host", "bridge"] = "bridge"
+    ports: list[Annotated[str, Field(pattern=_PORT)]] = Field(default_factory=list)
+    environment: dict[Annotated[str, Field(pattern=_ENV_NAME)], str] = \
+        Field(default_factory=dict)
+    secrets_file: str | None = Field(default=None, alias="secretsFile")
+    privileged: bool = False
+    capabilities: CapabilitiesConfig | None = None
+    security_opt: list[str] = Field(default_factory=list, alias="securityOpt")
+    stop_timeout: Annotated[int, Field(ge=1, le=600)] = Field(default=10, alias="stopTimeout")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ContainerConfig:
+        if self.privileged and self.capabilities is not None:
+            raise ValueError("privileged: true and capabilities exclude each other (name one)")
+        if self.network == "host" and self.ports:
+            raise ValueError("ports: published ports do not apply with network: host")
+        if not self.engine.startswith("unix:///"):
+            raise ValueError(f"engine: expected unix:///PATH of the engine socket, got "
+                             f"{self.engine[:80]!r}")
+        return self
+
+
 class DeviceConfig(_Model):
     """The device config file's fields (paths still as written)."""
 
-    slots: dict[SlotName, SlotConfig]
+    slots: dict[SlotName, SlotConfig] = Field(default_factory=dict)
+    runtime: Literal["slots", "docker"] = "slots"
+    container: ContainerConfig | None = None
     bootloader: BootloaderConfig = Field(default_factory=BootloaderConfig)
     trusted_keys: list[str] = Field(alias="trustedKeys", min_length=1)
     revoked_keys: list[str] = Field(default_factory=list, alias="revokedKeys")
@@ -136,6 +190,15 @@ class DeviceConfig(_Model):
     channel: ChannelConfig = Field(default_factory=ChannelConfig)
     group: Annotated[str, Field(pattern=r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,31}$")] | None = None
     audit: AuditConfig = Field(default_factory=AuditConfig)
+
+    @model_validator(mode="after")
+    def _runtime(self) -> DeviceConfig:
+        if self.runtime == "docker" and self.container is None:
+            raise ValueError("runtime: docker needs a container section (engine, name, "
+                             "repository, ...)")
+        if self.runtime == "slots" and self.container is not None:
+            raise ValueError("container: applies only with runtime: docker")
+        return self
 
 
 @dataclass(frozen=True)
@@ -203,6 +266,11 @@ class Device:
     service_data_dir: Path = Path("/var/lib/kruxos/service-data")
     #: Restarts one service; the service's name is appended (``systemctl restart gateway``).
     restart_command: tuple[str, ...] = ("systemctl", "restart")
+    #: ``slots`` (A/B slots and a bootloader) or ``docker`` (a container engine, no slots).
+    runtime: str = "slots"
+    container: ContainerConfig | None = None
+    #: The container's secrets (``NAME=VALUE`` lines, mode 0600), resolved.
+    container_secrets: Path | None = None
 
     def slot_device(self, slot: SlotName) -> str:
         """``sda3``: the short device name status lines show."""
@@ -277,12 +345,55 @@ def load_device(path: Path) -> Device:
         where = ".".join(str(p) for p in first["loc"])
         raise ConfigError(f"{_layer_of(first['loc'], layers)}: {where}: {first['msg']}") from None
     missing = [s for s in SLOTS if s not in cfg.slots]
-    if missing:
+    if missing and cfg.runtime == "slots":
         raise ConfigError(f"{path}: slots: slot {missing[0]} is not configured")
     device = replace(_resolve(cfg, path.resolve(), overlay_path), layers=tuple(layers))
     set_data_policy(device.data_dir, _group_id(device.group, path))
     _register_secrets(device.credentials)
+    _check_container_secrets(device, layers)
     return device
+
+
+def read_secrets_file(path: Path) -> dict[str, str]:
+    """The ``NAME=VALUE`` lines of a container's secrets file (blank lines and ``#``
+    comments skipped); a line of another form is an error naming its number, never its
+    content."""
+    found = {}
+    for number, line in enumerate(path.read_text().splitlines(), 1):
+        text = line.strip()
+        if not text or text.startswith("#"):
+            continue
+        name, sep, value = text.partition("=")
+        if not sep or not re.match(_ENV_NAME, name):
+            raise ConfigError(f"{path}: line {number}: expected NAME=VALUE")
+        found[name] = value
+    return found
+
+
+def _check_container_secrets(device: Device, layers: list[Path]) -> None:
+    """The secrets file must be 0600 (or stricter) and well formed; its values are masked
+    in every output of this process from now on."""
+    path = device.container_secrets
+    if path is None:
+        return
+    where = layers[-1] if len(layers) > 1 else layers[0]
+    try:
+        mode = path.stat().st_mode & 0o777
+    except OSError as exc:
+        raise ConfigError(f"{where}: container.secretsFile: cannot read {path}: "
+                          f"{exc.strerror}") from None
+    if mode & 0o077:
+        raise ConfigError(f"{where}: container.secretsFile: {path} is mode {mode:04o}; it "
+                          "holds secrets, so it must be 0600 (chmod 600)")
+    try:
+        values = read_secrets_file(path)
+    except OSError as exc:
+        raise ConfigError(f"{where}: container.secretsFile: cannot read {path}: "
+                          f"{exc.strerror}") from None
+    except ConfigError as exc:
+        raise ConfigError(f"{where}: container.secretsFile: {exc}") from None
+    for value in values.values():
+        register_secret(value)
 
 
 def _overlay_path(raw: dict[str, Any], path: Path) -> Path | None:
@@ -342,6 +453,10 @@ def _paths_from(merged: dict[str, Any], overlay: dict[str, Any], overlay_path: P
     for key in ("spec", "portMap"):
         if key in overlay:
             merged[key] = _relative_to(overlay[key], overlay_path, image_path)
+    container = overlay.get("container")
+    if isinstance(container, dict) and "secretsFile" in container:
+        merged["container"] = {**container, "secretsFile": _relative_to(
+            container["secretsFile"], overlay_path, image_path)}
     creds = (overlay.get("channel") or {}).get("credentials") \
         if isinstance(overlay.get("channel"), dict) else None
     if isinstance(creds, dict):
@@ -422,6 +537,10 @@ def _resolve(cfg: DeviceConfig, source: Path, overlay: Path | None = None) -> De
         device_id=cfg.device_id,
         audit_keep_days=cfg.audit.keep_days,
         audit_keep_bytes=cfg.audit.keep_mib * 1024 * 1024 if cfg.audit.keep_mib else None,
+        runtime=cfg.runtime,
+        container=cfg.container,
+        container_secrets=at(cfg.container.secrets_file)
+        if cfg.container and cfg.container.secrets_file else None,
     )
 
 

@@ -113,6 +113,9 @@ class ChannelView:
     #: core derives whether a move needs a slot update or only a service update. Empty:
     #: unknown, and every move is a slot update, as before service updates existed.
     components: Mapping[str, Components] = field(default_factory=dict)
+    #: Each release's signed container image (``REPOSITORY@sha256:HEX``), by version: what
+    #: a device with ``runtime: docker`` pulls, by digest only.
+    images: Mapping[str, str] = field(default_factory=dict)
 
 
 ServiceStep = Literal["staged", "switched", "restarted"]

@@ -3,7 +3,7 @@
     kruxos release keygen [--dir D] [--name N]
     kruxos release add CHANNEL IMAGE --version V --changes TEXT... [--requires FEATURE...]
                        [--service NAME[@VERSION]=PATH...] [--data-dir NAME=DIR...]
-                       [--migrates-data NAME...]
+                       [--migrates-data NAME...] [--container-image REPO@sha256:HEX]
     kruxos release sign CHANNEL --key KEYFILE... [--expires 30d]
     kruxos release verify CHANNEL [--key PUBFILE...] [--revoked KEYID|PUBFILE...]
 """
@@ -28,7 +28,12 @@ from reconciler.release.channel import (
 )
 from reconciler.release.features import FEATURES
 from reconciler.release.keys import generate_keypair, keyid_of, load_public_key
-from reconciler.release.metadata import SERVICE_DATA_FEATURE, SERVICE_FEATURE, format_time
+from reconciler.release.metadata import (
+    CONTAINER_FEATURE,
+    SERVICE_DATA_FEATURE,
+    SERVICE_FEATURE,
+    format_time,
+)
 
 _DURATION = re.compile(r"^(\d+)([wdhm])$")
 _UNITS = {"w": "weeks", "d": "days", "h": "hours", "m": "minutes"}
@@ -115,10 +120,14 @@ def keygen(directory: Path, name: str) -> None:
 @click.option("--migrates-data", "migrates", multiple=True, metavar="NAME",
               help="This version of the service migrates its data: without --data-dir, no "
                    "rollback goes past it once it has started (repeatable).")
+@click.option("--container-image", metavar="REPO@sha256:HEX",
+              help="The release's container image, named by its digest (devices with "
+                   f"runtime: docker pull exactly it). The release then requires "
+                   f"{CONTAINER_FEATURE}.")
 def add(channel: Path, image: Path, version: str, changes: tuple[str, ...], day: str | None,
         channel_name: str | None, block_size: int, requires: tuple[str, ...],
         services: tuple[str, ...], data_dirs: tuple[str, ...],
-        migrates: tuple[str, ...]) -> None:
+        migrates: tuple[str, ...], container_image: str | None) -> None:
     """Copy IMAGE (and any service artifacts) into CHANNEL and list it (run `sign` to
     publish)."""
     try:
@@ -130,11 +139,14 @@ def add(channel: Path, image: Path, version: str, changes: tuple[str, ...], day:
             init_channel(channel, channel_name or channel.resolve().name)
         rel = add_release(channel, image, version, list(changes), when, block_size=block_size,
                           requires=requires,
-                          services=_service_sources(services, version, data_dirs, migrates))
+                          services=_service_sources(services, version, data_dirs, migrates),
+                          container_image=container_image)
     except KruxosError as exc:
         raise click.ClickException(str(exc)) from exc
     click.echo(f"added {rel.version}: {channel / rel.image}, {rel.size} bytes, "
                f"{len(rel.blocks)} blocks, sha256 {rel.sha256}")
+    if rel.container_image:
+        click.echo(f"  container image {rel.container_image}")
     for svc in rel.services:
         click.echo(f"  service {svc.name} {svc.version}: {channel / svc.file}, {svc.size} bytes, "
                    f"{len(svc.blocks)} blocks, sha256 {svc.sha256}")

@@ -30,6 +30,7 @@ from reconciler.errors import ConfigError, KruxosError, ReleaseError
 from reconciler.release.identity import LEGACY_MAGIC
 from reconciler.release.keys import keyid_of, load_revoked, load_signing_key, load_trusted_keys
 from reconciler.release.metadata import (
+    CONTAINER_FEATURE,
     MAX_SERVICE_NAME,
     RELEASE_FIELDS,
     SERVICE_DATA_FEATURE,
@@ -41,6 +42,7 @@ from reconciler.release.metadata import (
     canonical_json,
     format_for,
     format_time,
+    parse_container_image,
     parse_requires,
     parse_services,
     semver_key,
@@ -175,7 +177,8 @@ def _add_service(channel_dir: Path, source: ServiceSource, block_size: int) -> S
 
 def add_release(channel_dir: Path, image_path: Path, version: str, changes: Sequence[str],
                 date_: date | None = None, *, block_size: int = DEFAULT_BLOCK_SIZE,
-                requires: Sequence[str] = (), services: Sequence[ServiceSource] = ()) -> Release:
+                requires: Sequence[str] = (), services: Sequence[ServiceSource] = (),
+                container_image: str | None = None) -> Release:
     """Copy an image (and service artifacts) into the channel and list the release in the
     draft (sign to publish).
 
@@ -188,7 +191,9 @@ def add_release(channel_dir: Path, image_path: Path, version: str, changes: Sequ
     """
     semver_key(version)
     wanted = [*requires, *([SERVICE_FEATURE] if services and SERVICE_FEATURE not in requires
-                           else [])]
+                           else []),
+               *([CONTAINER_FEATURE] if container_image and CONTAINER_FEATURE not in requires
+                 else [])]
     if any(s.data_dir is not None or s.migrates_data for s in services) \
             and SERVICE_DATA_FEATURE not in wanted:
         wanted.append(SERVICE_DATA_FEATURE)
@@ -205,13 +210,14 @@ def add_release(channel_dir: Path, image_path: Path, version: str, changes: Sequ
     artifacts = tuple(_add_service(channel_dir, source, block_size) for source in services)
     try:
         parse_services([a.to_json() for a in artifacts], "--service", needs)
+        parse_container_image(container_image, "--container-image", needs)
     except ReleaseError as exc:
         raise ReleaseError(str(exc).removeprefix("channel metadata: ")) from exc
     name = image_name(version)
     size, sha, blocks = _copy_hashing(image_path, channel_dir / name, block_size)
     day = (date_ or datetime.now(UTC).date()).isoformat()
     release = Release(version, day, tuple(changes), name, size, sha, block_size, tuple(blocks),
-                      needs, artifacts)
+                      needs, artifacts, container_image)
     draft["releases"].append(release.to_json())
     atomic_write_json(channel_dir / DRAFT_FILE, draft, PUBLIC_MODE)
     return release
@@ -257,8 +263,10 @@ def _check_services(channel_dir: Path, releases: Iterable[dict[str, Any]]) -> No
     """Sign no service list a device would refuse (a hand-edited draft included)."""
     for i, rel in enumerate(releases):
         try:
-            parse_services(rel.get("services", []), f"releases[{i}].services",
-                           parse_requires(rel.get("requires", []), f"releases[{i}].requires"))
+            needs = parse_requires(rel.get("requires", []), f"releases[{i}].requires")
+            parse_services(rel.get("services", []), f"releases[{i}].services", needs)
+            parse_container_image(rel.get("container_image"), f"releases[{i}].container_image",
+                                  needs)
         except ReleaseError as exc:
             raise ReleaseError(f"{channel_dir / DRAFT_FILE}: "
                                f"{str(exc).removeprefix('channel metadata: ')}") from exc

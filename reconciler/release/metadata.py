@@ -66,6 +66,11 @@ _DAY = re.compile(r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$")
 _KEYID = re.compile(r"^[0-9a-fA-F]{1,64}$")
 #: The feature a release with service artifacts requires (``docs/channel.md``).
 SERVICE_FEATURE = "service-artifacts"
+#: The feature a release with a container image requires (``docs/containers.md``).
+CONTAINER_FEATURE = "container-image"
+#: A container image named by its content: ``REPOSITORY@sha256:HEX`` (no tag: a tag moves).
+CONTAINER_IMAGE = re.compile(r"^(?P<repository>(?:[A-Za-z0-9.-]+(?::[0-9]{1,5})?/)?"
+                             r"[a-z0-9]+(?:[._/-][a-z0-9]+)*)@(?P<digest>sha256:[0-9a-f]{64})$")
 #: At most this many service artifacts per release, each named by at most this many characters.
 MAX_SERVICES = 32
 MAX_SERVICE_NAME = 64
@@ -185,6 +190,14 @@ class Release:
     blocks: tuple[str, ...]
     requires: tuple[str, ...] = ()
     services: tuple[ServiceArtifact, ...] = ()
+    #: The container image of this release, ``REPOSITORY@sha256:HEX``, for devices with
+    #: ``runtime: docker``: they pull it by this signed digest and nothing else.
+    container_image: str | None = None
+
+    @property
+    def image_digest(self) -> str | None:
+        """``sha256:HEX`` of :attr:`container_image`, or ``None``."""
+        return self.container_image.partition("@")[2] if self.container_image else None
 
     def block_range(self, index: int) -> tuple[int, int]:
         """Byte offsets ``[start, end)`` of block ``index``."""
@@ -210,12 +223,15 @@ class Release:
             doc["requires"] = list(self.requires)
         if self.services:
             doc["services"] = [service.to_json() for service in self.services]
+        if self.container_image:
+            doc["container_image"] = self.container_image
         return doc
 
 
 #: The fields of a release this version writes and reads; a publisher signs no other.
 RELEASE_FIELDS = frozenset({"version", "date", "changes", "image", "size", "sha256",
-                            "block_size", "blocks", "requires", "services"})
+                            "block_size", "blocks", "requires", "services",
+                            "container_image"})
 
 
 def format_for(requires: Iterable[Sequence[str]]) -> int:
@@ -424,8 +440,25 @@ def _parse_release(obj: Any, index: int) -> Release:
     whole, blocks = _digests(obj, where, size, block_size)
     requires = parse_requires(obj.get("requires", []), f"{where}requires")
     services = parse_services(obj.get("services", []), f"{where}services", requires)
+    container = parse_container_image(obj.get("container_image"), f"{where}container_image",
+                                      requires)
     return Release(version, day, tuple(changes), image, size, whole, block_size, blocks,
-                   requires, services)
+                   requires, services, container)
+
+
+def parse_container_image(value: Any, where: str, requires: Sequence[str]) -> str | None:
+    """``container_image``: ``REPOSITORY@sha256:HEX``, and the release must require
+    :data:`CONTAINER_FEATURE` (a device that cannot run containers skips it). Shared with
+    the publisher (``kruxos release add --container-image``)."""
+    if value is None:
+        return None
+    if not isinstance(value, str) or len(value) > 400 or not CONTAINER_IMAGE.match(value):
+        raise _fail(f"{where}: {quote(value)} is not REPOSITORY@sha256:HEX (an image named "
+                    "by its digest; a tag can be moved)")
+    if CONTAINER_FEATURE not in requires:
+        raise _fail(f"{where}: a release with a container image must require "
+                    f"{CONTAINER_FEATURE!r} (devices that cannot run containers skip it)")
+    return value
 
 
 def parse_requires(value: Any, where: str) -> tuple[str, ...]:

@@ -1,0 +1,160 @@
+"""The formats of a container device: ``runtime: docker`` in the device layer, and a release's
+signed container image (``container_image``, which ``requires`` ``container-image``).
+
+Every refusal names the file and the field, so a person fixes the right line.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from ruamel.yaml import YAML
+
+from reconciler.config import load_device
+from reconciler.errors import ConfigError, ReleaseError
+from reconciler.redact import redact
+from reconciler.release.channel import add_release, init_channel, sign_channel
+from reconciler.release.keys import generate_keypair, load_trusted_keys
+from reconciler.release.metadata import verify_metadata
+
+DIGEST = "sha256:" + "ab" * 32
+IMAGE = f"127.0.0.1:5000/kruxos@{DIGEST}"
+
+
+def _write_yaml(path: Path, doc: Any) -> Path:
+    with path.open("w") as out:
+        YAML(typ="safe").dump(doc, out)
+    return path
+
+
+def _device(tmp_path: Path, container: dict[str, Any] | None = None,
+            **layer: Any) -> Path:
+    """An image layer without slots, and a device layer saying ``runtime: docker``."""
+    (tmp_path / "keys").mkdir(exist_ok=True)
+    generate_keypair(tmp_path / "keys", "release")
+    image = _write_yaml(tmp_path / "device.yaml", {
+        "trustedKeys": ["keys/"], "dataDir": "data", "overlay": "layer.yaml",
+        "spec": "spec.yaml"})
+    doc: dict[str, Any] = {"runtime": "docker", "container": container if container is not None
+                           else {"repository": "127.0.0.1:5000/kruxos",
+                                 "name": "kruxos", "network": "host",
+                                 "volumes": {"kruxos-data": "/data/kruxos"},
+                                 "capabilities": {"add": ["ALL"], "drop": ["SYS_RESOURCE"]}}}
+    doc.update(layer)
+    _write_yaml(tmp_path / "layer.yaml", doc)
+    return image
+
+
+def test_a_docker_device_needs_no_slots_and_reads_its_container_as_data(
+        tmp_path: Path) -> None:
+    device = load_device(_device(tmp_path))
+    assert device.runtime == "docker" and device.slot_paths == {}
+    assert device.container is not None
+    assert (device.container.name, device.container.network) == ("kruxos", "host")
+    assert device.container.volumes == {"kruxos-data": "/data/kruxos"}
+    assert device.container.capabilities is not None
+    assert device.container.capabilities.drop == ["SYS_RESOURCE"]
+    assert device.container.engine == "unix:///run/docker.sock"
+
+
+@pytest.mark.parametrize(("container", "field"), [
+    ({"repository": "r/k", "privileged": True, "capabilities": {"add": ["ALL"]}},
+     "privileged: true and capabilities exclude each other"),
+    ({"repository": "r/k", "network": "host", "ports": ["7800:7800"]}, "ports"),
+    ({"repository": "r/k:latest"}, "container.repository"),
+    ({"repository": "r/k", "ports": ["seven"]}, "container.ports.0"),
+    ({"repository": "r/k", "capabilities": {"add": ["sys admin"]}},
+     "container.capabilities.add.0"),
+    ({"repository": "r/k", "engine": "tcp://10.0.0.1:2375"}, "engine: expected unix:///"),
+    ({"name": "kruxos"}, "container.repository"),
+])
+def test_a_bad_container_setting_is_refused_naming_the_field_and_the_layer(
+        tmp_path: Path, container: dict[str, Any], field: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_device(_device(tmp_path, container))
+    assert str(tmp_path / "layer.yaml") in str(caught.value), caught.value
+    assert field in str(caught.value), caught.value
+
+
+def test_runtime_docker_without_a_container_and_a_container_without_it_are_refused(
+        tmp_path: Path) -> None:
+    path = _device(tmp_path)
+    _write_yaml(tmp_path / "layer.yaml", {"runtime": "docker"})
+    with pytest.raises(ConfigError, match="runtime: docker needs a container section"):
+        load_device(path)
+    _write_yaml(tmp_path / "layer.yaml", {"container": {"repository": "r/k"}})
+    with pytest.raises(ConfigError, match="container: applies only with runtime: docker"):
+        load_device(path)
+
+
+def test_the_secrets_file_must_be_0600_and_its_values_are_masked_in_every_output(
+        tmp_path: Path) -> None:
+    secret = "vault-passphrase-7f3a9c"
+    secrets = tmp_path / "container.env"
+    secrets.write_text(f"# the vault\nKRUXOS_VAULT_PASSPHRASE={secret}\n")
+    secrets.chmod(0o644)
+    path = _device(tmp_path, {"repository": "r/k", "secretsFile": "container.env"})
+    with pytest.raises(ConfigError) as caught:
+        load_device(path)
+    assert "container.secretsFile" in str(caught.value) and "0644" in str(caught.value)
+    assert str(tmp_path / "layer.yaml") in str(caught.value)
+    assert secret not in str(caught.value)
+
+    secrets.chmod(0o600)
+    device = load_device(path)
+    assert device.container_secrets == secrets  # relative to the layer that names it
+    assert secret not in redact(f"env: KRUXOS_VAULT_PASSPHRASE={secret}")
+
+    secrets.write_text(f"KRUXOS_VAULT_PASSPHRASE {secret}\n")
+    with pytest.raises(ConfigError, match="line 1: expected NAME=VALUE") as caught:
+        load_device(path)
+    assert secret not in str(caught.value)
+
+
+def _channel(tmp_path: Path) -> Path:
+    root = tmp_path / "root.img"
+    root.write_bytes(b"\0" * 8192)
+    channel = tmp_path / "channel"
+    init_channel(channel, "stable")
+    return channel
+
+
+def test_a_release_with_a_container_image_requires_the_feature_and_is_signed(
+        tmp_path: Path) -> None:
+    channel = _channel(tmp_path)
+    rel = add_release(channel, tmp_path / "root.img", "1.0.0", ["first"],
+                      container_image=IMAGE)
+    assert rel.requires == ("container-image",) and rel.image_digest == DIGEST
+    _, pub = generate_keypair(tmp_path, "release")
+    sign_channel(channel, [tmp_path / "release.key"])
+    meta = verify_metadata((channel / "metadata.json").read_bytes(), load_trusted_keys([pub]),
+                           frozenset(), datetime.now(UTC) + timedelta(minutes=1), None, None)
+    assert meta.releases[0].container_image == IMAGE
+    assert meta.format == 2
+
+
+@pytest.mark.parametrize("image", ["127.0.0.1:5000/kruxos:latest",
+                                   "127.0.0.1:5000/kruxos@sha256:abc",
+                                   f"Kruxos@{DIGEST}"])
+def test_a_container_image_not_named_by_its_full_digest_is_refused(
+        tmp_path: Path, image: str) -> None:
+    channel = _channel(tmp_path)
+    with pytest.raises(ReleaseError, match="--container-image: .* is not REPOSITORY@sha256"):
+        add_release(channel, tmp_path / "root.img", "1.0.0", ["x"], container_image=image)
+
+
+def test_a_hand_edited_draft_with_an_image_but_without_the_feature_is_not_signed(
+        tmp_path: Path) -> None:
+    channel = _channel(tmp_path)
+    add_release(channel, tmp_path / "root.img", "1.0.0", ["x"])
+    draft = json.loads((channel / "draft.json").read_text())
+    draft["releases"][0]["container_image"] = IMAGE
+    (channel / "draft.json").write_text(json.dumps(draft))
+    generate_keypair(tmp_path, "release")
+    with pytest.raises(ReleaseError, match="releases\\[0\\].container_image: a release with a "
+                                           "container image must require 'container-image'"):
+        sign_channel(channel, [tmp_path / "release.key"])
