@@ -248,6 +248,62 @@ class RefuseRequest:
     kind: ClassVar[str] = "request-refused"
 
 
+@dataclass(frozen=True)
+class PullImage:
+    """Pull ``version``'s container image by its signed digest; refuse any other content."""
+
+    version: str
+    digest: str
+    reason: str
+    kind: ClassVar[str] = "pull-image"
+
+
+@dataclass(frozen=True)
+class SwapContainer:
+    """Stop the old container (kept, renamed), create and start the new one from the pulled
+    image with the same volumes, capturing the health policy it will be judged by."""
+
+    version: str
+    digest: str
+    from_version: str | None
+    reason: str
+    policy: TrialPolicy = TrialPolicy()
+    kind: ClassVar[str] = "swap-container"
+
+
+@dataclass(frozen=True)
+class ProbeContainer:
+    """Ask the new container's health endpoint once (the policy captured at the swap)."""
+
+    version: str
+    reason: str
+    url: str = TrialPolicy.url
+    timeout_s: float = 5.0
+    progress: HealthProgress | None = None
+    kind: ClassVar[str] = "probe-container"
+
+
+@dataclass(frozen=True)
+class ConfirmContainer:
+    """The new container is healthy: remove the old one; its image is kept until the next
+    confirm."""
+
+    version: str
+    reason: str
+    kind: ClassVar[str] = "confirm-container"
+
+
+@dataclass(frozen=True)
+class RollbackContainer:
+    """Give up on ``version``: keep it as failed, stop and remove the new container, start the
+    old one again. Never gated."""
+
+    version: str
+    from_version: str | None
+    reason: str
+    kind: ClassVar[str] = "rollback-container"
+
+
 #: Audit action names of requests whose kind would read like a step that ran.
 REQUEST_ACTIONS = {"reboot": "reboot-answer", "rollback": "rollback-request",
                    "confirm": "confirm-request"}
@@ -309,6 +365,7 @@ Action = (
     | Disarm | NoteFallback | RepairBootEnv | TakeRequest | EndOverride | LiftBlock
     | RestoreState | StageServices | SwitchServices | RestartServices | ProbeServices
     | ConfirmServices | RestoreServices | KeepServices | RollbackServices | RefuseRequest
+    | PullImage | SwapContainer | ProbeContainer | ConfirmContainer | RollbackContainer
 )
 
 

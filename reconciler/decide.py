@@ -19,6 +19,8 @@ action. The rules, in the order they are asked (the first that applies wins):
    A move whose root image is unchanged is a service update instead, no reboot
    (:mod:`reconciler.service_rules`); once switched, it is finished (restart,
    probe, confirm or restore) before anything else, and nothing holds a restore.
+   A device with ``runtime: docker`` has no slots: its update is a container swap
+   (:mod:`reconciler.container_rules`), finished before anything else once begun.
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ from reconciler.actions import (
     TakeRequest,
     Wait,
 )
+from reconciler.container_rules import converge_container, judge_container
 from reconciler.observed import (
     HealthProgress,
     Mark,
@@ -81,8 +84,8 @@ def decide(policy: UpdatePolicy | None, observed: ObservedState, now: datetime) 
     finishes; nothing new starts.
     """
     for rule in (_restore_state, _repair_boot_env, _decided_rollback, _overdue_trial,
-                 _overdue_services, _take_request, _end_override, _lift_block, _judge_trial,
-                 _judge_services, _finish_pending):
+                 _overdue_services, _judge_container, _take_request, _end_override,
+                 _lift_block, _judge_trial, _judge_services, _finish_pending):
         action = rule(policy, observed, now)
         if action is not None:
             return action
@@ -192,6 +195,12 @@ def _judge_services(policy: UpdatePolicy | None, obs: ObservedState,
     """A switched service update is restarted, probed, confirmed or restored (any spec); a
     person's rollback when a service update changed last undoes it, no reboot."""
     return judge_services(obs, trial_policy_of(policy), now)
+
+
+def _judge_container(policy: UpdatePolicy | None, obs: ObservedState,
+                     now: datetime) -> Action | None:
+    """A container update whose swap began is finished first (``runtime: docker``)."""
+    return judge_container(obs, trial_policy_of(policy), now)
 
 
 # ---- a person's requests, the end of a pin, the lifting of a block -------------------------
@@ -457,7 +466,8 @@ def _converge_to(policy: UpdatePolicy, obs: ObservedState, now: datetime) -> Act
         return Blocked(f"{desired} was rolled back ({obs.failed.reason}); not retried until "
                        "the desired version changes")
     if desired == running:
-        return Nothing(f"slot {booted.label} runs {desired}, {_as_wanted(source)}")
+        where = obs.container.label if obs.container else f"slot {booted.label}"
+        return Nothing(f"{where} runs {desired}, {_as_wanted(source)}")
     unsupported = obs.channel.refused.get(desired)
     if unsupported is not None:
         return Blocked(f"{desired} cannot be installed on this device: it {unsupported} "
@@ -470,6 +480,8 @@ def _converge_to(policy: UpdatePolicy, obs: ObservedState, now: datetime) -> Act
                     "'kruxos update apply' resumes it")
     if policy.spec.suspend and not _person_reboots_now(obs):
         return Wait(f"suspended by the spec: {source} {desired}, no new step starts")
+    if obs.container is not None:
+        return converge_container(policy, obs, now, desired, trial_policy_of(policy))
     need = service_need(obs, desired)
     if need is not None:
         return converge_services(policy, obs, now, desired, need, trial_policy_of(policy))

@@ -161,6 +161,66 @@ class ServiceLast:
     irreversible: tuple[str, ...] = ()
 
 
+ContainerStep = Literal["swapping", "started", "start-failed"]
+
+
+@dataclass(frozen=True)
+class EngineContainer:
+    """A container as the engine reports it: the image it was made from, whether it runs."""
+
+    name: str
+    image_id: str
+    status: str  # the engine's word: created, running, exited, ...
+
+    @property
+    def running(self) -> bool:
+        """True while the engine runs it."""
+        return self.status == "running"
+
+
+@dataclass(frozen=True)
+class ContainerUpdate:
+    """A container update on its way, as the state file recorded it before each step.
+
+    ``swapping``: the old container may be stopped and renamed, the new one not yet
+    started; ``started``: the new container runs and is judged by ``policy`` (captured
+    at the swap); ``start-failed``: the engine could not start it (``problem``).
+    ``old_image_id`` is what the old container ran: a rollback starts it again.
+    """
+
+    version: str
+    from_version: str | None
+    digest: str
+    step: ContainerStep
+    old_image_id: str | None = None
+    health: HealthProgress | None = None
+    policy: TrialPolicy | None = None
+    problem: str | None = None
+
+
+@dataclass(frozen=True)
+class ContainerView:
+    """The device's container and its engine, read fresh each pass (``runtime: docker``).
+
+    ``current`` is the container of the configured name, ``previous`` the old one kept
+    (renamed) for a rollback; ``version`` the release whose signed digest the current
+    container's image carries; ``pulled`` the signed digests whose images the engine holds.
+    """
+
+    name: str
+    current: EngineContainer | None = None
+    previous: EngineContainer | None = None
+    version: str | None = None
+    pulled: frozenset[str] = frozenset()
+    update: ContainerUpdate | None = None
+    engine_error: str | None = None
+
+    @property
+    def label(self) -> str:
+        """``container kruxos``: how reasons name it."""
+        return f"container {self.name}"
+
+
 RebootPolicy = Literal["rules", "ask", "now", "next-boot"]
 
 
@@ -241,6 +301,9 @@ class ObservedState:
     #: them): ``(name, current version, previous version)``, ``None`` for none (a removed
     #: service, or the image's own before).
     overlays: tuple[tuple[str, str | None, str | None], ...] = ()
+    #: ``runtime: docker``: the container and its engine (no slots, no bootloader: the
+    #: slots above then only carry the running version for the shared rules).
+    container: ContainerView | None = None
 
     @property
     def running_version(self) -> str | None:

@@ -22,7 +22,7 @@ import pytest
 PACKAGE = Path(__file__).resolve().parent.parent / "reconciler"
 
 CORE = ("decide", "windows", "spec", "observed", "actions", "semver", "urls", "quoting",
-        "errors", "components", "service_rules")
+        "errors", "components", "service_rules", "container_rules")
 STDLIB_ALLOWED = frozenset({"datetime", "zoneinfo", "dataclasses", "typing", "collections.abc",
                             "re", "hashlib", "functools", "enum", "__future__"})
 EXTRA_ALLOWED = {"spec": frozenset({"pydantic"}), "urls": frozenset({"urllib", "ipaddress"}),
@@ -34,7 +34,7 @@ CLOCK_METHODS = ("now", "utcnow", "today")
 FORBIDDEN_ROOTS = ("os", "sys", "subprocess", "time", "random", "socket", "pathlib", "io")
 
 ADAPTERS = ("boot/*.py", "release/*.py", "health.py", "store.py", "durable.py", "audit.py",
-            "services.py")
+            "services.py", "containers.py")
 FRONT = ("reconciler.daemon", "reconciler.reconcile", "reconciler.cli")
 BACKEND_HELPERS = {"grub": {"grubenv", "abvars"}, "uboot": {"ubootenv", "abvars"},
                    "bls": {"blsentry"}}
