@@ -22,6 +22,7 @@ from reconciler.actions import (
     ArmTrial,
     Blocked,
     Confirm,
+    ConfirmContainer,
     ConfirmServices,
     Disarm,
     EndOverride,
@@ -30,8 +31,10 @@ from reconciler.actions import (
     NoteFallback,
     Nothing,
     Outcome,
+    ProbeContainer,
     ProbeHealth,
     ProbeServices,
+    PullImage,
     Reboot,
     RefuseRequest,
     RepairBootEnv,
@@ -39,15 +42,18 @@ from reconciler.actions import (
     RestoreServices,
     RestoreState,
     Rollback,
+    RollbackContainer,
     RollbackServices,
     Stage,
     StageServices,
+    SwapContainer,
     SwitchServices,
     TakeRequest,
     Wait,
 )
 from reconciler.boot import Backend, BootState
 from reconciler.config import Device
+from reconciler.containers import ContainerRuntime
 from reconciler.decide import count_probe
 from reconciler.errors import KruxosError, ReleaseError, Stopped, TemporaryError, short_error
 from reconciler.failpoints import failpoint
@@ -108,6 +114,7 @@ class Executor:
     boot_id: Callable[[], str] | None = None
     inbox: Inbox | None = None
     services: ServiceRuntime | None = None
+    containers: ContainerRuntime | None = None
 
     def _boot_id(self) -> str:
         return self.boot_id() if self.boot_id is not None else self.device.current_boot_id()
@@ -147,8 +154,21 @@ class Executor:
             ConfirmServices: self._confirm_services, RestoreServices: self._restore_services,
             KeepServices: self._confirm_services, RollbackServices: self._rollback_services,
             RefuseRequest: self._refuse_request,
+            PullImage: lambda a, p: self._engine().pull(a),
+            SwapContainer: lambda a, p: self._engine().swap(a, self.store, self.clock()),
+            ProbeContainer: lambda a, p: self._engine().probe(a, self.store, self.prober,
+                                                              self.clock()),
+            ConfirmContainer: lambda a, p: self._engine().confirm(a, self.store),
+            RollbackContainer: lambda a, p: self._engine().rollback(a, self.store,
+                                                                    self.clock()),
         }
         return handlers[type(action)](action, policy)
+
+    def _engine(self) -> ContainerRuntime:
+        """The container runtime of a ``runtime: docker`` device (made at first use)."""
+        if self.containers is None:
+            self.containers = ContainerRuntime(self.device)
+        return self.containers
 
     def _now(self) -> str:
         return self.clock().isoformat()

@@ -85,6 +85,16 @@ point                              the moment (where)
 ``services.restarted``             the services restarted, the step not recorded
 ``services.committed``             the store committed, the state file not yet told
 ``services.restoring``             the failure kept in the state file, the store not restored
+``container.pulled``               the image pulled by its signed digest, nothing recorded
+``container.recorded``             the swap recorded (``swapping``), the engine not touched
+``container.stopped``              the old container stopped, not renamed
+``container.renamed``              the old container kept as NAME-previous, no new one yet
+``container.created``              the new container created, not started
+``container.started``              the new container started, the step recorded
+``container.confirmed``            the confirm recorded, the old container removed
+``container.rolling-back``         the failure kept in the state file, the engine untouched
+``container.new-removed``          the new container removed, the old one not renamed back
+                                   (all in ``containers.py``)
 ``grubenv.overwritten``            GRUB: the env block overwritten in place, not fsynced
                                    (``grubenv.py``: GRUB reads the sectors, not the journal)
 ``grubenv.temp-written``           GRUB: a new env's temp file written, not renamed (only

@@ -12,6 +12,7 @@ from datetime import datetime
 from typing import Any
 
 from reconciler.actions import Action
+from reconciler.boot import BootState
 from reconciler.channelwatch import ChannelWatch
 from reconciler.config import Device
 from reconciler.decide import decide
@@ -44,7 +45,8 @@ def inspect_device(device: Device, now: datetime, candidate: LoadedSpec | None =
     """
     store = StateStore(device.data_dir)
     backend = backend_for(device)
-    boot, boot_error = read_boot_state(backend)
+    boot, boot_error = (BootState(default="A"), None) if device.container is not None \
+        else read_boot_state(backend)  # a container device has no bootloader
     spec, error = (candidate, None) if candidate is not None else spec_in_force(device)
     view = channel or _channel(device, store, spec, now)
     observed = observe(device, store, backend, view, spec.revision if spec else None)

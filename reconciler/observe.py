@@ -9,17 +9,21 @@ file on the data dir.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from reconciler.boot import Backend, BootState, open_backend
 from reconciler.config import Device
+from reconciler.container_rules import container_state
+from reconciler.containers import RELEASE, UPDATE, ContainerRuntime
 from reconciler.errors import BootEnvError, KruxosError, short_error
 from reconciler.inbox import FileInbox, Inbox
 from reconciler.machine import DeviceMachine, Machine
 from reconciler.observed import (
     SLOTS,
     ChannelView,
+    ContainerUpdate,
     FailedVersion,
     HealthProgress,
     ObservedState,
@@ -56,15 +60,20 @@ def observe(device: Device, store: StateStore, backend: Backend,
             spec_revision: str | None = None,
             recovered: tuple[tuple[str, Any], ...] = (),
             machine: Machine | None = None,
-            inbox: Inbox | None = None) -> ObservedState:
+            inbox: Inbox | None = None,
+            containers: ContainerRuntime | None = None) -> ObservedState:
     """What is on the device now; ``channel`` is the last verified channel view.
 
     ``spec_revision`` is the spec in force: reboots counted under another
     revision do not count (a new spec clears the loop breaker). ``recovered``:
     facts of a lost state file that the audit trail gave back, to be written.
     ``machine``: the running system (by default the device's own); ``inbox``: where a
-    person's requests wait (by default the data dir's).
+    person's requests wait (by default the data dir's). ``containers``: the engine of a
+    ``runtime: docker`` device, which has no slots and no bootloader.
     """
+    if device.container is not None:
+        return _observe_container(device, store, channel, recovered, inbox,
+                                  containers or ContainerRuntime(device))
     machine = machine or DeviceMachine(device)
     boot, boot_problem = read_boot_state(backend)
     booted = machine.booted_slot()
@@ -101,6 +110,34 @@ def observe(device: Device, store: StateStore, backend: Backend,
         service_last=_service_last(doc.get("service_last"), root),
         overlays=_overlays(device, root),
     )
+
+
+def _observe_container(device: Device, store: StateStore, channel: ChannelView | None,
+                       recovered: tuple[tuple[str, Any], ...], inbox: Inbox | None,
+                       containers: ContainerRuntime) -> ObservedState:
+    """A container device: what its engine reports, and the update the state file recorded."""
+    doc, state_problem = _load_state(store)
+    view = channel or ChannelView(error="channel not fetched yet")
+    release: dict[str, Any] = doc[RELEASE] if isinstance(doc.get(RELEASE), dict) else {}
+    engine = replace(containers.view(view, release), update=_container_update(doc.get(UPDATE)))
+    return container_state(
+        engine, failed=_failed(doc.get("failed")), channel=view,
+        override=_override(doc.get("override")), disk_full=store.reserve.in_use,
+        requests=_requests(inbox or FileInbox(device.data_dir)),
+        state_problem=state_problem, recovered=recovered)
+
+
+def _container_update(value: Any) -> ContainerUpdate | None:
+    """The container update the state file recorded before its step; a rollback that began
+    is finished (its failure is kept beside it)."""
+    if not isinstance(value, dict) or not isinstance(value.get("version"), str):
+        return None
+    step = value.get("step")
+    return ContainerUpdate(
+        value["version"], _text(value.get("from_version")), str(value.get("digest") or ""),
+        step if step in ("swapping", "started", "start-failed") else "swapping",
+        _text(value.get("old_image_id")), _service_health(value.get("health")),
+        _service_policy(value.get("policy")), _text(value.get("problem")))
 
 
 def _overlays(device: Device, root: str | None) -> tuple[tuple[str, str | None, str | None],

@@ -338,6 +338,11 @@ class ObservedState:
 
     def summary(self) -> dict[str, object]:
         """A compact view for audit records."""
+        if self.container is not None:
+            update = self.container.update
+            return {"runtime": "docker", "container": self.container.name,
+                    "version": self.container.version,
+                    "update": None if update is None else f"{update.version} {update.step}"}
         return {
             "booted": self.booted,
             "version": self.booted_slot.version,

@@ -34,6 +34,7 @@ from reconciler.audit import AuditTrail, Retention, UnopenedTrail, open_trail
 from reconciler.boot import Backend
 from reconciler.channelwatch import ChannelWatch, Refusal, RefusalSink
 from reconciler.config import Device
+from reconciler.containers import ContainerRuntime
 from reconciler.decide import decide, trial_policy_of
 from reconciler.errors import AuditError, KruxosError, SpecError, short_error
 from reconciler.executor import Executor, Rebooter, Stager, command_rebooter, probe_health
@@ -86,6 +87,7 @@ class Parts:
     keeper: SpecKeeper
     inbox: Inbox | None = None  # None: the device's inbox of request files
     services: ServiceRuntime | None = None  # None: no service updates (fakes of old tests)
+    containers: ContainerRuntime | None = None  # a runtime: docker device's engine
 
     @classmethod
     def real(cls, device: Device, clock: Callable[[], datetime],
@@ -104,7 +106,8 @@ class Parts:
                    InstallerStager(device, backend, channel), probe_health,
                    rebooter or command_rebooter(device), DeviceMachine(device),
                    SpecKeeper(device.spec_path, device.data_dir), FileInbox(device.data_dir),
-                   ServiceRuntime(device, channel))
+                   ServiceRuntime(device, channel),
+                   ContainerRuntime(device) if device.container is not None else None)
 
 
 @dataclass
@@ -140,7 +143,7 @@ class Reconciler:
         self.executor = Executor(device, self.store, self.backend, parts.stager, parts.rebooter,
                                  clock, should_stop=self._should_stop, prober=parts.prober,
                                  boot_id=parts.machine.boot_id, inbox=self.inbox,
-                                 services=parts.services)
+                                 services=parts.services, containers=parts.containers)
         self._suspend_checked = 0.0
         self.spec: LoadedSpec | None = None
         self.on_trial = False
@@ -276,7 +279,8 @@ class Reconciler:
         view = self._channel_view(spec, now)
         revision = spec.revision if spec else None
         observed = observe(self.device, self.store, self.backend, view, revision,
-                           self._recovered(), self.machine, self.inbox)
+                           self._recovered(), self.machine, self.inbox,
+                           self.executor.containers)
         action = decide(spec.policy if spec else None, observed, now)
         self.on_trial = observed.on_trial
         try:

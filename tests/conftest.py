@@ -73,6 +73,8 @@ def _tier_of(path: Path) -> str | None:
         return "system"  # boots the disk of `make image` under QEMU: make system-test only
     if relative.startswith("powercut/test_device_cuts"):
         return "slow"  # a device cut boots the device twice: make test, not make quick
+    if relative.startswith("containers/"):
+        return "slow"  # a real container engine and registry: make test, not make quick
     if relative.startswith("crash/test_crash_matrix"):
         return "slow"  # each crash boots a device at least twice: make test, not make quick
     return None

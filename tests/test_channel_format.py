@@ -52,7 +52,7 @@ KEY = SigningKey(bytes(range(32)))
 KEYID = keyid_of(KEY.verify_key)
 NOW = datetime(2030, 5, 10, tzinfo=UTC)
 BLOCK = 1024
-SERVICE = "requires container-image, which this device does not implement"
+SERVICE = "requires delta-images, which this device does not implement"
 
 
 def _release(version: str = "1.0.0", **changes: Any) -> dict[str, Any]:
@@ -132,15 +132,15 @@ def test_a_format_that_is_not_a_format_number_is_refused(fmt: Any, shown: str) -
 
 def test_requires_is_read_per_release_and_absent_means_nothing_required() -> None:
     meta = _verify(_document(_signed(releases=[
-        _release("1.0.0"), _release("1.1.0", requires=["container-image", "block-index-64k"]),
+        _release("1.0.0"), _release("1.1.0", requires=["delta-images", "block-index-64k"]),
         _release("1.2.0", requires=[])])))
     assert [r.requires for r in meta.releases] == [
-        (), ("container-image", "block-index-64k"), ()]
+        (), ("delta-images", "block-index-64k"), ()]
 
 
 @pytest.mark.parametrize("requires, reason", [
-    ("container-image", "requires: expected a list of feature names, got 'container-ima"),
-    ({"container-image": True}, "expected a list of feature names, got an object of 1 fields"),
+    ("delta-images", "requires: expected a list of feature names, got 'delta-images"),
+    ({"delta-images": True}, "expected a list of feature names, got an object of 1 fields"),
     (None, "expected a list of feature names, got null"),
     ([1], "requires: 1 is not a feature name"),
     ([["a"]], "requires: a list of 1 items is not a feature name"),
@@ -171,7 +171,7 @@ def test_requires_at_its_limits_is_read() -> None:
 
 
 def test_the_signature_covers_requires_and_the_format() -> None:
-    doc = json.loads(_document(_signed(releases=[_release(requires=["container-image"])])))
+    doc = json.loads(_document(_signed(releases=[_release(requires=["delta-images"])])))
     doc["signed"]["releases"][0]["requires"] = []  # stripped on the way: a replayed signature
     assert "bad signature" in _refusal(json.dumps(doc).encode())
     doc = json.loads(_document(_signed(format=2)))
@@ -187,22 +187,23 @@ def test_unknown_fields_that_change_nothing_a_device_must_do_are_ignored() -> No
 
 def test_a_release_requiring_an_unknown_feature_is_not_installable_a_known_one_is() -> None:
     meta = _verify(_document(_signed(releases=[
-        _release("1.0.0"), _release("1.1.0", requires=["container-image", "phased-rollout"]),
-        _release("1.2.0", requires=["container-image"])])))
-    assert features.FEATURES == frozenset({"service-artifacts", "service-data"})  # so far
+        _release("1.0.0"), _release("1.1.0", requires=["delta-images", "phased-rollout"]),
+        _release("1.2.0", requires=["delta-images"])])))
+    assert features.FEATURES == frozenset({"service-artifacts", "service-data",
+                                           "container-image"})
     newer = meta.find("1.1.0")
     assert newer is not None
-    assert features.why_not(newer) == ("requires container-image, phased-rollout, which "
+    assert features.why_not(newer) == ("requires delta-images, phased-rollout, which "
                                        "this device does not implement")
-    implemented = frozenset({"container-image"})
+    implemented = frozenset({"delta-images"})
     assert features.missing(newer, implemented) == ("phased-rollout",)
-    everything = frozenset({"container-image", "phased-rollout", "block-index-64k"})
+    everything = frozenset({"delta-images", "phased-rollout", "block-index-64k"})
     assert features.why_not(newer, everything) is None
     newest = features.newest_installable(meta)
     assert newest is not None and newest.version == "1.0.0"
     assert [(r.version, why) for r, why in features.skipped(meta)] == [
-        ("1.2.0", "requires container-image, which this device does not implement"),
-        ("1.1.0", "requires container-image, phased-rollout, which this device does not "
+        ("1.2.0", "requires delta-images, which this device does not implement"),
+        ("1.1.0", "requires delta-images, phased-rollout, which this device does not "
                   "implement")]
     best = features.newest_installable(meta, everything)
     assert best is not None and best.version == "1.2.0"
@@ -213,14 +214,14 @@ def test_the_view_lists_unsupported_releases_and_latest_is_the_newest_installabl
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     meta = _verify(_document(_signed(releases=[
-        _release("1.0.0"), _release("1.10.0", requires=["container-image"]),
-        _release("1.9.0", requires=["container-image"]), _release("0.9.0", requires=["x"])])))
+        _release("1.0.0"), _release("1.10.0", requires=["delta-images"]),
+        _release("1.9.0", requires=["delta-images"]), _release("0.9.0", requires=["x"])])))
     view = view_of(meta)
     assert view.versions == {"1.0.0", "1.10.0", "1.9.0", "0.9.0"}
     assert view.latest == "1.0.0"
     assert list(view.refused) == ["1.10.0", "1.9.0", "0.9.0"]  # newest first
     assert view.refused["1.10.0"] == SERVICE
-    monkeypatch.setattr(features, "FEATURES", frozenset({"container-image"}))
+    monkeypatch.setattr(features, "FEATURES", frozenset({"delta-images"}))
     implemented = view_of(meta)  # a later build that implements the feature
     assert implemented.latest == "1.10.0" and "1.10.0" not in implemented.refused
 
@@ -271,7 +272,7 @@ def test_an_older_unsupported_release_is_not_a_skip() -> None:
 def test_a_spec_pinning_an_unsupported_release_is_refused_with_the_reason() -> None:
     action = decide(policy("1.1.0"), observed(channel=SKIPPING), NOW)
     assert action == Blocked("1.1.0 cannot be installed on this device: it requires "
-                             "container-image, which this device does not implement "
+                             "delta-images, which this device does not implement "
                              "(spec wants 1.1.0)")
 
 
@@ -345,14 +346,14 @@ def test_a_release_with_requires_makes_the_signed_metadata_format_2(
     channel: Path, tmp_path: Path,
 ) -> None:
     _add(channel, "1.0.0")
-    _add(channel, "1.1.0", "container-image")
+    _add(channel, "1.1.0", "delta-images")
     signed = _publish_signed(channel, tmp_path)["signed"]
     assert signed["format"] == 2
-    assert [r.get("requires") for r in signed["releases"]] == [None, ["container-image"]]
+    assert [r.get("requires") for r in signed["releases"]] == [None, ["delta-images"]]
     raw = (channel / "metadata.json").read_bytes()
     pub = load_signing_key(tmp_path / "k.key").verify_key
     meta = verify_metadata(raw, {keyid_of(pub): pub}, frozenset(), datetime.now(UTC), None, None)
-    assert meta.format == 2 and meta.releases[1].requires == ("container-image",)
+    assert meta.format == 2 and meta.releases[1].requires == ("delta-images",)
 
 
 @pytest.mark.parametrize("requires, reason", [
@@ -385,7 +386,7 @@ def test_signing_refuses_a_release_field_this_version_does_not_know(
 def test_signing_refuses_a_hand_edited_bad_requires(channel: Path, tmp_path: Path) -> None:
     _add(channel, "1.0.0")
     draft = json.loads((channel / "draft.json").read_text())
-    draft["releases"][0]["requires"] = "container-image"
+    draft["releases"][0]["requires"] = "delta-images"
     (channel / "draft.json").write_text(json.dumps(draft))
     with pytest.raises(ReleaseError, match=r"draft.json: releases\[0\].requires: expected a "
                                            r"list of feature names"):
@@ -398,18 +399,18 @@ def test_cli_add_takes_requires_and_verify_shows_it(tmp_path: Path) -> None:
     chan = str(tmp_path / "stable")
     image = build_sim_image(tmp_path / "img", "1.2.3", size=50_000)
     added = run(release_group, ["add", chan, str(image), "--version", "1.2.3",
-                                "--requires", "container-image", "--requires", "phased-rollout"])
+                                "--requires", "delta-images", "--requires", "phased-rollout"])
     assert added.exit_code == 0, added.output
-    assert "requires container-image, phased-rollout: devices that do not implement it skip" \
+    assert "requires delta-images, phased-rollout: devices that do not implement it skip" \
         in added.output
-    assert "note: this kruxos does not implement container-image, phased-rollout" \
+    assert "note: this kruxos does not implement delta-images, phased-rollout" \
         in added.output
     run(release_group, ["sign", chan, "--key", str(tmp_path / "release.key")])
     verified = run(release_group, ["verify", chan, "--key", str(tmp_path / "release.pub")])
     assert verified.exit_code == 0, verified.output
     assert "format 2" in verified.output
     assert "1.2.3 (latest): kruxos-1.2.3.img, 50000 bytes" in verified.output
-    assert "requires container-image, phased-rollout" in verified.output
+    assert "requires delta-images, phased-rollout" in verified.output
     bad = run(release_group, ["add", chan, str(image), "--version", "1.2.3", "--requires", "X!"])
     assert bad.exit_code == 1 and "--requires: 'X!' is not a feature name" in bad.output
 
@@ -443,7 +444,7 @@ def _release_refusals(dev: PinnedDevice) -> list[Any]:
 
 
 def test_a_device_skips_an_unsupported_release_and_records_it_once(dev: PinnedDevice) -> None:
-    _publish_on(dev, "1.1.0", "container-image")
+    _publish_on(dev, "1.1.0", "delta-images")
     dev.want("latest")
     dev.passes(1)
     stages = [r for r in dev.records() if r.kind == "decision" and r.action == "stage"]
@@ -457,20 +458,20 @@ def test_a_device_skips_an_unsupported_release_and_records_it_once(dev: PinnedDe
     assert [r.reason for r in refusals] == [f"releases this device cannot install: 1.1.0 "
                                             f"{SERVICE}"]
     assert refusals[0].details == {
-        "releases": [{"version": "1.1.0", "requires": ["container-image"],
-                      "missing": ["container-image"]}],
+        "releases": [{"version": "1.1.0", "requires": ["delta-images"],
+                      "missing": ["delta-images"]}],
         "count": 1, "channel": "stable"}
-    _publish_on(dev, "1.2.0", "container-image")  # a new refused release: recorded again
+    _publish_on(dev, "1.2.0", "delta-images")  # a new refused release: recorded again
     dev.passes(1)
     assert [r.reason for r in _release_refusals(dev)][1] == (
-        "releases this device cannot install: 1.2.0 requires container-image, which this "
+        "releases this device cannot install: 1.2.0 requires delta-images, which this "
         f"device does not implement; 1.1.0 {SERVICE}")
     assert len(_release_refusals(dev)) == 2
     assert dev.reconciler.audit.verify().ok
 
 
 def test_a_pin_to_an_unsupported_release_is_blocked_and_never_staged(dev: PinnedDevice) -> None:
-    _publish_on(dev, "1.1.0", "container-image")
+    _publish_on(dev, "1.1.0", "delta-images")
     dev.want("1.1.0")
     assert dev.passes(2) == ["blocked", "blocked"]
     blocked = [r for r in dev.records() if r.kind == "decision" and r.action == "blocked"]
@@ -484,7 +485,7 @@ def test_a_pin_to_an_unsupported_release_is_blocked_and_never_staged(dev: Pinned
 
 
 def test_status_and_plan_show_the_skip_and_record_nothing(dev: PinnedDevice) -> None:
-    _publish_on(dev, "1.1.0", "container-image")
+    _publish_on(dev, "1.1.0", "delta-images")
     dev.want("latest")
     view = inspect_device(load_device(dev.root / "device.yaml"), dev.now)
     assert view.observed.channel.refused == {"1.1.0": SERVICE}
@@ -496,8 +497,8 @@ def test_status_and_plan_show_the_skip_and_record_nothing(dev: PinnedDevice) -> 
 def test_a_device_that_implements_the_feature_takes_the_release(
     dev: PinnedDevice, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(features, "FEATURES", frozenset({"container-image"}))
-    _publish_on(dev, "1.1.0", "container-image")
+    monkeypatch.setattr(features, "FEATURES", frozenset({"delta-images"}))
+    _publish_on(dev, "1.1.0", "delta-images")
     dev.want("latest")
     dev.passes(1)
     stages = [r for r in dev.records() if r.kind == "decision" and r.action == "stage"]

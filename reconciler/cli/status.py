@@ -24,6 +24,15 @@ Forms (the first four lines are always there)::
     Staged: 1.0.1 in B (sda3)
     Not installable: 1.2.0 (requires service-artifacts, which this device does not implement)
     Next: <what the reconciler does next, and why>
+
+A device with ``runtime: docker`` has no slots; its form::
+
+    Runtime: docker
+    Container: kruxos runs 1.0.1 (running)
+    Kept for rollback: kruxos-previous (exited)
+    Container update: 1.0.2 started; health check 0 of 1 healthy answers (last: 404)
+    Rolled back: 1.0.2 (Health check timeout — ...)
+    Next: ...
 """
 
 from __future__ import annotations
@@ -41,6 +50,8 @@ from reconciler.spec import UpdatePolicy, format_duration
 def status_lines(obs: ObservedState, policy: UpdatePolicy | None, action: Action | None,
                  now: datetime) -> list[str]:
     """The human form of ``update status``."""
+    if obs.container is not None:
+        return _container_lines(obs, action)
     booted = obs.booted_slot
     lines = [f"Boot slot: {booted.label}", f"Version: {booted.version or 'unknown'}",
              f"Boot status: {obs.boot_status}"]
@@ -72,6 +83,36 @@ def status_lines(obs: ObservedState, policy: UpdatePolicy | None, action: Action
         who = f" by {obs.override.by}" if obs.override.by else ""
         lines.append(f"Pinned: {obs.override.version} at this device{who} "
                      "('kruxos update resume' hands back to the spec)")
+    if action is not None:
+        lines.append(f"Next: {action.reason}")
+    return lines
+
+
+def _container_lines(obs: ObservedState, action: Action | None) -> list[str]:
+    """The container form: what runs, what is kept, the update on its way, a rollback."""
+    view = obs.container
+    assert view is not None
+    lines = ["Runtime: docker"]
+    if view.engine_error is not None:
+        lines.append(f"Engine: not answering ({view.engine_error})")
+    elif view.current is None:
+        lines.append(f"Container: {view.name} does not exist")
+    else:
+        lines.append(f"Container: {view.name} runs {view.version or 'an unknown release'} "
+                     f"({view.current.status})")
+    if view.previous is not None:
+        lines.append(f"Kept for rollback: {view.previous.name} ({view.previous.status})")
+    update = view.update
+    if update is not None:
+        health = update.health
+        said = "" if health is None else (f"; health check {health.consecutive_ok} healthy "
+                                          f"answer(s) (last: {health.last_summary or 'none'})")
+        lines.append(f"Container update: {update.version} {update.step}{said}")
+    if obs.failed is not None:
+        lines.append(f"Rolled back: {obs.failed.version} ({obs.failed.reason})")
+    lines.extend(_refused_lines(obs))
+    if obs.override is not None:
+        lines.append(f"Pinned: {obs.override.version} at this device")
     if action is not None:
         lines.append(f"Next: {action.reason}")
     return lines

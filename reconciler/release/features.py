@@ -20,11 +20,12 @@ from collections.abc import Iterable
 from reconciler.release.metadata import ChannelMetadata, Release, semver_key
 
 #: The features this build of KruxOS implements: ``service-artifacts`` (service updates,
-#: no reboot) and ``service-data`` (a service's data copied before its switch, put back on a
-#: restore; no rollback past a migration it cannot give back). The names reserved for the
-#: coming ones are ``container-image``, ``phased-rollout`` and ``block-index-64k``
+#: no reboot), ``service-data`` (a service's data copied before its switch, put back on a
+#: restore; no rollback past a migration it cannot give back) and ``container-image`` (a
+#: release's container image, signed by digest, for devices with ``runtime: docker``). The
+#: names reserved for the coming ones are ``phased-rollout`` and ``block-index-64k``
 #: (``docs/channel.md``).
-FEATURES: frozenset[str] = frozenset({"service-artifacts", "service-data"})
+FEATURES: frozenset[str] = frozenset({"service-artifacts", "service-data", "container-image"})
 #: Releases a refusal names one by one; the rest are counted.
 NAMED_REFUSALS = 4
 

@@ -1,0 +1,324 @@
+"""A ``runtime: docker`` device on a real engine, driven by spec edits through ``kruxos daemon``.
+
+One dockerd and one registry for the module (``tests/container_rig.py``); real
+images built with ``docker import`` and pushed; a real signed channel served over
+HTTP on 127.0.0.1. Each test is its own device: its own data dir, container name,
+named volume and health port, so the tests share the engine and nothing else.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from ruamel.yaml import YAML
+
+from reconciler.release.channel import add_release, init_channel, sign_channel
+from reconciler.release.keys import generate_keypair
+from tests.container_rig import Engine, engine_env, free_port, start_engine
+from tests.httpserver import ChannelServer
+from tests.waiting import wait_for
+
+pytestmark = pytest.mark.needs_tool("dockerd", "docker-registry", "/bin/busybox")
+
+KRUXOS = [sys.executable, "-m", "reconciler.cli.main"]
+SECRET = "vault-passphrase-of-the-test-51c2e9"
+VERSIONS = {"1.0.0": True, "1.0.1": True, "1.0.2": False, "1.1.0": True}
+
+
+@pytest.fixture(scope="module")
+def engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Engine]:
+    engine = start_engine(tmp_path_factory.mktemp("engine"))
+    try:
+        yield engine
+    finally:
+        engine.stop()
+
+
+@pytest.fixture(scope="module")
+def images(engine: Engine) -> dict[str, str]:
+    """Each version's ``REPOSITORY@sha256:...`` in the registry (1.0.2 never answers ready;
+    1.0.3's entry point does not exist, so it cannot start)."""
+    repo = f"{engine.registry}/kruxos"
+    built = {v: engine.build(repo, v, healthy) for v, healthy in VERSIONS.items()}
+    built["1.0.3"] = engine.build(repo, "1.0.3", entry="/missing")
+    return built
+
+
+class DockerDevice:
+    """One device: its config layers, secrets, spec, signed channel and daemon process."""
+
+    def __init__(self, root: Path, engine: Engine, images: dict[str, str], name: str) -> None:
+        self.root, self.engine, self.images, self.name = root, engine, images, name
+        self.port = free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+        generate_keypair(root / "keys", "release")
+        (root / "root.img").write_bytes(b"\0" * 4096)
+        self.channel = root / "channel"
+        init_channel(self.channel, "stable")
+        self.server = ChannelServer(self.channel)
+        secrets = root / "container.env"
+        secrets.write_text(f"KRUXOS_VAULT_PASSPHRASE={SECRET}\n")
+        secrets.chmod(0o600)
+        self._yaml(root / "device.yaml", {"trustedKeys": ["keys/release.pub"],
+                                          "dataDir": "data", "overlay": "layer.yaml",
+                                          "spec": "spec.yaml", "resync": "1m"})
+        self._yaml(root / "layer.yaml", {"runtime": "docker", "container": {
+            "engine": engine.url, "name": name, "repository": f"{engine.registry}/kruxos",
+            "volumes": {f"{name}-data": "/data/kruxos"}, "network": "host",
+            "environment": {"KRUXOS_PORT": str(self.port)}, "secretsFile": "container.env",
+            "capabilities": {"add": ["ALL"], "drop": ["SYS_RESOURCE"]}, "stopTimeout": 5}})
+
+    @staticmethod
+    def _yaml(path: Path, doc: Any) -> None:
+        with path.open("w") as out:
+            YAML(typ="safe").dump(doc, out)
+
+    def publish(self, *versions: str, images: dict[str, str] | None = None) -> None:
+        for version in versions:
+            add_release(self.channel, self.root / "root.img", version, [f"{version}"],
+                        container_image=(images or self.images)[version])
+        sign_channel(self.channel, [self.root / "keys" / "release.key"])
+
+    def spec(self, version: str, timeout: str = "20s") -> None:
+        self._yaml(self.root / "spec.yaml", {
+            "apiVersion": "kruxos.io/v1", "kind": "UpdatePolicy", "metadata": {"name": "t"},
+            "spec": {"version": version, "channel": {"url": self.server.url + "/"},
+                     "health": {"url": f"http://127.0.0.1:{self.port}/health/ready",
+                                "interval": "1s", "timeout": timeout}}})
+
+    def start(self, **env: str) -> None:
+        with (self.root / "daemon.log").open("ab") as log:
+            self.proc = subprocess.Popen([*KRUXOS, "--config", str(self.root / "device.yaml"),
+                                          "daemon"], stdout=log, stderr=subprocess.STDOUT,
+                                         stdin=subprocess.DEVNULL, env={**engine_env(), **env},
+                                         start_new_session=True)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            self.proc.wait(timeout=30)
+        self.proc = None
+
+    def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([*KRUXOS, "--config", str(self.root / "device.yaml"), *args],
+                              capture_output=True, text=True, timeout=60, env=engine_env())
+
+    def records(self) -> list[dict[str, Any]]:
+        found = []
+        for path in sorted((self.root / "data" / "audit").glob("audit-*.jsonl")):
+            found += [json.loads(line) for line in path.read_text().splitlines() if line]
+        return found
+
+    def outcome(self, action: str, after: int = 0) -> dict[str, Any] | None:
+        done = [r for r in self.records() if r["kind"] == "outcome" and r["action"] == action
+                and r["seq"] > after]
+        return done[-1] if done else None
+
+    def wait_outcome(self, action: str, after: int = 0, timeout: float = 60) -> dict[str, Any]:
+        return wait_for(lambda: self.outcome(action, after), timeout, f"a {action} outcome",
+                        context=self.tail,
+                        abort=lambda: None if self.proc is None or self.proc.poll() is None
+                        else f"the daemon exited {self.proc.returncode}: {self.tail()}")
+
+    def last_seq(self) -> int:
+        records = self.records()
+        return int(records[-1]["seq"]) if records else 0
+
+    def tail(self) -> str:
+        path = self.root / "daemon.log"
+        return path.read_text()[-3000:] if path.exists() else ""
+
+    def container(self, name: str | None = None) -> Any:
+        return self.engine.client.containers.get(name or self.name)
+
+    def volume_file(self, name: str) -> str:
+        """A file of the named volume, read through the engine's own mount point."""
+        volume = self.engine.client.volumes.get(f"{self.name}-data")
+        return (Path(volume.attrs["Mountpoint"]) / name).read_text()
+
+    def state(self) -> dict[str, Any]:
+        return dict(json.loads((self.root / "data" / "state.json").read_text()))
+
+    def close(self) -> None:
+        self.stop()
+        self.server.stop()
+        for container in self.engine.client.containers.list(all=True):
+            if container.name.startswith(self.name):
+                container.remove(force=True)
+
+
+@pytest.fixture
+def make(engine: Engine, images: dict[str, str],
+         tmp_path: Path) -> Iterator[Any]:
+    made: list[DockerDevice] = []
+
+    def build(name: str) -> DockerDevice:
+        made.append(DockerDevice(tmp_path / name, engine, images, name))
+        (tmp_path / name).mkdir(exist_ok=True)
+        return made[-1]
+
+    yield build
+    for device in made:
+        device.close()
+
+
+def _installed(device: DockerDevice, version: str = "1.0.0") -> int:
+    """The daemon installs ``version`` on a device with no container yet; the last seq."""
+    device.spec(version)
+    device.start()
+    confirmed = device.wait_outcome("confirm-container")
+    assert confirmed["details"]["code"] == "ok", confirmed
+    return device.last_seq()
+
+
+def _runs(device: DockerDevice, version: str) -> bool:
+    container = device.container()
+    image = device.engine.client.images.get(container.attrs["Image"])
+    return container.status == "running" and device.images[version] in \
+        image.attrs["RepoDigests"]
+
+
+def _health(device: DockerDevice) -> int:
+    return httpx.get(f"http://127.0.0.1:{device.port}/health/ready", timeout=5,
+                     trust_env=False).status_code
+
+
+def _everything_written(device: DockerDevice, *outputs: str) -> str:
+    texts = [device.tail(), *outputs]
+    texts += [p.read_text(errors="replace") for p in (device.root / "data").rglob("*")
+              if p.is_file() and p.suffix in (".json", ".jsonl", ".yaml", "")]
+    return "\n".join(texts)
+
+
+def test_an_update_is_confirmed_and_the_named_volume_keeps_its_data_across_recreations(
+        make: Any) -> None:
+    device = make("kx-update")
+    device.publish("1.0.0", "1.0.1", "1.1.0")
+    seq = _installed(device)
+    assert _runs(device, "1.0.0") and _health(device) == 200
+    first_image = device.container().attrs["Image"]
+
+    device.spec("1.0.1")
+    device.wait_outcome("confirm-container", seq)
+    assert _runs(device, "1.0.1") and _health(device) == 200
+    names = {c.name for c in device.engine.client.containers.list(all=True)}
+    assert f"{device.name}-previous" not in names  # the old container removed at the confirm
+    device.engine.client.images.get(first_image)  # its image kept until the next confirm
+    status = device.cli("update", "status")
+    assert f"Container: {device.name} runs 1.0.1" in status.stdout, status.stdout
+    assert "Runtime: docker" in status.stdout, status.stdout
+
+    seq = device.last_seq()
+    device.spec("1.1.0")
+    device.wait_outcome("confirm-container", seq)
+    assert _runs(device, "1.1.0")
+    with pytest.raises(Exception, match="No such image"):
+        device.engine.client.images.get(first_image)  # dropped at the confirm after next
+    starts = device.volume_file("starts.log").split("\n")
+    assert starts[:3] == ["1.0.0 started", "1.0.1 started", "1.1.0 started"], starts
+    actions = [r["action"] for r in device.records() if r["kind"] == "decision"]
+    for step in ("pull-image", "swap-container", "probe-container", "confirm-container"):
+        assert step in actions, actions
+    # the secret reached the container, and nothing the device wrote or printed holds it
+    assert device.volume_file("vault.sha256").strip() == \
+        hashlib.sha256(SECRET.encode()).hexdigest()
+    inspect = device.cli("update", "status", "--json")
+    assert SECRET not in _everything_written(device, status.stdout, status.stderr,
+                                             inspect.stdout, inspect.stderr)
+    assert device.cli("audit", "verify").returncode == 0
+
+
+def test_a_broken_release_is_rolled_back_to_the_old_container_and_blocked(make: Any) -> None:
+    device = make("kx-broken")
+    device.publish("1.0.0", "1.0.2")
+    seq = _installed(device)
+    old = device.container().id
+    device.spec("1.0.2", timeout="3s")
+    rolled = device.wait_outcome("rollback-container", seq)
+    assert rolled["details"]["code"] == "ok", rolled
+    decision = next(r for r in device.records() if r["seq"] == rolled["decision"])
+    assert "Health check timeout" in decision["reason"], decision
+    assert _runs(device, "1.0.0") and device.container().id == old  # the same container
+    assert _health(device) == 200
+    names = {c.name for c in device.engine.client.containers.list(all=True)}
+    assert names & {device.name, f"{device.name}-previous"} == {device.name}, names
+    blocked = wait_for(lambda: [r for r in device.records() if r["action"] == "blocked"
+                                and "1.0.2 was rolled back" in r["reason"]], 30, "blocked")
+    assert blocked and device.state()["failed"]["version"] == "1.0.2"
+    assert "container_update" not in device.state()
+    assert "1.0.2 started" in device.volume_file("starts.log")  # it did run, and was judged
+
+
+def test_a_failed_start_leaves_no_stray_container_and_the_old_one_runs_again(
+        make: Any) -> None:
+    device = make("kx-nostart")
+    device.publish("1.0.0", "1.0.3")
+    seq = _installed(device)
+    device.spec("1.0.3")
+    rolled = device.wait_outcome("rollback-container", seq)
+    decision = next(r for r in device.records() if r["seq"] == rolled["decision"])
+    assert "the new container did not start" in decision["reason"], decision
+    assert _runs(device, "1.0.0")
+    mine = [c for c in device.engine.client.containers.list(all=True)
+            if c.name.startswith(device.name)]
+    assert [(c.name, c.status) for c in mine] == [(device.name, "running")], mine
+
+
+def test_a_moved_tag_changes_nothing_and_an_unsigned_digest_is_never_run(
+        make: Any, engine: Engine) -> None:
+    device = make("kx-tag")
+    device.publish("1.0.0", "1.0.1")
+    seq = _installed(device)
+    repo = f"{engine.registry}/kruxos"
+    evil = engine.build(repo, "evil")
+    engine.client.images.pull(evil).tag(repo, "1.0.1")  # the tag moves to an unsigned image
+    engine.push(repo, "1.0.1")
+    engine.client.images.remove(evil, force=True)
+    device.spec("1.0.1")
+    device.wait_outcome("confirm-container", seq)
+    assert _runs(device, "1.0.1")
+    image = engine.client.images.get(device.container().attrs["Image"])
+    assert evil not in image.attrs["RepoDigests"]
+
+    # a release signed with a digest the registry does not hold is never swapped in
+    seq = device.last_seq()
+    device.publish("1.1.0", images={"1.1.0": f"{repo}@sha256:{'0' * 64}"})
+    device.spec("1.1.0")
+    pulled = device.wait_outcome("pull-image", seq)
+    assert pulled["details"]["code"] == "unavailable", pulled
+    assert _runs(device, "1.0.1")
+    assert not [r for r in device.records() if r["seq"] > seq
+                and r["action"] == "swap-container"]
+
+
+def test_a_kill_mid_swap_is_finished_by_the_next_daemon(make: Any) -> None:
+    device = make("kx-kill")
+    device.publish("1.0.0", "1.0.1")
+    seq = _installed(device)
+    device.stop()
+    device.spec("1.0.1")
+    device.start(KRUXOS_FAILPOINTS="container.renamed=kill")
+    proc = device.proc
+    assert proc is not None
+    wait_for(lambda: proc.poll() is not None, 60, "the daemon to be killed mid-swap",
+             context=device.tail)
+    assert proc.returncode == -signal.SIGKILL
+    assert device.state()["container_update"]["step"] == "swapping"
+    names = {c.name for c in device.engine.client.containers.list(all=True)}
+    assert f"{device.name}-previous" in names and device.name not in names, names
+    device.start()
+    device.wait_outcome("confirm-container", seq)
+    assert _runs(device, "1.0.1")
+    assert device.volume_file("starts.log").split("\n")[:2] == ["1.0.0 started",
+                                                                 "1.0.1 started"]
+    assert os.path.exists(device.root / "data" / "state.json")
