@@ -23,9 +23,11 @@ from reconciler.actions import (
     Blocked,
     Nothing,
     Outcome,
+    ProbeContainer,
     ProbeHealth,
     RestoreState,
     Rollback,
+    RollbackContainer,
     TakeRequest,
     Wait,
     reboots,
@@ -52,8 +54,9 @@ from reconciler.store import StateStore
 
 AUDIT_RETRY = timedelta(seconds=5)
 #: What still runs when its decision cannot be recorded: judging a trial and rolling
-#: it back (the precedence rule: nothing holds a rollback, an unwritable trail neither).
-UNRECORDED_OK = (ProbeHealth, Rollback)
+#: it back (the precedence rule: nothing holds a rollback, an unwritable trail neither),
+#: a container's trial too.
+UNRECORDED_OK = (ProbeHealth, Rollback, ProbeContainer, RollbackContainer)
 #: After a failed pass the next one waits 1 s, doubling per failure in a row up to this,
 #: each delay spread by ±20 % so that devices failing together do not retry together.
 BACKOFF_CAP = timedelta(seconds=15)
