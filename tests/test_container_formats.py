@@ -15,6 +15,7 @@ import pytest
 from ruamel.yaml import YAML
 
 from reconciler.config import load_device
+from reconciler.containers import ContainerRuntime
 from reconciler.errors import ConfigError, ReleaseError
 from reconciler.redact import redact
 from reconciler.release.channel import add_release, init_channel, sign_channel
@@ -158,3 +159,21 @@ def test_a_hand_edited_draft_with_an_image_but_without_the_feature_is_not_signed
     with pytest.raises(ReleaseError, match="releases\\[0\\].container_image: a release with a "
                                            "container image must require 'container-image'"):
         sign_channel(channel, [tmp_path / "release.key"])
+
+
+def test_the_container_config_becomes_what_docker_run_would_be_told(tmp_path: Path) -> None:
+    secrets = tmp_path / "container.env"
+    secrets.write_text("KRUXOS_VAULT_PASSPHRASE=vault-passphrase-0c61ab\n")
+    secrets.chmod(0o600)
+    device = load_device(_device(tmp_path, {
+        "repository": "r/k", "secretsFile": "container.env", "environment": {"TZ": "UTC"},
+        "ports": ["7800:7800", "127.0.0.1:7701:7701/udp"], "privileged": True,
+        "volumes": {"kruxos-data": "/data/kruxos"}}))
+    options = ContainerRuntime(device)._run_options("1.0.1")  # no engine is contacted
+    assert options["environment"] == {"TZ": "UTC",
+                                      "KRUXOS_VAULT_PASSPHRASE": "vault-passphrase-0c61ab"}
+    assert options["ports"] == {"7800/tcp": 7800, "7701/udp": ("127.0.0.1", 7701)}
+    assert options["volumes"] == {"kruxos-data": {"bind": "/data/kruxos", "mode": "rw"}}
+    assert options["privileged"] is True and "cap_add" not in options
+    assert options["labels"] == {"io.kruxos.version": "1.0.1"}
+    assert "network_mode" not in options
