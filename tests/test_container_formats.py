@@ -177,3 +177,23 @@ def test_the_container_config_becomes_what_docker_run_would_be_told(tmp_path: Pa
     assert options["privileged"] is True and "cap_add" not in options
     assert options["labels"] == {"io.kruxos.version": "1.0.1"}
     assert "network_mode" not in options
+
+
+def test_sim_init_runtime_docker_writes_a_container_device_that_loads(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from reconciler.cli.main import cli
+
+    result = CliRunner().invoke(cli, ["sim", "init", str(tmp_path / "dev"), "--runtime",
+                                      "docker", "--registry", "127.0.0.1:5999"])
+    assert result.exit_code == 0, result.output
+    assert "--container-image 127.0.0.1:5999/kruxos@sha256:<digest>" in result.output
+    device = load_device(tmp_path / "dev" / "device.yaml")
+    assert device.runtime == "docker" and device.slot_paths == {}
+    assert device.container is not None and device.container.repository == \
+        "127.0.0.1:5999/kruxos"
+    assert device.container_secrets is not None
+    assert device.container_secrets.stat().st_mode & 0o777 == 0o600
+    passphrase = device.container_secrets.read_text().split("=", 1)[1].strip()
+    assert passphrase not in result.output
+    assert (tmp_path / "dev" / "channel" / "metadata.json").is_file()

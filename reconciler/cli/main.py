@@ -329,10 +329,27 @@ def sim() -> None:
 @click.option("--bootloader", default="grub", show_default=True,
               type=click.Choice(["grub", "uboot", "bls"]),
               help="Which bootloader the simulated device boots with.")
-def sim_init(directory: Path, bootloader: str) -> None:
-    """Create a simulated device: A holds 1.0.0 confirmed, B empty, a signed channel."""
-    from reconciler.sim.device import init_device
+@click.option("--runtime", default="slots", show_default=True,
+              type=click.Choice(["slots", "docker"]),
+              help="docker: a container device on a real engine (docs/containers.md).")
+@click.option("--engine", default="unix:///run/docker.sock", show_default=True,
+              help="With --runtime docker: the engine's socket.")
+@click.option("--registry", default="127.0.0.1:5000", show_default=True,
+              help="With --runtime docker: the registry its images are pulled from.")
+def sim_init(directory: Path, bootloader: str, runtime: str, engine: str,
+             registry: str) -> None:
+    """Create a simulated device: A holds 1.0.0 confirmed, B empty, a signed channel
+    (--runtime docker: a container device's files, to publish images to)."""
+    from reconciler.sim.device import CHANNEL_PORT, init_device
 
+    if runtime == "docker":
+        from reconciler.sim.container import init_container_device, next_steps
+
+        made = init_container_device(directory, engine=engine, registry=registry,
+                                     channel=CHANNEL_PORT)
+        for line in next_steps(made, registry, CHANNEL_PORT):
+            click.echo(line)
+        return
     config = init_device(directory, bootloader=bootloader)
     click.echo(f"simulated device created in {config.parent}")
     click.echo(f"export KRUXOS_CONFIG={config}")
