@@ -41,7 +41,7 @@ from reconciler.actions import (
 )
 from reconciler.config import ContainerConfig, Device, read_secrets_file
 from reconciler.decide import count_probe
-from reconciler.errors import KruxosError, ReleaseError, StateError, TemporaryError
+from reconciler.errors import ReleaseError, StateError, TemporaryError
 from reconciler.failpoints import failpoint
 from reconciler.health import HealthAnswer, rollback_reason
 from reconciler.observed import ChannelView, ContainerView, EngineContainer
@@ -193,7 +193,7 @@ class ContainerRuntime:
                 self._engine("remove the container that did not start",
                              lambda: new.remove(force=True))
             _put(store, lambda u: u.update(step="start-failed", problem=problem))
-            raise KruxosError(f"{action.version}: the new container did not start "
+            raise ReleaseError(f"{action.version}: the new container did not start "
                               f"({problem}); its leftover was removed") from exc
         _put(store, lambda u: u.update(step="started"))
         failpoint("container.started")

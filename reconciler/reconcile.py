@@ -28,6 +28,7 @@ from reconciler.actions import (
     RestoreState,
     Rollback,
     RollbackContainer,
+    SwapContainer,
     TakeRequest,
     Wait,
     reboots,
@@ -366,6 +367,8 @@ class Reconciler:
             return max(now, min(now + hp.interval, deadline))
         if outcome.retry_after_s is not None:
             return now + timedelta(seconds=outcome.retry_after_s)
+        if outcome.code == "refused" and isinstance(action, SwapContainer):
+            return now  # a release whose container did not start is rolled back at once
         if not outcome.ok:
             return now + timedelta(seconds=30)
         if isinstance(action, Wait):

@@ -15,6 +15,7 @@ import signal
 import subprocess
 import sys
 from collections.abc import Iterator
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -268,6 +269,10 @@ def test_a_failed_start_leaves_no_stray_container_and_the_old_one_runs_again(
     rolled = device.wait_outcome("rollback-container", seq)
     decision = next(r for r in device.records() if r["seq"] == rolled["decision"])
     assert "the new container did not start" in decision["reason"], decision
+    swap = device.outcome("swap-container", seq)
+    assert swap is not None and swap["details"]["code"] == "refused", swap
+    pause = datetime.fromisoformat(rolled["time"]) - datetime.fromisoformat(swap["time"])
+    assert pause < timedelta(seconds=10), pause  # rolled back at once, not after a retry
     assert _runs(device, "1.0.0")
     mine = [c for c in device.engine.client.containers.list(all=True)
             if c.name.startswith(device.name)]
