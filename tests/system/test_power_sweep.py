@@ -38,7 +38,9 @@ both slots verify (``kruxos slot verify``), ``kruxos audit verify`` passes
 and the staging resumed at or after its durable point. Run by
 ``make torture`` (``KRUXOS_SWEEP_CUTS``, default 30: rounds of nine until at
 least that many; ``KRUXOS_CUT_SEED`` replays a run); each cut's line goes to
-``build/system-power-sweep.log`` and into ``docs/reliability.md`` by hand.
+``build/system-power-sweep.log`` (``KRUXOS_SWEEP_LOG`` names another, for two
+processes running rounds at once: ``-k round4``) and into
+``docs/reliability.md`` by hand.
 """
 
 from __future__ import annotations
