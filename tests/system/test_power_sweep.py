@@ -164,27 +164,35 @@ class Sweep(Cuts):
         self.audit_verifies()
 
 
+def _staged_and_armed(sw: Sweep, version: str, identity: str, booted: str, trial: str,
+                      then: str) -> None:
+    """Three cuts of a staging: during the download, at ``identity`` (between the image
+    and its identity record), right after the trial is armed; ``then`` is armed for the
+    trial boots' daemon."""
+    sw.arm(identity)
+    sw.restart_daemon()
+    sw.write_spec(version)
+    sw.download_cut(version, booted)
+
+    sw.stopped_then_cut(f"between {version}'s image and its identity ({identity})",
+                        then="trial.armed")
+    sw.expect_slot(booted, "between the image and the identity")
+    sw.shown_cut(f"{version}: at {identity}: GRUB booted {booted} (slot {trial} not armed)")
+
+    sw.stopped_then_cut(f"right after the trial of {trial} was armed (trial.armed)", then=then)
+    sw.expect_slot(trial, "right after the arm")
+    env = sw.env()
+    assert env.get("KRUXOS_TRIAL") == trial, env
+    sw.shown_cut(f"{version}: at trial.armed: GRUB booted {trial} on trial (tries left "
+                 f"{env.get('KRUXOS_TRIES')})")
+
+
 def _forward(sw: Sweep) -> None:
     """1.0.0 on A -> 1.0.1 confirmed on B, five cuts."""
     identity = sw.rng.choice(["install.read-back", "install.identity-written"])
     confirm = sw.rng.choice(["grubenv.overwritten", "confirm.marked"])
     health_delay = round(sw.rng.uniform(0.0, 3.0), 2)
-    sw.arm(identity)
-    sw.restart_daemon()
-    sw.write_spec("1.0.1")
-    sw.download_cut("1.0.1", "A")
-
-    sw.stopped_then_cut(f"between 1.0.1's image and its identity ({identity})",
-                        then="trial.armed")
-    sw.expect_slot("A", "between the image and the identity")
-    sw.shown_cut(f"1.0.1: at {identity}: GRUB booted A (B holds no identity it trusts yet)")
-
-    sw.stopped_then_cut("right after the trial of B was armed (trial.armed)", then=confirm)
-    sw.expect_slot("B", "right after the arm")
-    env = sw.env()
-    assert env.get("KRUXOS_TRIAL") == "B", env
-    sw.shown_cut(f"1.0.1: at trial.armed: GRUB booted B on trial (tries left "
-                 f"{env.get('KRUXOS_TRIES')})")
+    _staged_and_armed(sw, "1.0.1", identity, booted="A", trial="B", then=confirm)
 
     sw.watch_then_cut(f"grep -qs '\"action\":\"probe\"' {AUDIT}/audit-*.jsonl", health_delay,
                       "during the trial's health check (after the first probe decision)")
@@ -218,19 +226,7 @@ def _broken(sw: Sweep) -> None:
     identity = sw.rng.choice(["install.read-back", "install.identity-written"])
     rollback = sw.rng.choice(["grubenv.overwritten", "rollback.env-written"])
     sw.durable = 0
-    sw.arm(identity)
-    sw.restart_daemon()
-    sw.write_spec("1.0.2")
-    sw.download_cut("1.0.2", "B")
-
-    sw.stopped_then_cut(f"between 1.0.2's image and its identity ({identity})",
-                        then="trial.armed")
-    sw.expect_slot("B", "between the image and the identity")
-    sw.shown_cut(f"1.0.2: at {identity}: GRUB booted B")
-
-    sw.stopped_then_cut("right after the trial of A was armed (trial.armed)", then=rollback)
-    sw.expect_slot("A", "right after the arm")
-    sw.shown_cut("1.0.2: at trial.armed: GRUB booted A on trial")
+    _staged_and_armed(sw, "1.0.2", identity, booted="B", trial="A", then=rollback)
 
     decided = sw.stopped_then_cut(f"during the rollback ({rollback})", then=None)
     booted = sw.boot_any()
