@@ -47,7 +47,7 @@ test: $(STAMP)
 	  echo $$? > build/system.rc ) & \
 	$(BIN)/pytest -q -m "not torture and not system" --junitxml=build/test.xml; status=$$?; \
 	wait; echo "--- the whole device under QEMU (build/system-lane.log) ---"; \
-	tail -n 60 build/system-lane.log; system=$$(cat build/system.rc 2>/dev/null || echo 1); \
+	cat build/system-lane.log; system=$$(cat build/system.rc 2>/dev/null || echo 1); \
 	$(BIN)/python -m tests.report areas build/test.xml build/system.xml; \
 	echo "make test: suite exit $$status, whole device exit $$system"; \
 	[ $$status = 0 ] && [ $$system = 0 ]

@@ -463,10 +463,7 @@ class Executor:
             doc["failed"] = {"version": action.version, "reason": action.reason, "at": now}
             _drop_rollback_request(doc)
 
-        self.store.update(begin)
-        failpoint("services.restoring")
-        return self._finish_restore(runtime, action.version, action.from_version,
-                                    action.services, action.reason)
+        return self._restore_from(runtime, begin, action)
 
     def _rollback_services(self, action: RollbackServices,
                            policy: UpdatePolicy | None) -> str:
@@ -489,6 +486,11 @@ class Executor:
             doc["failed"] = {"version": action.version, "reason": action.reason, "at": now}
             _drop_rollback_request(doc)
 
+        return self._restore_from(runtime, begin, action)
+
+    def _restore_from(self, runtime: ServiceRuntime, begin: Callable[[dict[str, Any]], None],
+                      action: RestoreServices | RollbackServices) -> str:
+        """Record the restore as begun (``begin`` edits the state document), then finish it."""
         self.store.update(begin)
         failpoint("services.restoring")
         return self._finish_restore(runtime, action.version, action.from_version,
