@@ -296,11 +296,13 @@ class ConfirmContainer:
 @dataclass(frozen=True)
 class RollbackContainer:
     """Give up on ``version``: keep it as failed, stop and remove the new container, start the
-    old one again. Never gated."""
+    old one again (``image``: made anew from the image it ran, when no old container is kept,
+    as after a confirm). Never gated."""
 
     version: str
     from_version: str | None
     reason: str
+    image: str | None = None
     kind: ClassVar[str] = "rollback-container"
 
 

@@ -20,6 +20,7 @@ before it ran): a ``swapping`` update is resumed, a decided rollback finished.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -29,6 +30,7 @@ from reconciler.actions import (
     ConfirmContainer,
     ProbeContainer,
     PullImage,
+    RefuseRequest,
     RollbackContainer,
     SwapContainer,
     Wait,
@@ -46,6 +48,42 @@ from reconciler.windows import describe, is_open, next_open
 
 #: How soon a pass looks again at an engine that did not answer.
 ENGINE_RETRY = timedelta(seconds=10)
+#: The reason of a person's rollback (the same words as a slot device's).
+MANUAL = "manual (kruxos update rollback)"
+
+
+@dataclass(frozen=True)
+class ContainerRollback:
+    """What ``kruxos update rollback`` does on a container device: give up ``version`` and
+    run ``to_version`` again (the kept old container, or a new one from the image kept since
+    the last confirm), or why it cannot (``refusal``)."""
+
+    version: str | None
+    to_version: str | None
+    refusal: str | None = None
+
+
+def container_rollback(obs: ObservedState) -> ContainerRollback | None:
+    """The person's rollback of a container device (``None``: not a container device).
+
+    An update on its way (swapping or on trial) is rolled back to the container that ran
+    before; a confirmed one to the image that ran before it, which the engine keeps until
+    the next confirm. Anything older is gone: that needs a pin (``kruxos update apply``)."""
+    view = obs.container
+    if view is None:
+        return None
+    if view.update is not None:
+        return ContainerRollback(view.update.version, view.update.from_version)
+    if view.kept_image is None:
+        return ContainerRollback(view.version, None, f"cannot roll back: {view.label} runs "
+                                 f"{view.version or 'an unknown release'} and the engine keeps "
+                                 "no image it ran before (an image is kept from one confirmed "
+                                 "update to the next); pin an older release with kruxos update "
+                                 "apply VERSION instead")
+    if view.version is None:
+        return ContainerRollback(None, view.kept_version, f"cannot roll back: {view.label} runs "
+                                 "no release the signed channel lists")
+    return ContainerRollback(view.version, view.kept_version)
 
 
 def container_state(view: ContainerView, **fields: Any) -> ObservedState:
@@ -61,12 +99,16 @@ def judge_container(obs: ObservedState, fallback: TrialPolicy, now: datetime) ->
     """Finish an update whose swap began: resume, probe, confirm or roll back (any spec);
     ``None`` when there is none (or the device has no container runtime)."""
     view = obs.container
-    if view is None or view.update is None:
+    if view is None:
         return None
+    if view.update is None:
+        return _settled_request(obs, view)
     update = view.update
     if obs.failed is not None and obs.failed.version == update.version:
         return RollbackContainer(update.version, update.from_version, obs.failed.reason
                                  or f"{update.version} failed")
+    if obs.request == "rollback":
+        return RollbackContainer(update.version, update.from_version, MANUAL)
     if view.engine_error is not None:
         return Wait(f"the update to {update.version} is under way; the container engine does "
                     f"not answer ({view.engine_error})", until=now + ENGINE_RETRY)
@@ -78,17 +120,37 @@ def judge_container(obs: ObservedState, fallback: TrialPolicy, now: datetime) ->
         return SwapContainer(update.version, update.digest, update.from_version,
                              f"the swap to {update.version} was interrupted: finish it",
                              policy=update.policy or fallback)
-    return _judge_started(view, update, update.policy or fallback, now)
+    return _judge_started(view, update, update.policy or fallback, now, obs.request)
+
+
+def _settled_request(obs: ObservedState, view: ContainerView) -> Action | None:
+    """A person's rollback of a confirmed update (the kept image runs again), or a request
+    there is nothing for any more (forgotten, with why)."""
+    if obs.request == "confirm":
+        return RefuseRequest("confirm", f"nothing to confirm: {view.label} runs "
+                             f"{view.version or 'an unknown release'}, no update is on trial")
+    if obs.request != "rollback":
+        return None
+    plan = container_rollback(obs)
+    assert plan is not None
+    if plan.refusal is not None or plan.version is None:
+        return RefuseRequest("rollback", plan.refusal or "cannot roll back")
+    return RollbackContainer(plan.version, plan.to_version,
+                             f"{MANUAL}: the last change was the update {plan.to_version or '?'} "
+                             f"→ {plan.version}", image=view.kept_image)
 
 
 def _judge_started(view: ContainerView, update: ContainerUpdate, policy: TrialPolicy,
-                   now: datetime) -> Action:
+                   now: datetime, request: str | None) -> Action:
     current = view.current
     if current is None or not current.running:
         state = "gone" if current is None else current.status
         return RollbackContainer(update.version, update.from_version,
                                  f"{update.version}: the new container is not running "
                                  f"({view.name}: {state})")
+    if request == "confirm":
+        return ConfirmContainer(update.version, f"{update.version} confirmed by a person "
+                                "(kruxos update confirm)")
     if not policy.automatic:
         return Wait(f"{update.version} runs in {view.label} on trial; automatic rollback was "
                     "off at the swap: a person decides")
@@ -137,13 +199,14 @@ def converge_container(policy: UpdatePolicy, obs: ObservedState, now: datetime, 
                     f"({view.engine_error})", until=now + ENGINE_RETRY)
     digest = signed.partition("@")[2]
     running = view.version or "an unknown release"
+    now_asked = obs.override is not None and obs.override.reboot == "now"
     if digest in view.pulled:
-        gate = _restart_gate(policy, now, desired, view)
+        gate = None if now_asked else _restart_gate(policy, now, desired, view)
         return gate or SwapContainer(desired, digest, view.version,
                                      f"{desired} is pulled ({digest[:19]}…): swap {view.label} "
                                      f"from {running}", policy=captured)
     windows = policy.spec.rollout.window_values()
-    if policy.spec.rollout.stage == "in-window" and not is_open(windows, now):
+    if policy.spec.rollout.stage == "in-window" and not is_open(windows, now) and not now_asked:
         return Wait(f"{desired} is pulled in a maintenance window (rollout.stage: in-window)",
                     until=next_open(windows, now))
     return PullImage(desired, digest, f"Pull {desired} by its signed digest {digest[:19]}… "
@@ -152,7 +215,8 @@ def converge_container(policy: UpdatePolicy, obs: ObservedState, now: datetime, 
 
 def _restart_gate(policy: UpdatePolicy, now: datetime, desired: str,
                   view: ContainerView) -> Action | None:
-    """A Wait while the swap (a restart of the product) waits for a maintenance window."""
+    """A Wait while the swap (a restart of the product) waits for a maintenance window
+    (not when a person asked for it now: ``kruxos update apply --yes``)."""
     rollout = policy.spec.rollout
     windows = rollout.window_values()
     if view.current is None or rollout.service_restarts == "any-time" or is_open(windows, now):

@@ -128,8 +128,13 @@ class ContainerRuntime:
                 else None
             version = version or next((by_digest[d] for d in digests.get(now.image_id, ())
                                        if d in by_digest), None)
+        kept = recorded.get("kept_image")
+        kept = kept if isinstance(kept, str) and kept in digests else None
+        kept_version = recorded.get("kept_version") if kept else None
         return ContainerView(self.cfg.name, now, _engine_container(previous), version,
-                             frozenset(d for d in by_digest if d in held))
+                             frozenset(d for d in by_digest if d in held), kept_image=kept,
+                             kept_version=kept_version if isinstance(kept_version, str)
+                             else None)
 
     def _pulled_digests(self) -> dict[str, tuple[str, ...]]:
         """By image id, the digests under the configured repository the engine holds."""
@@ -279,8 +284,10 @@ class ContainerRuntime:
 
         def done(doc: dict[str, Any]) -> None:
             doc[RELEASE] = {"version": action.version, "image_id": image_id,
-                            "kept_image": update.get("old_image_id")}
+                            "kept_image": update.get("old_image_id"),
+                            "kept_version": update.get("from_version")}
             doc.pop(UPDATE, None)
+            doc.pop("request", None)  # a confirm asked for is done; a rollback is too late
 
         store.update(done)
         failpoint("container.confirmed")
@@ -298,21 +305,32 @@ class ContainerRuntime:
 
     def rollback(self, action: RollbackContainer, store: StateStore, now: datetime) -> str:
         """Keep the failure first (a crash then finishes the rollback, never confirms), then
-        remove the new container and start the old one under its name. Never gated."""
+        remove the new container and start the old one under its name: the kept one, else
+        one made anew from the image it ran (a confirmed update undone by a person: the
+        image is kept until the next confirm). The failed release's image is then dropped.
+        Never gated."""
 
         def begin(doc: dict[str, Any]) -> None:
             update = dict(doc.get(UPDATE) or {})
+            if not update:  # a confirmed update, undone by a person
+                update = {"version": action.version, "from_version": action.from_version,
+                          "digest": "", "step": "started", "old_image_id": action.image,
+                          "undo": True}
             update["rolling_back"] = action.reason
             doc[UPDATE] = update
             doc["failed"] = {"version": action.version, "reason": action.reason,
                              "at": now.isoformat()}
+            doc.pop("request", None)  # taken: a crash from here on finishes the rollback
 
         store.update(begin)
         failpoint("container.rolling-back")
-        old_image = store.section(UPDATE).get("old_image_id")
+        update = store.section(UPDATE)
+        old_image = update.get("old_image_id") or action.image
         current, previous = self._get(self.cfg.name), self._get(self.previous_name)
+        failed_image = None
         if current is not None and (previous is not None
                                     or current.attrs.get("Image") != old_image):
+            failed_image = current.attrs.get("Image")
             self._engine("stop the new container",
                          lambda: current.stop(timeout=self.cfg.stop_timeout))
             self._engine("remove the new container", lambda: current.remove(force=True))
@@ -322,14 +340,46 @@ class ContainerRuntime:
             self._engine("rename the old container back",
                          lambda: previous.rename(self.cfg.name))
             current = previous
+        elif current is None and isinstance(old_image, str):
+            current = self._engine("create the container again from the image it ran",
+                                   lambda: self.client().containers.create(
+                                       old_image, name=self.cfg.name,
+                                       **self._run_options(action.from_version or "?")))
         back = "nothing (there was no container before)"
         if current is not None:
             current.reload()
             if current.status != "running":
                 self._engine("start the old container", current.start)
             back = action.from_version or "the previous container"
-        store.put(UPDATE, None)
-        return f"{self.cfg.name} runs {back} again; {action.version} blocked: {action.reason}"
+        dropped = self._drop_release_image(failed_image, old_image)
+
+        def end(doc: dict[str, Any]) -> None:
+            if update.get("undo"):
+                doc[RELEASE] = {"version": action.from_version, "image_id": old_image}
+            doc.pop(UPDATE, None)
+
+        store.update(end)
+        return f"{self.cfg.name} runs {back} again; {action.version} blocked: " \
+               f"{action.reason}{dropped}"
+
+    def _drop_release_image(self, image_id: Any, running: Any) -> str:
+        """Untag the failed release's image (its ``REPOSITORY@sha256`` references): it is
+        blocked, and a retry pulls it again. Other names of it, and an image in use, stay."""
+        if not isinstance(image_id, str) or image_id == running:
+            return ""
+        try:
+            image = self._engine("inspect the failed image",
+                                 lambda: self.client().images.get(image_id))
+            refs = [r for r in image.attrs.get("RepoDigests") or []
+                    if r.partition("@")[0] == self.cfg.repository]
+            for ref in refs:
+                self._untag(ref)
+        except (docker.errors.NotFound, TemporaryError):
+            return ""
+        return f"; its image {image_id[:19]}… dropped" if refs else ""
+
+    def _untag(self, ref: str) -> None:
+        self._engine(f"untag {ref}", lambda: self.client().images.remove(ref))
 
 
 def _engine_container(container: Any) -> EngineContainer | None:

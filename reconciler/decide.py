@@ -39,6 +39,7 @@ from reconciler.actions import (
     LiftBlock,
     NoteFallback,
     Nothing,
+    ProbeContainer,
     ProbeHealth,
     Reboot,
     RepairBootEnv,
@@ -199,8 +200,12 @@ def _judge_services(policy: UpdatePolicy | None, obs: ObservedState,
 
 def _judge_container(policy: UpdatePolicy | None, obs: ObservedState,
                      now: datetime) -> Action | None:
-    """A container update whose swap began is finished first (``runtime: docker``)."""
-    return judge_container(obs, trial_policy_of(policy), now)
+    """A container update whose swap began is finished first (``runtime: docker``); while it
+    only waits or probes, a person's request is taken first (a confirm or a rollback by hand)."""
+    action = judge_container(obs, trial_policy_of(policy), now)
+    if obs.requests and isinstance(action, Wait | ProbeContainer):
+        return None
+    return action
 
 
 # ---- a person's requests, the end of a pin, the lifting of a block -------------------------
@@ -249,13 +254,23 @@ def _on_resume(req: Request, policy: UpdatePolicy | None, obs: ObservedState) ->
 
 
 def _on_confirm(req: Request, policy: UpdatePolicy | None, obs: ObservedState) -> TakeRequest:
-    return TakeRequest(req, "a person asked to confirm the slot on trial (kruxos update "
-                       "confirm)", slot=obs.booted, version=obs.booted_slot.version)
+    what = "the container update on trial" if obs.container else "the slot on trial"
+    return TakeRequest(req, f"a person asked to confirm {what} (kruxos update confirm)",
+                       slot=obs.booted, version=_request_version(obs))
 
 
 def _on_rollback(req: Request, policy: UpdatePolicy | None, obs: ObservedState) -> TakeRequest:
     return TakeRequest(req, "a person asked to roll back (kruxos update rollback)",
-                       slot=obs.booted, version=obs.booted_slot.version)
+                       slot=obs.booted, version=_request_version(obs))
+
+
+def _request_version(obs: ObservedState) -> str | None:
+    """The version a confirm or rollback is bound to: the booted slot's, or on a container
+    device the update's on its way (else the running container's)."""
+    view = obs.container
+    if view is not None and view.update is not None:
+        return view.update.version
+    return view.version if view is not None else obs.booted_slot.version
 
 
 def _on_cancel(req: Request, policy: UpdatePolicy | None, obs: ObservedState) -> TakeRequest:

@@ -536,7 +536,11 @@ class Executor:
                 f"{reason}")
 
     def _refuse_request(self, action: RefuseRequest, policy: UpdatePolicy | None) -> str:
-        self.store.update(_drop_rollback_request)
+        def drop(doc: dict[str, Any]) -> None:
+            if (doc.get("request") or {}).get("kind") == action.request:
+                doc.pop("request", None)
+
+        self.store.update(drop)
         return f"the {action.request} request is forgotten: {action.reason}"
 
     def _disarm(self, action: Disarm, policy: UpdatePolicy | None) -> str:

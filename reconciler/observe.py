@@ -24,6 +24,7 @@ from reconciler.observed import (
     SLOTS,
     ChannelView,
     ContainerUpdate,
+    ContainerView,
     FailedVersion,
     HealthProgress,
     ObservedState,
@@ -122,9 +123,22 @@ def _observe_container(device: Device, store: StateStore, channel: ChannelView |
     engine = replace(containers.view(view, release), update=_container_update(doc.get(UPDATE)))
     return container_state(
         engine, failed=_failed(doc.get("failed")), channel=view,
+        request=_container_request(doc.get("request"), engine),
         override=_override(doc.get("override")), disk_full=store.reserve.in_use,
         requests=_requests(inbox or FileInbox(device.data_dir)),
         state_problem=state_problem, recovered=recovered)
+
+
+def _container_request(value: Any, view: ContainerView) -> Any:
+    """A person's confirm or rollback, only for the update (or the release) it was asked
+    for: one left over by a crash never acts on a later update."""
+    if not isinstance(value, dict):
+        return None
+    bound = view.update.version if view.update is not None else view.version
+    if value.get("version") != bound:
+        return None
+    kind = value.get("kind")
+    return kind if kind in ("confirm", "rollback") else None
 
 
 def _container_update(value: Any) -> ContainerUpdate | None:

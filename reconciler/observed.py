@@ -204,7 +204,9 @@ class ContainerView:
 
     ``current`` is the container of the configured name, ``previous`` the old one kept
     (renamed) for a rollback; ``version`` the release whose signed digest the current
-    container's image carries; ``pulled`` the signed digests whose images the engine holds.
+    container's image carries; ``pulled`` the signed digests whose images the engine holds;
+    ``kept_image``/``kept_version`` the image the container ran before the last confirmed
+    update, while the engine still holds it (a person's rollback starts it again).
     """
 
     name: str
@@ -214,6 +216,8 @@ class ContainerView:
     pulled: frozenset[str] = frozenset()
     update: ContainerUpdate | None = None
     engine_error: str | None = None
+    kept_image: str | None = None
+    kept_version: str | None = None
 
     @property
     def label(self) -> str:

@@ -10,6 +10,7 @@ spec. A slot device's decisions do not change (``tests/test_decide.py``).
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import timedelta
 from typing import Any
 
@@ -22,11 +23,13 @@ from reconciler.actions import (
     Nothing,
     ProbeContainer,
     PullImage,
+    RefuseRequest,
     RollbackContainer,
     SwapContainer,
+    TakeRequest,
     Wait,
 )
-from reconciler.container_rules import container_state
+from reconciler.container_rules import MANUAL, container_rollback, container_state
 from reconciler.decide import decide
 from reconciler.observed import (
     ChannelView,
@@ -36,6 +39,8 @@ from reconciler.observed import (
     FailedVersion,
     HealthProgress,
     ObservedState,
+    Override,
+    Request,
     TrialPolicy,
 )
 from tests.test_decide import CLOSED, NOW, OPEN, policy
@@ -51,7 +56,8 @@ CAPTURED = TrialPolicy(interval=timedelta(seconds=5), timeout=timedelta(minutes=
 
 def device(version: str | None = "1.0.0", current: EngineContainer | None = OLD,
            **view: Any) -> ObservedState:
-    fields = {k: view.pop(k) for k in ("failed", "channel", "override") if k in view}
+    fields = {k: view.pop(k) for k in ("failed", "channel", "override", "request", "requests")
+              if k in view}
     fields.setdefault("channel", CHANNEL)
     return container_state(ContainerView("kruxos", current=current, version=version, **view),
                            **fields)
@@ -99,6 +105,18 @@ def test_the_swap_waits_for_a_window_unless_restarts_may_happen_any_time() -> No
     fresh = device(None, None, pulled=frozenset({D["1.0.1"]}))
     assert isinstance(decide(policy("1.0.1", rollout={"windows": [CLOSED]}), fresh, NOW),
                       SwapContainer)
+
+
+@pytest.mark.parametrize(("reboot", "swaps"), [("now", True), ("rules", False)])
+def test_a_person_who_asked_for_now_is_not_held_by_a_window_for_the_pull_or_the_swap(
+        reboot: str, swaps: bool) -> None:
+    pin = Override("1.0.1", reboot=reboot, spec_wanted="1.0.0")  # type: ignore[arg-type]
+    rollout = {"windows": [CLOSED], "stage": "in-window"}
+    pulled = device(pulled=frozenset({D["1.0.1"]}), override=pin)
+    swap = decide(policy("1.0.0", rollout=rollout), pulled, NOW)
+    assert isinstance(swap, SwapContainer if swaps else Wait), swap
+    pull = decide(policy("1.0.0", rollout=rollout), device(override=pin), NOW)
+    assert isinstance(pull, PullImage if swaps else Wait), pull
 
 
 def test_a_release_without_a_signed_image_is_blocked_and_the_container_kept() -> None:
@@ -190,3 +208,86 @@ def test_automatic_rollback_off_at_the_swap_leaves_it_to_a_person() -> None:
 def test_a_started_update_waits_for_an_engine_that_does_not_answer() -> None:
     action = decide(policy("1.0.1"), updating(engine_error="connection refused"), NOW)
     assert isinstance(action, Wait) and "under way" in action.reason
+
+
+# ---- a person's confirm and rollback (kruxos update confirm / rollback) ---------------------
+
+ASKED = Request("0001-confirm.json", "confirm", by="root on tty1")
+WAITING = HealthProgress(first_probe_at=NOW - timedelta(seconds=3), last_probe_at=NOW,
+                         probes=1, consecutive_ok=0, last_summary="503")
+
+
+def test_a_request_is_taken_while_the_trial_only_waits_for_its_next_probe() -> None:
+    action = decide(policy("1.0.1"), updating(health=WAITING, requests=(ASKED,)), NOW)
+    assert isinstance(action, TakeRequest)
+    assert action.version == "1.0.1", "bound to the update on trial, not to a slot"
+    assert "confirm the container update on trial" in action.reason
+
+
+def test_a_decided_rollback_goes_on_before_any_request_is_taken() -> None:
+    failed = FailedVersion("1.0.1", "Health check timeout")
+    action = decide(policy("1.0.1"), updating(health=WAITING, requests=(ASKED,),
+                                              failed=failed), NOW)
+    assert isinstance(action, RollbackContainer)
+
+
+@pytest.mark.parametrize("automatic", [True, False])
+def test_a_confirm_asked_for_confirms_the_trial_at_once(automatic: bool) -> None:
+    obs = updating(health=WAITING, request="confirm")
+    assert obs.container is not None and obs.container.update is not None
+    obs = replace(obs, container=replace(obs.container, update=replace(
+        obs.container.update, policy=replace(CAPTURED, automatic=automatic))))
+    action = decide(policy("1.0.1"), obs, NOW)
+    assert isinstance(action, ConfirmContainer)
+    assert action.reason == "1.0.1 confirmed by a person (kruxos update confirm)"
+
+
+def test_a_confirm_of_a_container_that_is_not_running_is_a_rollback() -> None:
+    stopped = EngineContainer("kruxos", "sha256:new", "exited")
+    action = decide(policy("1.0.1"), updating(current=stopped, request="confirm"), NOW)
+    assert isinstance(action, RollbackContainer)
+
+
+@pytest.mark.parametrize("step", ["swapping", "started", "start-failed"])
+def test_a_rollback_asked_for_on_trial_goes_back_to_the_kept_container(step: str) -> None:
+    action = decide(None, updating(step, health=WAITING, request="rollback"), NOW)
+    assert isinstance(action, RollbackContainer)
+    assert (action.version, action.from_version, action.image) == ("1.0.1", "1.0.0", None)
+    if step != "start-failed":
+        assert action.reason == MANUAL
+
+
+def test_a_confirmed_update_is_undone_from_the_image_kept_since_the_confirm() -> None:
+    obs = device("1.0.1", NEW, kept_image="sha256:old", kept_version="1.0.0",
+                 request="rollback")
+    action = decide(policy("1.0.1"), obs, NOW)
+    assert isinstance(action, RollbackContainer)
+    assert (action.version, action.from_version, action.image) == \
+        ("1.0.1", "1.0.0", "sha256:old")
+    assert action.reason == f"{MANUAL}: the last change was the update 1.0.0 → 1.0.1"
+
+
+def test_with_no_image_kept_a_rollback_is_refused_and_forgotten_with_why() -> None:
+    action = decide(policy("1.0.1"), device("1.0.1", NEW, request="rollback"), NOW)
+    assert isinstance(action, RefuseRequest)
+    assert action.request == "rollback"
+    assert "keeps no image it ran before" in action.reason
+    plan = container_rollback(device("1.0.1", NEW))
+    assert plan is not None and plan.refusal == action.reason
+
+
+def test_a_confirm_with_nothing_on_trial_is_forgotten_not_kept_for_a_later_update() -> None:
+    action = decide(policy("1.0.1"), device("1.0.1", NEW, request="confirm"), NOW)
+    assert isinstance(action, RefuseRequest)
+    assert (action.request, action.reason) == (
+        "confirm", "nothing to confirm: container kruxos runs 1.0.1, no update is on trial")
+
+
+def test_the_plan_of_a_rollback_names_the_versions_both_ways() -> None:
+    plan = container_rollback(updating(health=WAITING))
+    assert plan is not None and (plan.version, plan.to_version, plan.refusal) == \
+        ("1.0.1", "1.0.0", None)
+    kept = container_rollback(device("1.0.1", NEW, kept_image="sha256:old",
+                                     kept_version="1.0.0"))
+    assert kept is not None and (kept.version, kept.to_version, kept.refusal) == \
+        ("1.0.1", "1.0.0", None)

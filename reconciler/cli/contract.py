@@ -29,19 +29,23 @@ COMMANDS: tuple[Command, ...] = (
                                  "not verify (`channel`)")), "update-check"),
     Command("update status", ((0, "the status was shown"), (2, "error")), "update-status"),
     Command("update apply", ((0, "staged, and rebooting or armed for the next reboot; or "
-                                 "already running"),
-                             (1, "refused (`refused`), ended by a later request (`taken-over`) "
-                                 "or the device is held by another command (`locked`)"),
+                                 "already running; a service or container update confirmed, "
+                                 "or waiting for a window or a person"),
+                             (1, "refused (`refused`), rolled back (a service or container "
+                                 "update), ended by a later request (`taken-over`) or the "
+                                 "device is held by another command (`locked`)"),
                              (2, "error; no terminal to ask on, or `--yes` with `--no-reboot` "
                                  "(`usage`)"),
                              (130, "stopped by Ctrl-C (the download resumes on the next apply; "
                                    "at the prompt: not now)")), "update-apply"),
-    Command("update rollback", ((0, "rolling back (after a service update: rolled back, no "
-                                    "reboot)"),
+    Command("update rollback", ((0, "rolling back (after a service update, or on a container "
+                                    "device: rolled back, no reboot)"),
                                 (1, "refused: nothing good to go back to, or past a data "
-                                    "migration; or the service rollback failed"),
+                                    "migration; or the service or container rollback "
+                                    "failed"),
                                 (2, "error")), "update-rollback"),
-    Command("update confirm", ((0, "confirmed"), (1, "refused: nothing on trial"),
+    Command("update confirm", ((0, "confirmed (a slot, or a container update on trial)"),
+                               (1, "refused: nothing on trial"),
                                (2, "error")), "update-confirm"),
     Command("update resume", ((0, "the spec rules again"), (1, "the device is held by "
                                                                "another command"),

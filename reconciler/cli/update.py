@@ -9,8 +9,9 @@ command    exit codes
 =========  =====================================================================
 check      0 up to date · 1 an update is available · 2 error (channel refused...)
 apply      0 staged (and rebooting or armed) · 1 refused or failed · 130 stopped
-rollback   0 rolling back (a service update: rolled back) · 1 refused (nothing good to
-           go back to, or past a data migration) or the service rollback failed
+rollback   0 rolling back (a service or container update: rolled back) · 1 refused
+           (nothing good to go back to, or past a data migration) or the service or
+           container rollback failed
 confirm    0 confirmed · 1 nothing on trial
 resume     0 the spec rules again
 cancel     0 nothing staged any more
@@ -34,6 +35,7 @@ from reconciler.audit import AuditRecord
 from reconciler.channelwatch import ChannelWatch, view_of
 from reconciler.cli.link import Link, connect
 from reconciler.config import Device
+from reconciler.container_rules import ContainerRollback, container_rollback
 from reconciler.decide import (
     cancel_refusal,
     cancels_a_staging,
@@ -152,10 +154,11 @@ def apply(ctx: click.Context, version: str | None, yes: bool, no_reboot: bool,
     if yes and no_reboot:
         raise click.UsageError("--yes (reboot once staged) and --no-reboot (stage only) "
                                "contradict each other; pass one of them")
-    if not (yes or no_reboot or as_json) and not sys.stdin.isatty():
+    device = _device(ctx)
+    asks = device.container is None  # a container device swaps; it asks nothing
+    if asks and not (yes or no_reboot or as_json) and not sys.stdin.isatty():
         _fail("no terminal to ask 'Reboot now?' on (stdin is not a terminal): pass --yes to "
               "reboot once staged, or --no-reboot to stage only", 2, as_json, why="usage")
-    device = _device(ctx)
     try:
         meta = verified_metadata(device)
     except KruxosError as exc:
@@ -177,6 +180,15 @@ def apply(ctx: click.Context, version: str | None, yes: bool, no_reboot: bool,
     if running == release.version:
         _done_json_or(as_json, {"version": running, "staged": False, "running": True},
                       f"KruxOS {running} is already running.")
+        return
+    engine = view.observed.container
+    if engine is not None:
+        with connect(device) as link:
+            start = link.head()
+            link.wait_taken(link.send("pin", version=release.version,
+                                      reboot="now" if yes else "rules"))
+            _follow_container_update(link, engine.name, running, release.version, start,
+                                     as_json)
         return
     need = service_need(view.observed, release.version)
     if need is not None:  # the same root image: no reboot, --yes/--no-reboot do not apply
@@ -237,7 +249,7 @@ def _follow_service_update(link: Link, version: str, services: tuple[str, ...], 
                 if not as_json:
                     click.echo(f"Restarting {names}... ✗")
                 _fail(f"{version} was restored without a reboot: "
-                      f"{printable(record.outcome or '')}", 1, as_json)
+                      f"{_told(record)}", 1, as_json)
             elif record.kind == "decision" and record.action == "blocked" \
                     and version in record.reason:
                 _fail(printable(record.reason), 1, as_json)
@@ -250,6 +262,65 @@ def _follow_service_update(link: Link, version: str, services: tuple[str, ...], 
         time.sleep(0.2)
     _fail(f"the service update to {version} did not finish within {SERVICE_FOLLOW_S:g}s; "
           "the daemon goes on with it ('kruxos update status')", 2, as_json, why="unavailable")
+
+
+def _follow_container_update(link: Link, name: str, running: str | None, version: str,
+                             start: int, as_json: bool) -> None:
+    """Follow a container update through the trail: the pull by the signed digest, the
+    swap, the health check: ``✓`` confirmed (exit 0) or ``✗`` rolled back (exit 1). A swap
+    that waits for a maintenance window, or for a person (automatic rollback off), is said
+    and left to the daemon (exit 0)."""
+    said: set[str] = set()
+    doc = {"version": version, "container": name}
+    deadline = time.monotonic() + SERVICE_FOLLOW_S
+    while time.monotonic() < deadline:
+        for record in link.records_after(start):
+            done, code = record.kind == "outcome", record.details.get("code")
+            step = (record.action, code)
+            if done and step == ("pull-image", "ok") and "pulled" not in said:
+                said.add("pulled")
+                if not as_json:
+                    click.echo(f"Pulling {version} by its signed digest... ✓")
+            elif done and record.action == "pull-image" and code != "ok":
+                _fail(f"update refused: {_told(record)}", 1, as_json)
+            elif done and step == ("swap-container", "ok") and "swapped" not in said:
+                said.add("swapped")
+                if not as_json:
+                    click.echo(f"Swapping container {name}: {running or 'none'} → "
+                               f"{version}... ✓")
+            elif done and record.action == "confirm-container":
+                _done_json_or(as_json, {**doc, "confirmed": True},
+                              f"Health check... ✓\nKruxOS {version} runs in container "
+                              f"{name}, confirmed without a reboot.")
+                return
+            elif done and record.action == "rollback-container":
+                if not as_json:
+                    click.echo("Health check... ✗")
+                _fail(f"{version} was rolled back: {_told(record)}", 1,
+                      as_json)
+            elif record.kind == "decision" and record.action == "blocked" \
+                    and version in record.reason:
+                _fail(printable(record.reason), 1, as_json)
+            elif record.kind == "decision" and record.action == "wait" and (
+                    "waits for the maintenance window" in record.reason
+                    or "a person decides" in record.reason):
+                _done_json_or(as_json, {**doc, "confirmed": False},
+                              f"{printable(record.reason)}\n(kruxos update status follows "
+                              "it; kruxos update apply --yes swaps outside a window)")
+                return
+        time.sleep(0.2)
+    _fail(f"the container update to {version} did not finish within {SERVICE_FOLLOW_S:g}s; "
+          "the daemon goes on with it ('kruxos update status')", 2, as_json, why="unavailable")
+
+
+def _told(record: AuditRecord) -> str:
+    """An outcome's text without its leading code (``ok: kruxos runs 1.0.1 again`` → the
+    rest), printable."""
+    text = record.outcome or ""
+    code = record.details.get("code")
+    if isinstance(code, str) and text.startswith(f"{code}: "):
+        text = text[len(code) + 2:]
+    return printable(text)
 
 
 def _refuse_downgrade(view: Any, version: str, running: str | None, as_json: bool) -> None:
@@ -496,6 +567,10 @@ def rollback(ctx: click.Context, as_json: bool) -> None:
     previous good slot (this reboots into the previous partition)."""
     device = _device(ctx)
     obs = inspect_device(device, _now()).observed
+    undo = container_rollback(obs)
+    if undo is not None and obs.container is not None:
+        _rollback_container(device, obs.container.name, undo, as_json)
+        return
     plan = service_rollback_plan(obs)
     if plan is not None:
         _rollback_services(device, plan, as_json)
@@ -533,13 +608,54 @@ def _rollback_services(device: Device, plan: ServiceRollback, as_json: bool) -> 
     if outcome.details.get("code") != "ok":
         if not as_json:
             click.echo(f"Restarting {names}... ✗")
-        _fail(f"the rollback of {plan.version} failed: {printable(outcome.outcome or '')}", 1,
+        _fail(f"the rollback of {plan.version} failed: {_told(outcome)}", 1,
               as_json)
     _done_json_or(as_json, {"service_rollback": True, "rolled_back": plan.version,
                             "runs": plan.to_version, "services": list(plan.services),
                             "reboot": False, "blocked": plan.version},
                   f"Restarting {names}... ✓\nKruxOS {back} runs again, no reboot; "
                   f"{plan.version} is blocked until the desired version changes.")
+
+
+def _rollback_container(device: Device, name: str, plan: ContainerRollback,
+                       as_json: bool) -> None:
+    """Undo a container update (the core chose how: ``container_rollback``); say what the
+    reconciler recorded: the container that ran before runs again, the version blocked."""
+    if plan.refusal is not None:
+        _fail(plan.refusal, 1, as_json)
+    back = plan.to_version or "the container that ran before"
+    if not as_json:
+        click.echo(f"Rolling back container {name}: {plan.version} → {back}. No reboot.")
+    outcome = _request_outcome(device, "rollback", "rollback-container", as_json)
+    if outcome.details.get("code") != "ok":
+        _fail(f"the rollback of {plan.version} failed: {_told(outcome)}", 1,
+              as_json)
+    _done_json_or(as_json, {"container_rollback": True, "rolled_back": plan.version,
+                            "runs": plan.to_version, "container": name, "reboot": False,
+                            "blocked": plan.version},
+                  f"KruxOS {back} runs again in container {name}, no reboot; "
+                  f"{plan.version} is blocked until the desired version changes.")
+
+
+def _request_outcome(device: Device, kind: str, action: str, as_json: bool,
+                     timeout: float = 60.0) -> AuditRecord:
+    """Hand ``kind`` to the reconciler; the outcome of ``action`` it then recorded (or its
+    refusal, which fails the command with the reconciler's reason)."""
+    with connect(device) as link:
+        start = link.head()
+        link.wait_taken(link.send(kind))
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for record in link.records_after(start):
+                if record.kind != "outcome":
+                    continue
+                if record.action == action:
+                    return record
+                if record.action == "request-refused":
+                    _fail(printable(record.outcome or "refused"), 1, as_json)
+            time.sleep(0.1)
+    _fail(f"the reconciler recorded no {action} within {timeout:g}s (is `kruxos daemon` "
+          "stuck? see `kruxos audit list` and its log)", 2, as_json, why="unavailable")
 
 
 def _ask(device: Device, kind: str, until: str | None = None) -> None:
@@ -560,6 +676,9 @@ def confirm(ctx: click.Context, as_json: bool) -> None:
     """Confirm the slot on trial by hand: it becomes the default."""
     device = _device(ctx)
     obs = inspect_device(device, _now()).observed
+    if obs.container is not None:
+        _confirm_container(device, obs, as_json)
+        return
     if not obs.on_trial:
         _fail(f"nothing to confirm: slot {obs.booted_slot.label} is {obs.boot_status}, "
               "not on trial", 1, as_json)
@@ -567,6 +686,24 @@ def confirm(ctx: click.Context, as_json: bool) -> None:
     _done_json_or(as_json, {"confirmed": obs.booted_slot.version, "slot": obs.booted_slot.label},
                   f"Confirmed: {obs.booted_slot.version} in slot {obs.booted_slot.label} is "
                   "now the default.")
+
+
+def _confirm_container(device: Device, obs: Any, as_json: bool) -> None:
+    """Confirm the container update on trial: the kept old container is removed."""
+    view = obs.container
+    update = view.update
+    if update is None or update.step != "started":
+        doing = f"an update to {update.version} is {update.step}" if update else \
+            "no update is on trial"
+        _fail(f"nothing to confirm: {view.label} runs {view.version or 'an unknown release'}; "
+              f"{doing}", 1, as_json)
+    outcome = _request_outcome(device, "confirm", "confirm-container", as_json)
+    if outcome.details.get("code") != "ok":
+        _fail(f"the confirm of {update.version} failed: {_told(outcome)}",
+              1, as_json)
+    _done_json_or(as_json, {"confirmed": update.version, "container": view.name},
+                  f"Confirmed: {update.version} runs in container {view.name}; the old "
+                  "container is removed, its image kept until the next confirm.")
 
 
 @click.command("resume")

@@ -15,7 +15,7 @@ import signal
 import subprocess
 import sys
 from collections.abc import Iterator
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +25,7 @@ from ruamel.yaml import YAML
 
 from reconciler.release.channel import add_release, init_channel, sign_channel
 from reconciler.release.keys import generate_keypair
+from tests.cli_contract import check
 from tests.container_rig import Engine, engine_env, free_port, start_engine
 from tests.httpserver import ChannelServer
 from tests.waiting import wait_for
@@ -90,12 +91,20 @@ class DockerDevice:
                         container_image=(images or self.images)[version])
         sign_channel(self.channel, [self.root / "keys" / "release.key"])
 
-    def spec(self, version: str, timeout: str = "20s") -> None:
+    def spec(self, version: str, timeout: str = "20s", automatic: bool = True,
+             closed: bool = False) -> None:
+        """The spec; ``closed``: a maintenance window that is not open now (12 h away)."""
+        rollout = {}
+        if closed:
+            start = (datetime.now(UTC) + timedelta(hours=12)).strftime("%H:%M")
+            rollout = {"windows": [{"days": ["mon", "tue", "wed", "thu", "fri", "sat", "sun"],
+                                    "start": start, "duration": "5m"}]}
         self._yaml(self.root / "spec.yaml", {
             "apiVersion": "kruxos.io/v1", "kind": "UpdatePolicy", "metadata": {"name": "t"},
             "spec": {"version": version, "channel": {"url": self.server.url + "/"},
                      "health": {"url": f"http://127.0.0.1:{self.port}/health/ready",
-                                "interval": "1s", "timeout": timeout}}})
+                                "interval": "1s", "timeout": timeout},
+                     "rollback": {"automatic": automatic}, "rollout": rollout}})
 
     def start(self, **env: str) -> None:
         with (self.root / "daemon.log").open("ab") as log:
@@ -111,8 +120,11 @@ class DockerDevice:
         self.proc = None
 
     def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([*KRUXOS, "--config", str(self.root / "device.yaml"), *args],
-                              capture_output=True, text=True, timeout=60, env=engine_env())
+        """``kruxos ARGS`` on this device, held to the command's contract (exit codes, JSON)."""
+        result = subprocess.run([*KRUXOS, "--config", str(self.root / "device.yaml"), *args],
+                                capture_output=True, text=True, timeout=90, env=engine_env())
+        check(list(args), result)
+        return result
 
     def records(self) -> list[dict[str, Any]]:
         found = []
@@ -327,3 +339,88 @@ def test_a_kill_mid_swap_is_finished_by_the_next_daemon(make: Any) -> None:
     assert device.volume_file("starts.log").split("\n")[:2] == ["1.0.0 started",
                                                                  "1.0.1 started"]
     assert os.path.exists(device.root / "data" / "state.json")
+
+
+def test_a_person_confirms_a_trial_and_rolls_back_on_trial_and_after_a_confirm(
+        make: Any, engine: Engine) -> None:
+    device = make("kx-hand")
+    device.publish("1.0.0", "1.0.1", "1.1.0")
+    _installed(device)
+    nothing = device.cli("update", "confirm")
+    assert nothing.returncode == 1, nothing
+    assert "nothing to confirm: container kx-hand runs 1.0.0" in nothing.stderr, nothing
+
+    # on trial with automatic rollback off: a person confirms it
+    seq = device.last_seq()
+    device.spec("1.0.1", automatic=False)
+    device.wait_outcome("swap-container", seq)
+    wait_for(lambda: [r for r in device.records() if r["seq"] > seq
+                      and "a person decides" in r.get("reason", "")], 30, "the trial to wait")
+    confirmed = device.cli("update", "confirm", "--json")
+    assert confirmed.returncode == 0, confirmed
+    assert json.loads(confirmed.stdout) == {"ok": True, "confirmed": "1.0.1",
+                                            "container": "kx-hand"}
+    assert "container_update" not in device.state() and _runs(device, "1.0.1")
+    names = {c.name for c in engine.client.containers.list(all=True)}
+    assert f"{device.name}-previous" not in names, names
+
+    # the confirmed update undone: 1.0.0 again from the image kept since the confirm
+    undo = device.cli("update", "rollback", "--json")
+    assert undo.returncode == 0, undo
+    assert json.loads(undo.stdout) == {"ok": True, "container_rollback": True,
+                                       "rolled_back": "1.0.1",
+                                       "runs": "1.0.0", "container": "kx-hand",
+                                       "reboot": False, "blocked": "1.0.1"}
+    assert _runs(device, "1.0.0") and _health(device) == 200
+    assert device.state()["failed"]["version"] == "1.0.1"
+    with pytest.raises(Exception, match="No such image"):
+        engine.client.images.get(device.images["1.0.1"])  # the blocked release's digest
+    again = device.cli("update", "rollback")
+    assert again.returncode == 1 and "keeps no image it ran before" in again.stderr, again
+
+    # a rollback by hand while the next release is on trial: the kept container comes back
+    seq = device.last_seq()
+    device.spec("1.1.0", automatic=False)
+    device.wait_outcome("swap-container", seq)
+    assert _runs(device, "1.1.0")
+    kept = device.container(f"{device.name}-previous").id
+    back = device.cli("update", "rollback")
+    assert back.returncode == 0, back
+    assert back.stdout.splitlines() == [
+        "Rolling back container kx-hand: 1.1.0 → 1.0.0. No reboot.",
+        "KruxOS 1.0.0 runs again in container kx-hand, no reboot; 1.1.0 is blocked until "
+        "the desired version changes."], back.stdout
+    assert _runs(device, "1.0.0") and device.container().id == kept
+    assert device.state()["failed"]["version"] == "1.1.0"
+    assert device.volume_file("starts.log").split("\n")[:5] == [
+        "1.0.0 started", "1.0.1 started", "1.0.0 started", "1.1.0 started", "1.0.0 started"]
+    assert device.cli("audit", "verify").returncode == 0
+
+
+def test_update_apply_pulls_and_swaps_on_a_container_device_and_says_how_it_ended(
+        make: Any) -> None:
+    device = make("kx-apply")
+    device.publish("1.0.0", "1.0.1", "1.0.2")
+    _installed(device)
+    device.spec("1.0.0", timeout="3s", closed=True)
+
+    held = device.cli("update", "apply", "1.0.1", "--json")  # the window is closed: it waits
+    assert held.returncode == 0, held
+    assert json.loads(held.stdout) == {"ok": True, "version": "1.0.1", "container": "kx-apply",
+                                       "confirmed": False}
+    assert _runs(device, "1.0.0")
+
+    now = device.cli("update", "apply", "1.0.1", "--yes")  # a person says now
+    assert now.returncode == 0, now
+    assert now.stdout.splitlines()[-3:] == [
+        "Swapping container kx-apply: 1.0.0 → 1.0.1... ✓", "Health check... ✓",
+        "KruxOS 1.0.1 runs in container kx-apply, confirmed without a reboot."], now.stdout
+    assert _runs(device, "1.0.1")
+
+    broken = device.cli("update", "apply", "1.0.2", "--yes")
+    assert broken.returncode == 1, broken
+    assert broken.stdout.splitlines() == [
+        "Pulling 1.0.2 by its signed digest... ✓",
+        "Swapping container kx-apply: 1.0.1 → 1.0.2... ✓", "Health check... ✗"], broken.stdout
+    assert "1.0.2 was rolled back: kx-apply runs 1.0.1 again" in broken.stderr, broken.stderr
+    assert _runs(device, "1.0.1") and device.state()["failed"]["version"] == "1.0.2"
