@@ -7,12 +7,14 @@
 #   make system-test  the whole device under QEMU alone: boot, update, rollback, power cuts,
 #                 a hang (builds the disks first; docs/system-test.md). make test runs it too,
 #                 beside the rest of the suite.
+#   make container-test-podman  a compatibility run, outside CI: the container tests
+#                 unchanged on Podman's Docker-compatible API instead of dockerd.
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo quick test torture lint bench clean image system-test
+.PHONY: demo quick test torture lint bench clean image system-test container-test-podman
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -74,6 +76,15 @@ system-test: image
 	mkdir -p build
 	$(BIN)/pytest -q -m "system and not torture" --junitxml=build/system.xml; status=$$?; \
 	$(BIN)/python -m tests.report areas build/system.xml; exit $$status
+
+# The container tests (tests/containers/, the same tests make test runs on dockerd) on
+# Podman's Docker-compatible API (`podman system service`), with Podman's own packages,
+# which make test does not install (docs/containers.md, "What is tested").
+container-test-podman: $(STAMP)
+	bash tests/tools.sh container-test-podman
+	mkdir -p build
+	KRUXOS_CONTAINER_ENGINE=podman $(BIN)/pytest -q -p no:cacheprovider -m "not torture" \
+		tests/containers/ --junitxml=build/container-podman.xml
 
 bench: $(STAMP)
 	bash bench/run.sh

@@ -35,11 +35,12 @@ TOOLS_LIST = TESTS / "tools.list"
 
 
 def listed_tools() -> dict[str, str]:
-    """``tests/tools.list``: tool (command or absolute path) -> Debian package."""
+    """``tests/tools.list``: tool (command or absolute path) -> Debian package (a third
+    column, the one make target that installs the tool, is for ``tests/tools.sh``)."""
     tools = {}
     for line in TOOLS_LIST.read_text().splitlines():
         if line.strip() and not line.lstrip().startswith("#"):
-            tool, package = line.split()
+            tool, package, *_target = line.split()
             tools[tool] = package
     return tools
 

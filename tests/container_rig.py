@@ -1,20 +1,33 @@
 """A real container engine and a real registry for the tests, started and stopped by them.
 
-``dockerd`` runs with its own data root, exec root and socket under the test's
-directory, on the host network and without touching it (no bridge, no iptables,
-no forwarding); the registry (Debian ``docker-registry``) listens on 127.0.0.1
-only. After the engine stops, what it left mounted under its exec root is
-unmounted. Images are built here: ``docker import`` of a busybox-static root
-filesystem with a tiny entry script that serves ``/health/ready`` (busybox
-``httpd``, a static file: present → 200, absent → 404), notes each start in the
-named volume, and handles SIGTERM (so a graceful stop is quick).
+The engine is ``dockerd``, or Podman's Docker-compatible API (``podman system
+service``) when ``KRUXOS_CONTAINER_ENGINE=podman`` (``make container-test-podman``);
+the tests talk to either through the same ``docker`` SDK code. ``dockerd`` runs
+with its own data root, exec root and socket under the test's directory, on the
+host network and without touching it (no bridge, no iptables, no forwarding).
+Podman runs as root with every config file of its own under the same directory
+(``CONTAINERS_CONF``, ``CONTAINERS_REGISTRIES_CONF``, ``CONTAINERS_STORAGE_CONF``,
+``--root``/``--runroot``), nothing under /etc written: runc (Debian's crun refuses
+this machine's hybrid cgroup layout), cgroupfs, the host's network namespace for
+every container (no bridge, no firewall rules), ulimits no higher than this
+process's own (Podman's default ``nofile`` exceeds a sandbox's hard limit), events
+to a file and its temporary files under the directory. The registry (Debian
+``docker-registry``) listens on 127.0.0.1 only; Podman is told it is plain HTTP
+(``insecure = true``), dockerd trusts 127.0.0.0/8 by itself. After the engine
+stops, what it left mounted under the directory is unmounted. Images are built
+here: an import (through the engine's API) of a busybox-static root filesystem
+with a tiny entry script that serves ``/health/ready`` (busybox ``httpd``, a static
+file: present → 200, absent → 404), notes each start in the named volume, and
+handles SIGTERM (so a graceful stop is quick).
 """
 
 from __future__ import annotations
 
 import contextlib
 import io
+import json
 import os
+import resource
 import signal
 import socket
 import subprocess
@@ -41,6 +54,24 @@ wait $pid
 """
 BUSYBOX = Path("/bin/busybox")
 APPLETS = ("sh", "httpd", "mkdir", "cat", "echo", "printf", "sha256sum", "cut", "kill", "sleep")
+#: The manifest formats a registry may hold an image's manifest in (either engine's push).
+MANIFEST_TYPES = ", ".join((
+    "application/vnd.docker.distribution.manifest.v2+json",
+    "application/vnd.oci.image.manifest.v1+json"))
+#: Podman asks runc for RLIMIT_NOFILE and RLIMIT_NPROC of 1048576 unless told otherwise;
+#: raising a hard limit needs CAP_SYS_RESOURCE, which a sandbox's bounding set may lack
+#: (``error setting rlimit type 6: operation not permitted``). So the rig names both:
+#: ``nofile`` as this process has it, ``nproc`` below the 32768 Podman's own ``conmon`` gets
+#: here (measured: 30000 starts, 40000 fails), plenty for a busybox ``httpd``.
+PODMAN_NPROC = 4096
+#: The engine the tests run on: ``docker`` (dockerd) unless ``KRUXOS_CONTAINER_ENGINE`` says
+#: ``podman``.
+ENGINE = os.environ.get("KRUXOS_CONTAINER_ENGINE", "docker")
+#: The system tools each engine's tests run (all in ``tests/tools.list``).
+ENGINE_TOOLS = {
+    "docker": ("dockerd", "docker-registry", "/bin/busybox"),
+    "podman": ("podman", "conmon", "runc", "docker-registry", "/bin/busybox"),
+}
 
 
 def free_port() -> int:
@@ -79,14 +110,16 @@ def rootfs(version: str, healthy: bool = True, entry: str = "/entry.sh") -> byte
 
 @dataclass
 class Engine:
-    """A dockerd and a registry of our own; ``client`` talks to the engine."""
+    """An engine (dockerd or Podman's API service) and a registry of our own; ``client``
+    talks to the engine."""
 
     root: Path
     socket: Path
     registry: str
     client: docker.DockerClient
-    dockerd: subprocess.Popen[bytes]
+    daemon: subprocess.Popen[bytes]
     registry_proc: subprocess.Popen[bytes]
+    kind: str = "docker"
 
     @property
     def url(self) -> str:
@@ -95,27 +128,38 @@ class Engine:
     def build(self, repository: str, version: str, healthy: bool = True,
               entry: str = "/entry.sh") -> str:
         """Import a version's image, push it under its tag and remove it from the engine (a
-        device must pull it from the registry); its ``REPOSITORY@sha256:...``."""
+        device must pull it from the registry); its ``REPOSITORY@sha256:...``.
+
+        The import is tagged again by the image's id: Podman's compatible API ignores an
+        import's ``tag`` (it tags ``latest``)."""
         data = rootfs(version, healthy)
-        self.client.api.import_image_from_data(
+        answer = self.client.api.import_image_from_data(
             data, repository=repository, tag=version,
             changes=[f'CMD ["{entry}"]', "ENV KRUXOS_PORT=7800"])
+        image_id = json.loads(answer.splitlines()[-1])["status"]
+        self.client.images.get(image_id).tag(repository, version)
         ref = self.push(repository, version)
-        self.client.images.remove(self.client.images.get(ref).id, force=True)
+        self.client.images.remove(image_id, force=True)
         return ref
 
     def push(self, repository: str, tag: str) -> str:
+        """Push ``repository:tag``; its ``REPOSITORY@sha256:...`` as the registry holds it.
+
+        The digest is the registry's, not the engine's: Podman pushes a manifest of its
+        own making, so the local image's RepoDigests name a digest the registry lacks."""
         for line in self.client.api.push(repository, tag=tag, stream=True, decode=True):
             if "error" in line:
                 raise RuntimeError(f"push {repository}:{tag}: {line['error']}")
-        image = self.client.images.get(f"{repository}:{tag}")
-        refs = [r for r in image.attrs["RepoDigests"] if r.startswith(repository + "@")]
-        return str(refs[0])
+        host, _, name = repository.partition("/")
+        answer = httpx.head(f"http://{host}/v2/{name}/manifests/{tag}", timeout=10,
+                            trust_env=False, headers={"Accept": MANIFEST_TYPES})
+        answer.raise_for_status()
+        return f"{repository}@{answer.headers['Docker-Content-Digest']}"
 
     def stop(self) -> None:
         with contextlib.suppress(Exception):
             self.client.close()
-        for proc in (self.registry_proc, self.dockerd):
+        for proc in (self.registry_proc, self.daemon):
             if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)
                 try:
@@ -138,22 +182,34 @@ def _unmount_under(root: Path) -> None:
         subprocess.run(["umount", "-l", point], check=False, capture_output=True)
 
 
-def _spawn(argv: list[str], log: Any) -> subprocess.Popen[bytes]:
+def _spawn(argv: list[str], log: Any,
+           env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
     return subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                            start_new_session=True)
+                            start_new_session=True, env=env)
 
 
-def start_engine(root: Path) -> Engine:
-    """Start dockerd and the registry under ``root``; both answer before this returns."""
+def start_engine(root: Path, kind: str = ENGINE) -> Engine:
+    """Start the engine (``docker`` or ``podman``) and the registry under ``root``; both
+    answer before this returns."""
+    if kind not in ENGINE_TOOLS:
+        raise ValueError(f"KRUXOS_CONTAINER_ENGINE={kind!r}: docker or podman")
     root.mkdir(parents=True, exist_ok=True)
-    sock = root / "docker.sock"
-    with open(root / "dockerd.log", "wb") as log:  # the process keeps its own copy
-        dockerd = _spawn(
-        ["dockerd", "--data-root", str(root / "data"), "--exec-root", str(root / "exec"),
-         "-H", f"unix://{sock}", "--pidfile", str(root / "dockerd.pid"),
-         "--storage-driver", "overlay2", "--exec-opt", "native.cgroupdriver=cgroupfs",
-         "--iptables=false", "--ip-forward=false", "--ip-masq=false", "--bridge=none"], log)
     port = free_port()
+    sock = root / f"{kind}.sock"
+    log_path = root / f"{kind}.log"
+    with open(log_path, "wb") as log:  # the process keeps its own copy
+        if kind == "podman":
+            daemon = _spawn(
+                ["podman", "--root", str(root / "storage"), "--runroot", str(root / "run"),
+                 "--tmpdir", str(root / "tmp"), "system", "service", "--time=0",
+                 f"unix://{sock}"], log, _podman_env(root, f"127.0.0.1:{port}"))
+        else:
+            daemon = _spawn(
+                ["dockerd", "--data-root", str(root / "data"), "--exec-root", str(root / "exec"),
+                 "-H", f"unix://{sock}", "--pidfile", str(root / "dockerd.pid"),
+                 "--storage-driver", "overlay2", "--exec-opt", "native.cgroupdriver=cgroupfs",
+                 "--iptables=false", "--ip-forward=false", "--ip-masq=false", "--bridge=none"],
+                log)
     (root / "registry").mkdir(exist_ok=True)
     (root / "registry.yml").write_text(
         "version: 0.1\nlog: {level: warn}\nstorage:\n  filesystem:\n"
@@ -163,8 +219,8 @@ def start_engine(root: Path) -> Engine:
         registry = _spawn(["docker-registry", "serve", str(root / "registry.yml")], log)
 
     def engine_up() -> bool:
-        if dockerd.poll() is not None:
-            raise RuntimeError(f"dockerd exited: {(root / 'dockerd.log').read_text()[-2000:]}")
+        if daemon.poll() is not None:
+            raise RuntimeError(f"{kind} exited: {log_path.read_text()[-2000:]}")
         with socket.socket(socket.AF_UNIX) as probe:
             try:
                 probe.connect(str(sock))
@@ -178,16 +234,49 @@ def start_engine(root: Path) -> Engine:
                          trust_env=False).status_code == 200
 
     try:
-        wait_for(engine_up, 60, "dockerd to answer", every=0.1)
+        wait_for(engine_up, 60, f"{kind} to answer", every=0.1)
         client = docker.DockerClient(base_url=f"unix://{sock}", version="auto", timeout=60)
         wait_for(registry_up, 30, "the registry to answer", every=0.1)
     except BaseException:
-        for proc in (registry, dockerd):
+        for proc in (registry, daemon):
             proc.kill()
             proc.wait()
         _unmount_under(root)
         raise
-    return Engine(root, sock, f"127.0.0.1:{port}", client, dockerd, registry)
+    return Engine(root, sock, f"127.0.0.1:{port}", client, daemon, registry, kind)
+
+
+def _podman_env(root: Path, registry: str) -> dict[str, str]:
+    """Podman's three config files, all under ``root`` (written here), and the environment
+    that points it at them; ``registry`` is trusted over plain HTTP."""
+    soft, hard = (-1 if v == resource.RLIM_INFINITY else v
+                  for v in resource.getrlimit(resource.RLIMIT_NOFILE))
+    ulimits = [f"nofile={soft}:{hard}", f"nproc={PODMAN_NPROC}:{PODMAN_NPROC}"]
+    (root / "tmp").mkdir(exist_ok=True)
+    (root / "containers.conf").write_text(
+        "[containers]\n"
+        'netns = "host"\n'
+        f"default_ulimits = {ulimits!r}\n".replace("'", '"') +
+        'log_driver = "k8s-file"\n'
+        "[engine]\n"
+        'runtime = "runc"\n'
+        'cgroup_manager = "cgroupfs"\n'
+        'events_logger = "file"\n'
+        f'events_logfile_path = "{root / "events.log"}"\n'
+        f'tmp_dir = "{root / "tmp"}"\n'
+        f'static_dir = "{root / "storage" / "libpod"}"\n'
+        f'volume_path = "{root / "storage" / "volumes"}"\n'
+        "[network]\n"
+        f'network_config_dir = "{root / "networks"}"\n')
+    (root / "registries.conf").write_text(
+        "unqualified-search-registries = []\n"
+        f'[[registry]]\nlocation = "{registry}"\ninsecure = true\n')
+    (root / "storage.conf").write_text(
+        '[storage]\ndriver = "overlay"\n'
+        f'graphroot = "{root / "storage"}"\nrunroot = "{root / "run"}"\n')
+    return {**os.environ, "CONTAINERS_CONF": str(root / "containers.conf"),
+            "CONTAINERS_REGISTRIES_CONF": str(root / "registries.conf"),
+            "CONTAINERS_STORAGE_CONF": str(root / "storage.conf"), "TMPDIR": str(root / "tmp")}
 
 
 def engine_env() -> dict[str, str]:

@@ -92,3 +92,31 @@ def test_every_tool_the_rigs_declare_is_in_the_list() -> None:
     listed = listed_tools()
     for rig in (grub_rig, uboot_rig, bls_rig):
         assert set(rig.TOOLS) <= set(listed), (rig.__name__, set(rig.TOOLS) - set(listed))
+
+
+def test_a_tool_listed_for_one_make_target_is_installed_only_for_that_target(
+        tmp_path: Path) -> None:
+    """``tests/tools.sh`` passes over a tool whose third column names a target unless that
+    target is asked for; then it is missing like any other (no apt-get here: it says so)."""
+    root = tmp_path / "tools"
+    (root / "bin").mkdir(parents=True)
+    shutil.copy(TESTS / "tools.sh", root / "tools.sh")
+    (root / "tools.list").write_text(
+        "# tool package [target]\n/nonexistent/kruxos-tool kruxos-pkg some-target\n/bin/sh dash\n")
+    for command in ("dirname", "id"):  # all it runs besides bash's builtins; no apt-get
+        found = shutil.which(command)
+        assert found is not None
+        (root / "bin" / command).symlink_to(found)
+
+    def tools_sh(*targets: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(["/bin/bash", str(root / "tools.sh"), *targets],
+                              env={"PATH": str(root / "bin")}, capture_output=True, text=True,
+                              timeout=60)
+
+    for targets in ((), ("other-target",)):
+        plain = tools_sh(*targets)
+        assert plain.returncode == 0, plain.stderr
+    asked = tools_sh("other-target", "some-target")
+    assert asked.returncode == 1 and "tests need: kruxos-pkg" in asked.stderr, asked.stderr
+    from tests.conftest import listed_tools
+    assert listed_tools()["podman"] == "podman"  # a third column still lists the tool

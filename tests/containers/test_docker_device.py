@@ -26,11 +26,11 @@ from ruamel.yaml import YAML
 from reconciler.release.channel import add_release, init_channel, sign_channel
 from reconciler.release.keys import generate_keypair
 from tests.cli_contract import check
-from tests.container_rig import Engine, engine_env, free_port, start_engine
+from tests.container_rig import ENGINE, ENGINE_TOOLS, Engine, engine_env, free_port, start_engine
 from tests.httpserver import ChannelServer
 from tests.waiting import wait_for
 
-pytestmark = pytest.mark.needs_tool("dockerd", "docker-registry", "/bin/busybox")
+pytestmark = pytest.mark.needs_tool(*ENGINE_TOOLS[ENGINE])
 
 KRUXOS = [sys.executable, "-m", "reconciler.cli.main"]
 SECRET = "vault-passphrase-of-the-test-51c2e9"
