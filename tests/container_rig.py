@@ -7,11 +7,12 @@ with its own data root, exec root and socket under the test's directory, on the
 host network and without touching it (no bridge, no iptables, no forwarding).
 Podman runs as root with every config file of its own under the same directory
 (``CONTAINERS_CONF``, ``CONTAINERS_REGISTRIES_CONF``, ``CONTAINERS_STORAGE_CONF``,
-``--root``/``--runroot``), nothing under /etc written: runc (Debian's crun refuses
-this machine's hybrid cgroup layout), cgroupfs, the host's network namespace for
-every container (no bridge, no firewall rules), ulimits no higher than this
-process's own (Podman's default ``nofile`` exceeds a sandbox's hard limit), events
-to a file and its temporary files under the directory. The registry (Debian
+``--root``/``--runroot``/``--tmpdir``), nothing under /etc written (its blob-info
+cache alone goes to /var/lib/containers/cache): runc (Debian's crun refuses this
+machine's hybrid cgroup layout), cgroupfs, the host's network namespace for every
+container (no bridge, no firewall rules), ulimits the sandbox allows (Podman's
+default 1048576 for ``nofile`` and ``nproc`` exceeds its hard limits), events to a
+file, its locks and temporary files under the directory. The registry (Debian
 ``docker-registry``) listens on 127.0.0.1 only; Podman is told it is plain HTTP
 (``insecure = true``), dockerd trusts 127.0.0.0/8 by itself. After the engine
 stops, what it left mounted under the directory is unmounted. Images are built
@@ -261,6 +262,7 @@ def _podman_env(root: Path, registry: str) -> dict[str, str]:
         "[engine]\n"
         'runtime = "runc"\n'
         'cgroup_manager = "cgroupfs"\n'
+        'lock_type = "file"\n'
         'events_logger = "file"\n'
         f'events_logfile_path = "{root / "events.log"}"\n'
         f'tmp_dir = "{root / "tmp"}"\n'
