@@ -46,6 +46,9 @@ from reconciler.observed import (
 from reconciler.spec import UpdatePolicy
 from reconciler.windows import describe, is_open, next_open
 
+#: The state file's sections: the update on its way, and the release the container runs.
+UPDATE = "container_update"
+RELEASE = "container_release"
 #: How soon a pass looks again at an engine that did not answer.
 ENGINE_RETRY = timedelta(seconds=10)
 #: The reason of a person's rollback (the same words as a slot device's).

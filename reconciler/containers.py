@@ -15,6 +15,9 @@ point leaves a record the next pass reads together with what the engine reports
     rollback: record the version as failed  ─► stop and remove NAME  ─► rename
               NAME-previous back to NAME and start it  ─► the update ends
 
+The Docker SDK is imported with this module, which the reconciler imports only for a
+``runtime: docker`` device (:func:`runtime_for`): a slot device never pays for it.
+
 Secrets come from the configured secrets file at creation and go only to the engine;
 they are never recorded in the state file, the audit trail or any message. The
 failpoints ``container.*`` (:mod:`reconciler.failpoints`) kill the process between
@@ -40,6 +43,7 @@ from reconciler.actions import (
     SwapContainer,
 )
 from reconciler.config import ContainerConfig, Device, read_secrets_file
+from reconciler.container_rules import RELEASE, UPDATE
 from reconciler.decide import count_probe
 from reconciler.errors import ReleaseError, StateError, TemporaryError
 from reconciler.failpoints import failpoint
@@ -48,9 +52,6 @@ from reconciler.observed import ChannelView, ContainerView, EngineContainer
 from reconciler.redact import redact
 from reconciler.store import StateStore
 
-#: The state file's sections: the update on its way, and the release the container runs.
-UPDATE = "container_update"
-RELEASE = "container_release"
 #: What the old container is renamed to while the new one is on trial.
 PREVIOUS_SUFFIX = "-previous"
 #: Labels on the containers the reconciler makes (for people and ``docker ps``).

@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from reconciler import health
 from reconciler.actions import (
@@ -53,7 +53,6 @@ from reconciler.actions import (
 )
 from reconciler.boot import Backend, BootState
 from reconciler.config import Device
-from reconciler.containers import ContainerRuntime
 from reconciler.decide import count_probe
 from reconciler.errors import KruxosError, ReleaseError, Stopped, TemporaryError, short_error
 from reconciler.failpoints import failpoint
@@ -65,6 +64,9 @@ from reconciler.service_runtime import ServiceRuntime
 from reconciler.services import Record
 from reconciler.spec import UpdatePolicy
 from reconciler.store import StateStore
+
+if TYPE_CHECKING:
+    from reconciler.containers import ContainerRuntime
 
 
 class Stager(Protocol):
@@ -167,7 +169,9 @@ class Executor:
     def _engine(self) -> ContainerRuntime:
         """The container runtime of a ``runtime: docker`` device (made at first use)."""
         if self.containers is None:
-            self.containers = ContainerRuntime(self.device)
+            from reconciler.observe import runtime_for
+
+            self.containers = runtime_for(self.device)
         return self.containers
 
     def _now(self) -> str:

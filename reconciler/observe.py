@@ -11,12 +11,11 @@ from __future__ import annotations
 
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from reconciler.boot import Backend, BootState, open_backend
 from reconciler.config import Device
-from reconciler.container_rules import container_state
-from reconciler.containers import RELEASE, UPDATE, ContainerRuntime
+from reconciler.container_rules import RELEASE, UPDATE, container_state
 from reconciler.errors import BootEnvError, KruxosError, short_error
 from reconciler.inbox import FileInbox, Inbox
 from reconciler.machine import DeviceMachine, Machine
@@ -40,6 +39,9 @@ from reconciler.observed import (
 from reconciler.semver import is_semver
 from reconciler.services import read_overlays
 from reconciler.store import StateStore
+
+if TYPE_CHECKING:
+    from reconciler.containers import ContainerRuntime
 
 
 def backend_for(device: Device) -> Backend:
@@ -74,7 +76,7 @@ def observe(device: Device, store: StateStore, backend: Backend,
     """
     if device.container is not None:
         return _observe_container(device, store, channel, recovered, inbox,
-                                  containers or ContainerRuntime(device))
+                                  containers or runtime_for(device))
     machine = machine or DeviceMachine(device)
     boot, boot_problem = read_boot_state(backend)
     booted = machine.booted_slot()
@@ -111,6 +113,14 @@ def observe(device: Device, store: StateStore, backend: Backend,
         service_last=_service_last(doc.get("service_last"), root),
         overlays=_overlays(device, root),
     )
+
+
+def runtime_for(device: Device) -> ContainerRuntime:
+    """The engine of a ``runtime: docker`` device. The Docker SDK is loaded here, at first
+    use: a slot device's daemon and every command on it start without it."""
+    from reconciler.containers import ContainerRuntime
+
+    return ContainerRuntime(device)
 
 
 def _observe_container(device: Device, store: StateStore, channel: ChannelView | None,

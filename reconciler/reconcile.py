@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from reconciler import failpoints
 from reconciler.actions import (
@@ -37,7 +37,6 @@ from reconciler.audit import AuditTrail, Retention, UnopenedTrail, open_trail
 from reconciler.boot import Backend
 from reconciler.channelwatch import ChannelWatch, Refusal, RefusalSink
 from reconciler.config import Device
-from reconciler.containers import ContainerRuntime
 from reconciler.decide import decide, trial_policy_of
 from reconciler.errors import AuditError, KruxosError, SpecError, short_error
 from reconciler.executor import Executor, Rebooter, Stager, command_rebooter, probe_health
@@ -45,7 +44,7 @@ from reconciler.health import HealthAnswer
 from reconciler.inbox import FileInbox, Inbox
 from reconciler.logline import log
 from reconciler.machine import DeviceMachine, Machine
-from reconciler.observe import backend_for, observe
+from reconciler.observe import backend_for, observe, runtime_for
 from reconciler.observed import ChannelView, ObservedState
 from reconciler.overrides import STOPPING_REQUESTS
 from reconciler.service_runtime import ServiceRuntime
@@ -61,6 +60,9 @@ UNRECORDED_OK = (ProbeHealth, Rollback, ProbeContainer, RollbackContainer)
 #: After a failed pass the next one waits 1 s, doubling per failure in a row up to this,
 #: each delay spread by ±20 % so that devices failing together do not retry together.
 BACKOFF_CAP = timedelta(seconds=15)
+
+if TYPE_CHECKING:
+    from reconciler.containers import ContainerRuntime
 
 
 def backoff(failures: int, rng: random.Random) -> timedelta:
@@ -111,7 +113,7 @@ class Parts:
                    rebooter or command_rebooter(device), DeviceMachine(device),
                    SpecKeeper(device.spec_path, device.data_dir), FileInbox(device.data_dir),
                    ServiceRuntime(device, channel),
-                   ContainerRuntime(device) if device.container is not None else None)
+                   runtime_for(device) if device.container is not None else None)
 
 
 @dataclass

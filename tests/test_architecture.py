@@ -14,6 +14,8 @@ The checker proves itself on synthetic bad modules first.
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -281,3 +283,15 @@ def test_the_checker_catches_relative_imports_of_the_front(fake_package: Path) -
     ]
     assert imports_of(path, ("reconciler.boot.grub",)) == [
         "uboot.py:3: imports reconciler.boot.grub"]
+
+
+def test_a_slot_device_never_loads_the_container_engine_sdk() -> None:
+    """The Docker SDK (and ``requests`` under it) costs about 0.1 s at every start; only a
+    ``runtime: docker`` device loads it, when its engine is first used."""
+    probe = ("import sys, reconciler.cli.main, reconciler.daemon, reconciler.reconcile, "
+             "reconciler.executor, reconciler.observe; "
+             "print(sorted(m for m in ('docker', 'reconciler.containers') if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                          timeout=60, cwd=PACKAGE.parent)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]", done.stdout
