@@ -424,3 +424,42 @@ def test_update_apply_pulls_and_swaps_on_a_container_device_and_says_how_it_ende
         "Swapping container kx-apply: 1.0.1 → 1.0.2... ✓", "Health check... ✗"], broken.stdout
     assert "1.0.2 was rolled back: kx-apply runs 1.0.1 again" in broken.stderr, broken.stderr
     assert _runs(device, "1.0.1") and device.state()["failed"]["version"] == "1.0.2"
+
+
+def test_a_kill_in_a_hand_rollback_after_a_confirm_is_finished_by_the_next_daemon(
+        make: Any, engine: Engine) -> None:
+    device = make("kx-undo")
+    device.publish("1.0.0", "1.0.1")
+    seq = _installed(device)
+    device.spec("1.0.1")
+    device.wait_outcome("confirm-container", seq)
+    device.stop()
+    device.start(KRUXOS_FAILPOINTS="container.new-removed=kill")
+    proc = device.proc
+    assert proc is not None
+    wait_for(lambda: device.tail().count("watching") >= 2, 30, "the daemon to hold the device",
+             context=device.tail)  # else the command would do the rollback itself
+    asked = subprocess.Popen([*KRUXOS, "--config", str(device.root / "device.yaml"), "update",
+                              "rollback"], stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL, env=engine_env())
+    try:
+        wait_for(lambda: proc.poll() is not None, 60, "the daemon killed mid-rollback",
+                 context=device.tail)
+    finally:
+        asked.kill()
+        asked.wait(timeout=30)
+    assert proc.returncode == -signal.SIGKILL
+    state = device.state()
+    assert state["container_update"]["undo"] is True and state["failed"]["version"] == "1.0.1"
+    names = {c.name for c in engine.client.containers.list(all=True)}
+    assert device.name not in names, names  # the new one removed, the old not yet made again
+
+    seq = device.last_seq()
+    device.start()
+    rolled = device.wait_outcome("rollback-container", seq)
+    assert rolled["details"]["code"] == "ok", rolled
+    assert _runs(device, "1.0.0") and _health(device) == 200
+    assert "container_update" not in device.state()
+    assert device.state()["container_release"]["version"] == "1.0.0"
+    assert device.volume_file("starts.log").split("\n")[:3] == [
+        "1.0.0 started", "1.0.1 started", "1.0.0 started"]
