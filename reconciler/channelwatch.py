@@ -64,35 +64,41 @@ RefusalSink = Callable[[Refusal], None]
 
 
 def view_of(meta: ChannelMetadata, error: str | None = None,
-            retry: timedelta = timedelta(seconds=30)) -> ChannelView:
+            retry: timedelta = timedelta(seconds=30), runtime: str | None = None) -> ChannelView:
     """The channel as ``decide`` sees it, from verified metadata.
 
-    ``latest`` is the newest release this device can install; the others are
-    listed in ``refused`` (newest first) with their reason, and never staged.
+    ``latest`` is the newest release a device of ``runtime`` can install; the
+    others are listed in ``refused`` (newest first) with their reason, and never
+    staged: a release without a root image on a slot device, one without a
+    container image on a container device, one requiring a feature not implemented.
     """
     newest_first = sorted(meta.releases, key=lambda r: semver_key(r.version), reverse=True)
-    refused = {r.version: why for r in newest_first if (why := why_not(r)) is not None}
-    latest = newest_installable(meta)
+    refused = {r.version: why for r in newest_first
+               if (why := why_not(r, runtime=runtime)) is not None}
+    latest = newest_installable(meta, runtime=runtime)
     return ChannelView(versions=frozenset(r.version for r in meta.releases),
                        latest=latest.version if latest else None, error=error,
                        retry_after=retry, refused=refused,
-                       components={r.version: r.components() for r in meta.releases},
+                       components={r.version: parts for r in meta.releases
+                                   if (parts := r.components()) is not None},
                        images={r.version: r.container_image for r in meta.releases
                                if r.container_image})
 
 
-def release_refusal(meta: ChannelMetadata) -> Refusal | None:
-    """The releases of ``meta`` this device cannot install, as one refusal (``None``: none).
+def release_refusal(meta: ChannelMetadata, runtime: str | None = None) -> Refusal | None:
+    """The releases of ``meta`` a device of ``runtime`` cannot install, as one refusal
+    (``None``: none).
 
     Keyed by the channel and each refused release's version, image digest and
     missing features: re-signing the same releases is not a new refusal, a new
     one (or a changed one) is.
     """
-    refused = sorted(((r, why) for r in meta.releases if (why := why_not(r)) is not None),
+    refused = sorted(((r, why) for r in meta.releases
+                      if (why := why_not(r, runtime=runtime)) is not None),
                      key=lambda item: semver_key(item[0].version), reverse=True)
     if not refused:
         return None
-    key = hashlib.sha256("\n".join([meta.channel, *(f"{r.version} {r.sha256} "
+    key = hashlib.sha256("\n".join([meta.channel, *(f"{r.version} {r.sha256 or r.image_digest} "
                                                      f"{','.join(missing(r))}"
                                                      for r, _ in refused)]).encode())
     listed = [{"version": r.version, "requires": list(r.requires), "missing": list(missing(r))}
@@ -148,7 +154,7 @@ class ChannelWatch:
             self._key = key
         if self._meta is None:
             return ChannelView(error=self._error or "no metadata", retry_after=self._retry)
-        return view_of(self._meta, self._error, self._retry)
+        return view_of(self._meta, self._error, self._retry, self.device.runtime)
 
     def refresh(self, policy: UpdatePolicy, now: datetime) -> ChannelMetadata | None:
         """Fetch and verify now; on failure keep no stale trust, remember the error."""
@@ -183,7 +189,7 @@ class ChannelWatch:
         if self.save_trust:
             trust = trust.advanced(meta)
             trust.save(self.trust_path)
-        refusal = release_refusal(meta)
+        refusal = release_refusal(meta, self.device.runtime)
         if refusal is not None:
             self._refused(trust, refusal)
         return meta
@@ -202,7 +208,7 @@ class ChannelWatch:
         found = meta.find(version)
         if found is None:
             raise ReleaseError(f"{version} is not published on channel {meta.channel!r}")
-        unsupported = why_not(found)
+        unsupported = why_not(found, runtime=self.device.runtime)
         if unsupported is not None:
             raise ReleaseError(f"{version} cannot be installed on this device: it {unsupported}")
         return found

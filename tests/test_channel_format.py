@@ -521,3 +521,153 @@ def test_metadata_in_a_newer_format_is_refused_and_recorded_once(dev: PinnedDevi
     assert waits[-1].reason.startswith("cannot resolve 'latest': channel refused: channel "
                                        "metadata: format 3 is newer")
     assert dev.reboots == []
+
+
+# ---- a container-only release: no root image ------------------------------------------------
+
+IMAGE_REF = "registry.example.com/altvale/kruxos@sha256:" + "d" * 64
+NO_ROOT = ("has no root image (a container-only release), which a device with slots cannot "
+           "install")
+
+
+def _container_only(version: str = "1.1.0", **changes: Any) -> dict[str, Any]:
+    release = {"version": version, "date": "2030-05-01", "changes": ["container only"],
+               "requires": ["container-image"], "container_image": IMAGE_REF}
+    release.update(changes)
+    return release
+
+
+def test_a_container_only_release_is_read_and_signed_without_root_image_fields() -> None:
+    meta = _verify(_document(_signed(releases=[_release("1.0.0"), _container_only()])))
+    rel = meta.find("1.1.0")
+    assert rel is not None and not rel.has_root_image
+    assert (rel.container_image, rel.size, rel.blocks, rel.components()) == \
+        (IMAGE_REF, 0, (), None)
+    assert rel.to_json() == _container_only()  # no root image field is written back
+    found = meta.find("1.0.0")
+    assert found is not None and found.has_root_image and found.components() is not None
+
+
+@pytest.mark.parametrize("release, reason", [
+    (_container_only(container_image=None, requires=[]),
+     "releases[1].image: expected a string, got nothing (only a release with a "
+     "container_image may have no root image)"),
+    (_container_only(size=4096), "releases[1].image: missing, but size given"),
+    (_container_only(sha256="a" * 64, blocks=[]),
+     "releases[1].image: missing, but sha256, blocks given"),
+    (_container_only(requires=["container-image", "service-artifacts"], services=[
+        {"name": "gateway", "version": "1.0.0", "file": "gateway-1.0.0.svc", "size": 1,
+         "sha256": "a" * 64, "block_size": 1, "blocks": ["a" * 64]}]),
+     "releases[1].services: a container-only release carries no service artifact"),
+    (_container_only(requires=[]),
+     "releases[1].container_image: a release with a container image must require "
+     "'container-image'"),
+])
+def test_a_release_without_a_root_image_must_be_exactly_a_container_only_one(
+    release: dict[str, Any], reason: str,
+) -> None:
+    refused = _refusal(_document(_signed(releases=[_release("1.0.0"), {
+        k: v for k, v in release.items() if v is not None}])))
+    assert reason in refused, refused
+
+
+def test_a_slot_device_refuses_a_container_only_release_and_a_container_device_takes_it(
+) -> None:
+    meta = _verify(_document(_signed(releases=[
+        _release("1.0.0"), _container_only("1.1.0"),
+        _release("1.0.5", requires=["container-image"], container_image=IMAGE_REF)])))
+    slots = view_of(meta, runtime="slots")
+    assert slots.latest == "1.0.5" and slots.refused == {"1.1.0": NO_ROOT}
+    assert "1.1.0" not in slots.components  # nothing to compare a root image with
+    docker = view_of(meta, runtime="docker")
+    assert docker.latest == "1.1.0" and docker.images["1.1.0"] == IMAGE_REF
+    assert docker.refused == {"1.0.0": "has no container image, which a device with "
+                                       "runtime: docker needs"}
+    assert view_of(meta).latest == "1.1.0"  # the publisher's view judges only features
+    pinned = decide(policy("1.1.0"), observed(channel=slots), NOW)
+    assert isinstance(pinned, Blocked)
+    assert pinned.reason == f"1.1.0 cannot be installed on this device: it {NO_ROOT} " \
+                            "(spec wants 1.1.0)"
+
+
+def test_the_publisher_adds_a_container_only_release_with_no_image_file(
+    channel: Path, tmp_path: Path,
+) -> None:
+    _add(channel, "1.0.0")
+    rel = add_release(channel, None, "1.1.0", ["container"], container_image=IMAGE_REF)
+    assert not rel.has_root_image and rel.requires == ("container-image",)
+    assert not (channel / "kruxos-1.1.0.img").exists()
+    signed = _publish_signed(channel, tmp_path)["signed"]
+    assert signed["format"] == 2 and signed["releases"][1] == {
+        "version": "1.1.0", "date": rel.date, "changes": ["container"],
+        "requires": ["container-image"], "container_image": IMAGE_REF}
+    pub = load_signing_key(tmp_path / "k.key").verify_key
+    meta = verify_metadata((channel / "metadata.json").read_bytes(), {keyid_of(pub): pub},
+                           frozenset(), datetime.now(UTC), None, None)
+    assert meta.find("1.1.0") == rel
+    with pytest.raises(ReleaseError, match="no root image: name the release's IMAGE file, or "
+                                           "its --container-image"):
+        add_release(channel, None, "1.2.0", ["x"])
+    assert [r["version"] for r in json.loads((channel / "draft.json").read_text())[
+        "releases"]] == ["1.0.0", "1.1.0"]
+
+
+def test_signing_refuses_a_hand_edited_release_without_its_root_image(
+    channel: Path, tmp_path: Path,
+) -> None:
+    _add(channel, "1.0.0")
+    draft = json.loads((channel / "draft.json").read_text())
+    del draft["releases"][0]["image"]
+    (channel / "draft.json").write_text(json.dumps(draft))
+    with pytest.raises(ReleaseError, match=r"draft.json: releases\[0\].image: missing, but "
+                                           r"size, sha256, block_size, blocks given"):
+        _publish_signed(channel, tmp_path)
+    assert not (channel / "metadata.json").exists()
+
+
+def test_cli_add_without_an_image_lists_a_container_only_release(tmp_path: Path) -> None:
+    run = CliRunner().invoke
+    run(release_group, ["keygen", "--dir", str(tmp_path)])
+    chan = str(tmp_path / "stable")
+    added = run(release_group, ["add", chan, "--version", "1.1.0", "--changes", "c",
+                                "--container-image", IMAGE_REF])
+    assert added.exit_code == 0, added.output
+    assert added.output.splitlines()[0] == (f"added 1.1.0: container image {IMAGE_REF} (no "
+                                            "root image: devices with slots cannot install it)")
+    assert "requires container-image" in added.output
+    assert run(release_group, ["sign", chan, "--key", str(tmp_path / "release.key")]
+               ).exit_code == 0
+    verified = run(release_group, ["verify", chan, "--key", str(tmp_path / "release.pub")])
+    assert verified.exit_code == 0, verified.output
+    assert f"1.1.0 (latest): container image {IMAGE_REF} (no root image)" in verified.output
+    neither = run(release_group, ["add", chan, "--version", "1.2.0"])
+    assert neither.exit_code == 1 and "no root image: name the release's IMAGE file" \
+        in neither.output
+    image = build_sim_image(tmp_path / "svc", "1.2.0", size=4096)
+    services = run(release_group, ["add", chan, "--version", "1.2.0", "--container-image",
+                                   IMAGE_REF, "--service", f"gateway={image}"])
+    assert services.exit_code == 1 and "a container-only release (no root image) carries no " \
+        "service artifact" in services.output
+
+
+def test_a_slot_device_pinned_to_a_container_only_release_blocks_and_records_why(
+    dev: PinnedDevice,
+) -> None:
+    add_release(dev.channel, None, "1.1.0", ["container"], container_image=IMAGE_REF)
+    sign_channel(dev.channel, [dev.root / "keys" / "release.key"])
+    dev.want("1.1.0")
+    assert dev.passes(2) == ["blocked", "blocked"]
+    blocked = [r for r in dev.records() if r.kind == "decision" and r.action == "blocked"]
+    assert blocked[0].reason == (f"1.1.0 cannot be installed on this device: it {NO_ROOT} "
+                                 "(spec wants 1.1.0)")
+    assert [r.reason for r in _release_refusals(dev)] == [
+        f"releases this device cannot install: 1.1.0 {NO_ROOT}"]
+    device = load_device(dev.root / "device.yaml")
+    watch = ChannelWatch(device, StateStore(device.data_dir), dev.clock, save_trust=False)
+    with pytest.raises(ReleaseError, match="1.1.0 cannot be installed on this device: it has "
+                                           "no root image"):
+        watch.release(dev.reconciler.spec.policy, "1.1.0")  # type: ignore[union-attr]
+    dev.want("latest")  # latest passes over it and says so
+    view = inspect_device(device, dev.now)
+    assert view.observed.channel.latest == "1.0.1"
+    assert view.action is not None and view.action.reason.endswith(f"skipped 1.1.0 ({NO_ROOT})")

@@ -148,6 +148,7 @@ def test_the_answer_comes_from_the_signed_entries_the_device_verified() -> None:
     meta = verify_metadata(raw, {keyid_of(key.verify_key): key.verify_key}, frozenset(),
                            datetime(2030, 5, 10, tzinfo=UTC), None, None)
     booted, service, slot = (r.components() for r in meta.releases)
+    assert booted is not None and service is not None and slot is not None  # root images
     assert update_needed(booted, service) == UpdateNeed(
         "services", "1.0.2 has the root image of 1.0.1; services differ (gateway 1.0.1 → "
                     "1.0.2): a service update, no reboot", ("gateway",))

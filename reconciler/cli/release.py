@@ -1,7 +1,7 @@
 """``kruxos release``: the publisher's tools for a signed channel (presentation only).
 
     kruxos release keygen [--dir D] [--name N]
-    kruxos release add CHANNEL IMAGE --version V --changes TEXT... [--requires FEATURE...]
+    kruxos release add CHANNEL [IMAGE] --version V --changes TEXT... [--requires FEATURE...]
                        [--service NAME[@VERSION]=PATH...] [--data-dir NAME=DIR...]
                        [--migrates-data NAME...] [--container-image REPO@sha256:HEX]
     kruxos release sign CHANNEL --key KEYFILE... [--expires 30d]
@@ -97,7 +97,7 @@ def keygen(directory: Path, name: str) -> None:
 
 @release_group.command()
 @click.argument("channel", type=click.Path(path_type=Path, file_okay=False))
-@click.argument("image", type=click.Path(path_type=Path, dir_okay=False))
+@click.argument("image", required=False, type=click.Path(path_type=Path, dir_okay=False))
 @click.option("--version", "version", required=True,
               help="The release's version (devices write it into the slot identity).")
 @click.option("--changes", multiple=True, help="One change line (repeat for more).")
@@ -123,13 +123,14 @@ def keygen(directory: Path, name: str) -> None:
 @click.option("--container-image", metavar="REPO@sha256:HEX",
               help="The release's container image, named by its digest (devices with "
                    f"runtime: docker pull exactly it). The release then requires "
-                   f"{CONTAINER_FEATURE}.")
-def add(channel: Path, image: Path, version: str, changes: tuple[str, ...], day: str | None,
+                   f"{CONTAINER_FEATURE}. Without IMAGE the release is container-only: "
+                   "devices with slots cannot install it.")
+def add(channel: Path, image: Path | None, version: str, changes: tuple[str, ...], day: str | None,
         channel_name: str | None, block_size: int, requires: tuple[str, ...],
         services: tuple[str, ...], data_dirs: tuple[str, ...],
         migrates: tuple[str, ...], container_image: str | None) -> None:
     """Copy IMAGE (and any service artifacts) into CHANNEL and list it (run `sign` to
-    publish)."""
+    publish); without IMAGE, list a container-only release (--container-image)."""
     try:
         when = date.fromisoformat(day) if day else None
     except ValueError as exc:
@@ -143,9 +144,13 @@ def add(channel: Path, image: Path, version: str, changes: tuple[str, ...], day:
                           container_image=container_image)
     except KruxosError as exc:
         raise click.ClickException(str(exc)) from exc
-    click.echo(f"added {rel.version}: {channel / rel.image}, {rel.size} bytes, "
-               f"{len(rel.blocks)} blocks, sha256 {rel.sha256}")
-    if rel.container_image:
+    if not rel.has_root_image:
+        click.echo(f"added {rel.version}: container image {rel.container_image} (no root "
+                   "image: devices with slots cannot install it)")
+    else:
+        click.echo(f"added {rel.version}: {channel / rel.image}, {rel.size} bytes, "
+                   f"{len(rel.blocks)} blocks, sha256 {rel.sha256}")
+    if rel.container_image and rel.has_root_image:
         click.echo(f"  container image {rel.container_image}")
     for svc in rel.services:
         click.echo(f"  service {svc.name} {svc.version}: {channel / svc.file}, {svc.size} bytes, "
@@ -212,7 +217,9 @@ def verify(channel: Path, keys: tuple[Path, ...], revoked: tuple[str, ...]) -> N
         for rel in report.metadata.releases:
             mark = " (latest)" if rel is latest else ""
             needs = f", requires {', '.join(rel.requires)}" if rel.requires else ""
-            click.echo(f"  {rel.version}{mark}: {rel.image}, {rel.size} bytes, {rel.date}{needs}")
+            what = f"{rel.image}, {rel.size} bytes" if rel.has_root_image else \
+                f"container image {rel.container_image} (no root image)"
+            click.echo(f"  {rel.version}{mark}: {what}, {rel.date}{needs}")
             for svc in rel.services:
                 click.echo(f"    service {svc.name} {svc.version}: {svc.file}, {svc.size} bytes")
     for problem in report.problems:

@@ -40,6 +40,7 @@ from reconciler.release.metadata import (
     Release,
     ServiceArtifact,
     canonical_json,
+    check_container_only,
     format_for,
     format_time,
     parse_container_image,
@@ -175,7 +176,7 @@ def _add_service(channel_dir: Path, source: ServiceSource, block_size: int) -> S
                            tuple(blocks), source.data_dir, source.migrates_data)
 
 
-def add_release(channel_dir: Path, image_path: Path, version: str, changes: Sequence[str],
+def add_release(channel_dir: Path, image_path: Path | None, version: str, changes: Sequence[str],
                 date_: date | None = None, *, block_size: int = DEFAULT_BLOCK_SIZE,
                 requires: Sequence[str] = (), services: Sequence[ServiceSource] = (),
                 container_image: str | None = None) -> Release:
@@ -188,8 +189,14 @@ def add_release(channel_dir: Path, image_path: Path, version: str, changes: Sequ
     :data:`SERVICE_DATA_FEATURE` when one of them declares its data,
     and lists every service it carries: a device derives from two releases'
     lists what changed.
+
+    Without ``image_path`` the release is container-only: it names only its
+    ``container_image`` (required then), carries no root image and no service,
+    and slot devices cannot install it.
     """
     semver_key(version)
+    if image_path is None:
+        _check_container_only(container_image, services)
     wanted = [*requires, *([SERVICE_FEATURE] if services and SERVICE_FEATURE not in requires
                            else []),
                *([CONTAINER_FEATURE] if container_image and CONTAINER_FEATURE not in requires
@@ -204,7 +211,8 @@ def add_release(channel_dir: Path, image_path: Path, version: str, changes: Sequ
     draft = _load_draft(channel_dir)
     if any(r.get("version") == version for r in draft["releases"]):
         raise ReleaseError(f"{channel_dir}: version {version} is already in the channel")
-    _check_layout(image_path)
+    if image_path is not None:
+        _check_layout(image_path)
     for source in services:
         _check_service_source(source)
     artifacts = tuple(_add_service(channel_dir, source, block_size) for source in services)
@@ -213,14 +221,29 @@ def add_release(channel_dir: Path, image_path: Path, version: str, changes: Sequ
         parse_container_image(container_image, "--container-image", needs)
     except ReleaseError as exc:
         raise ReleaseError(str(exc).removeprefix("channel metadata: ")) from exc
-    name = image_name(version)
-    size, sha, blocks = _copy_hashing(image_path, channel_dir / name, block_size)
     day = (date_ or datetime.now(UTC).date()).isoformat()
-    release = Release(version, day, tuple(changes), name, size, sha, block_size, tuple(blocks),
-                      needs, artifacts, container_image)
+    if image_path is None:
+        release = Release(version, day, tuple(changes), "", 0, "", 0, (), needs, (),
+                          container_image)
+    else:
+        name = image_name(version)
+        size, sha, blocks = _copy_hashing(image_path, channel_dir / name, block_size)
+        release = Release(version, day, tuple(changes), name, size, sha, block_size,
+                          tuple(blocks), needs, artifacts, container_image)
     draft["releases"].append(release.to_json())
     atomic_write_json(channel_dir / DRAFT_FILE, draft, PUBLIC_MODE)
     return release
+
+
+def _check_container_only(container_image: str | None,
+                          services: Sequence[ServiceSource]) -> None:
+    """A release without a root image must name its container image and carry no service."""
+    if container_image is None:
+        raise ReleaseError("no root image: name the release's IMAGE file, or its "
+                           "--container-image for a container-only release")
+    if services:
+        raise ReleaseError("--service: a container-only release (no root image) carries no "
+                           "service artifact; service artifacts ride on a root image")
 
 
 def _previous_serial(channel_dir: Path) -> int:
@@ -251,7 +274,8 @@ def _check_fields(channel_dir: Path, releases: Iterable[dict[str, Any]]) -> None
 def _check_images_present(channel_dir: Path, releases: Iterable[dict[str, Any]]) -> None:
     for rel in releases:
         services = rel.get("services", [])
-        for entry in [rel, *(services if isinstance(services, list) else [])]:
+        root = [rel] if "image" in rel else []  # a container-only release has no file
+        for entry in [*root, *(services if isinstance(services, list) else [])]:
             name = entry.get("image", entry.get("file")) if isinstance(entry, dict) else None
             path = channel_dir / str(name)
             if not path.is_file() or path.stat().st_size != entry.get("size"):
@@ -260,13 +284,17 @@ def _check_images_present(channel_dir: Path, releases: Iterable[dict[str, Any]])
 
 
 def _check_services(channel_dir: Path, releases: Iterable[dict[str, Any]]) -> None:
-    """Sign no service list a device would refuse (a hand-edited draft included)."""
+    """Sign no service list, container image or missing root image a device would refuse
+    (a hand-edited draft included)."""
     for i, rel in enumerate(releases):
         try:
             needs = parse_requires(rel.get("requires", []), f"releases[{i}].requires")
-            parse_services(rel.get("services", []), f"releases[{i}].services", needs)
-            parse_container_image(rel.get("container_image"), f"releases[{i}].container_image",
-                                  needs)
+            services = parse_services(rel.get("services", []), f"releases[{i}].services",
+                                      needs)
+            container = parse_container_image(rel.get("container_image"),
+                                              f"releases[{i}].container_image", needs)
+            if "image" not in rel:
+                check_container_only(rel, f"releases[{i}].", container, services)
         except ReleaseError as exc:
             raise ReleaseError(f"{channel_dir / DRAFT_FILE}: "
                                f"{str(exc).removeprefix('channel metadata: ')}") from exc
@@ -350,7 +378,7 @@ def _check_file(path: Path, label: str, signed: Release | ServiceArtifact,
 
 def _check_release_files(channel_dir: Path, rel: Release) -> list[str]:
     """Every reason a device would refuse a file of ``rel``: its image, each service's."""
-    problems = [_check_image(channel_dir, rel)]
+    problems = [_check_image(channel_dir, rel) if rel.has_root_image else None]
     problems += [_check_file(channel_dir / s.file, f"{rel.version} service {s.name}", s)
                  for s in rel.services]
     return [p for p in problems if p is not None]

@@ -19,6 +19,14 @@ from collections.abc import Iterable
 
 from reconciler.release.metadata import ChannelMetadata, Release, semver_key
 
+#: Why a device of each runtime cannot install a release that lacks what it installs: a
+#: slot device writes a root image, a container device pulls a container image.
+_NO_PAYLOAD = {
+    "slots": "has no root image (a container-only release), which a device with slots "
+             "cannot install",
+    "docker": "has no container image, which a device with runtime: docker needs",
+}
+
 #: The features this build of KruxOS implements: ``service-artifacts`` (service updates,
 #: no reboot), ``service-data`` (a service's data copied before its switch, put back on a
 #: restore; no rollback past a migration it cannot give back) and ``container-image`` (a
@@ -37,33 +45,40 @@ def missing(release: Release, implemented: frozenset[str] | None = None) -> tupl
     return tuple(name for name in release.requires if name not in have)
 
 
-def why_not(release: Release, implemented: frozenset[str] | None = None) -> str | None:
-    """Why this device cannot install ``release`` (``requires X, ...``), or ``None``."""
+def why_not(release: Release, implemented: frozenset[str] | None = None,
+            runtime: str | None = None) -> str | None:
+    """Why this device cannot install ``release`` (``requires X, ...``, or it lacks what a
+    device of ``runtime`` installs), or ``None``. Without ``runtime`` (the publisher's view)
+    only the features are judged."""
     lacking = missing(release, implemented)
-    if not lacking:
-        return None
-    return f"requires {', '.join(lacking)}, which this device does not implement"
+    if lacking:
+        return f"requires {', '.join(lacking)}, which this device does not implement"
+    if runtime == "slots" and not release.has_root_image or \
+            runtime == "docker" and release.container_image is None:
+        return _NO_PAYLOAD[runtime]
+    return None
 
 
-def installable(releases: Iterable[Release],
-                implemented: frozenset[str] | None = None) -> list[Release]:
-    """The releases whose every requirement is implemented, in their order."""
-    return [r for r in releases if not missing(r, implemented)]
+def installable(releases: Iterable[Release], implemented: frozenset[str] | None = None,
+                runtime: str | None = None) -> list[Release]:
+    """The releases a device of ``runtime`` can install, in their order."""
+    return [r for r in releases if why_not(r, implemented, runtime) is None]
 
 
-def newest_installable(meta: ChannelMetadata,
-                       implemented: frozenset[str] | None = None) -> Release | None:
+def newest_installable(meta: ChannelMetadata, implemented: frozenset[str] | None = None,
+                       runtime: str | None = None) -> Release | None:
     """What ``latest`` means on this device: the highest version it can install."""
-    return max(installable(meta.releases, implemented), key=lambda r: semver_key(r.version),
-               default=None)
+    return max(installable(meta.releases, implemented, runtime),
+               key=lambda r: semver_key(r.version), default=None)
 
 
-def skipped(meta: ChannelMetadata,
-            implemented: frozenset[str] | None = None) -> list[tuple[Release, str]]:
+def skipped(meta: ChannelMetadata, implemented: frozenset[str] | None = None,
+            runtime: str | None = None) -> list[tuple[Release, str]]:
     """The releases newer than :func:`newest_installable` that it skipped, newest first."""
-    newest = newest_installable(meta, implemented)
+    newest = newest_installable(meta, implemented, runtime)
     floor = semver_key(newest.version) if newest is not None else None
-    found = [(r, why) for r in meta.releases if (why := why_not(r, implemented)) is not None
+    found = [(r, why) for r in meta.releases
+             if (why := why_not(r, implemented, runtime)) is not None
              and (floor is None or semver_key(r.version) > floor)]
     return sorted(found, key=lambda item: semver_key(item[0].version), reverse=True)
 

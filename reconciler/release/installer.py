@@ -239,6 +239,9 @@ def _same_file(a: Path, b: Path) -> bool:
 
 def _check_target(release: Release, slot_path: Path, slot_size: int,
                   booted_slot_path: Path) -> None:
+    if not release.has_root_image:
+        raise ReleaseError(f"{release.version} has no root image (a container-only release): "
+                           f"nothing to write into {slot_path}")
     if _same_file(slot_path, booted_slot_path):
         raise ReleaseError(f"refusing to write {slot_path}: it is the booted slot "
                            f"({os.path.realpath(booted_slot_path)})")

@@ -178,7 +178,14 @@ class ServiceArtifact:
 
 @dataclass(frozen=True)
 class Release:
-    """One release as the signed metadata describes it."""
+    """One release as the signed metadata describes it.
+
+    A release for slot devices carries a root image (``image``, ``size``,
+    ``sha256``, ``block_size``, ``blocks``). A container-only release carries
+    only :attr:`container_image`: its ``image`` and ``sha256`` are empty, its
+    sizes 0, it has no blocks, and nothing of it can be written into a slot
+    (:attr:`has_root_image`).
+    """
 
     version: str
     date: str
@@ -195,6 +202,11 @@ class Release:
     container_image: str | None = None
 
     @property
+    def has_root_image(self) -> bool:
+        """Whether a slot device can install it: a container-only release has no root image."""
+        return self.image != ""
+
+    @property
     def image_digest(self) -> str | None:
         """``sha256:HEX`` of :attr:`container_image`, or ``None``."""
         return self.container_image.partition("@")[2] if self.container_image else None
@@ -204,21 +216,25 @@ class Release:
         start = min(index * self.block_size, self.size)
         return start, min(start + self.block_size, self.size)
 
-    def components(self) -> Components:
+    def components(self) -> Components | None:
         """What the release is made of, as the core compares it
-        (:func:`reconciler.components.update_needed`)."""
+        (:func:`reconciler.components.update_needed`); ``None`` without a root image (a
+        container-only release is compared by its image digest, not by slot content)."""
+        if not self.has_root_image:
+            return None
         return Components(self.version, self.sha256, self.size,
                           {s.name: ServicePart(s.version, s.sha256, s.size)
                            for s in self.services})
 
     def to_json(self) -> dict[str, Any]:
-        """The release as it appears in ``signed.releases`` (``requires`` and ``services``
-        only when set)."""
+        """The release as it appears in ``signed.releases`` (the root image's fields only
+        with a root image; ``requires``, ``services`` and ``container_image`` only when
+        set)."""
         doc: dict[str, Any] = {
-            "version": self.version, "date": self.date, "changes": list(self.changes),
-            "image": self.image, "size": self.size, "sha256": self.sha256,
-            "block_size": self.block_size, "blocks": list(self.blocks),
-        }
+            "version": self.version, "date": self.date, "changes": list(self.changes)}
+        if self.has_root_image:
+            doc.update(image=self.image, size=self.size, sha256=self.sha256,
+                       block_size=self.block_size, blocks=list(self.blocks))
         if self.requires:
             doc["requires"] = list(self.requires)
         if self.services:
@@ -432,18 +448,44 @@ def _parse_release(obj: Any, index: int) -> Release:
                for line in changes):
         raise _fail(f"{where}changes: expected a list of lines of printable text "
                     f"(at most {_MAX_LINE} characters each; they are shown on terminals)")
+    requires = parse_requires(obj.get("requires", []), f"{where}requires")
+    services = parse_services(obj.get("services", []), f"{where}services", requires)
+    container = parse_container_image(obj.get("container_image"), f"{where}container_image",
+                                      requires)
+    if "image" not in obj:
+        check_container_only(obj, where, container, services)
+        return Release(version, day, tuple(changes), "", 0, "", 0, (), requires, (),
+                       container)
     image = _field(obj, "image", str, where)
     if not _IMAGE_NAME.match(image) or image.startswith("."):
         raise _fail(f"{where}image: {quote(image)} must be a plain file name")
     size = _count(obj, "size", where, 1)
     block_size = _count(obj, "block_size", where, 1, MAX_BLOCK_SIZE)
     whole, blocks = _digests(obj, where, size, block_size)
-    requires = parse_requires(obj.get("requires", []), f"{where}requires")
-    services = parse_services(obj.get("services", []), f"{where}services", requires)
-    container = parse_container_image(obj.get("container_image"), f"{where}container_image",
-                                      requires)
     return Release(version, day, tuple(changes), image, size, whole, block_size, blocks,
                    requires, services, container)
+
+
+#: The fields of a root image: all of them, or none (a container-only release).
+ROOT_IMAGE_FIELDS = ("image", "size", "sha256", "block_size", "blocks")
+
+
+def check_container_only(obj: Mapping[str, Any], where: str, container: str | None,
+                          services: Sequence[ServiceArtifact]) -> None:
+    """A release without ``image`` is a container-only release: it names a container image,
+    carries no other root image field and no service artifact (services ride on a root
+    image). Anything else is a damaged release, refused with the whole document."""
+    stray = [name for name in ROOT_IMAGE_FIELDS if name in obj]
+    if stray:
+        raise _fail(f"{where}image: missing, but {', '.join(stray)} given (a root image names "
+                    "all of image, size, sha256, block_size and blocks; a container-only "
+                    "release none of them)")
+    if container is None:
+        raise _fail(f"{where}image: expected a string, got nothing (only a release with a "
+                    "container_image may have no root image)")
+    if services:
+        raise _fail(f"{where}services: a container-only release carries no service artifact "
+                    "(service artifacts ride on a root image)")
 
 
 def parse_container_image(value: Any, where: str, requires: Sequence[str]) -> str | None:
