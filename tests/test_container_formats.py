@@ -14,13 +14,16 @@ from typing import Any
 import pytest
 from ruamel.yaml import YAML
 
+from reconciler.channelwatch import ChannelWatch, Refusal, view_of
 from reconciler.config import load_device
 from reconciler.containers import ContainerRuntime
 from reconciler.errors import ConfigError, ReleaseError
 from reconciler.redact import redact
-from reconciler.release.channel import add_release, init_channel, sign_channel
+from reconciler.release.channel import add_release, init_channel, sign_channel, verify_channel
 from reconciler.release.keys import generate_keypair, load_trusted_keys
 from reconciler.release.metadata import verify_metadata
+from reconciler.store import StateStore
+from tests.httpserver import ChannelServer
 
 DIGEST = "sha256:" + "ab" * 32
 IMAGE = f"127.0.0.1:5000/kruxos@{DIGEST}"
@@ -185,15 +188,95 @@ def test_sim_init_runtime_docker_writes_a_container_device_that_loads(tmp_path: 
     from reconciler.cli.main import cli
 
     result = CliRunner().invoke(cli, ["sim", "init", str(tmp_path / "dev"), "--runtime",
-                                      "docker", "--registry", "127.0.0.1:5999"])
+                                      "docker", "--registry", "127.0.0.1:5999", "--channel",
+                                      "127.0.0.1:8123", "--port", "7811"])
     assert result.exit_code == 0, result.output
-    assert "--container-image 127.0.0.1:5999/kruxos@sha256:<digest>" in result.output
+    chan = tmp_path / "dev" / "channel"
+    assert f"  $ kruxos release add {chan} --version 1.0.0 --changes 'first' " \
+           "--container-image \"$(docker inspect --format '{{range .RepoDigests}}" \
+           "{{println .}}{{end}}' 127.0.0.1:5999/kruxos:1.0.0 | grep -m1 " \
+           "'^127.0.0.1:5999/kruxos@')\"\n" in result.output  # no root image to name
+    assert f"  $ python3 -m http.server --bind 127.0.0.1 --directory {chan} 8123\n" \
+        in result.output
+    assert not (tmp_path / "dev" / "root.img").exists()
+    spec = (tmp_path / "dev" / "spec.yaml").read_text()
+    assert "url: http://127.0.0.1:8123/" in spec and "127.0.0.1:7811/health/ready" in spec
+    slots = CliRunner().invoke(cli, ["sim", "init", str(tmp_path / "s"), "--port", "7811"])
+    assert slots.exit_code == 2 and "apply with --runtime docker only" in slots.output
     device = load_device(tmp_path / "dev" / "device.yaml")
     assert device.runtime == "docker" and device.slot_paths == {}
     assert device.container is not None and device.container.repository == \
         "127.0.0.1:5999/kruxos"
+    assert device.container.environment == {"KRUXOS_PORT": "7811"}
     assert device.container_secrets is not None
     assert device.container_secrets.stat().st_mode & 0o777 == 0o600
     passphrase = device.container_secrets.read_text().split("=", 1)[1].strip()
     assert passphrase not in result.output
     assert (tmp_path / "dev" / "channel" / "metadata.json").is_file()
+
+
+# ---- tampered metadata: a container image edited after signing -----------------------------
+
+OTHER = f"127.0.0.1:5000/kruxos@sha256:{'cd' * 32}"
+
+
+@pytest.mark.parametrize("root_image", [True, False], ids=["with-root-image", "container-only"])
+def test_a_container_image_edited_after_signing_is_refused_by_the_signature(
+        tmp_path: Path, root_image: bool) -> None:
+    channel = _channel(tmp_path)
+    add_release(channel, tmp_path / "root.img" if root_image else None, "1.0.0", ["first"],
+                container_image=IMAGE)
+    _, pub = generate_keypair(tmp_path, "release")
+    sign_channel(channel, [tmp_path / "release.key"])
+    doc = json.loads((channel / "metadata.json").read_text())
+    doc["signed"]["releases"][0]["container_image"] = OTHER  # well formed, another digest
+    raw = json.dumps(doc).encode()
+    with pytest.raises(ReleaseError, match="no valid signature from a trusted key: bad "
+                                           "signature by key"):
+        verify_metadata(raw, load_trusted_keys([pub]), frozenset(), datetime.now(UTC), None,
+                        None)
+    (channel / "metadata.json").write_bytes(raw)
+    report = verify_channel(channel, [pub], datetime.now(UTC))
+    assert not report.accepted and "bad signature" in report.problems[0]
+
+
+def test_a_container_device_refuses_an_edited_channel_once_and_takes_nothing_from_it(
+        tmp_path: Path) -> None:
+    path = _device(tmp_path)
+    channel = _channel(tmp_path)
+    add_release(channel, None, "1.0.0", ["first"], container_image=IMAGE)
+    sign_channel(channel, [tmp_path / "keys" / "release.key"])
+    doc = json.loads((channel / "metadata.json").read_text())
+    doc["signed"]["releases"][0]["container_image"] = OTHER
+    (channel / "metadata.json").write_text(json.dumps(doc))
+    device = load_device(path)
+    refused: list[Refusal] = []
+    now = datetime.now(UTC)
+    watch = ChannelWatch(device, StateStore(device.data_dir), lambda: now,
+                         on_refused=refused.append)
+    server = ChannelServer(channel)
+    try:
+        for _ in range(2):
+            with pytest.raises(ReleaseError, match="bad signature"):
+                watch.fetch(server.url + "/", now)
+    finally:
+        server.stop()
+    assert [r.action for r in refused] == ["channel-refused"]  # recorded once per file
+    assert watch.verified is None  # nothing of it is believed: no digest to pull
+
+
+def test_a_release_signed_under_another_repository_is_pulled_by_its_digest_alone(
+        tmp_path: Path) -> None:
+    """Trust is in the digest: the signed reference may name the publisher's repository; the
+    device pulls that digest from its own (a mirror), where a different content fails the
+    engine's digest check (tests/containers/test_sim_docker.py, on a real engine)."""
+    channel = _channel(tmp_path)
+    elsewhere = f"registry.example.com/altvale/kruxos@{DIGEST}"
+    add_release(channel, None, "1.0.0", ["first"], container_image=elsewhere)
+    _, pub = generate_keypair(tmp_path, "release")
+    sign_channel(channel, [tmp_path / "release.key"])
+    meta = verify_metadata((channel / "metadata.json").read_bytes(), load_trusted_keys([pub]),
+                           frozenset(), datetime.now(UTC), None, None)
+    view = view_of(meta, runtime="docker")
+    assert view.latest == "1.0.0" and view.images == {"1.0.0": elsewhere}
+    assert meta.releases[0].image_digest == DIGEST

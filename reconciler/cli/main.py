@@ -12,7 +12,7 @@ import sys
 from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 
@@ -30,6 +30,9 @@ from reconciler.errors import (
     short_error,
 )
 from reconciler.redact import redact_standard_streams
+
+if TYPE_CHECKING:
+    from reconciler.observed import ObservedState
 
 
 def _now() -> datetime:
@@ -291,15 +294,12 @@ def spec_plan(ctx: click.Context, file: Path | None, as_json: bool) -> None:
     if view.action is None or view.policy is None:
         raise SpecError(f"no valid spec ({view.spec_error})")
     source = file or view.spec_path
-    booted = view.observed.booted_slot
     pin = view.observed.override
     acts = not isinstance(view.action, Nothing)
     if as_json:
         click.echo(json.dumps({
             "ok": True, "spec": str(source), "revision": view.revision,
-            "spec_error": view.spec_error,
-            "observed": {"slot": booted.name, "device": booted.device,
-                         "version": booted.version, "boot_status": view.observed.boot_status},
+            "spec_error": view.spec_error, "observed": _observed_json(view.observed),
             "pin": None if pin is None else {"version": pin.version},
             "action": {"kind": view.action.kind, "reason": view.action.reason},
             "acts": acts}, ensure_ascii=False))
@@ -308,13 +308,37 @@ def spec_plan(ctx: click.Context, file: Path | None, as_json: bool) -> None:
     if view.spec_error:
         click.echo(f"note: the spec file is invalid, planning with the last good spec: "
                    f"{view.spec_error}")
-    click.echo(f"observed: slot {booted.label} runs {booted.version}, "
-               f"{view.observed.boot_status}")
+    click.echo(f"observed: {_observed_text(view.observed)}")
     if pin is not None:
         click.echo(f"pin: {pin.version} at this device overrides the spec until the spec's "
                    "version changes or 'kruxos update resume'")
     click.echo(f"plan: {view.action.kind}: {view.action.reason}")
     sys.exit(1 if acts else 0)
+
+
+def _observed_json(obs: ObservedState) -> dict[str, Any]:
+    """What runs, for ``spec plan --json``: the booted slot, or the container."""
+    view = obs.container
+    if view is None:
+        booted = obs.booted_slot
+        return {"slot": booted.name, "device": booted.device, "version": booted.version,
+                "boot_status": obs.boot_status}
+    return {"runtime": "docker", "container": view.name, "version": view.version,
+            "status": None if view.current is None else view.current.status}
+
+
+def _observed_text(obs: ObservedState) -> str:
+    """What runs, for ``spec plan``: the booted slot, or the container."""
+    view = obs.container
+    if view is None:
+        booted = obs.booted_slot
+        return f"slot {booted.label} runs {booted.version}, {obs.boot_status}"
+    if view.engine_error is not None:
+        return f"container {view.name}: the engine does not answer ({view.engine_error})"
+    if view.current is None:
+        return f"container {view.name} does not exist"
+    return (f"container {view.name} runs {view.version or 'an unknown release'} "
+            f"({view.current.status})")
 
 
 # ---- sim ------------------------------------------------------------------------------------
@@ -336,8 +360,14 @@ def sim() -> None:
               help="With --runtime docker: the engine's socket.")
 @click.option("--registry", default="127.0.0.1:5000", show_default=True,
               help="With --runtime docker: the registry its images are pulled from.")
+@click.option("--channel", "channel", default=None, metavar="HOST:PORT",
+              help="With --runtime docker: where the channel is served "
+                   "[default: 127.0.0.1:8080].")
+@click.option("--port", default=7800, show_default=True, type=click.IntRange(1, 65535),
+              help="With --runtime docker: the port the container answers /health/ready on "
+                   "(host network).")
 def sim_init(directory: Path, bootloader: str, runtime: str, engine: str,
-             registry: str) -> None:
+             registry: str, channel: str | None, port: int) -> None:
     """Create a simulated device: A holds 1.0.0 confirmed, B empty, a signed channel
     (--runtime docker: a container device's files, to publish images to)."""
     from reconciler.sim.device import CHANNEL_PORT, init_device
@@ -345,11 +375,15 @@ def sim_init(directory: Path, bootloader: str, runtime: str, engine: str,
     if runtime == "docker":
         from reconciler.sim.container import init_container_device, next_steps
 
+        where = channel or CHANNEL_PORT
         made = init_container_device(directory, engine=engine, registry=registry,
-                                     channel=CHANNEL_PORT)
-        for line in next_steps(made, registry, CHANNEL_PORT):
+                                     channel=where, port=port)
+        for line in next_steps(made, registry, where, port):
             click.echo(line)
         return
+    if channel is not None or port != 7800:
+        raise click.UsageError("--channel and --port apply with --runtime docker only (a "
+                               "simulated device serves its own channel)")
     config = init_device(directory, bootloader=bootloader)
     click.echo(f"simulated device created in {config.parent}")
     click.echo(f"export KRUXOS_CONFIG={config}")

@@ -180,15 +180,29 @@ def _trial_line(obs: ObservedState, policy: UpdatePolicy | None, now: datetime) 
             f"(last: {health.last_summary or 'none'})")
 
 
+#: The facts of a device with slots that a container device does not have: its JSON form
+#: leaves them out rather than show the stand-in slot the shared rules see.
+_SLOT_FACTS = ("booted", "slots", "default", "trial", "tries_left", "fallback_trace", "health",
+               "rolled_back_from", "rollback_reason", "staging", "trial_policy",
+               "trial_policy_version", "forward_reboots", "boot_env_problem", "service_release",
+               "service_update", "service_last", "overlays")
+
+
 def status_json(obs: ObservedState, boot_raw: dict[str, Any], policy: UpdatePolicy | None,
                 action: Action | None, now: datetime) -> dict[str, Any]:
-    """The machine form: every observed fact plus the raw boot environment."""
+    """The machine form: every observed fact plus the raw boot environment; on a container
+    device (``runtime: docker``), its container instead of slots and a boot environment."""
     doc = asdict(obs)
-    doc["slots"] = {name: asdict(slot) for name, slot in obs.slots.items()}
+    doc["runtime"] = "docker" if obs.container is not None else "slots"
     doc["channel"] = {"versions": sorted(obs.channel.versions), "latest": obs.channel.latest,
                       "error": obs.channel.error, "refused": dict(obs.channel.refused)}
-    doc["boot_status"] = obs.boot_status
-    doc["boot"] = boot_raw
+    if obs.container is None:
+        doc["slots"] = {name: asdict(slot) for name, slot in obs.slots.items()}
+        doc["boot_status"] = obs.boot_status
+        doc["boot"] = boot_raw
+    else:
+        for name in _SLOT_FACTS:
+            doc.pop(name)
     doc["next"] = ({"action": action.kind, "reason": action.reason} if action else None)
     doc["time"] = now.isoformat()
     plain: dict[str, Any] = _plain(doc)

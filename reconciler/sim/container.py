@@ -3,8 +3,9 @@
 It writes the two config layers of a ``runtime: docker`` device (no slots, no
 bootloader), its secrets file (mode 0600, a fresh vault passphrase), a signing
 key, an empty signed channel and a spec. What it cannot make for the person is
-the engine, the registry and the images; the last lines it prints say how to
-publish an image by digest and start the daemon (``docs/containers.md``).
+the engine, the registry and the images; the lines it prints are the commands
+that publish an image by digest as a container-only release, serve the channel
+and start the daemon (``docs/containers.md``), each one to copy as it is.
 """
 
 from __future__ import annotations
@@ -23,8 +24,11 @@ DEVICE = """\
 trustedKeys: [keys/release.pub]
 dataDir: data
 spec: spec.yaml
-resync: 30s
+resync: {resync}s
 """
+
+#: How often the try-out device looks at its channel (a second release is taken within it).
+RESYNC_S = 10
 
 LAYER = """\
 # This device's own settings: it runs the product as a container (docs/containers.md).
@@ -72,12 +76,11 @@ def init_container_device(directory: Path, *, engine: str, registry: str,
     generate_keypair(directory / "keys", "release")
     init_channel(directory / "channel", "stable")
     sign_channel(directory / "channel", [directory / "keys" / "release.key"])
-    (directory / "root.img").write_bytes(b"\0" * 4096)  # the release's root image field
     name = "kruxos"
     secret_file = directory / "container.env"
     atomic_write(secret_file, f"KRUXOS_VAULT_PASSPHRASE={secrets.token_urlsafe(24)}\n"
                  .encode(), mode=0o600)
-    (directory / "device.yaml").write_text(DEVICE)
+    (directory / "device.yaml").write_text(DEVICE.format(resync=RESYNC_S))
     atomic_write(directory / "data" / "device.yaml", LAYER.format(
         device_id=_device_id(directory), engine=engine, name=name,
         repository=f"{registry}/kruxos", port=port).encode())
@@ -85,20 +88,38 @@ def init_container_device(directory: Path, *, engine: str, registry: str,
     return directory / "device.yaml"
 
 
-def next_steps(config: Path, registry: str, channel: str) -> list[str]:
-    """What the person does next, one line each."""
-    directory = config.parent
+#: What the person's own image is called in the printed commands.
+YOUR_IMAGE = "YOUR-IMAGE"
+
+
+def next_steps(config: Path, registry: str, channel: str, port: int = 7800) -> list[str]:
+    """What the person does next: a line of prose per step, then its commands, each
+    indented after ``$ `` and runnable as it is (``YOUR-IMAGE`` is theirs to name)."""
+    directory, repository = config.parent, f"{registry}/kruxos"
+    chan = directory / "channel"
+    host, _, listen = channel.rpartition(":")
+    digest = (f"\"$(docker inspect --format '{{{{range .RepoDigests}}}}{{{{println .}}}}"
+              f"{{{{end}}}}' {repository}:1.0.0 | grep -m1 '^{repository}@')\"")
     return [
         f"container device created in {directory} (runtime: docker, no slots)",
-        f"export KRUXOS_CONFIG={config}",
-        f"1. push an image: docker push {registry}/kruxos:1.0.0 (note its sha256 digest)",
-        f"2. kruxos release add {directory / 'channel'} {directory / 'root.img'} --version "
-        f"1.0.0 --changes 'first' --container-image {registry}/kruxos@sha256:<digest>",
-        f"3. kruxos release sign {directory / 'channel'} --key "
-        f"{directory / 'keys' / 'release.key'}",
-        f"4. serve the channel: python3 -m http.server --bind {channel.split(':')[0]} "
-        f"--directory {directory / 'channel'} {channel.split(':')[-1]}",
-        "5. kruxos daemon   (it pulls 1.0.0 by digest, starts the container, probes it)",
+        f"  $ export KRUXOS_CONFIG={config}",
+        f"1. push an image to the registry; on the host network, with KRUXOS_PORT={port} in "
+        f"its environment, it must answer http://127.0.0.1:{port}/health/ready:",
+        f"  $ docker tag {YOUR_IMAGE} {repository}:1.0.0",
+        f"  $ docker push {repository}:1.0.0",
+        "2. list it by its digest as a container-only release, and sign the channel:",
+        f"  $ kruxos release add {chan} --version 1.0.0 --changes 'first' "
+        f"--container-image {digest}",
+        f"  $ kruxos release sign {chan} --key {directory / 'keys' / 'release.key'}",
+        "3. serve the channel, in a second terminal:",
+        f"  $ python3 -m http.server --bind {host} --directory {chan} {listen}",
+        "4. start the daemon, in a third terminal with KRUXOS_CONFIG exported as above; it "
+        "pulls 1.0.0 by its digest, starts the container and probes it:",
+        "  $ kruxos daemon",
+        "5. see what runs, back in the first terminal:",
+        "  $ kruxos update status",
+        f"6. a second release: steps 1 and 2 with 1.0.1 in place of 1.0.0; the daemon swaps "
+        f"to it within {RESYNC_S} s (docs/containers.md)",
     ]
 
 
