@@ -25,6 +25,7 @@ from typing import Any
 import httpx
 import pytest
 
+from tests import cli_contract
 from tests.container_rig import Engine, engine_env, free_port, rootfs, start_engine
 from tests.waiting import wait_for
 
@@ -72,8 +73,11 @@ class Person:
             name, _, value = command.removeprefix("export ").partition("=")
             self.env[name] = value
             return subprocess.CompletedProcess(command, 0, "", "")
-        return subprocess.run(["bash", "-c", command], capture_output=True, text=True,
+        done = subprocess.run(["bash", "-c", command], capture_output=True, text=True,
                               env=self.env, cwd=self.home, timeout=120)
+        if command.startswith("kruxos "):
+            cli_contract.check(shlex.split(command)[1:], done)  # exit status, --json schema
+        return done
 
     def must(self, command: str) -> str:
         done = self.run(command)
