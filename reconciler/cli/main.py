@@ -98,10 +98,12 @@ def update() -> None:
 
 
 @update.command("status")
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable, with raw boot state.")
+@click.option("--json", "as_json", is_flag=True,
+              help="Machine-readable (on a device with slots, with the raw boot state).")
 @click.pass_context
 def update_status(ctx: click.Context, as_json: bool) -> None:
-    """Boot slot, version, boot status, the other slot, and what happens next."""
+    """What runs (the boot slot and the other one, or the container), and what happens
+    next."""
     from reconciler.cli.status import status_json, status_lines
     from reconciler.inspect import inspect_device
 
