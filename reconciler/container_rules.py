@@ -201,18 +201,26 @@ def converge_container(policy: UpdatePolicy, obs: ObservedState, now: datetime, 
         return Wait(f"cannot update to {desired}: the container engine does not answer "
                     f"({view.engine_error})", until=now + ENGINE_RETRY)
     digest = signed.partition("@")[2]
-    running = view.version or "an unknown release"
+    if view.current is None:
+        running = "no container yet"
+    elif view.version is None:
+        running = "an unknown release"
+    else:
+        running = view.version
     now_asked = obs.override is not None and obs.override.reboot == "now"
     if digest in view.pulled:
         gate = None if now_asked else _restart_gate(policy, now, desired, view)
+        what = f"start {view.label}" if view.current is None else \
+            f"swap {view.label} from {running}"
         return gate or SwapContainer(desired, digest, view.version,
-                                     f"{desired} is pulled ({digest[:19]}…): swap {view.label} "
-                                     f"from {running}", policy=captured)
+                                     f"{desired} is pulled ({digest[:19]}…): {what}",
+                                     policy=captured)
     windows = policy.spec.rollout.window_values()
     if policy.spec.rollout.stage == "in-window" and not is_open(windows, now) and not now_asked:
         return Wait(f"{desired} is pulled in a maintenance window (rollout.stage: in-window)",
                     until=next_open(windows, now))
     return PullImage(desired, digest, f"Pull {desired} by its signed digest {digest[:19]}… "
+                     f"({view.label}: {running})" if view.current is None else
                      f"({view.label} runs {running})")
 
 

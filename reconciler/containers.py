@@ -152,8 +152,14 @@ class ContainerRuntime:
         """Pull by the signed digest; an image that does not carry it is refused."""
         ref = f"{self.cfg.repository}@{action.digest}"
         try:
-            image = self._engine(f"pull {ref}", lambda: self.client().images.pull(
-                self.cfg.repository, tag=action.digest))
+            said = self._engine(f"pull {ref}", lambda: self._pull_stream(action.digest))
+            if said is not None and _not_the_content(said):
+                raise ReleaseError(f"{action.version}: the registry's content for {ref} is not "
+                                   f"what the signed digest names; refused ({said})")
+            if said is not None:
+                raise TemporaryError(f"{action.version}: the pull of {ref} failed ({said})",
+                                     60.0)
+            image = self._engine(f"inspect {ref}", lambda: self.client().images.get(ref))
         except docker.errors.NotFound as exc:
             raise TemporaryError(f"{action.version}: the registry has no image {ref} "
                                  f"({_said(exc)})", 60.0) from exc
@@ -163,6 +169,16 @@ class ContainerRuntime:
                                f"carry the signed digest {action.digest}; refused")
         failpoint("container.pulled")
         return f"pulled {ref} (image {image.id[:19]}…)"
+
+    def _pull_stream(self, digest: str) -> str | None:
+        """Pull, reading the engine's progress stream to its end: what went wrong in it
+        (the SDK's own pull drops it), or ``None``."""
+        error = None
+        for event in self.client().api.pull(self.cfg.repository, tag=digest, stream=True,
+                                            decode=True):
+            if isinstance(event, dict) and event.get("error"):
+                error = redact(" ".join(str(event["error"]).split()))[:_QUOTE]
+        return error
 
     def _image(self, version: str, digest: str) -> Any:
         ref = f"{self.cfg.repository}@{digest}"
@@ -381,6 +397,14 @@ class ContainerRuntime:
 
     def _untag(self, ref: str) -> None:
         self._engine(f"untag {ref}", lambda: self.client().images.remove(ref))
+
+
+def _not_the_content(said: str) -> bool:
+    """Whether an engine's pull error says the content does not match its digest (a
+    tampering registry or mirror: refused), not that it could not be fetched (retried)."""
+    lowered = said.lower()
+    return "verification failed" in lowered or "digest did not match" in lowered \
+        or "digest mismatch" in lowered
 
 
 def _engine_container(container: Any) -> EngineContainer | None:

@@ -291,3 +291,15 @@ def test_the_plan_of_a_rollback_names_the_versions_both_ways() -> None:
                                      kept_version="1.0.0"))
     assert kept is not None and (kept.version, kept.to_version, kept.refusal) == \
         ("1.0.1", "1.0.0", None)
+
+
+def test_a_first_install_says_it_starts_the_container_not_a_swap_from_an_unknown_release(
+        ) -> None:
+    pull = decide(policy("1.0.1"), device(None, None), NOW)
+    assert isinstance(pull, PullImage)
+    assert pull.reason.endswith("(container kruxos: no container yet)"), pull.reason
+    start = decide(policy("1.0.1"), device(None, None, pulled=frozenset({D["1.0.1"]})), NOW)
+    assert isinstance(start, SwapContainer)
+    assert start.reason.endswith(": start container kruxos"), start.reason
+    unknown = decide(policy("1.0.1"), device(None, OLD, pulled=frozenset({D["1.0.1"]})), NOW)
+    assert unknown.reason.endswith("swap container kruxos from an unknown release"), unknown

@@ -98,11 +98,12 @@ def check(ctx: click.Context, as_json: bool) -> None:
         meta = verified_metadata(device)
     except KruxosError as exc:
         _fail(f"cannot check for updates: {exc}", 2, as_json, why="channel")
-    observed = inspect_device(device, _now(), channel=view_of(meta)).observed
+    runtime = device.runtime
+    observed = inspect_device(device, _now(), channel=view_of(meta, runtime=runtime)).observed
     current = observed.running_version
-    latest = newest_installable(meta)
+    latest = newest_installable(meta, runtime=runtime)
     newer = latest is not None and is_newer(latest.version, current)
-    passed = skipped(meta)
+    passed = skipped(meta, runtime=runtime)
     failed = observed.failed if latest is not None and observed.failed is not None \
         and observed.failed.version == latest.version else None
     if as_json:
@@ -118,7 +119,9 @@ def check(ctx: click.Context, as_json: bool) -> None:
         sys.exit(1 if newer else 0)
     click.echo(f"Current version: {current or 'unknown'}")
     kind = ""
-    if latest is not None and newer and service_need(observed, latest.version) is not None:
+    if latest is not None and newer and observed.container is not None:
+        kind = f" (a container update of {observed.container.label}, no reboot)"
+    elif latest is not None and newer and service_need(observed, latest.version) is not None:
         kind = " (service update, no reboot)"
     click.echo(f"Latest version: {latest.version if latest else 'none this device can install'}"
                f"{kind}" if passed else
@@ -163,14 +166,15 @@ def apply(ctx: click.Context, version: str | None, yes: bool, no_reboot: bool,
         meta = verified_metadata(device)
     except KruxosError as exc:
         _fail(f"update refused: {exc}", 1, as_json)
-    view = inspect_device(device, _now(), channel=view_of(meta))
+    view = inspect_device(device, _now(), channel=view_of(meta, runtime=device.runtime))
     if version == "latest":  # what `update check` calls the newest release
         version = None
-    release = meta.find(version) if version else newest_installable(meta)
+    release = meta.find(version) if version else newest_installable(meta,
+                                                                    runtime=device.runtime)
     if release is None:
         what = version or ("a release this device can install" if meta.releases else "a release")
         _fail(f"{what} is not published on channel {meta.channel!r}", 1, as_json)
-    unsupported = why_not(release)
+    unsupported = why_not(release, runtime=device.runtime)
     if unsupported is not None:
         _fail(f"update refused: {release.version} cannot be installed on this device: it "
               f"{unsupported}", 1, as_json)
@@ -209,7 +213,7 @@ def apply(ctx: click.Context, version: str | None, yes: bool, no_reboot: bool,
         bars = _Bars(sys.stdout.isatty() and not as_json and not already, target.device,
                      release.size, release.image, quiet=as_json or already)
         staged = _follow_staging(link, release.version, release.size, start, pin.name,
-                                 as_json, bars, view_of(meta))
+                                 as_json, bars, view_of(meta, runtime=device.runtime))
         if not staged:
             return
         _after_staging(link, release.version, reboot, as_json, target.label, start)

@@ -361,7 +361,8 @@ def test_a_registry_serving_other_content_under_the_signed_digest_is_refused_at_
                 f"--container-image {signed_ref}")
     person.must(steps.one(2, "kruxos release sign"))
     pulled = device.wait_outcome("pull-image", seq)
-    assert pulled["details"]["code"] != "ok", pulled
+    assert pulled["details"]["code"] == "refused", pulled
+    assert "is not what the signed digest names; refused" in pulled["outcome"], pulled
     assert device.runs() == "1.0.0" and device.health() == 200
     assert not [r for r in device.records() if r["seq"] > seq
                 and r["action"] == "swap-container"]
