@@ -27,8 +27,10 @@ the steps for the tests.
 from __future__ import annotations
 
 import contextlib
+import re
 from collections.abc import Callable
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import docker
@@ -120,6 +122,12 @@ class ContainerRuntime:
             digests = self._pulled_digests()
         except TemporaryError as exc:
             return ContainerView(self.cfg.name, engine_error=str(exc).split(": ", 1)[-1])
+        inside = {c.id for c in (current, previous) if c is not None} & own_container_ids()
+        if inside:
+            return ContainerView(self.cfg.name, engine_error=(
+                f"kruxos runs inside the container it would replace ({self.cfg.name}, "
+                f"{next(iter(inside))[:12]}): it would stop itself; run it on the host or as a "
+                "sidecar container (docs/containers.md)"))
         by_digest = {ref.partition("@")[2]: version for version, ref in channel.images.items()}
         held = {d for found in digests.values() for d in found}
         now = _engine_container(current)
@@ -397,6 +405,28 @@ class ContainerRuntime:
 
     def _untag(self, ref: str) -> None:
         self._engine(f"untag {ref}", lambda: self.client().images.remove(ref))
+
+
+#: A container engine's per-container directory in a mount source: Docker's
+#: ``/var/lib/docker/containers/ID/hostname``, Podman's ``…/overlay-containers/ID/userdata/…``.
+_CONTAINER_DIR = re.compile(r"/(?:containers|overlay-containers)/([0-9a-f]{64})/")
+
+
+def own_container_ids(mountinfo: str | None = None) -> set[str]:
+    """The IDs of the container this process runs in (empty on a host), from the engine's
+    per-container files mounted into it (``/etc/hostname``, ``/etc/hosts``,
+    ``/etc/resolv.conf``): the same on cgroup v1 and v2, Docker and Podman."""
+    if mountinfo is None:
+        try:
+            mountinfo = Path("/proc/self/mountinfo").read_text(errors="replace")
+        except OSError:
+            return set()
+    found = set()
+    for line in mountinfo.splitlines():
+        fields = line.split()
+        if len(fields) > 4 and fields[4] in ("/etc/hostname", "/etc/hosts", "/etc/resolv.conf"):
+            found.update(_CONTAINER_DIR.findall(fields[3]))
+    return found
 
 
 def _not_the_content(said: str) -> bool:

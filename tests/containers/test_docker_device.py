@@ -23,6 +23,9 @@ import httpx
 import pytest
 from ruamel.yaml import YAML
 
+from reconciler.config import load_device
+from reconciler.containers import ContainerRuntime, own_container_ids
+from reconciler.observed import ChannelView
 from reconciler.release.channel import add_release, init_channel, sign_channel
 from reconciler.release.keys import generate_keypair
 from tests.cli_contract import check
@@ -220,6 +223,18 @@ def test_an_update_is_confirmed_and_the_named_volume_keeps_its_data_across_recre
     seq = _installed(device)
     assert _runs(device, "1.0.0") and _health(device) == 200
     first_image = device.container().attrs["Image"]
+    # run inside the product's container, kruxos would know it and not replace itself
+    inside = device.container().exec_run(["cat", "/proc/self/mountinfo"])
+    assert inside.exit_code == 0, inside
+    assert own_container_ids(inside.output.decode()) == {device.container().id}
+    assert own_container_ids() == set()  # this test runs on the host
+    seen = own_container_ids(inside.output.decode())
+    with pytest.MonkeyPatch.context() as patch:  # as if this process ran in that container
+        patch.setattr("reconciler.containers.own_container_ids", lambda: seen)
+        view = ContainerRuntime(load_device(device.root / "device.yaml")).view(
+            ChannelView(), {})
+    assert view.engine_error is not None and view.engine_error.startswith(
+        f"kruxos runs inside the container it would replace ({device.name}, "), view
 
     device.spec("1.0.1")
     device.wait_outcome("confirm-container", seq)
