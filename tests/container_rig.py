@@ -161,13 +161,7 @@ class Engine:
         with contextlib.suppress(Exception):
             self.client.close()
         for proc in (self.registry_proc, self.daemon):
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-                try:
-                    proc.wait(timeout=30)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
+            terminate(proc)
         _unmount_under(self.root)
 
 
@@ -279,6 +273,34 @@ def _podman_env(root: Path, registry: str) -> dict[str, str]:
     return {**os.environ, "CONTAINERS_CONF": str(root / "containers.conf"),
             "CONTAINERS_REGISTRIES_CONF": str(root / "registries.conf"),
             "CONTAINERS_STORAGE_CONF": str(root / "storage.conf"), "TMPDIR": str(root / "tmp")}
+
+
+def terminate(proc: subprocess.Popen[Any]) -> None:
+    """SIGTERM, then SIGKILL after 30 s: a process the tests started, stopped for good."""
+    if proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def audit_records(data_dir: Path) -> list[dict[str, Any]]:
+    """Every record of a device's audit trail, oldest first (read as a person would)."""
+    found: list[dict[str, Any]] = []
+    for path in sorted((data_dir / "audit").glob("audit-*.jsonl")):
+        found += [json.loads(line) for line in path.read_text().splitlines() if line]
+    return found
+
+
+def last_outcome(records: list[dict[str, Any]], action: str,
+                 after: int = 0) -> dict[str, Any] | None:
+    """The last outcome of ``action`` after record ``after``, or ``None``."""
+    done = [r for r in records if r["kind"] == "outcome" and r["action"] == action
+            and r["seq"] > after]
+    return done[-1] if done else None
 
 
 def engine_env() -> dict[str, str]:

@@ -29,7 +29,16 @@ from reconciler.observed import ChannelView
 from reconciler.release.channel import add_release, init_channel, sign_channel
 from reconciler.release.keys import generate_keypair
 from tests.cli_contract import check
-from tests.container_rig import ENGINE, ENGINE_TOOLS, Engine, engine_env, free_port, start_engine
+from tests.container_rig import (
+    ENGINE,
+    ENGINE_TOOLS,
+    Engine,
+    audit_records,
+    engine_env,
+    free_port,
+    last_outcome,
+    start_engine,
+)
 from tests.httpserver import ChannelServer
 from tests.waiting import wait_for
 
@@ -130,15 +139,10 @@ class DockerDevice:
         return result
 
     def records(self) -> list[dict[str, Any]]:
-        found = []
-        for path in sorted((self.root / "data" / "audit").glob("audit-*.jsonl")):
-            found += [json.loads(line) for line in path.read_text().splitlines() if line]
-        return found
+        return audit_records(self.root / "data")
 
     def outcome(self, action: str, after: int = 0) -> dict[str, Any] | None:
-        done = [r for r in self.records() if r["kind"] == "outcome" and r["action"] == action
-                and r["seq"] > after]
-        return done[-1] if done else None
+        return last_outcome(self.records(), action, after)
 
     def wait_outcome(self, action: str, after: int = 0, timeout: float = 60) -> dict[str, Any]:
         return wait_for(lambda: self.outcome(action, after), timeout, f"a {action} outcome",

@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import os
 import shlex
-import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -26,7 +25,16 @@ import httpx
 import pytest
 
 from tests import cli_contract
-from tests.container_rig import Engine, engine_env, free_port, rootfs, start_engine
+from tests.container_rig import (
+    Engine,
+    audit_records,
+    engine_env,
+    free_port,
+    last_outcome,
+    rootfs,
+    start_engine,
+    terminate,
+)
 from tests.waiting import wait_for
 
 pytestmark = pytest.mark.needs_tool("dockerd", "docker-registry", "/bin/busybox", "docker",
@@ -95,13 +103,7 @@ class Person:
 
     def stop(self) -> None:
         for proc in self.background:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-                try:
-                    proc.wait(timeout=30)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
+            terminate(proc)
 
 
 @dataclass
@@ -152,15 +154,10 @@ class Device:
         self.root, self.engine, self.port = root, engine, port
 
     def records(self) -> list[dict[str, Any]]:
-        found: list[dict[str, Any]] = []
-        for path in sorted((self.root / "data" / "audit").glob("audit-*.jsonl")):
-            found += [json.loads(line) for line in path.read_text().splitlines() if line]
-        return found
+        return audit_records(self.root / "data")
 
     def outcome(self, action: str, after: int = 0) -> dict[str, Any] | None:
-        done = [r for r in self.records() if r["kind"] == "outcome" and r["action"] == action
-                and r["seq"] > after]
-        return done[-1] if done else None
+        return last_outcome(self.records(), action, after)
 
     def last_seq(self) -> int:
         records = self.records()
