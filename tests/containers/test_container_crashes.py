@@ -21,7 +21,6 @@ from tests.container_rig import ENGINE, ENGINE_TOOLS
 from tests.containers.test_docker_device import (  # noqa: F401  (fixtures)
     _installed,
     _runs,
-    engine,
     images,
     make,
 )

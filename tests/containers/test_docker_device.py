@@ -37,7 +37,6 @@ from tests.container_rig import (
     engine_env,
     free_port,
     last_outcome,
-    start_engine,
 )
 from tests.httpserver import ChannelServer
 from tests.waiting import wait_for
@@ -47,15 +46,6 @@ pytestmark = pytest.mark.needs_tool(*ENGINE_TOOLS[ENGINE])
 KRUXOS = [sys.executable, "-m", "reconciler.cli.main"]
 SECRET = "vault-passphrase-of-the-test-51c2e9"
 VERSIONS = {"1.0.0": True, "1.0.1": True, "1.0.2": False, "1.1.0": True}
-
-
-@pytest.fixture(scope="module")
-def engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Engine]:
-    engine = start_engine(tmp_path_factory.mktemp("engine"))
-    try:
-        yield engine
-    finally:
-        engine.stop()
 
 
 @pytest.fixture(scope="module")

@@ -32,7 +32,6 @@ from tests.container_rig import (
     free_port,
     last_outcome,
     rootfs,
-    start_engine,
     terminate,
 )
 from tests.waiting import wait_for
@@ -42,15 +41,6 @@ pytestmark = pytest.mark.needs_tool("dockerd", "docker-registry", "/bin/busybox"
 
 #: The person's own image, as the printed commands call it.
 YOURS = "YOUR-IMAGE"
-
-
-@pytest.fixture(scope="module")
-def engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Engine]:
-    engine = start_engine(tmp_path_factory.mktemp("engine"))
-    try:
-        yield engine
-    finally:
-        engine.stop()
 
 
 @dataclass
@@ -225,6 +215,17 @@ def _init(person: Person) -> tuple[Steps, Device]:
     return steps, Device(person.home / "dev", engine, port)
 
 
+def _running(person: Person) -> tuple[Steps, Device, int]:
+    """A device made and started as printed, running 1.0.0 (confirmed); the last seq."""
+    steps, device = _init(person)
+    for command in steps.commands[0]:
+        person.must(command)
+    _publish(person, steps, "1.0.0")
+    _start(person, steps)
+    device.wait_outcome("confirm-container")
+    return steps, device, device.last_seq()
+
+
 def _start(person: Person, steps: Steps) -> None:
     """Steps 3 and 4: the channel served in one terminal, the daemon in another."""
     person.start(steps.one(3, "python3 -m http.server"), "channel.log")
@@ -292,13 +293,7 @@ def test_a_person_tries_a_container_device_as_the_docs_say_and_a_second_release_
 
 def test_a_channel_edited_after_signing_is_refused_and_the_container_kept(
         person: Person) -> None:
-    steps, device = _init(person)
-    for command in steps.commands[0]:
-        person.must(command)
-    _publish(person, steps, "1.0.0")
-    _start(person, steps)
-    device.wait_outcome("confirm-container")
-    seq = device.last_seq()
+    steps, device, seq = _running(person)
 
     # 1.0.1 is published and signed in a copy of the channel, its signed digest edited to
     # another image's there, and only then the edited metadata served (never the good one)
@@ -333,13 +328,7 @@ def test_a_channel_edited_after_signing_is_refused_and_the_container_kept(
 
 def test_a_registry_serving_other_content_under_the_signed_digest_is_refused_at_the_pull(
         person: Person, engine: Engine) -> None:
-    steps, device = _init(person)
-    for command in steps.commands[0]:
-        person.must(command)
-    _publish(person, steps, "1.0.0")
-    _start(person, steps)
-    device.wait_outcome("confirm-container")
-    seq = device.last_seq()
+    steps, device, seq = _running(person)
 
     # 1.0.2 is in the registry (not in the engine); then the registry's bytes under its
     # digest are swapped for another image's manifest, as a hostile mirror would serve them
