@@ -307,6 +307,9 @@ def cancel_refusal(policy: UpdatePolicy | None, obs: ObservedState) -> str | Non
     wanted = desired_version(policy, obs) if policy else None
     if wanted is not None and wanted != running:
         return None
+    if obs.container is not None:
+        return (f"nothing to cancel: {obs.container.label} runs {running}, which is what is "
+                "wanted, and no update is on its way")
     return (f"nothing to cancel: slot {obs.booted_slot.label} runs {running}, which is what "
             "is wanted, and nothing is staged or staging")
 

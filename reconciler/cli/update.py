@@ -739,6 +739,8 @@ def cancel(ctx: click.Context, as_json: bool) -> None:
     staging = cancels_a_staging(obs)
     _ask(device, "cancel")
     done = "Staging cancelled" if staging else "Nothing was staged yet"
+    if obs.container is not None:
+        done = f"Update held: {obs.container.label} keeps what it runs"
     _done_json_or(as_json, {"pinned": obs.booted_slot.version},
                   f"{done}; {obs.booted_slot.version} stays until the spec changes or "
                   "'kruxos update resume'.")

@@ -418,6 +418,13 @@ def test_update_apply_pulls_and_swaps_on_a_container_device_and_says_how_it_ende
     assert json.loads(held.stdout) == {"ok": True, "version": "1.0.1", "container": "kx-apply",
                                        "confirmed": False}
     assert _runs(device, "1.0.0")
+    held = device.cli("update", "cancel")  # the pulled release is not swapped in after all
+    assert held.returncode == 0, held
+    assert held.stdout.startswith("Update held: container kx-apply keeps what it runs; "
+                                  "1.0.0 stays until the spec changes"), held.stdout
+    again = device.cli("update", "cancel")
+    assert again.returncode == 1 and "nothing to cancel: container kx-apply runs 1.0.0" in \
+        again.stderr, again
 
     now = device.cli("update", "apply", "1.0.1", "--yes")  # a person says now
     assert now.returncode == 0, now
