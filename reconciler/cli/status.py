@@ -102,6 +102,9 @@ def _container_lines(obs: ObservedState, action: Action | None) -> list[str]:
                      f"({view.current.status})")
     if view.previous is not None:
         lines.append(f"Kept for rollback: {view.previous.name} ({view.previous.status})")
+    elif view.kept_image is not None:
+        lines.append(f"Kept for rollback: the image of {view.kept_version or 'the release before'}"
+                     f" ({view.kept_image[:19]}…; kruxos update rollback starts it again)")
     update = view.update
     if update is not None:
         health = update.health

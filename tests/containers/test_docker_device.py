@@ -372,6 +372,10 @@ def test_a_person_confirms_a_trial_and_rolls_back_on_trial_and_after_a_confirm(
     assert "container_update" not in device.state() and _runs(device, "1.0.1")
     names = {c.name for c in engine.client.containers.list(all=True)}
     assert f"{device.name}-previous" not in names, names
+    status = device.cli("update", "status")
+    assert "Kept for rollback: the image of 1.0.0 (sha256:" in status.stdout, status.stdout
+    shown = json.loads(device.cli("update", "status", "--json").stdout)["container"]
+    assert shown["kept_version"] == "1.0.0" and shown["kept_image"].startswith("sha256:")
 
     # the confirmed update undone: 1.0.0 again from the image kept since the confirm
     undo = device.cli("update", "rollback", "--json")
