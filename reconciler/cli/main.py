@@ -477,6 +477,15 @@ def _add_slot_group() -> None:
 _add_slot_group()
 
 
+def _add_fleetlock_group() -> None:
+    from reconciler.cli.fleet import fleetlock_group
+
+    cli.add_command(fleetlock_group, "fleetlock")
+
+
+_add_fleetlock_group()
+
+
 def _add_update_commands() -> None:
     from reconciler.cli.update import COMMANDS
 

@@ -1,0 +1,1 @@
+"""Fleet coordination: the FleetLock reboot-slot server on etcd (``server``, ``store``)."""
