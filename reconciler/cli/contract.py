@@ -66,6 +66,8 @@ COMMANDS: tuple[Command, ...] = (
     Command("slot verify", ((0, "every slot verified, or claims no release"),
                             (1, "a slot's bytes do not match its identity, or it cannot be read "
                                 "(`ok: false`)"), (2, "error")), "slot-verify"),
+    Command("fleetlock serve", ((0, "stopped by SIGTERM or SIGINT"),
+                                (2, "error: an unusable configuration file or address")), None),
 )
 
 

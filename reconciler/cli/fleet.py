@@ -20,17 +20,20 @@ def fleetlock_group() -> None:
               help="Where to serve the FleetLock protocol.")
 @click.option("--slots", "slots", type=click.IntRange(min=0), default=1, show_default=True,
               help="Slots of a group the configuration does not name.")
-@click.option("--config", "config_file", type=click.Path(dir_okay=False, path_type=Path),
-              default=None, metavar="FILE",
-              help="YAML: slots, ttl, groups.NAME.{slots,ttl}, adminToken, clientToken; "
-                   "read again when it changes.")
-def serve_command(etcd: str, listen: str, slots: int, config_file: Path | None) -> None:
+@click.pass_context
+def serve_command(ctx: click.Context, etcd: str, listen: str, slots: int) -> None:
     """Serve POST /v1/pre-reboot, /v1/steady-state, /v1/force-release and GET /v1/status.
 
     Any number of replicas may serve the same etcd: the slots live in etcd only,
     changed by compare-and-swap, and each write applies this replica's slot count.
+
+    --config FILE here is the server's configuration (YAML: slots, ttl,
+    groups.NAME.{slots,ttl}, adminToken, clientToken), read again when it changes.
     """
     from reconciler.fleet.server import ConfigInvalid, serve
+
+    root = ctx.find_root().obj  # kruxos moves --config to itself, wherever it stands
+    config_file = Path(root) if root else None
 
     urls = [url.strip() for url in etcd.split(",") if url.strip()]
     try:

@@ -18,6 +18,7 @@ import json
 import os
 import re
 import signal
+import socket
 import sys
 import threading
 import time
@@ -242,6 +243,12 @@ class Handler(BaseHTTPRequestHandler):
     server_version = "kruxos-fleetlock"
     sys_version = ""
 
+    def setup(self) -> None:
+        super().setup()
+        # Headers and body leave in two writes: without this, Nagle's algorithm and
+        # the peer's delayed ACK hold every answer back by tens of milliseconds.
+        self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
         pass  # each decision is logged by the handler itself, without headers
 
@@ -327,6 +334,10 @@ class Handler(BaseHTTPRequestHandler):
         except Contended as exc:
             log(str(exc))
             self._answer(503, {"kind": "contended", "value": str(exc)})
+        except Exception as exc:  # noqa: BLE001 - answered, not dropped
+            log(f"internal error: {exc!r}")
+            self._answer(500, {"kind": "internal", "value": "internal error (see the log)"},
+                         close=True)
 
     def _pre_reboot(self) -> None:
         config = self.server.config.current()

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
-import etcd3gw  # type: ignore[import-untyped,unused-ignore]
+import etcd3gw
 from etcd3gw import exceptions as etcd_errors
 
 #: Where the groups' keys live: PREFIX + group.
@@ -83,8 +83,7 @@ class Etcd:
             client = self._clients[index]
             try:
                 answer = client.post(client.get_url(path), data=json.dumps(body))
-            except (etcd_errors.ConnectionFailedError, etcd_errors.ConnectionTimeoutError,
-                    etcd_errors.InternalServerError) as exc:
+            except etcd_errors.Etcd3Exception as exc:  # refused, timed out, no leader
                 last = exc
                 continue
             with self._lock:
