@@ -38,6 +38,16 @@ def etcd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
 
 
 @pytest.fixture
+def cluster3(tmp_path: Path) -> Iterator[Cluster]:
+    """Three members, for the fault tests (a test may kill some)."""
+    cluster = start_cluster(tmp_path / "cluster", members=3)
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture
 def servers(tmp_path: Path) -> Iterator[list[Server]]:
     """The servers a test starts (stopped at its end)."""
     started: list[Server] = []
@@ -283,18 +293,14 @@ def test_force_release_and_client_auth_need_their_tokens(
 
 
 def test_a_killed_member_of_three_leaves_the_server_answering(
-        servers: list[Server], tmp_path: Path) -> None:
-    cluster = start_cluster(tmp_path / "cluster", members=3)
-    try:
-        servers.append(start_server(tmp_path, cluster.urls, slots=1))
-        server = servers[0]
-        assert call(server, "pre-reboot", "a", "quorum").status_code == 200
-        cluster.kill(0)  # the endpoint the server tried first
-        refusal(call(server, "pre-reboot", "b", "quorum"), 409, "failed_lock")
-        assert call(server, "steady-state", "a", "quorum").status_code == 200
-        assert call(server, "pre-reboot", "b", "quorum").status_code == 200
-        assert holders(cluster, "quorum").keys() == {"b"}
-        cluster.kill(1)  # and once quorum is lost, the server says so instead of guessing
-        refusal(call(server, "pre-reboot", "c", "quorum"), 503, "store_unavailable")
-    finally:
-        cluster.stop()
+        cluster3: Cluster, servers: list[Server], tmp_path: Path) -> None:
+    servers.append(start_server(tmp_path, cluster3.urls, slots=1))
+    server = servers[0]
+    assert call(server, "pre-reboot", "a", "quorum").status_code == 200
+    cluster3.kill(0)  # the endpoint the server tried first
+    refusal(call(server, "pre-reboot", "b", "quorum"), 409, "failed_lock")
+    assert call(server, "steady-state", "a", "quorum").status_code == 200
+    assert call(server, "pre-reboot", "b", "quorum").status_code == 200
+    assert holders(cluster3, "quorum").keys() == {"b"}
+    cluster3.kill(1)  # and once quorum is lost, the server says so instead of guessing
+    refusal(call(server, "pre-reboot", "c", "quorum"), 503, "store_unavailable")
