@@ -200,6 +200,8 @@ def test_two_replicas_never_grant_more_than_the_slots(etcd: Cluster, servers: li
     assert most_in_etcd >= 2, "the devices never overlapped: the test proved nothing"
     assert holders(etcd, "hammer") == {}
     assert stored(etcd, "hammer")["slots"] == slots
+    for replica in servers:  # both replicas granted slots: the bound held between them
+        assert "holds a slot" in replica.output(), replica.output()[-1000:]
 
 
 def test_the_slot_count_of_the_config_applies_on_the_next_write(
