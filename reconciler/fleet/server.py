@@ -32,7 +32,7 @@ from ruamel.yaml.error import YAMLError
 
 from reconciler.fleet.store import PREFIX, Contended, Etcd, Semaphores, StoreUnavailable
 
-GROUP_RE = re.compile(r"^[a-zA-Z0-9.-]+$")
+GROUP_RE = re.compile(r"[a-zA-Z0-9.-]+")
 #: The largest request body read; a larger one is refused unread.
 MAX_BODY = 16 * 1024
 #: How many past releases (TTL expiries, forced releases) a group's key keeps.
@@ -101,7 +101,7 @@ def parse_config(data: object, default_slots: int) -> ServerConfig:
     if not isinstance(raw_groups, dict):
         raise ConfigInvalid("groups must be a mapping of group name to its rule")
     for name, rule in raw_groups.items():
-        if not isinstance(name, str) or not GROUP_RE.match(name):
+        if not isinstance(name, str) or not GROUP_RE.fullmatch(name):
             raise ConfigInvalid(f"group name {name!r} does not match {GROUP_RE.pattern}")
         rule = rule or {}
         if not isinstance(rule, dict) or set(rule) - {"slots", "ttl"}:
@@ -305,7 +305,7 @@ class Handler(BaseHTTPRequestHandler):
         if not isinstance(device, str) or not device or len(device) > MAX_ID:
             raise Refusal(400, "bad_request",
                           f"client_params.id must be a string of 1 to {MAX_ID} characters")
-        if not isinstance(group, str) or not GROUP_RE.match(group) or len(group) > MAX_ID:
+        if not isinstance(group, str) or not GROUP_RE.fullmatch(group) or len(group) > MAX_ID:
             raise Refusal(400, "invalid_group", f"the group must match {GROUP_RE.pattern}")
         return device, group
 
@@ -378,7 +378,7 @@ class Handler(BaseHTTPRequestHandler):
             raise Refusal(401, "unauthorized", "a valid admin bearer token is required")
         body = self._body()
         device, group = body.get("id"), body.get("group")
-        if not isinstance(group, str) or not GROUP_RE.match(group):
+        if not isinstance(group, str) or not GROUP_RE.fullmatch(group):
             raise Refusal(400, "invalid_group", f"the group must match {GROUP_RE.pattern}")
         if not isinstance(device, str) or not device:
             raise Refusal(400, "bad_request", "id must be a non-empty string")

@@ -18,7 +18,7 @@ import httpx
 import pytest
 
 from reconciler.fleet.store import PREFIX, Etcd
-from tests.etcd_rig import Cluster, Server, start_cluster, start_server, stop_all
+from tests.etcd_rig import Cluster, Server, start_cluster, start_server
 from tests.waiting import wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.needs_tool("etcd")]
@@ -26,15 +26,6 @@ pytestmark = [pytest.mark.slow, pytest.mark.needs_tool("etcd")]
 PROTOCOL = {"fleet-lock-protocol": "true"}
 ADMIN_TOKEN = "admin-" + "a1b2c3d4e5f6a7b8c9d0"
 CLIENT_TOKEN = "client-" + "0f1e2d3c4b5a69788796"
-
-
-@pytest.fixture(scope="module")
-def etcd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    cluster = start_cluster(tmp_path_factory.mktemp("etcd"), members=1)
-    try:
-        yield cluster
-    finally:
-        cluster.stop()
 
 
 @pytest.fixture
@@ -45,14 +36,6 @@ def cluster3(tmp_path: Path) -> Iterator[Cluster]:
         yield cluster
     finally:
         cluster.stop()
-
-
-@pytest.fixture
-def servers(tmp_path: Path) -> Iterator[list[Server]]:
-    """The servers a test starts (stopped at its end)."""
-    started: list[Server] = []
-    yield started
-    stop_all(*started)
 
 
 def call(server: Server, endpoint: str, device: str, group: str, *,
@@ -114,7 +97,7 @@ def test_the_protocol_answers_as_zincati_expects(etcd: Cluster, servers: list[Se
     refusal(call(server, "steady-state", "dev-c", "proto",
                  headers={"fleet-lock-protocol": "false"}), 400, "missing_protocol_header")
     # Groups outside ^[a-zA-Z0-9.-]+$ are refused, and no key is made for them.
-    for bad in ("with space", "", "under_score", "slash/x", "ünï"):
+    for bad in ("with space", "", "under_score", "slash/x", "ünï", "trailing\n"):
         refusal(call(server, "pre-reboot", "dev-c", bad), 400, "invalid_group")
     assert Etcd(etcd.urls).get(PREFIX + "under_score").value is None
     # Bodies that are not the protocol's.
