@@ -16,9 +16,12 @@ from reconciler.observed import HealthProgress, Mark, Request, SlotName, TrialPo
 
 @dataclass(frozen=True)
 class Nothing:
-    """The device already is what the spec asks for."""
+    """The device already is what the spec asks for; look again at ``until`` at the latest
+    (``None``: on a trigger or the resync), when what the spec asks for may change (a
+    release held back by its rollout is offered then)."""
 
     reason: str
+    until: datetime | None = None
     kind: ClassVar[str] = "nothing"
 
 

@@ -24,17 +24,25 @@ import hashlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from fractions import Fraction
 from typing import Any
 
 import httpx
 
-from reconciler.config import Device, channel_origin
+from reconciler.config import Device, channel_origin, rollout_id
 from reconciler.errors import KruxosError, ReleaseError, TemporaryError
 from reconciler.observed import ChannelView
 from reconciler.release.client import ChannelTrust, CredentialTransport, fetch_raw
-from reconciler.release.features import missing, newest_installable, refusal_reason, why_not
+from reconciler.release.features import (
+    held_back,
+    missing,
+    newest_installable,
+    refusal_reason,
+    why_not,
+)
 from reconciler.release.keys import load_revoked, load_trusted_keys
 from reconciler.release.metadata import ChannelMetadata, Release, semver_key, verify_metadata
+from reconciler.release.rollout import wariness_of
 from reconciler.spec import UpdatePolicy
 from reconciler.store import StateStore
 
@@ -64,25 +72,32 @@ RefusalSink = Callable[[Refusal], None]
 
 
 def view_of(meta: ChannelMetadata, error: str | None = None,
-            retry: timedelta = timedelta(seconds=30), runtime: str | None = None) -> ChannelView:
+            retry: timedelta = timedelta(seconds=30), runtime: str | None = None,
+            now: datetime | None = None, wariness: Fraction | None = None) -> ChannelView:
     """The channel as ``decide`` sees it, from verified metadata.
 
-    ``latest`` is the newest release a device of ``runtime`` can install; the
-    others are listed in ``refused`` (newest first) with their reason, and never
-    staged: a release without a root image on a slot device, one without a
+    ``latest`` is the newest release a device of ``runtime`` can install and, given
+    ``now`` and its ``wariness``, whose phased rollout has reached it; the newer
+    installable ones held back by their rollout are in ``held`` with when each is
+    offered. The others are listed in ``refused`` (newest first) with their reason,
+    and never staged: a release without a root image on a slot device, one without a
     container image on a container device, one requiring a feature not implemented.
     """
     newest_first = sorted(meta.releases, key=lambda r: semver_key(r.version), reverse=True)
     refused = {r.version: why for r in newest_first
                if (why := why_not(r, runtime=runtime)) is not None}
-    latest = newest_installable(meta, runtime=runtime)
+    latest = newest_installable(meta, runtime=runtime, now=now, wariness=wariness)
+    held = [] if now is None or wariness is None else held_back(meta, now, wariness,
+                                                                runtime=runtime)
     return ChannelView(versions=frozenset(r.version for r in meta.releases),
                        latest=latest.version if latest else None, error=error,
                        retry_after=retry, refused=refused,
                        components={r.version: parts for r in meta.releases
                                    if (parts := r.components()) is not None},
                        images={r.version: r.container_image for r in meta.releases
-                               if r.container_image})
+                               if r.container_image},
+                       held={h.version: h.reason() for h in held},
+                       held_until=min((h.offered_at for h in held if h.offered_at), default=None))
 
 
 def release_refusal(meta: ChannelMetadata, runtime: str | None = None) -> Refusal | None:
@@ -105,6 +120,12 @@ def release_refusal(meta: ChannelMetadata, runtime: str | None = None) -> Refusa
               for r, _ in refused[:LISTED_REFUSALS]]
     return Refusal("release-refused", key.hexdigest(), refusal_reason(refused),
                    {"releases": listed, "count": len(refused)})
+
+
+def device_wariness(device: Device) -> Fraction:
+    """The wariness of ``device``: from its ``deviceId``, else its machine id
+    (:func:`reconciler.config.rollout_id`); without either, the most wary."""
+    return wariness_of(rollout_id(device))
 
 
 class ChannelWatch:
@@ -154,7 +175,13 @@ class ChannelWatch:
             self._key = key
         if self._meta is None:
             return ChannelView(error=self._error or "no metadata", retry_after=self._retry)
-        return view_of(self._meta, self._error, self._retry, self.device.runtime)
+        return view_of(self._meta, self._error, self._retry, self.device.runtime, now,
+                       self.wariness)
+
+    @property
+    def wariness(self) -> Fraction:
+        """This device's place in every phased rollout (``docs/rollout.md``)."""
+        return device_wariness(self.device)
 
     def refresh(self, policy: UpdatePolicy, now: datetime) -> ChannelMetadata | None:
         """Fetch and verify now; on failure keep no stale trust, remember the error."""

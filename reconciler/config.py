@@ -184,6 +184,7 @@ class DeviceConfig(_Model):
                                        min_length=1)
     cmdline: str = "/proc/cmdline"
     boot_id: str = Field(default="/proc/sys/kernel/random/boot_id", alias="bootId")
+    machine_id: str = Field(default="/etc/machine-id", alias="machineId")
     trial_tries: Annotated[int, Field(ge=1, le=9)] = Field(default=3, alias="trialTries")
     resync: Duration = timedelta(minutes=5)
     port_map: str | None = Field(default=None, alias="portMap")
@@ -216,6 +217,21 @@ class ChannelCredentials:
         found = self.password_file or self.token_file
         assert found is not None, "validated: one of the two is set"
         return found
+
+
+def rollout_id(device: Device) -> str | None:
+    """The id a phased rollout hashes into this device's place (``docs/rollout.md``): the
+    device layer's ``deviceId`` if set, else the first line of the machine id file
+    (``machineId``, ``/etc/machine-id``); ``None`` when neither gives one."""
+    if device.device_id:
+        return device.device_id
+    try:
+        with device.machine_id.open("rb") as handle:
+            text = handle.read(256).decode("ascii", "replace")
+    except OSError:
+        return None
+    first = text.splitlines()[0].strip() if text.strip() else ""
+    return first or None
 
 
 def channel_origin(url: str) -> str | None:
@@ -271,6 +287,8 @@ class Device:
     container: ContainerConfig | None = None
     #: The container's secrets (``NAME=VALUE`` lines, mode 0600), resolved.
     container_secrets: Path | None = None
+    #: The OS's machine id: the device's id in a phased rollout when ``deviceId`` is unset.
+    machine_id: Path = Path("/etc/machine-id")
 
     def slot_device(self, slot: SlotName) -> str:
         """``sda3``: the short device name status lines show."""
@@ -528,6 +546,7 @@ def _resolve(cfg: DeviceConfig, source: Path, overlay: Path | None = None) -> De
         restart_command=tuple(cfg.restart_command),
         cmdline=at(cfg.cmdline),
         boot_id=at(cfg.boot_id),
+        machine_id=at(cfg.machine_id),
         trial_tries=cfg.trial_tries,
         resync=cfg.resync,
         port_map=at(cfg.port_map) if cfg.port_map else None,

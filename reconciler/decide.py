@@ -466,10 +466,39 @@ def _desired(policy: UpdatePolicy, obs: ObservedState) -> tuple[str | None, str]
 
 
 def _converge(policy: UpdatePolicy, obs: ObservedState, now: datetime) -> Action:
-    """Bring the booted version to the desired one; say which newer releases ``latest`` skipped."""
+    """Bring the booted version to the desired one; say which newer releases ``latest`` skipped
+    and which its phased rollout holds back (looking again by the time one is offered)."""
     action = _converge_to(policy, obs, now)
-    note = _skipped_note(policy, obs)
-    return replace(action, reason=action.reason + note) if note else action
+    note = _skipped_note(policy, obs) + _held_note(policy, obs)
+    action = replace(action, reason=action.reason + note) if note else action
+    return _look_again_by(policy, obs, action)
+
+
+def _held_note(policy: UpdatePolicy, obs: ObservedState) -> str:
+    """``; 1.2.0 is being rolled out: this device is offered it at ...``, or ``""``.
+
+    Only ``latest`` is held back by a rollout: a version the spec names, or a
+    person pinned, is a person's choice.
+    """
+    if obs.override is not None or policy.spec.version != "latest" or not obs.channel.held:
+        return ""
+    reasons = list(obs.channel.held.values())
+    more = len(reasons) - _NAMED_SKIPS
+    return "; " + "; ".join(reasons[:_NAMED_SKIPS]) + (f"; and {more} more held back"
+                                                       if more > 0 else "")
+
+
+def _look_again_by(policy: UpdatePolicy, obs: ObservedState, action: Action) -> Action:
+    """A rest (``Nothing``, ``Wait``) that ends no later than the first held-back release is
+    offered: ``latest`` may change then."""
+    until = obs.channel.held_until
+    if until is None or obs.override is not None or policy.spec.version != "latest":
+        return action
+    if isinstance(action, Nothing) and (action.until is None or action.until > until):
+        return replace(action, until=until)
+    if isinstance(action, Wait) and (action.until is None or action.until > until):
+        return replace(action, until=until)
+    return action
 
 
 def _converge_to(policy: UpdatePolicy, obs: ObservedState, now: datetime) -> Action:

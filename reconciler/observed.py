@@ -116,6 +116,13 @@ class ChannelView:
     #: Each release's signed container image (``REPOSITORY@sha256:HEX``), by version: what
     #: a device with ``runtime: docker`` pulls, by digest only.
     images: Mapping[str, str] = field(default_factory=dict)
+    #: Installable releases newer than ``latest`` whose phased rollout has not reached this
+    #: device yet, by version, newest first, each with why and when it will be
+    #: (``1.2.0 is being rolled out: this device is offered it at ...``).
+    held: Mapping[str, str] = field(default_factory=dict)
+    #: The first moment one of them is offered (``None``: none will be while the channel
+    #: stays as signed): ``latest`` may change then, so the daemon looks again by then.
+    held_until: datetime | None = None
 
 
 ServiceStep = Literal["staged", "switched", "restarted"]

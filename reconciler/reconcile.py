@@ -373,8 +373,10 @@ class Reconciler:
             return now  # a release whose container did not start is rolled back at once
         if not outcome.ok:
             return now + timedelta(seconds=30)
-        if isinstance(action, Wait):
+        if isinstance(action, Wait | Nothing) and action.until is not None:
             return action.until
+        if isinstance(action, Wait):
+            return None
         if isinstance(action, Nothing | Blocked) or spec is None:
             return None  # only a trigger or the resync can change the answer
         return now  # a step ran: look again at once, the next step may be due

@@ -187,23 +187,23 @@ def test_unknown_fields_that_change_nothing_a_device_must_do_are_ignored() -> No
 
 def test_a_release_requiring_an_unknown_feature_is_not_installable_a_known_one_is() -> None:
     meta = _verify(_document(_signed(releases=[
-        _release("1.0.0"), _release("1.1.0", requires=["delta-images", "phased-rollout"]),
+        _release("1.0.0"), _release("1.1.0", requires=["delta-images", "block-index-64k"]),
         _release("1.2.0", requires=["delta-images"])])))
     assert features.FEATURES == frozenset({"service-artifacts", "service-data",
-                                           "container-image"})
+                                           "container-image", "phased-rollout"})
     newer = meta.find("1.1.0")
     assert newer is not None
-    assert features.why_not(newer) == ("requires delta-images, phased-rollout, which "
+    assert features.why_not(newer) == ("requires delta-images, block-index-64k, which "
                                        "this device does not implement")
     implemented = frozenset({"delta-images"})
-    assert features.missing(newer, implemented) == ("phased-rollout",)
-    everything = frozenset({"delta-images", "phased-rollout", "block-index-64k"})
+    assert features.missing(newer, implemented) == ("block-index-64k",)
+    everything = frozenset({"delta-images", "block-index-64k"})
     assert features.why_not(newer, everything) is None
     newest = features.newest_installable(meta)
     assert newest is not None and newest.version == "1.0.0"
     assert [(r.version, why) for r, why in features.skipped(meta)] == [
         ("1.2.0", "requires delta-images, which this device does not implement"),
-        ("1.1.0", "requires delta-images, phased-rollout, which this device does not "
+        ("1.1.0", "requires delta-images, block-index-64k, which this device does not "
                   "implement")]
     best = features.newest_installable(meta, everything)
     assert best is not None and best.version == "1.2.0"
@@ -375,9 +375,9 @@ def test_signing_refuses_a_release_field_this_version_does_not_know(
 ) -> None:
     _add(channel, "1.0.0")
     draft = json.loads((channel / "draft.json").read_text())
-    draft["releases"][0]["rollout"] = {"percent": 10}  # a device would ignore it: refused
+    draft["releases"][0]["deltas"] = {"from": "0.9.0"}  # a device would ignore it: refused
     (channel / "draft.json").write_text(json.dumps(draft))
-    with pytest.raises(ReleaseError, match=r"releases\[0\] has field\(s\) 'rollout' this "
+    with pytest.raises(ReleaseError, match=r"releases\[0\] has field\(s\) 'deltas' this "
                                            r"version of kruxos does not know"):
         _publish_signed(channel, tmp_path)
     assert not (channel / "metadata.json").exists()
@@ -399,18 +399,18 @@ def test_cli_add_takes_requires_and_verify_shows_it(tmp_path: Path) -> None:
     chan = str(tmp_path / "stable")
     image = build_sim_image(tmp_path / "img", "1.2.3", size=50_000)
     added = run(release_group, ["add", chan, str(image), "--version", "1.2.3",
-                                "--requires", "delta-images", "--requires", "phased-rollout"])
+                                "--requires", "delta-images", "--requires", "block-index-64k"])
     assert added.exit_code == 0, added.output
-    assert "requires delta-images, phased-rollout: devices that do not implement it skip" \
+    assert "requires delta-images, block-index-64k: devices that do not implement it skip" \
         in added.output
-    assert "note: this kruxos does not implement delta-images, phased-rollout" \
+    assert "note: this kruxos does not implement delta-images, block-index-64k" \
         in added.output
     run(release_group, ["sign", chan, "--key", str(tmp_path / "release.key")])
     verified = run(release_group, ["verify", chan, "--key", str(tmp_path / "release.pub")])
     assert verified.exit_code == 0, verified.output
     assert "format 2" in verified.output
     assert "1.2.3 (latest): kruxos-1.2.3.img, 50000 bytes" in verified.output
-    assert "requires delta-images, phased-rollout" in verified.output
+    assert "requires delta-images, block-index-64k" in verified.output
     bad = run(release_group, ["add", chan, str(image), "--version", "1.2.3", "--requires", "X!"])
     assert bad.exit_code == 1 and "--requires: 'X!' is not a feature name" in bad.output
 

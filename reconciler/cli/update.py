@@ -32,7 +32,7 @@ import click
 
 from reconciler.actions import Blocked
 from reconciler.audit import AuditRecord
-from reconciler.channelwatch import ChannelWatch, view_of
+from reconciler.channelwatch import ChannelWatch, device_wariness, view_of
 from reconciler.cli.link import Link, connect
 from reconciler.config import Device
 from reconciler.container_rules import ContainerRollback, container_rollback
@@ -48,8 +48,9 @@ from reconciler.errors import KruxosError
 from reconciler.inspect import inspect_device, spec_in_force
 from reconciler.observed import ChannelView
 from reconciler.quoting import printable
-from reconciler.release.features import newest_installable, skipped, why_not
+from reconciler.release.features import held_back, newest_installable, skipped, why_not
 from reconciler.release.metadata import ChannelMetadata
+from reconciler.release.rollout import percent
 from reconciler.service_rules import ServiceRollback, service_need
 from reconciler.store import StateStore
 
@@ -98,10 +99,12 @@ def check(ctx: click.Context, as_json: bool) -> None:
         meta = verified_metadata(device)
     except KruxosError as exc:
         _fail(f"cannot check for updates: {exc}", 2, as_json, why="channel")
-    runtime = device.runtime
-    observed = inspect_device(device, _now(), channel=view_of(meta, runtime=runtime)).observed
+    runtime, now, wariness = device.runtime, _now(), device_wariness(device)
+    observed = inspect_device(device, now, channel=view_of(meta, runtime=runtime, now=now,
+                                                            wariness=wariness)).observed
     current = observed.running_version
-    latest = newest_installable(meta, runtime=runtime)
+    latest = newest_installable(meta, runtime=runtime, now=now, wariness=wariness)
+    holds = held_back(meta, now, wariness, runtime=runtime)
     newer = latest is not None and is_newer(latest.version, current)
     passed = skipped(meta, runtime=runtime)
     failed = observed.failed if latest is not None and observed.failed is not None \
@@ -115,6 +118,11 @@ def check(ctx: click.Context, as_json: bool) -> None:
                                "changes": list(latest.changes) if latest else [],
                                "skipped": [{"version": r.version, "requires": list(r.requires),
                                             "reason": why} for r, why in passed],
+                               "held": [{"version": h.version, "reason": h.reason(),
+                                         "offered_at": h.offered_at.isoformat()
+                                         if h.offered_at else None,
+                                         "share": float(h.share), "place": float(h.place)}
+                                        for h in holds],
                                "channel": meta.channel, "serial": meta.serial}))
         sys.exit(1 if newer else 0)
     click.echo(f"Current version: {current or 'unknown'}")
@@ -128,6 +136,8 @@ def check(ctx: click.Context, as_json: bool) -> None:
                f"Latest version: {latest.version if latest else 'none published'}{kind}")
     for rel, why in passed:
         click.echo(f"Skipped {rel.version}: it {why}.")
+    for hold in holds:
+        click.echo(f"Held back: {hold.reason()}; rolled out to {percent(hold.share)} now.")
     if not newer or latest is None:
         click.echo("KruxOS is up to date.")
         sys.exit(0)
@@ -166,11 +176,15 @@ def apply(ctx: click.Context, version: str | None, yes: bool, no_reboot: bool,
         meta = verified_metadata(device)
     except KruxosError as exc:
         _fail(f"update refused: {exc}", 1, as_json)
-    view = inspect_device(device, _now(), channel=view_of(meta, runtime=device.runtime))
+    now, wariness = _now(), device_wariness(device)
+    view = inspect_device(device, now, channel=view_of(meta, runtime=device.runtime, now=now,
+                                                       wariness=wariness))
     if version == "latest":  # what `update check` calls the newest release
         version = None
-    release = meta.find(version) if version else newest_installable(meta,
-                                                                    runtime=device.runtime)
+    # A named version is a person's choice, taken whatever its rollout; without one, the
+    # newest release offered to this device, as `update check` shows it.
+    release = meta.find(version) if version else newest_installable(
+        meta, runtime=device.runtime, now=now, wariness=wariness)
     if release is None:
         what = version or ("a release this device can install" if meta.releases else "a release")
         _fail(f"{what} is not published on channel {meta.channel!r}", 1, as_json)

@@ -49,6 +49,7 @@ from reconciler.release.metadata import (
     semver_key,
     verify_metadata,
 )
+from reconciler.release.rollout import ROLLOUT_FEATURE, Rollout, parse_rollout
 
 METADATA_FILE = "metadata.json"
 DRAFT_FILE = "draft.json"
@@ -179,7 +180,7 @@ def _add_service(channel_dir: Path, source: ServiceSource, block_size: int) -> S
 def add_release(channel_dir: Path, image_path: Path | None, version: str, changes: Sequence[str],
                 date_: date | None = None, *, block_size: int = DEFAULT_BLOCK_SIZE,
                 requires: Sequence[str] = (), services: Sequence[ServiceSource] = (),
-                container_image: str | None = None) -> Release:
+                container_image: str | None = None, rollout: Rollout | None = None) -> Release:
     """Copy an image (and service artifacts) into the channel and list the release in the
     draft (sign to publish).
 
@@ -192,7 +193,8 @@ def add_release(channel_dir: Path, image_path: Path | None, version: str, change
 
     Without ``image_path`` the release is container-only: it names only its
     ``container_image`` (required then), carries no root image and no service,
-    and slot devices cannot install it.
+    and slot devices cannot install it. A ``rollout`` offers it to a growing share
+    of devices (``docs/rollout.md``); the release then requires :data:`ROLLOUT_FEATURE`.
     """
     semver_key(version)
     if image_path is None:
@@ -200,7 +202,8 @@ def add_release(channel_dir: Path, image_path: Path | None, version: str, change
     wanted = [*requires, *([SERVICE_FEATURE] if services and SERVICE_FEATURE not in requires
                            else []),
                *([CONTAINER_FEATURE] if container_image and CONTAINER_FEATURE not in requires
-                 else [])]
+                 else []),
+               *([ROLLOUT_FEATURE] if rollout and ROLLOUT_FEATURE not in requires else [])]
     if any(s.data_dir is not None or s.migrates_data for s in services) \
             and SERVICE_DATA_FEATURE not in wanted:
         wanted.append(SERVICE_DATA_FEATURE)
@@ -224,15 +227,46 @@ def add_release(channel_dir: Path, image_path: Path | None, version: str, change
     day = (date_ or datetime.now(UTC).date()).isoformat()
     if image_path is None:
         release = Release(version, day, tuple(changes), "", 0, "", 0, (), needs, (),
-                          container_image)
+                          container_image, rollout)
     else:
         name = image_name(version)
         size, sha, blocks = _copy_hashing(image_path, channel_dir / name, block_size)
         release = Release(version, day, tuple(changes), name, size, sha, block_size,
-                          tuple(blocks), needs, artifacts, container_image)
+                          tuple(blocks), needs, artifacts, container_image, rollout)
     draft["releases"].append(release.to_json())
     atomic_write_json(channel_dir / DRAFT_FILE, draft, PUBLIC_MODE)
     return release
+
+
+def set_rollout(channel_dir: Path, version: str, rollout: Rollout | None) -> Rollout | None:
+    """Give ``version`` of the draft a new ``rollout`` (``None``: offered to every device at
+    once) and return the one it had; sign to publish. With a rollout the release requires
+    :data:`ROLLOUT_FEATURE`; without one the requirement is dropped (a device without the
+    feature may then take it like any release)."""
+    draft = _load_draft(channel_dir)
+    index = next((i for i, r in enumerate(draft["releases"])
+                  if isinstance(r, dict) and r.get("version") == version), None)
+    if index is None:
+        raise ReleaseError(f"{channel_dir}: version {version} is not in the channel")
+    rel = draft["releases"][index]
+    where = f"{channel_dir / DRAFT_FILE}: releases[{index}]"
+    try:
+        needs = parse_requires(rel.get("requires", []), f"{where}.requires")
+        old = parse_rollout(rel.get("rollout"), f"{where}.rollout", needs)
+    except ReleaseError as exc:
+        raise ReleaseError(str(exc).removeprefix("channel metadata: ")) from exc
+    rest = [name for name in needs if name != ROLLOUT_FEATURE]
+    wanted = [*rest, ROLLOUT_FEATURE] if rollout is not None else rest
+    if wanted:
+        rel["requires"] = wanted
+    else:
+        rel.pop("requires", None)
+    if rollout is None:
+        rel.pop("rollout", None)
+    else:
+        rel["rollout"] = rollout.to_json()
+    atomic_write_json(channel_dir / DRAFT_FILE, draft, PUBLIC_MODE)
+    return old
 
 
 def _check_container_only(container_image: str | None,
@@ -295,6 +329,7 @@ def _check_services(channel_dir: Path, releases: Iterable[dict[str, Any]]) -> No
                                               f"releases[{i}].container_image", needs)
             if "image" not in rel:
                 check_container_only(rel, f"releases[{i}].", container, services)
+            parse_rollout(rel.get("rollout"), f"releases[{i}].rollout", needs)
         except ReleaseError as exc:
             raise ReleaseError(f"{channel_dir / DRAFT_FILE}: "
                                f"{str(exc).removeprefix('channel metadata: ')}") from exc

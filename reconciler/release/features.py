@@ -16,8 +16,11 @@ those releases instead of misreading them.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from datetime import datetime
+from fractions import Fraction
 
 from reconciler.release.metadata import ChannelMetadata, Release, semver_key
+from reconciler.release.rollout import Hold, hold_of
 
 #: Why a device of each runtime cannot install a release that lacks what it installs: a
 #: slot device writes a root image, a container device pulls a container image.
@@ -29,11 +32,12 @@ _NO_PAYLOAD = {
 
 #: The features this build of KruxOS implements: ``service-artifacts`` (service updates,
 #: no reboot), ``service-data`` (a service's data copied before its switch, put back on a
-#: restore; no rollback past a migration it cannot give back) and ``container-image`` (a
-#: release's container image, signed by digest, for devices with ``runtime: docker``). The
-#: names reserved for the coming ones are ``phased-rollout`` and ``block-index-64k``
-#: (``docs/channel.md``).
-FEATURES: frozenset[str] = frozenset({"service-artifacts", "service-data", "container-image"})
+#: restore; no rollback past a migration it cannot give back), ``container-image`` (a
+#: release's container image, signed by digest, for devices with ``runtime: docker``) and
+#: ``phased-rollout`` (a release offered to a growing share of devices, ``docs/rollout.md``).
+#: The name reserved for the coming one is ``block-index-64k`` (``docs/channel.md``).
+FEATURES: frozenset[str] = frozenset({"service-artifacts", "service-data", "container-image",
+                                      "phased-rollout"})
 #: Releases a refusal names one by one; the rest are counted.
 NAMED_REFUSALS = 4
 
@@ -66,10 +70,28 @@ def installable(releases: Iterable[Release], implemented: frozenset[str] | None 
 
 
 def newest_installable(meta: ChannelMetadata, implemented: frozenset[str] | None = None,
-                       runtime: str | None = None) -> Release | None:
-    """What ``latest`` means on this device: the highest version it can install."""
-    return max(installable(meta.releases, implemented, runtime),
+                       runtime: str | None = None, *, now: datetime | None = None,
+                       wariness: Fraction | None = None) -> Release | None:
+    """What ``latest`` means on this device: the highest version it can install and, given
+    ``now`` and the device's ``wariness``, whose rollout has reached it (``docs/rollout.md``);
+    without them (the publisher's view) every rollout counts as complete."""
+    return max((r for r in installable(meta.releases, implemented, runtime)
+                if now is None or wariness is None
+                or hold_of(r.version, r.rollout, wariness, now) is None),
                key=lambda r: semver_key(r.version), default=None)
+
+
+def held_back(meta: ChannelMetadata, now: datetime, wariness: Fraction,
+              implemented: frozenset[str] | None = None,
+              runtime: str | None = None) -> list[Hold]:
+    """The installable releases newer than what ``latest`` resolves to on this device that
+    their rollout has not reached yet, newest first."""
+    newest = newest_installable(meta, implemented, runtime, now=now, wariness=wariness)
+    floor = semver_key(newest.version) if newest is not None else None
+    found = [hold for r in installable(meta.releases, implemented, runtime)
+             if (floor is None or semver_key(r.version) > floor)
+             and (hold := hold_of(r.version, r.rollout, wariness, now)) is not None]
+    return sorted(found, key=lambda h: semver_key(h.version), reverse=True)
 
 
 def skipped(meta: ChannelMetadata, implemented: frozenset[str] | None = None,

@@ -32,6 +32,7 @@ from nacl.signing import VerifyKey
 from reconciler.components import Components, ServicePart
 from reconciler.errors import ReleaseError
 from reconciler.quoting import excerpt
+from reconciler.release.rollout import Rollout, parse_rollout
 from reconciler.semver import Version
 
 #: The newest metadata format this device reads (every format from 1 up is read).
@@ -200,6 +201,8 @@ class Release:
     #: The container image of this release, ``REPOSITORY@sha256:HEX``, for devices with
     #: ``runtime: docker``: they pull it by this signed digest and nothing else.
     container_image: str | None = None
+    #: Its phased rollout (``docs/rollout.md``): ``None`` offers it to every device at once.
+    rollout: Rollout | None = None
 
     @property
     def has_root_image(self) -> bool:
@@ -241,13 +244,15 @@ class Release:
             doc["services"] = [service.to_json() for service in self.services]
         if self.container_image:
             doc["container_image"] = self.container_image
+        if self.rollout is not None:
+            doc["rollout"] = self.rollout.to_json()
         return doc
 
 
 #: The fields of a release this version writes and reads; a publisher signs no other.
 RELEASE_FIELDS = frozenset({"version", "date", "changes", "image", "size", "sha256",
                             "block_size", "blocks", "requires", "services",
-                            "container_image"})
+                            "container_image", "rollout"})
 
 
 def format_for(requires: Iterable[Sequence[str]]) -> int:
@@ -452,10 +457,11 @@ def _parse_release(obj: Any, index: int) -> Release:
     services = parse_services(obj.get("services", []), f"{where}services", requires)
     container = parse_container_image(obj.get("container_image"), f"{where}container_image",
                                       requires)
+    rollout = parse_rollout(obj.get("rollout"), f"{where}rollout", requires)
     if "image" not in obj:
         check_container_only(obj, where, container, services)
         return Release(version, day, tuple(changes), "", 0, "", 0, (), requires, (),
-                       container)
+                       container, rollout)
     image = _field(obj, "image", str, where)
     if not _IMAGE_NAME.match(image) or image.startswith("."):
         raise _fail(f"{where}image: {quote(image)} must be a plain file name")
@@ -463,7 +469,7 @@ def _parse_release(obj: Any, index: int) -> Release:
     block_size = _count(obj, "block_size", where, 1, MAX_BLOCK_SIZE)
     whole, blocks = _digests(obj, where, size, block_size)
     return Release(version, day, tuple(changes), image, size, whole, block_size, blocks,
-                   requires, services, container)
+                   requires, services, container, rollout)
 
 
 #: The fields of a root image: all of them, or none (a container-only release).

@@ -1,7 +1,7 @@
 """A release requiring a feature the device does not implement, end to end (``kruxos sim run``).
 
 The channel of a fresh simulated device offers 1.0.0 and 1.0.1; the publisher
-adds 1.1.0 with ``kruxos release add --requires phased-rollout`` and signs
+adds 1.1.0 with ``kruxos release add --requires block-index-64k`` and signs
 (the metadata becomes format 2). Following ``latest``, the device installs
 1.0.1, the newest release it can install, and says everywhere why it skipped
 1.1.0; a pin to 1.1.0 is refused with the reason, and nothing stages it.
@@ -16,7 +16,7 @@ from reconciler.sim.image import build_sim_image
 from tests.device import SimDevice
 from tests.waiting import holds_for
 
-WHY = "requires phased-rollout, which this device does not implement"
+WHY = "requires block-index-64k, which this device does not implement"
 
 
 def _publish_requiring(device: SimDevice, version: str, feature: str) -> None:
@@ -45,7 +45,7 @@ def _stages_of(device: SimDevice, version: str) -> list[dict[str, Any]]:
 def test_latest_installs_the_newest_release_the_device_can_and_says_what_it_skipped(
     device: SimDevice,
 ) -> None:
-    _publish_requiring(device, "1.1.0", "phased-rollout")
+    _publish_requiring(device, "1.1.0", "block-index-64k")
     device.edit_spec(version="latest")
     device.start()
     device.wait_status("1.0.1", "CONFIRMED", timeout=90)
@@ -54,7 +54,7 @@ def test_latest_installs_the_newest_release_the_device_can_and_says_what_it_skip
     assert [r["reason"] for r in refusals] == [
         f"releases this device cannot install: 1.1.0 {WHY}"]
     assert refusals[0]["details"]["releases"] == [
-        {"version": "1.1.0", "requires": ["phased-rollout"], "missing": ["phased-rollout"]}]
+        {"version": "1.1.0", "requires": ["block-index-64k"], "missing": ["block-index-64k"]}]
     stage = _stages_of(device, "1.0.1")
     assert stage and stage[0]["reason"].endswith(f"; skipped 1.1.0 ({WHY})")
 
@@ -72,7 +72,7 @@ def test_latest_installs_the_newest_release_the_device_can_and_says_what_it_skip
         "Current version: 1.0.1", "Latest version: 1.0.1", f"Skipped 1.1.0: it {WHY}.",
         "KruxOS is up to date."]
     as_json = json.loads(device.cli("update", "check", "--json", check=False).stdout)
-    assert as_json["skipped"] == [{"version": "1.1.0", "requires": ["phased-rollout"],
+    assert as_json["skipped"] == [{"version": "1.1.0", "requires": ["block-index-64k"],
                                    "reason": WHY}]
 
     apply = device.cli("update", "apply", "1.1.0", "--json", check=False)
@@ -86,7 +86,7 @@ def test_latest_installs_the_newest_release_the_device_can_and_says_what_it_skip
 def test_a_spec_pinned_to_a_release_the_device_cannot_install_is_refused_with_the_reason(
     device: SimDevice,
 ) -> None:
-    _publish_requiring(device, "1.1.0", "phased-rollout")
+    _publish_requiring(device, "1.1.0", "block-index-64k")
     device.start()
     device.wait_for(lambda: _release_refusals(device), 30, "the release-refused record")
     device.edit_spec(version="1.1.0")
