@@ -290,7 +290,8 @@ def test_an_exact_version_or_a_pin_is_not_held_back() -> None:
     exact = decide(policy("1.2.0"), observed(channel=HELD), NOW)
     assert isinstance(exact, Stage) and exact.version == "1.2.0"
     assert "rolled out" not in exact.reason
-    pinned = decide(policy("latest"), observed(channel=HELD, override=Override("1.2.0", spec_wanted="1.0.1")), NOW)
+    pin = Override("1.2.0", spec_wanted="1.0.1")
+    pinned = decide(policy("latest"), observed(channel=HELD, override=pin), NOW)
     assert isinstance(pinned, Stage) and pinned.version == "1.2.0"
     assert "rolled out" not in pinned.reason
 
