@@ -72,7 +72,7 @@ def test_check_prints_the_seed_lines_exit_1_then_up_to_date_exit_0(device: SimDe
     assert doc.returncode == 1
     assert json_of(doc) == {"ok": True, "current": "1.0.0", "latest": "1.0.1",
                             "update_available": True,
-                            "changes": [c[2:] for c in SEED_CHANGES], "skipped": [],
+                            "changes": [c[2:] for c in SEED_CHANGES], "skipped": [], "held": [],
                             "channel": "stable", "serial": json_of(doc)["serial"],
                             "failed_here": None}
 
