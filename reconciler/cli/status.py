@@ -198,7 +198,10 @@ def status_json(obs: ObservedState, boot_raw: dict[str, Any], policy: UpdatePoli
     doc = asdict(obs)
     doc["runtime"] = "docker" if obs.container is not None else "slots"
     doc["channel"] = {"versions": sorted(obs.channel.versions), "latest": obs.channel.latest,
-                      "error": obs.channel.error, "refused": dict(obs.channel.refused)}
+                      "error": obs.channel.error, "refused": dict(obs.channel.refused),
+                      "held": dict(obs.channel.held),
+                      "held_until": obs.channel.held_until.isoformat()
+                      if obs.channel.held_until else None}
     if obs.container is None:
         doc["slots"] = {name: asdict(slot) for name, slot in obs.slots.items()}
         doc["boot_status"] = obs.boot_status

@@ -65,6 +65,10 @@ def test_a_held_back_release_is_offered_once_its_rollout_reaches_the_device(
     when = datetime.fromisoformat(doc["held"][0]["offered_at"])
     assert start < when <= offer + timedelta(seconds=1)
 
+    status = device.status_json()["channel"]
+    assert status["latest"] == "1.0.0" and list(status["held"]) == ["1.0.1"]
+    assert status["held_until"] == when.isoformat()
+
     plan = json.loads(device.cli("spec", "plan", "--json", check=False).stdout)
     assert plan["action"]["kind"] == "nothing"
     assert "1.0.1 is being rolled out: this device is offered it at" in \
