@@ -156,6 +156,12 @@ def test_zero_percent_reaches_no_device_and_a_hold_never_ends() -> None:
         START + timedelta(microseconds=1)
 
 
+def test_an_offer_past_the_last_representable_time_is_never() -> None:
+    late = Rollout(datetime(9999, 12, 1, tzinfo=UTC), 0, timedelta(days=366))
+    assert late.offered_at(Fraction(99, 100)) is None
+    assert not late.reaches(Fraction(99, 100), datetime.max.replace(tzinfo=UTC))
+
+
 def test_the_offer_time_of_the_example() -> None:
     assert RAMP.offered_at(Fraction(37, 100)) == START + timedelta(hours=27, microseconds=1)
     assert RAMP.offered_at(Fraction(5, 100)) == START  # below the start percentage

@@ -74,7 +74,10 @@ class Rollout:
         # share(t) > place  <=>  t - start > duration * (place - p) / (100 - p)
         cut = _micros(self.duration) * (place - self.start_percentage) \
             / (100 - self.start_percentage)
-        return self.start + timedelta(microseconds=int(cut) + 1)
+        try:
+            return self.start + timedelta(microseconds=int(cut) + 1)
+        except OverflowError:  # past year 9999: not in any time a device will see
+            return None
 
     def to_json(self) -> dict[str, Any]:
         """``rollout`` as it appears in a release of the signed metadata."""

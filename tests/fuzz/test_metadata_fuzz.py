@@ -17,6 +17,7 @@ import hashlib
 import json
 import random
 from datetime import UTC, datetime
+from fractions import Fraction
 from typing import Any
 
 from hypothesis import strategies as st
@@ -51,6 +52,10 @@ def verify(document: bytes) -> None:
     features.newest_installable(meta)
     features.skipped(meta)
     features.skipped(meta, IMPLEMENTED)
+    for wariness in (Fraction(0), Fraction(1, 2), Fraction(2**64 - 1, 2**64)):
+        features.newest_installable(meta, now=NOW, wariness=wariness)
+        for hold in features.held_back(meta, NOW, wariness):
+            hold.reason()
 
 
 def sign(signed: Any, keyid: str = KEYID) -> dict[str, Any]:
@@ -86,6 +91,15 @@ def _release(rnd: random.Random, version: str) -> dict[str, Any]:
         release["requires"] = list(dict.fromkeys(release["requires"]))
         names = rnd.sample(SERVICE_NAMES, rnd.randint(1, 3))
         release["services"] = [_service(rnd, name) for name in names]
+    if rnd.random() < 0.3:
+        release["requires"] = list(dict.fromkeys([*release.get("requires", []),
+                                                  "phased-rollout"]))
+        release["rollout"] = {"start": rnd.choice(["2030-05-09T00:00:00Z",
+                                                   "2030-05-11T00:00:00+02:00"]),
+                              "startPercentage": rnd.randint(0, 100),
+                              "duration": rnd.choice(["1h", "2d12h", "366d"])}
+        if rnd.random() < 0.3:
+            del release["rollout"]["duration"]
     return release
 
 
@@ -137,11 +151,25 @@ HOSTILE_SERVICE_FIELDS: dict[str, list[Any]] = {
     "blocks": [[], ["A" * 64], ["a" * 63], "a" * 64],
     "sha256": ["A" * 64, "a" * 63, None],
 }
+#: Values near what ``rollout`` accepts: just past each limit, or mistyped.
+HOSTILE_ROLLOUTS: list[Any] = [
+    "48h", [], {}, {"start": None}, {"start": "2030-05-10T12:00:00"},
+    {"start": "9999-12-31T23:59:59-23:59", "duration": "366d", "startPercentage": 0},
+    {"start": "0001-01-01T00:00:00+23:59", "duration": "1s"},
+    {"start": "2030-05-10T12:00:00Z", "startPercentage": 101},
+    {"start": "2030-05-10T12:00:00Z", "startPercentage": 50.5},
+    {"start": "2030-05-10T12:00:00Z", "startPercentage": True},
+    {"start": "2030-05-10T12:00:00Z", "duration": "367d"},
+    {"start": "2030-05-10T12:00:00Z", "duration": "0s"},
+    {"start": "2030-05-10T12:00:00Z", "duration": 60},
+    {"start": "2030-05-10T12:00:00Z", "percent": 5},
+    {"start": "x" * 20_000},
+]
 RELEASE_FIELDS = ["version", "date", "changes", "image", "size", "sha256", "block_size",
-                  "blocks", "requires", "services", "unknown"]
+                  "blocks", "requires", "services", "rollout", "unknown"]
 TOP_FIELDS = ["format", "channel", "serial", "issued", "expires", "releases", "unknown"]
 _NEAR = {"format": HOSTILE_FORMATS, "requires": HOSTILE_REQUIRES,
-         "services": HOSTILE_SERVICES}
+         "services": HOSTILE_SERVICES, "rollout": HOSTILE_ROLLOUTS}
 
 
 def _hostile_service(rnd: random.Random, release: dict[str, Any]) -> None:
@@ -175,6 +203,9 @@ def _hostile_signed(rnd: random.Random) -> Any:
         target, field = signed["releases"][0], rnd.choice(RELEASE_FIELDS)
     else:
         target, field = signed, rnd.choice(TOP_FIELDS)
+    if field == "rollout" and rnd.random() < 0.8:  # past the requirement, to the fields
+        target["requires"] = list(dict.fromkeys([*target.get("requires", []),
+                                                 "phased-rollout"]))
     if rnd.random() < 0.3 and field in target:
         del target[field]
     elif field in _NEAR and rnd.random() < 0.6:
@@ -223,3 +254,18 @@ def test_the_generators_reach_service_artifacts_believed_and_refused() -> None:
             continue
         believed += any(release.services for release in meta.releases)
     assert believed >= 20 and refused >= 10, (believed, refused)
+
+
+def test_the_generators_reach_rollouts_believed_and_refused() -> None:
+    """The documents fed above carry rollouts a device believes, and hostile ones that its
+    rollout parsing refuses."""
+    believed, refused = 0, 0
+    for seed in range(3000):
+        try:
+            meta = verify_metadata(envelope(seed), {KEYID: KEY.verify_key}, frozenset(), NOW,
+                                   3, None, channel="stable")
+        except ReleaseError as exc:
+            refused += ".rollout" in str(exc)
+            continue
+        believed += any(release.rollout for release in meta.releases)
+    assert believed >= 100 and refused >= 10, (believed, refused)
