@@ -309,6 +309,27 @@ class RollbackContainer:
     kind: ClassVar[str] = "rollback-container"
 
 
+@dataclass(frozen=True)
+class TakeRebootSlot:
+    """Ask the FleetLock server for a reboot slot in ``group`` before rebooting into
+    ``version`` (the last gate of a forward reboot)."""
+
+    group: str
+    version: str
+    reason: str
+    kind: ClassVar[str] = "take-reboot-slot"
+
+
+@dataclass(frozen=True)
+class ReleaseRebootSlot:
+    """Give the reboot slot of ``group`` back (``steady-state``): once the trial is
+    confirmed or the rollback has booted, and once in every boot."""
+
+    group: str
+    reason: str
+    kind: ClassVar[str] = "release-reboot-slot"
+
+
 #: Audit action names of requests whose kind would read like a step that ran.
 REQUEST_ACTIONS = {"reboot": "reboot-answer", "rollback": "rollback-request",
                    "confirm": "confirm-request"}
@@ -371,6 +392,7 @@ Action = (
     | RestoreState | StageServices | SwitchServices | RestartServices | ProbeServices
     | ConfirmServices | RestoreServices | KeepServices | RollbackServices | RefuseRequest
     | PullImage | SwapContainer | ProbeContainer | ConfirmContainer | RollbackContainer
+    | TakeRebootSlot | ReleaseRebootSlot
 )
 
 

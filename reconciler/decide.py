@@ -42,10 +42,12 @@ from reconciler.actions import (
     ProbeContainer,
     ProbeHealth,
     Reboot,
+    ReleaseRebootSlot,
     RepairBootEnv,
     RestoreState,
     Rollback,
     Stage,
+    TakeRebootSlot,
     TakeRequest,
     Wait,
 )
@@ -71,6 +73,8 @@ from reconciler.spec import UpdatePolicy
 from reconciler.windows import Window, closes_at, describe, is_open, next_open
 
 MANUAL_ROLLBACK = "manual (kruxos update rollback)"
+#: How soon a device refused a reboot slot asks again (the server decides; asking is cheap).
+SLOT_RETRY = timedelta(seconds=5)
 #: More forward reboots than this in a row without a confirm stop forward reboots.
 LOOP_LIMIT = 2
 #: How soon a pass looks again for a slot device that does not exist.
@@ -86,7 +90,8 @@ def decide(policy: UpdatePolicy | None, observed: ObservedState, now: datetime) 
     """
     for rule in (_restore_state, _repair_boot_env, _decided_rollback, _overdue_trial,
                  _overdue_services, _judge_container, _take_request, _end_override,
-                 _lift_block, _judge_trial, _judge_services, _finish_pending):
+                 _lift_block, _judge_trial, _judge_services, _give_back_slot,
+                 _finish_pending):
         action = rule(policy, observed, now)
         if action is not None:
             return action
@@ -418,6 +423,25 @@ def _probe(tp: TrialPolicy, obs: ObservedState, reason: str) -> ProbeHealth:
                        timeout_s=min(tp.interval.total_seconds(), 10.0), progress=obs.health)
 
 
+def _give_back_slot(policy: UpdatePolicy | None, obs: ObservedState,
+                    now: datetime) -> Action | None:
+    """The reboot slot goes back once the reboot it was for is over: the trial confirmed
+    or the rollback booted (never while on trial, never before that reboot), and once in
+    every boot, so a crash or a lost state file never leaves one held. A call that failed
+    is tried again after a while, without holding anything else up."""
+    slot = obs.fleet
+    if slot is None or slot.problem is not None or obs.on_trial or slot.taken_this_boot:
+        return None
+    if not slot.held and slot.released_this_boot:
+        return None
+    if slot.asked_at is not None and now < slot.asked_at + SLOT_RETRY:
+        return None
+    why = "the reboot it was for is over" if slot.held else "each boot gives it back once"
+    return ReleaseRebootSlot(slot.group, f"give the reboot slot (group {slot.group}) back: "
+                             f"{why} ({obs.booted_slot.version or '?'} runs in slot "
+                             f"{obs.booted_slot.label})")
+
+
 def _finish_pending(policy: UpdatePolicy | None, obs: ObservedState,
                     now: datetime) -> Action | None:
     """Steps the bootloader environment shows as started but not finished."""
@@ -656,6 +680,36 @@ def _switch_or_stage(policy: UpdatePolicy, obs: ObservedState, now: datetime,
 
 
 def _reboot_gate(policy: UpdatePolicy, obs: ObservedState, now: datetime,
+                 version: str, armed: bool = False) -> Action | None:
+    """A Wait (or an arm without reboot, or a step to take a reboot slot) when a forward
+    reboot into ``version`` is not for now. The gates in order: the loop breaker and a
+    full disk, a person's pin, suspend and autoReboot, the maintenance window, then the
+    fleet's reboot slot (``docs/states.md``). A rollback passes none of them."""
+    return _window_gate(policy, obs, now, version, armed) or _fleet_gate(policy, obs, now,
+                                                                         version)
+
+
+def _fleet_gate(policy: UpdatePolicy, obs: ObservedState, now: datetime,
+                version: str) -> Action | None:
+    """The last gate: a reboot slot from the spec's FleetLock server (``None``: go on; the
+    executor asks again right before the reboot, and does not reboot without it)."""
+    if policy.spec.rollout.fleet_lock is None:
+        return None
+    slot = obs.fleet
+    if slot is None or slot.problem is not None:
+        why = slot.problem if slot is not None else "the device has no fleet lock setup"
+        return Blocked(f"{version} waits for a reboot slot, but this device cannot ask for "
+                       f"one: {why}")
+    if slot.held:
+        return None
+    if slot.asked_at is not None and now < slot.asked_at + SLOT_RETRY:
+        return Wait(f"waiting for a reboot slot (group {slot.group}) to reboot into "
+                    f"{version}: {slot.answer or 'refused'}", until=slot.asked_at + SLOT_RETRY)
+    return TakeRebootSlot(slot.group, version, f"{version} is ready to reboot into: ask for "
+                          f"a reboot slot (group {slot.group})")
+
+
+def _window_gate(policy: UpdatePolicy, obs: ObservedState, now: datetime,
                  version: str, armed: bool = False) -> Action | None:
     """A Wait (or an arm without reboot) when a reboot into ``version`` is not for now."""
     if obs.forward_reboots > LOOP_LIMIT:

@@ -232,6 +232,30 @@ class ContainerView:
         return f"container {self.name}"
 
 
+@dataclass(frozen=True)
+class FleetSlot:
+    """This device's reboot slot on a FleetLock server (``rollout.fleetLock``), as the
+    state file recorded the last call; the server holds the truth, every call is
+    idempotent.
+
+    ``held``: the last ``pre-reboot`` was granted and no ``steady-state`` since;
+    ``taken_this_boot``: it was granted in the boot running now (not yet rebooted: never
+    given back before the reboot it is for); ``released_this_boot``: a ``steady-state``
+    was answered 200 in this boot (each boot gives back once, so a lost state file or a
+    crash never leaves a slot held); ``asked_at``/``answer``: the last refused or failed
+    call and what the server said.
+    """
+
+    group: str
+    held: bool = False
+    taken_this_boot: bool = False
+    released_this_boot: bool = False
+    asked_at: datetime | None = None
+    answer: str | None = None
+    #: The device has no id to ask with (no ``deviceId``, no machine id): why.
+    problem: str | None = None
+
+
 RebootPolicy = Literal["rules", "ask", "now", "next-boot"]
 
 
@@ -315,6 +339,9 @@ class ObservedState:
     #: ``runtime: docker``: the container and its engine (no slots, no bootloader: the
     #: slots above then only carry the running version for the shared rules).
     container: ContainerView | None = None
+    #: The device's reboot slot on a FleetLock server; ``None``: the device has none to
+    #: give back and the spec names no server.
+    fleet: FleetSlot | None = None
 
     @property
     def running_version(self) -> str | None:

@@ -208,6 +208,19 @@ class WindowSpec(_Model):
                       timezone=self.timezone)
 
 
+class FleetLockRef(_Model):
+    """The FleetLock server that hands out reboot slots to the fleet (the lock group is
+    the device's own: its configuration layer's ``fleetLock.group``)."""
+
+    url: str = Field(description="The server's base URL (http or https)")
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        parse_url(value, query=False)
+        return value
+
+
 class Rollout(_Model):
     """When the device may stage and reboot."""
 
@@ -218,6 +231,9 @@ class Rollout(_Model):
         default="in-window", alias="serviceRestarts",
         description="When a service update may restart services: in a maintenance window "
                     "like a reboot, or at any time (a restore is never held)")
+    fleet_lock: FleetLockRef | None = Field(
+        default=None, alias="fleetLock",
+        description="A FleetLock server: a forward reboot waits for a reboot slot there")
 
     def window_values(self) -> tuple[Window, ...]:
         """The windows as pure values (empty: any time)."""
