@@ -44,13 +44,21 @@ from reconciler.urls import parse_url
 DEFAULT_PATH = Path("/etc/kruxos/device.yaml")
 #: What the device layer may set; everything else belongs to the image.
 OVERLAY_KEYS = frozenset({"deviceId", "channel", "group", "audit", "resync", "spec",
-                          "revokedKeys", "portMap", "runtime", "container"})
+                          "revokedKeys", "portMap", "runtime", "container", "fleetLock"})
 #: A revoked key may be named by its keyid (16 hex digits) instead of a .pub path.
 _KEYID = re.compile(r"^[0-9a-fA-F]{16}$")
 
 
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+class FleetLockConfig(_Model):
+    """This device's place in the fleet's reboot slots (the server is the spec's
+    ``rollout.fleetLock.url``: one spec serves the whole fleet, the group is the device's)."""
+
+    group: Annotated[str, Field(pattern=r"^[a-zA-Z0-9.-]{1,256}$")] = "default"
+    token_file: str | None = Field(default=None, alias="tokenFile")
 
 
 class SlotConfig(_Model):
@@ -191,6 +199,7 @@ class DeviceConfig(_Model):
     channel: ChannelConfig = Field(default_factory=ChannelConfig)
     group: Annotated[str, Field(pattern=r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,31}$")] | None = None
     audit: AuditConfig = Field(default_factory=AuditConfig)
+    fleet_lock: FleetLockConfig = Field(default_factory=FleetLockConfig, alias="fleetLock")
 
     @model_validator(mode="after")
     def _runtime(self) -> DeviceConfig:
@@ -289,6 +298,10 @@ class Device:
     container_secrets: Path | None = None
     #: The OS's machine id: the device's id in a phased rollout when ``deviceId`` is unset.
     machine_id: Path = Path("/etc/machine-id")
+    #: This device's group of reboot slots on the spec's FleetLock server, and the file
+    #: holding its bearer token (if the server wants one).
+    fleet_group: str = "default"
+    fleet_token_file: Path | None = None
 
     def slot_device(self, slot: SlotName) -> str:
         """``sda3``: the short device name status lines show."""
@@ -560,6 +573,8 @@ def _resolve(cfg: DeviceConfig, source: Path, overlay: Path | None = None) -> De
         container=cfg.container,
         container_secrets=at(cfg.container.secrets_file)
         if cfg.container and cfg.container.secrets_file else None,
+        fleet_group=cfg.fleet_lock.group,
+        fleet_token_file=at(cfg.fleet_lock.token_file) if cfg.fleet_lock.token_file else None,
     )
 
 

@@ -37,6 +37,7 @@ from reconciler.actions import (
     PullImage,
     Reboot,
     RefuseRequest,
+    ReleaseRebootSlot,
     RepairBootEnv,
     RestartServices,
     RestoreServices,
@@ -48,6 +49,7 @@ from reconciler.actions import (
     StageServices,
     SwapContainer,
     SwitchServices,
+    TakeRebootSlot,
     TakeRequest,
     Wait,
 )
@@ -56,6 +58,7 @@ from reconciler.config import Device
 from reconciler.decide import count_probe
 from reconciler.errors import KruxosError, ReleaseError, Stopped, TemporaryError, short_error
 from reconciler.failpoints import failpoint
+from reconciler.fleet.device import FleetSlots
 from reconciler.inbox import FileInbox, Inbox
 from reconciler.observed import SlotName
 from reconciler.overrides import RESUME_FILE, apply_request
@@ -163,8 +166,14 @@ class Executor:
             ConfirmContainer: lambda a, p: self._engine().confirm(a, self.store),
             RollbackContainer: lambda a, p: self._engine().rollback(a, self.store,
                                                                     self.clock()),
+            TakeRebootSlot: lambda a, p: self._fleet().take(a, p),
+            ReleaseRebootSlot: lambda a, p: self._fleet().release(a, p),
         }
         return handlers[type(action)](action, policy)
+
+    def _fleet(self) -> FleetSlots:
+        """The device's reboot slot on the spec's FleetLock server."""
+        return FleetSlots(self.device, self.store, self.clock, self._boot_id)
 
     def _engine(self) -> ContainerRuntime:
         """The container runtime of a ``runtime: docker`` device (made at first use)."""
@@ -195,8 +204,10 @@ class Executor:
         return summary
 
     def _arm(self, action: ArmTrial, policy: UpdatePolicy | None) -> str:
-        """Capture the trial's health policy on disk first, then arm the bootloader."""
+        """Capture the trial's health policy on disk first, then arm the bootloader. A
+        reboot first makes sure the fleet's reboot slot is still this device's (fencing)."""
         tp = action.policy
+        fenced = self._fleet().fence(action.version, policy) if action.reboot else None
 
         def capture(doc: dict[str, Any]) -> None:
             doc.pop("trial", None)
@@ -217,7 +228,7 @@ class Executor:
         if not action.reboot:
             return f"{armed}; it activates on the next reboot"
         self.rebooter(action.reason)
-        return f"{armed}; rebooting"
+        return f"{armed}; {fenced}; rebooting" if fenced else f"{armed}; rebooting"
 
     def _count_forward_reboot(self) -> None:
         """One more reboot into a trial, before it happens (the loop breaker reads it)."""

@@ -17,7 +17,7 @@ from reconciler.channelwatch import ChannelWatch
 from reconciler.config import Device
 from reconciler.decide import decide
 from reconciler.errors import KruxosError, short_error
-from reconciler.observe import backend_for, observe, read_boot_state
+from reconciler.observe import backend_for, fleet_url, observe, read_boot_state
 from reconciler.observed import ChannelView, ObservedState
 from reconciler.spec import UpdatePolicy
 from reconciler.specfile import LoadedSpec, SpecKeeper, load_spec
@@ -49,7 +49,8 @@ def inspect_device(device: Device, now: datetime, candidate: LoadedSpec | None =
         else read_boot_state(backend)  # a container device has no bootloader
     spec, error = (candidate, None) if candidate is not None else spec_in_force(device)
     view = channel or _channel(device, store, spec, now)
-    observed = observe(device, store, backend, view, spec.revision if spec else None)
+    observed = observe(device, store, backend, view, spec.revision if spec else None,
+                       fleet_url=fleet_url(spec))
     action = decide(spec.policy if spec else None, observed, now)
     raw = {"default": boot.default, "trial": boot.trial, "tries_left": boot.tries_left,
            "marks": dict(boot.marks), "fallback": boot.fallback_reason, "error": boot_error,

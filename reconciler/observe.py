@@ -14,7 +14,7 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from reconciler.boot import Backend, BootState, open_backend
-from reconciler.config import Device
+from reconciler.config import Device, rollout_id
 from reconciler.container_rules import RELEASE, UPDATE, container_state
 from reconciler.errors import BootEnvError, KruxosError, short_error
 from reconciler.inbox import FileInbox, Inbox
@@ -25,6 +25,7 @@ from reconciler.observed import (
     ContainerUpdate,
     ContainerView,
     FailedVersion,
+    FleetSlot,
     HealthProgress,
     ObservedState,
     Override,
@@ -64,7 +65,8 @@ def observe(device: Device, store: StateStore, backend: Backend,
             recovered: tuple[tuple[str, Any], ...] = (),
             machine: Machine | None = None,
             inbox: Inbox | None = None,
-            containers: ContainerRuntime | None = None) -> ObservedState:
+            containers: ContainerRuntime | None = None,
+            fleet_url: str | None = None) -> ObservedState:
     """What is on the device now; ``channel`` is the last verified channel view.
 
     ``spec_revision`` is the spec in force: reboots counted under another
@@ -72,7 +74,8 @@ def observe(device: Device, store: StateStore, backend: Backend,
     facts of a lost state file that the audit trail gave back, to be written.
     ``machine``: the running system (by default the device's own); ``inbox``: where a
     person's requests wait (by default the data dir's). ``containers``: the engine of a
-    ``runtime: docker`` device, which has no slots and no bootloader.
+    ``runtime: docker`` device, which has no slots and no bootloader. ``fleet_url``: the
+    spec's FleetLock server (``rollout.fleetLock.url``), if it names one.
     """
     if device.container is not None:
         return _observe_container(device, store, channel, recovered, inbox,
@@ -112,7 +115,34 @@ def observe(device: Device, store: StateStore, backend: Backend,
         service_update=_service_update(doc.get("service_update"), root, device),
         service_last=_service_last(doc.get("service_last"), root),
         overlays=_overlays(device, root),
+        fleet=_fleet(doc.get("fleet_lock"), boot_id, device, fleet_url),
     )
+
+
+def fleet_url(spec: Any) -> str | None:
+    """The FleetLock server a loaded spec names (``rollout.fleetLock.url``), or ``None``."""
+    lock = spec.policy.spec.rollout.fleet_lock if spec is not None else None
+    return lock.url if lock is not None else None
+
+
+def _fleet(value: Any, boot_id: str, device: Device, url: str | None) -> FleetSlot | None:
+    """The reboot slot as the state file recorded its last call; ``None`` when the spec
+    names no server and no slot is held (nothing to take, nothing to give back)."""
+    record = value if isinstance(value, dict) else {}
+    held = record.get("held") is True
+    if url is None and not held:
+        return None
+    group = record.get("group") if held and isinstance(record.get("group"), str) \
+        else device.fleet_group
+    problem = None
+    if rollout_id(device) is None:
+        problem = f"no deviceId, and {device.machine_id} gives no machine id"
+    answer = record.get("answer")
+    return FleetSlot(str(group), held=held, taken_this_boot=held and
+                     record.get("taken_boot") == boot_id,
+                     released_this_boot=record.get("released_boot") == boot_id,
+                     asked_at=_time(record.get("asked_at")),
+                     answer=answer[:300] if isinstance(answer, str) else None, problem=problem)
 
 
 def runtime_for(device: Device) -> ContainerRuntime:

@@ -44,7 +44,7 @@ from reconciler.health import HealthAnswer
 from reconciler.inbox import FileInbox, Inbox
 from reconciler.logline import log
 from reconciler.machine import DeviceMachine, Machine
-from reconciler.observe import backend_for, observe, runtime_for
+from reconciler.observe import backend_for, fleet_url, observe, runtime_for
 from reconciler.observed import ChannelView, ObservedState
 from reconciler.overrides import STOPPING_REQUESTS
 from reconciler.service_runtime import ServiceRuntime
@@ -286,7 +286,7 @@ class Reconciler:
         revision = spec.revision if spec else None
         observed = observe(self.device, self.store, self.backend, view, revision,
                            self._recovered(), self.machine, self.inbox,
-                           self.executor.containers)
+                           self.executor.containers, fleet_url=fleet_url(spec))
         action = decide(spec.policy if spec else None, observed, now)
         self.on_trial = observed.on_trial
         try:
