@@ -7,7 +7,10 @@ from pathlib import Path
 
 import pytest
 
+from tests.device import make_device
 from tests.etcd_rig import Cluster, Server, start_cluster, stop_all
+
+__all__ = ["make_device"]
 
 
 @pytest.fixture(scope="module")
