@@ -71,6 +71,9 @@ def status_lines(obs: ObservedState, policy: UpdatePolicy | None, action: Action
         lines.append(f"Rollback reason: {obs.rollback_reason}")
     wanted = desired_version(policy, obs) if policy is not None else None
     lines.extend(_other_slot_lines(obs, wanted))
+    if obs.fleet is not None and (obs.fleet.held or obs.fleet.answer):
+        state = "held" if obs.fleet.held else f"not held (last answer: {obs.fleet.answer})"
+        lines.append(f"Reboot slot: {state}, group {obs.fleet.group}")
     if obs.disk_full:
         lines.append("Data disk: full (the space kept for rollback records is in use; free "
                      "space on the data dir)")

@@ -69,6 +69,7 @@ def test_two_devices_take_turns_through_one_reboot_slot(
     assert refused, "one device was refused the slot the other held, and asked again"
     assert "409 failed_lock" in refused[0]["outcome"], refused[0]
     for device in devices:
+        assert not [line for line in device.status_lines() if line.startswith("Reboot slot")]
         actions = [(r["kind"], r["action"]) for r in device.audit_records()]
         assert ("outcome", "take-reboot-slot") in actions, actions
         assert ("outcome", "release-reboot-slot") in actions, actions

@@ -45,7 +45,9 @@ def test_take_fence_and_give_back_as_the_state_file_records_them(
     config.write_text(f"slots: 1\nadminToken: {ADMIN}\n")
     servers.append(start_server(tmp_path, etcd.urls, config=config))
     url = servers[0].url
-    device = load_device(make_device("dev-f").config)
+    sim = make_device("dev-f")
+    sim.edit_spec(text=sim.spec.read_text() + f"  rollout:\n    fleetLock:\n      url: {url}/\n")
+    device = load_device(sim.config)
     store = StateStore(device.data_dir)
     slots = FleetSlots(device, store, lambda: datetime.now(UTC), lambda: "boot-1")
     policy = _policy(url + "/")
