@@ -95,6 +95,8 @@ point                              the moment (where)
 ``container.rolling-back``         the failure kept in the state file, the engine untouched
 ``container.new-removed``          the new container removed, the old one not renamed back
                                    (all in ``containers.py``)
+``fleet.taken``                    the reboot slot granted and recorded, the trial not armed
+                                   (``fleet/device.py``: the next pass fences and reboots)
 ``grubenv.overwritten``            GRUB: the env block overwritten in place, not fsynced
                                    (``grubenv.py``: GRUB reads the sectors, not the journal)
 ``grubenv.temp-written``           GRUB: a new env's temp file written, not renamed (only
