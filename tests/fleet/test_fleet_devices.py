@@ -17,6 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from reconciler.sim.run import HALTED_AT_FAILPOINT
 from tests.device import SimDevice
 from tests.etcd_rig import Cluster, Server, start_server
 
@@ -77,3 +78,30 @@ def test_two_devices_take_turns_through_one_reboot_slot(
     status = httpx.get(f"{server.url}/v1/status", timeout=5, trust_env=False).json()
     held = [g for g in status.get("groups", []) if g.get("holders")]
     assert held == [], status
+
+
+def test_a_power_cut_right_after_the_slot_was_taken_leaves_no_slot_held(
+        etcd: Cluster, servers: list[Server], tmp_path: Path,
+        make_device: Callable[..., SimDevice]) -> None:
+    servers.append(start_server(tmp_path, etcd.urls, slots=1))
+    server = servers[0]
+    device = make_device("dev-cut")
+    _join_fleet(device, server)
+    device.env["KRUXOS_FAILPOINTS"] = "fleet.taken=kill"
+    device.start()
+    proc = device.proc
+    assert proc is not None
+    code = device.wait_for(lambda: proc.poll() is not None and [proc.returncode], 90,
+                           "the daemon to be killed right after it took the slot")
+    assert code == [HALTED_AT_FAILPOINT], code
+    device.proc = None
+    del device.env["KRUXOS_FAILPOINTS"]
+    assert device.state()["fleet_lock"]["held"] is True  # taken, the reboot never came
+
+    device.start()  # power on: another boot; the slot goes back, is taken again, used
+    device.wait_status("1.0.1", "CONFIRMED", timeout=120)
+    actions = [r["action"] for r in device.decisions()]
+    assert actions.count("take-reboot-slot") >= 2 and "release-reboot-slot" in actions, actions
+    status = httpx.get(f"{server.url}/v1/status", timeout=5, trust_env=False).json()
+    assert [g for g in status.get("groups", []) if g.get("holders")] == [], status
+    assert device.state()["fleet_lock"]["held"] is False
