@@ -32,7 +32,7 @@ from reconciler.config import Device, rollout_id
 from reconciler.errors import StateError, TemporaryError
 from reconciler.failpoints import failpoint
 from reconciler.fleet.client import FleetLockClient, FleetLockError, LockAnswer
-from reconciler.redact import register_secret
+from reconciler.redact import redact, register_secret
 from reconciler.spec import UpdatePolicy
 from reconciler.store import StateStore
 
@@ -60,7 +60,7 @@ class FleetSlots:
             self._record(group=action.group, url=url, held=True, version=action.version,
                          taken_boot=boot, asked_at=None, answer=None)
             failpoint("fleet.taken")
-            return f"reboot slot taken (group {action.group}, {url})"
+            return f"reboot slot taken (group {action.group}, {redact(url)})"
         self._refused(action.group, url, answer)
         raise TemporaryError(f"no reboot slot (group {action.group}): {answer.describe()}",
                              RETRY_S)

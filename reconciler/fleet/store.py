@@ -25,6 +25,8 @@ from urllib.parse import urlsplit
 import etcd3gw
 from etcd3gw import exceptions as etcd_errors
 
+from reconciler.redact import redact
+
 #: Where the groups' keys live: PREFIX + group.
 PREFIX = "/kruxos/fleetlock/v1/groups/"
 #: How many times a change is computed again after another writer won the race.
@@ -64,7 +66,11 @@ class Etcd:
         for url in urls:
             parts = urlsplit(url if "://" in url else f"http://{url}")
             if parts.hostname is None:
-                raise ValueError(f"not an etcd endpoint: {url!r}")
+                raise ValueError(f"not an etcd endpoint: {redact(url)!r}")
+            if parts.username is not None or parts.password is not None:
+                # the gateway client sends no credentials: never accept (or echo) them
+                raise ValueError(f"etcd endpoint {redact(url)!r} carries credentials "
+                                 "(user:password@), which this server does not use")
             # /v3/ is etcd 3.4's gateway path (3.3 had /v3beta/); etcd3gw would
             # otherwise ask /version on every new client to find it.
             self._clients.append(etcd3gw.client(

@@ -73,3 +73,11 @@ def test_the_configuration_is_checked() -> None:
                        (["slots"], "mapping")):
         with pytest.raises(ConfigInvalid, match=words):
             parse_config(bad, 1)
+
+
+def test_an_etcd_endpoint_with_credentials_is_refused_without_echoing_them() -> None:
+    from reconciler.fleet.store import Etcd
+
+    with pytest.raises(ValueError, match="carries credentials") as refused:
+        Etcd(["http://operator:hunter2-secret@127.0.0.1:2379"])
+    assert "hunter2-secret" not in str(refused.value)
